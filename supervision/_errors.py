@@ -64,8 +64,8 @@ class SupervisorGaveUp(SupervisionError):
         self, path: tuple[str, ...], *, restarts: int, window: float, child: str
     ) -> None:
         super().__init__(
-            f"supervisor {'/'.join(path)} gave up: {restarts} restarts within "
-            f"{window:g}s (last: child {child!r})"
+            f"supervisor {'/'.join(path)} gave up: restart limit exceeded "
+            f"({restarts} restarts needed within {window:g}s; last: child {child!r})"
         )
         self.path = path
         self.restarts = restarts

@@ -1,0 +1,874 @@
+"""The supervisor engine: one Trio task per child, one loop that decides.
+
+Every decision (start, stop, restart, give up) is taken by a single loop task per
+supervisor, fed by a channel: child exits and API commands arrive there and are
+handled one at a time, so no two decisions race. Children run as tasks of the
+supervisor's nursery; stopping one means cancelling its task, whose runner then
+stops the child (shielded) before the task ends. Restart delays are deadlines the
+loop waits on with ``trio.move_on_at``: there is no polling and no timer thread,
+and under ``trio.testing.MockClock`` every delay is exact.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+import attrs
+import trio
+
+from . import _events as ev
+from ._errors import (
+    ChildAlreadyExists,
+    ChildAlreadyRunning,
+    ChildNotFound,
+    ChildRunning,
+    InvalidSpecType,
+    StartFailure,
+    SupervisorGaveUp,
+    SupervisorNotRunning,
+)
+from ._exit import ExitStatus
+from ._pubsub import DEFAULT_BUFFER, Broadcaster, Subscription
+from ._runner import Runner, RunnerContext, StopReport
+from ._spec import AutoShutdown, ChildSpec, Restart, Strategy, SupervisorSpec
+
+__all__ = [
+    "ChildCounts",
+    "ChildInfo",
+    "ChildState",
+    "Supervisor",
+    "SubtreeRunner",
+    "open_supervisor",
+    "run_supervisor",
+]
+
+if TYPE_CHECKING:
+    from ._process import ProcessHost
+
+T = TypeVar("T")
+
+
+class ChildState(enum.Enum):
+    """Where a child is in its life."""
+
+    STARTING = "starting"
+    """Spawned or scheduled, not ready yet."""
+    RUNNING = "running"
+    """Ready and running."""
+    RESTARTING = "restarting"
+    """Waiting for its restart delay (or for its turn in a group restart)."""
+    STOPPING = "stopping"
+    """Being stopped by its supervisor."""
+    STOPPED = "stopped"
+    """Stopped with ``terminate_child``; kept until restarted or deleted."""
+    EXITED = "exited"
+    """Exited normally and is not restarted (a transient child's normal exit)."""
+
+
+_ACTIVE = frozenset({ChildState.STARTING, ChildState.RUNNING, ChildState.RESTARTING})
+
+
+@attrs.frozen
+class ChildInfo:
+    """One row of :meth:`Supervisor.which_children`.
+
+    Attributes:
+        name: The child's name.
+        kind: ``"process"``, ``"task"`` or ``"supervisor"``.
+        pid: The current process id, ``None`` where there is no process.
+        state: See :class:`ChildState`.
+        restarts: How many times the supervisor restarted it.
+    """
+
+    name: str
+    kind: str
+    pid: int | None
+    state: ChildState
+    restarts: int
+
+
+@attrs.frozen
+class ChildCounts:
+    """What :meth:`Supervisor.count_children` returns (OTP's ``count_children``).
+
+    Attributes:
+        specs: Children known to the supervisor, running or not.
+        active: Children that are starting, running, or about to restart.
+        supervisors: Children that are subtrees.
+        workers: Children that are processes or tasks.
+    """
+
+    specs: int
+    active: int
+    supervisors: int
+    workers: int
+
+
+class _Slot:
+    """The supervisor's record of one child, kept across its generations."""
+
+    def __init__(self, spec: ChildSpec, runner: Runner) -> None:
+        self.spec = spec
+        self.runner = runner
+        self.state = ChildState.RESTARTING
+        self.generation = 0
+        self.pid: int | None = None
+        self.restarts = 0
+        self.attempt = 0
+        self.ready_at: float | None = None
+        self.restart_at: float | None = None
+        self.counts_as_restart = False
+        self.scope: trio.CancelScope | None = None
+        self.finished: trio.Event | None = None
+        self.last_exit: ExitStatus | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.finished is not None and not self.finished.is_set()
+
+    def info(self) -> ChildInfo:
+        return ChildInfo(
+            name=self.spec.name,
+            kind=self.spec.kind,
+            pid=self.pid,
+            state=self.state,
+            restarts=self.restarts,
+        )
+
+
+@attrs.frozen
+class _Exited:
+    slot: _Slot
+    generation: int
+    exit: ExitStatus
+
+
+class _Command(Generic[T]):
+    """An API call executed by the supervisor loop on behalf of a caller."""
+
+    def __init__(self, fn: Callable[[], Awaitable[T]]) -> None:
+        self.fn = fn
+        self.done = trio.Event()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+    async def execute(self) -> None:
+        try:
+            self.result = await self.fn()
+        except Exception as exc:
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def abandon(self) -> None:
+        if not self.done.is_set():
+            self.error = SupervisorNotRunning("the supervisor has stopped")
+            self.done.set()
+
+
+class _ShutdownRequested(Exception):
+    pass
+
+
+class Supervisor:
+    """A handle on a running supervisor.
+
+    Methods that change the tree are executed by the supervisor's own loop, one at a
+    time, in the order they were called; if the caller is cancelled while waiting,
+    the operation still completes.
+    """
+
+    def __init__(self, engine: _Engine) -> None:
+        self._engine = engine
+
+    @property
+    def name(self) -> str:
+        """The supervisor's name."""
+        return self._engine.path[-1]
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        """The supervisor's path in the tree."""
+        return self._engine.path
+
+    @property
+    def running(self) -> bool:
+        """``False`` once the supervisor has stopped."""
+        return not self._engine.closed
+
+    def which_children(self) -> list[ChildInfo]:
+        """Every child, in start order."""
+        return [slot.info() for slot in self._engine.slots]
+
+    def count_children(self) -> ChildCounts:
+        """Counts of children by kind and activity."""
+        slots = self._engine.slots
+        supervisors = sum(1 for s in slots if s.spec.kind == "supervisor")
+        return ChildCounts(
+            specs=len(slots),
+            active=sum(1 for s in slots if s.state in _ACTIVE),
+            supervisors=supervisors,
+            workers=len(slots) - supervisors,
+        )
+
+    def child_spec(self, name: str) -> ChildSpec:
+        """The spec of child ``name``.
+
+        Raises:
+            ChildNotFound: No such child.
+        """
+        return self._engine.find(name).spec
+
+    def child_supervisor(self, name: str) -> Supervisor:
+        """The handle of subtree child ``name`` while it runs.
+
+        Raises:
+            ChildNotFound: No such child, or it is not a running subtree.
+        """
+        slot = self._engine.find(name)
+        runner = slot.runner
+        if not isinstance(runner, SubtreeRunner) or runner.handle is None:
+            raise ChildNotFound(f"{name!r} is not a running subtree of {self.name!r}")
+        return runner.handle
+
+    def status_text(self, name: str) -> str | None:
+        """The last ``STATUS=`` text child ``name`` sent over sd_notify, if any."""
+        runner = self._engine.find(name).runner
+        text = getattr(runner, "status_text", None)
+        return text if isinstance(text, str) else None
+
+    def subscribe(self, *, buffer: int = DEFAULT_BUFFER) -> Subscription:
+        """Subscribe to lifecycle events of this supervisor and everything below it.
+
+        Args:
+            buffer: Events kept for a slow reader; older ones are dropped and
+                reported with an :class:`~supervision.events.EventsDropped` marker.
+
+        Returns:
+            An async iterator (and context manager) that ends when the tree stops.
+        """
+        return self._engine.broadcaster.subscribe(buffer=buffer)
+
+    async def start_child(self, spec: ChildSpec) -> ChildInfo:
+        """Add a child at the end and start it; returns once it is ready.
+
+        Raises:
+            ChildAlreadyExists: A child with that name exists.
+            StartFailure: It could not start; it is not added.
+        """
+        if not isinstance(spec, ChildSpec):
+            raise InvalidSpecType(f"start_child: expected a ChildSpec, got {type(spec).__name__}")
+        return await self._engine.call(partial(self._engine.do_start_child, spec))
+
+    async def terminate_child(self, name: str) -> None:
+        """Stop a child and keep its spec (a temporary child is removed).
+
+        A pending restart of the child is cancelled. Stopping a stopped child is a no-op.
+        """
+        await self._engine.call(partial(self._engine.do_terminate_child, name))
+
+    async def restart_child(self, name: str) -> ChildInfo:
+        """Stop the child if it runs, then start it again; returns once it is ready.
+
+        This restarts only that child (the strategy is not applied) and does not count
+        toward the restart intensity. Its backoff is reset.
+
+        Raises:
+            ChildNotFound: No such child.
+            StartFailure: It could not start again; it is left stopped.
+        """
+        return await self._engine.call(partial(self._engine.do_restart_child, name))
+
+    async def delete_child(self, name: str) -> None:
+        """Forget a stopped child.
+
+        Raises:
+            ChildNotFound: No such child.
+            ChildRunning: It is running or about to restart; terminate it first.
+        """
+        await self._engine.call(partial(self._engine.do_delete_child, name))
+
+    async def stop(self) -> None:
+        """Stop every child in reverse start order, then the supervisor itself.
+
+        Returns once everything has stopped. Calling it again is harmless.
+        """
+        engine = self._engine
+        if not engine.closed:
+            engine.request_shutdown()
+        await engine.finished.wait()
+
+
+class _Engine:
+    def __init__(
+        self,
+        spec: SupervisorSpec,
+        *,
+        path: tuple[str, ...],
+        host: ProcessHost,
+        broadcaster: Broadcaster,
+    ) -> None:
+        self.spec = spec
+        self.path = path
+        self.host = host
+        self.broadcaster = broadcaster
+        self.handle = Supervisor(self)
+        self.slots: list[_Slot] = []
+        self.closed = False
+        self.finished = trio.Event()
+        self._restart_log: deque[float] = deque()
+        self._inbox_send, self._inbox = trio.open_memory_channel[_Exited | _Command[Any]](
+            math.inf
+        )
+        self._nursery: trio.Nursery | None = None
+        self._shutdown = False
+        self._gave_up: SupervisorGaveUp | None = None
+        self._started = False
+        self._random = random.Random()
+        for child in spec.children:
+            self.slots.append(self._new_slot(child))
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _new_slot(self, spec: ChildSpec) -> _Slot:
+        context = RunnerContext(
+            path=(*self.path, spec.name), publish=self.broadcaster.publish, host=self.host
+        )
+        runner: Runner = spec.child._make_runner(context)
+        return _Slot(spec, runner)
+
+    def _publish(self, event: ev.Event) -> None:
+        self.broadcaster.publish(event)
+
+    def _path(self, slot: _Slot) -> tuple[str, ...]:
+        return (*self.path, slot.spec.name)
+
+    def find(self, name: str) -> _Slot:
+        for slot in self.slots:
+            if slot.spec.name == name:
+                return slot
+        raise ChildNotFound(f"supervisor {'/'.join(self.path)} has no child {name!r}")
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        if self.closed:
+            raise SupervisorNotRunning(f"supervisor {'/'.join(self.path)} has stopped")
+        command: _Command[T] = _Command(fn)
+        self._inbox_send.send_nowait(command)
+        await command.done.wait()
+        if command.error is not None:
+            raise command.error
+        return command.result  # type: ignore[return-value]
+
+    def request_shutdown(self) -> None:
+        async def shutdown() -> None:
+            self._shutdown = True
+
+        if not self.closed:
+            self._inbox_send.send_nowait(_Command(shutdown))
+
+    # ------------------------------------------------------------------ main
+
+    async def run(self, task_status: trio.TaskStatus[Supervisor]) -> None:
+        """Run until stopped; raises SupervisorGaveUp (never inside a group)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    await self._loop(task_status)
+                    if not self._started and self._gave_up is None:
+                        # Shut down (auto_shutdown) before everything was ready: the
+                        # caller still gets the handle, of a tree that has finished.
+                        self._started = True
+                        task_status.started(self.handle)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self._stop_all()
+                        for slot in self.slots:
+                            await slot.runner.aclose()
+                    self._close_inbox()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.closed = True
+            self.finished.set()
+        if self._gave_up is not None:
+            raise self._gave_up
+
+    def _close_inbox(self) -> None:
+        self.closed = True
+        while True:
+            try:
+                message = self._inbox.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            if isinstance(message, _Command):
+                message.abandon()
+
+    async def _loop(self, task_status: trio.TaskStatus[Supervisor]) -> None:
+        for slot in self.slots:
+            slot.restart_at = -math.inf
+        while not self._shutdown and self._gave_up is None:
+            if not self._started and self._settled():
+                self._started = True
+                task_status.started(self.handle)
+            slot = self._next_due()
+            if slot is not None:
+                await self._start_slot(slot)
+                continue
+            with trio.move_on_at(self._next_deadline()):
+                message = await self._inbox.receive()
+                if isinstance(message, _Command):
+                    await message.execute()
+                else:
+                    await self._on_exited(message)
+
+    def _settled(self) -> bool:
+        return all(
+            s.restart_at is None and s.state is not ChildState.STARTING for s in self.slots
+        )
+
+    def _next_due(self) -> _Slot | None:
+        now = trio.current_time()
+        for slot in self.slots:
+            if slot.restart_at is not None and slot.restart_at <= now:
+                return slot
+        return None
+
+    def _next_deadline(self) -> float:
+        deadlines = [s.restart_at for s in self.slots if s.restart_at is not None]
+        return min(deadlines, default=math.inf)
+
+    # ------------------------------------------------------------------ children
+
+    async def _child_task(
+        self, slot: _Slot, generation: int, *, task_status: trio.TaskStatus[int | None]
+    ) -> None:
+        scope = trio.CancelScope()
+        finished = trio.Event()
+        slot.scope, slot.finished = scope, finished
+        exit_status: ExitStatus | None = None
+        ready = False
+
+        def report_ready(pid: int | None) -> None:
+            nonlocal ready
+            ready = True
+            task_status.started(pid)
+
+        try:
+            with scope:
+                try:
+                    exit_status = await slot.runner.run(
+                        partial(self._spawned, slot, generation),
+                        task_status=cast("trio.TaskStatus[int | None]", _Started(report_ready)),
+                    )
+                except Exception as exc:
+                    # A runner that breaks is a crash of that child, never of the tree.
+                    if ready:
+                        exit_status = ExitStatus.raised(exc)
+                    elif isinstance(exc, StartFailure):
+                        raise
+                    else:
+                        raise StartFailure(self._path(slot), f"raised {exc!r}") from exc
+                if exit_status is not None and not ready:
+                    raise StartFailure(
+                        self._path(slot), f"ended before it was ready: {exit_status.reason}"
+                    )
+        finally:
+            finished.set()
+        if exit_status is not None:
+            slot.last_exit = exit_status
+            if not scope.cancel_called:
+                self._inbox_send.send_nowait(_Exited(slot, generation, exit_status))
+
+    def _spawned(self, slot: _Slot, generation: int, pid: int | None) -> None:
+        if slot.generation != generation:
+            return
+        slot.pid = pid
+        self._publish(ev.ChildStarted(path=self._path(slot), pid=pid, generation=generation))
+
+    async def _start_slot(self, slot: _Slot, *, dynamic: bool = False) -> None:
+        """Start one generation; on failure apply the restart policy (or raise if dynamic)."""
+        assert self._nursery is not None
+        if slot.restart_at is not None and slot.counts_as_restart:
+            slot.restarts += 1
+        slot.restart_at = None
+        slot.counts_as_restart = False
+        slot.generation += 1
+        slot.state = ChildState.STARTING
+        slot.pid = None
+        slot.last_exit = None
+        try:
+            pid = await self._nursery.start(partial(self._child_task, slot, slot.generation))
+        except StartFailure as exc:
+            slot.scope = None
+            failed = ExitStatus.start_failed(exc, exc.reason)
+            slot.last_exit = failed
+            if dynamic:
+                self._publish(
+                    ev.ChildExited(
+                        path=self._path(slot), pid=slot.pid, exit=failed, start_failure=True
+                    )
+                )
+                slot.pid = None
+                slot.state = ChildState.STOPPED
+                raise
+            await self._handle_exit(slot, failed, start_failure=True)
+            return
+        slot.pid = pid if pid is not None else slot.pid
+        slot.state = ChildState.RUNNING
+        slot.ready_at = trio.current_time()
+        self._publish(
+            ev.ChildReady(path=self._path(slot), pid=slot.pid, generation=slot.generation)
+        )
+
+    async def _stop_slot(self, slot: _Slot) -> None:
+        """Stop a running generation (shielded by the caller during shutdown)."""
+        slot.restart_at = None
+        if slot.scope is None or slot.finished is None:
+            return
+        if slot.finished.is_set():
+            exit_status, report = slot.last_exit, StopReport(exit=slot.last_exit)
+        else:
+            slot.state = ChildState.STOPPING
+            slot.scope.cancel()
+            await slot.finished.wait()
+            report = slot.runner.stop_report or StopReport(exit=slot.last_exit)
+            exit_status = report.exit
+        self._publish(
+            ev.ChildStopped(
+                path=self._path(slot),
+                pid=slot.pid,
+                exit=exit_status,
+                killed=report.killed,
+                escaped=report.escaped,
+            )
+        )
+        slot.scope = None
+        slot.pid = None
+        slot.ready_at = None
+
+    async def _stop_all(self) -> None:
+        for slot in reversed(self.slots):
+            await self._stop_slot(slot)
+            if slot.state is not ChildState.EXITED:
+                slot.state = ChildState.STOPPED
+
+    # ------------------------------------------------------------------ exits
+
+    async def _on_exited(self, message: _Exited) -> None:
+        slot = message.slot
+        if (
+            slot not in self.slots
+            or slot.generation != message.generation
+            or slot.state is not ChildState.RUNNING
+        ):
+            return  # a late exit of a generation already stopped or replaced
+        await self._handle_exit(slot, message.exit)
+
+    async def _handle_exit(
+        self, slot: _Slot, exit_status: ExitStatus, *, start_failure: bool = False
+    ) -> None:
+        now = trio.current_time()
+        self._publish(
+            ev.ChildExited(
+                path=self._path(slot), pid=slot.pid, exit=exit_status, start_failure=start_failure
+            )
+        )
+        slot.scope = None
+        slot.pid = None
+        reset_after = self._backoff(slot).reset_after or self.spec.intensity.window
+        if slot.ready_at is not None and now - slot.ready_at >= reset_after:
+            slot.attempt = 0
+        slot.ready_at = None
+
+        restart = slot.spec.restart
+        if restart is Restart.TEMPORARY or (restart is Restart.TRANSIENT and exit_status.normal):
+            if restart is Restart.TEMPORARY:
+                await self._remove(slot)
+            else:
+                slot.state = ChildState.EXITED
+            self._check_auto_shutdown(slot)
+            return
+
+        # A restart is due: count it against the intensity first.
+        window = self.spec.intensity.window
+        self._restart_log.append(now)
+        while self._restart_log and now - self._restart_log[0] >= window:
+            self._restart_log.popleft()
+        if len(self._restart_log) > self.spec.intensity.max_restarts:
+            await self._give_up(slot)
+            return
+
+        affected = self._affected(slot)
+        for other in reversed(affected):
+            if other is not slot:
+                await self._stop_slot(other)
+        for other in affected:
+            if other is not slot and other.spec.restart is Restart.TEMPORARY:
+                await self._remove(other)
+        affected = [s for s in affected if s in self.slots]
+
+        slot.attempt += 1
+        backoff = self._backoff(slot)
+        spread = self._random.uniform(-1.0, 1.0) if backoff.jitter else 0.0
+        delay = backoff.delay(slot.attempt, spread=spread)
+        due = now + delay
+        for other in affected:
+            other.state = ChildState.RESTARTING
+            other.restart_at = due
+            other.counts_as_restart = True
+            self._publish(
+                ev.ChildRestarting(path=self._path(other), attempt=slot.attempt, delay=delay)
+            )
+
+    def _affected(self, slot: _Slot) -> list[_Slot]:
+        strategy = self.spec.strategy
+        if strategy is Strategy.ONE_FOR_ONE:
+            return [slot]
+        index = self.slots.index(slot)
+        candidates = self.slots if strategy is Strategy.ONE_FOR_ALL else self.slots[index:]
+        return [s for s in candidates if s is slot or s.state in _ACTIVE]
+
+    def _backoff(self, slot: _Slot) -> Any:
+        return slot.spec.backoff or self.spec.backoff
+
+    async def _remove(self, slot: _Slot) -> None:
+        self.slots.remove(slot)
+        await slot.runner.aclose()
+
+    def _check_auto_shutdown(self, slot: _Slot) -> None:
+        mode = self.spec.auto_shutdown
+        if not slot.spec.significant or mode is AutoShutdown.NEVER:
+            return
+        if mode is AutoShutdown.ANY_SIGNIFICANT:
+            self._shutdown = True
+            return
+        if not any(s.spec.significant and s.state in _ACTIVE for s in self.slots):
+            self._shutdown = True
+
+    async def _give_up(self, slot: _Slot) -> None:
+        restarts = len(self._restart_log)
+        window = self.spec.intensity.window
+        self._publish(
+            ev.SupervisorGaveUp(
+                path=self.path, restarts=restarts, window=window, child=slot.spec.name
+            )
+        )
+        slot.state = ChildState.STOPPED
+        self._gave_up = SupervisorGaveUp(
+            self.path, restarts=restarts, window=window, child=slot.spec.name
+        )
+
+    # ------------------------------------------------------------------ commands
+
+    async def do_start_child(self, spec: ChildSpec) -> ChildInfo:
+        if any(s.spec.name == spec.name for s in self.slots):
+            raise ChildAlreadyExists(
+                f"supervisor {'/'.join(self.path)} already has a child {spec.name!r}"
+            )
+        self.spec.check_child(spec)
+        slot = self._new_slot(spec)
+        self.slots.append(slot)
+        try:
+            await self._start_slot(slot, dynamic=True)
+        except StartFailure:
+            await self._remove(slot)
+            raise
+        return slot.info()
+
+    async def do_terminate_child(self, name: str) -> None:
+        slot = self.find(name)
+        await self._stop_slot(slot)
+        if slot.spec.restart is Restart.TEMPORARY:
+            await self._remove(slot)
+        elif slot.state is not ChildState.EXITED:
+            slot.state = ChildState.STOPPED
+
+    async def do_restart_child(self, name: str) -> ChildInfo:
+        slot = self.find(name)
+        await self._stop_slot(slot)
+        slot.attempt = 0
+        try:
+            await self._start_slot(slot, dynamic=True)
+        except StartFailure:
+            if slot.spec.restart is Restart.TEMPORARY:
+                await self._remove(slot)
+            raise
+        return slot.info()
+
+    async def do_delete_child(self, name: str) -> None:
+        slot = self.find(name)
+        if slot.state in _ACTIVE or slot.state is ChildState.STOPPING:
+            raise ChildRunning(
+                f"child {name!r} is {slot.state.value}; terminate it before deleting it"
+            )
+        await self._remove(slot)
+
+
+# ---------------------------------------------------------------------- subtrees
+
+
+class SubtreeRunner:
+    """Runs a nested :class:`SupervisorSpec` as a child of another supervisor."""
+
+    def __init__(self, spec: SupervisorSpec, context: RunnerContext) -> None:
+        self._spec = spec
+        self._context = context
+        self._stop_report: StopReport | None = None
+        self.handle: Supervisor | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    @property
+    def stop_report(self) -> StopReport | None:
+        return self._stop_report
+
+    async def run(
+        self,
+        spawned: Callable[[int | None], None],
+        *,
+        task_status: trio.TaskStatus[int | None] = trio.TASK_STATUS_IGNORED,
+    ) -> ExitStatus:
+        self._stop_report = None
+        spawned(None)
+        broadcaster = _SubtreeBroadcaster(self._context)
+        engine = _Engine(
+            self._spec, path=self._context.path, host=self._context.host, broadcaster=broadcaster
+        )
+        self.handle = engine.handle
+        ready = False
+
+        def report_ready(handle: Supervisor) -> None:
+            nonlocal ready
+            ready = True
+            task_status.started(None)
+
+        status = _Started(report_ready)
+        try:
+            await engine.run(status)
+        except SupervisorGaveUp as exc:
+            if not ready:
+                raise StartFailure(self._context.path, str(exc)) from exc
+            return ExitStatus.raised(exc)
+        except trio.Cancelled:
+            self._stop_report = StopReport()
+            raise
+        finally:
+            self.handle = None
+            broadcaster.close()
+        if not ready:
+            raise StartFailure(self._context.path, "shut down before all its children were ready")
+        return ExitStatus.returned()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+class _Started(Generic[T]):
+    """A ``task_status`` that calls a function."""
+
+    def __init__(self, fn: Callable[[T], None]) -> None:
+        self._fn = fn
+
+    def started(self, value: T) -> None:
+        self._fn(value)
+
+
+class _SubtreeBroadcaster(Broadcaster):
+    """A subtree publishes into its root's broadcaster; subscribing to it filters by path."""
+
+    def __init__(self, context: RunnerContext) -> None:
+        super().__init__(context.path)
+        self._root_publish = context.publish
+
+    def publish(self, event: ev.Event) -> None:
+        super().publish(event)
+        self._root_publish(event)
+
+
+# ---------------------------------------------------------------------- entry points
+
+
+async def run_supervisor(
+    spec: SupervisorSpec,
+    *,
+    subreaper: bool = False,
+    task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a supervision tree as a task of your own nursery.
+
+    Use it with ``sup = await nursery.start(run_supervisor, spec)``: ``start`` returns
+    the :class:`Supervisor` handle once every child is ready.
+
+    Args:
+        spec: The tree.
+        subreaper: On Linux, make this process a child subreaper so descendants that
+            escape their process group are reparented here, found and reaped.
+
+    Raises:
+        SupervisorGaveUp: The root exceeded its restart intensity.
+
+    Cancellation: stops every child in reverse start order (each with its own stop
+    timeout, shielded), then re-raises.
+    """
+    if not isinstance(spec, SupervisorSpec):
+        raise InvalidSpecType(f"run_supervisor: expected a SupervisorSpec, got {type(spec).__name__}")
+    from ._process import open_process_host  # noqa: PLC0415  (keeps import light)
+
+    async with open_process_host(subreaper=subreaper) as host:
+        broadcaster = Broadcaster((spec.name,))
+        engine = _Engine(spec, path=(spec.name,), host=host, broadcaster=broadcaster)
+        try:
+            await engine.run(task_status)
+        finally:
+            broadcaster.close()
+
+
+@asynccontextmanager
+async def open_supervisor(
+    spec: SupervisorSpec, *, subreaper: bool = False
+) -> AsyncIterator[Supervisor]:
+    """Run a supervision tree for the duration of an ``async with`` block.
+
+    Entering returns once every child is ready. Leaving stops the tree gracefully,
+    children in reverse start order. If the tree gives up while the block runs, the
+    block is cancelled and :class:`SupervisorGaveUp` is raised (never wrapped in an
+    exception group).
+
+    Args:
+        spec: The tree.
+        subreaper: See :func:`run_supervisor`.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            supervisor: Supervisor = await nursery.start(
+                partial(run_supervisor, spec, subreaper=subreaper)
+            )
+            try:
+                yield supervisor
+            finally:
+                with trio.CancelScope(shield=True):
+                    await supervisor.stop()
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            leaves.extend(_leaves(exc))
+        else:
+            leaves.append(exc)
+    return leaves
