@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -194,10 +195,14 @@ class _NotifySocket:
 
     def drain(self) -> int:
         readies = 0
-        with contextlib.suppress(BlockingIOError):
+        self.sock.setblocking(False)
+        try:
             while True:
-                readies += b"READY=1" in self.sock.recv(4096, socket.MSG_DONTWAIT).split(b"\n")
-        return readies
+                readies += b"READY=1" in self.sock.recv(4096).split(b"\n")
+        except BlockingIOError:
+            return readies
+        finally:
+            self.sock.settimeout(READY_TIMEOUT)
 
     def close(self) -> None:
         self.sock.close()
@@ -211,12 +216,15 @@ def _spawn(argv: Sequence[str], env: Mapping[str, str]) -> int:
 
 
 def _kill_and_reap(pid: int) -> None:
+    # The whole group: a shell child may have a helper of its own running.
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
 
 
-def _floor_restart(pid: int, argv: Sequence[str], env: Mapping[str, str], ready: _NotifySocket) -> tuple[int, int]:
+def _floor_restart(
+    pid: int, argv: Sequence[str], env: Mapping[str, str], ready: _NotifySocket
+) -> tuple[int, int]:
     start = time.perf_counter_ns()
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
@@ -267,7 +275,9 @@ def _floor_storm(
         poller.close()
 
 
-def _floor_start_many(argv: Sequence[str], env: Mapping[str, str], ready: _NotifySocket | None, children: int) -> int:
+def _floor_start_many(
+    argv: Sequence[str], env: Mapping[str, str], ready: _NotifySocket | None, children: int
+) -> int:
     pids = []
     try:
         start = time.perf_counter_ns()
@@ -304,7 +314,8 @@ class FloorAdapter:
         self._ready.wait_ready()
 
     async def kill_and_wait_ready(self) -> int:
-        assert self._pid is not None and self._ready is not None
+        assert self._pid is not None
+        assert self._ready is not None
         self._pid, elapsed = _floor_restart(self._pid, self._argv, self._env, self._ready)
         return elapsed
 
@@ -495,7 +506,9 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-async def restart_latency(adapters: Sequence[Adapter], child: Child, samples: int, warmup: int) -> dict[str, Any]:
+async def restart_latency(
+    adapters: Sequence[Adapter], child: Child, samples: int, warmup: int
+) -> dict[str, Any]:
     samples_by_name: dict[str, list[int]] = {adapter.name: [] for adapter in adapters}
     ready: list[Adapter] = []
     try:
@@ -518,9 +531,7 @@ async def restart_latency(adapters: Sequence[Adapter], child: Child, samples: in
         if adapter.name == "floor":
             continue
         measured = summarize_ns(samples_by_name[adapter.name])
-        measured["overhead"] = {
-            q: round(measured[q] - floor[q], 4) for q in ("p50", "p90", "p99")
-        }
+        measured["overhead"] = {q: round(measured[q] - floor[q], 4) for q in ("p50", "p90", "p99")}
         stamped = getattr(adapter, "stamped", None)
         if stamped:
             measured["event_stamp"] = summarize_ns(stamped[warmup:])
@@ -549,7 +560,9 @@ async def crash_storm(adapters: Sequence[Adapter], child: Child, seconds: float)
     floor_rate = result["floor"]["restarts_per_s"]
     for adapter in adapters:
         if adapter.name != "floor" and adapter.name in result:
-            result[adapter.name]["of_floor"] = round(result[adapter.name]["restarts_per_s"] / floor_rate, 3)
+            result[adapter.name]["of_floor"] = round(
+                result[adapter.name]["restarts_per_s"] / floor_rate, 3
+            )
     return result
 
 
@@ -561,7 +574,9 @@ async def start_many(adapters: Sequence[Adapter], child: Child, rounds: int) -> 
         for _ in range(rounds):
             for adapter in adapters:
                 try:
-                    elapsed = await adapter.start_many(child, children=START_CHILDREN, notify=notify)
+                    elapsed = await adapter.start_many(
+                        child, children=START_CHILDREN, notify=notify
+                    )
                 except NotImplementedError:
                     continue
                 times.setdefault(adapter.name, []).append(elapsed)
@@ -613,7 +628,9 @@ async def run(plan: Plan, adapter_names: Sequence[str], *, use_cc: bool) -> dict
                 adapters, child, samples, plan.warmup
             )
         minimal = children[0]
-        _log(f"crash storm, {minimal.label}: {STORM_CHILDREN} children, {plan.storm_seconds} s per side")
+        _log(
+            f"crash storm, {minimal.label}: {STORM_CHILDREN} children, {plan.storm_seconds} s each"
+        )
         results["crash_storm"] = await crash_storm(adapters, minimal, plan.storm_seconds)
         _log(f"start {START_CHILDREN}, {minimal.label}: {plan.start_rounds} rounds per side")
         results["start_many"] = await start_many(adapters, minimal, plan.start_rounds)
@@ -653,7 +670,7 @@ def markdown(results: Mapping[str, Any]) -> str:
                 s = kind[name]
                 yield (label, name, s["n"], s["p50"], s["p90"], s["p99"])
                 o = s["overhead"]
-                yield (label, f"{name} − floor", "", o["p50"], o["p90"], o["p99"])
+                yield (label, f"{name} overhead", "", o["p50"], o["p90"], o["p99"])
 
     out += _table(("child", "measured", "n", "p50", "p90", "p99"), latency_rows())
 
@@ -693,7 +710,9 @@ def markdown(results: Mapping[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description="Restart latency of a supervised child, against a bare spawn loop."
+    )
     parser.add_argument("--quick", action="store_true", help="fewer samples; under a minute")
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the results as JSON")
     parser.add_argument(
@@ -703,13 +722,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="supervisor to compare with the floor (repeatable; default: all)",
     )
     parser.add_argument(
+        "--floor-only", action="store_true", help="measure only the floor (checks the machine)"
+    )
+    parser.add_argument(
         "--no-cc",
         action="store_true",
         help="use the sh + systemd-notify minimal child even if a C compiler exists",
     )
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan.full()
-    results = trio.run(run, plan, args.adapter or list(ADAPTERS), not args.no_cc)
+    names = [] if args.floor_only else args.adapter or list(ADAPTERS)
+    results = trio.run(functools.partial(run, plan, names, use_cc=not args.no_cc))
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(results), end="")

@@ -60,9 +60,7 @@ class SupervisorGaveUp(SupervisionError):
         child: The name of the child whose exit tipped the balance.
     """
 
-    def __init__(
-        self, path: tuple[str, ...], *, restarts: int, window: float, child: str
-    ) -> None:
+    def __init__(self, path: tuple[str, ...], *, restarts: int, window: float, child: str) -> None:
         super().__init__(
             f"supervisor {'/'.join(path)} gave up: restart limit exceeded "
             f"({restarts} restarts needed within {window:g}s; last: child {child!r})"

@@ -7,7 +7,7 @@ import inspect
 import math
 import re
 import signal as _signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import attrs
@@ -273,9 +273,7 @@ class ReadyNotify(Ready):
 
     def __attrs_post_init__(self) -> None:
         if self.watchdog is not None:
-            object.__setattr__(
-                self, "watchdog", _positive(ReadyNotify, "watchdog", self.watchdog)
-            )
+            object.__setattr__(self, "watchdog", _positive(ReadyNotify, "watchdog", self.watchdog))
 
 
 @attrs.frozen
@@ -494,22 +492,31 @@ def _env(value: object) -> Mapping[str, str] | None:
     return _FrozenDict(env)
 
 
-class _FrozenDict(dict[str, str]):
-    """A dict that refuses mutation and hashes by content (for frozen specs)."""
+class _FrozenDict(Mapping[str, str]):
+    """A read-only mapping that hashes by content (for frozen specs)."""
 
-    def __hash__(self) -> int:  # type: ignore[override]
-        return hash(tuple(sorted(self.items())))
+    __slots__ = ("_data",)
 
-    def _readonly(self, *args: object, **kwargs: object) -> None:
-        raise TypeError("spec mappings are read-only")
+    def __init__(self, data: dict[str, str]) -> None:
+        self._data = dict(data)
 
-    __setitem__ = _readonly  # type: ignore[assignment]
-    __delitem__ = _readonly  # type: ignore[assignment]
-    update = _readonly  # type: ignore[assignment]
-    pop = _readonly  # type: ignore[assignment]
-    popitem = _readonly  # type: ignore[assignment]
-    clear = _readonly  # type: ignore[assignment]
-    setdefault = _readonly  # type: ignore[assignment]
+    def __getitem__(self, key: str) -> str:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._data.items())))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
+
+    def __repr__(self) -> str:
+        return repr(self._data)
 
 
 def _signal_number(value: object) -> _signal.Signals:
@@ -554,16 +561,12 @@ class ProcessChild:
     cwd: str | None = None
     ready: Ready = attrs.field(factory=ReadyOnSpawn)
     startup_timeout: float = 30.0
-    stop_signal: _signal.Signals = attrs.field(
-        default=_signal.SIGTERM, converter=_signal_number
-    )
+    stop_signal: _signal.Signals = attrs.field(default=_signal.SIGTERM, converter=_signal_number)
     stop_timeout: float = 10.0
     stdout: Output = attrs.field(factory=OutputInherit)
     stderr: Output = attrs.field(factory=OutputInherit)
     listen: tuple[Listen, ...] = attrs.field(default=(), converter=tuple)
-    success_exit_codes: frozenset[int] = attrs.field(
-        default=frozenset({0}), converter=frozenset
-    )
+    success_exit_codes: frozenset[int] = attrs.field(default=frozenset({0}), converter=frozenset)
 
     def __init__(self, argv: Sequence[str], **kwargs: Any) -> None:
         self.__attrs_init__(argv=argv, **kwargs)  # type: ignore[attr-defined]
@@ -573,7 +576,9 @@ class ProcessChild:
         if self.cwd is not None and (not isinstance(self.cwd, str) or not self.cwd):
             raise _fail(cls, "cwd", f"must be a non-empty string or None, got {self.cwd!r}")
         if not isinstance(self.ready, Ready) or type(self.ready) is Ready:
-            raise InvalidSpecType("ProcessChild.ready: expected Ready.on_spawn(), Ready.notify(), ...")
+            raise InvalidSpecType(
+                "ProcessChild.ready: expected Ready.on_spawn(), Ready.notify(), ..."
+            )
         for field in ("stdout", "stderr"):
             value = getattr(self, field)
             if not isinstance(value, Output) or type(value) is Output:
@@ -583,13 +588,19 @@ class ProcessChild:
         object.__setattr__(
             self, "startup_timeout", _positive(cls, "startup_timeout", self.startup_timeout)
         )
-        object.__setattr__(self, "stop_timeout", _non_negative(cls, "stop_timeout", self.stop_timeout))
+        object.__setattr__(
+            self, "stop_timeout", _non_negative(cls, "stop_timeout", self.stop_timeout)
+        )
         for i, sock in enumerate(self.listen):
             if not isinstance(sock, Listen) or type(sock) is Listen:
-                raise InvalidSpecType(f"ProcessChild.listen[{i}]: expected Listen.tcp(...) or Listen.unix(...)")
+                raise InvalidSpecType(
+                    f"ProcessChild.listen[{i}]: expected Listen.tcp(...) or Listen.unix(...)"
+                )
         for code in self.success_exit_codes:
             if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code <= 255:
-                raise _fail(cls, "success_exit_codes", f"codes must be ints in 0..255, got {code!r}")
+                raise _fail(
+                    cls, "success_exit_codes", f"codes must be ints in 0..255, got {code!r}"
+                )
         if isinstance(self.ready, ReadyFd) and 3 <= self.ready.n < 3 + len(self.listen):
             raise _fail(
                 cls,
@@ -604,7 +615,7 @@ class ProcessChild:
         return ProcessRunner(self, context)
 
 
-@attrs.frozen(init=False)
+@attrs.frozen(init=False, eq=False)
 class TaskChild:
     """A Trio task leaf: ``async_fn(*args)`` runs in the supervisor's nursery.
 
@@ -615,18 +626,19 @@ class TaskChild:
 
     kind: ClassVar[str] = "task"
 
-    async_fn: Callable[..., Awaitable[object]] = attrs.field(eq=False)
-    args: tuple[Any, ...] = attrs.field(eq=False)
+    async_fn: Callable[..., Awaitable[object]]
+    args: tuple[Any, ...]
     uses_task_status: bool
 
     def __init__(self, async_fn: Callable[..., Awaitable[object]], *args: Any) -> None:
         if not callable(async_fn):
             raise InvalidSpecType("TaskChild.async_fn: must be an async function")
+        params: Mapping[str, Any]
         try:
             params = inspect.signature(async_fn).parameters
         except (TypeError, ValueError):
-            params = {}  # type: ignore[assignment]
-        self.__attrs_init__(  # type: ignore[attr-defined]
+            params = {}
+        self.__attrs_init__(
             async_fn=async_fn, args=args, uses_task_status="task_status" in params
         )
 
@@ -733,7 +745,8 @@ class SupervisorSpec:
         for i, child in enumerate(self.children):
             if not isinstance(child, ChildSpec):
                 raise InvalidSpecType(
-                    f"SupervisorSpec.children[{i}]: expected a ChildSpec, got {type(child).__name__}"
+                    f"SupervisorSpec.children[{i}]: expected a ChildSpec, "
+                    f"got {type(child).__name__}"
                 )
             if child.name in seen:
                 raise _fail(cls, f"children[{i}]", f"duplicate child name {child.name!r}")

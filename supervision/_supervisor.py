@@ -26,7 +26,6 @@ import trio
 from . import _events as ev
 from ._errors import (
     ChildAlreadyExists,
-    ChildAlreadyRunning,
     ChildNotFound,
     ChildRunning,
     InvalidSpecType,
@@ -324,9 +323,7 @@ class _Engine:
         self.closed = False
         self.finished = trio.Event()
         self._restart_log: deque[float] = deque()
-        self._inbox_send, self._inbox = trio.open_memory_channel[_Exited | _Command[Any]](
-            math.inf
-        )
+        self._inbox_send, self._inbox = trio.open_memory_channel[_Exited | _Command[Any]](math.inf)
         self._nursery: trio.Nursery | None = None
         self._shutdown = False
         self._gave_up: SupervisorGaveUp | None = None
@@ -417,9 +414,9 @@ class _Engine:
             if not self._started and self._settled():
                 self._started = True
                 task_status.started(self.handle)
-            slot = self._next_due()
-            if slot is not None:
-                await self._start_slot(slot)
+            due = self._next_due()
+            if due is not None:
+                await self._start_slot(due)
                 continue
             with trio.move_on_at(self._next_deadline()):
                 message = await self._inbox.receive()
@@ -429,9 +426,7 @@ class _Engine:
                     await self._on_exited(message)
 
     def _settled(self) -> bool:
-        return all(
-            s.restart_at is None and s.state is not ChildState.STARTING for s in self.slots
-        )
+        return all(s.restart_at is None and s.state is not ChildState.STARTING for s in self.slots)
 
     def _next_due(self) -> _Slot | None:
         now = trio.current_time()
@@ -751,7 +746,7 @@ class SubtreeRunner:
             ready = True
             task_status.started(None)
 
-        status = _Started(report_ready)
+        status = cast("trio.TaskStatus[Supervisor]", _Started(report_ready))
         try:
             await engine.run(status)
         except SupervisorGaveUp as exc:
@@ -820,8 +815,10 @@ async def run_supervisor(
     timeout, shielded), then re-raises.
     """
     if not isinstance(spec, SupervisorSpec):
-        raise InvalidSpecType(f"run_supervisor: expected a SupervisorSpec, got {type(spec).__name__}")
-    from ._process import open_process_host  # noqa: PLC0415  (keeps import light)
+        raise InvalidSpecType(
+            f"run_supervisor: expected a SupervisorSpec, got {type(spec).__name__}"
+        )
+    from ._process import open_process_host
 
     async with open_process_host(subreaper=subreaper) as host:
         broadcaster = Broadcaster((spec.name,))

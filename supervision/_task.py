@@ -69,9 +69,7 @@ class TaskRunner:
                 raise StartFailure(self._context.path, f"raised {exc!r} before ready") from exc
             return ExitStatus.raised(exc)
         if not ready.fired:
-            raise StartFailure(
-                self._context.path, "returned without calling task_status.started()"
-            )
+            raise StartFailure(self._context.path, "returned without calling task_status.started()")
         return ExitStatus.returned()
 
     async def aclose(self) -> None:

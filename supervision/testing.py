@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import signal as _signal
 from collections.abc import Callable, Iterable
+
 import attrs
 import trio
 
@@ -144,9 +145,7 @@ class FakeChild:
 
     def exit(self, code: int = 0) -> None:
         """Make the running generation exit with ``code``."""
-        self._command(
-            ExitStatus.exited(code, normal=code in self.success_exit_codes)
-        )
+        self._command(ExitStatus.exited(code, normal=code in self.success_exit_codes))
 
     def crash(self, code: int = 1) -> None:
         """Make the running generation exit abnormally with ``code``."""

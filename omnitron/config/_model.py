@@ -1,0 +1,423 @@
+"""The typed, frozen configuration records an ecosystem is made of.
+
+These are the *results* of validation: :func:`~omnitron.config.load_config` and
+:func:`~omnitron.config.define_ecosystem` build them after checking every field,
+with durations in seconds (``float``), sizes in bytes (``int``) and paths
+absolute. Derive variants with :func:`attrs.evolve` or :meth:`Ecosystem.with_stack`.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+import attrs
+
+from ._errors import ConfigError, ConfigIssue
+
+__all__ = [
+    "DEFAULT_WATCH_IGNORE",
+    "AppConfig",
+    "BackoffConfig",
+    "Ecosystem",
+    "HealthCheckConfig",
+    "HealthConfig",
+    "LogLevel",
+    "LoggingConfig",
+    "MetricsConfig",
+    "MonitoringConfig",
+    "ReadyConfig",
+    "ReadyKind",
+    "Restart",
+    "RestartPolicy",
+    "StackAppOverride",
+    "StackConfig",
+    "Strategy",
+    "SupervisionConfig",
+    "WatchConfig",
+]
+
+# Always ignored by the watcher; an app's ``watch.ignore`` adds to these.
+DEFAULT_WATCH_IGNORE: tuple[str, ...] = (
+    ".git",
+    ".hg",
+    "__pycache__",
+    "*.pyc",
+    "*.pyo",
+    "*.swp",
+    "*~",
+    "*.log",
+    ".venv",
+    "venv",
+    "node_modules",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+)
+
+
+def _frozen_map(value: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value or {}))
+
+
+def _env_repr(env: Mapping[str, str]) -> str:
+    # Values may be secrets expanded from the daemon's environment: show keys only.
+    return "{" + ", ".join(f"{key!r}: ..." for key in env) + "}"
+
+
+class Strategy(enum.Enum):
+    """How the daemon's top-level supervisor restarts apps (OTP strategies)."""
+
+    ONE_FOR_ONE = "one_for_one"
+    ONE_FOR_ALL = "one_for_all"
+    REST_FOR_ONE = "rest_for_one"
+
+
+class Restart(enum.Enum):
+    """When an app that exited is restarted."""
+
+    PERMANENT = "permanent"
+    TRANSIENT = "transient"
+    TEMPORARY = "temporary"
+
+
+class LogLevel(enum.Enum):
+    """The daemon's log level (standard :mod:`logging` names, lowercase)."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+class ReadyKind(enum.Enum):
+    """How an app reports that it is ready (see :class:`ReadyConfig`)."""
+
+    ON_SPAWN = "on_spawn"
+    NOTIFY = "notify"
+    TCP = "tcp"
+    HTTP = "http"
+    AFTER = "after"
+    FD = "fd"
+
+
+@attrs.frozen(kw_only=True)
+class BackoffConfig:
+    """Delay before the n-th consecutive restart: ``min(max, initial * factor**(n-1))``."""
+
+    initial: float = 1.0
+    max: float = 30.0
+    factor: float = 2.0
+
+
+@attrs.frozen(kw_only=True)
+class SupervisionConfig:
+    """``[supervision]``: the strategy and limits of the supervisor above all apps."""
+
+    strategy: Strategy = Strategy.ONE_FOR_ONE
+    max_restarts: int = 5
+    window: float = 60.0
+    backoff: BackoffConfig = BackoffConfig()
+
+
+@attrs.frozen(kw_only=True)
+class HealthCheckConfig:
+    """``[monitoring] health_check``: defaults for every app's health probe."""
+
+    interval: float = 15.0
+    timeout: float = 5.0
+
+
+@attrs.frozen(kw_only=True)
+class MetricsConfig:
+    """``[monitoring] metrics``: sampling cadence and in-memory retention (seconds)."""
+
+    interval: float = 5.0
+    retention: float = 3600.0
+
+
+@attrs.frozen(kw_only=True)
+class MonitoringConfig:
+    """``[monitoring]``."""
+
+    health_check: HealthCheckConfig = HealthCheckConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+
+@attrs.frozen(kw_only=True)
+class LoggingConfig:
+    """``[logging]``: the daemon's level and the rotation of app log files.
+
+    Attributes:
+        directory: Where app logs go; ``None`` means ``$OMNITRON_HOME/logs``.
+    """
+
+    level: LogLevel = LogLevel.INFO
+    max_size: int = 50_000_000
+    max_files: int = 10
+    compress: bool = True
+    directory: Path | None = None
+
+
+@attrs.frozen(kw_only=True)
+class RestartPolicy:
+    """An app's own restart limits (defaults come from ``[supervision]``)."""
+
+    max_restarts: int = 5
+    window: float = 60.0
+    backoff: BackoffConfig = BackoffConfig()
+
+
+@attrs.frozen(kw_only=True)
+class ReadyConfig:
+    """How an app reports ready. Build one with the classmethods.
+
+    Only the attributes of its :attr:`kind` are set: ``port``/``host`` for TCP,
+    ``url`` for HTTP, ``seconds`` for AFTER, ``fd`` for FD, ``watchdog`` (optional)
+    for NOTIFY.
+    """
+
+    kind: ReadyKind = ReadyKind.ON_SPAWN
+    port: int | None = None
+    host: str | None = None
+    url: str | None = None
+    seconds: float | None = None
+    fd: int | None = None
+    watchdog: float | None = None
+
+    @classmethod
+    def on_spawn(cls) -> ReadyConfig:
+        return cls(kind=ReadyKind.ON_SPAWN)
+
+    @classmethod
+    def notify(cls, watchdog: float | None = None) -> ReadyConfig:
+        return cls(kind=ReadyKind.NOTIFY, watchdog=watchdog)
+
+    @classmethod
+    def tcp(cls, port: int, host: str = "127.0.0.1") -> ReadyConfig:
+        return cls(kind=ReadyKind.TCP, port=port, host=host)
+
+    @classmethod
+    def http(cls, url: str) -> ReadyConfig:
+        return cls(kind=ReadyKind.HTTP, url=url)
+
+    @classmethod
+    def after(cls, seconds: float) -> ReadyConfig:
+        return cls(kind=ReadyKind.AFTER, seconds=seconds)
+
+    @classmethod
+    def on_fd(cls, fd: int) -> ReadyConfig:
+        return cls(kind=ReadyKind.FD, fd=fd)
+
+
+@attrs.frozen(kw_only=True)
+class HealthConfig:
+    """An app's periodic health probe: exactly one of ``http`` (URL) or ``tcp`` (port).
+
+    ``retries`` consecutive failures mark the app unhealthy.
+    """
+
+    http: str | None = None
+    tcp: int | None = None
+    host: str = "127.0.0.1"
+    interval: float = 15.0
+    timeout: float = 5.0
+    retries: int = 3
+
+
+@attrs.frozen(kw_only=True)
+class WatchConfig:
+    """Restart an app when files under ``directory`` change (development).
+
+    ``ignore`` holds :data:`DEFAULT_WATCH_IGNORE` followed by the app's own patterns.
+    """
+
+    directory: Path
+    ignore: tuple[str, ...] = DEFAULT_WATCH_IGNORE
+    debounce: float = 0.3
+
+
+@attrs.frozen(kw_only=True)
+class AppConfig:
+    """One ``[[apps]]`` entry.
+
+    Exactly one of ``command`` (classic mode: an argv, never run through a shell)
+    and ``bootstrap`` (module-worker mode: a Python file inside the project) is set.
+    ``env`` holds strings only, ``${VAR}`` references already expanded.
+    """
+
+    name: str
+    command: tuple[str, ...] | None = None
+    bootstrap: Path | None = None
+    cwd: Path
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_map, repr=_env_repr)
+    depends_on: tuple[str, ...] = ()
+    instances: int = 1
+    ready: ReadyConfig = ReadyConfig()
+    startup_timeout: float = 30.0
+    stop_timeout: float = 10.0
+    stop_signal: signal.Signals = signal.SIGTERM
+    critical: bool = False
+    restart: Restart = Restart.PERMANENT
+    restart_policy: RestartPolicy = RestartPolicy()
+    health: HealthConfig | None = None
+    watch: WatchConfig | None = None
+    enabled: bool = True
+
+    @property
+    def mode(self) -> Literal["classic", "bootstrap"]:
+        """``"bootstrap"`` for module-worker apps, ``"classic"`` for any program."""
+        return "bootstrap" if self.bootstrap is not None else "classic"
+
+
+@attrs.frozen(kw_only=True)
+class StackAppOverride:
+    """``[stacks.NAME.overrides.APP]``: what a stack changes for one app."""
+
+    instances: int | None = None
+    enabled: bool | None = None
+    watch: bool | None = None
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_map, repr=_env_repr)
+
+
+@attrs.frozen(kw_only=True)
+class StackConfig:
+    """``[stacks.NAME]``: per-environment overrides, applied by :meth:`Ecosystem.with_stack`.
+
+    Attributes:
+        apps: The apps that run in this stack (the others are disabled); ``None``: all.
+        env: Merged over every app's ``env``.
+        watch: ``True`` turns file watching on for every app (its own ``watch``
+            settings, or its ``cwd``); ``False`` turns it off.
+        log_level: Replaces ``[logging] level``.
+        overrides: Per-app changes, applied last.
+    """
+
+    name: str
+    apps: tuple[str, ...] | None = None
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_map, repr=_env_repr)
+    watch: bool | None = None
+    log_level: LogLevel | None = None
+    overrides: Mapping[str, StackAppOverride] = attrs.field(factory=dict, converter=_frozen_map)
+
+
+def _apply_watch(app: AppConfig, on: bool | None) -> WatchConfig | None:
+    if on is None:
+        return app.watch
+    if not on:
+        return None
+    return app.watch or WatchConfig(directory=app.cwd)
+
+
+@attrs.frozen(kw_only=True)
+class Ecosystem:
+    """A whole project: its apps and the settings above them.
+
+    Attributes:
+        base_dir: The directory relative paths were resolved against (the config
+            file's directory).
+        stack: The stack applied with :meth:`with_stack`, if any.
+        source: The file this was loaded from (not part of equality).
+        warnings: Problems that do not prevent a start, e.g. ``empty: no apps
+            defined`` (not part of equality).
+    """
+
+    project: str
+    base_dir: Path
+    supervision: SupervisionConfig = SupervisionConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+    logging: LoggingConfig = LoggingConfig()
+    apps: tuple[AppConfig, ...] = ()
+    stacks: Mapping[str, StackConfig] = attrs.field(factory=dict, converter=_frozen_map)
+    stack: str | None = None
+    source: Path | None = attrs.field(default=None, eq=False)
+    warnings: tuple[ConfigIssue, ...] = attrs.field(default=(), eq=False)
+
+    def app(self, name: str) -> AppConfig:
+        """The app called ``name``.
+
+        Raises:
+            KeyError: No such app.
+        """
+        for app in self.apps:
+            if app.name == name:
+                return app
+        raise KeyError(name)
+
+    def start_order(self) -> tuple[AppConfig, ...]:
+        """Every app, dependencies first; ties keep file order.
+
+        This is the lexicographically smallest topological order by position in the
+        file, so an ecosystem without ``depends_on`` starts in file order. Disabled
+        apps are included; callers skip them.
+        """
+        position = {app.name: index for index, app in enumerate(self.apps)}
+        waiting_on = {app.name: len(set(app.depends_on)) for app in self.apps}
+        dependents: dict[str, list[str]] = {app.name: [] for app in self.apps}
+        for app in self.apps:
+            for dependency in set(app.depends_on):
+                dependents[dependency].append(app.name)
+        ready = [position[name] for name, count in waiting_on.items() if count == 0]
+        heapq.heapify(ready)
+        order: list[AppConfig] = []
+        while ready:
+            app = self.apps[heapq.heappop(ready)]
+            order.append(app)
+            for dependent in dependents[app.name]:
+                waiting_on[dependent] -= 1
+                if waiting_on[dependent] == 0:
+                    heapq.heappush(ready, position[dependent])
+        if len(order) != len(self.apps):  # only reachable by building records by hand
+            raise ValueError("dependency cycle among apps")
+        return tuple(order)
+
+    def with_stack(self, name: str) -> Ecosystem:
+        """This ecosystem with the overrides of ``[stacks.NAME]`` applied.
+
+        Raises:
+            ConfigError: No such stack, or a stack is already applied.
+        """
+        if self.stack is not None:
+            raise ConfigError(
+                [ConfigIssue(file=self.source, path="stacks", message=f"stack {self.stack!r} is already applied")]
+            )
+        stack = self.stacks.get(name)
+        if stack is None:
+            from ._build import did_you_mean
+
+            known = ", ".join(self.stacks) or "none defined"
+            message = f"unknown stack {name!r}{did_you_mean(name, self.stacks)} (stacks: {known})"
+            raise ConfigError([ConfigIssue(file=self.source, path="stacks", message=message)])
+        apps = []
+        for app in self.apps:
+            override = stack.overrides.get(app.name, StackAppOverride())
+            enabled = app.enabled if stack.apps is None else app.enabled and app.name in stack.apps
+            if override.enabled is not None:
+                enabled = override.enabled
+            app = attrs.evolve(
+                app,
+                env={**app.env, **stack.env, **override.env},
+                enabled=enabled,
+                instances=app.instances if override.instances is None else override.instances,
+            )
+            app = attrs.evolve(app, watch=_apply_watch(app, stack.watch))
+            apps.append(attrs.evolve(app, watch=_apply_watch(app, override.watch)))
+        logging = self.logging
+        if stack.log_level is not None:
+            logging = attrs.evolve(logging, level=stack.log_level)
+        return attrs.evolve(self, apps=tuple(apps), logging=logging, stack=name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain-data (TOML-shaped) form: durations in seconds, sizes in bytes,
+        absolute paths. ``define_ecosystem(**eco.to_dict())`` rebuilds an equal
+        ecosystem (without the applied stack)."""
+        from ._serialize import unstructure
+
+        result: dict[str, Any] = unstructure(self)
+        return result
