@@ -54,7 +54,7 @@ class ConfigError(OmnitronError, ValueError):
     by one indented line per problem.
 
     Attributes:
-        issues: Every problem found, in file order (never empty).
+        issues: Every problem found (never empty), by line where lines are known.
     """
 
     def __init__(self, issues: Iterable[ConfigIssue]) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import attrs
 
 from ._errors import ConfigError, ConfigIssue
+from ._fields import did_you_mean
 
 __all__ = [
     "DEFAULT_WATCH_IGNORE",
@@ -218,14 +219,15 @@ class ReadyConfig:
 
 @attrs.frozen(kw_only=True)
 class HealthConfig:
-    """An app's periodic health probe: exactly one of ``http`` (URL) or ``tcp`` (port).
+    """An app's periodic health probe: exactly one of ``http`` (URL) or ``tcp`` (port,
+    on ``host``, default ``127.0.0.1``).
 
     ``retries`` consecutive failures mark the app unhealthy.
     """
 
     http: str | None = None
     tcp: int | None = None
-    host: str = "127.0.0.1"
+    host: str | None = None
     interval: float = 15.0
     timeout: float = 5.0
     retries: int = 3
@@ -307,12 +309,12 @@ class StackConfig:
     overrides: Mapping[str, StackAppOverride] = attrs.field(factory=dict, converter=_frozen_map)
 
 
-def _apply_watch(app: AppConfig, on: bool | None) -> WatchConfig | None:
+def _switch_watch(watch: WatchConfig | None, cwd: Path, on: bool | None) -> WatchConfig | None:
     if on is None:
-        return app.watch
+        return watch
     if not on:
         return None
-    return app.watch or WatchConfig(directory=app.cwd)
+    return watch or WatchConfig(directory=cwd)
 
 
 @attrs.frozen(kw_only=True)
@@ -385,12 +387,16 @@ class Ecosystem:
         """
         if self.stack is not None:
             raise ConfigError(
-                [ConfigIssue(file=self.source, path="stacks", message=f"stack {self.stack!r} is already applied")]
+                [
+                    ConfigIssue(
+                        file=self.source,
+                        path="stacks",
+                        message=f"stack {self.stack!r} is already applied",
+                    )
+                ]
             )
         stack = self.stacks.get(name)
         if stack is None:
-            from ._build import did_you_mean
-
             known = ", ".join(self.stacks) or "none defined"
             message = f"unknown stack {name!r}{did_you_mean(name, self.stacks)} (stacks: {known})"
             raise ConfigError([ConfigIssue(file=self.source, path="stacks", message=message)])
@@ -400,14 +406,16 @@ class Ecosystem:
             enabled = app.enabled if stack.apps is None else app.enabled and app.name in stack.apps
             if override.enabled is not None:
                 enabled = override.enabled
-            app = attrs.evolve(
-                app,
-                env={**app.env, **stack.env, **override.env},
-                enabled=enabled,
-                instances=app.instances if override.instances is None else override.instances,
+            watch = _switch_watch(app.watch, app.cwd, stack.watch)
+            apps.append(
+                attrs.evolve(
+                    app,
+                    env={**app.env, **stack.env, **override.env},
+                    enabled=enabled,
+                    instances=app.instances if override.instances is None else override.instances,
+                    watch=_switch_watch(watch, app.cwd, override.watch),
+                )
             )
-            app = attrs.evolve(app, watch=_apply_watch(app, stack.watch))
-            apps.append(attrs.evolve(app, watch=_apply_watch(app, override.watch)))
         logging = self.logging
         if stack.log_level is not None:
             logging = attrs.evolve(logging, level=stack.log_level)

@@ -47,21 +47,22 @@ def _describe(value: object) -> str:
     return type(value).__name__
 
 
-def _scan_number(text: str, start: int) -> tuple[int, int, int]:
+def _scan_number(text: str, start: int, error: str) -> tuple[int, int, int]:
     """Read ``digits[.digits]`` at ``start``: (integer of all digits, decimals, end)."""
     end = start
     while end < len(text) and text[end].isascii() and text[end].isdigit():
         end += 1
     whole = text[start:end]
     decimals = ""
-    if end < len(text) and text[end] == ".":
+    dot = end < len(text) and text[end] == "."
+    if dot:
         frac_start = end + 1
         end = frac_start
         while end < len(text) and text[end].isascii() and text[end].isdigit():
             end += 1
         decimals = text[frac_start:end]
-    if not whole and not decimals:
-        raise ValueError(f"expected a number at position {start + 1} of {text!r}")
+    if not decimals and (dot or not whole):
+        raise ValueError(error)
     return int(whole + decimals or "0"), len(decimals), end
 
 
@@ -85,37 +86,50 @@ def parse_duration(value: object) -> float:
         TypeError: Neither a number nor a string.
     """
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise TypeError(f"expected a duration (seconds or a string like '30s'), got {_describe(value)}")
+        raise TypeError(
+            f"expected a duration (seconds or a string like '30s'), got {_describe(value)}"
+        )
     if not isinstance(value, str):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError("too large") from None
         if not math.isfinite(seconds):
             raise ValueError("must be a finite number of seconds")
         if seconds < 0:
             raise ValueError(f"must not be negative, got {value!r}")
         return seconds
+    if len(value) > MAX_DURATION_TEXT:
+        raise ValueError(
+            f"duration string too long ({len(value)} > {MAX_DURATION_TEXT} characters)"
+        )
     text = value.strip()
-    if len(text) > MAX_DURATION_TEXT:
-        raise ValueError(f"duration string too long ({len(text)} > {MAX_DURATION_TEXT} characters)")
     if not text:
         raise ValueError("empty duration; write e.g. '30s' or '500ms'")
     if text[0] == "-":
         raise ValueError(f"must not be negative, got {text!r}")
+    error = (
+        f"invalid duration {text!r}: write numbers with units (ms, s, m, h, d), e.g. '30s', '1h30m'"
+    )
     parts: list[tuple[int, int, int]] = []  # (digits, decimals, unit in ms)
     position = 0
     while position < len(text):
-        digits, decimals, position = _scan_number(text, position)
+        digits, decimals, position = _scan_number(text, position, error)
         unit, end = _scan_unit(text, position)
-        if not unit:
-            hint = f"; write e.g. '{text}s'" if position == len(text) else ""
-            raise ValueError(f"missing unit in {text!r} (units: ms, s, m, h, d){hint}")
+        if not unit and position == len(text):
+            hint = f"; write e.g. '{text}s'" if not parts else ""
+            raise ValueError(f"missing unit at the end of {text!r}{hint}")
         if unit not in _DURATION_UNITS:
-            raise ValueError(f"unknown duration unit {unit!r} in {text!r} (units: ms, s, m, h, d)")
+            raise ValueError(error)
         parts.append((digits, decimals, _DURATION_UNITS[unit]))
         position = end
     scale = max(decimals for _, decimals, _ in parts)
-    numerator = sum(digits * unit * 10 ** (scale - decimals) for digits, decimals, unit in parts)
+    numerator: int = sum(
+        digits * unit * 10 ** (scale - decimals) for digits, decimals, unit in parts
+    )
+    denominator: int = 1000 * 10**scale
     # int / int is correctly rounded, so the result is the float nearest the exact value.
-    return numerator / (1000 * 10**scale)
+    return numerator / denominator
 
 
 def parse_size(value: object) -> int:
@@ -139,25 +153,25 @@ def parse_size(value: object) -> int:
         if value > _MAX_SIZE:
             raise ValueError("size too large")
         return value
+    if len(value) > MAX_SIZE_TEXT:
+        raise ValueError(f"size string too long ({len(value)} > {MAX_SIZE_TEXT} characters)")
     text = value.strip()
-    if len(text) > MAX_SIZE_TEXT:
-        raise ValueError(f"size string too long ({len(text)} > {MAX_SIZE_TEXT} characters)")
     if not text:
         raise ValueError("empty size; write e.g. '50MB'")
     if text[0] == "-":
         raise ValueError(f"must not be negative, got {text!r}")
-    digits, decimals, position = _scan_number(text, 0)
+    error = f"invalid size {text!r}: write a number and a unit, e.g. '50MB', '1KiB', '10kb'"
+    digits, decimals, position = _scan_number(text, 0, error)
     if position < len(text) and text[position] == " ":
         position += 1
     unit, end = _scan_unit(text, position)
-    if end != len(text):
-        raise ValueError(f"unexpected {text[end]!r} in size {text!r}")
-    if not unit:
+    if not unit and end == len(text):
         raise ValueError(f"missing unit in {text!r}; write e.g. '{text}B' or use an integer")
     factor = _SIZE_UNITS.get(unit.lower())
-    if factor is None:
-        raise ValueError(f"unknown size unit {unit!r} in {text!r} (e.g. B, KB, MiB, G)")
-    whole, remainder = divmod(digits * factor, 10**decimals)
+    if factor is None or end != len(text):
+        raise ValueError(error)
+    scale: int = 10**decimals
+    whole, remainder = divmod(digits * factor, scale)
     if remainder:
         raise ValueError(f"{text!r} is not a whole number of bytes")
     if whole > _MAX_SIZE:

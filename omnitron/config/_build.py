@@ -1,0 +1,609 @@
+"""Raw data (parsed TOML, or ``define_ecosystem`` keyword arguments) -> validated records.
+
+One pass over the data collects every problem instead of stopping at the first;
+each problem carries its field path (``apps[1].depends_on``) and, where known,
+its line. Only when nothing is wrong are the records returned.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._fields import (
+    MAX_ARG,
+    NAME_RULE,
+    NO_STRINGS,
+    BuildContext,
+    Invalid,
+    Path_,
+    build_env,
+    check_name,
+    describe,
+    did_you_mean,
+    inside_project,
+    p_bool,
+    p_directory,
+    p_duration,
+    p_enum,
+    p_factor,
+    p_int,
+    p_port,
+    p_signal,
+    p_size,
+    p_strings,
+    p_text,
+    p_url,
+    read,
+    read_table,
+    render_path,
+    resolve,
+    short,
+)
+from ._graph import find_cycles
+from ._model import (
+    DEFAULT_WATCH_IGNORE,
+    AppConfig,
+    BackoffConfig,
+    Ecosystem,
+    HealthCheckConfig,
+    HealthConfig,
+    LoggingConfig,
+    LogLevel,
+    MetricsConfig,
+    MonitoringConfig,
+    ReadyConfig,
+    Restart,
+    RestartPolicy,
+    StackAppOverride,
+    StackConfig,
+    Strategy,
+    SupervisionConfig,
+    WatchConfig,
+)
+
+__all__ = ["build_ecosystem"]
+
+MAX_APPS = 1024
+MAX_INSTANCES = 1024
+MAX_COMMAND_TEXT = 64 * 1024
+_SHELL_TOKENS = frozenset({"|", "||", "&&", ";", "&", ">", ">>", "<", "2>&1"})
+_READY_KINDS = ("tcp", "http", "after", "fd", "notify")
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def build_backoff(
+    ctx: BuildContext, path: Path_, value: object, default: BackoffConfig
+) -> BackoffConfig:
+    table = read_table(ctx, path, value, ("initial", "max", "factor"))
+    initial = read(ctx, table, path, "initial", p_duration(positive=False), default.initial)
+    maximum = read(ctx, table, path, "max", p_duration(positive=False), default.max)
+    factor = read(ctx, table, path, "factor", p_factor, default.factor)
+    if maximum < initial:
+        where = (*path, "max") if "max" in table else (*path, "initial")
+        ctx.error(where, f"max ({maximum:g}s) must be >= initial ({initial:g}s)")
+    return BackoffConfig(initial=initial, max=maximum, factor=factor)
+
+
+def build_supervision(ctx: BuildContext, value: object) -> SupervisionConfig:
+    path: Path_ = ("supervision",)
+    default = SupervisionConfig()
+    table = read_table(ctx, path, value, ("strategy", "max_restarts", "window", "backoff"))
+    return SupervisionConfig(
+        strategy=read(ctx, table, path, "strategy", p_enum(Strategy), default.strategy),
+        max_restarts=read(
+            ctx, table, path, "max_restarts", p_int(0, 1_000_000), default.max_restarts
+        ),
+        window=read(ctx, table, path, "window", p_duration(positive=True), default.window),
+        backoff=build_backoff(ctx, (*path, "backoff"), table["backoff"], default.backoff)
+        if table.get("backoff") is not None
+        else default.backoff,
+    )
+
+
+def build_monitoring(ctx: BuildContext, value: object) -> MonitoringConfig:
+    path: Path_ = ("monitoring",)
+    table = read_table(ctx, path, value, ("health_check", "metrics"))
+    positive = p_duration(positive=True)
+    health, metrics = HealthCheckConfig(), MetricsConfig()
+    if table.get("health_check") is not None:
+        sub = (*path, "health_check")
+        raw = read_table(ctx, sub, table["health_check"], ("interval", "timeout"))
+        health = HealthCheckConfig(
+            interval=read(ctx, raw, sub, "interval", positive, health.interval),
+            timeout=read(ctx, raw, sub, "timeout", positive, health.timeout),
+        )
+    if table.get("metrics") is not None:
+        sub = (*path, "metrics")
+        raw = read_table(ctx, sub, table["metrics"], ("interval", "retention"))
+        metrics = MetricsConfig(
+            interval=read(ctx, raw, sub, "interval", positive, metrics.interval),
+            retention=read(ctx, raw, sub, "retention", positive, metrics.retention),
+        )
+    return MonitoringConfig(health_check=health, metrics=metrics)
+
+
+def build_logging(ctx: BuildContext, value: object) -> LoggingConfig:
+    path: Path_ = ("logging",)
+    default = LoggingConfig()
+    table = read_table(
+        ctx, path, value, ("level", "max_size", "max_files", "compress", "directory")
+    )
+    directory = read(ctx, table, path, "directory", lambda raw: resolve(ctx, raw), None)
+    if (
+        directory is not None
+        and not Path(table["directory"]).is_absolute()
+        and not inside_project(ctx, directory)
+    ):
+        ctx.error(
+            (*path, "directory"),
+            f"a relative log directory must stay inside the project ({ctx.base_dir}); "
+            "use an absolute path to log elsewhere",
+        )
+    return LoggingConfig(
+        level=read(ctx, table, path, "level", p_enum(LogLevel), default.level),
+        max_size=read(ctx, table, path, "max_size", p_size, default.max_size),
+        max_files=read(ctx, table, path, "max_files", p_int(0, 1000), default.max_files),
+        compress=read(ctx, table, path, "compress", p_bool, default.compress),
+        directory=directory,
+    )
+
+
+def build_command(ctx: BuildContext, path: Path_, value: object) -> tuple[str, ...] | None:
+    if isinstance(value, str):
+        if len(value) > MAX_COMMAND_TEXT:
+            ctx.error(path, f"too long ({len(value)} > {MAX_COMMAND_TEXT} characters)")
+            return None
+        if "\0" in value:
+            ctx.error(path, "must not contain a NUL byte")
+            return None
+        import shlex
+
+        try:
+            argv = tuple(shlex.split(value))
+        except ValueError as exc:
+            ctx.error(path, f"cannot split into arguments: {str(exc).lower()}")
+            return None
+        for token in argv:
+            if token in _SHELL_TOKENS or "$(" in token or "`" in token:
+                ctx.warn(
+                    path,
+                    f"runs without a shell: {short(token)} is passed to the program as a literal "
+                    'argument; for shell syntax write command = ["sh", "-c", "..."]',
+                )
+                break
+    elif isinstance(value, list | tuple):
+        argv_list = []
+        for index, item in enumerate(value):
+            try:
+                argv_list.append(p_text(item, limit=MAX_ARG) if index == 0 else _argument(item))
+            except Invalid as exc:
+                ctx.error((*path, index), exc.message)
+        argv = tuple(argv_list)
+        if len(argv) != len(value):
+            return None
+    else:
+        ctx.error(path, f"expected an array of arguments or a string, got {describe(value)}")
+        return None
+    if not argv:
+        ctx.error(path, "must not be empty")
+        return None
+    return argv
+
+
+def _argument(value: object) -> str:
+    if not isinstance(value, str):
+        raise Invalid(f"expected a string, got {describe(value)}")
+    if len(value) > MAX_ARG:
+        raise Invalid(f"too long ({len(value)} > {MAX_ARG} characters)")
+    if "\0" in value:
+        raise Invalid("must not contain a NUL byte")
+    return value
+
+
+def _host(value: object) -> str:
+    return p_text(value, limit=255)
+
+
+def build_ready(ctx: BuildContext, path: Path_, value: object) -> ReadyConfig:
+    default = ReadyConfig.on_spawn()
+    if isinstance(value, str):
+        if value == "notify":
+            return ReadyConfig.notify()
+        if value == "on_spawn":
+            return default
+        ctx.error(
+            path,
+            f"unknown readiness {short(value)}{did_you_mean(value, ('notify', 'on_spawn'))}; use "
+            "'notify', 'on_spawn' or one of { tcp = PORT }, { http = URL }, { after = DURATION }, "
+            "{ fd = N }, { notify = { watchdog = DURATION } }",
+        )
+        return default
+    if not isinstance(value, Mapping):
+        ctx.error(path, f"expected 'notify', 'on_spawn' or a table, got {describe(value)}")
+        return default
+    table = read_table(ctx, path, value, (*_READY_KINDS, "host"))
+    kinds = [kind for kind in _READY_KINDS if table.get(kind) is not None]
+    if len(kinds) != 1:
+        ctx.error(path, f"set exactly one of {', '.join(_READY_KINDS)}")
+        return default
+    (kind,) = kinds
+    if table.get("host") is not None and kind != "tcp":
+        ctx.error((*path, "host"), "only allowed with tcp")
+    if kind == "tcp":
+        port = read(ctx, table, path, "tcp", p_port, 1)
+        host = read(ctx, table, path, "host", _host, "127.0.0.1")
+        return ReadyConfig.tcp(port, host)
+    if kind == "http":
+        return ReadyConfig.http(read(ctx, table, path, "http", p_url, ""))
+    if kind == "after":
+        return ReadyConfig.after(read(ctx, table, path, "after", p_duration(positive=False), 0.0))
+    if kind == "fd":
+        return ReadyConfig.on_fd(read(ctx, table, path, "fd", p_int(3, 1023), 3))
+    notify = table["notify"]
+    if notify is True:
+        return ReadyConfig.notify()
+    sub = (*path, "notify")
+    if not isinstance(notify, Mapping):
+        ctx.error(
+            sub, f"expected true or a table {{ watchdog = DURATION }}, got {describe(notify)}"
+        )
+        return default
+    raw = read_table(ctx, sub, notify, ("watchdog",))
+    return ReadyConfig.notify(read(ctx, raw, sub, "watchdog", p_duration(positive=True), None))
+
+
+def build_health(
+    ctx: BuildContext, path: Path_, value: object, defaults: HealthCheckConfig
+) -> HealthConfig | None:
+    table = read_table(ctx, path, value, ("http", "tcp", "host", "interval", "timeout", "retries"))
+    probes = [key for key in ("http", "tcp") if table.get(key) is not None]
+    if len(probes) != 1 and isinstance(value, Mapping):
+        ctx.error(path, "set exactly one of http (a URL) or tcp (a port)")
+    if table.get("host") is not None and probes != ["tcp"]:
+        ctx.error((*path, "host"), "only allowed with tcp")
+    positive = p_duration(positive=True)
+    return HealthConfig(
+        http=read(ctx, table, path, "http", p_url, None),
+        tcp=read(ctx, table, path, "tcp", p_port, None),
+        host=read(ctx, table, path, "host", _host, "127.0.0.1") if probes == ["tcp"] else None,
+        interval=read(ctx, table, path, "interval", positive, defaults.interval),
+        timeout=read(ctx, table, path, "timeout", positive, defaults.timeout),
+        retries=read(ctx, table, path, "retries", p_int(1, 1000), 3),
+    )
+
+
+def build_watch(ctx: BuildContext, path: Path_, value: object, cwd: Path) -> WatchConfig | None:
+    if value is False:
+        return None
+    if value is True:
+        return WatchConfig(directory=cwd)
+    if isinstance(value, str):
+        try:
+            return WatchConfig(directory=p_directory(ctx)(value))
+        except Invalid as exc:
+            ctx.error(path, exc.message)
+            return None
+    if not isinstance(value, Mapping):
+        ctx.error(path, f"expected true, false, a directory or a table, got {describe(value)}")
+        return None
+    table = read_table(ctx, path, value, ("directory", "ignore", "debounce"))
+    return WatchConfig(
+        directory=read(ctx, table, path, "directory", p_directory(ctx), cwd),
+        ignore=_with_defaults(read(ctx, table, path, "ignore", p_strings, NO_STRINGS)),
+        debounce=read(ctx, table, path, "debounce", p_duration(positive=False), 0.3),
+    )
+
+
+def _with_defaults(ignore: tuple[str, ...]) -> tuple[str, ...]:
+    return DEFAULT_WATCH_IGNORE + tuple(p for p in ignore if p not in DEFAULT_WATCH_IGNORE)
+
+
+def build_restart_policy(
+    ctx: BuildContext, path: Path_, value: object, sup: SupervisionConfig
+) -> RestartPolicy:
+    table = read_table(ctx, path, value, ("max_restarts", "window", "backoff"))
+    return RestartPolicy(
+        max_restarts=read(ctx, table, path, "max_restarts", p_int(0, 1_000_000), sup.max_restarts),
+        window=read(ctx, table, path, "window", p_duration(positive=True), sup.window),
+        backoff=build_backoff(ctx, (*path, "backoff"), table["backoff"], sup.backoff)
+        if table.get("backoff") is not None
+        else sup.backoff,
+    )
+
+
+APP_KEYS = (
+    "name",
+    "command",
+    "bootstrap",
+    "cwd",
+    "env",
+    "depends_on",
+    "instances",
+    "ready",
+    "startup_timeout",
+    "stop_timeout",
+    "stop_signal",
+    "critical",
+    "restart",
+    "restart_policy",
+    "health",
+    "watch",
+    "enabled",
+)
+
+
+def build_bootstrap(ctx: BuildContext, path: Path_, value: object) -> Path | None:
+    try:
+        bootstrap = resolve(ctx, value)
+    except Invalid as exc:
+        ctx.error(path, exc.message)
+        return None
+    if bootstrap.suffix != ".py":
+        ctx.error(path, f"must be a Python file (.py), got {short(str(value))}")
+    elif not inside_project(ctx, bootstrap):
+        ctx.error(
+            path, f"must be inside the project directory {ctx.base_dir} (after resolving symlinks)"
+        )
+    elif not bootstrap.is_file():
+        ctx.error(path, f"file not found: {bootstrap}")
+    return bootstrap
+
+
+def build_app(
+    ctx: BuildContext, index: int, value: object, sup: SupervisionConfig, mon: MonitoringConfig
+) -> AppConfig | None:
+    """One app; ``None`` when it has no valid name (it then takes no part in cross checks)."""
+    path: Path_ = ("apps", index)
+    if not isinstance(value, Mapping):
+        ctx.error(path, f"expected a table, got {describe(value)}")
+        return None
+    table = read_table(ctx, path, value, APP_KEYS)
+    if table.get("name") is None:
+        ctx.error(path, "missing required key 'name'")
+    name = read(ctx, table, path, "name", lambda raw: check_name(raw, "app"), None)
+    if name is not None and name.lower() == "all":
+        ctx.error((*path, "name"), "'all' is reserved (the CLI uses it for every app)")
+    has_command = table.get("command") is not None
+    has_bootstrap = table.get("bootstrap") is not None
+    if has_command and has_bootstrap:
+        ctx.error(
+            path, "set either command (any program) or bootstrap (a module-worker file), not both"
+        )
+    elif not has_command and not has_bootstrap:
+        ctx.error(path, "missing command (any program) or bootstrap (a module-worker file)")
+    command = build_command(ctx, (*path, "command"), table["command"]) if has_command else None
+    bootstrap = (
+        build_bootstrap(ctx, (*path, "bootstrap"), table["bootstrap"]) if has_bootstrap else None
+    )
+    cwd = read(ctx, table, path, "cwd", p_directory(ctx), ctx.base_dir)
+    env = build_env(ctx, (*path, "env"), table["env"]) if table.get("env") is not None else {}
+    depends_on = read(ctx, table, path, "depends_on", p_strings, NO_STRINGS)
+    seen: set[str] = set()
+    for dependency in depends_on:
+        if dependency in seen:
+            ctx.warn((*path, "depends_on"), f"{dependency!r} is listed twice")
+        seen.add(dependency)
+    restart_policy = (
+        build_restart_policy(ctx, (*path, "restart_policy"), table["restart_policy"], sup)
+        if table.get("restart_policy") is not None
+        else RestartPolicy(max_restarts=sup.max_restarts, window=sup.window, backoff=sup.backoff)
+    )
+    health = (
+        build_health(ctx, (*path, "health"), table["health"], mon.health_check)
+        if table.get("health") is not None
+        else None
+    )
+    watch = (
+        build_watch(ctx, (*path, "watch"), table["watch"], cwd)
+        if table.get("watch") is not None
+        else None
+    )
+    ready = (
+        build_ready(ctx, (*path, "ready"), table["ready"])
+        if table.get("ready") is not None
+        else ReadyConfig()
+    )
+    timeout = p_duration(positive=True)
+    app = AppConfig(
+        name=name or "",
+        command=command,
+        bootstrap=bootstrap,
+        cwd=cwd,
+        env=env,
+        depends_on=depends_on,
+        instances=read(ctx, table, path, "instances", p_int(1, MAX_INSTANCES), 1),
+        ready=ready,
+        startup_timeout=read(ctx, table, path, "startup_timeout", timeout, 30.0),
+        stop_timeout=read(ctx, table, path, "stop_timeout", timeout, 10.0),
+        stop_signal=read(ctx, table, path, "stop_signal", p_signal, signal.SIGTERM),
+        critical=read(ctx, table, path, "critical", p_bool, False),
+        restart=read(ctx, table, path, "restart", p_enum(Restart), Restart.PERMANENT),
+        restart_policy=restart_policy,
+        health=health,
+        watch=watch,
+        enabled=read(ctx, table, path, "enabled", p_bool, True),
+    )
+    return app if name is not None else None
+
+
+def build_override(ctx: BuildContext, path: Path_, value: object) -> StackAppOverride:
+    table = read_table(ctx, path, value, ("instances", "enabled", "watch", "env"))
+    return StackAppOverride(
+        instances=read(ctx, table, path, "instances", p_int(1, MAX_INSTANCES), None),
+        enabled=read(ctx, table, path, "enabled", p_bool, None),
+        watch=read(ctx, table, path, "watch", p_bool, None),
+        env=build_env(ctx, (*path, "env"), table["env"]) if table.get("env") is not None else {},
+    )
+
+
+def build_stack(
+    ctx: BuildContext, name: str, value: object, apps: dict[str, AppConfig]
+) -> StackConfig:
+    path: Path_ = ("stacks", name)
+    table = read_table(ctx, path, value, ("apps", "env", "watch", "log_level", "overrides"))
+    selected: tuple[str, ...] | None = None
+    if table.get("apps") not in (None, "all"):
+        selected = read(ctx, table, path, "apps", p_strings, NO_STRINGS)
+        for app_name in selected:
+            app = apps.get(app_name)
+            if app is None:
+                message = f"unknown app {short(app_name)}{did_you_mean(app_name, apps)}"
+                ctx.error((*path, "apps"), message)
+                continue
+            for dependency in app.depends_on:
+                if dependency in apps and dependency not in selected:
+                    message = f"{app_name!r} depends on {dependency!r}, which is not in this stack"
+                    ctx.error((*path, "apps"), message)
+    overrides: dict[str, StackAppOverride] = {}
+    raw_overrides = table.get("overrides")
+    if raw_overrides is not None:
+        sub = (*path, "overrides")
+        if not isinstance(raw_overrides, Mapping):
+            ctx.error(
+                sub, f"expected a table of app name = {{ ... }}, got {describe(raw_overrides)}"
+            )
+        else:
+            for app_name, raw in raw_overrides.items():
+                if app_name not in apps:
+                    ctx.error(
+                        (*sub, str(app_name)), f"unknown app{did_you_mean(str(app_name), apps)}"
+                    )
+                    continue
+                overrides[app_name] = build_override(ctx, (*sub, app_name), raw)
+    return StackConfig(
+        name=name,
+        apps=selected,
+        env=build_env(ctx, (*path, "env"), table["env"]) if table.get("env") is not None else {},
+        watch=read(ctx, table, path, "watch", p_bool, None),
+        log_level=read(ctx, table, path, "log_level", p_enum(LogLevel), None),
+        overrides=overrides,
+    )
+
+
+# --------------------------------------------------------------------------- cross checks
+
+
+def check_graph(ctx: BuildContext, apps: Sequence[tuple[int, AppConfig]]) -> None:
+    """Duplicate names, unknown ``depends_on`` targets and dependency cycles."""
+    first: dict[str, int] = {}
+    for index, app in apps:
+        if app.name in first:
+            where = [_where(ctx, ("apps", i, "name")) for i in (first[app.name], index)]
+            ctx.error(
+                ("apps", index, "name"), f"duplicate app name {app.name!r} ({', '.join(where)})"
+            )
+        else:
+            first[app.name] = index
+    by_name = {app.name: (index, app) for index, app in reversed(apps)}  # first one wins
+    for index, app in apps:
+        for dependency in dict.fromkeys(app.depends_on):
+            if dependency not in by_name:
+                ctx.error(
+                    ("apps", index, "depends_on"),
+                    f"unknown app {short(dependency)}{did_you_mean(dependency, by_name)}",
+                )
+            elif app.enabled and not by_name[dependency][1].enabled:
+                ctx.warn(
+                    ("apps", index, "depends_on"), f"{dependency!r} is disabled (enabled = false)"
+                )
+    for cycle in find_cycles(
+        {name: [d for d in app.depends_on if d in by_name] for name, (_, app) in by_name.items()},
+        list(first),
+    ):
+        index = by_name[cycle[0]][0]
+        ctx.error(("apps", index, "depends_on"), "dependency cycle: " + " -> ".join(cycle))
+
+
+def _where(ctx: BuildContext, path: Path_) -> str:
+    line = ctx.line_of(path)
+    if ctx.locator is not None and line is not None and ctx.file is not None:
+        return f"{ctx.file.name}:{line}"
+    return render_path(path[:2])
+
+
+# --------------------------------------------------------------------------- the whole
+
+
+TOP_KEYS = ("project", "supervision", "monitoring", "logging", "apps", "stacks")
+
+
+def build_ecosystem(
+    ctx: BuildContext, raw: Mapping[str, Any], *, project_default: str | None
+) -> Ecosystem:
+    """Validate ``raw`` (the TOML-shaped data) into an :class:`Ecosystem`.
+
+    Raises:
+        ConfigError: With every problem found.
+    """
+    root = read_table(ctx, (), raw, TOP_KEYS)
+    project = read(ctx, root, (), "project", lambda value: check_name(value, "project"), None)
+    if project is None and root.get("project") is None:
+        if project_default is not None:
+            project = project_default
+        else:
+            ctx.error(
+                ("project",),
+                f"missing, and the directory name {short(ctx.base_dir.name)} is not a valid "
+                f"project name ({NAME_RULE})",
+            )
+    sup = (
+        build_supervision(ctx, root["supervision"])
+        if root.get("supervision") is not None
+        else SupervisionConfig()
+    )
+    mon = (
+        build_monitoring(ctx, root["monitoring"])
+        if root.get("monitoring") is not None
+        else MonitoringConfig()
+    )
+    logging = (
+        build_logging(ctx, root["logging"]) if root.get("logging") is not None else LoggingConfig()
+    )
+    raw_apps = root.get("apps")
+    named: list[tuple[int, AppConfig]] = []
+    if raw_apps is None or (isinstance(raw_apps, list | tuple) and not raw_apps):
+        ctx.warn(("apps",), "empty: no apps defined")
+    elif not isinstance(raw_apps, list | tuple):
+        ctx.error(("apps",), f"expected an array of tables ([[apps]]), got {describe(raw_apps)}")
+    elif len(raw_apps) > MAX_APPS:
+        ctx.error(("apps",), f"too many apps ({len(raw_apps)} > {MAX_APPS})")
+    else:
+        for index, raw_app in enumerate(raw_apps):
+            app = build_app(ctx, index, raw_app, sup, mon)
+            if app is not None:
+                named.append((index, app))
+    check_graph(ctx, named)
+    apps_by_name = {app.name: app for _, app in reversed(named)}
+    stacks: dict[str, StackConfig] = {}
+    raw_stacks = root.get("stacks")
+    if raw_stacks is not None:
+        if not isinstance(raw_stacks, Mapping):
+            ctx.error(
+                ("stacks",), f"expected a table of [stacks.NAME] tables, got {describe(raw_stacks)}"
+            )
+        else:
+            for stack_name, raw_stack in raw_stacks.items():
+                try:
+                    check_name(stack_name, "stack")
+                except Invalid as exc:
+                    ctx.error(("stacks", str(stack_name)), exc.message)
+                    continue
+                stacks[stack_name] = build_stack(ctx, stack_name, raw_stack, apps_by_name)
+    ctx.raise_if_errors()
+    assert project is not None
+    return Ecosystem(
+        project=project,
+        base_dir=ctx.base_dir,
+        supervision=sup,
+        monitoring=mon,
+        logging=logging,
+        apps=tuple(app for _, app in named),
+        stacks=stacks,
+        source=ctx.file,
+        warnings=tuple(ctx.warnings),
+    )
