@@ -1,0 +1,111 @@
+"""The public surface of omnitron.state, pinned so changes to it are deliberate."""
+
+from __future__ import annotations
+
+import builtins
+
+import pytest
+
+import omnitron.state
+import omnitron.state.testing
+from omnitron.errors import OmnitronError
+from omnitron.state import (
+    CorruptStateFile,
+    DaemonAlreadyRunning,
+    HomeUnavailable,
+    NewerStateSchema,
+    SocketInUse,
+    SocketPathTooLong,
+    StateError,
+    UnsafeHome,
+)
+
+
+def test_exported_names() -> None:
+    assert sorted(omnitron.state.__all__) == sorted(
+        [
+            "AF_UNIX_PATH_MAX",
+            "Home",
+            "remove_stale_socket",
+            "LockInfo",
+            "PidLock",
+            "ProcessIdentity",
+            "acquire_pid_lock",
+            "open_pid_lock",
+            "read_lock_info",
+            "AppMode",
+            "AppState",
+            "AppStatus",
+            "DaemonState",
+            "DesiredStatus",
+            "ProcessState",
+            "SCHEMA_VERSION",
+            "LoadResult",
+            "StateSource",
+            "load_state",
+            "FileSystem",
+            "PersistenceHealth",
+            "PersistenceStatistics",
+            "PersistenceStatus",
+            "StateStore",
+            "Step",
+            "open_state_writer",
+            "run_persistence",
+            "CorruptStateFile",
+            "DaemonAlreadyRunning",
+            "HomeUnavailable",
+            "NewerStateSchema",
+            "SocketInUse",
+            "SocketPathTooLong",
+            "StateError",
+            "UnsafeHome",
+        ]
+    )
+    for name in omnitron.state.__all__:
+        assert getattr(omnitron.state, name) is not None
+
+
+def test_testing_exports() -> None:
+    assert sorted(omnitron.state.testing.__all__) == [
+        "Fault",
+        "FaultyFileSystem",
+        "MemoryFileSystem",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("error", "builtin"),
+    [
+        (HomeUnavailable, OSError),
+        (UnsafeHome, PermissionError),
+        (SocketPathTooLong, ValueError),
+        (DaemonAlreadyRunning, RuntimeError),
+        (SocketInUse, RuntimeError),
+        (CorruptStateFile, ValueError),
+        (NewerStateSchema, ValueError),
+    ],
+)
+def test_errors_derive_from_omnitron_error_and_a_builtin(
+    error: type[Exception], builtin: type[Exception]
+) -> None:
+    assert issubclass(error, StateError)
+    assert issubclass(error, OmnitronError)
+    assert issubclass(error, builtin)
+    assert getattr(builtins, builtin.__name__) is builtin
+
+
+def test_os_errors_keep_their_message_and_errno() -> None:
+    err = HomeUnavailable(
+        "cannot create lock file /x: Read-only file system", errno=30, filename="/x"
+    )
+    assert str(err) == "cannot create lock file /x: Read-only file system"
+    assert err.errno == 30
+    assert err.filename == "/x"
+
+
+def test_daemon_already_running_message() -> None:
+    assert str(DaemonAlreadyRunning(4242)) == "daemon already running (pid 4242)"
+    err = DaemonAlreadyRunning(7, since="2025-01-01T00:00:00Z", path="/h/daemon.pid")
+    assert str(err).startswith("daemon already running (pid 7), started 2025-01-01T00:00:00Z")
+    assert err.pid == 7
+    assert str(DaemonAlreadyRunning(None)) == "daemon already running (pid unknown)"
