@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import logging
+from collections.abc import Callable
 from types import TracebackType
 
 import trio
@@ -13,6 +15,8 @@ __all__ = ["Broadcaster", "Subscription"]
 
 DEFAULT_BUFFER = 1024
 
+_log = logging.getLogger("supervision")
+
 
 class Broadcaster:
     """Delivers every published event to every current subscriber.
@@ -21,12 +25,21 @@ class Broadcaster:
     oldest events and is told how many with an :class:`EventsDropped` marker.
     """
 
-    def __init__(self, path: tuple[str, ...]) -> None:
+    def __init__(
+        self, path: tuple[str, ...], *, observer: Callable[[Event], None] | None = None
+    ) -> None:
         self._path = path
         self._subscribers: set[Subscription] = set()
         self._closed = False
+        self._observer = observer
 
     def publish(self, event: Event) -> None:
+        if self._observer is not None:
+            try:
+                self._observer(event)
+            except Exception:
+                # An observer's bug must never break supervision.
+                _log.exception("event observer failed on %r", event)
         for subscription in tuple(self._subscribers):
             subscription._push(event)
 

@@ -796,6 +796,7 @@ async def run_supervisor(
     spec: SupervisorSpec,
     *,
     subreaper: bool = False,
+    observer: Callable[[ev.Event], None] | None = None,
     task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a supervision tree as a task of your own nursery.
@@ -807,6 +808,8 @@ async def run_supervisor(
         spec: The tree.
         subreaper: On Linux, make this process a child subreaper so descendants that
             escape their process group are reparented here, found and reaped.
+        observer: Called synchronously with every event of the tree from the very
+            first one (before the handle exists); it must not block or raise.
 
     Raises:
         SupervisorGaveUp: The root exceeded its restart intensity.
@@ -821,7 +824,7 @@ async def run_supervisor(
     from ._process import open_process_host
 
     async with open_process_host(subreaper=subreaper) as host:
-        broadcaster = Broadcaster((spec.name,))
+        broadcaster = Broadcaster((spec.name,), observer=observer)
         engine = _Engine(spec, path=(spec.name,), host=host, broadcaster=broadcaster)
         try:
             await engine.run(task_status)
@@ -831,7 +834,10 @@ async def run_supervisor(
 
 @asynccontextmanager
 async def open_supervisor(
-    spec: SupervisorSpec, *, subreaper: bool = False
+    spec: SupervisorSpec,
+    *,
+    subreaper: bool = False,
+    observer: Callable[[ev.Event], None] | None = None,
 ) -> AsyncIterator[Supervisor]:
     """Run a supervision tree for the duration of an ``async with`` block.
 
@@ -843,11 +849,12 @@ async def open_supervisor(
     Args:
         spec: The tree.
         subreaper: See :func:`run_supervisor`.
+        observer: See :func:`run_supervisor`.
     """
     try:
         async with trio.open_nursery() as nursery:
             supervisor: Supervisor = await nursery.start(
-                partial(run_supervisor, spec, subreaper=subreaper)
+                partial(run_supervisor, spec, subreaper=subreaper, observer=observer)
             )
             try:
                 yield supervisor

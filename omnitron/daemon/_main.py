@@ -1,0 +1,240 @@
+"""The daemon: small parts wired together in one ``async with`` block.
+
+Start-up order matters and each step has one job:
+
+1. load and validate the config (a bad config starts nothing: exit code 2);
+2. take the home's pid lock (one daemon per home);
+3. load ``state.json`` (intent: which apps should run, how many instances);
+4. terminate what a dead predecessor left behind (found by env markers);
+5. start the persistence task, the log collector, the control socket;
+6. launch the apps in the background (the socket answers while they start);
+7. tell systemd ``READY=1`` once the apps are started.
+
+Shutdown (SIGTERM, SIGINT, ``daemon.shutdown`` or a critical app crashing)
+stops the apps dependents first, each within its stop timeout, flushes state,
+removes the socket and the pid file. A second signal kills what is left at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+import structlog
+import trio
+
+from ..config import load_config
+from ..rpc import serve_unix
+from ..state import DaemonState, Home, StateStore, load_state, open_pid_lock, open_state_writer
+from ._leftovers import find_leftovers, terminate_leftovers
+from ._logging import configure_logging
+from ._logs import LogCollector
+from ._orchestrator import Orchestrator
+from ._service import DaemonService, build_dispatcher
+from ._systemd import notify
+
+__all__ = ["EXIT_CONFIG", "EXIT_CRITICAL", "DaemonOptions", "run_daemon"]
+
+log = structlog.get_logger("omnitron.daemon")
+
+EXIT_CONFIG = 2
+"""Exit code of a daemon that refused to start because of its config."""
+EXIT_CRITICAL = 3
+"""Exit code of a daemon that shut down because a critical app crashed."""
+
+
+@attrs.frozen(kw_only=True)
+class DaemonOptions:
+    """How to run the daemon.
+
+    Attributes:
+        home: ``$OMNITRON_HOME``.
+        config: The config file.
+        stack: A ``[stacks.NAME]`` to apply.
+        echo: Also print the daemon's log on stderr (foreground mode).
+        subreaper: Become a child subreaper (Linux) to catch escaped grandchildren.
+        reset_state: Move ``state.json`` aside and start from the config alone.
+    """
+
+    home: Path
+    config: Path
+    stack: str | None = None
+    echo: bool = False
+    subreaper: bool = True
+    reset_state: bool = False
+
+
+class _Shutdown:
+    def __init__(self) -> None:
+        self.requested = trio.Event()
+        self.exit_code = 0
+        self.reason = "requested"
+
+    def request(self, reason: str, exit_code: int = 0) -> None:
+        if not self.requested.is_set():
+            self.reason = reason
+            self.exit_code = exit_code
+            self.requested.set()
+
+
+async def run_daemon(options: DaemonOptions) -> int:
+    """Run the daemon until it is asked to stop; returns the process exit code.
+
+    Raises:
+        ConfigError: The config is invalid (nothing was started).
+        DaemonAlreadyRunning: Another daemon holds this home's lock.
+        HomeUnavailable, UnsafeHome, SocketPathTooLong: The home cannot be used.
+    """
+    ecosystem = await trio.to_thread.run_sync(load_config, options.config)
+    if options.stack is not None:
+        ecosystem = ecosystem.with_stack(options.stack)
+    home = Home(options.home)
+    await trio.to_thread.run_sync(home.ensure)
+    home.check_socket_path()
+    configure_logging(
+        home.logs_dir / "daemon.log", level=ecosystem.logging.level.value, echo=options.echo
+    )
+    logs_dir = ecosystem.logging.directory or home.logs_dir
+
+    async with open_pid_lock(home):
+        log.info(
+            "daemon_starting",
+            pid=os.getpid(),
+            home=str(home.path),
+            config=str(options.config),
+            apps=len(ecosystem.apps),
+        )
+        for warning in ecosystem.warnings:
+            log.warning("config_warning", issue=str(warning))
+        loaded = await trio.to_thread.run_sync(
+            lambda: load_state(home, reset=options.reset_state)
+        )
+        for warning in loaded.warnings:
+            log.warning("state_warning", message=str(warning))
+        await _clean_up_after_predecessor(home)
+
+        shutdown = _Shutdown()
+        store = StateStore(home, loaded)
+        logs = LogCollector(Path(logs_dir))
+        dirty = _Dirty()
+        orchestrator = Orchestrator(
+            ecosystem,
+            home=home.path,
+            logs=logs,
+            on_change=dirty.mark,
+            on_critical=lambda reason: shutdown.request(reason, EXIT_CRITICAL),
+            subreaper=options.subreaper,
+        )
+        orchestrator.restore(
+            {app.name: (app.desired.value, app.instances) for app in loaded.state.apps}
+        )
+        service = DaemonService(
+            orchestrator,
+            home=home.path,
+            config_path=options.config,
+            stack=options.stack,
+            request_shutdown=lambda: shutdown.request("shutdown requested over RPC"),
+            health=lambda: {"persistence": str(store.health())},
+        )
+        dispatcher = build_dispatcher(service)
+
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async with open_state_writer(store) as snapshots, trio.open_nursery() as nursery:
+                await nursery.start(logs.run)
+                nursery.start_soon(_persist, orchestrator, dirty, snapshots)
+                await nursery.start(serve_unix, home.socket_path, dispatcher)
+                nursery.start_soon(_handle_signals, signals, shutdown, service, orchestrator)
+                await nursery.start(orchestrator.run)
+                nursery.start_soon(_announce_ready, orchestrator)
+                log.info("daemon_ready", socket=str(home.socket_path))
+
+                await shutdown.requested.wait()
+                log.info("daemon_stopping", reason=shutdown.reason)
+                notify("STOPPING=1")
+                await orchestrator.stop_everything()
+                await snapshots.send(orchestrator.snapshot())
+                nursery.cancel_scope.cancel()
+        log.info("daemon_stopped", exit_code=shutdown.exit_code)
+    return shutdown.exit_code
+
+
+class _Dirty:
+    """Coalesces change notifications for the snapshot task."""
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+
+    def mark(self) -> None:
+        self.event.set()
+
+
+async def _persist(
+    orchestrator: Orchestrator, dirty: _Dirty, snapshots: trio.MemorySendChannel[DaemonState]
+) -> None:
+    """Hand a fresh snapshot to the persistence task after every burst of changes."""
+    while True:
+        await dirty.event.wait()
+        dirty.event = trio.Event()
+        await snapshots.send(orchestrator.snapshot())
+
+
+async def _clean_up_after_predecessor(home: Home) -> None:
+    leftovers = await trio.to_thread.run_sync(find_leftovers, home.path)
+    if not leftovers:
+        return
+    log.warning(
+        "leftovers_found",
+        count=len(leftovers),
+        processes=[f"{x.app}[{x.instance}] pid {x.pid}" for x in leftovers],
+    )
+    report = await terminate_leftovers(leftovers)
+    log.warning(
+        "leftovers_terminated",
+        terminated=list(report.terminated),
+        killed=list(report.killed),
+        escaped=list(report.escaped),
+    )
+
+
+async def _announce_ready(orchestrator: Orchestrator) -> None:
+    try:
+        await orchestrator.wait_ready(timeout=3600)
+    except Exception:  # still starting after an hour: stay quiet
+        return
+    notify("READY=1\nSTATUS=apps started")
+
+
+async def _handle_signals(
+    signals: AsyncIterator[int],
+    shutdown: _Shutdown,
+    service: DaemonService,
+    orchestrator: Orchestrator,
+) -> None:
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            log.info("reload_requested", signal="SIGHUP")
+            try:
+                result = await service.reload_config(dry_run=False)
+            except Exception as exc:  # a bad config leaves everything as it was
+                log.error("reload_failed", error=str(exc))
+            else:
+                log.info("reload_applied", summary=result["summary"])
+            continue
+        name = signal.Signals(signum).name
+        if not shutdown.requested.is_set():
+            shutdown.request(f"received {name}")
+            continue
+        # A second signal while stopping: kill what is left, at once.
+        log.warning("forced_stop", signal=name)
+        for record in orchestrator.apps.values():
+            for process in record.processes.values():
+                if process.pid is not None and process.identity is not None:
+                    if process.identity.is_running():
+                        try:
+                            os.killpg(process.pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+

@@ -1,0 +1,192 @@
+"""Turns an ecosystem config into one supervision tree.
+
+The tree has one level per concern::
+
+    <project>                 strategy of [supervision], apps in dependency order
+    ├── cache                 one subtree per app: a pool of `instances` processes
+    │   └── 0
+    └── api
+        ├── 0
+        └── 1
+
+With ``strategy = "one_for_one"`` each app pool has the app's own restart limits
+(``restart_policy``) and is a *temporary* child of the root: an app that exceeds
+its limit is removed from the tree and marked ``crashed``; the others keep
+running. With ``one_for_all`` / ``rest_for_one`` a crash of any process is a
+crash of its app (the pool gives up at once), so the root applies the strategy
+across apps, within the limits of ``[supervision]``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from supervision import (
+    Backoff,
+    ChildSpec,
+    Intensity,
+    Output,
+    ProcessChild,
+    Ready,
+    Restart,
+    Strategy,
+    SupervisorSpec,
+)
+
+from ..config import AppConfig, Ecosystem, ReadyKind
+from ..config import Restart as ConfigRestart
+from ..config import Strategy as ConfigStrategy
+
+__all__ = ["ENV_APP", "ENV_HOME", "ENV_INSTANCE", "TreeBuilder", "UnsupportedApp"]
+
+#: Environment markers put on every managed process: how a restarted daemon finds
+#: the processes a dead one left behind (never by command name).
+ENV_HOME = "OMNITRON_HOME"
+ENV_APP = "OMNITRON_APP"
+ENV_INSTANCE = "OMNITRON_INSTANCE"
+
+#: The root never gives up in one_for_one mode: its children are temporary.
+_UNBOUNDED = Intensity(max_restarts=1_000_000, window=1.0)
+
+LineSink = Callable[[str], None]
+
+
+class UnsupportedApp(Exception):
+    """The app cannot be run by this daemon (the message says why)."""
+
+
+def _ready(app: AppConfig) -> Ready:
+    ready = app.ready
+    match ready.kind:
+        case ReadyKind.ON_SPAWN:
+            return Ready.on_spawn()
+        case ReadyKind.NOTIFY:
+            return Ready.notify(watchdog=ready.watchdog)
+        case ReadyKind.TCP:
+            assert ready.port is not None
+            return Ready.tcp(ready.port, ready.host or "127.0.0.1")
+        case ReadyKind.HTTP:
+            assert ready.url is not None
+            return Ready.http(ready.url)
+        case ReadyKind.AFTER:
+            assert ready.seconds is not None
+            return Ready.after(ready.seconds)
+        case ReadyKind.FD:
+            assert ready.fd is not None
+            return Ready.fd(ready.fd)
+    raise UnsupportedApp(f"unknown readiness kind {ready.kind!r}")
+
+
+_RESTART = {
+    ConfigRestart.PERMANENT: Restart.PERMANENT,
+    ConfigRestart.TRANSIENT: Restart.TRANSIENT,
+    ConfigRestart.TEMPORARY: Restart.TEMPORARY,
+}
+_STRATEGY = {
+    ConfigStrategy.ONE_FOR_ONE: Strategy.ONE_FOR_ONE,
+    ConfigStrategy.ONE_FOR_ALL: Strategy.ONE_FOR_ALL,
+    ConfigStrategy.REST_FOR_ONE: Strategy.REST_FOR_ONE,
+}
+
+
+class TreeBuilder:
+    """Builds the specs of the daemon's tree.
+
+    Args:
+        ecosystem: The validated config.
+        home: The daemon's home (put in every child's environment as a marker).
+        sink: ``sink(app, instance, stream)`` returns the line sink of that stream.
+    """
+
+    def __init__(
+        self,
+        ecosystem: Ecosystem,
+        *,
+        home: Path,
+        sink: Callable[[str, int, str], LineSink],
+    ) -> None:
+        self.ecosystem = ecosystem
+        self.home = home
+        self._sink = sink
+
+    @property
+    def group_mode(self) -> bool:
+        """Whether a crash of one app restarts others (one_for_all / rest_for_one)."""
+        return self.ecosystem.supervision.strategy is not ConfigStrategy.ONE_FOR_ONE
+
+    def root(self, apps: list[tuple[AppConfig, int]]) -> SupervisorSpec:
+        """The root spec with a pool for each ``(app, instances)``, in the given order."""
+        supervision = self.ecosystem.supervision
+        if self.group_mode:
+            intensity = Intensity(
+                max_restarts=supervision.max_restarts, window=supervision.window
+            )
+            backoff = Backoff(
+                initial=supervision.backoff.initial,
+                max=supervision.backoff.max,
+                factor=supervision.backoff.factor,
+            )
+        else:
+            intensity, backoff = _UNBOUNDED, Backoff.none()
+        return SupervisorSpec(
+            name=self.ecosystem.project,
+            strategy=_STRATEGY[supervision.strategy],
+            intensity=intensity,
+            backoff=backoff,
+            children=[self.app(app, instances) for app, instances in apps],
+        )
+
+    def app(self, app: AppConfig, instances: int) -> ChildSpec:
+        """The pool subtree of one app, as a child of the root.
+
+        Raises:
+            UnsupportedApp: The app cannot be run (e.g. module-worker mode).
+        """
+        if app.command is None:
+            raise UnsupportedApp(
+                f"app {app.name!r} uses module-worker mode (bootstrap), which this "
+                "daemon version does not run yet"
+            )
+        policy = app.restart_policy
+        if self.group_mode:
+            # Any crash is a crash of the app: the root applies the strategy.
+            intensity = Intensity(max_restarts=0, window=policy.window)
+            backoff = Backoff.none()
+        else:
+            intensity = Intensity(max_restarts=policy.max_restarts, window=policy.window)
+            backoff = Backoff(
+                initial=policy.backoff.initial,
+                max=policy.backoff.max,
+                factor=policy.backoff.factor,
+            )
+        pool = SupervisorSpec(
+            name=app.name,
+            strategy=Strategy.ONE_FOR_ONE,
+            intensity=intensity,
+            backoff=backoff,
+            children=[self.instance(app, i) for i in range(instances)],
+        )
+        restart = Restart.PERMANENT if self.group_mode else Restart.TEMPORARY
+        return ChildSpec(app.name, pool, restart=restart)
+
+    def instance(self, app: AppConfig, index: int) -> ChildSpec:
+        """Process ``index`` of ``app``'s pool."""
+        assert app.command is not None
+        env = dict(app.env)
+        env[ENV_HOME] = str(self.home)
+        env[ENV_APP] = app.name
+        env[ENV_INSTANCE] = str(index)
+        child = ProcessChild(
+            list(app.command),
+            env=env,
+            cwd=os.fspath(app.cwd),
+            ready=_ready(app),
+            startup_timeout=app.startup_timeout,
+            stop_signal=app.stop_signal,
+            stop_timeout=app.stop_timeout,
+            stdout=Output.lines(self._sink(app.name, index, "out")),
+            stderr=Output.lines(self._sink(app.name, index, "err")),
+        )
+        return ChildSpec(str(index), child, restart=_RESTART[app.restart])
