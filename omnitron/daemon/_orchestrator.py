@@ -268,7 +268,14 @@ class Orchestrator:
             # The pool exceeded its restart limit. In one_for_one mode it is removed
             # from the tree; in group mode the root restarts it per its strategy.
             if not self._builder.group_mode:
-                self._give_up_on(record, f"restart limit exceeded ({event.exit.reason})")
+                policy = record.config.restart_policy
+                reason = (
+                    f"restart limit exceeded ({policy.max_restarts} restarts within "
+                    f"{policy.window:g}s)"
+                )
+                if record.last_error:
+                    reason += f"; last: {record.last_error}"
+                self._give_up_on(record, reason)
             else:
                 record.remember(f"app failed: {event.exit.reason}")
                 self._on_change()
@@ -369,6 +376,8 @@ class Orchestrator:
 
     def refresh(self) -> None:
         """Reconcile process records with the tree (pids, states, instance set)."""
+        if self._root is None:
+            return  # starting (or given up): the event records are all there is
         for record in self.apps.values():
             pool = self.pool(record.name)
             if pool is None:
