@@ -29,6 +29,7 @@ import trio
 from ..config import load_config
 from ..rpc import serve_unix
 from ..state import DaemonState, Home, StateStore, load_state, open_pid_lock, open_state_writer
+from ._errors import DaemonBusy
 from ._leftovers import find_leftovers, terminate_leftovers
 from ._logging import configure_logging
 from ._logs import LogCollector
@@ -200,9 +201,15 @@ async def _clean_up_after_predecessor(home: Home) -> None:
 
 
 async def _announce_ready(orchestrator: Orchestrator) -> None:
+    """Tell systemd we are ready once the apps are started, or after a minute anyway.
+
+    The socket already answers; capping the wait keeps a slow app from tripping
+    systemd's start timeout (90 s by default) and failing the whole unit.
+    """
     try:
-        await orchestrator.wait_ready(timeout=3600)
-    except Exception:  # still starting after an hour: stay quiet
+        await orchestrator.wait_ready(timeout=60)
+    except DaemonBusy:
+        notify("READY=1\nSTATUS=control socket up; some apps are still starting")
         return
     notify("READY=1\nSTATUS=apps started")
 

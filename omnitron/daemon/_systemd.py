@@ -36,7 +36,7 @@ DEFAULT_STOP_TIMEOUT: Final = 60.0
 _STOP_MARGIN: Final = 15
 """Seconds added to ``TimeoutStopSec`` for the daemon's own shutdown (final state flush)."""
 
-_UNIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,200}$")
+_UNIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,200}")
 
 
 # --------------------------------------------------------------------------- sd_notify
@@ -191,7 +191,7 @@ def render_unit(
 
 def _unit_name(name: str) -> str:
     stem = name.removesuffix(".service")
-    if not _UNIT_NAME.match(stem):
+    if not _UNIT_NAME.fullmatch(stem):
         raise ValueError(
             f"invalid unit name {name!r}: use letters, digits and _ . : - "
             "(starting with a letter or digit)"
@@ -250,15 +250,22 @@ def install_unit(unit_text: str, *, name: str, user: bool, directory: Path | Non
         _unit_name(name) + ".service"
     )
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        _write_atomically(path, unit_text)
     except OSError as exc:
+        if exc.errno is None:
+            raise
         raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
+    return path
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(unit_text)
+            f.write(text)
             f.flush()
-            os.fchmod(f.fileno(), 0o644)
+            os.fchmod(f.fileno(), 0o644)  # mkstemp made it 0600; units are world-readable
             os.fsync(f.fileno())
         os.replace(temp, path)
     except BaseException:
@@ -267,7 +274,6 @@ def install_unit(unit_text: str, *, name: str, user: bool, directory: Path | Non
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.fsync(dir_fd)
+        os.fsync(dir_fd)  # the rename is durable
     finally:
         os.close(dir_fd)
-    return path
