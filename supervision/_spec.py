@@ -7,7 +7,7 @@ import inspect
 import math
 import re
 import signal as _signal
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import attrs
@@ -190,7 +190,7 @@ class Backoff:
         """
         if attempt < 1:
             raise ValueError("attempt is 1-based")
-        if self.max == 0:
+        if self.max == 0 or self.initial == 0:
             return 0.0
         # Cap the exponent so huge attempt counts do not overflow a float.
         exponent = min(attempt - 1, 1024)
@@ -708,6 +708,10 @@ class ChildSpec:
         return str(self.child.kind)
 
 
+def _children(value: Iterable[ChildSpec]) -> tuple[ChildSpec, ...]:
+    return tuple(value)
+
+
 @attrs.frozen(kw_only=True)
 class SupervisorSpec:
     """A supervisor: a strategy, limits, and an ordered list of children.
@@ -727,7 +731,7 @@ class SupervisorSpec:
     strategy: Strategy = Strategy.ONE_FOR_ONE
     intensity: Intensity = attrs.field(factory=Intensity)
     backoff: Backoff = attrs.field(factory=Backoff)
-    children: tuple[ChildSpec, ...] = attrs.field(default=(), converter=tuple)
+    children: tuple[ChildSpec, ...] = attrs.field(default=(), converter=_children)
     auto_shutdown: AutoShutdown = AutoShutdown.NEVER
 
     def __attrs_post_init__(self) -> None:

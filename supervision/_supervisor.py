@@ -453,6 +453,10 @@ class _Engine:
         def report_ready(pid: int | None) -> None:
             nonlocal ready
             ready = True
+            # From now on only the supervisor stops this child (by cancelling
+            # `scope`), one child at a time in reverse order: a cancellation of the
+            # whole tree must not reach every child at once.
+            scope.shield = True
             task_status.started(pid)
 
         try:
@@ -546,7 +550,7 @@ class _Engine:
         )
         slot.scope = None
         slot.pid = None
-        slot.ready_at = None
+        self._note_uptime(slot, trio.current_time())
 
     async def _stop_all(self) -> None:
         for slot in reversed(self.slots):
@@ -577,10 +581,7 @@ class _Engine:
         )
         slot.scope = None
         slot.pid = None
-        reset_after = self._backoff(slot).reset_after or self.spec.intensity.window
-        if slot.ready_at is not None and now - slot.ready_at >= reset_after:
-            slot.attempt = 0
-        slot.ready_at = None
+        self._note_uptime(slot, now)
 
         restart = slot.spec.restart
         if restart is Restart.TEMPORARY or (restart is Restart.TRANSIENT and exit_status.normal):
@@ -594,7 +595,7 @@ class _Engine:
         # A restart is due: count it against the intensity first.
         window = self.spec.intensity.window
         self._restart_log.append(now)
-        while self._restart_log and now - self._restart_log[0] >= window:
+        while self._restart_log and now - self._restart_log[0] > window:
             self._restart_log.popleft()
         if len(self._restart_log) > self.spec.intensity.max_restarts:
             await self._give_up(slot)
@@ -622,13 +623,22 @@ class _Engine:
                 ev.ChildRestarting(path=self._path(other), attempt=slot.attempt, delay=delay)
             )
 
+    def _note_uptime(self, slot: _Slot, now: float) -> None:
+        """End a run: a run longer than ``reset_after`` resets the backoff count."""
+        reset_after = self._backoff(slot).reset_after or self.spec.intensity.window
+        if slot.ready_at is not None and now - slot.ready_at >= reset_after:
+            slot.attempt = 0
+        slot.ready_at = None
+
     def _affected(self, slot: _Slot) -> list[_Slot]:
         strategy = self.spec.strategy
         if strategy is Strategy.ONE_FOR_ONE:
             return [slot]
         index = self.slots.index(slot)
         candidates = self.slots if strategy is Strategy.ONE_FOR_ALL else self.slots[index:]
-        return [s for s in candidates if s is slot or s.state in _ACTIVE]
+        # As in OTP, a group restart includes children that exited normally; only
+        # children stopped on purpose (terminate_child) stay stopped.
+        return [s for s in candidates if s is slot or s.state in _ACTIVE or s.state is ChildState.EXITED]
 
     def _backoff(self, slot: _Slot) -> Any:
         return slot.spec.backoff or self.spec.backoff

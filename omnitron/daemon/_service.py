@@ -20,8 +20,7 @@ import trio
 
 from .. import __version__
 from ..config import ConfigError, Ecosystem, load_config
-from ..rpc import Call, Dispatcher, Role
-from ..rpc._params import Name, Range
+from ..rpc import Call, Dispatcher, Handler, Name, Range, Role
 from ._errors import AppNotFound, InvalidRequest
 from ._orchestrator import AppRecord, Orchestrator
 
@@ -287,7 +286,7 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
         service.shutdown()
         return {"stopping": True, "pid": os.getpid()}
 
-    viewer = {
+    viewer: dict[str, Handler] = {
         "daemon.status": status,
         "daemon.list": list_apps,
         "daemon.get_app": get_app,
@@ -295,7 +294,7 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
         "daemon.env": env,
         "daemon.graph": graph,
     }
-    operator = {
+    operator: dict[str, Handler] = {
         "daemon.start_app": start_app,
         "daemon.stop_app": stop_app,
         "daemon.restart_app": restart_app,
@@ -304,7 +303,7 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
         "daemon.restart_all": restart_all,
         "daemon.scale": scale,
     }
-    admin = {"daemon.reload_config": reload_config, "daemon.shutdown": shutdown}
+    admin: dict[str, Handler] = {"daemon.reload_config": reload_config, "daemon.shutdown": shutdown}
     for role, methods in ((Role.VIEWER, viewer), (Role.OPERATOR, operator), (Role.ADMIN, admin)):
         for name, handler in methods.items():
             dispatcher.register(name, handler, role=role)

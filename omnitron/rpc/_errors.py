@@ -10,6 +10,8 @@ This module imports only the standard library: the synchronous CLI client uses i
 from __future__ import annotations
 
 import enum
+import errno
+import os
 import re
 from collections.abc import Iterable, Mapping
 
@@ -32,12 +34,14 @@ __all__ = [
     "Unavailable",
     "InternalError",
     "DaemonNotRunning",
+    "DaemonUnreachable",
     "ConnectionLost",
     "RpcTimeout",
     "SocketInUse",
     "InsecureSocketPath",
     "SocketPathTooLong",
     "error_class_for",
+    "connect_error",
     "DOMAIN_CODE_PATTERN",
 ]
 
@@ -214,7 +218,9 @@ _STANDARD: dict[str, type[RemoteError]] = {
 }
 
 
-def check_domain_error_types(error_types: Iterable[type[RemoteError]]) -> dict[str, type[RemoteError]]:
+def check_domain_error_types(
+    error_types: Iterable[type[RemoteError]],
+) -> dict[str, type[RemoteError]]:
     """Validate domain error classes and map their codes to them.
 
     Raises:
@@ -269,6 +275,15 @@ class DaemonNotRunning(RpcError, ConnectionError):
         self.reason = reason
 
 
+class DaemonUnreachable(RpcError, ConnectionError):
+    """The daemon's socket exists but connecting failed (permissions, backlog full, ...)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot connect to the omnitron daemon at {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
 class ConnectionLost(RpcError, ConnectionError):
     """The connection closed (or was closed by us) before the reply arrived."""
 
@@ -303,3 +318,17 @@ class SocketPathTooLong(RpcError, ValueError):
             f"{path}; use a shorter OMNITRON_HOME"
         )
         self.path = path
+
+
+def connect_error(path: str, exc: OSError) -> RpcError:
+    """The error to raise when connecting to the daemon's socket failed with ``exc``."""
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return DaemonNotRunning(path, "the socket does not exist")
+    if exc.errno == errno.ECONNREFUSED:
+        return DaemonNotRunning(path, "nothing is listening on the socket")
+    if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+        return DaemonUnreachable(path, "its connection backlog is full; try again")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return DaemonUnreachable(path, "permission denied (the socket belongs to another user)")
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return DaemonUnreachable(path, reason)

@@ -1,0 +1,320 @@
+"""The method registry: roles, params, and turning a request into a response.
+
+Every method is registered with a declared :class:`Role` (a required argument, so a
+method without one cannot exist) and its params are compiled from the handler's
+signature (:mod:`._params`). Lookup is by exact name in a dict, never by attribute
+traversal. :meth:`Dispatcher.dispatch` never raises an ``Exception``: unexpected
+handler errors become ``INTERNAL_ERROR`` replies with a correlation id, and the
+traceback goes to the daemon's log only.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import os
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Final, Protocol, TypeVar
+
+import attrs
+import structlog
+import trio
+
+from ._errors import (
+    Forbidden,
+    InternalError,
+    MethodNotFound,
+    RemoteError,
+    Unauthenticated,
+    check_domain_error_types,
+    is_known_code,
+)
+from ._params import ParamInfo, ParamSchema, schema_for
+from ._protocol import ErrorInfo, Request, Response
+from ._stream import NotificationStream
+from ._wire import NAME_MAX, describe
+
+__all__ = [
+    "Role",
+    "Peer",
+    "Call",
+    "CallHost",
+    "MethodInfo",
+    "Dispatcher",
+    "Handler",
+    "METHOD_PATTERN",
+]
+
+METHOD_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]{0,30}\.[a-z][a-z0-9_]{0,31}")
+"""``service.method``: lower-case identifiers, one dot, at most 64 characters."""
+
+log = structlog.get_logger()
+
+Handler = Callable[..., Awaitable[Any]]
+"""``async def handler(call: Call, *, param: T = default, ...) -> result``."""
+_H = TypeVar("_H", bound=Handler)
+
+
+class Role(enum.IntEnum):
+    """Who may call a method; each role includes the ones below it."""
+
+    ANONYMOUS = 0
+    """Anyone who can reach the socket, before authenticating (``daemon.ping``)."""
+    VIEWER = 1
+    """Read-only: list, status, logs, metrics, inspect, env (redacted), graph."""
+    OPERATOR = 2
+    """Viewer plus start/stop/restart/reload/scale/exec/watch."""
+    ADMIN = 3
+    """Operator plus shutdown, reload_config, secrets, tokens."""
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@attrs.frozen(kw_only=True)
+class Peer:
+    """The authenticated identity of a connection.
+
+    Attributes:
+        transport: ``"unix"`` today; ``"tcp"`` and ``"ws"`` later.
+        role: What the peer may call; :attr:`Role.ANONYMOUS` until authenticated.
+        uid: The peer's uid (Unix socket, from ``SO_PEERCRED``).
+        pid: The peer's pid at connect time (Unix socket).
+        subject: The token subject (TCP/WebSocket, later).
+    """
+
+    transport: str
+    role: Role
+    uid: int | None = None
+    pid: int | None = None
+    subject: str | None = None
+
+
+class CallHost(Protocol):
+    """What a connection offers to the handlers it runs (see :class:`Call`)."""
+
+    def open_stream(self, method: str, *, capacity: int | None) -> NotificationStream: ...
+
+    def start_soon(self, async_fn: Callable[..., Awaitable[object]], *args: object) -> None: ...
+
+
+@attrs.frozen(kw_only=True)
+class Call:
+    """The first argument of every handler: who called what, and connection services.
+
+    Attributes:
+        method: The method name.
+        msgid: The request id.
+        peer: The caller's identity and role.
+    """
+
+    method: str
+    msgid: int
+    peer: Peer
+    _host: CallHost | None = attrs.field(default=None, alias="host", repr=False)
+
+    def open_stream(self, method: str, *, capacity: int | None = None) -> NotificationStream:
+        """Open a notification stream to the caller (for ``logs --follow``, events).
+
+        The stream lives until the connection closes or :meth:`NotificationStream.close`.
+
+        Raises:
+            Busy: The connection already has its maximum number of streams.
+            RuntimeError: The call is not attached to a connection (unit tests).
+        """
+        if self._host is None:
+            raise RuntimeError("this call is not attached to a connection")
+        return self._host.open_stream(method, capacity=capacity)
+
+    def start_soon(self, async_fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run ``async_fn(*args)`` for as long as the connection lives (e.g. a stream producer).
+
+        The task is cancelled when the connection closes; its exceptions are logged,
+        never raised. On a connection that is already closing, nothing is started.
+
+        Raises:
+            RuntimeError: The call is not attached to a connection (unit tests).
+        """
+        if self._host is None:
+            raise RuntimeError("this call is not attached to a connection")
+        self._host.start_soon(async_fn, *args)
+
+
+@attrs.frozen(kw_only=True)
+class MethodInfo:
+    """A registered method: name, declared role, params, and first doc line."""
+
+    name: str
+    role: Role
+    params: tuple[ParamInfo, ...]
+    summary: str
+    handler: Handler = attrs.field(repr=False, eq=False)
+    schema: ParamSchema = attrs.field(repr=False, eq=False)
+
+
+def new_correlation_id() -> str:
+    """A short random id tying an ``INTERNAL_ERROR`` reply to its log entry."""
+    return os.urandom(6).hex()
+
+
+class Dispatcher:
+    """Registry of methods, and the request → response step of every transport.
+
+    Args:
+        error_types: Domain error classes (``RemoteError`` subclasses with their own
+            ``code``) handlers may raise; others become ``INTERNAL_ERROR``.
+        converter: Turns handler results (attrs records, enums) into msgpack-ready
+            values; defaults to cattrs' msgpack converter.
+        ping: Register the anonymous ``daemon.ping`` (``{"pong": True}``). Pass
+            ``False`` to register your own.
+
+    Raises:
+        TypeError, ValueError: ``error_types`` is malformed.
+    """
+
+    def __init__(
+        self,
+        *,
+        error_types: Iterable[type[RemoteError]] = (),
+        converter: Callable[[object], object] | None = None,
+        ping: bool = True,
+    ) -> None:
+        self._methods: dict[str, MethodInfo] = {}
+        self._domain = check_domain_error_types(error_types)
+        self._unstructure = converter if converter is not None else _default_unstructure()
+        if ping:
+            self.register("daemon.ping", _ping, role=Role.ANONYMOUS)
+
+    @property
+    def error_types(self) -> Mapping[str, type[RemoteError]]:
+        """Domain error codes and their classes (give them to clients)."""
+        return dict(self._domain)
+
+    def register(self, name: str, handler: Handler, *, role: Role) -> MethodInfo:
+        """Register ``handler`` as method ``name``, callable by ``role`` and above.
+
+        Args:
+            name: ``service.method`` (see :data:`METHOD_PATTERN`).
+            handler: ``async def handler(call, *, param: T = default, ...)``.
+            role: The least role allowed to call it. Required: there is no default.
+
+        Raises:
+            TypeError: ``role`` is not a :class:`Role`, or the handler's signature is
+                not supported.
+            ValueError: ``name`` is malformed or already registered.
+        """
+        if not isinstance(role, Role):
+            raise TypeError(f"{name}: role must be a Role, got {role!r}")
+        if type(name) is not str or not METHOD_PATTERN.fullmatch(name):
+            raise ValueError(
+                f"method name {name!r} must look like 'service.method' ({METHOD_PATTERN.pattern})"
+            )
+        if name in self._methods:
+            raise ValueError(f"method {name!r} is already registered")
+        if not (
+            inspect.iscoroutinefunction(handler)
+            or inspect.iscoroutinefunction(getattr(handler, "__call__", None))  # noqa: B004
+        ):
+            raise TypeError(f"{name}: the handler must be an async function (async def)")
+        schema = schema_for(name, handler)
+        doc = (getattr(handler, "__doc__", None) or "").strip()
+        info = MethodInfo(
+            name=name,
+            role=role,
+            params=schema.params,
+            summary=doc.splitlines()[0] if doc else "",
+            handler=handler,
+            schema=schema,
+        )
+        self._methods[name] = info
+        return info
+
+    def method(self, name: str, *, role: Role) -> Callable[[_H], _H]:
+        """Decorator form of :meth:`register`."""
+
+        def decorate(handler: _H) -> _H:
+            self.register(name, handler, role=role)
+            return handler
+
+        return decorate
+
+    def methods(self) -> tuple[MethodInfo, ...]:
+        """Every registered method, sorted by name (for the role matrix and docs)."""
+        return tuple(self._methods[name] for name in sorted(self._methods))
+
+    def lookup(self, name: str) -> MethodInfo | None:
+        return self._methods.get(name)
+
+    async def dispatch(
+        self, request: Request, *, peer: Peer, host: CallHost | None = None
+    ) -> Response:
+        """Authorize, validate and run one request; always returns a response.
+
+        Cancellation: a cancelled handler raises ``trio.Cancelled`` out of here, as
+        does ``KeyboardInterrupt``; every other exception becomes an error reply.
+        """
+        info = self._methods.get(request.method)
+        try:
+            if peer.role is Role.ANONYMOUS and (info is None or info.role is not Role.ANONYMOUS):
+                # Same reply whether or not the method exists (AU-01, RP-11).
+                raise Unauthenticated("authentication required")
+            if info is None:
+                raise MethodNotFound(f"unknown method {_method_text(request.method)}")
+            if peer.role < info.role:
+                raise Forbidden(
+                    f"method {info.name} requires role {info.role.label}; "
+                    f"this connection has role {peer.role.label}",
+                    data={"required_role": info.role.label},
+                )
+            kwargs = info.schema.validate(request.params)
+        except RemoteError as exc:
+            return Response(msgid=request.msgid, error=ErrorInfo.from_exception(exc))
+        call = Call(method=info.name, msgid=request.msgid, peer=peer, host=host)
+        try:
+            result = await info.handler(call, **kwargs)
+            return Response(msgid=request.msgid, result=self._unstructure(result))
+        except RemoteError as exc:
+            if is_known_code(exc.code, self._domain):
+                return Response(msgid=request.msgid, error=ErrorInfo.from_exception(exc))
+            return self._internal(request, peer, exc, reason="unregistered_error_code")
+        except Exception as exc:
+            return self._internal(request, peer, exc, reason="handler_raised")
+
+    def _internal(self, request: Request, peer: Peer, exc: Exception, *, reason: str) -> Response:
+        correlation_id = new_correlation_id()
+        log.error(
+            "rpc_handler_failed",
+            method=request.method,
+            msgid=request.msgid,
+            transport=peer.transport,
+            peer_uid=peer.uid,
+            reason=reason,
+            correlation_id=correlation_id,
+            exc_info=exc,
+        )
+        error = InternalError(
+            f"internal error in {request.method}; the daemon log has the details",
+            correlation_id=correlation_id,
+        )
+        return Response(msgid=request.msgid, error=ErrorInfo.from_exception(error))
+
+
+async def _ping(call: Call) -> dict[str, object]:
+    """Liveness check; answers before authentication."""
+    await trio.lowlevel.checkpoint()
+    return {"pong": True}
+
+
+def _method_text(name: str) -> str:
+    if len(name) <= NAME_MAX and name.isprintable():
+        return repr(name)
+    return f"({describe(name)})"
+
+
+def _default_unstructure() -> Callable[[object], object]:
+    from cattrs.preconf.msgpack import make_converter
+
+    converter = make_converter()
+    return converter.unstructure

@@ -1,0 +1,564 @@
+"""The transport-independent RPC server: accept loop, connections, calls.
+
+:class:`RpcServer` serves any list of ``trio.abc.Listener``s given an authenticator
+that turns a fresh stream into a :class:`Peer` (or rejects it). The Unix socket
+plane (:mod:`._unix`) is one such pairing; TCP+TLS and WebSocket listeners slot in
+the same way later.
+
+What a connection guarantees (FAULTS.md RP rows):
+
+- a global connection cap: beyond it a newcomer gets one ``BUSY`` frame and is
+  closed (RP-18);
+- a per-connection in-flight cap with pipelining: requests run concurrently up to
+  the cap and may be answered out of order; past it the connection is simply not
+  read until a slot frees (back-pressure, RP-19);
+- deadlines: the first request must arrive within ``hello_deadline``, any started
+  message must complete within ``frame_deadline`` (slow-loris, RP-16, RP-05), and
+  an idle connection (no call, no stream) is closed after ``idle_timeout``;
+- a send deadline: a client that stops reading is disconnected, it never blocks
+  the daemon (RP-17);
+- malformed input gets an error reply where possible and closes that connection
+  only (RP-01..RP-10);
+- every handler and every connection task is wrapped: no exception reaches the
+  accept loop (RP-15), and a client that disconnects mid-call lets the call finish
+  (RP-20);
+- accept failing with ``EMFILE``/``ENFILE``/``ENOMEM``/``ENOBUFS`` sleeps 100 ms and
+  retries instead of spinning or crashing (RP-18, RX-01).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, NoReturn
+
+import attrs
+import structlog
+import trio
+
+from . import _wire
+from ._dispatch import Dispatcher, Peer, new_correlation_id
+from ._errors import Busy, ErrorCode, ProtocolError, RemoteError, RemoteTimeout
+from ._protocol import ErrorInfo, Request, Response, decode_request, encode
+from ._stream import NotificationStream
+from ._wire import DEFAULT_LIMITS, Limits
+
+__all__ = ["ServerOptions", "ServerStatistics", "RpcServer", "Authenticator"]
+
+log = structlog.get_logger()
+
+Authenticator = Callable[[trio.abc.Stream], Awaitable[Peer]]
+"""Turns a fresh stream into a :class:`Peer`; raises :class:`RemoteError` to reject it."""
+
+ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_RETRY_DELAY: Final = 0.1
+REJECT_SEND_TIMEOUT: Final = 1.0
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"ServerOptions.{attribute.name} must be > 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class ServerOptions:
+    """Caps and deadlines of one server (the codec limits are in ``limits``).
+
+    Attributes:
+        max_connections: Concurrent connections; newcomers beyond it get ``BUSY``.
+        max_inflight: Concurrent calls per connection (pipelining depth).
+        max_streams: Notification streams per connection.
+        stream_capacity: Default pending items per stream before drop-oldest.
+        hello_deadline: Seconds from accept to the first complete request.
+        frame_deadline: Seconds from a message's first byte to its last.
+        idle_timeout: Seconds a connection with no call and no stream may stay
+            silent; ``None`` for no limit.
+        send_timeout: Seconds one reply may take to be written before the client
+            is considered stuck and disconnected.
+        limits: Frame and decoder limits.
+    """
+
+    max_connections: int = attrs.field(default=256, validator=_positive)
+    max_inflight: int = attrs.field(default=32, validator=_positive)
+    max_streams: int = attrs.field(default=16, validator=_positive)
+    stream_capacity: int = attrs.field(default=1024, validator=_positive)
+    hello_deadline: float = attrs.field(default=5.0, validator=_positive)
+    frame_deadline: float = attrs.field(default=10.0, validator=_positive)
+    idle_timeout: float | None = attrs.field(default=300.0, validator=_positive)
+    send_timeout: float = attrs.field(default=10.0, validator=_positive)
+    limits: Limits = DEFAULT_LIMITS
+
+
+@attrs.frozen(kw_only=True)
+class ServerStatistics:
+    """A snapshot of a server's counters."""
+
+    connections: int
+    calls_in_flight: int
+    streams: int
+    accepted: int
+    rejected_busy: int
+    rejected_auth: int
+    protocol_errors: int
+    deadline_closes: int
+    send_timeouts: int
+
+
+@attrs.define
+class _Counters:
+    accepted: int = 0
+    rejected_busy: int = 0
+    rejected_auth: int = 0
+    protocol_errors: int = 0
+    deadline_closes: int = 0
+    send_timeouts: int = 0
+
+
+class RpcServer:
+    """Serves a :class:`Dispatcher` on listeners; one task per connection.
+
+    Usually obtained from :func:`serve_unix` / :func:`open_unix_server`.
+    """
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        *,
+        authenticate: Authenticator,
+        options: ServerOptions = ServerOptions(),
+        address: str = "",
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._authenticate = authenticate
+        self._options = options
+        self._address = address
+        self._connections: set[_Connection] = set()
+        self._slots_taken = 0
+        self._counters = _Counters()
+
+    @property
+    def address(self) -> str:
+        """Where the server listens (the socket path for the Unix plane)."""
+        return self._address
+
+    @property
+    def options(self) -> ServerOptions:
+        return self._options
+
+    def statistics(self) -> ServerStatistics:
+        return ServerStatistics(
+            connections=self._slots_taken,
+            calls_in_flight=sum(len(c.inflight) for c in self._connections),
+            streams=sum(len(c.streams) for c in self._connections),
+            accepted=self._counters.accepted,
+            rejected_busy=self._counters.rejected_busy,
+            rejected_auth=self._counters.rejected_auth,
+            protocol_errors=self._counters.protocol_errors,
+            deadline_closes=self._counters.deadline_closes,
+            send_timeouts=self._counters.send_timeouts,
+        )
+
+    async def serve(
+        self,
+        listeners: Sequence[trio.abc.Listener[Any]],
+        *,
+        task_status: trio.TaskStatus[RpcServer] = trio.TASK_STATUS_IGNORED,
+    ) -> NoReturn:
+        """Accept and serve connections on ``listeners`` until cancelled.
+
+        Reports itself as started once the accept loops run (the listeners already
+        listen, so connections made before that wait in the backlog).
+
+        Cancellation: cancelling stops accepting, cancels running calls, and closes
+        every connection and listener.
+        """
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener, nursery)
+            task_status.started(self)
+            await trio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _accept_loop(
+        self, listener: trio.abc.Listener[Any], nursery: trio.Nursery
+    ) -> NoReturn:
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    # Out of fds/memory: sleeping (as trio.serve_listeners does) lets
+                    # running calls finish and free descriptors; spinning would not.
+                    log.error(
+                        "rpc_accept_failed",
+                        address=self._address,
+                        errno=errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+                        retry_in=ACCEPT_RETRY_DELAY,
+                    )
+                    await trio.sleep(ACCEPT_RETRY_DELAY)
+                    continue
+                self._counters.accepted += 1
+                nursery.start_soon(self._handle, stream)
+
+    async def _handle(self, stream: trio.abc.Stream) -> None:
+        """One connection, start to end. Never raises an ``Exception``."""
+        accepted_at = trio.current_time()
+        if self._slots_taken >= self._options.max_connections:
+            self._counters.rejected_busy += 1
+            try:
+                await self._reject(
+                    stream,
+                    Busy(
+                        f"too many connections (limit {self._options.max_connections}); "
+                        "try again later"
+                    ),
+                )
+            finally:
+                await trio.aclose_forcefully(stream)
+            return
+        self._slots_taken += 1
+        connection: _Connection | None = None
+        try:
+            peer: Peer | None = None
+            with trio.move_on_at(accepted_at + self._options.hello_deadline):
+                try:
+                    peer = await self._authenticate(stream)
+                except RemoteError as exc:
+                    self._counters.rejected_auth += 1
+                    log.warning(
+                        "rpc_peer_rejected",
+                        address=self._address,
+                        code=exc.code,
+                        reason=exc.message,
+                    )
+                    await self._reject(stream, exc)
+                    return
+            if peer is None:
+                self._counters.deadline_closes += 1
+                return
+            connection = _Connection(self, stream, peer, accepted_at)
+            self._connections.add(connection)
+            await connection.run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception as exc:
+            # A bug in this module: log it, drop this connection, keep serving.
+            log.error("rpc_connection_crashed", address=self._address, exc_info=exc)
+        finally:
+            self._slots_taken -= 1
+            if connection is not None:
+                self._connections.discard(connection)
+            await trio.aclose_forcefully(stream)
+
+    async def _reject(self, stream: trio.abc.Stream, error: RemoteError) -> None:
+        frame = encode(Response(msgid=None, error=ErrorInfo.from_exception(error)))
+        with (
+            trio.move_on_after(REJECT_SEND_TIMEOUT),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            await stream.send_all(frame)
+
+
+class _Connection:
+    """One authenticated connection: a reader loop plus one task per call."""
+
+    def __init__(
+        self, server: RpcServer, stream: trio.abc.Stream, peer: Peer, accepted_at: float
+    ) -> None:
+        self.server = server
+        self.stream = stream
+        self.peer = peer
+        self.options = server._options
+        self.limits = server._options.limits
+        self.decoder = _wire.FrameDecoder(self.limits)
+        self.inflight: set[int] = set()
+        self.streams: dict[int, NotificationStream] = {}
+        self._next_stream_id = 1
+        self._slots = trio.Semaphore(self.options.max_inflight)
+        self._send_lock = trio.Lock()
+        self._closed = False
+        self._accepted_at = accepted_at
+        self._got_request = False
+        self._last_activity = accepted_at
+        self._partial_offset = -1
+        self._partial_since = accepted_at
+        self._read_scope: trio.CancelScope | None = None
+        self._background: trio.Nursery | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        # Calls live in the outer nursery, streams and their producers in the inner
+        # one: when reading ends, streams end with it, while calls already running
+        # finish (RP-20) and still reply if the peer reads.
+        async with trio.open_nursery() as calls, trio.open_nursery() as background:
+            self._background = background
+            try:
+                await self._read_loop(calls)
+            finally:
+                self._background = None
+                for stream in list(self.streams.values()):
+                    stream._abort()
+                background.cancel_scope.cancel()
+
+    def _close_now(self) -> None:
+        """Stop reading and writing; running calls finish but their replies are dropped."""
+        self._closed = True
+        if self._read_scope is not None:
+            self._read_scope.cancel()
+        for stream in list(self.streams.values()):
+            stream._abort()
+
+    async def _abort(self) -> None:
+        """Close the transport now: the peer sees EOF at once; running calls still finish."""
+        self._close_now()
+        await trio.aclose_forcefully(self.stream)
+
+    # ------------------------------------------------------------------ reading
+
+    def _read_deadline(self) -> float:
+        deadline = math.inf
+        if not self._got_request:
+            deadline = self._accepted_at + self.options.hello_deadline
+        if self.decoder.buffered:
+            if self.decoder.frame_offset != self._partial_offset:
+                self._partial_offset = self.decoder.frame_offset
+                self._partial_since = trio.current_time()
+            deadline = min(deadline, self._partial_since + self.options.frame_deadline)
+        elif (
+            self._got_request
+            and self.options.idle_timeout is not None
+            and not self.inflight
+            and not self.streams
+        ):
+            deadline = min(deadline, self._last_activity + self.options.idle_timeout)
+        return deadline
+
+    def _refresh_deadline(self) -> None:
+        if self._read_scope is not None:
+            self._read_scope.deadline = self._read_deadline()
+
+    async def _read_loop(self, calls: trio.Nursery) -> None:
+        while not self._closed:
+            try:
+                frame = self.decoder.next_frame()
+            except ProtocolError as exc:
+                await self._protocol_error(exc)
+                return
+            if frame is not None:
+                if not await self._on_frame(frame, calls):
+                    return
+                continue
+            with trio.CancelScope(deadline=self._read_deadline()) as scope:
+                self._read_scope = scope
+                try:
+                    data = await self.stream.receive_some(self.limits.read_size)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                finally:
+                    self._read_scope = None
+            if scope.cancelled_caught:
+                if not self._closed:
+                    await self._deadline_expired()
+                return
+            if not data:
+                # EOF. A half-sent message is dropped, never dispatched (RP-05); the
+                # peer may have only shut down its writing side, so calls still reply.
+                if self.decoder.buffered:
+                    log.info(
+                        "rpc_truncated_message",
+                        address=self.server.address,
+                        transport=self.peer.transport,
+                        bytes=self.decoder.buffered,
+                    )
+                return
+            try:
+                self.decoder.feed(data)
+            except ProtocolError as exc:
+                await self._protocol_error(exc)
+                return
+
+    async def _on_frame(self, frame: object, calls: trio.Nursery) -> bool:
+        try:
+            request = decode_request(frame)
+        except ProtocolError as exc:
+            await self._protocol_error(exc)
+            return False
+        if request.msgid in self.inflight:
+            await self._protocol_error(
+                ProtocolError(
+                    ErrorCode.INVALID_REQUEST,
+                    f"msgid {request.msgid} is already in flight on this connection",
+                )
+            )
+            return False
+        self._got_request = True
+        # Back-pressure: at the in-flight cap we stop reading until a call finishes.
+        await self._slots.acquire()
+        self.inflight.add(request.msgid)
+        calls.start_soon(self._run_call, request)
+        return True
+
+    async def _protocol_error(self, exc: ProtocolError) -> None:
+        self.server._counters.protocol_errors += 1
+        log.info(
+            "rpc_protocol_error",
+            address=self.server.address,
+            transport=self.peer.transport,
+            code=exc.code.value,
+            reason=exc.message,
+        )
+        info = ErrorInfo(code=exc.code.value, message=exc.message)
+        await self._send_best_effort(encode(Response(msgid=exc.msgid, error=info)))
+        await self._abort()
+
+    async def _deadline_expired(self) -> None:
+        self.server._counters.deadline_closes += 1
+        if not self._got_request and not self.decoder.buffered:
+            reason = f"no request within {self.options.hello_deadline:g}s of connecting"
+        elif self.decoder.buffered:
+            reason = f"message not completed within {self.options.frame_deadline:g}s"
+        else:
+            reason = f"idle for {self.options.idle_timeout:g}s"
+        log.info(
+            "rpc_connection_timeout",
+            address=self.server.address,
+            transport=self.peer.transport,
+            reason=reason,
+        )
+        error = RemoteTimeout(f"closing the connection: {reason}")
+        await self._send_best_effort(
+            encode(Response(msgid=None, error=ErrorInfo.from_exception(error)))
+        )
+        await self._abort()
+
+    # ------------------------------------------------------------------ calls
+
+    async def _run_call(self, request: Request) -> None:
+        try:
+            response = await self.server._dispatcher.dispatch(request, peer=self.peer, host=self)
+            await self.send(self._encode_response(request, response))
+        finally:
+            self.inflight.discard(request.msgid)
+            self._slots.release()
+            self._last_activity = trio.current_time()
+            self._refresh_deadline()
+
+    def _encode_response(self, request: Request, response: Response) -> bytes:
+        try:
+            return encode(response, self.limits)
+        except ProtocolError as exc:
+            # Handlers must bound what they return (RP-21): a reply the client's
+            # decoder would refuse is this call's error, not the connection's.
+            return self._result_failure(request, "rpc_result_over_limits", reason=exc.message)
+        except (TypeError, ValueError, OverflowError) as exc:
+            return self._result_failure(
+                request, "rpc_result_unencodable", error=f"{type(exc).__name__}: {exc}"
+            )
+
+    def _result_failure(self, request: Request, event: str, **fields: object) -> bytes:
+        correlation_id = new_correlation_id()
+        log.error(
+            event,
+            method=request.method,
+            msgid=request.msgid,
+            correlation_id=correlation_id,
+            **fields,
+        )
+        info = ErrorInfo(
+            code=ErrorCode.INTERNAL_ERROR.value,
+            message=f"internal error in {request.method}; the daemon log has the details",
+            correlation_id=correlation_id,
+        )
+        return encode(Response(msgid=request.msgid, error=info))
+
+    # ------------------------------------------------------------------ writing
+
+    async def send(self, frame: bytes) -> bool:
+        """Write one frame; ``False`` if the connection is gone (never raises for that)."""
+        if self._closed:
+            return False
+        async with self._send_lock:
+            if self._closed:
+                return False
+            with trio.move_on_after(self.options.send_timeout):
+                try:
+                    await self.stream.send_all(frame)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._close_now()
+                    return False
+                return True
+            # The peer stopped reading. A cancelled send leaves the stream unusable.
+            self.server._counters.send_timeouts += 1
+            log.warning(
+                "rpc_send_timeout",
+                address=self.server.address,
+                transport=self.peer.transport,
+                timeout=self.options.send_timeout,
+            )
+            await self._abort()
+            return False
+
+    async def _send_best_effort(self, frame: bytes) -> None:
+        if self._closed:
+            return
+        with (
+            trio.move_on_after(REJECT_SEND_TIMEOUT),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            async with self._send_lock:
+                await self.stream.send_all(frame)
+
+    # ------------------------------------------------------------------ CallHost
+
+    def open_stream(self, method: str, *, capacity: int | None) -> NotificationStream:
+        if len(self.streams) >= self.options.max_streams:
+            raise Busy(
+                f"too many notification streams on this connection "
+                f"(limit {self.options.max_streams})"
+            )
+        stream_id = self._next_stream_id
+        self._next_stream_id += 1
+        stream = NotificationStream(
+            stream_id=stream_id,
+            method=method,
+            capacity=capacity or self.options.stream_capacity,
+            limits=self.limits,
+        )
+        if self._closed or self._background is None:
+            stream._abort()
+            return stream
+        self.streams[stream_id] = stream
+        self._background.start_soon(self._pump, stream)
+        return stream
+
+    async def _pump(self, stream: NotificationStream) -> None:
+        try:
+            await stream._pump(self.send)
+        finally:
+            self.streams.pop(stream.id, None)
+            self._last_activity = trio.current_time()
+            self._refresh_deadline()
+
+    def start_soon(self, async_fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        if self._closed or self._background is None:
+            log.debug("rpc_background_task_skipped", reason="connection closing")
+            return
+        self._background.start_soon(self._guard, async_fn, args)
+
+    async def _guard(
+        self, async_fn: Callable[..., Awaitable[object]], args: tuple[object, ...]
+    ) -> None:
+        try:
+            await async_fn(*args)
+        except Exception as exc:
+            log.error(
+                "rpc_background_task_failed",
+                address=self.server.address,
+                task=getattr(async_fn, "__qualname__", repr(async_fn)),
+                exc_info=exc,
+            )
