@@ -8,7 +8,6 @@ inner nodes are supervisors (:class:`SupervisorSpec`). Run a tree with
 """
 
 from ._errors import ChildAlreadyExists as ChildAlreadyExists
-from ._errors import ChildAlreadyRunning as ChildAlreadyRunning
 from ._errors import ChildNotFound as ChildNotFound
 from ._errors import ChildRunning as ChildRunning
 from ._errors import InvalidSpec as InvalidSpec
@@ -74,6 +73,5 @@ __all__ = [
     "SupervisorNotRunning",
     "ChildNotFound",
     "ChildAlreadyExists",
-    "ChildAlreadyRunning",
     "ChildRunning",
 ]

@@ -83,9 +83,5 @@ class ChildRunning(SupervisionError, RuntimeError):
     """The operation needs the child to be stopped first (e.g. ``delete_child``)."""
 
 
-class ChildAlreadyRunning(SupervisionError, RuntimeError):
-    """``restart_child`` or ``start`` was asked of a child that is already running."""
-
-
 class SupervisorNotRunning(SupervisionError, RuntimeError):
     """The supervisor has stopped; its handle accepts no more commands."""

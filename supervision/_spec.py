@@ -198,8 +198,7 @@ class Backoff:
             base = self.initial * self.factor**exponent
         except OverflowError:
             base = self.max
-        base = min(self.max, base)
-        return max(0.0, base * (1 + self.jitter * spread))
+        return max(0.0, min(self.max, base * (1 + self.jitter * spread)))
 
 
 # --------------------------------------------------------------------------- readiness
@@ -519,6 +518,18 @@ class _FrozenDict(Mapping[str, str]):
         return repr(self._data)
 
 
+_DEFAULT_READY: Final = ReadyOnSpawn()
+_INHERIT: Final = OutputInherit()
+
+
+def _listen_tuple(value: Iterable[Listen]) -> tuple[Listen, ...]:
+    return tuple(value)
+
+
+def _code_set(value: Iterable[int]) -> frozenset[int]:
+    return frozenset(value)
+
+
 def _signal_number(value: object) -> _signal.Signals:
     if isinstance(value, str):
         name = value.upper()
@@ -536,7 +547,7 @@ def _signal_number(value: object) -> _signal.Signals:
         raise InvalidSpec(f"ProcessChild.stop_signal: unknown signal {value!r}") from None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, init=False)
 class ProcessChild:
     """An OS process leaf.
 
@@ -565,11 +576,37 @@ class ProcessChild:
     stop_timeout: float = 10.0
     stdout: Output = attrs.field(factory=OutputInherit)
     stderr: Output = attrs.field(factory=OutputInherit)
-    listen: tuple[Listen, ...] = attrs.field(default=(), converter=tuple)
-    success_exit_codes: frozenset[int] = attrs.field(default=frozenset({0}), converter=frozenset)
+    listen: tuple[Listen, ...] = attrs.field(default=(), converter=_listen_tuple)
+    success_exit_codes: frozenset[int] = attrs.field(default=frozenset({0}), converter=_code_set)
 
-    def __init__(self, argv: Sequence[str], **kwargs: Any) -> None:
-        self.__attrs_init__(argv=argv, **kwargs)  # type: ignore[attr-defined]
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        ready: Ready = _DEFAULT_READY,
+        startup_timeout: float = 30.0,
+        stop_signal: int | str = _signal.SIGTERM,
+        stop_timeout: float = 10.0,
+        stdout: Output = _INHERIT,
+        stderr: Output = _INHERIT,
+        listen: Iterable[Listen] = (),
+        success_exit_codes: Iterable[int] = (0,),
+    ) -> None:
+        self.__attrs_init__(
+            argv=argv,
+            env=env,
+            cwd=cwd,
+            ready=ready,
+            startup_timeout=startup_timeout,
+            stop_signal=stop_signal,
+            stop_timeout=stop_timeout,
+            stdout=stdout,
+            stderr=stderr,
+            listen=listen,
+            success_exit_codes=success_exit_codes,
+        )
 
     def __attrs_post_init__(self) -> None:
         cls = ProcessChild
@@ -638,9 +675,7 @@ class TaskChild:
             params = inspect.signature(async_fn).parameters
         except (TypeError, ValueError):
             params = {}
-        self.__attrs_init__(
-            async_fn=async_fn, args=args, uses_task_status="task_status" in params
-        )
+        self.__attrs_init__(async_fn=async_fn, args=args, uses_task_status="task_status" in params)
 
     def _make_runner(self, context: RunnerContext) -> Runner:
         from ._task import TaskRunner
