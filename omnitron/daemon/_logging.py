@@ -8,6 +8,7 @@ end up in the same file, one ``key=value`` line each.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def configure_logging(log_file: Path, *, level: str = "info", echo: bool = False
     for handler in list(root.handlers):
         root.removeHandler(handler)
     log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
     file_handler = logging.FileHandler(log_file, encoding="utf-8")
     file_handler.setFormatter(formatter)
     root.addHandler(file_handler)

@@ -129,9 +129,7 @@ async def run_daemon(options: DaemonOptions) -> int:
             on_critical=lambda reason: shutdown.request(reason, EXIT_CRITICAL),
             subreaper=options.subreaper,
         )
-        orchestrator.restore(
-            {app.name: (app.desired.value, app.instances) for app in loaded.state.apps}
-        )
+        orchestrator.restore({app.name: app.desired.value for app in loaded.state.apps})
         service = DaemonService(
             orchestrator,
             home=home.path,
@@ -139,6 +137,7 @@ async def run_daemon(options: DaemonOptions) -> int:
             stack=options.stack,
             request_shutdown=lambda: shutdown.request("shutdown requested over RPC"),
             health=lambda: {"persistence": str(store.health())},
+            permit_empty=store.permit_empty,
         )
         dispatcher = build_dispatcher(service)
 

@@ -160,14 +160,18 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ running
 
-    def restore(self, desired: dict[str, tuple[str, int]]) -> None:
-        """Apply persisted intent: ``{app: (desired, instances)}`` for known apps."""
-        for name, (want, instances) in desired.items():
+    def restore(self, desired: dict[str, str]) -> None:
+        """Apply the persisted intent ``{app: "running" | "stopped"}``.
+
+        Only the operator's run/stop choice survives a daemon restart; everything
+        else (instances included) comes from the config, which wins: an app the
+        config disables stays stopped, and a ``scale`` lasts until the daemon stops.
+        """
+        for name, want in desired.items():
             record = self.apps.get(name)
-            if record is None:
+            if record is None or not record.config.enabled:
                 continue
             record.desired = "stopped" if want == "stopped" else "running"
-            record.instances = max(1, min(instances, 1024))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the tree until cancelled; returns once apps are launched (not ready).
@@ -279,6 +283,9 @@ class Orchestrator:
             else:
                 record.remember(f"app failed: {event.exit.reason}")
                 self._on_change()
+        elif isinstance(event, ev.ChildRestarting):
+            record.restarts += 1
+            self._on_change()
 
     def _observe_process(self, name: str, instance: str, event: ev.Event) -> None:
         record = self.apps.get(name)
@@ -441,7 +448,11 @@ class Orchestrator:
         was_crashed, record.crashed = record.crashed, False
         self._on_change()
         if self._root is None and was_crashed:
+            # The whole tree had given up: it is rebuilt with this app in it.
             self._restart_requested.set()
+            await self.wait_ready()
+            record.remember("started")
+            return True
         root = await self.wait_ready()
         try:
             spec = self._builder.app(record.config, record.instances)
@@ -543,7 +554,8 @@ class Orchestrator:
         root = self._root
         if root is None:
             return
-        for name in reversed([info.name for info in root.which_children()]):
+        in_tree = {info.name for info in root.which_children()}
+        for name in reversed([n for n in self.apps if n in in_tree]):
             try:
                 await root.terminate_child(name)
             except ChildNotFound:
@@ -593,7 +605,9 @@ class Orchestrator:
         self.apps = {app.name: self.apps[app.name] for app in new.start_order()}
         for name in changed:
             record = self.apps[name]
-            if record.desired == "running":
+            if not record.config.enabled:
+                await self.stop(name)
+            elif record.desired == "running":
                 await self.stop(name)
                 async with self._lock:
                     root = self._root

@@ -65,6 +65,7 @@ class DaemonService:
         stack: The stack applied to the config, if any.
         request_shutdown: Asks the daemon to stop (graceful).
         health: Returns extra health records (persistence, ...).
+        permit_empty: Lets the state file go empty (a reload that removes every app).
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class DaemonService:
         stack: str | None,
         request_shutdown: Callable[[], None],
         health: Callable[[], dict[str, str]] = dict,
+        permit_empty: Callable[[], None] = lambda: None,
     ) -> None:
         self.orchestrator = orchestrator
         self.home = home
@@ -83,6 +85,7 @@ class DaemonService:
         self.stack = stack
         self._request_shutdown = request_shutdown
         self._health = health
+        self._permit_empty = permit_empty
         self._sampler = _Sampler()
         self._started = time.monotonic()
 
@@ -203,6 +206,8 @@ class DaemonService:
         if dry_run:
             diff = self.orchestrator.plan_reload(new)
         else:
+            if not new.apps:
+                self._permit_empty()
             diff = await self.orchestrator.apply_reload(new)
         return {
             "applied": not dry_run,
