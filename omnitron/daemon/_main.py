@@ -45,6 +45,8 @@ EXIT_CONFIG = 2
 """Exit code of a daemon that refused to start because of its config."""
 EXIT_CRITICAL = 3
 """Exit code of a daemon that shut down because a critical app crashed."""
+PERSIST_ACK_TIMEOUT = 5.0
+"""How long a state-changing call waits for its change to reach the disk."""
 
 
 @attrs.frozen(kw_only=True)
@@ -113,12 +115,12 @@ async def run_daemon(options: DaemonOptions) -> int:
         loaded = await trio.to_thread.run_sync(
             lambda: load_state(home, reset=options.reset_state)
         )
-        for warning in loaded.warnings:
-            log.warning("state_warning", message=str(warning))
+        for message in loaded.warnings:
+            log.warning("state_warning", message=str(message))
         await _clean_up_after_predecessor(home)
 
         shutdown = _Shutdown()
-        store = StateStore(home, loaded)
+        store = StateStore(home, loaded, min_write_interval=0.05)
         logs = LogCollector(Path(logs_dir))
         dirty = _Dirty()
         orchestrator = Orchestrator(
@@ -143,6 +145,15 @@ async def run_daemon(options: DaemonOptions) -> int:
 
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with open_state_writer(store) as snapshots, trio.open_nursery() as nursery:
+
+                async def persisted() -> None:
+                    # Reply to a change only once it is on disk (promise 2), but
+                    # never hang a client on a failing disk: health says degraded.
+                    await snapshots.send(orchestrator.snapshot())
+                    with trio.move_on_after(PERSIST_ACK_TIMEOUT):
+                        await store.wait_idle()
+
+                service.persisted = persisted
                 await nursery.start(logs.run)
                 nursery.start_soon(_persist, orchestrator, dirty, snapshots)
                 await nursery.start(serve_unix, home.socket_path, dispatcher)

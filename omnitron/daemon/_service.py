@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,6 +55,10 @@ class _Sampler:
         return result
 
 
+async def _nothing() -> None:
+    await trio.lowlevel.checkpoint()
+
+
 class DaemonService:
     """Everything the RPC handlers need from the running daemon.
 
@@ -86,6 +90,7 @@ class DaemonService:
         self._request_shutdown = request_shutdown
         self._health = health
         self._permit_empty = permit_empty
+        self.persisted: Callable[[], Awaitable[None]] = _nothing
         self._sampler = _Sampler()
         self._started = time.monotonic()
 
@@ -253,38 +258,54 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
 
     async def start_app(call: Call, *, name: Target) -> dict[str, Any]:
         """Start an app (and what it depends on), or all enabled apps."""
-        return {"started": await orch.start(name)}
+        started = await orch.start(name)
+        await service.persisted()
+        return {"started": started}
 
     async def stop_app(call: Call, *, name: Target) -> dict[str, Any]:
         """Stop an app, or all apps (dependents first)."""
-        return {"stopped": await orch.stop(name)}
+        stopped = await orch.stop(name)
+        await service.persisted()
+        return {"stopped": stopped}
 
     async def restart_app(call: Call, *, name: Target) -> dict[str, Any]:
         """Restart an app's processes one by one, or all apps."""
-        return {"restarted": await orch.restart(name)}
+        restarted = await orch.restart(name)
+        await service.persisted()
+        return {"restarted": restarted}
 
     async def start_all(call: Call) -> dict[str, Any]:
         """Start every enabled app."""
-        return {"started": await orch.start("all")}
+        started = await orch.start("all")
+        await service.persisted()
+        return {"started": started}
 
     async def stop_all(call: Call) -> dict[str, Any]:
         """Stop every app."""
-        return {"stopped": await orch.stop("all")}
+        stopped = await orch.stop("all")
+        await service.persisted()
+        return {"stopped": stopped}
 
     async def restart_all(call: Call) -> dict[str, Any]:
         """Restart every running app."""
-        return {"restarted": await orch.restart("all")}
+        restarted = await orch.restart("all")
+        await service.persisted()
+        return {"restarted": restarted}
 
     async def scale(
         call: Call, *, name: AppName, instances: Annotated[int, Range(ge=1, le=1024)]
     ) -> dict[str, Any]:
         """Set an app's number of processes."""
         previous = await orch.scale(name, instances)
+        await service.persisted()
         return {"name": name, "previous": previous, "instances": instances}
 
     async def reload_config(call: Call, *, dry_run: bool = False) -> dict[str, Any]:
         """Re-read the config file and apply the difference (or only show it)."""
-        return await service.reload_config(dry_run=dry_run)
+        result = await service.reload_config(dry_run=dry_run)
+        if not dry_run:
+            await service.persisted()
+        return result
 
     async def shutdown(call: Call) -> dict[str, Any]:
         """Stop every app and the daemon."""

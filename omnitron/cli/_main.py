@@ -1,0 +1,264 @@
+"""The ``omnitron`` command group and its commands.
+
+Commands are thin: parse, call the daemon (or the config loader), render. The
+group builds one :class:`~omnitron.cli._context.Cli` from the global options.
+Importing this module costs click plus the standard library: anything heavier
+(config, state, Trio, the daemon) is imported inside the commands that need it,
+so ``omnitron status`` stays within its start-up budget.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from omnitron import __version__
+
+from . import _render as render
+from ._context import ACTION_TIMEOUT, Cli, pass_cli, resolve_home
+
+__all__ = ["cli", "main"]
+
+_SECONDS = click.FloatRange(min=0, min_open=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
+@click.option(
+    "--home",
+    metavar="PATH",
+    help="The daemon's home directory (overrides $OMNITRON_HOME; default ~/.omnitron).",
+)
+@click.option(
+    "--timeout",
+    type=_SECONDS,
+    metavar="SECONDS",
+    help=f"Wait at most this long for each reply (default 10; {ACTION_TIMEOUT:g} for actions).",
+)
+@click.version_option(__version__, prog_name="omnitron")
+@click.pass_context
+def cli(ctx: click.Context, as_json: bool, home: str | None, timeout: float | None) -> None:
+    """omnitron: a process supervisor for Python people, built on Trio."""
+    ctx.obj = Cli(json=as_json, home=resolve_home(home), timeout=timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script: run the CLI and exit with its code."""
+    return cli.main(args=argv, prog_name="omnitron")
+
+
+# --------------------------------------------------------------------------- daemon
+
+
+@cli.command()
+@click.option("--config", "-c", "config", metavar="PATH", help="The ecosystem file.")
+@click.option("--foreground", is_flag=True, help="Run the daemon in this process.")
+@click.option("--stack", metavar="NAME", help="Apply the [stacks.NAME] overrides.")
+@click.option(
+    "--reset-state", is_flag=True, help="Set state.json aside and start from the config alone."
+)
+@click.option(
+    "--wait-timeout",
+    type=_SECONDS,
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for the daemon and its apps to come up.",
+)
+@click.option("--daemonized", is_flag=True, hidden=True)
+@pass_cli
+def up(
+    cli: Cli,
+    config: str | None,
+    foreground: bool,
+    stack: str | None,
+    reset_state: bool,
+    wait_timeout: float,
+    daemonized: bool,
+) -> None:
+    """Start the daemon and its apps (detached unless --foreground).
+
+    The config is validated first; without --config it is found from the
+    current directory upward. Exits 0 once every app is online, 1 naming the
+    apps that are not, 2 for an invalid config.
+    """
+    from . import _daemon
+
+    code = _daemon.up(
+        cli,
+        config=config,
+        foreground=foreground,
+        stack=stack,
+        reset_state=reset_state,
+        wait_timeout=wait_timeout,
+        daemonized=daemonized,
+    )
+    raise SystemExit(code)
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Kill the daemon and its apps at once (SIGKILL).")
+@click.option(
+    "--wait-timeout",
+    type=_SECONDS,
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long the apps may take to stop before everything is killed.",
+)
+@pass_cli
+def down(cli: Cli, force: bool, wait_timeout: float) -> None:
+    """Stop every app gracefully, then the daemon."""
+    from . import _daemon
+
+    raise SystemExit(_daemon.down(cli, force=force, timeout=wait_timeout))
+
+
+@cli.command()
+@pass_cli
+def kill(cli: Cli) -> None:
+    """SIGKILL the daemon and every process of its apps; clean up its files."""
+    from . import _daemon
+
+    raise SystemExit(_daemon.kill(cli))
+
+
+@cli.command()
+@pass_cli
+def ping(cli: Cli) -> None:
+    """Check that the daemon answers."""
+    started = time.perf_counter()
+    result = cli.call("daemon.ping")
+    elapsed = (time.perf_counter() - started) * 1000
+    cli.emit(result, lambda _: f"pong ({elapsed:.1f} ms)")
+
+
+# --------------------------------------------------------------------------- views
+
+
+@cli.command()
+@pass_cli
+def status(cli: Cli) -> None:
+    """The daemon and every app with its processes."""
+    cli.emit(cli.call("daemon.status"), render.render_status)
+
+
+@cli.command("list")
+@pass_cli
+def list_apps(cli: Cli) -> None:
+    """Every app with its processes (the table of `status`)."""
+    cli.emit(cli.call("daemon.list"), render.render_apps)
+
+
+@cli.command()
+@click.argument("app")
+@pass_cli
+def inspect(cli: Cli, app: str) -> None:
+    """One app: spec, processes, last exits, recent events."""
+    cli.emit(cli.call("daemon.inspect", name=app), render.render_inspect)
+
+
+@cli.command()
+@click.argument("app")
+@click.option("--reveal", is_flag=True, help="Show secret-looking values too.")
+@pass_cli
+def env(cli: Cli, app: str, reveal: bool) -> None:
+    """An app's configured environment (secret-looking values redacted)."""
+    cli.emit(cli.call("daemon.env", name=app, reveal=reveal), render.render_env)
+
+
+@cli.command()
+@pass_cli
+def graph(cli: Cli) -> None:
+    """The dependency tree and the start order."""
+    cli.emit(cli.call("daemon.graph"), render.render_graph)
+
+
+# --------------------------------------------------------------------------- actions
+
+
+def _action(verb: str, key: str, summary: str) -> None:
+    @cli.command(verb, help=summary)
+    @click.argument("app", metavar="APP|all")
+    @pass_cli
+    def command(cli: Cli, app: str) -> None:
+        result = cli.call(f"daemon.{verb}_app", name=app, timeout=ACTION_TIMEOUT)
+        cli.emit(result, lambda data: render.render_actions(verb, app, data.get(key) or []))
+
+
+_action("start", "started", "Start an app (and what it depends on), or all enabled apps.")
+_action("stop", "stopped", "Stop an app, or all apps (dependents first).")
+_action("restart", "restarted", "Restart an app's processes one by one, or all apps.")
+
+
+@cli.command()
+@click.argument("app")
+@click.argument("instances", metavar="N", type=click.IntRange(1, 1024))
+@pass_cli
+def scale(cli: Cli, app: str, instances: int) -> None:
+    """Run N processes of APP."""
+    result = cli.call("daemon.scale", name=app, instances=instances, timeout=ACTION_TIMEOUT)
+    cli.emit(result, render.render_scale)
+
+
+@cli.command("reload-config")
+@click.option("--dry-run", is_flag=True, help="Only show what would change.")
+@pass_cli
+def reload_config(cli: Cli, dry_run: bool) -> None:
+    """Re-read the config file and apply the difference."""
+    result = cli.call("daemon.reload_config", dry_run=dry_run, timeout=ACTION_TIMEOUT)
+    cli.emit(result, render.render_reload)
+
+
+# --------------------------------------------------------------------------- config
+
+
+@cli.command()
+@click.option("--config", "-c", "config", metavar="PATH", help="The ecosystem file.")
+@click.option("--stack", metavar="NAME", help="Check with the [stacks.NAME] overrides applied.")
+@pass_cli
+def check(cli: Cli, config: str | None, stack: str | None) -> None:
+    """Validate the config and print the start order (no daemon needed).
+
+    Exits 2 listing every problem when the config is invalid.
+    """
+    from omnitron.config import ConfigError
+
+    from . import _config
+
+    try:
+        ecosystem = _config.load(config, stack=stack)
+    except ConfigError as exc:
+        if cli.json:
+            files = [str(issue.file) for issue in exc.issues if issue.file is not None]
+            report: dict[str, Any] = {
+                "config": files[0] if files else config,
+                "ok": False,
+                "issues": [_config.issue_record(issue) for issue in exc.issues],
+            }
+            click.echo(render.render_json(report))
+        raise _config.config_failure(exc) from None
+    report = _config.summary(ecosystem)
+    for warning in report["warnings"]:
+        cli.note(f"warning: {warning}")
+    cli.emit(report, render.render_check)
+
+
+@cli.group()
+def startup() -> None:
+    """Start the daemon at boot."""
+
+
+@startup.command()
+@click.option("--user", is_flag=True, help="A `systemctl --user` unit instead of a system one.")
+@click.option("--print", "print_only", is_flag=True, help="Print the unit instead of writing it.")
+@click.option("--config", "-c", "config", metavar="PATH", help="The ecosystem file.")
+@click.option("--name", default="omnitron", show_default=True, help="The unit's name.")
+@pass_cli
+def systemd(cli: Cli, user: bool, print_only: bool, config: str | None, name: str) -> None:
+    """Write a systemd unit that runs `omnitron up --foreground`."""
+    from . import _startup
+
+    _startup.systemd(cli, user=user, print_only=print_only, config=config, name=name)
