@@ -1,0 +1,152 @@
+"""Output of process children: line delivery, bad input, back-pressure, EOF."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+
+import pytest
+import trio
+
+from supervision._spec import Output, ProcessChild
+
+
+async def run_to_exit(slots, spec: ProcessChild) -> None:
+    slot = slots.new(spec)
+    await slot.start()
+    await slot.exited()
+
+
+async def test_lines_from_stdout_and_stderr(slots, lines) -> None:
+    out, err = lines(), lines()
+    script = "echo one; echo two >&2; echo three; printf 'no newline'"
+    spec = ProcessChild(
+        ["/bin/sh", "-c", script], stdout=Output.lines(out), stderr=Output.lines(err)
+    )
+    await run_to_exit(slots, spec)
+    assert out.lines == ["one", "three", "no newline"]
+    assert err.lines == ["two"]
+
+
+async def test_bad_utf8_is_replaced(slots, child, lines) -> None:
+    out = lines()
+    await run_to_exit(slots, ProcessChild(child("bad_utf8"), stdout=Output.lines(out)))
+    assert out.lines == ["ok \ufffd\ufffd bad", "été", "cut \ufffd"]
+
+
+async def test_long_line_is_split_with_a_marker(slots, child, lines) -> None:
+    # PL-30, bounded: 5 MB without a newline arrives in max_line pieces.
+    out = lines()
+    size = 5 * 1024 * 1024
+    spec = ProcessChild(child("long_line", size), stdout=Output.lines(out, max_line=65536))
+    await run_to_exit(slots, spec)
+    pieces, tail = out.lines[:-1], out.lines[-1]
+    assert tail == "tail"
+    assert all(p.endswith("…") and len(p) == 65537 for p in pieces[:-1])
+    assert not pieces[-1].endswith("…")
+    assert sum(len(p.rstrip("…")) for p in pieces) == size
+
+
+async def test_pieces_do_not_split_utf8_sequences(slots, lines) -> None:
+    out = lines()
+    text = "a" + "é" * 50
+    code = f"import sys; sys.stdout.write({text!r})"
+    spec = ProcessChild([sys.executable, "-c", code], stdout=Output.lines(out, max_line=16))
+    await run_to_exit(slots, spec)
+    assert all("\ufffd" not in piece for piece in out.lines)
+    assert "".join(piece.removesuffix("…") for piece in out.lines) == text
+    assert all(len(piece.removesuffix("…").encode()) <= 16 for piece in out.lines)
+
+
+async def test_many_lines_arrive_in_order(slots, child, lines) -> None:
+    out = lines()
+    await run_to_exit(slots, ProcessChild(child("spew", 100_000), stdout=Output.lines(out)))
+    assert len(out.lines) == 100_000
+    assert out.lines[0] == "1"
+    assert out.lines[-1] == "100000"
+
+
+async def test_stop_while_spewing(slots, lines) -> None:
+    # PL-27: draining a fast pipe never starves other tasks, and stop is bounded.
+    out = lines()
+    slot = slots.new(ProcessChild(["yes", "spam"], stdout=Output.lines(out)))
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await trio.sleep(0.01)
+            ticks += 1
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        await slot.start()
+        await out.wait_for(lambda got: len(got) >= 200_000)
+        assert ticks > 0
+        started = trio.current_time()
+        report = await slot.stop()
+        assert trio.current_time() - started < 2
+        nursery.cancel_scope.cancel()
+    assert report.exit is not None
+    assert report.exit.signal == signal.SIGTERM
+
+
+async def test_closed_stdio_is_no_busy_loop(slots, child, lines) -> None:
+    # PL-28: EOF on both pipes while the child keeps running half a second.
+    out, err = lines(), lines()
+    spec = ProcessChild(
+        child("close_stdio", 0.5), stdout=Output.lines(out), stderr=Output.lines(err)
+    )
+    slot = slots.new(spec)
+    cpu = time.process_time()
+    await slot.start()
+    status = await slot.exited()
+    assert status.code == 0
+    assert time.process_time() - cpu < 0.25
+    assert out.lines == err.lines == []
+
+
+async def test_discard_and_inherit(slots) -> None:
+    spec = ProcessChild(["sleep", "3600"], stdout=Output.discard(), stderr=Output.inherit())
+    slot = slots.new(spec)
+    pid = await slot.start()
+    assert os.readlink(f"/proc/{pid}/fd/1") == os.devnull
+    assert os.readlink(f"/proc/{pid}/fd/2") == os.readlink("/proc/self/fd/2")
+    assert os.readlink(f"/proc/{pid}/fd/0") == os.devnull
+    await slot.stop()
+
+
+async def test_a_failing_sink_is_logged_once(slots, caplog: pytest.LogCaptureFixture) -> None:
+    calls = []
+
+    def sink(line: str) -> None:
+        calls.append(line)
+        raise ValueError("sink broke")
+
+    spec = ProcessChild(["/bin/sh", "-c", "echo a; echo b; echo c"], stdout=Output.lines(sink))
+    with caplog.at_level(logging.ERROR, logger="supervision.process"):
+        await run_to_exit(slots, spec)
+    assert calls == ["a", "b", "c"]
+    assert len(caplog.records) == 1
+    assert "output sink" in caplog.records[0].getMessage()
+
+
+async def test_output_held_by_an_escaped_descendant_does_not_block_the_exit(
+    slots, child, lines
+) -> None:
+    # Without a subreaper, an escaped grandchild keeps the pipe open after the
+    # leader exits; the runner stops waiting for EOF after a short drain.
+    out = lines()
+    slot = slots.new(ProcessChild(child("escape_setsid", "--exit", 0), stdout=Output.lines(out)))
+    await slot.start()
+    started = trio.current_time()
+    try:
+        status = await slot.exited()
+        assert status.code == 0
+        assert trio.current_time() - started < 2
+    finally:
+        escapee = int((await out.line_starting("escapee ")).split()[1])
+        os.kill(escapee, signal.SIGKILL)

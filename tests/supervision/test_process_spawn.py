@@ -1,0 +1,287 @@
+"""Spawning process children: errors, environment, descriptors and exit statuses."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import resource
+import signal
+from pathlib import Path
+
+import pytest
+
+from supervision._errors import SpawnError, StartFailure
+from supervision._process import MARKER_ENV, _spawn_error
+from supervision._spec import Listen, Output, ProcessChild, Ready
+
+CHILDREN = Path(__file__).resolve().parent.parent / "fixtures" / "children"
+
+# --------------------------------------------------------------------------- errors (PL-01..04)
+
+
+async def test_missing_absolute_executable(slots) -> None:
+    slot = slots.new(ProcessChild(["/nonexistent/bin/app"]))
+    with pytest.raises(SpawnError) as info:
+        await slot.start()
+    assert info.value.reason == "executable not found: /nonexistent/bin/app"
+    assert info.value.errno == errno.ENOENT
+    assert isinstance(info.value, StartFailure)
+    assert slot.spawned == []
+
+
+async def test_missing_relative_executable_shows_path(slots) -> None:
+    spec = ProcessChild(["no-such-program-xyz"], env={"PATH": "/usr/local/bin:/usr/bin"})
+    slot = slots.new(spec)
+    with pytest.raises(SpawnError) as info:
+        await slot.start()
+    assert info.value.reason == (
+        "executable not found: no-such-program-xyz (PATH=/usr/local/bin:/usr/bin)"
+    )
+    assert info.value.errno == errno.ENOENT
+
+
+async def test_permission_denied(slots) -> None:
+    path = str(CHILDREN / "not_executable")
+    slot = slots.new(ProcessChild([path]))
+    with pytest.raises(SpawnError) as info:
+        await slot.start()
+    assert info.value.reason == f"permission denied executing {path}"
+    assert info.value.errno == errno.EACCES
+
+
+async def test_exec_format_error(slots) -> None:
+    path = str(CHILDREN / "no_shebang")
+    slot = slots.new(ProcessChild([path]))
+    with pytest.raises(SpawnError) as info:
+        await slot.start()
+    assert info.value.errno == errno.ENOEXEC
+    assert info.value.reason.startswith(f"exec format error: {path} (add a shebang line")
+
+
+async def test_missing_cwd_names_the_cwd(slots, child) -> None:
+    slot = slots.new(ProcessChild(child("exit_with", 0), cwd="/nonexistent/dir"))
+    with pytest.raises(SpawnError) as info:
+        await slot.start()
+    assert info.value.reason == "working directory not found: /nonexistent/dir"
+    assert info.value.filename == "/nonexistent/dir"
+
+
+async def test_missing_interpreter_is_not_a_missing_script(slots) -> None:
+    path = str(CHILDREN / "bad_interpreter")
+    slot = slots.new(ProcessChild([path]))
+    with pytest.raises(SpawnError) as info:
+        await slot.start()
+    assert info.value.reason == f"interpreter not found for {path} (check its #! line)"
+
+
+@pytest.mark.parametrize(
+    ("argv", "cwd", "expected"),
+    [
+        (["/nonexistent/bin/app"], None, "executable not found: /nonexistent/bin/app"),
+        (["./not_executable"], str(CHILDREN), "permission denied executing ./not_executable"),
+        (["/bin/true"], "/nonexistent/dir", "working directory not found: /nonexistent/dir"),
+    ],
+)
+async def test_spawn_errors_with_fd_placement(slots, argv, cwd, expected) -> None:
+    # The posix_spawn path (fds at fixed numbers) checks in the parent what the
+    # exec would refuse, and reports it the same way.
+    slot = slots.new(ProcessChild(argv, cwd=cwd, ready=Ready.fd(3)))
+    with pytest.raises(SpawnError) as info:
+        await slot.start()
+    assert info.value.reason == expected
+
+
+async def test_exec_format_error_through_the_listen_shim(slots) -> None:
+    path = str(CHILDREN / "no_shebang")
+    slot = slots.new(ProcessChild([path], listen=[Listen.tcp(0)]))
+    with pytest.raises(SpawnError) as info:
+        await slot.start()
+    assert info.value.errno == errno.ENOEXEC
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (errno.EAGAIN, "fork failed: resource temporarily unavailable"),
+        (errno.EMFILE, "too many open files"),
+        (errno.ENFILE, "too many open files in the system"),
+        (errno.ENOMEM, "fork failed: out of memory"),
+    ],
+)
+def test_resource_errors_are_named(code: int, reason: str) -> None:
+    error = _spawn_error(("t", "c"), OSError(code, os.strerror(code)), "app", {}, None)
+    assert error.reason == reason
+    assert error.errno == code
+    assert str(error) == f"t/c: {reason}"
+
+
+async def test_fd_exhaustion_is_a_spawn_error(slots, child) -> None:
+    slot = slots.new(ProcessChild(child("exit_with", 0), stdout=Output.lines(print)))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Lower the limit and fill every free descriptor below it: no pipe can be made.
+    top = max(int(name) for name in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (top + 16, hard))
+    hogs: list[int] = []
+    try:
+        while True:
+            try:
+                hogs.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                break
+        with pytest.raises(SpawnError) as info:
+            await slot.start()
+    finally:
+        for fd in hogs:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert info.value.reason == "too many open files"
+
+
+# --------------------------------------------------------------------------- exit statuses
+
+
+@pytest.mark.parametrize("code", [0, 3, 255])
+async def test_exit_code_is_reported(slots, child, code: int) -> None:
+    slot = slots.new(ProcessChild(child("exit_with", code)))
+    pid = await slot.start()
+    status = await slot.exited()
+    assert slot.spawned == [pid]
+    assert status.code == code
+    assert status.signal is None
+    assert status.normal is (code == 0)
+    assert status.reason == f"exited with code {code}"
+    assert slot.runner.pid is None
+
+
+async def test_success_exit_codes(slots, child) -> None:
+    slot = slots.new(ProcessChild(child("exit_with", 3), success_exit_codes={0, 3}))
+    await slot.start()
+    assert (await slot.exited()).normal
+
+
+async def test_sigkill_is_recorded_as_signal_9(slots, child) -> None:
+    # PL-31: an OOM kill looks like this; it must never read as "exit 0".
+    slot = slots.new(ProcessChild(child("sleeper")))
+    pid = await slot.start()
+    os.kill(pid, signal.SIGKILL)
+    status = await slot.exited()
+    assert status.signal == signal.SIGKILL
+    assert status.code is None
+    assert not status.normal
+    assert status.reason == "killed by SIGKILL"
+
+
+async def test_kill_own_group_does_not_reach_the_supervisor(slots, child) -> None:
+    # SG-08: kill(0, SIGTERM) in the child hits only its own group.
+    slot = slots.new(ProcessChild(child("kill_own_group")))
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        await slot.start()
+        status = await slot.exited()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert received == []
+    assert status.signal == signal.SIGTERM
+    # SIGTERM is the stop signal, but the supervisor did not send it: abnormal.
+    assert not status.normal
+    assert os.getpgid(0) != slot.spawned[0]
+
+
+async def test_each_child_leads_its_own_session(slots, child) -> None:
+    slot = slots.new(ProcessChild(child("sleeper")))
+    pid = await slot.start()
+    assert os.getpgid(pid) == pid
+    assert os.getsid(pid) == pid
+    await slot.stop()
+
+
+# --------------------------------------------------------------------------- environment
+
+
+async def test_environment(slots, child, lines, monkeypatch) -> None:
+    monkeypatch.setenv("FROM_SUPERVISOR", "kept")
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")  # ours, not the child's
+    monkeypatch.setenv("LISTEN_FDS", "2")
+    out = lines()
+    names = ["FROM_SUPERVISOR", "FROM_SPEC", "PYTHONUNBUFFERED", MARKER_ENV]
+    names += ["NOTIFY_SOCKET", "LISTEN_FDS"]
+    spec = ProcessChild(
+        child("print_env", *names), env={"FROM_SPEC": "yes"}, stdout=Output.lines(out)
+    )
+    slot = slots.new(spec)
+    await slot.start()
+    await slot.exited()
+    env = json.loads(out.lines[0])
+    assert env["FROM_SUPERVISOR"] == "kept"
+    assert env["FROM_SPEC"] == "yes"
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert env[MARKER_ENV] == slot.runner.child_id
+    assert slot.runner.child_id.startswith(slots.host.token + ".")
+    assert env["NOTIFY_SOCKET"] is None
+    assert env["LISTEN_FDS"] is None
+
+
+async def test_spec_env_can_turn_unbuffered_off(slots, child, lines) -> None:
+    out = lines()
+    spec = ProcessChild(
+        child("print_env", "PYTHONUNBUFFERED"),
+        env={"PYTHONUNBUFFERED": ""},
+        stdout=Output.lines(out),
+    )
+    slot = slots.new(spec)
+    await slot.start()
+    await slot.exited()
+    assert json.loads(out.lines[0]) == {"PYTHONUNBUFFERED": ""}
+
+
+async def test_marker_is_stable_across_generations_and_unique_per_slot(slots, child) -> None:
+    a = slots.new(ProcessChild(child("exit_with", 0)), name="a")
+    b = slots.new(ProcessChild(child("exit_with", 0)), name="b")
+    first = a.runner.child_id
+    for _ in range(2):
+        await a.start()
+        await a.exited()
+    assert a.runner.child_id == first
+    assert a.runner.generations == 2
+    assert b.runner.child_id != first
+
+
+# --------------------------------------------------------------------------- descriptors (RX-03)
+
+
+@pytest.mark.parametrize("placement", [False, True], ids=["popen", "posix_spawn"])
+async def test_child_inherits_no_other_fds(slots, child, lines, placement: bool) -> None:
+    leaked = os.open(os.devnull, os.O_RDONLY)  # inheritable, as if from our own parent
+    os.set_inheritable(leaked, True)
+    try:
+        out = lines()
+        spec = ProcessChild(
+            child("open_fds"),
+            stdout=Output.lines(out),
+            ready=Ready.fd(7) if placement else Ready.on_spawn(),
+            env={"READY_FD": "7"} if placement else None,
+        )
+        slot = slots.new(spec)
+        await slot.start()
+        await slot.exited()
+    finally:
+        os.close(leaked)
+    expected = [0, 1, 2, 7] if placement else [0, 1, 2]
+    assert json.loads(out.lines[0]) == expected
+
+
+async def test_runner_cannot_run_two_generations_at_once(slots, child) -> None:
+    slot = slots.new(ProcessChild(child("sleeper")))
+    await slot.start()
+    with pytest.raises(RuntimeError, match="already running"):
+        await slot.runner.run(lambda pid: None)
+    await slot.stop()
+
+
+async def test_closed_runner_refuses_to_run(slots, child) -> None:
+    slot = slots.new(ProcessChild(child("exit_with", 0)))
+    await slot.runner.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await slot.runner.run(lambda pid: None)
