@@ -638,6 +638,13 @@ class ProcessChild:
                 raise _fail(
                     cls, "success_exit_codes", f"codes must be ints in 0..255, got {code!r}"
                 )
+        if isinstance(self.ready, ReadyAfter) and self.ready.seconds >= self.startup_timeout:
+            raise _fail(
+                cls,
+                "ready",
+                f"Ready.after({self.ready.seconds:g}) can never happen within "
+                f"startup_timeout={self.startup_timeout:g}; raise startup_timeout",
+            )
         if isinstance(self.ready, ReadyFd) and 3 <= self.ready.n < 3 + len(self.listen):
             raise _fail(
                 cls,

@@ -189,7 +189,7 @@ def _action(verb: str, key: str, summary: str) -> None:
 
 
 _action("start", "started", "Start an app (and what it depends on), or all enabled apps.")
-_action("stop", "stopped", "Stop an app, or all apps (dependents first).")
+_action("stop", "stopped", "Stop an app (only that app), or all apps (dependents first).")
 _action("restart", "restarted", "Restart an app's processes one by one, or all apps.")
 
 

@@ -27,6 +27,8 @@ from supervision import (
     Backoff,
     ChildSpec,
     Intensity,
+    InvalidSpec,
+    InvalidSpecType,
     Output,
     ProcessChild,
     Ready,
@@ -161,12 +163,16 @@ class TreeBuilder:
                 max=policy.backoff.max,
                 factor=policy.backoff.factor,
             )
+        try:
+            children = [self.instance(app, i) for i in range(instances)]
+        except (InvalidSpec, InvalidSpecType) as exc:
+            raise UnsupportedApp(f"app {app.name!r} cannot run: {exc}") from None
         pool = SupervisorSpec(
             name=app.name,
             strategy=Strategy.ONE_FOR_ONE,
             intensity=intensity,
             backoff=backoff,
-            children=[self.instance(app, i) for i in range(instances)],
+            children=children,
         )
         restart = Restart.PERMANENT if self.group_mode else Restart.TEMPORARY
         return ChildSpec(app.name, pool, restart=restart)

@@ -743,3 +743,9 @@ def test_supervisor_limits_types() -> None:
         SupervisorSpec(intensity=(5, 60.0))  # type: ignore[arg-type]
     with raises_type("SupervisorSpec.backoff"):
         SupervisorSpec(backoff=1.0)  # type: ignore[arg-type]
+
+
+def test_ready_after_longer_than_the_startup_timeout_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"ProcessChild\.ready: .*startup_timeout"):
+        ProcessChild(["true"], ready=Ready.after(5), startup_timeout=5)
+    assert ProcessChild(["true"], ready=Ready.after(4), startup_timeout=5).startup_timeout == 5
