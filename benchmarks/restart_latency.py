@@ -14,7 +14,9 @@ restart latency
     subscriber).  Two children: a minimal C program (compiled here with ``cc``; a
     ``sh`` + ``systemd-notify`` script without a compiler) and a Python program that
     sends the datagram with the stdlib.  Floor and supervisor samples alternate so
-    both see the same machine state.
+    both see the same machine state.  Each restart is also split into phases (exit
+    noticed, replacement spawned, ready, event delivered), from the floor's own
+    clock readings and from the supervisor's event timestamps.
 crash storm
     20 children that exit 50 ms after they start, for 10 s (2 s with ``--quick``):
     restarts per second, and the CPU the supervising process used.
@@ -52,6 +54,11 @@ from typing import Any, Protocol
 import trio
 
 HERE = Path(__file__).resolve().parent
+
+#: How a restart is split: the kill until the exit is noticed, then until the
+#: replacement is spawned, then until it is ready, then until a subscriber hears
+#: of it (supervisors only).
+PHASES = ("exit_seen", "spawned", "ready", "delivered")
 
 STORM_CHILDREN = 20
 STORM_EXIT_MS = 50
@@ -133,9 +140,14 @@ class Adapter(Protocol):
     ``kill_and_wait_ready`` / ``teardown`` make the restart-latency scenario; the
     other two scenarios are single calls.  An adapter that cannot run a scenario
     raises ``NotImplementedError`` and the scenario reports it as skipped.
+
+    ``phases`` splits each restart into those of the :data:`PHASES` that the
+    adapter can see: nanoseconds, one list per phase, reset by ``setup`` (leave it
+    empty if the supervisor shows no intermediate steps).
     """
 
     name: str
+    phases: dict[str, list[int]]
 
     async def setup(self, child: Child) -> None:
         """Start supervising one ``child`` that uses sd_notify readiness; return once ready."""
@@ -224,13 +236,16 @@ def _kill_and_reap(pid: int) -> None:
 
 def _floor_restart(
     pid: int, argv: Sequence[str], env: Mapping[str, str], ready: _NotifySocket
-) -> tuple[int, int]:
-    start = time.perf_counter_ns()
+) -> tuple[int, tuple[int, int, int, int]]:
+    """Kill, reap, respawn, wait for READY; the new pid and the four timestamps."""
+    killed = time.perf_counter_ns()
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
+    reaped = time.perf_counter_ns()
     pid = _spawn(argv, env)
+    spawned = time.perf_counter_ns()
     ready.wait_ready()
-    return pid, time.perf_counter_ns() - start
+    return pid, (killed, reaped, spawned, time.perf_counter_ns())
 
 
 def _floor_storm(
@@ -302,6 +317,7 @@ class FloorAdapter:
         self._ready: _NotifySocket | None = None
         self._argv: tuple[str, ...] = ()
         self._env: dict[str, str] = {}
+        self.phases: dict[str, list[int]] = {}
 
     def _open(self, child: Child, tag: str) -> tuple[_NotifySocket, dict[str, str]]:
         ready = _NotifySocket(self._workdir / f"floor-{tag}.sock")
@@ -312,12 +328,15 @@ class FloorAdapter:
         self._argv = child.argv
         self._pid = _spawn(self._argv, self._env)
         self._ready.wait_ready()
+        self.phases = {phase: [] for phase in PHASES[:3]}
 
     async def kill_and_wait_ready(self) -> int:
         assert self._pid is not None
         assert self._ready is not None
-        self._pid, elapsed = _floor_restart(self._pid, self._argv, self._env, self._ready)
-        return elapsed
+        self._pid, stamps = _floor_restart(self._pid, self._argv, self._env, self._ready)
+        for phase, begin, end in zip(PHASES, stamps, stamps[1:], strict=False):
+            self.phases[phase].append(end - begin)
+        return stamps[-1] - stamps[0]
 
     async def teardown(self) -> None:
         if self._pid is not None:
@@ -347,9 +366,8 @@ class FloorAdapter:
 class SupervisionAdapter:
     """omnitron's ``supervision`` library, through its public API only.
 
-    Besides the latency seen by a subscriber, it keeps the latency to the
-    ``ChildReady`` event's own Trio timestamp (:attr:`stamped`), which leaves out
-    the delivery of the event to the subscriber.
+    The phases come from the events' Trio timestamps (``ChildExited``,
+    ``ChildStarted``, ``ChildReady``); Trio's default clock is ``perf_counter``.
     """
 
     name = "supervision"
@@ -360,7 +378,7 @@ class SupervisionAdapter:
         self._sup: Any = None
         self._events: Any = None
         self._pid: int | None = None
-        self.stamped: list[int] = []
+        self.phases: dict[str, list[int]] = {}
 
     @staticmethod
     def _spec(child: Child, *, count: int, notify: bool, prefix: str = "c") -> Any:
@@ -397,13 +415,14 @@ class SupervisionAdapter:
         self._events = self._stack.enter_context(self._sup.subscribe())
         [info] = self._sup.which_children()
         self._pid = info.pid
-        self.stamped = []
+        self.phases = {phase: [] for phase in PHASES}
 
     async def kill_and_wait_ready(self) -> int:
-        from supervision.events import ChildReady, EventsDropped
+        from supervision.events import ChildExited, ChildReady, ChildStarted, EventsDropped
 
         old = self._pid
         assert old is not None
+        stamps = {}
         with trio.fail_after(READY_TIMEOUT):
             killed_at = trio.current_time()
             start = time.perf_counter_ns()
@@ -414,8 +433,15 @@ class SupervisionAdapter:
                     break
                 if isinstance(event, EventsDropped):
                     raise BenchmarkError("the subscriber fell behind; events were dropped")
+                if isinstance(event, ChildExited | ChildStarted):
+                    stamps[type(event)] = event.monotonic
             elapsed = time.perf_counter_ns() - start
-        self.stamped.append(round((event.monotonic - killed_at) * 1e9))
+            delivered = trio.current_time()
+        if len(stamps) != 2:
+            raise BenchmarkError(f"expected ChildExited and ChildStarted before {event!r}")
+        times = (killed_at, stamps[ChildExited], stamps[ChildStarted], event.monotonic, delivered)
+        for phase, begin, end in zip(PHASES, times, times[1:], strict=False):
+            self.phases[phase].append(round((end - begin) * 1e9))
         self._pid = event.pid
         return elapsed
 
@@ -526,16 +552,18 @@ async def restart_latency(
         for adapter in reversed(ready):
             await adapter.teardown()
     floor = summarize_ns(samples_by_name["floor"])
-    result: dict[str, Any] = {"child": child.label, "floor": floor}
+    result: dict[str, Any] = {"child": child.label, "floor": dict(floor)}
     for adapter in adapters:
         if adapter.name == "floor":
             continue
-        measured = summarize_ns(samples_by_name[adapter.name])
+        measured: dict[str, Any] = dict(summarize_ns(samples_by_name[adapter.name]))
         measured["overhead"] = {q: round(measured[q] - floor[q], 4) for q in ("p50", "p90", "p99")}
-        stamped = getattr(adapter, "stamped", None)
-        if stamped:
-            measured["event_stamp"] = summarize_ns(stamped[warmup:])
         result[adapter.name] = measured
+    for adapter in adapters:
+        result[adapter.name]["phases_p50"] = {
+            phase: round(percentile(ns[warmup:], 50) / 1e6, 4)
+            for phase, ns in adapter.phases.items()
+        }
     return result
 
 
@@ -601,6 +629,7 @@ def machine() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "trio": trio.__version__,
         "kernel": platform.release(),
+        "loadavg_1min_at_start": round(os.getloadavg()[0], 2),
     }
 
 
@@ -634,6 +663,7 @@ async def run(plan: Plan, adapter_names: Sequence[str], *, use_cc: bool) -> dict
         results["crash_storm"] = await crash_storm(adapters, minimal, plan.storm_seconds)
         _log(f"start {START_CHILDREN}, {minimal.label}: {plan.start_rounds} rounds per side")
         results["start_many"] = await start_many(adapters, minimal, plan.start_rounds)
+        results["machine"]["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)
         return results
 
 
@@ -655,7 +685,8 @@ def markdown(results: Mapping[str, Any]) -> str:
     m = results["machine"]
     out = [
         f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['implementation']} {m['python']}, "
-        f"trio {m['trio']}, Linux {m['kernel']}.",
+        f"trio {m['trio']}, Linux {m['kernel']}; 1-minute load average "
+        f"{m['loadavg_1min_at_start']} at start, {m['loadavg_1min_at_end']} at end.",
         "",
         "Restart latency, SIGKILL to replacement ready (ms):",
         "",
@@ -673,6 +704,22 @@ def markdown(results: Mapping[str, Any]) -> str:
                 yield (label, f"{name} overhead", "", o["p50"], o["p90"], o["p99"])
 
     out += _table(("child", "measured", "n", "p50", "p90", "p99"), latency_rows())
+
+    out += [
+        "",
+        "Where a restart's time goes (p50 of each phase, ms): kill → exit noticed → "
+        "replacement spawned → ready → a subscriber hears of it:",
+        "",
+    ]
+
+    def phase_rows() -> Iterator[Sequence[object]]:
+        for kind in results["restart_latency"].values():
+            for name in ["floor", *names]:
+                phases = kind[name].get("phases_p50", {})
+                if phases:
+                    yield (kind["child"], name, *(phases.get(p, "") for p in PHASES))
+
+    out += _table(("child", "measured", *PHASES), phase_rows())
 
     storm = results["crash_storm"]
     out += [
