@@ -974,6 +974,7 @@ class ProcessRunner:
         self._context = context
         self._host: ProcessHost = context.host
         self._child_id = self._host._new_child_id()
+        self._base_env: dict[str, str] | None = None
         self._marker = _marker_entry(self._child_id)
         self._listeners: ListenSet | None = None
         self._notify: NotifySocket | None = None
@@ -1138,11 +1139,17 @@ class ProcessRunner:
         raise TypeError(f"unsupported output: {output!r}")
 
     def _child_env(self, check: ReadyCheck) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _PROTOCOL_ENV}
-        if self._spec.env:
-            env.update(self._spec.env)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        env[MARKER_ENV] = self._child_id
+        # The supervisor's own environment is read once per slot (at its first
+        # start), not copied anew on every restart: that copy is on the restart path.
+        base = self._base_env
+        if base is None:
+            base = {k: v for k, v in os.environ.items() if k not in _PROTOCOL_ENV}
+            if self._spec.env:
+                base.update(self._spec.env)
+            base.setdefault("PYTHONUNBUFFERED", "1")
+            base[MARKER_ENV] = self._child_id
+            self._base_env = base
+        env = dict(base)
         env.update(check.child_env())
         if self._listeners is not None:
             env.update(self._listeners.child_env())

@@ -76,7 +76,7 @@ async def test_exit_before_ready_is_a_start_failure(slots, child) -> None:
 
 async def test_readiness_timeout_stops_the_child(slots, child, process_state) -> None:
     # PL-24, with a short timeout.
-    slot = slots.new(ProcessChild(child("never_ready"), ready=Ready.after(5), startup_timeout=0.3))
+    slot = slots.new(ProcessChild(child("never_ready"), ready=Ready.notify(), startup_timeout=0.3))
     started = trio.current_time()
     await assert_start_failure(slot, "readiness timeout after 0.3s")
     assert 0.3 <= trio.current_time() - started < 2
@@ -90,7 +90,7 @@ async def test_readiness_timeout_stops_the_child(slots, child, process_state) ->
 
 async def test_readiness_timeout_escalates_like_a_stop(slots, child) -> None:
     spec = ProcessChild(
-        child("ignore_term"), ready=Ready.after(5), startup_timeout=0.2, stop_timeout=0.2
+        child("ignore_term"), ready=Ready.notify(), startup_timeout=0.2, stop_timeout=0.2
     )
     slot = slots.new(spec)
     await assert_start_failure(slot, "readiness timeout after 0.2s")
