@@ -638,7 +638,9 @@ class _Engine:
         candidates = self.slots if strategy is Strategy.ONE_FOR_ALL else self.slots[index:]
         # As in OTP, a group restart includes children that exited normally; only
         # children stopped on purpose (terminate_child) stay stopped.
-        return [s for s in candidates if s is slot or s.state in _ACTIVE or s.state is ChildState.EXITED]
+        return [
+            s for s in candidates if s is slot or s.state in _ACTIVE or s.state is ChildState.EXITED
+        ]
 
     def _backoff(self, slot: _Slot) -> Any:
         return slot.spec.backoff or self.spec.backoff

@@ -32,9 +32,7 @@ def _escape(line: str) -> str:
     """Keep one log line on one line and free of terminal escapes."""
     if line.isprintable():
         return line
-    return "".join(
-        ch if ch.isprintable() or ch == "\t" else f"\\x{ord(ch):02x}" for ch in line
-    )
+    return "".join(ch if ch.isprintable() or ch == "\t" else f"\\x{ord(ch):02x}" for ch in line)
 
 
 class _AppLog:
@@ -56,7 +54,9 @@ class _AppLog:
         self.lines.clear()
         if self.dropped:
             stamp = _timestamp()
-            batch.insert(0, f"{stamp} omnitron[-] sys | {self.dropped} lines dropped (log buffer full)\n")
+            batch.insert(
+                0, f"{stamp} omnitron[-] sys | {self.dropped} lines dropped (log buffer full)\n"
+            )
             self.dropped = 0
         return batch
 
@@ -129,7 +129,9 @@ class LogCollector:
 
     async def flush(self) -> None:
         """Write every buffered line now."""
-        batches = [(entry, entry.take()) for entry in self._apps.values() if entry.lines or entry.dropped]
+        batches = [
+            (entry, entry.take()) for entry in self._apps.values() if entry.lines or entry.dropped
+        ]
         if not batches:
             return
         await trio.to_thread.run_sync(self._write, batches)
@@ -137,7 +139,9 @@ class LogCollector:
     def _write(self, batches: list[tuple[_AppLog, list[str]]]) -> None:
         for entry, lines in batches:
             try:
-                fd = os.open(entry.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fd = os.open(
+                    entry.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+                )
                 try:
                     data = "".join(lines).encode("utf-8", "replace")
                     view = memoryview(data)
@@ -150,7 +154,9 @@ class LogCollector:
             except OSError as exc:
                 # A full or read-only disk loses these lines, never the daemon.
                 self.write_errors += 1
-                log.warning("log_write_failed", path=str(entry.path), error=str(exc), lines=len(lines))
+                log.warning(
+                    "log_write_failed", path=str(entry.path), error=str(exc), lines=len(lines)
+                )
 
     def tail(self, app: str, lines: int) -> list[str]:
         """The last ``lines`` lines of ``app``'s log file (blocking; call off the loop)."""

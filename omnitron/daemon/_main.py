@@ -17,6 +17,7 @@ removes the socket and the pid file. A second signal kills what is left at once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -112,9 +113,7 @@ async def run_daemon(options: DaemonOptions) -> int:
         )
         for warning in ecosystem.warnings:
             log.warning("config_warning", issue=str(warning))
-        loaded = await trio.to_thread.run_sync(
-            lambda: load_state(home, reset=options.reset_state)
-        )
+        loaded = await trio.to_thread.run_sync(lambda: load_state(home, reset=options.reset_state))
         for message in loaded.warnings:
             log.warning("state_warning", message=str(message))
         await _clean_up_after_predecessor(home)
@@ -217,7 +216,7 @@ async def _announce_ready(orchestrator: Orchestrator) -> None:
     systemd's start timeout (90 s by default) and failing the whole unit.
     """
     try:
-        await orchestrator.wait_ready(timeout=60)
+        await orchestrator.wait_ready(within=60)
     except DaemonBusy:
         notify("READY=1\nSTATUS=control socket up; some apps are still starting")
         return
@@ -248,10 +247,7 @@ async def _handle_signals(
         log.warning("forced_stop", signal=name)
         for record in orchestrator.apps.values():
             for process in record.processes.values():
-                if process.pid is not None and process.identity is not None:
-                    if process.identity.is_running():
-                        try:
-                            os.killpg(process.pid, signal.SIGKILL)
-                        except ProcessLookupError:
-                            pass
-
+                identity = process.identity
+                if process.pid is not None and identity is not None and identity.is_running():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)

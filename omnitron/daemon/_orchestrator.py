@@ -10,6 +10,8 @@ to write.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -20,7 +22,6 @@ import trio
 
 from supervision import (
     ChildNotFound,
-    ChildSpec,
     ChildState,
     StartFailure,
     Supervisor,
@@ -201,11 +202,11 @@ class Orchestrator:
             try:
                 async with trio.open_nursery() as nursery:
                     self._root = await nursery.start(
-                        lambda task_status: run_supervisor(
+                        functools.partial(
+                            run_supervisor,
                             root,
                             subreaper=self._subreaper,
                             observer=self._observe,
-                            task_status=task_status,
                         )
                     )
                     self._ready.set()
@@ -245,9 +246,9 @@ class Orchestrator:
         if record.config.critical:
             self._on_critical(f"critical app {record.name!r} crashed: {reason}")
 
-    async def wait_ready(self, timeout: float = 60.0) -> Supervisor:
-        """The root handle, once the tree has started."""
-        with trio.move_on_after(timeout):
+    async def wait_ready(self, within: float = 60.0) -> Supervisor:
+        """The root handle, once the tree has started (waiting at most ``within`` s)."""
+        with trio.move_on_after(within):
             await self._ready.wait()
             assert self._root is not None
             return self._root
@@ -418,9 +419,7 @@ class Orchestrator:
 
     async def start(self, target: str) -> list[str]:
         """Start an app (and the apps it depends on) or all enabled apps."""
-        names = [
-            n for n in self.names(target) if target != "all" or self.apps[n].config.enabled
-        ]
+        names = [n for n in self.names(target) if target != "all" or self.apps[n].config.enabled]
         started: list[str] = []
         async with self._lock:
             for name in self._with_dependencies(names):
@@ -489,7 +488,7 @@ class Orchestrator:
                     try:
                         await root.terminate_child(name)
                     except ChildNotFound:
-                        pass
+                        pass  # not in the tree: nothing runs
                     else:
                         stopped.append(name)
                 record.remember("stopped")
@@ -540,10 +539,8 @@ class Orchestrator:
                 await pool.start_child(self._builder.instance(record.config, index))
             for index in reversed(current[instances:]):
                 await pool.terminate_child(str(index))
-                try:
+                with contextlib.suppress(ChildNotFound):
                     await pool.delete_child(str(index))
-                except ChildNotFound:
-                    pass
                 record.processes.pop(index, None)
             record.remember(f"scaled {previous} -> {instances}")
         self._on_change()
@@ -556,10 +553,8 @@ class Orchestrator:
             return
         in_tree = {info.name for info in root.which_children()}
         for name in reversed([n for n in self.apps if n in in_tree]):
-            try:
+            with contextlib.suppress(ChildNotFound):
                 await root.terminate_child(name)
-            except ChildNotFound:
-                pass
 
     # ------------------------------------------------------------------ reload
 
@@ -570,9 +565,7 @@ class Orchestrator:
     async def apply_reload(self, new: Ecosystem) -> EcosystemDiff:
         """Start added apps, stop removed ones, restart changed ones; leave the rest."""
         diff = diff_ecosystems(self.ecosystem, new)
-        frozen = [
-            s for s in diff.settings if s.path.split(".")[0] in {"project", "supervision"}
-        ]
+        frozen = [s for s in diff.settings if s.path.split(".")[0] in {"project", "supervision"}]
         if frozen:
             raise InvalidRequest(
                 "these settings take effect only when the daemon restarts (omnitron down; "
@@ -585,10 +578,8 @@ class Orchestrator:
                 async with self._lock:
                     root = self._root
                     if root is not None:
-                        try:
+                        with contextlib.suppress(ChildNotFound):
                             await root.delete_child(name)
-                        except ChildNotFound:
-                            pass
                     del self.apps[name]
         self.ecosystem = new
         self._builder = TreeBuilder(new, home=self.home, sink=self.logs.sink)
@@ -612,10 +603,8 @@ class Orchestrator:
                 async with self._lock:
                     root = self._root
                     if root is not None:
-                        try:
+                        with contextlib.suppress(ChildNotFound):
                             await root.delete_child(name)
-                        except ChildNotFound:
-                            pass
                 await self.start(name)
         added = [app.name for app in diff.added]
         for name in added:

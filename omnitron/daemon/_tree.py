@@ -122,9 +122,7 @@ class TreeBuilder:
         """The root spec with a pool for each ``(app, instances)``, in the given order."""
         supervision = self.ecosystem.supervision
         if self.group_mode:
-            intensity = Intensity(
-                max_restarts=supervision.max_restarts, window=supervision.window
-            )
+            intensity = Intensity(max_restarts=supervision.max_restarts, window=supervision.window)
             backoff = Backoff(
                 initial=supervision.backoff.initial,
                 max=supervision.backoff.max,

@@ -56,7 +56,6 @@ from supervision.testing import Exit, FailStart, FakeChild, RunForever, Step
 ROOT = "root"
 
 
-
 # ---------------------------------------------------------------------------- scenario
 
 

@@ -430,4 +430,5 @@ async def test_stop_timeout_escalation_is_reported(autojump_clock: trio.testing.
     event = stopped[-1]
     assert isinstance(event, ev.ChildStopped)
     assert event.killed
-    assert event.exit is not None and event.exit.signal == signal.SIGKILL
+    assert event.exit is not None
+    assert event.exit.signal == signal.SIGKILL
