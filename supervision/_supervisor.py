@@ -281,7 +281,8 @@ class Supervisor:
 
         Raises:
             ChildNotFound: No such child.
-            StartFailure: It could not start again; it is left stopped.
+            StartFailure: It could not start again; that failure is then handled like
+                a crash (restart policy and intensity apply).
         """
         return await self._engine.call(partial(self._engine.do_restart_child, name))
 
@@ -491,8 +492,12 @@ class _Engine:
         slot.pid = pid
         self._publish(ev.ChildStarted(path=self._path(slot), pid=pid, generation=generation))
 
-    async def _start_slot(self, slot: _Slot, *, dynamic: bool = False) -> None:
-        """Start one generation; on failure apply the restart policy (or raise if dynamic)."""
+    async def _start_slot(self, slot: _Slot, *, dynamic: bool = False) -> bool:
+        """Start one generation; returns whether it became ready.
+
+        A start failure is handled like a crash (restart policy, intensity); with
+        ``dynamic`` it is raised instead and the slot is left stopped.
+        """
         assert self._nursery is not None
         if slot.restart_at is not None and slot.counts_as_restart:
             slot.restarts += 1
@@ -518,13 +523,14 @@ class _Engine:
                 slot.state = ChildState.STOPPED
                 raise
             await self._handle_exit(slot, failed, start_failure=True)
-            return
+            return False
         slot.pid = pid if pid is not None else slot.pid
         slot.state = ChildState.RUNNING
         slot.ready_at = trio.current_time()
         self._publish(
             ev.ChildReady(path=self._path(slot), pid=slot.pid, generation=slot.generation)
         )
+        return True
 
     async def _stop_slot(self, slot: _Slot) -> None:
         """Stop a running generation (shielded by the caller during shutdown)."""
@@ -701,12 +707,13 @@ class _Engine:
         slot = self.find(name)
         await self._stop_slot(slot)
         slot.attempt = 0
-        try:
-            await self._start_slot(slot, dynamic=True)
-        except StartFailure:
-            if slot.spec.restart is Restart.TEMPORARY:
-                await self._remove(slot)
-            raise
+        if not await self._start_slot(slot):
+            # Handled like a crash (the restart policy now applies); the caller
+            # still learns that its restart did not come up.
+            failed = slot.last_exit
+            raise StartFailure(
+                self._path(slot), failed.reason if failed is not None else "start failed"
+            )
         return slot.info()
 
     async def do_delete_child(self, name: str) -> None:

@@ -91,10 +91,14 @@ def rpc_failure(exc: RpcError) -> CliError:
             f"daemon not running: {exc.reason} ({exc.path}); start it with `omnitron up`"
         )
     if isinstance(exc, RemoteError):
-        message = exc.message
+        first, *rest = exc.message.splitlines() or [""]
         if exc.correlation_id:
-            message += f" (see the daemon log, correlation id {exc.correlation_id})"
-        return CliError(message)
+            first += f" (see the daemon log, correlation id {exc.correlation_id})"
+        # A bad config or bad arguments are the caller's to fix: exit 2, as `check` does.
+        usage = exc.code in {"CONFIG_INVALID", "INVALID_PARAMS"}
+        return CliError(
+            first, exit_code=EXIT_USAGE if usage else EXIT_FAILURE, details=[r.strip() for r in rest]
+        )
     if isinstance(exc, RpcTimeout):
         return CliError(f"{exc}; the daemon may be overloaded or stuck (`omnitron kill` stops it)")
     return CliError(str(exc))

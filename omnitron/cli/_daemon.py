@@ -262,7 +262,8 @@ def _started_failure(proc: subprocess.Popen[bytes], out_path: Path, offset: int)
     for line in lines[-OUTPUT_TAIL:]:
         click.echo(f"  {escape(line)}", err=True)
     return CliError(
-        f"the daemon exited during start-up ({how}); its output is in {out_path}",
+        f"the daemon exited during start-up ({how}); see {out_path} and "
+        f"{out_path.with_name('daemon.log')}",
         exit_code=exit_code,
     )
 

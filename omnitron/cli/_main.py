@@ -81,8 +81,9 @@ def up(
     """Start the daemon and its apps (detached unless --foreground).
 
     The config is validated first; without --config it is found from the
-    current directory upward. Exits 0 once every app is online, 1 naming the
-    apps that are not, 2 for an invalid config.
+    current directory upward. Exits 0 once every app that should run is online
+    (stopped and disabled apps are fine), 1 naming the apps that are not, 2 for
+    an invalid config.
     """
     from . import _daemon
 

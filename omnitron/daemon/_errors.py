@@ -5,9 +5,9 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 
-from ..rpc import Busy, InvalidParams, NotFound
+from ..rpc import Busy, InvalidParams, NotFound, RemoteError
 
-__all__ = ["AppNotFound", "DaemonBusy", "InvalidRequest"]
+__all__ = ["DOMAIN_ERRORS", "AppNotFound", "AppStartFailed", "ConfigInvalid", "DaemonBusy", "InvalidRequest"]
 
 
 class AppNotFound(NotFound):
@@ -30,3 +30,19 @@ class DaemonBusy(Busy):
 
 class InvalidRequest(InvalidParams):
     """The request cannot be carried out as asked (the message says why)."""
+
+
+class AppStartFailed(RemoteError):
+    """An app did not come up; the supervisor keeps applying its restart policy."""
+
+    code = "START_FAILED"
+
+
+class ConfigInvalid(RemoteError, ValueError):
+    """The config file has problems; nothing was changed. One problem per line."""
+
+    code = "CONFIG_INVALID"
+
+
+DOMAIN_ERRORS = (AppStartFailed, ConfigInvalid)
+"""The daemon's own error codes, for the dispatcher and for clients."""

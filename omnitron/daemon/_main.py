@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -167,7 +168,10 @@ async def run_daemon(options: DaemonOptions) -> int:
                 await orchestrator.stop_everything()
                 await snapshots.send(orchestrator.snapshot())
                 nursery.cancel_scope.cancel()
-        log.info("daemon_stopped", exit_code=shutdown.exit_code)
+        log.info("daemon_stopped", exit_code=shutdown.exit_code, reason=shutdown.reason)
+    if shutdown.exit_code:
+        # The daemon log has it too, but whoever started us reads stderr first.
+        print(f"omnitron: daemon stopped: {shutdown.reason}", file=sys.stderr)
     return shutdown.exit_code
 
 

@@ -40,7 +40,7 @@ from ..state import (
     ProcessIdentity,
     ProcessState,
 )
-from ._errors import AppNotFound, DaemonBusy, InvalidRequest
+from ._errors import AppNotFound, AppStartFailed, DaemonBusy, InvalidRequest
 from ._logs import LogCollector
 from ._tree import TreeBuilder, UnsupportedApp
 
@@ -421,10 +421,17 @@ class Orchestrator:
         """Start an app (and the apps it depends on) or all enabled apps."""
         names = [n for n in self.names(target) if target != "all" or self.apps[n].config.enabled]
         started: list[str] = []
+        failed: list[str] = []
         async with self._lock:
             for name in self._with_dependencies(names):
-                if await self._start_one(name):
-                    started.append(name)
+                try:
+                    if await self._start_one(name):
+                        started.append(name)
+                except AppStartFailed as exc:
+                    failed.append(exc.message)
+        if failed:
+            done = f" (started: {', '.join(started)})" if started else ""
+            raise AppStartFailed("; ".join(failed) + done)
         return started
 
     def _with_dependencies(self, names: Iterable[str]) -> list[str]:
@@ -470,7 +477,7 @@ class Orchestrator:
                 await root.restart_child(name)
         except StartFailure as exc:
             self._give_up_on(record, exc.reason)
-            return False
+            raise AppStartFailed(f"{name} failed to start: {record.last_error}") from None
         record.remember("started")
         return True
 
@@ -515,7 +522,15 @@ class Orchestrator:
                     try:
                         await pool.restart_child(info.name)
                     except StartFailure as exc:
+                        # Stop the rolling restart here: the other instances keep
+                        # running the old code; this one is retried per the policy.
                         record.last_error = f"instance {info.name}: {exc.reason}"
+                        record.remember(f"restart failed: {record.last_error}")
+                        self._on_change()
+                        raise AppStartFailed(
+                            f"{name}: instance {info.name} failed to restart ({exc.reason}); "
+                            "the remaining instances were left running"
+                        ) from None
                 record.remember("restarted")
                 restarted.append(name)
             del root
@@ -529,6 +544,8 @@ class Orchestrator:
         record = self.record(name)
         async with self._lock:
             previous = record.instances
+            if previous == instances and self.pool(name) is not None:
+                return previous
             record.instances = instances
             self._on_change()
             pool = self.pool(name)

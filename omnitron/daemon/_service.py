@@ -21,7 +21,7 @@ import trio
 from .. import __version__
 from ..config import ConfigError, Ecosystem, load_config
 from ..rpc import Call, Dispatcher, Handler, Name, Range, Role
-from ._errors import AppNotFound, InvalidRequest
+from ._errors import DOMAIN_ERRORS, AppNotFound, ConfigInvalid, InvalidRequest
 from ._orchestrator import AppRecord, Orchestrator
 
 __all__ = ["DaemonService", "build_dispatcher"]
@@ -201,7 +201,7 @@ class DaemonService:
         try:
             ecosystem = await trio.to_thread.run_sync(load_config, self.config_path)
         except ConfigError as exc:
-            raise InvalidRequest(f"the config was not applied: {exc}") from None
+            raise ConfigInvalid(f"the config was not applied: {exc}") from None
         if self.stack is not None:
             ecosystem = ecosystem.with_stack(self.stack)
         return ecosystem
@@ -229,7 +229,7 @@ class DaemonService:
 
 def build_dispatcher(service: DaemonService) -> Dispatcher:
     """The management plane's methods, each with its role."""
-    dispatcher = Dispatcher(error_types=())
+    dispatcher = Dispatcher(error_types=DOMAIN_ERRORS)
     orch = service.orchestrator
 
     async def status(call: Call) -> dict[str, Any]:

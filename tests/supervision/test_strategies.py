@@ -432,3 +432,19 @@ async def test_stop_timeout_escalation_is_reported(autojump_clock: trio.testing.
     assert event.killed
     assert event.exit is not None
     assert event.exit.signal == signal.SIGKILL
+
+
+async def test_a_failed_manual_restart_is_handled_like_a_crash(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    child = FakeChild([RunForever(), FailStart("port busy"), RunForever()])
+    spec = tree(Strategy.ONE_FOR_ONE, ChildSpec("x", child), backoff=Backoff(initial=2, max=2))
+    async with open_supervisor(spec) as sup, sup.subscribe() as subscription:
+        t0 = trio.current_time()
+        with pytest.raises(StartFailure, match="port busy"):
+            await sup.restart_child("x")
+        # Not left stopped: the restart policy takes over, after the backoff delay.
+        assert sup.which_children()[0].state is ChildState.RESTARTING
+        await drain(subscription, ev.ChildReady, "x")
+        assert child.starts == [t0, t0, t0 + 2]
+        assert sup.which_children()[0].state is ChildState.RUNNING
