@@ -97,7 +97,9 @@ def rpc_failure(exc: RpcError) -> CliError:
         # A bad config or bad arguments are the caller's to fix: exit 2, as `check` does.
         usage = exc.code in {"CONFIG_INVALID", "INVALID_PARAMS"}
         return CliError(
-            first, exit_code=EXIT_USAGE if usage else EXIT_FAILURE, details=[r.strip() for r in rest]
+            first,
+            exit_code=EXIT_USAGE if usage else EXIT_FAILURE,
+            details=[r.strip() for r in rest],
         )
     if isinstance(exc, RpcTimeout):
         return CliError(f"{exc}; the daemon may be overloaded or stuck (`omnitron kill` stops it)")

@@ -7,7 +7,14 @@ from collections.abc import Sequence
 
 from ..rpc import Busy, InvalidParams, NotFound, RemoteError
 
-__all__ = ["DOMAIN_ERRORS", "AppNotFound", "AppStartFailed", "ConfigInvalid", "DaemonBusy", "InvalidRequest"]
+__all__ = [
+    "DOMAIN_ERRORS",
+    "AppNotFound",
+    "AppStartFailed",
+    "ConfigInvalid",
+    "DaemonBusy",
+    "InvalidRequest",
+]
 
 
 class AppNotFound(NotFound):

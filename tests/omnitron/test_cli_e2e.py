@@ -807,3 +807,66 @@ def test_startup_systemd_print(omnitron: Omnitron) -> None:
     assert f"--config {path}" in result.stdout
     assert f"OMNITRON_HOME={omnitron.home}" in result.stdout
     assert "systemctl --user daemon-reload" in result.stderr
+
+
+def test_starting_an_app_that_cannot_start_is_an_error(running: Omnitron) -> None:
+    running.write_config(
+        BASIC
+        + app_toml(
+            "broken",
+            CRASH_SOON,
+            ready='{ after = "2s" }',
+            enabled="false",
+            restart_policy='{ max_restarts = 0, window = "60s" }',
+        )
+    )
+    running.ok("reload-config")
+    result = running.run("start", "broken")
+    assert result.returncode == 1, result
+    assert result.stderr.startswith("omnitron: broken failed to start: ")
+    assert "exited before becoming ready" in result.stderr
+    assert running.apps()["broken"]["status"] == "crashed"
+
+
+def test_a_restart_that_fails_is_an_error_and_is_retried(running: Omnitron) -> None:
+    flag = running.project / "flag"
+    flag.touch()
+    code = f"import os, sys, time; os.path.exists({str(flag)!r}) or sys.exit(4); time.sleep(3600)"
+    running.write_config(
+        BASIC
+        + app_toml(
+            "flaky",
+            code,
+            instances="2",
+            ready='{ after = "300ms" }',
+            restart_policy=f'{{ max_restarts = 50, window = "60s", {FAST_BACKOFF} }}',
+        )
+    )
+    running.ok("reload-config")
+    before = pids_of(running.wait_online("flaky")["flaky"])
+    flag.unlink()
+    result = running.run("restart", "flaky")
+    assert result.returncode == 1, result
+    assert "instance 0 failed to restart" in result.stderr
+    assert "the remaining instances were left running" in result.stderr
+    # Instance 1 was left alone; instance 0 is retried by its restart policy.
+    assert len(before & pids_of(running.apps()["flaky"])) == 1
+    flag.touch()
+    after = running.wait_online("flaky")["flaky"]
+    assert len(pids_of(after)) == 2
+
+
+def test_reload_of_an_invalid_config_exits_2_with_one_problem_per_line(
+    running: Omnitron,
+) -> None:
+    running.write_config(
+        BASIC + app_toml("a", depends_on='["nope"]') + app_toml("b", instances="0")
+    )
+    result = running.run("reload-config")
+    assert result.returncode == 2, result
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("omnitron: the config was not applied: ")
+    assert any("apps[3].depends_on" in line for line in lines[1:])
+    assert any("apps[4].instances" in line for line in lines[1:])
+    assert "\\n" not in result.stderr
+    assert set(running.apps()) == set(BASIC_APPS)
