@@ -21,7 +21,7 @@ import trio
 from .. import __version__
 from ..config import ConfigError, Ecosystem, load_config
 from ..rpc import Call, Dispatcher, Handler, Name, Range, Role
-from ._errors import DOMAIN_ERRORS, AppNotFound, ConfigInvalid, InvalidRequest
+from ._errors import DOMAIN_ERRORS, AppNotFound, ConfigInvalid
 from ._orchestrator import AppRecord, Orchestrator
 
 __all__ = ["DaemonService", "build_dispatcher"]
