@@ -159,3 +159,82 @@ async def test_embedded_ctrl_c_stops_the_tree() -> None:
 def test_docs_show_the_example_verbatim(name: str) -> None:
     text = (ROOT / "examples" / name).read_text()
     assert f"```python\n{text}```" in DOCS.read_text(), f"update the copy of {name} in {DOCS}"
+
+
+# --------------------------------------------------------------------------- quickstart
+
+QUICKSTART = ROOT / "examples" / "quickstart" / "omnitron.toml"
+POLL_INTERVAL = 0.05  # the daemon is another process: poll its socket under a deadline
+
+
+def _home_processes(home: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("OMNITRON_HOME") == home:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@pytest.mark.slow
+async def test_quickstart_runs_with_the_readme_command() -> None:
+    """README line 1: the daemon in the foreground on examples/quickstart."""
+    import tempfile
+
+    from omnitron.rpc.sync_client import connect_unix_sync
+
+    home = tempfile.mkdtemp(prefix="omq-", dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMNITRON_", "NOTIFY_"))}
+    env["OMNITRON_HOME"] = home
+    command = [sys.executable, "-m", "omnitron", "up", "--foreground", "--config", str(QUICKSTART)]
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        status: dict[str, object] = {}
+        with trio.fail_after(60):
+            while True:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                try:
+                    with connect_unix_sync(os.path.join(home, "daemon.sock"), timeout=5) as client:
+                        status = client.call("daemon.status")
+                except Exception:  # not answering yet
+                    status = {}
+                apps = status.get("apps", []) if status else []
+                if apps and all(app["status"] == "online" for app in apps):  # type: ignore[index, union-attr]
+                    break
+                await trio.sleep(POLL_INTERVAL)
+        names = [app["name"] for app in status["apps"]]  # type: ignore[index, union-attr]
+        assert names == ["store", "api", "worker", "clock"]
+        body = await trio.to_thread.run_sync(_get, "http://127.0.0.1:7802/")
+        assert body.startswith("hello from omnitron (hit ")
+        proc.send_signal(signal.SIGINT)
+        with trio.fail_after(30):
+            while proc.poll() is None:
+                await trio.sleep(POLL_INTERVAL)
+        stderr = proc.stderr.read().decode() if proc.stderr else ""
+        assert proc.returncode == 0, stderr
+        assert "Traceback" not in stderr
+        assert _home_processes(home) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+        for leftover in _home_processes(home):
+            leftover.kill()
+
+
+def _get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()

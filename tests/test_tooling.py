@@ -27,7 +27,7 @@ def _quick_start() -> list[str]:
 def test_readme_quick_start_is_two_commands() -> None:
     lines = _quick_start()
     assert len(lines) == 2
-    assert lines[0].endswith("examples/embedded.py")
+    assert lines[0].endswith("omnitron up --foreground --config examples/quickstart/omnitron.toml")
     assert lines[1].endswith("-m pytest")
 
 
