@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -179,56 +180,51 @@ def _home_processes(home: str) -> list[psutil.Process]:
 
 
 @pytest.mark.slow
-async def test_quickstart_runs_with_the_readme_command() -> None:
+async def test_quickstart_runs_with_the_readme_command(tmp_path: Path) -> None:
     """README line 1: the daemon in the foreground on examples/quickstart."""
     import tempfile
 
+    from omnitron.rpc._errors import RpcError
     from omnitron.rpc.sync_client import connect_unix_sync
 
     home = tempfile.mkdtemp(prefix="omq-", dir="/tmp")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMNITRON_", "NOTIFY_"))}
     env["OMNITRON_HOME"] = home
     command = [sys.executable, "-m", "omnitron", "up", "--foreground", "--config", str(QUICKSTART)]
-    proc = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    errors = tmp_path / "stderr"
+    with errors.open("wb") as sink:
+        proc = await trio.lowlevel.open_process(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
     try:
-        status: dict[str, object] = {}
+        status: dict[str, Any] = {}
         with trio.fail_after(60):
-            while True:
-                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            while not (status and all(a["status"] == "online" for a in status["apps"])):
+                assert proc.returncode is None, errors.read_text()
+                await trio.sleep(POLL_INTERVAL)
                 try:
                     with connect_unix_sync(os.path.join(home, "daemon.sock"), timeout=5) as client:
                         status = client.call("daemon.status")
-                except Exception:  # not answering yet
+                except RpcError:  # not answering yet
                     status = {}
-                apps = status.get("apps", []) if status else []
-                if apps and all(app["status"] == "online" for app in apps):  # type: ignore[index, union-attr]
-                    break
-                await trio.sleep(POLL_INTERVAL)
-        names = [app["name"] for app in status["apps"]]  # type: ignore[index, union-attr]
-        assert names == ["store", "api", "worker", "clock"]
+        assert [app["name"] for app in status["apps"]] == ["store", "api", "worker", "clock"]
         body = await trio.to_thread.run_sync(_get, "http://127.0.0.1:7802/")
         assert body.startswith("hello from omnitron (hit ")
         proc.send_signal(signal.SIGINT)
         with trio.fail_after(30):
-            while proc.poll() is None:
-                await trio.sleep(POLL_INTERVAL)
-        stderr = proc.stderr.read().decode() if proc.stderr else ""
-        assert proc.returncode == 0, stderr
-        assert "Traceback" not in stderr
+            await proc.wait()
+        assert proc.returncode == 0, errors.read_text()
+        assert "Traceback" not in errors.read_text()
         assert _home_processes(home) == []
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+            await proc.wait()
         for leftover in _home_processes(home):
             leftover.kill()
 
