@@ -92,3 +92,48 @@ async def test_benchmark_adapters_restart_a_notify_child(bench: ModuleType, tmp_
     assert result["supervision"]["n"] == 5
     assert result["supervision"]["p50"] > 0
     assert set(result["supervision"]["overhead"]) == {"p50", "p90", "p99"}
+
+
+# --------------------------------------------------------------------------- daemon benchmark
+
+
+@pytest.fixture(scope="module")
+def daemon_bench() -> ModuleType:
+    path = ROOT / "benchmarks" / "daemon.py"
+    spec = importlib.util.spec_from_file_location("daemon_bench", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_daemon_benchmark_configs_are_valid(daemon_bench: ModuleType, tmp_path: Path) -> None:
+    from omnitron.config import load_config
+
+    configs = {
+        f"h{i}": f'project = "h{i}"\n' + apps
+        for i, (_, apps) in enumerate(daemon_bench.hundred_layouts().values())
+    }
+    configs["storm"] = daemon_bench.storm_config("storm", ["/bin/true"], 50)
+    configs["idle"] = daemon_bench.storm_config("idle", ["/bin/true"], None)
+    counts = {}
+    for name, text in configs.items():
+        path = tmp_path / f"{name}.toml"
+        path.write_text(text)
+        ecosystem = load_config(path)
+        counts[name] = sum(app.instances for app in ecosystem.apps)
+    assert counts == {"h0": 0, "h1": 100, "h2": 100, "storm": 20, "idle": 20}
+
+
+@pytest.mark.slow
+def test_daemon_benchmark_rpc_clients_against_the_echo_server(
+    daemon_bench: ModuleType, tmp_path: Path
+) -> None:
+    with daemon_bench.echo_server(tmp_path) as path:
+        sequential = daemon_bench.rate_sequential(path, 0.2)
+        pipelined = daemon_bench.rate_raw_window(path, 0.2, window=4)
+    assert sequential["calls"] > 0
+    assert pipelined["calls"] > 0
+    assert pipelined["per_s"] > 0

@@ -18,6 +18,7 @@ removes the socket and the pid file. A second signal kills what is left at once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -29,7 +30,7 @@ import structlog
 import trio
 
 from ..config import load_config
-from ..rpc import serve_unix
+from ..rpc import ServerOptions, serve_unix
 from ..state import DaemonState, Home, StateStore, load_state, open_pid_lock, open_state_writer
 from ._errors import DaemonBusy
 from ._leftovers import find_leftovers, terminate_leftovers
@@ -156,7 +157,16 @@ async def run_daemon(options: DaemonOptions) -> int:
                 service.persisted = persisted
                 await nursery.start(logs.run)
                 nursery.start_soon(_persist, orchestrator, dirty, snapshots)
-                await nursery.start(serve_unix, home.socket_path, dispatcher)
+                await nursery.start(
+                    functools.partial(
+                        serve_unix,
+                        home.socket_path,
+                        dispatcher,
+                        # Every peer of the Unix socket is the daemon's own user: an
+                        # idle one may make room for an operator's call (RX-01).
+                        options=ServerOptions(evict_idle=True),
+                    )
+                )
                 nursery.start_soon(_handle_signals, signals, shutdown, service, orchestrator)
                 await nursery.start(orchestrator.run)
                 nursery.start_soon(_announce_ready, orchestrator)

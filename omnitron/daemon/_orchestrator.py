@@ -100,6 +100,9 @@ class AppRecord:
                 return status
         if statuses == {AppStatus.STOPPED}:
             return AppStatus.STOPPED
+        online = sum(1 for p in self.processes.values() if p.status is AppStatus.ONLINE)
+        if self.desired == "running" and online < self.instances:
+            return AppStatus.STARTING  # some instances are not even spawned yet
         return AppStatus.ONLINE
 
     def remember(self, line: str) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import resource
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, NoReturn
 
@@ -68,6 +69,9 @@ class ServerOptions:
 
     Attributes:
         max_connections: Concurrent connections; newcomers beyond it get ``BUSY``.
+            Lowered under a small ``RLIMIT_NOFILE`` to keep descriptors in reserve.
+        evict_idle: At the cap, close the longest-idle connection to admit a
+            newcomer instead of refusing it (for a plane whose peers are all trusted).
         max_inflight: Concurrent calls per connection (pipelining depth).
         max_streams: Notification streams per connection.
         stream_capacity: Default pending items per stream before drop-oldest.
@@ -81,6 +85,7 @@ class ServerOptions:
     """
 
     max_connections: int = attrs.field(default=256, validator=_positive)
+    evict_idle: bool = False
     max_inflight: int = attrs.field(default=32, validator=_positive)
     max_streams: int = attrs.field(default=16, validator=_positive)
     stream_capacity: int = attrs.field(default=1024, validator=_positive)
@@ -114,6 +119,21 @@ class _Counters:
     protocol_errors: int = 0
     deadline_closes: int = 0
     send_timeouts: int = 0
+    evicted_idle: int = 0
+
+
+#: Descriptors kept free of client connections for everything else the daemon does.
+FD_RESERVE: Final = 40
+
+
+def _connection_capacity(configured: int) -> int:
+    try:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):  # pragma: no cover - no RLIMIT_NOFILE
+        return configured
+    if soft == resource.RLIM_INFINITY:
+        return configured
+    return min(configured, max(4, (soft - FD_RESERVE) // 2))
 
 
 class RpcServer:
@@ -204,18 +224,37 @@ class RpcServer:
                 self._counters.accepted += 1
                 nursery.start_soon(self._handle, stream)
 
+    @property
+    def capacity(self) -> int:
+        """Connections served at once: ``max_connections``, lowered so that the
+        connections can never take the descriptors that spawning children, writing
+        state and accepting the next client need (RX-01)."""
+        return _connection_capacity(self._options.max_connections)
+
+    def _idlest(self) -> _Connection | None:
+        idle = [c for c in self._connections if not c.inflight and not c.streams]
+        return min(idle, key=lambda c: c._last_activity, default=None)
+
     async def _handle(self, stream: trio.abc.Stream) -> None:
         """One connection, start to end. Never raises an ``Exception``."""
         accepted_at = trio.current_time()
-        if self._slots_taken >= self._options.max_connections:
+        limit = self.capacity
+        if self._slots_taken >= limit and self._options.evict_idle:
+            # Full: make room by closing the connection that has been idle longest,
+            # so a newcomer (an operator's `status`) is served rather than a client
+            # that holds a slot and does nothing. Its slot frees as it unwinds.
+            victim = self._idlest()
+            if victim is not None:
+                self._counters.evicted_idle += 1
+                log.info("rpc_idle_connection_evicted", address=self._address)
+                await victim._abort()
+                limit += 1
+        if self._slots_taken >= limit:
             self._counters.rejected_busy += 1
             try:
                 await self._reject(
                     stream,
-                    Busy(
-                        f"too many connections (limit {self._options.max_connections}); "
-                        "try again later"
-                    ),
+                    Busy(f"too many connections (limit {self.capacity}); try again later"),
                 )
             finally:
                 await trio.aclose_forcefully(stream)

@@ -902,3 +902,20 @@ async def test_emfile_on_accept_sleeps_instead_of_spinning(
     )
     failures = [e for e in logs if e["event"] == "rpc_accept_failed"]
     assert [e["errno"] for e in failures] == ["EMFILE"] * 3
+
+
+async def test_a_full_trusted_plane_evicts_the_idlest_connection(sock_path: Path) -> None:
+    """RX-01: with evict_idle, a newcomer is served and the longest-idle peer is closed."""
+    options = ServerOptions(max_connections=2, idle_timeout=None, evict_idle=True)
+    async with open_unix_server(sock_path, make_dispatcher(), options=options) as srv:
+        first = await Raw.connect(sock_path)
+        second = await Raw.connect(sock_path)
+        assert (await first.call(1, "daemon.ping"))[3] == {"pong": True}
+        assert (await second.call(1, "daemon.ping"))[3] == {"pong": True}
+        third = await Raw.connect(sock_path)
+        assert (await third.call(1, "daemon.ping"))[3] == {"pong": True}
+        with trio.fail_after(WAIT):
+            assert await first.stream.receive_some() == b""  # the idlest one was closed
+        assert (await second.call(2, "daemon.ping"))[3] == {"pong": True}
+        await trio.testing.wait_all_tasks_blocked()
+        assert srv.statistics().connections == 2
