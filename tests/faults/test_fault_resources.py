@@ -30,7 +30,6 @@ from fault_harness import (
     wait_for,
 )
 
-from omnitron.rpc import RpcError
 from omnitron.rpc.sync_client import connect_unix_sync
 
 pytestmark = [
