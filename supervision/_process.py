@@ -40,13 +40,14 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Final, NamedTuple, NoReturn
+from typing import Any, Final, NamedTuple
 
 import attrs
 import trio
 
 from ._errors import SpawnError, StartFailure
 from ._exit import ExitStatus
+from ._groups import raise_collapsed as _raise_collapsed
 from ._ready import NotifySocket, ReadyCheck, make_ready_check
 from ._runner import RunnerContext, StopReport
 from ._sockets import ListenSet, open_listen_set
@@ -636,34 +637,6 @@ async def open_process_host(
         if host._runtime_dir is not None:
             # Holds only the notify sockets of runners (closed by now): tiny.
             shutil.rmtree(host._runtime_dir, ignore_errors=True)
-
-
-def _collapse(group: BaseExceptionGroup[Any]) -> BaseException:
-    """The single meaningful exception of a nursery's group, else the group.
-
-    ``Cancelled`` siblings are dropped when one other exception remains; a group
-    of only ``Cancelled`` becomes its first ``Cancelled`` (so callers see a plain
-    cancellation, not an ``ExceptionGroup``).
-    """
-    _, rest = group.split(trio.Cancelled)
-    if rest is None:
-        leaf: BaseException = group
-        while isinstance(leaf, BaseExceptionGroup):
-            leaf = leaf.exceptions[0]
-        return leaf
-    while isinstance(rest, BaseExceptionGroup) and len(rest.exceptions) == 1:
-        rest = rest.exceptions[0]
-    return group if isinstance(rest, BaseExceptionGroup) else rest
-
-
-def _raise_collapsed(group: BaseExceptionGroup[Any]) -> NoReturn:
-    """Raise :func:`_collapse` of ``group``, keeping the raised exception's own context."""
-    exc = _collapse(group)
-    context = exc.__context__
-    try:
-        raise exc
-    finally:
-        exc.__context__ = context
 
 
 # --------------------------------------------------------------------------- output

@@ -34,6 +34,7 @@ from ._errors import (
     SupervisorNotRunning,
 )
 from ._exit import ExitStatus
+from ._groups import raise_collapsed
 from ._pubsub import DEFAULT_BUFFER, Broadcaster, Subscription
 from ._runner import Runner, RunnerContext, StopReport
 from ._spec import AutoShutdown, ChildSpec, Restart, Strategy, SupervisorSpec
@@ -170,10 +171,6 @@ class _Command(Generic[T]):
         if not self.done.is_set():
             self.error = SupervisorNotRunning("the supervisor has stopped")
             self.done.set()
-
-
-class _ShutdownRequested(Exception):
-    pass
 
 
 class Supervisor:
@@ -881,17 +878,4 @@ async def open_supervisor(
                 with trio.CancelScope(shield=True):
                     await supervisor.stop()
     except BaseExceptionGroup as group:
-        leaves = _leaves(group)
-        if len(leaves) == 1:
-            raise leaves[0] from None
-        raise
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    leaves: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            leaves.extend(_leaves(exc))
-        else:
-            leaves.append(exc)
-    return leaves
+        raise_collapsed(group)

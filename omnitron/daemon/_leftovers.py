@@ -43,7 +43,7 @@ import psutil
 import trio
 
 from ..state import ProcessIdentity
-from ._tree import ENV_APP, ENV_HOME, ENV_INSTANCE
+from ._tree import ENV_APP, ENV_HOME, ENV_INSTANCE, _home_marker, marker_environ
 
 __all__ = [
     "DEFAULT_KILL_TIMEOUT",
@@ -62,26 +62,6 @@ _PROCFS: Final = sys.platform.startswith("linux") and os.path.isdir("/proc")
 
 
 # --------------------------------------------------------------------------- markers
-
-
-def _home_marker(home: str | os.PathLike[str]) -> str:
-    # The same normalisation as omnitron.state.Home: absolute, ``~`` expanded, links kept.
-    return os.path.abspath(os.path.expanduser(os.fspath(home)))
-
-
-def marker_environ(home: str | os.PathLike[str], app: str, instance: int) -> dict[str, str]:
-    """The environment markers of one managed process, as :func:`find_leftovers` expects them.
-
-    Args:
-        home: The daemon's home directory (made absolute, as ``Home.path`` is).
-        app: The app's name.
-        instance: The process's index in the app's pool.
-
-    Returns:
-        ``OMNITRON_HOME``, ``OMNITRON_APP`` and ``OMNITRON_INSTANCE``, ready to
-        merge into the child's environment.
-    """
-    return {ENV_HOME: _home_marker(home), ENV_APP: app, ENV_INSTANCE: str(instance)}
 
 
 def _parse_markers(environ: Mapping[str, str]) -> tuple[str, int] | None:

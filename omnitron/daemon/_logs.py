@@ -41,7 +41,6 @@ class _AppLog:
         self.lines: collections.deque[str] = collections.deque()
         self.limit = limit
         self.dropped = 0
-        self.written = 0
 
     def push(self, text: str) -> None:
         if len(self.lines) >= self.limit:
@@ -150,29 +149,9 @@ class LogCollector:
                         view = view[written:]
                 finally:
                     os.close(fd)
-                entry.written += len(lines)
             except OSError as exc:
                 # A full or read-only disk loses these lines, never the daemon.
                 self.write_errors += 1
                 log.warning(
                     "log_write_failed", path=str(entry.path), error=str(exc), lines=len(lines)
                 )
-
-    def tail(self, app: str, lines: int) -> list[str]:
-        """The last ``lines`` lines of ``app``'s log file (blocking; call off the loop)."""
-        path = self.path_for(app)
-        try:
-            with path.open("rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                size = handle.tell()
-                block = min(size, max(4096, lines * 512))
-                while True:
-                    handle.seek(size - block)
-                    data = handle.read(block)
-                    if data.count(b"\n") > lines or block == size:
-                        break
-                    block = min(size, block * 2)
-        except FileNotFoundError:
-            return []
-        text = data.decode("utf-8", "replace").splitlines()
-        return text[-lines:] if lines else []

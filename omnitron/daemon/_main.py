@@ -139,7 +139,10 @@ async def run_daemon(options: DaemonOptions) -> int:
             config_path=options.config,
             stack=options.stack,
             request_shutdown=lambda: shutdown.request("shutdown requested over RPC"),
-            health=lambda: {"persistence": str(store.health())},
+            health=lambda: {
+                "persistence": str(store.health()),
+                "log_write_errors": str(logs.write_errors),
+            },
             permit_empty=store.permit_empty,
         )
         dispatcher = build_dispatcher(service)
@@ -243,25 +246,51 @@ async def _handle_signals(
     service: DaemonService,
     orchestrator: Orchestrator,
 ) -> None:
-    async for signum in signals:
-        if signum == signal.SIGHUP:
+    reloading = False
+    again = False
+
+    async def reload() -> None:
+        # One reload at a time; SIGHUPs that arrive meanwhile make one more.
+        nonlocal reloading, again
+        try:
+            while True:
+                again = False
+                try:
+                    result = await service.reload_config(dry_run=False)
+                except Exception as exc:  # a bad config leaves everything as it was
+                    log.error("reload_failed", error=str(exc))
+                else:
+                    log.info("reload_applied", summary=result["summary"])
+                if not again:
+                    return
+        finally:
+            reloading = False
+
+    async with trio.open_nursery() as nursery:
+        async for signum in signals:
+            if signum != signal.SIGHUP:
+                _on_stop_signal(signum, shutdown, orchestrator)
+                continue
+            # In a task of its own: a reload waits for apps to stop and start, and
+            # SIGTERM must be heard meanwhile.
             log.info("reload_requested", signal="SIGHUP")
-            try:
-                result = await service.reload_config(dry_run=False)
-            except Exception as exc:  # a bad config leaves everything as it was
-                log.error("reload_failed", error=str(exc))
+            if reloading:
+                again = True
             else:
-                log.info("reload_applied", summary=result["summary"])
-            continue
-        name = signal.Signals(signum).name
-        if not shutdown.requested.is_set():
-            shutdown.request(f"received {name}")
-            continue
-        # A second signal while stopping: kill what is left, at once.
-        log.warning("forced_stop", signal=name)
-        for record in orchestrator.apps.values():
-            for process in record.processes.values():
-                identity = process.identity
-                if process.pid is not None and identity is not None and identity.is_running():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, signal.SIGKILL)
+                reloading = True
+                nursery.start_soon(reload)
+
+
+def _on_stop_signal(signum: int, shutdown: _Shutdown, orchestrator: Orchestrator) -> None:
+    name = signal.Signals(signum).name
+    if not shutdown.requested.is_set():
+        shutdown.request(f"received {name}")
+        return
+    # A second signal while stopping: kill what is left, at once.
+    log.warning("forced_stop", signal=name)
+    for record in orchestrator.apps.values():
+        for process in record.processes.values():
+            identity = process.identity
+            if process.pid is not None and identity is not None and identity.is_running():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)

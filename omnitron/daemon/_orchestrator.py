@@ -57,7 +57,7 @@ class ProcessRecord:
     pid: int | None = None
     status: AppStatus = AppStatus.STARTING
     restarts: int = 0
-    ready_at: float | None = None  # wall clock, for uptime
+    ready_at: float | None = None  # Trio's clock (monotonic), for uptime
     last_exit: str | None = None
     identity: ProcessIdentity | None = None
 
@@ -108,6 +108,16 @@ class AppRecord:
     def remember(self, line: str) -> None:
         self.events.append(f"{time.strftime('%H:%M:%S')} {line}")
         del self.events[:-50]
+
+
+def _identity(pid: int | None) -> ProcessIdentity | None:
+    """Who ``pid`` is (to tell it from a recycled pid later); ``None`` if unknowable."""
+    if pid is None:
+        return None
+    try:
+        return ProcessIdentity.of(pid)
+    except (OSError, ValueError):  # gone already, or /proc unreadable (EMFILE, ...)
+        return None
 
 
 _STATE_STATUS = {
@@ -300,12 +310,12 @@ class Orchestrator:
         match event:
             case ev.ChildStarted():
                 process.pid = event.pid
-                process.identity = None if event.pid is None else ProcessIdentity.of(event.pid)
+                process.identity = _identity(event.pid)
                 process.status = AppStatus.STARTING
             case ev.ChildReady():
                 process.pid = event.pid
                 process.status = AppStatus.ONLINE
-                process.ready_at = event.timestamp
+                process.ready_at = event.monotonic
                 record.remember(f"instance {index} online (pid {event.pid})")
                 self.logs.note(name, f"instance {index} online (pid {event.pid})")
             case ev.ChildExited():

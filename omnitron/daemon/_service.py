@@ -49,9 +49,9 @@ class _Sampler:
                 result[pid] = (proc.cpu_percent(None), proc.memory_info().rss)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 self._procs.pop(pid, None)
-        for pid in list(self._procs):
-            if pid not in pids:
-                del self._procs[pid]
+        wanted = set(pids)
+        for pid in [p for p in self._procs if p not in wanted]:
+            self._procs.pop(pid, None)
         return result
 
 
@@ -92,6 +92,7 @@ class DaemonService:
         self._permit_empty = permit_empty
         self.persisted: Callable[[], Awaitable[None]] = _nothing
         self._sampler = _Sampler()
+        self._sampling = trio.Lock()
         self._started = time.monotonic()
 
     # ------------------------------------------------------------------ views
@@ -102,8 +103,13 @@ class DaemonService:
         pids = [
             p.pid for r in orch.apps.values() for p in r.processes.values() if p.pid is not None
         ]
-        samples = await trio.to_thread.run_sync(self._sampler.sample, pids) if pids else {}
-        now = time.time()
+        samples: dict[int, tuple[float, int]] = {}
+        if pids:
+            # One sample at a time: concurrent calls would share psutil's CPU
+            # counters (and the cache) from two threads.
+            async with self._sampling:
+                samples = await trio.to_thread.run_sync(self._sampler.sample, pids)
+        now = trio.current_time()
         return {
             "daemon": {
                 "pid": os.getpid(),
@@ -122,7 +128,11 @@ class DaemonService:
         processes = []
         for process in sorted(record.processes.values(), key=lambda p: p.instance):
             cpu, memory = samples.get(process.pid or -1, (0.0, 0))
-            uptime = max(0.0, now - process.ready_at) if process.ready_at and process.pid else 0.0
+            uptime = (
+                max(0.0, now - process.ready_at)
+                if process.ready_at is not None and process.pid
+                else 0.0
+            )
             processes.append(
                 {
                     "name": record.name,

@@ -41,7 +41,14 @@ from ..config import AppConfig, Ecosystem, ReadyKind
 from ..config import Restart as ConfigRestart
 from ..config import Strategy as ConfigStrategy
 
-__all__ = ["ENV_APP", "ENV_HOME", "ENV_INSTANCE", "TreeBuilder", "UnsupportedApp"]
+__all__ = [
+    "ENV_APP",
+    "ENV_HOME",
+    "ENV_INSTANCE",
+    "TreeBuilder",
+    "UnsupportedApp",
+    "marker_environ",
+]
 
 #: Environment markers put on every managed process: how a restarted daemon finds
 #: the processes a dead one left behind (never by command name).
@@ -53,6 +60,27 @@ ENV_INSTANCE = "OMNITRON_INSTANCE"
 _UNBOUNDED = Intensity(max_restarts=1_000_000, window=1.0)
 
 LineSink = Callable[[str], None]
+
+
+def _home_marker(home: str | os.PathLike[str]) -> str:
+    # The same normalisation as omnitron.state.Home: absolute, ``~`` expanded, links kept.
+    return os.path.abspath(os.path.expanduser(os.fspath(home)))
+
+
+def marker_environ(home: str | os.PathLike[str], app: str, instance: int) -> dict[str, str]:
+    """The environment markers of one managed process, as the daemon sets them and
+    :func:`~omnitron.daemon._leftovers.find_leftovers` finds them.
+
+    Args:
+        home: The daemon's home directory (made absolute, as ``Home.path`` is).
+        app: The app's name.
+        instance: The process's index in the app's pool.
+
+    Returns:
+        ``OMNITRON_HOME``, ``OMNITRON_APP`` and ``OMNITRON_INSTANCE``, ready to
+        merge into the child's environment.
+    """
+    return {ENV_HOME: _home_marker(home), ENV_APP: app, ENV_INSTANCE: str(instance)}
 
 
 class UnsupportedApp(Exception):
@@ -178,10 +206,7 @@ class TreeBuilder:
     def instance(self, app: AppConfig, index: int) -> ChildSpec:
         """Process ``index`` of ``app``'s pool."""
         assert app.command is not None
-        env = dict(app.env)
-        env[ENV_HOME] = str(self.home)
-        env[ENV_APP] = app.name
-        env[ENV_INSTANCE] = str(index)
+        env = {**app.env, **marker_environ(self.home, app.name, index)}
         child = ProcessChild(
             list(app.command),
             env=env,

@@ -169,20 +169,19 @@ def test_sigint_then_a_second_signal_kills_the_rest_at_once(daemon: Daemon, tmp_
 def test_a_burst_of_sighups_is_at_most_two_reloads(daemon: Daemon) -> None:
     """SG-03: 1 000 SIGHUPs in a burst are coalesced into one or two reloads.
 
-    A SIGTERM sent after the burst is the fence: a SIGHUP still pending when it
-    arrives is handled first (lower signal number, and signals are handled one at a
-    time), so every reload the burst causes is in the log when the daemon exits.
+    Reloads run one at a time beside the signal loop (so a SIGTERM is heard even
+    during a long reload); SIGHUPs that arrive while one runs make one more.
     """
     daemon.start('project = "sg03"\n\n' + app_toml("web", ["sleep", "3600"]))
     daemon.wait_online("web")
     for _ in range(1000):
         os.kill(daemon.pid, signal.SIGHUP)
-    os.kill(daemon.pid, signal.SIGTERM)
+    wait_for(lambda: daemon.log_events("reload_applied") or None, "a reload applied")
+    os.kill(daemon.pid, signal.SIGTERM)  # a second reload, if one runs, is cut short
     assert_clean_exit(daemon)
 
     applied = daemon.log_events("reload_applied")
     assert 1 <= len(applied) <= 2, applied
-    assert len(daemon.log_events("reload_requested")) == len(applied)
     assert daemon.log_events("reload_failed") == []
     # An unchanged config restarts nothing: the app came up exactly once.
     assert daemon.app_log("web").count("instance 0 online") == 1

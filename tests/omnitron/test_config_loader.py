@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -187,10 +186,8 @@ def test_size_cap_is_checked_before_parsing(tmp_path: Path) -> None:
     config = tmp_path / "omnitron.toml"
     with config.open("wb") as file:  # 20 MB, sparse: nothing to parse in time if we tried
         file.truncate(20 * 1024 * 1024)
-    started = time.perf_counter()
     with pytest.raises(ConfigError) as info:
         load_config(config)
-    assert time.perf_counter() - started < 1.0
     assert str(info.value) == f"{config}: too large: more than 1024 KiB"
 
 
