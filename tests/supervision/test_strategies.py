@@ -448,3 +448,28 @@ async def test_a_failed_manual_restart_is_handled_like_a_crash(
         await drain(subscription, ev.ChildReady, "x")
         assert child.starts == [t0, t0, t0 + 2]
         assert sup.which_children()[0].state is ChildState.RUNNING
+
+
+async def test_an_observer_sees_every_event_from_the_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen: list[tuple[str, str]] = []
+
+    def observe(event: ev.Event) -> None:
+        seen.append((type(event).__name__, event.path[-1]))
+        if isinstance(event, ev.ChildReady):
+            raise RuntimeError("a broken observer must not break supervision")
+
+    child = FakeChild([Exit(1, after=1), RunForever()])
+    spec = tree(Strategy.ONE_FOR_ONE, ChildSpec("x", child))
+    async with open_supervisor(spec, observer=observe):
+        await child.wait_generation(2)
+    assert seen == [
+        ("ChildStarted", "x"),
+        ("ChildReady", "x"),
+        ("ChildExited", "x"),
+        ("ChildRestarting", "x"),
+        ("ChildStarted", "x"),
+        ("ChildReady", "x"),
+        ("ChildStopped", "x"),
+    ]
