@@ -48,6 +48,8 @@ EXIT_CONFIG = 2
 """Exit code of a daemon that refused to start because of its config."""
 EXIT_CRITICAL = 3
 """Exit code of a daemon that shut down because a critical app crashed."""
+SNAPSHOT_COALESCE = 0.05
+"""Seconds a burst of state changes may last before it is snapshotted."""
 PERSIST_ACK_TIMEOUT = 5.0
 """How long a state-changing call waits for its change to reach the disk."""
 
@@ -204,6 +206,10 @@ async def _persist(
     """Hand a fresh snapshot to the persistence task after every burst of changes."""
     while True:
         await dirty.event.wait()
+        # Let a burst of changes (a hundred processes starting) settle into one
+        # snapshot: building one costs O(processes), and the file is written at most
+        # every SNAPSHOT_COALESCE seconds anyway. RPC acks send their own snapshot.
+        await trio.sleep(SNAPSHOT_COALESCE)
         dirty.event = trio.Event()
         await snapshots.send(orchestrator.snapshot())
 

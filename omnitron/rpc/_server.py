@@ -478,11 +478,18 @@ class _Connection:
     # ------------------------------------------------------------------ calls
 
     async def _run_call(self, request: Request) -> None:
+        released = False
         try:
             response = await self.server._dispatcher.dispatch(request, peer=self.peer, host=self)
-            await self.send(self._encode_response(request, response))
-        finally:
+            frame = self._encode_response(request, response)
+            # The msgid is free again once the reply is decided: a client may reuse
+            # it as soon as the reply reaches it, possibly before send() returns here.
             self.inflight.discard(request.msgid)
+            released = True
+            await self.send(frame)
+        finally:
+            if not released:
+                self.inflight.discard(request.msgid)
             self._slots.release()
             self._last_activity = trio.current_time()
             self._refresh_deadline()
