@@ -41,10 +41,15 @@ def _linux_start(pid: int) -> tuple[float, bool] | None:
     try:
         with open(f"{_PROC}/{pid}/stat", "rb") as f:
             raw = f.read()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None  # gone, or hidden from us (hidepid): either way not provably the same
+    except OSError:
+        # Gone, hidden from us (hidepid), or unreadable right now (EMFILE): in every
+        # case the process is not provably the same one, so it is not matched.
+        return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = raw[raw.rindex(b")") + 2 :].split()
+    end = raw.rfind(b")")
+    fields = raw[end + 2 :].split()
+    if end < 0 or len(fields) < 20:
+        return None  # truncated: the process was exiting as we read
     state = fields[0]  # field 3
     start_ticks = int(fields[19])  # field 22
     return start_ticks / _clock_ticks(), state in (b"Z", b"X")

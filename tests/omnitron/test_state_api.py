@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import os
 
 import pytest
 
@@ -109,3 +110,21 @@ def test_daemon_already_running_message() -> None:
     assert str(err).startswith("daemon already running (pid 7), started 2025-01-01T00:00:00Z")
     assert err.pid == 7
     assert str(DaemonAlreadyRunning(None)) == "daemon already running (pid unknown)"
+
+
+def test_an_unreadable_proc_entry_is_no_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of descriptors (EMFILE), a process is not provably anyone: no identity, no raise."""
+    import builtins
+    import errno
+
+    from omnitron.state import ProcessIdentity
+
+    real_open = builtins.open
+
+    def no_fds(path: object, *args: object, **kwargs: object) -> object:
+        if str(path).endswith("/stat"):
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(path, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(builtins, "open", no_fds)
+    assert ProcessIdentity.of(os.getpid()) is None
