@@ -521,7 +521,7 @@ class Orchestrator:
         names = self.names(target)
         restarted: list[str] = []
         async with self._lock:
-            root = await self.wait_ready()
+            await self.wait_ready()  # the tree must exist to find the pools
             for name in names:
                 record = self.apps[name]
                 pool = self.pool(name)
@@ -546,7 +546,6 @@ class Orchestrator:
                         ) from None
                 record.remember("restarted")
                 restarted.append(name)
-            del root
         self._on_change()
         return restarted
 
