@@ -22,6 +22,7 @@ import trio
 
 from supervision import (
     ChildNotFound,
+    ChildSpec,
     ChildState,
     StartFailure,
     Supervisor,
@@ -203,15 +204,13 @@ class Orchestrator:
             for record in self.apps.values():
                 if record.desired == "running" and not record.crashed:
                     apps.append(record)
-            specs: list[tuple[AppConfig, int]] = []
+            pools: list[ChildSpec] = []
             for record in apps:
                 try:
-                    self._builder.app(record.config, record.instances)
+                    pools.append(self._builder.app(record.config, record.instances))
                 except UnsupportedApp as exc:
                     self._give_up_on(record, str(exc))
-                    continue
-                specs.append((record.config, record.instances))
-            root = self._builder.root(specs)
+            root = self._builder.root(pools)
             try:
                 async with trio.open_nursery() as nursery:
                     self._root = await nursery.start(
@@ -473,18 +472,20 @@ class Orchestrator:
             record.remember("started")
             return True
         root = await self.wait_ready()
-        try:
-            spec = self._builder.app(record.config, record.instances)
-        except UnsupportedApp as exc:
-            self._give_up_on(record, str(exc))
-            raise InvalidRequest(str(exc)) from None
         names = {info.name: info for info in root.which_children()}
         info = names.get(name)
         if info is not None and info.state in (ChildState.RUNNING, ChildState.STARTING):
             return False
+        spec = None
+        if info is None:  # not in the tree: its pool is built now (a stopped one is reused)
+            try:
+                spec = self._builder.app(record.config, record.instances)
+            except UnsupportedApp as exc:
+                self._give_up_on(record, str(exc))
+                raise InvalidRequest(str(exc)) from None
         record.last_error = None if was_crashed else record.last_error
         try:
-            if info is None:
+            if spec is not None:
                 await root.start_child(spec)
             else:
                 await root.restart_child(name)

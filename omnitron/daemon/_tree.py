@@ -146,8 +146,8 @@ class TreeBuilder:
         """Whether a crash of one app restarts others (one_for_all / rest_for_one)."""
         return self.ecosystem.supervision.strategy is not ConfigStrategy.ONE_FOR_ONE
 
-    def root(self, apps: list[tuple[AppConfig, int]]) -> SupervisorSpec:
-        """The root spec with a pool for each ``(app, instances)``, in the given order."""
+    def root(self, pools: list[ChildSpec]) -> SupervisorSpec:
+        """The root spec over app pools built by :meth:`app`, in the given order."""
         supervision = self.ecosystem.supervision
         if self.group_mode:
             intensity = Intensity(max_restarts=supervision.max_restarts, window=supervision.window)
@@ -163,7 +163,7 @@ class TreeBuilder:
             strategy=_STRATEGY[supervision.strategy],
             intensity=intensity,
             backoff=backoff,
-            children=[self.app(app, instances) for app, instances in apps],
+            children=pools,
         )
 
     def app(self, app: AppConfig, instances: int) -> ChildSpec:
