@@ -11,20 +11,21 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import psutil
+import structlog
 import trio
 
 from .. import __version__
 from ..config import ConfigError, Ecosystem, load_config
 from ..rpc import Call, Dispatcher, Handler, Name, Range, Role
-from ._errors import DOMAIN_ERRORS, AppNotFound, ConfigInvalid
+from ._errors import DOMAIN_ERRORS, ConfigInvalid
 from ._orchestrator import AppRecord, Orchestrator
 
-__all__ = ["DaemonService", "build_dispatcher"]
+__all__ = ["DaemonService", "Persistence", "Sampler", "build_dispatcher"]
 
 AppName = Name
 Target = Name  # an app name, or "all" (a name the config reserves)
@@ -32,13 +33,65 @@ Target = Name  # an app name, or "all" (a name the config reserves)
 _SECRET = re.compile(r"(PASS|SECRET|TOKEN|KEY|CREDENTIAL|PRIVATE|AUTH)", re.IGNORECASE)
 
 
-class _Sampler:
-    """CPU and memory of managed processes, from psutil (CPU % since the last look)."""
+SAMPLE_INTERVAL = 2.0
+"""Seconds between two samples of the CPU and memory of every managed process."""
+PERSIST_ACK_TIMEOUT = 5.0
+"""How long a state-changing call waits for its change to reach the disk."""
 
-    def __init__(self) -> None:
+log = structlog.get_logger("omnitron.service")
+
+
+class Persistence(Protocol):
+    """What the control plane needs from the writer of the state file."""
+
+    async def flush(self) -> None:
+        """Return once every change made so far is on disk (or will never be written)."""
+
+    def permit_empty(self) -> None:
+        """Let the next state with no apps replace one that has some."""
+
+    def health(self) -> object:
+        """The health record; its ``str()`` is the one-line form ``status`` shows."""
+
+
+class Sampler:
+    """CPU and memory of the managed processes, sampled periodically off the event loop.
+
+    One task (:meth:`run`) samples every ``interval`` seconds in a worker thread;
+    every caller reads the last sample (:attr:`samples`), so a ``status`` call
+    costs no system call. CPU is the percentage since the previous sample.
+
+    Args:
+        pids: Returns the pids to sample (called on the event loop).
+        interval: Seconds between samples.
+    """
+
+    def __init__(self, pids: Callable[[], list[int]], *, interval: float = SAMPLE_INTERVAL) -> None:
+        self._pids = pids
+        self._interval = interval
         self._procs: dict[int, psutil.Process] = {}
+        self.samples: dict[int, tuple[float, int]] = {}
+        """``{pid: (cpu percent, resident bytes)}`` of the last sample."""
+        self.failures = 0
+        """Samples that could not be taken (no worker thread could be started...)."""
 
-    def sample(self, pids: list[int]) -> dict[int, tuple[float, int]]:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Sample until cancelled. A sample that fails is counted and retried next time."""
+        task_status.started()
+        while True:
+            await self.sample()
+            await trio.sleep(self._interval)
+
+    async def sample(self) -> None:
+        """Take one sample now, in a worker thread; a failure is counted and logged."""
+        pids = self._pids()
+        try:
+            self.samples = await trio.to_thread.run_sync(self._sample, pids)
+        except (RuntimeError, OSError) as exc:  # e.g. "can't start new thread"
+            self.failures += 1
+            log.warning("sampling_failed", error=str(exc), failures=self.failures)
+
+    def _sample(self, pids: list[int]) -> dict[int, tuple[float, int]]:
         result: dict[int, tuple[float, int]] = {}
         for pid in pids:
             proc = self._procs.get(pid)
@@ -55,10 +108,6 @@ class _Sampler:
         return result
 
 
-async def _nothing() -> None:
-    await trio.lowlevel.checkpoint()
-
-
 class DaemonService:
     """Everything the RPC handlers need from the running daemon.
 
@@ -68,8 +117,10 @@ class DaemonService:
         config_path: The config file in force (re-read by ``reload_config``).
         stack: The stack applied to the config, if any.
         request_shutdown: Asks the daemon to stop (graceful).
-        health: Returns extra health records (persistence, ...).
-        permit_empty: Lets the state file go empty (a reload that removes every app).
+        persistence: The state file's writer: a reply to a change is sent once the
+            change is on disk. ``None``: nothing is persisted (an embedded service).
+        health: Returns extra health records (log write errors, ...).
+        sample_interval: Seconds between two samples of CPU and memory.
     """
 
     def __init__(
@@ -80,47 +131,64 @@ class DaemonService:
         config_path: Path,
         stack: str | None,
         request_shutdown: Callable[[], None],
+        persistence: Persistence | None = None,
         health: Callable[[], dict[str, str]] = dict,
-        permit_empty: Callable[[], None] = lambda: None,
+        sample_interval: float = SAMPLE_INTERVAL,
     ) -> None:
         self.orchestrator = orchestrator
         self.home = home
         self.config_path = config_path
         self.stack = stack
         self._request_shutdown = request_shutdown
+        self._persistence = persistence
         self._health = health
-        self._permit_empty = permit_empty
-        self.persisted: Callable[[], Awaitable[None]] = _nothing
-        self._sampler = _Sampler()
-        self._sampling = trio.Lock()
+        self.sampler = Sampler(self._pids, interval=sample_interval)
         self._started = time.monotonic()
+
+    def _pids(self) -> list[int]:
+        return [
+            p.pid
+            for r in self.orchestrator.apps.values()
+            for p in r.processes.values()
+            if p.pid is not None
+        ]
+
+    async def persisted(self) -> None:
+        """Return once the changes made so far are on disk (promise 2).
+
+        Never hangs a client on a failing disk: after ``PERSIST_ACK_TIMEOUT`` the
+        reply goes out anyway, and ``status`` says ``persistence: degraded``.
+        """
+        if self._persistence is None:
+            return
+        with trio.move_on_after(PERSIST_ACK_TIMEOUT):
+            await self._persistence.flush()
 
     # ------------------------------------------------------------------ views
 
     async def status(self) -> dict[str, Any]:
-        orch = self.orchestrator
-        orch.refresh()
-        pids = [
-            p.pid for r in orch.apps.values() for p in r.processes.values() if p.pid is not None
-        ]
-        samples: dict[int, tuple[float, int]] = {}
-        if pids:
-            # One sample at a time: concurrent calls would share psutil's CPU
-            # counters (and the cache) from two threads.
-            async with self._sampling:
-                samples = await trio.to_thread.run_sync(self._sampler.sample, pids)
-        now = trio.current_time()
+        """The daemon and every app, from the records and the last sample (no I/O)."""
+        await trio.lowlevel.checkpoint()
+        return {"daemon": self._daemon(), "apps": self.apps()}
+
+    def _daemon(self) -> dict[str, Any]:
+        health = {}
+        if self._persistence is not None:
+            health["persistence"] = str(self._persistence.health())
         return {
-            "daemon": {
-                "pid": os.getpid(),
-                "version": __version__,
-                "uptime": round(time.monotonic() - self._started, 3),
-                "home": str(self.home),
-                "config": str(self.config_path),
-                **self._health(),
-            },
-            "apps": [self._app(record, samples, now) for record in orch.apps.values()],
+            "pid": os.getpid(),
+            "version": __version__,
+            "uptime": round(time.monotonic() - self._started, 3),
+            "home": str(self.home),
+            "config": str(self.config_path),
+            **health,
+            **self._health(),
         }
+
+    def apps(self) -> list[dict[str, Any]]:
+        """Every app with its processes."""
+        samples, now = self.sampler.samples, trio.current_time()
+        return [self._app(record, samples, now) for record in self.orchestrator.apps.values()]
 
     def _app(
         self, record: AppRecord, samples: dict[int, tuple[float, int]], now: float
@@ -158,11 +226,9 @@ class DaemonService:
         }
 
     async def get_app(self, name: str) -> dict[str, Any]:
-        status = await self.status()
-        for app in status["apps"]:
-            if app["name"] == name:
-                return app  # type: ignore[no-any-return]
-        raise AppNotFound(name, known=list(self.orchestrator.apps))
+        record = self.orchestrator.record(name)
+        await trio.lowlevel.checkpoint()
+        return self._app(record, self.sampler.samples, trio.current_time())
 
     async def inspect(self, name: str) -> dict[str, Any]:
         record = self.orchestrator.record(name)
@@ -186,7 +252,7 @@ class DaemonService:
         app["last_exits"] = {
             str(p.instance): p.last_exit for p in record.processes.values() if p.last_exit
         }
-        app["recent_events"] = list(record.events)
+        app["recent_events"] = [event.to_wire() for event in record.events]
         app["log_file"] = str(self.orchestrator.logs.path_for(name))
         return app
 
@@ -221,8 +287,8 @@ class DaemonService:
         if dry_run:
             diff = self.orchestrator.plan_reload(new)
         else:
-            if not new.apps:
-                self._permit_empty()
+            if not new.apps and self._persistence is not None:
+                self._persistence.permit_empty()
             diff = await self.orchestrator.apply_reload(new)
         return {
             "applied": not dry_run,
@@ -248,7 +314,8 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
 
     async def list_apps(call: Call) -> list[dict[str, Any]]:
         """Every app with its processes."""
-        return (await service.status())["apps"]  # type: ignore[no-any-return]
+        await trio.lowlevel.checkpoint()
+        return service.apps()
 
     async def get_app(call: Call, *, name: AppName) -> dict[str, Any]:
         """One app with its processes."""
