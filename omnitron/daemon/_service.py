@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
+import attrs
 import psutil
 import structlog
 import trio
@@ -108,6 +109,49 @@ class Sampler:
         return result
 
 
+@attrs.frozen
+class _View:
+    """An app's protocol record, built once per record and sample (both immutable).
+
+    ``processes`` pairs each process's record with the Trio time it became ready,
+    for the uptime, which is the one figure that changes on every call.
+    """
+
+    record: AppRecord
+    samples: dict[int, tuple[float, int]]
+    app: dict[str, Any]
+    processes: tuple[tuple[dict[str, Any], float | None], ...]
+
+    @classmethod
+    def of(cls, record: AppRecord, samples: dict[int, tuple[float, int]]) -> _View:
+        processes = []
+        for process in sorted(record.processes.values(), key=lambda p: p.instance):
+            cpu, memory = samples.get(process.pid or -1, (0.0, 0))
+            running = process.ready_at is not None and process.pid
+            entry = {
+                "name": record.name,
+                "instance": process.instance,
+                "pid": process.pid,
+                "status": process.status.value,
+                "restarts": process.restarts,
+                "uptime": 0.0,
+                "cpu": round(cpu, 1),
+                "memory": memory,
+            }
+            processes.append((entry, process.ready_at if running else None))
+        app = {
+            "name": record.name,
+            "status": record.status.value,
+            "mode": record.config.mode,
+            "instances": record.instances,
+            "restarts": record.restarts,
+            "critical": record.config.critical,
+            "enabled": record.config.enabled,
+            "last_error": record.last_error,
+        }
+        return cls(record, samples, app, tuple(processes))
+
+
 class DaemonService:
     """Everything the RPC handlers need from the running daemon.
 
@@ -143,6 +187,7 @@ class DaemonService:
         self._persistence = persistence
         self._health = health
         self.sampler = Sampler(self._pids, interval=sample_interval)
+        self._views: dict[str, _View] = {}
         self._started = time.monotonic()
 
     def _pids(self) -> list[int]:
@@ -187,43 +232,25 @@ class DaemonService:
 
     def apps(self) -> list[dict[str, Any]]:
         """Every app with its processes."""
-        samples, now = self.sampler.samples, trio.current_time()
-        return [self._app(record, samples, now) for record in self.orchestrator.apps.values()]
+        samples, now, records = self.sampler.samples, trio.current_time(), self.orchestrator.apps
+        if len(self._views) > len(records):  # apps removed by a reload
+            self._views = {name: v for name, v in self._views.items() if name in records}
+        return [self._app(record, samples, now) for record in records.values()]
 
     def _app(
         self, record: AppRecord, samples: dict[int, tuple[float, int]], now: float
     ) -> dict[str, Any]:
-        processes = []
-        for process in sorted(record.processes.values(), key=lambda p: p.instance):
-            cpu, memory = samples.get(process.pid or -1, (0.0, 0))
-            uptime = (
-                max(0.0, now - process.ready_at)
-                if process.ready_at is not None and process.pid
-                else 0.0
-            )
-            processes.append(
-                {
-                    "name": record.name,
-                    "instance": process.instance,
-                    "pid": process.pid,
-                    "status": process.status.value,
-                    "restarts": process.restarts,
-                    "uptime": round(uptime, 3),
-                    "cpu": round(cpu, 1),
-                    "memory": memory,
-                }
-            )
-        return {
-            "name": record.name,
-            "status": record.status.value,
-            "mode": record.config.mode,
-            "instances": record.instances,
-            "restarts": record.restarts,
-            "critical": record.config.critical,
-            "enabled": record.config.enabled,
-            "last_error": record.last_error,
-            "processes": processes,
-        }
+        """The ``APP`` record of the protocol; only uptimes are computed per call."""
+        view = self._views.get(record.name)
+        if view is None or view.record is not record or view.samples is not samples:
+            view = self._views[record.name] = _View.of(record, samples)
+        processes = [
+            {**process, "uptime": round(max(0.0, now - ready_at), 3)}
+            if ready_at is not None
+            else process
+            for process, ready_at in view.processes
+        ]
+        return {**view.app, "processes": processes}
 
     async def get_app(self, name: str) -> dict[str, Any]:
         record = self.orchestrator.record(name)
