@@ -139,7 +139,10 @@ async def run_daemon(options: DaemonOptions) -> int:
             stack=options.stack,
             request_shutdown=lambda: shutdown.request("shutdown requested over RPC"),
             persistence=store,
-            health=lambda: {"log_write_errors": str(logs.write_errors)},
+            health=lambda: {
+                "log_write_errors": str(logs.write_errors),
+                "logs": logs.degraded or "ok",
+            },
         )
         dispatcher = build_dispatcher(service)
 
