@@ -123,6 +123,8 @@ class Orchestrator:
         self._launched = trio.Event()
         self._restart_requested = trio.Event()
         self._locks: dict[str, trio.Lock] = {}
+        self._starting: dict[str, trio.CancelScope] = {}  # starts in progress, by app
+        self._shutting_down = False
         self._reloading = trio.Lock()
         self.started_at = time.time()
 
@@ -250,11 +252,13 @@ class Orchestrator:
     async def _launch(self, root: Supervisor) -> None:
         """Add the apps to the root one by one, each ready before the next."""
         for name in self._wanted():
+            if self._shutting_down:
+                return
             record = self.apps.get(name)
             if record is None or record.desired is DesiredStatus.STOPPED or record.crashed:
                 continue  # stopped (or removed) while the apps before it started
             with contextlib.suppress(AppStartFailed, InvalidRequest):
-                await self._start_one(name, remember_start=False)
+                await self._start_one(name, launch=True)
 
     def _root_gave_up(self, reason: str) -> None:
         log.error("tree_gave_up", reason=reason)
@@ -349,9 +353,10 @@ class Orchestrator:
         return lock
 
     def _stopped(self, name: str) -> bool:
-        """Whether the operator stopped (or a reload removed) ``name`` meanwhile."""
+        """Whether the operator stopped (or a reload removed) ``name`` meanwhile, or
+        the daemon is shutting down."""
         record = self.apps.get(name)
-        return record is None or record.desired is DesiredStatus.STOPPED
+        return self._shutting_down or record is None or record.desired is DesiredStatus.STOPPED
 
     # ------------------------------------------------------------------ operations
 
@@ -385,10 +390,12 @@ class Orchestrator:
             visit(name)
         return [n for n in self.apps if n in wanted]
 
-    async def _start_one(self, name: str, *, remember_start: bool = True) -> bool:
+    async def _start_one(self, name: str, *, launch: bool = False) -> bool:
+        """Start one app; ``launch``: as part of the daemon's first launch, where the
+        intent is already recorded (and an operator's stop meanwhile wins)."""
         async with self._lock(name):
-            if name not in self.apps:
-                return False  # removed by a reload meanwhile
+            if name not in self.apps or (launch and self._stopped(name)):
+                return False  # removed by a reload, or stopped, meanwhile
             was_crashed = self.apps[name].crashed
             self._update(name, lambda record: intend(record, DesiredStatus.RUNNING))
             if self._root is None and not self._building:
@@ -409,11 +416,15 @@ class Orchestrator:
                 except UnsupportedApp as exc:
                     self._give_up_on(name, str(exc))
                     raise InvalidRequest(str(exc)) from None
+            if self._stopped(name):
+                return False  # stopped while this call waited for the tree
             try:
-                if spec is not None:
-                    await root.start_child(spec)
-                else:
-                    await root.restart_child(name)
+                # A stop of this app cancels the wait (see stop()).
+                with trio.CancelScope() as self._starting[name]:
+                    if spec is not None:
+                        await root.start_child(spec)
+                    else:
+                        await root.restart_child(name)
             except _GONE as exc:
                 if self._stopped(name):
                     return False  # stopped while it started: not a failure
@@ -422,12 +433,15 @@ class Orchestrator:
                 raise AppStartFailed(
                     f"{name} failed to start: {self.apps[name].last_error}"
                 ) from None
+            finally:
+                del self._starting[name]
             if self._stopped(name):
-                # Stopped before its start was under way: take it down again.
-                with contextlib.suppress(ChildNotFound):
+                # Stopped before its start reached the tree: the start was queued
+                # behind the stop, so take it down again (queued behind the start).
+                with contextlib.suppress(ChildNotFound, SupervisorNotRunning):
                     await root.terminate_child(name)
                 return False
-            if remember_start or was_crashed:
+            if not launch or was_crashed:
                 self._remember(name, EventKind.STARTED)
             return True
 
@@ -440,12 +454,16 @@ class Orchestrator:
         stopped: list[str] = []
         for name in reversed(names):
             self._update(name, lambda record: intend(record, DesiredStatus.STOPPED))
+            starting = self._starting.get(name)
+            if starting is not None:
+                starting.cancel()  # its starter takes down whatever it started
             root = await self._handle()
             if root is not None:
                 try:
                     await root.terminate_child(name)
                 except ChildNotFound:
-                    pass  # not in the tree: nothing runs
+                    if starting is not None:
+                        stopped.append(name)  # its start had not reached the tree yet
                 else:
                     stopped.append(name)
             self._remember(name, EventKind.STOPPED)
@@ -507,19 +525,33 @@ class Orchestrator:
             pool = self.pool(name)
             if pool is None:
                 return previous
-            for index in range(previous, instances):
-                await pool.start_child(self._builder.instance(record.config, index))
-            for index in reversed(range(instances, previous)):
-                child = TreeBuilder.instance_name(index)
-                await pool.terminate_child(child)
-                with contextlib.suppress(ChildNotFound):
-                    await pool.delete_child(child)
-                self._update(name, functools.partial(_without_process, index=index))
+            try:
+                for index in range(previous, instances):
+                    await pool.start_child(self._builder.instance(record.config, index))
+                for index in reversed(range(instances, previous)):
+                    child = TreeBuilder.instance_name(index)
+                    await pool.terminate_child(child)
+                    with contextlib.suppress(ChildNotFound):
+                        await pool.delete_child(child)
+                    self._update(name, functools.partial(_without_process, index=index))
+            except _GONE as exc:
+                if self._stopped(name) or not isinstance(exc, StartFailure):
+                    return previous  # stopped meanwhile: the number is recorded
+                raise AppStartFailed(
+                    f"{name}: instance {index} failed to start ({exc.reason}); "
+                    f"the app runs {index} instances"
+                ) from None
             self._remember(name, EventKind.SCALED, previous=previous, instances=instances)
         return previous
 
     async def stop_everything(self) -> None:
-        """Stop all apps, dependents first (daemon shutdown)."""
+        """Stop all apps, dependents first (daemon shutdown).
+
+        Nothing is launched afterwards, and a start cut short by it is no failure.
+        """
+        self._shutting_down = True
+        for scope in self._starting.values():
+            scope.cancel()
         root = self._root
         if root is None:
             return

@@ -191,3 +191,39 @@ async def test_a_sampler_that_cannot_start_a_thread_counts_and_retries(
         nursery.cancel_scope.cancel()
     assert sampler.failures == 1
     assert sampler.samples[os.getpid()][1] > 0
+
+
+async def test_commands_answer_while_a_real_app_is_slow(tmp_path: Path) -> None:
+    """The real-process side of ``test_orchestrator_slow_apps.py``: a process that never
+    reports ready, and one that waits 30 s to be restarted."""
+    apps = [
+        {"name": "fast", "command": ["sleep", "3600"]},
+        {"name": "slow", "command": ["sleep", "3600"], "ready": "notify", "startup_timeout": "30s"},
+        {
+            "name": "flaky",
+            "command": ["sh", "-c", "exit 1"],
+            "restart_policy": {"max_restarts": 5, "backoff": {"initial": "30s", "max": "30s"}},
+        },
+    ]
+    async with daemon(tmp_path, apps) as (orchestrator, service):
+        await until(
+            lambda: (
+                orchestrator.apps["fast"].status is AppStatus.ONLINE
+                and bool(orchestrator.apps["slow"].processes)
+            ),
+            "fast online, slow's process spawned",
+        )
+        with trio.fail_after(5):  # far below slow's 30 s
+            assert await orchestrator.stop("fast") == ["fast"]
+            assert {a["name"]: a["status"] for a in (await service.status())["apps"]} == {
+                "fast": "stopped",
+                "slow": "starting",
+                "flaky": "starting",
+            }
+            assert await orchestrator.stop("slow") == ["slow"]
+        slow = orchestrator.apps["slow"]
+        assert (slow.status, slow.crashed) == (AppStatus.STOPPED, False)
+        await until(lambda: orchestrator.apps["flaky"].status is AppStatus.ERRORED, "flaky crashed")
+        with trio.fail_after(5):  # far below flaky's 30 s backoff
+            assert await orchestrator.stop("flaky") == ["flaky"]
+        assert orchestrator.apps["flaky"].status is AppStatus.STOPPED
