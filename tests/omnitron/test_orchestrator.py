@@ -6,7 +6,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,9 @@ import psutil
 import pytest
 import trio
 import trio.testing
+from orchestrator_harness import open_orchestrator
 
 from omnitron.config import define_ecosystem
-from omnitron.daemon._logs import LogCollector
 from omnitron.daemon._orchestrator import Orchestrator
 from omnitron.daemon._service import DaemonService, Sampler
 from omnitron.daemon._tree import Place, TreeBuilder
@@ -45,38 +45,14 @@ def test_the_builder_maps_every_path_to_its_app_and_instance(tmp_path: Path) -> 
     }
 
 
-@contextlib.asynccontextmanager
-async def daemon(
+def daemon(
     tmp_path: Path, apps: list[dict[str, Any]]
-) -> AsyncIterator[tuple[Orchestrator, DaemonService]]:
-    ecosystem = define_ecosystem(project="real", apps=apps, base_dir=tmp_path)
-
+) -> contextlib.AbstractAsyncContextManager[tuple[Orchestrator, DaemonService]]:
     def changed() -> None:
         CHANGED[0].set()
         CHANGED[0] = trio.Event()
 
-    orchestrator = Orchestrator(
-        ecosystem,
-        home=tmp_path,
-        logs=LogCollector(tmp_path / "logs"),
-        subreaper=False,
-        on_change=changed,
-    )
-    service = DaemonService(
-        orchestrator,
-        home=tmp_path,
-        config_path=tmp_path / "omnitron.toml",
-        stack=None,
-        request_shutdown=lambda: None,
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(orchestrator.run)
-        try:
-            yield orchestrator, service
-        finally:
-            with trio.CancelScope(shield=True), trio.fail_after(WAIT):
-                await orchestrator.stop_everything()
-            nursery.cancel_scope.cancel()
+    return open_orchestrator(tmp_path, apps, on_change=changed)
 
 
 CHANGED = [trio.Event()]

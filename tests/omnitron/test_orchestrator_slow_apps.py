@@ -14,16 +14,15 @@ commands on real processes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from orchestrator_harness import open_orchestrator
 
-from omnitron.config import AppConfig, define_ecosystem
-from omnitron.daemon._logs import LogCollector
+from omnitron.config import AppConfig
 from omnitron.daemon._orchestrator import Orchestrator
 from omnitron.daemon._service import DaemonService
 from omnitron.state import AppStatus, DesiredStatus
@@ -37,33 +36,13 @@ def app(name: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "command": ["true"], **extra}
 
 
-@contextlib.asynccontextmanager
-async def running(
+def running(
     tmp_path: Path, apps: list[dict[str, Any]], fakes: dict[str, FakeChild]
-) -> AsyncIterator[tuple[Orchestrator, DaemonService]]:
-    ecosystem = define_ecosystem(project="slow", apps=apps, base_dir=tmp_path)
-
+) -> contextlib.AbstractAsyncContextManager[tuple[Orchestrator, DaemonService]]:
     def leaf(config: AppConfig, index: int) -> FakeChild:
         return fakes[config.name]
 
-    orchestrator = Orchestrator(
-        ecosystem,
-        home=tmp_path,
-        logs=LogCollector(tmp_path / "logs"),
-        subreaper=False,
-        leaf=leaf,
-    )
-    service = DaemonService(
-        orchestrator,
-        home=tmp_path,
-        config_path=tmp_path / "omnitron.toml",
-        stack=None,
-        request_shutdown=lambda: None,
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(orchestrator.run)
-        yield orchestrator, service
-        nursery.cancel_scope.cancel()
+    return open_orchestrator(tmp_path, apps, leaf=leaf)
 
 
 def statuses(status: dict[str, Any]) -> dict[str, str]:
