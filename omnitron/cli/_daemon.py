@@ -119,8 +119,7 @@ def up(
     assert source is not None
     count = len(ecosystem.apps)
     cli.note(f"config: {source} ({count} app{'s' if count != 1 else ''})")
-    for warning in ecosystem.warnings:
-        cli.note(f"warning: {warning}")
+    _config.warn(cli, ecosystem)
 
     home = _home(cli)
     running = _running_daemon(home)
