@@ -230,3 +230,62 @@ def test_a_config_without_such_keys_warns_about_nothing(omnitron: Omnitron) -> N
     omnitron.write_config(BASIC)
     assert omnitron.ok("check").stderr == ""
     assert json.loads(omnitron.ok("check", "--json").stdout)["inert"] == []
+
+
+# --------------------------------------------------------------------------- the status schema
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
+TYPES: dict[str, tuple[type, ...]] = {
+    "integer": (int,),
+    "number": (int, float),
+    "string": (str,),
+    "boolean": (bool,),
+    "array": (list,),
+}
+
+
+def documented_status_schema() -> dict[str, str]:
+    """``field -> type`` from the schema table of docs/cli.md's ``status`` section."""
+    text = DOCS.read_text()
+    section = text[text.index("## `status`") : text.index("## `list`")]
+    schema = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`") and cells[1] not in ("type", "---"):
+            for field in cells[0].split(", "):
+                schema[field.strip("`")] = cells[1]
+    return schema
+
+
+def check_value(field: str, value: object, kind: str) -> None:
+    allowed = TYPES[kind.removesuffix(" or null")]
+    if kind.endswith(" or null") and value is None:
+        return
+    assert isinstance(value, allowed), (field, value, kind)
+    if bool not in allowed:
+        assert not isinstance(value, bool), (field, value, kind)
+
+
+def test_status_json_matches_its_documented_schema(running: Omnitron) -> None:
+    schema = documented_status_schema()
+    assert "processes[].memory" in schema
+    running.ok("stop", "notifier")  # a process that is not running, too
+    report = json.loads(running.run("--json", "status").stdout)
+    seen = set()
+
+    def walk(record: dict[str, object], prefix: str) -> None:
+        for name, value in record.items():
+            field = f"{prefix}{name}"
+            assert field in schema, f"{field} is not documented in docs/cli.md"
+            check_value(field, value, schema[field])
+            seen.add(field)
+
+    walk(report["daemon"], "daemon.")
+    assert isinstance(report["apps"], list)
+    seen.add("apps")
+    for app in report["apps"]:
+        walk({k: v for k, v in app.items()}, "apps[].")
+        for process in app["processes"]:
+            walk(process, "processes[].")
+    assert set(schema) == seen | {"apps"}
+    assert set(report) == {"daemon", "apps"}
