@@ -204,3 +204,12 @@ def test_restart_policy_and_overrides_take_their_defaults_from_elsewhere(tmp_pat
         max_restarts=9, window=7.0, backoff=BackoffConfig()
     )
     assert ecosystem.stacks["dev"].overrides["api"] == StackAppOverride(enabled=False)
+
+
+def test_define_ecosystem_takes_every_top_level_key() -> None:
+    import inspect
+
+    parameters = list(inspect.signature(define_ecosystem).parameters)
+    assert [name for name in parameters if name not in ("base_dir", "environ")] == list(
+        keys_of(Ecosystem)
+    )
