@@ -37,7 +37,7 @@ from supervision import events as ev
 
 from ..config import AppConfig, Ecosystem, EcosystemDiff, diff_ecosystems
 from ..state import AppMode, AppState, DaemonState, DesiredStatus, ProcessIdentity, ProcessState
-from ._errors import AppNotFound, AppStartFailed, DaemonBusy, InvalidRequest
+from ._errors import AppNotFound, AppStartFailed, DaemonBusy, RequestRefused, UnsupportedApp
 from ._logs import LogCollector
 from ._records import (
     AppEvent,
@@ -49,7 +49,7 @@ from ._records import (
     intend,
     remember,
 )
-from ._tree import TreeBuilder, UnsupportedApp
+from ._tree import TreeBuilder
 
 __all__ = ["AppRecord", "Orchestrator", "ProcessRecord"]
 
@@ -257,7 +257,7 @@ class Orchestrator:
             record = self.apps.get(name)
             if record is None or record.desired is DesiredStatus.STOPPED or record.crashed:
                 continue  # stopped (or removed) while the apps before it started
-            with contextlib.suppress(AppStartFailed, InvalidRequest):
+            with contextlib.suppress(AppStartFailed, RequestRefused):
                 await self._start_one(name, launch=True)
 
     def _root_gave_up(self, reason: str) -> None:
@@ -415,7 +415,7 @@ class Orchestrator:
                     spec = self._builder.app(record.config, record.instances)
                 except UnsupportedApp as exc:
                     self._give_up_on(name, str(exc))
-                    raise InvalidRequest(str(exc)) from None
+                    raise RequestRefused(str(exc)) from None
             if self._stopped(name):
                 return False  # stopped while this call waited for the tree
             try:
@@ -514,7 +514,7 @@ class Orchestrator:
     async def scale(self, name: str, instances: int) -> int:
         """Set the number of processes of an app; returns the previous number."""
         if not 1 <= instances <= 1024:
-            raise InvalidRequest(f"instances must be within 1..1024, got {instances}")
+            raise RequestRefused(f"instances must be within 1..1024, got {instances}")
         self.record(name)
         async with self._lock(name):
             record = self.record(name)
@@ -584,7 +584,7 @@ class Orchestrator:
         diff = diff_ecosystems(self.ecosystem, new)
         frozen = [s for s in diff.settings if s.path.split(".")[0] in {"project", "supervision"}]
         if frozen:
-            raise InvalidRequest(
+            raise RequestRefused(
                 "these settings take effect only when the daemon restarts (omnitron down; "
                 "omnitron up): " + ", ".join(str(s) for s in frozen)
             )

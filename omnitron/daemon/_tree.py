@@ -43,6 +43,7 @@ from supervision import (
 from ..config import AppConfig, Ecosystem, ReadyKind
 from ..config import Restart as ConfigRestart
 from ..config import Strategy as ConfigStrategy
+from ._errors import UnsupportedApp
 
 __all__ = [
     "ENV_APP",
@@ -94,10 +95,6 @@ class Place:
 
     app: str
     instance: int | None = None
-
-
-class UnsupportedApp(Exception):
-    """The app cannot be run by this daemon (the message says why)."""
 
 
 def _ready(app: AppConfig) -> Ready:
