@@ -919,4 +919,3 @@ async def test_a_full_trusted_plane_evicts_the_idlest_connection(sock_path: Path
         assert (await second.call(2, "daemon.ping"))[3] == {"pong": True}
         await trio.testing.wait_all_tasks_blocked()
         assert srv.statistics().connections == 2
-
