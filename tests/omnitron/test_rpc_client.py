@@ -300,7 +300,7 @@ async def test_local_request_checks(server: object, sock_path: Path) -> None:
 
 
 async def test_connection_level_busy_is_raised_by_the_call(sock_path: Path) -> None:
-    options = ServerOptions(max_connections=1, idle_timeout=None)
+    options = ServerOptions(max_connections=1, reserved_connections=0, idle_timeout=None)
     async with (
         open_unix_server(sock_path, make_dispatcher(trio.Event(), trio.Event()), options=options),
         connect_unix(sock_path) as first,
@@ -518,7 +518,7 @@ async def test_sync_client_reports_busy_even_if_the_server_already_hung_up(
     sock_path: Path, server_hung_up_first: bool
 ) -> None:
     """A refused connection says BUSY, whether our write came before or after the close."""
-    options = ServerOptions(max_connections=1, idle_timeout=None)
+    options = ServerOptions(max_connections=1, reserved_connections=0, idle_timeout=None)
     async with (
         open_unix_server(
             sock_path, make_dispatcher(trio.Event(), trio.Event()), options=options
@@ -539,7 +539,7 @@ async def test_sync_client_reports_busy_even_if_the_server_already_hung_up(
 
 
 async def test_async_client_prefers_the_parting_error_to_a_broken_pipe(sock_path: Path) -> None:
-    options = ServerOptions(max_connections=1, idle_timeout=None)
+    options = ServerOptions(max_connections=1, reserved_connections=0, idle_timeout=None)
     async with (
         open_unix_server(
             sock_path, make_dispatcher(trio.Event(), trio.Event()), options=options
