@@ -75,6 +75,8 @@ EVICTION_LOG_INTERVAL: Final = 10.0
 RESERVE_DEADLINE: Final = 1.0
 """Seconds a reserve connection may take to send its request, and may then stay idle."""
 RESERVED_METHODS: Final = frozenset({"daemon.ping", "daemon.status", "daemon.shutdown"})
+OUTBOX_HIGH_WATER: Final = 64 * 1024
+"""Bytes queued for the writer beyond which a sender waits for its frame to be written."""
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
@@ -466,6 +468,7 @@ class _Connection:
             self._allowed = options.reserved_methods
         # The writer's state: frames waiting, the batch they will leave in.
         self._outbox: list[bytes] = []
+        self._outbox_bytes = 0
         self._batch = _Batch()
         self._writer_wakeup = trio.Event()
         self._reading_done = False
@@ -710,18 +713,24 @@ class _Connection:
 
     # ------------------------------------------------------------------ writing
 
-    async def send(self, frame: bytes) -> bool:
-        """Write one frame; ``False`` if the connection is gone (never raises for that).
+    async def send(self, frame: bytes, *, flush: bool = False) -> bool:
+        """Queue one frame for the writer; ``False`` if the connection is gone.
 
-        The frame joins the writer's next batch; this returns once that batch is
+        Never raises for a lost connection. While less than ``OUTBOX_HIGH_WATER``
+        bytes wait, this returns at once; beyond it, it waits until its batch is
         written, so a peer that stops reading holds back its senders (a stream's
-        producer, a call's in-flight slot) rather than growing a queue.
+        producer, a call's in-flight slot) rather than growing the queue. With
+        ``flush``, it always waits (a last frame before closing).
         """
         if self._closed:
             return False
         self._outbox.append(frame)
+        self._outbox_bytes += len(frame)
         batch = self._batch
         self._writer_wakeup.set()
+        if not flush and self._outbox_bytes <= OUTBOX_HIGH_WATER:
+            await trio.lowlevel.checkpoint()
+            return not self._closed
         await batch.done.wait()
         return batch.written
 
@@ -736,6 +745,7 @@ class _Connection:
                     await self._writer_wakeup.wait()
                     continue
                 frames, self._outbox = self._outbox, []
+                self._outbox_bytes = 0
                 batch, self._batch = self._batch, _Batch()
                 batch.written = await self._write(
                     frames[0] if len(frames) == 1 else b"".join(frames)
@@ -768,7 +778,7 @@ class _Connection:
     async def _send_best_effort(self, frame: bytes) -> None:
         """Send a last frame before closing, waiting at most ``REJECT_SEND_TIMEOUT``."""
         with trio.move_on_after(REJECT_SEND_TIMEOUT):
-            await self.send(frame)
+            await self.send(frame, flush=True)
 
     # ------------------------------------------------------------------ CallHost
 
