@@ -664,15 +664,19 @@ class _Connection:
             # it as soon as the reply reaches it, possibly before send() returns here.
             self.inflight.discard(request.msgid)
             released = True
-            await self.send(frame)
+            # The handler has checkpointed already; wait only past the high-water mark.
+            backlog = self._enqueue(frame)
+            if backlog is not None:
+                await backlog.done.wait()
         finally:
             if not released:
                 self.inflight.discard(request.msgid)
             self._slots.release()
             self.last_activity = trio.current_time()
             if not self.inflight:
+                # Only an idle connection has an idle deadline to (re)start.
                 self.server._mark_idle(self)
-            self._refresh_deadline()
+                self._refresh_deadline()
 
     def _reserve_refusal(self, request: Request) -> Response:
         allowed = ", ".join(sorted(self._allowed or ()))
@@ -724,15 +728,22 @@ class _Connection:
         """
         if self._closed:
             return False
-        self._outbox.append(frame)
-        self._outbox_bytes += len(frame)
-        batch = self._batch
-        self._writer_wakeup.set()
-        if not flush and self._outbox_bytes <= OUTBOX_HIGH_WATER:
+        backlog = self._enqueue(frame)
+        if backlog is None and not flush:
             await trio.lowlevel.checkpoint()
             return not self._closed
+        batch = backlog or self._batch
         await batch.done.wait()
         return batch.written
+
+    def _enqueue(self, frame: bytes) -> _Batch | None:
+        """Queue ``frame`` (unless closed); its batch if past the high-water mark."""
+        if self._closed:
+            return None
+        self._outbox.append(frame)
+        self._outbox_bytes += len(frame)
+        self._writer_wakeup.set()
+        return self._batch if self._outbox_bytes > OUTBOX_HIGH_WATER else None
 
     async def _writer(self) -> None:
         """Write whatever frames are waiting, all in one ``send_all``, until closed."""
