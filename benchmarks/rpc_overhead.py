@@ -32,7 +32,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,41 +40,48 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from daemon import (  # the sibling benchmark owns the floor and the client
-    ECHO_SERVER,
+    echo_server,
     rate_raw_window,
 )
-
-from omnitron.rpc.sync_client import connect_unix_sync
 
 RPC_SERVER = """\
 import sys, trio, structlog, logging
 from omnitron.rpc import Dispatcher, serve_unix
 
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-trio.run(serve_unix, sys.argv[1], Dispatcher())
+
+
+async def main(path):
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_unix, path, Dispatcher())
+        print("ready", flush=True)
+
+
+trio.run(main, sys.argv[1])
 """
 
 
 @contextlib.contextmanager
-def server(code: str, path: str) -> Iterator[psutil.Process]:
-    proc = subprocess.Popen([sys.executable, "-c", code, path])
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), connect_unix_sync(path, timeout=5) as client:
-                client.call("daemon.ping")
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server {path} did not start")
-            time.sleep(0.01)
-        yield psutil.Process(proc.pid)
-    finally:
-        proc.terminate()
+def rpc_server(path: str) -> Iterator[psutil.Process]:
+    """The real RPC server in a subprocess; yields once it accepts on ``path``."""
+    with subprocess.Popen(
+        [sys.executable, "-c", RPC_SERVER, path], stdout=subprocess.PIPE, text=True
+    ) as proc:
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            assert proc.stdout is not None
+            if proc.stdout.readline() != "ready\n":
+                raise RuntimeError(f"the rpc server exited with {proc.wait()}")
+            yield psutil.Process(proc.pid)
+        finally:
+            proc.terminate()
+
+
+def server_process(path: str) -> psutil.Process:
+    """The child of this process whose command line names ``path`` (the echo server)."""
+    for child in psutil.Process().children():
+        if path in child.cmdline():
+            return child
+    raise RuntimeError(f"no server process for {path}")
 
 
 def cpu(proc: psutil.Process) -> float:
@@ -94,9 +100,9 @@ def main() -> None:
     runs: dict[str, list[dict[str, float]]] = {"echo server": [], "rpc server": []}
     with tempfile.TemporaryDirectory(prefix="rpcbench-") as workdir:
         os.chmod(workdir, 0o700)
-        echo_path = os.path.join(workdir, "echo.sock")
         rpc_path = os.path.join(workdir, "rpc.sock")
-        with server(ECHO_SERVER, echo_path) as echo, server(RPC_SERVER, rpc_path) as rpc:
+        with echo_server(Path(workdir)) as echo_path, rpc_server(rpc_path) as rpc:
+            echo = server_process(echo_path)
             targets = [("echo server", echo_path, echo), ("rpc server", rpc_path, rpc)]
             for i in range(args.repeats):
                 for name, path, proc in targets if i % 2 else targets[::-1]:

@@ -473,6 +473,11 @@ class _Connection:
         self._writer_wakeup = trio.Event()
         self._reading_done = False
 
+    def _log(self, level: str, event: str, **fields: object) -> None:
+        getattr(log, level)(
+            event, address=self.server.address, transport=self.peer.transport, **fields
+        )
+
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
@@ -562,10 +567,9 @@ class _Connection:
                 # EOF. A half-sent message is dropped, never dispatched (RP-05); the
                 # peer may have only shut down its writing side, so calls still reply.
                 if self.decoder.buffered:
-                    log.info(
+                    self._log(
+                        "info",
                         "rpc_truncated_message",
-                        address=self.server.address,
-                        transport=self.peer.transport,
                         bytes=self.decoder.buffered,
                     )
                 return
@@ -588,10 +592,9 @@ class _Connection:
             # the hello deadline, never as activity that keeps an idle peer open.
             self._got_request = True
             self.server._counters.notifications_ignored += 1
-            log.debug(
+            self._log(
+                "debug",
                 "rpc_notification_ignored",
-                address=self.server.address,
-                transport=self.peer.transport,
                 method=_method_text(message.method),
             )
             return True
@@ -617,10 +620,9 @@ class _Connection:
 
     async def _protocol_error(self, exc: ProtocolError) -> None:
         self.server._counters.protocol_errors += 1
-        log.info(
+        self._log(
+            "info",
             "rpc_protocol_error",
-            address=self.server.address,
-            transport=self.peer.transport,
             code=exc.code.value,
             reason=exc.message,
         )
@@ -636,10 +638,9 @@ class _Connection:
             reason = f"message not completed within {self.options.frame_deadline:g}s"
         else:
             reason = f"idle for {self._idle_timeout:g}s"
-        log.info(
+        self._log(
+            "info",
             "rpc_connection_timeout",
-            address=self.server.address,
-            transport=self.peer.transport,
             reason=reason,
         )
         error = RemoteTimeout(f"closing the connection: {reason}")
@@ -777,10 +778,9 @@ class _Connection:
             return True
         # The peer stopped reading. A cancelled send leaves the stream unusable.
         self.server._counters.send_timeouts += 1
-        log.warning(
+        self._log(
+            "warning",
             "rpc_send_timeout",
-            address=self.server.address,
-            transport=self.peer.transport,
             timeout=self.options.send_timeout,
         )
         await self._abort()

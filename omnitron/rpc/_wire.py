@@ -480,6 +480,10 @@ def split_request(obj: object) -> tuple[int, str, dict[str, object]]:
     return msgid, method, params
 
 
+def _invalid(message: str, *, msgid: int | None = None) -> ProtocolError:
+    return ProtocolError(ErrorCode.INVALID_REQUEST, message, msgid=msgid)
+
+
 def split_client_message(obj: object) -> tuple[int, int | None, str, object]:
     """Check a message a client sent; return ``(kind, msgid, method, params)``.
 
@@ -491,63 +495,45 @@ def split_client_message(obj: object) -> tuple[int, int | None, str, object]:
         ProtocolError: ``INVALID_REQUEST``; ``msgid`` is set when it was valid.
     """
     if type(obj) is not list or not obj:
-        raise ProtocolError(ErrorCode.INVALID_REQUEST, "a message must be a non-empty array")
+        raise _invalid("a message must be a non-empty array")
     kind = obj[0]
     if type(kind) is not int or kind not in (REQUEST, RESPONSE, NOTIFICATION):
-        raise ProtocolError(
-            ErrorCode.INVALID_REQUEST, "a message must start with its type: 0, 1 or 2"
-        )
+        raise _invalid("a message must start with its type: 0, 1 or 2")
     if kind == NOTIFICATION:
         if len(obj) != 3:
-            raise ProtocolError(
-                ErrorCode.INVALID_REQUEST,
-                f"a notification has 3 items [2, method, params], got {len(obj)}",
-            )
+            raise _invalid(f"a notification has 3 items [2, method, params], got {len(obj)}")
         _, method, raw = obj
         if type(method) is bytes and len(method) <= NAME_MAX:
             # Some clients send their method names as msgpack bin (pynvim's own
             # client-info notification does); nothing acts on the name anyway.
             method = method.decode("utf-8", "replace")
         if type(method) is not str:
-            raise ProtocolError(
-                ErrorCode.INVALID_REQUEST,
-                f"notification method must be a string, got {describe(method)}",
-            )
+            raise _invalid(f"notification method must be a string, got {describe(method)}")
         if type(raw) is not list:
-            raise ProtocolError(
-                ErrorCode.INVALID_REQUEST,
-                f"notification params must be an array, got {describe(raw)}",
-            )
+            raise _invalid(f"notification params must be an array, got {describe(raw)}")
         return NOTIFICATION, None, method, raw
     if kind != REQUEST:
-        raise ProtocolError(
-            ErrorCode.INVALID_REQUEST,
+        raise _invalid(
             "a client sends requests ([0, msgid, method, params]) or notifications "
-            "([2, method, params]), not responses",
+            "([2, method, params]), not responses"
         )
     if len(obj) != 4:
         msgid = obj[1] if len(obj) > 1 and _valid_msgid(obj[1]) else None
-        raise ProtocolError(
-            ErrorCode.INVALID_REQUEST,
+        raise _invalid(
             f"a request has 4 items [0, msgid, method, params], got {len(obj)}",
             msgid=msgid,
         )
     _, msgid, method, params = obj
     if not _valid_msgid(msgid):
-        raise ProtocolError(
-            ErrorCode.INVALID_REQUEST,
-            f"msgid must be an integer in [0, 2**32), got {describe(msgid)}",
-        )
+        raise _invalid(f"msgid must be an integer in [0, 2**32), got {describe(msgid)}")
     if type(method) is not str:
-        raise ProtocolError(
-            ErrorCode.INVALID_REQUEST,
+        raise _invalid(
             f"method must be a string, got {describe(method)}",
             msgid=msgid,
         )
     named = split_params(params)
     if named is None:
-        raise ProtocolError(
-            ErrorCode.INVALID_REQUEST,
+        raise _invalid(
             f"params must be an array holding one map of named arguments, got {describe(params)}",
             msgid=msgid,
         )

@@ -12,8 +12,6 @@ fail on a megabyte per connection or a leak per cycle, never on noise.
 from __future__ import annotations
 
 import functools
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,11 +58,8 @@ sys.stdin.read()
 
 @pytest.fixture
 def sock_path() -> Iterator[Path]:
-    directory = tempfile.mkdtemp(prefix="omc-", dir="/tmp")
-    try:
-        yield Path(directory) / "d.sock"
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="omcap-", dir="/tmp") as directory:
+        yield Path(directory, "d.sock")  # mkdtemp makes it 0700, as the server requires
 
 
 def test_a_decoder_holds_no_msgpack_buffer_unless_a_message_is_partial() -> None:
@@ -121,7 +116,6 @@ async def test_held_connections_and_connect_close_cycles_cost_bounded_memory(
     reconnecting clients by hundreds of MB (cycles kept decoders alive until the
     cyclic GC ran, and freed megabyte buffers fragmented the heap).
     """
-    os.chmod(sock_path.parent, 0o700)
     options = ServerOptions(evict_idle=True)
     process = psutil.Process()
     with trio.fail_after(WAIT):
