@@ -684,6 +684,21 @@ async def test_client_notifications_get_no_reply_and_keep_the_connection(
     assert "nvim_set_client_info" in ignored[0]["method"]
 
 
+async def test_a_storm_of_evictions_is_logged_as_a_count_not_a_line_each(
+    sock_path: Path,
+) -> None:
+    """A storm must not become a flood of log writes slowing the accept loop."""
+    options = ServerOptions(max_connections=1, idle_timeout=None, evict_idle=True)
+    async with open_unix_server(sock_path, make_dispatcher(), options=options) as srv:
+        with capture_logs() as logs:
+            for _ in range(5):
+                raw = await Raw.connect(sock_path)
+                assert (await raw.call(1, "daemon.ping"))[3] == {"pong": True}
+        assert srv.statistics().evicted_idle == 4
+    evicted = [e for e in logs if e["event"] == "rpc_idle_connections_evicted"]
+    assert [(e["count"], e["total"]) for e in evicted] == [(1, 1)]
+
+
 async def test_in_flight_cap_applies_back_pressure(sock_path: Path) -> None:
     """RP-19: 40 pipelined calls, 32 run at once; the rest wait; all are answered."""
     gate = Gate()
