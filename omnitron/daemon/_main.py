@@ -29,7 +29,7 @@ import attrs
 import structlog
 import trio
 
-from ..config import load_config
+from ..config import DaemonDeath, load_config
 from ..rpc import ServerOptions, serve_unix
 from ..state import Home, StateStore, load_state, open_persistence, open_pid_lock
 from ._errors import DaemonBusy
@@ -37,6 +37,7 @@ from ._leftovers import find_leftovers, terminate_leftovers
 from ._logging import configure_logging
 from ._logs import LogCollector
 from ._orchestrator import Orchestrator
+from ._sentinel import open_sentinel
 from ._service import DaemonService, build_dispatcher
 from ._systemd import notify
 
@@ -148,6 +149,7 @@ async def run_daemon(options: DaemonOptions) -> int:
 
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with (
+                _on_daemon_death(ecosystem.supervision.on_daemon_death, home),
                 open_persistence(store, orchestrator.snapshot),
                 trio.open_nursery() as nursery,
             ):
@@ -178,6 +180,15 @@ async def run_daemon(options: DaemonOptions) -> int:
         # The daemon log has it too, but whoever started us reads stderr first.
         print(f"omnitron: daemon stopped: {shutdown.reason}", file=sys.stderr)
     return shutdown.exit_code
+
+
+def _on_daemon_death(
+    choice: DaemonDeath, home: Home
+) -> contextlib.AbstractAsyncContextManager[None]:
+    """A sentinel stops the apps if this daemon dies (``stop``); ``keep`` leaves them."""
+    if choice is DaemonDeath.STOP:
+        return open_sentinel(home.path)
+    return contextlib.nullcontext()
 
 
 async def _clean_up_after_predecessor(home: Home) -> None:
