@@ -8,6 +8,7 @@ admins.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -152,6 +153,16 @@ class _View:
         return cls(record, samples, app, tuple(processes))
 
 
+@attrs.frozen
+class _Listing:
+    """The last ``apps()`` result and what it was built from."""
+
+    millisecond: int
+    samples: dict[int, tuple[float, int]]
+    records: tuple[AppRecord, ...]
+    apps: list[dict[str, Any]]
+
+
 class DaemonService:
     """Everything the RPC handlers need from the running daemon.
 
@@ -188,6 +199,7 @@ class DaemonService:
         self._health = health
         self.sampler = Sampler(self._pids, interval=sample_interval)
         self._views: dict[str, _View] = {}
+        self._listing: _Listing | None = None
         self._started = time.monotonic()
 
     def _pids(self) -> list[int]:
@@ -231,11 +243,28 @@ class DaemonService:
         }
 
     def apps(self) -> list[dict[str, Any]]:
-        """Every app with its processes."""
+        """Every app with its processes (a list shared by the calls of one millisecond).
+
+        Uptimes are given to the millisecond, so within the same millisecond of
+        Trio's clock, with the same records and sample, the list is the same: it is
+        built once and not to be modified by callers.
+        """
         samples, now, records = self.sampler.samples, trio.current_time(), self.orchestrator.apps
+        millisecond = math.floor(now * 1000)
+        listing = self._listing
+        if (
+            listing is not None
+            and listing.millisecond == millisecond
+            and listing.samples is samples
+            and len(listing.records) == len(records)
+            and all(a is b for a, b in zip(listing.records, records.values(), strict=True))
+        ):
+            return listing.apps
         if len(self._views) > len(records):  # apps removed by a reload
             self._views = {name: v for name, v in self._views.items() if name in records}
-        return [self._app(record, samples, now) for record in records.values()]
+        apps = [self._app(record, samples, now) for record in records.values()]
+        self._listing = _Listing(millisecond, samples, tuple(records.values()), apps)
+        return apps
 
     def _app(
         self, record: AppRecord, samples: dict[int, tuple[float, int]], now: float

@@ -16,11 +16,12 @@ import trio
 import trio.testing
 from orchestrator_harness import open_orchestrator
 
-from omnitron.config import define_ecosystem
+from omnitron.config import AppConfig, define_ecosystem
 from omnitron.daemon._orchestrator import Orchestrator
 from omnitron.daemon._service import DaemonService, Sampler
 from omnitron.daemon._tree import Place, TreeBuilder
 from omnitron.state import AppStatus, DesiredStatus
+from supervision.testing import FakeChild
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -203,3 +204,39 @@ async def test_commands_answer_while_a_real_app_is_slow(tmp_path: Path) -> None:
         with trio.fail_after(5):  # far below flaky's 30 s backoff
             assert await orchestrator.stop("flaky") == ["flaky"]
         assert orchestrator.apps["flaky"].status is AppStatus.STOPPED
+
+
+async def test_status_is_built_once_per_millisecond_and_change(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Within one millisecond, with the same records and sample, status is not rebuilt;
+    any change, or the next millisecond, gives a fresh one."""
+    fakes = {"web": FakeChild(), "db": FakeChild()}
+
+    def leaf(config: AppConfig, index: int) -> FakeChild:
+        return fakes[config.name]
+
+    apps = [{"name": "web", "command": ["true"]}, {"name": "db", "command": ["true"]}]
+    async with open_orchestrator(tmp_path, apps, leaf=leaf) as (orchestrator, service):
+        await trio.sleep(1)
+        first = (await service.status())["apps"]
+        assert (await service.status())["apps"] is first
+        assert [p["uptime"] for a in first for p in a["processes"]] == [1.0, 1.0]
+
+        await trio.sleep(0.0005)  # the same millisecond
+        assert (await service.status())["apps"] is first
+        await trio.sleep(0.0015)
+        later = (await service.status())["apps"]
+        assert [p["uptime"] for a in later for p in a["processes"]] == [1.002, 1.002]
+
+        await orchestrator.stop("db")  # a record changes: rebuilt at once
+        stopped = (await service.status())["apps"]
+        assert [a["status"] for a in stopped] == ["online", "stopped"]
+
+        service.sampler.samples = {fakes["web"].pids[-1]: (12.5, 4096)}  # a new sample
+        [web, _db] = (await service.status())["apps"]
+        assert (web["processes"][0]["cpu"], web["processes"][0]["memory"]) == (12.5, 4096)
+        # get_app and inspect hand out their own copies.
+        app = await service.get_app("web")
+        app["spec"] = "mine"
+        assert "spec" not in (await service.get_app("web"))
