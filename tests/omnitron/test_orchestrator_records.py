@@ -96,6 +96,10 @@ def pool(event: type[ev.Event], t: float = 0.0, **fields: Any) -> tuple[None, ev
     return None, event(path=POOL, timestamp=1000 + t, monotonic=t, **fields)
 
 
+BOTH_UP = [started(0, 101), ready(0, 101), started(1, 102), ready(1, 102)]
+"""Instances 0 and 1 spawned and ready, as pids 101 and 102."""
+
+
 def kinds(record: AppRecord) -> list[tuple[EventKind, int | None]]:
     return [(e.kind, e.instance) for e in record.events]
 
@@ -198,10 +202,7 @@ def test_a_pool_past_its_restart_limit_is_given_up_on(config: AppConfig) -> None
     record = feed(
         AppRecord(config=config, instances=2),
         [
-            started(0, 101),
-            ready(0, 101),
-            started(1, 102),
-            ready(1, 102),
+            *BOTH_UP,
             exited(0, 101, ExitStatus.killed(9)),
             restarting(0, 0.5),
             stopped(1, 102),  # the pool stops the others when it gives up
@@ -271,10 +272,7 @@ def test_stopping_the_pool_stops_processes_waiting_for_a_restart(config: AppConf
     record = feed(
         AppRecord(config=config, instances=2),
         [
-            started(0, 101),
-            ready(0, 101),
-            started(1, 102),
-            ready(1, 102),
+            *BOTH_UP,
             exited(0, 101, ExitStatus.exited(2)),
             restarting(0, 30.0),
             stopped(1, 102),
@@ -293,10 +291,7 @@ def test_a_fresh_pool_forgets_the_processes_of_the_last_one(config: AppConfig) -
     record = feed(
         AppRecord(config=config, instances=2),
         [
-            started(0, 101),
-            ready(0, 101),
-            started(1, 102),
-            ready(1, 102),
+            *BOTH_UP,
             stopped(1, 102),
             stopped(0, 101),
             pool(ev.ChildStopped),
