@@ -471,6 +471,12 @@ class _Engine:
         for slot in self.slots:
             slot.restart_at = -math.inf
         while not self._shutdown and self._gave_up is None:
+            # Checked after every message: a tree whose children are all ready is
+            # handed out at once, even if an exit is already waiting behind the
+            # last "ready".
+            if not self._started and self._settled():
+                self._started = True
+                task_status.started(self.handle)
             # Whatever has arrived is served before the next start: a call is never
             # starved by a child that keeps failing to start (OTP-9549).
             try:
@@ -478,9 +484,6 @@ class _Engine:
             except trio.WouldBlock:
                 message = None
             if message is None:
-                if not self._started and self._settled():
-                    self._started = True
-                    task_status.started(self.handle)
                 due = self._next_due()
                 if due is not None:
                     self._begin_start(due)
