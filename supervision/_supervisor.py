@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from ._process import ProcessHost
+    from ._host import ProcessHost
 
 T = TypeVar("T")
 
@@ -837,7 +837,7 @@ async def run_supervisor(
         raise InvalidSpecType(
             f"run_supervisor: expected a SupervisorSpec, got {type(spec).__name__}"
         )
-    from ._process import open_process_host
+    from ._host import open_process_host
 
     async with open_process_host(subreaper=subreaper) as host:
         broadcaster = Broadcaster((spec.name,), observer=observer)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from supervision._errors import SpawnError, StartFailure
-from supervision._process import MARKER_ENV, _spawn_error
+from supervision._procfs import MARKER_ENV
+from supervision._spawn import _spawn_error
 from supervision._spec import Listen, Output, ProcessChild, Ready
 
 CHILDREN = Path(__file__).resolve().parent.parent / "fixtures" / "children"

@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from supervision._exit import ExitStatus
-from supervision._process import _kill_targets, _Target
+from supervision._procfs import _kill_targets, _Target
 from supervision._runner import StopReport
 from supervision._spec import Output, ProcessChild, Ready
 
@@ -214,7 +214,7 @@ async def test_without_pidfd(slots, child, lines, monkeypatch, process_state, wa
     # Kernels before 5.3: a worker thread waits with WNOWAIT (the leader stays
     # unreaped, so its group id stays ours), escapees are killed after a
     # start-time check.
-    monkeypatch.setattr("supervision._process._HAVE_PIDFD", False)
+    monkeypatch.setattr("supervision._procfs._HAVE_PIDFD", False)
     slot = slots.new(ProcessChild(child("exit_with", 3)))
     await slot.start()
     assert (await slot.exited()).code == 3
