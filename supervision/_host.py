@@ -22,13 +22,23 @@ import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import Final, NamedTuple
+from typing import Final
 
 import attrs
 import trio
 
 from ._groups import raise_collapsed as _raise_collapsed
-from ._procfs import MARKER_ENV, _kill_targets, _marker_value, _pin, _process_table, _Target
+from ._procfs import (
+    PinnedProcess,
+    _children,
+    _kill_pinned,
+    _marker_value,
+    _pin_entry,
+    _process_table,
+    _read_stat,
+    _Stat,
+    _watched_pids,
+)
 
 __all__ = ["HostStatistics", "ProcessHost", "open_process_host"]
 
@@ -37,8 +47,8 @@ _log = logging.getLogger("supervision.process")
 _PR_SET_CHILD_SUBREAPER: Final = 36
 _PR_GET_CHILD_SUBREAPER: Final = 37
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_UNKNOWN_ZOMBIE_GRACE: Final = 1.0
 _SWEEP_COALESCE: Final = 0.02
+_UNKNOWN_ZOMBIE_GRACE: Final = 1.0
 
 
 def _prctl_subreaper(value: int | None) -> int:
@@ -55,28 +65,6 @@ def _prctl_subreaper(value: int | None) -> int:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl(child subreaper): {os.strerror(err)}")
     return current.value if value is None else value
-
-
-class _ChildEntry(NamedTuple):
-    pid: int
-    state: str
-    pgid: int
-    sid: int
-    starttime: int
-    child_id: str | None  # the host's marker it carries (never known for a zombie)
-
-
-def _host_children(host_pid: int, managed: frozenset[int], prefix: bytes) -> list[_ChildEntry]:
-    """The host's unmanaged children (runs in a worker thread)."""
-    result = []
-    for entry in _process_table().values():
-        if entry.ppid != host_pid or entry.pid in managed:
-            continue
-        child_id = None if entry.state == "Z" else _marker_value(entry.pid, prefix)
-        result.append(
-            _ChildEntry(entry.pid, entry.state, entry.pgid, entry.sid, entry.starttime, child_id)
-        )
-    return result
 
 
 @attrs.frozen
@@ -100,14 +88,19 @@ class ProcessHost:
     Build it with :func:`open_process_host` (once per process: the subreaper flag
     and the ``SIGCHLD`` handler are process-wide).
 
-    As a subreaper, the host reaps (by pid, never ``waitpid(-1)``) the zombies
-    among its children that descend from managed children: those it saw alive
-    with one of its markers, those in a managed child's session, and those the
-    runners were killing. A zombie's environment can no longer be read, so an
-    unrecognised zombie in a session other than the host's own is reaped only
-    after it stayed unreaped for a second: children that other code of this
-    process spawns are left to their owners, provided the owners wait for them
-    promptly (``trio.run_process`` and ``Popen.wait`` do).
+    As a subreaper, the host reaps (by pid, never ``waitpid(-1)``) only the
+    zombies among its children that it knows descend from managed children:
+    those it saw alive with one of its markers, those in a managed child's
+    session or group, and those the runners were killing. A child of this
+    process that other code watches through a pidfd (``trio.run_process``,
+    ``trio.lowlevel.open_process``), or that is in this process's own session,
+    is never reaped: it keeps its exit status however late it is waited for.
+    A zombie of unknown origin outside that session that nobody watches is
+    reaped after a second (an orphan that died before it could be identified).
+
+    It learns of its children from ``/proc/self/task/*/children`` once per burst
+    of ``SIGCHLD`` (never by reading every process), and reads ``/proc`` only
+    for children it has not classified yet.
 
     Attributes:
         spawn_lock: Held across spawn and registration, and by the orphan reaper
@@ -121,17 +114,21 @@ class ProcessHost:
         self._runtime_dir: str | None = None
         self._token = token
         self._devnull = devnull
-        self._prefix = f"{MARKER_ENV}={token}.".encode()
+        self._prefix = f"{token}.".encode()
         self._ids = itertools.count(1)
         self._managed: set[int] = set()
-        self._sessions: set[int] = set()
-        self._orphans: dict[int, int] = {}  # pid -> sweep number when learnt
+        self._sessions: dict[int, str] = {}  # managed session/group id -> child id
+        # Children of this process known to descend from managed children:
+        # pid -> (start ticks, child id if known, sweep number when learnt).
+        self._owned: dict[int, tuple[int, str | None, int]] = {}
+        self._foreign: dict[int, int] = {}  # other code's children: pid -> start ticks
+        # Zombies of unknown origin nobody here watches: pid -> (start ticks, first seen).
+        self._unknown: dict[int, tuple[int, float]] = {}
+        self._own_sid = os.getsid(0)
         self._sweeps = 0
         self._orphans_reaped = 0
-        self._unknown: dict[int, tuple[int, float]] = {}  # pid -> (starttime, first seen)
         self._nursery: trio.Nursery | None = None
-        self._own_sid = os.getsid(0)
-        # Slots whose generation ended by itself: child id -> (start time of the
+        # Slots whose generation ended by itself: child id -> (start ticks of the
         # slot's current leader, None when it has none; sweep number when listed).
         self._crashed: dict[str, tuple[Callable[[], int | None], int]] = {}
 
@@ -182,10 +179,11 @@ class ProcessHost:
     def socket_path(self, child_id: str) -> str:
         return os.path.join(self.runtime_dir, f"{child_id.rsplit('.', 1)[-1]}.sock")
 
-    def register(self, pid: int) -> None:
+    def register(self, pid: int, child_id: str) -> None:
+        """Record a just-spawned managed child (it leads its own session)."""
         self._managed.add(pid)
         if self._subreaper:
-            self._sessions.add(pid)  # each child leads its own session
+            self._sessions[pid] = child_id
 
     def unregister(self, pid: int) -> None:
         self._managed.discard(pid)
@@ -206,16 +204,70 @@ class ProcessHost:
         """Have the next sweep kill what a slot's ended generation left behind.
 
         Its escaped descendants are orphans reparented here, recognised by their
-        marker; they are found by the same scan of every process that reaps
-        orphans, at most one per :data:`_SWEEP_COALESCE`, off the restart path.
+        marker or session; the orphan reaper finds them (at most one sweep per
+        :data:`_SWEEP_COALESCE`), off the restart path.
         """
         if self._subreaper:
             self._crashed[child_id] = (current_leader, self._sweeps)
 
-    def expect_orphans(self, pids: Iterable[int]) -> None:
+    def expect_orphans(self, pids: Iterable[tuple[int, int]], child_id: str) -> None:
+        """Record ``(pid, start ticks)`` of descendants of ``child_id`` being killed.
+
+        If they are reparented here, they are reaped, whatever their session.
+        """
         if self._subreaper:
-            for pid in pids:
-                self._orphans[pid] = self._sweeps
+            for pid, ticks in pids:
+                self._owned[pid] = (ticks, child_id, self._sweeps)
+
+    def claimed_by(self, child_id: str, leader_ticks: int) -> list[tuple[int, int]]:
+        """This process's children that belong with ``child_id``: ``(pid, start ticks)``.
+
+        Those known to be its (marker, session, group, or seen killed with it),
+        and those no code of this process is watching that started after the
+        slot's leader and left this process's session: processes reparented
+        here after a double fork that wiped their environment. Blocking (reads
+        ``/proc``); empty unless the host is a subreaper.
+        """
+        if not self._subreaper:
+            return []
+        own_sid = os.getsid(0)
+        claimed: list[tuple[int, int]] = []
+        unknown: list[_Stat] = []
+        for entry in self._unmanaged_children():
+            if entry.zombie:
+                continue
+            owned = self._owned.get(entry.pid)
+            if owned is not None and owned[0] == entry.ticks:
+                if owned[1] == child_id:
+                    claimed.append((entry.pid, entry.ticks))
+                continue
+            if self._sessions.get(entry.sid) == child_id or self._sessions.get(entry.pgid) == (
+                child_id
+            ):
+                claimed.append((entry.pid, entry.ticks))
+                continue
+            marker = _marker_value(entry.pid, self._prefix)
+            if marker == child_id:
+                claimed.append((entry.pid, entry.ticks))
+            elif marker is None and entry.sid != own_sid and entry.ticks >= leader_ticks:
+                unknown.append(entry)
+        if unknown:
+            watched = _watched_pids()
+            claimed += [(e.pid, e.ticks) for e in unknown if e.pid not in watched]
+        return claimed
+
+    def _unmanaged_children(self) -> list[_Stat]:
+        pids = _children(os.getpid())
+        if pids is None:
+            me = os.getpid()
+            return [
+                e for e in _process_table().values() if e.ppid == me and e.pid not in self._managed
+            ]
+        entries = []
+        for pid in pids:
+            if pid not in self._managed and (entry := _read_stat(pid)) is not None:
+                entries.append(entry)
+        return entries
 
     # -- the orphan reaper (subreaper only)
 
@@ -226,67 +278,84 @@ class ProcessHost:
             task_status.started()
             while True:
                 await self._sweep()
-                # Wake on the next SIGCHLD, or when an unrecognised zombie's grace ends.
+                # Wake on the next SIGCHLD, or when an unknown zombie's grace ends.
                 deadline = min(
                     (seen + _UNKNOWN_ZOMBIE_GRACE for _, seen in self._unknown.values()),
                     default=math.inf,
                 )
                 with trio.move_on_at(deadline):
                     await signals.__anext__()
-                # A sweep reads every process's stat: during a burst of exits (a
-                # restart storm), coalesce the signals instead of sweeping per exit.
+                # During a burst of exits (a restart storm), the signals that come
+                # while it waits make one sweep, not one per exit.
                 await trio.sleep(_SWEEP_COALESCE)
 
     async def _sweep(self) -> None:
         self._sweeps += 1
         sweep = self._sweeps
-        entries = await trio.to_thread.run_sync(
-            _host_children, os.getpid(), frozenset(self._managed), self._prefix
-        )
-        doomed: list[_ChildEntry] = []
+        doomed: list[_Stat] = []
         busy: set[str] = set()
         async with self.spawn_lock:
+            # A few reads of small files (the children lists, then only children
+            # not classified yet): cheap enough for the loop, and no thread hop.
+            entries = self._unmanaged_children()
             now = trio.current_time()
-            seen: set[int] = set()
+            owned: dict[int, tuple[int, str | None, int]] = {}
+            foreign: dict[int, int] = {}
             unknown: dict[int, tuple[int, float]] = {}
+            watched: set[int] | None = None
             for entry in entries:
-                if entry.pid in self._managed:
+                mine = self._owned.get(entry.pid)
+                if mine is not None and mine[0] != entry.ticks:
+                    mine = None  # the pid was recycled
+                child_id = mine[1] if mine is not None else None
+                session = self._sessions.get(entry.sid) or self._sessions.get(entry.pgid)
+                if self._foreign.get(entry.pid) == entry.ticks:
+                    foreign[entry.pid] = entry.ticks  # other code's: never ours
                     continue
-                ours = (
-                    entry.child_id is not None
-                    or entry.pid in self._orphans
-                    or entry.sid in self._sessions
-                    or entry.pgid in self._sessions
-                )
-                if not ours and entry.state == "Z" and entry.sid != self._own_sid:
-                    # A zombie whose marker can no longer be read: a descendant that
-                    # died just before being reparented here, or the child of other
-                    # code in this process, whose owner reaps it at once. Wait first.
-                    first = self._unknown.setdefault(entry.pid, (entry.starttime, now))
-                    if first[0] == entry.starttime and now - first[1] < _UNKNOWN_ZOMBIE_GRACE:
-                        unknown[entry.pid] = first
+                if entry.zombie:
+                    if mine is not None or session is not None:
+                        self._reap_one(entry.pid)
+                    elif entry.sid != self._own_sid:
+                        # Died before it could be identified (its environment is
+                        # gone): an orphan of a managed child, or a child of other
+                        # code, whose owner waits for it through a pidfd (Trio) or
+                        # at once. Reaped only if nobody here watches it, after a grace.
+                        first = self._unknown.get(entry.pid)
+                        if first is None or first[0] != entry.ticks:
+                            first = (entry.ticks, now)
+                        if now - first[1] < _UNKNOWN_ZOMBIE_GRACE:
+                            unknown[entry.pid] = first
+                            continue
+                        if watched is None:
+                            watched = _watched_pids()
+                        if entry.pid not in watched:
+                            self._reap_one(entry.pid)
+                    continue
+                if mine is None:
+                    child_id = session or _marker_value(entry.pid, self._prefix)
+                    if child_id is None:
+                        if watched is None:
+                            watched = _watched_pids()
+                        if entry.pid in watched:
+                            foreign[entry.pid] = entry.ticks  # spawned by other code
                         continue
-                    ours = True
-                if not ours:
-                    continue  # spawned by other code in this process: its owner reaps it
-                if entry.state == "Z":
-                    self._reap_one(entry.pid)
-                    continue
-                seen.add(entry.pid)
-                self._orphans.setdefault(entry.pid, sweep)
-                if entry.child_id in self._crashed:
+                owned[entry.pid] = (entry.ticks, child_id, mine[2] if mine else sweep)
+                if child_id is not None and child_id in self._crashed:
                     # Left behind by a generation that ended: kill it, unless the
                     # slot's current generation is older (then it may be its own).
-                    current = self._crashed[entry.child_id][0]()
-                    if current is None or entry.starttime < current:
+                    current = self._crashed[child_id][0]()
+                    if current is None or entry.ticks < current:
                         doomed.append(entry)
-                        busy.add(entry.child_id)
-            self._orphans = {
-                pid: learnt
-                for pid, learnt in self._orphans.items()
-                if pid in seen or learnt >= sweep
-            }
+                        busy.add(child_id)
             self._unknown = unknown
+            # Expected orphans not reparented yet stay listed for one more sweep.
+            owned.update(
+                (pid, known)
+                for pid, known in self._owned.items()
+                if pid not in owned and known[2] >= sweep - 1
+            )
+            self._owned = owned
+            self._foreign = foreign
             # A slot stays listed until a sweep finds nothing of it: the children
             # of what is killed now are reparented here and show up next time.
             self._crashed = {
@@ -296,11 +365,11 @@ class ProcessHost:
             }
             self._prune_sessions(entries)
         if doomed:
-            targets = [t for e in doomed if (t := _pin(e.pid, e.starttime)) is not None]
+            targets = [t for e in doomed if (t := _pin_entry(e)) is not None]
             self._start_soon(functools.partial(self._kill_leftovers, targets))
 
-    async def _kill_leftovers(self, targets: list[_Target]) -> None:
-        escaped = await _kill_targets(targets)
+    async def _kill_leftovers(self, targets: list[PinnedProcess]) -> None:
+        escaped = await _kill_pinned(targets)
         if escaped:
             _log.warning("processes left by a crashed child survived SIGKILL: %s", escaped)
 
@@ -311,9 +380,9 @@ class ProcessHost:
             reaped = 0
         if reaped:
             self._orphans_reaped += 1
-        self._orphans.pop(pid, None)
+        self._owned.pop(pid, None)
 
-    def _prune_sessions(self, entries: Sequence[_ChildEntry]) -> None:
+    def _prune_sessions(self, entries: Sequence[_Stat]) -> None:
         alive = {e.sid for e in entries} | {e.pgid for e in entries}
         for sid in list(self._sessions):
             if sid in self._managed or sid in alive:
@@ -321,7 +390,7 @@ class ProcessHost:
             try:
                 os.killpg(sid, 0)
             except ProcessLookupError:
-                self._sessions.discard(sid)  # nothing left in it: the number may be reused
+                del self._sessions[sid]  # nothing left in it: the number may be reused
             except OSError:
                 pass
 

@@ -30,7 +30,7 @@ from ._errors import StartFailure
 from ._exit import ExitStatus
 from ._groups import raise_collapsed as _raise_collapsed
 from ._host import ProcessHost
-from ._procfs import MARKER_ENV, _find_tree, _kill_targets, _marker_entry, _read_stat, _Tree
+from ._procfs import MARKER_ENV, _find_tree, _kill_pinned, _read_stat, _Tree
 from ._pump import _LinePump
 from ._ready import NotifySocket, ReadyCheck, make_ready_check
 from ._runner import RunnerContext, StopReport
@@ -133,7 +133,6 @@ class ProcessRunner:
         self._host: ProcessHost = context.host
         self._child_id = self._host.new_child_id()
         self._base_env: dict[str, str] | None = None
-        self._marker = _marker_entry(self._child_id)
         self._listeners: ListenSet | None = None
         self._notify: NotifySocket | None = None
         self._generation: _Generation | None = None
@@ -327,7 +326,7 @@ class ProcessRunner:
             env = self._child_env(check)
             async with self._host.spawn_lock:
                 pid = self._spawn(env, stdout, stderr, check)
-                self._host.register(pid)
+                self._host.register(pid, self._child_id)
         except BaseException:
             for pump in pumps:
                 pump.close()
@@ -445,34 +444,40 @@ class ProcessRunner:
         for pump in gen.pumps:
             pump.stop()
 
-    def _exit_status(self, status: int | None, *, stopping: bool) -> ExitStatus:
+    def _exit_status(self, status: int | None) -> ExitStatus:
         if status is None:
             return ExitStatus(normal=False, reason="exit status lost (reaped elsewhere)")
-        # Death by the stop signal is normal when the supervisor sent it; a child
-        # killed by any signal from elsewhere exited abnormally (SPEC 1.2).
+        # Death by the child's own stop signal is a normal exit, whoever sent it
+        # (OTP's ``shutdown``); any other signal is abnormal.
         return ExitStatus.from_wait_status(
             status,
             success_codes=self._spec.success_exit_codes,
-            normal_signals=self._normal_signals if stopping else frozenset(),
+            normal_signals=self._normal_signals,
         )
 
-    def _reap(self, child: _Child, *, stopping: bool) -> ExitStatus:
+    def _reap(self, child: _Child) -> ExitStatus:
         status = child.reap()
         self._host.unregister(child.pid)
-        return self._exit_status(status, stopping=stopping)
+        return self._exit_status(status)
 
     async def _tree(self, child: _Child) -> _Tree:
         host = self._host
-        marker = self._marker if host.subreaper else None
+        child_id = self._child_id
+
+        def claim(leader_ticks: int) -> list[tuple[int, int]]:
+            return host.claimed_by(child_id, leader_ticks)
+
         try:
             tree = await trio.to_thread.run_sync(
-                _find_tree, child.pid, marker, host.managed_pids, os.getpid()
+                _find_tree, child.pid, claim if host.subreaper else None
             )
         except Exception:
             # Never let the walk keep a stop from killing the group.
             _log.exception("%s: cannot walk the process tree", "/".join(self._path))
             return _Tree([], [])
-        host.expect_orphans(t.pid for t in (*tree.escapees, *tree.members))
+        host.expect_orphans(
+            ((t.pid, t.ticks) for t in (*tree.escapees, *tree.members)), self._child_id
+        )
         return tree
 
     def _finish(self, gen: _Generation) -> ExitStatus:
@@ -481,16 +486,18 @@ class ProcessRunner:
         # The unreaped leader keeps the group id ours: clear leftovers now, so no
         # old group member holds a port when the child is restarted.
         child.signal_group(signal.SIGKILL)
-        end = self._reap(child, stopping=False)
+        end = self._reap(child)
         self._host.after_crash(self._child_id, self._leader_starttime)
         return end
 
     def _leader_starttime(self) -> int | None:
+        # Read lazily (by the orphan reaper, when it finds a leftover): never on
+        # the spawn or restart path.
         gen = self._generation
         if gen is None or gen.child.reaped:
             return None
         entry = _read_stat(gen.child.pid)
-        return None if entry is None else entry.starttime
+        return None if entry is None else entry.ticks
 
     async def _stop(self, gen: _Generation, sig: int, grace: float) -> StopReport:
         """Stop the generation: ``sig`` + SIGCONT, ``grace`` seconds, then SIGKILL.
@@ -514,9 +521,9 @@ class ProcessRunner:
             killed = not child.exited
         child.signal_group(signal.SIGKILL)
         await gen.until(lambda: child.exited)
-        end = self._reap(child, stopping=True)
+        end = self._reap(child)
         # SIGKILL every escapee, and wait until the whole tree is really gone.
-        escaped = await _kill_targets([*tree.escapees, *tree.members])
+        escaped = await _kill_pinned([*tree.escapees, *tree.members])
         if escaped:
             _log.warning(
                 "%s: processes of the child survived SIGKILL: %s", "/".join(self._path), escaped

@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from supervision._exit import ExitStatus
-from supervision._procfs import _kill_targets, _Target
+from supervision._procfs import PinnedProcess, ProcessIdentity, _kill_pinned
 from supervision._runner import StopReport
 from supervision._spec import Output, ProcessChild, Ready
 
@@ -141,12 +141,12 @@ async def test_escapee_of_a_crashed_leader_is_killed_on_a_subreaper(
 
 
 async def test_unkillable_targets_are_reported_as_escaped() -> None:
-    class Refusing(_Target):
+    class Refusing(PinnedProcess):
         def send(self, sig: int) -> bool:
             return False
 
-    target = Refusing(pid=123456, starttime=0, pidfd=None)
-    assert await _kill_targets([target]) == (123456,)
+    target = Refusing(ProcessIdentity(pid=123456, start_time=0.0), None)
+    assert await _kill_pinned([target]) == (123456,)
 
 
 async def test_stopped_child_still_stops(slots, child, wait_until) -> None:

@@ -503,15 +503,15 @@ async def test_a_deadline_around_the_tree_does_not_fire_in_virtual_time(
 
 
 async def test_process_killed_by_a_signal_is_an_abnormal_exit(tmp_path: Path) -> None:
-    # Killed by SIGTERM from elsewhere (not stopped by its supervisor): abnormal, so a
-    # transient child is restarted. The second generation finds the flag and stays up.
+    # Killed by a signal other than its stop signal: abnormal, so a transient child
+    # is restarted. The second generation finds the flag and stays up.
     flag = tmp_path / "killed-once"
     code = (
         "import os, pathlib, signal, sys\n"
         "flag = pathlib.Path(sys.argv[1])\n"
         "if not flag.exists():\n"
         "    flag.touch()\n"
-        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    os.kill(os.getpid(), signal.SIGUSR1)\n"
         "signal.pause()\n"
     )
     child = ProcessChild([sys.executable, "-c", code, str(flag)])
@@ -521,6 +521,43 @@ async def test_process_killed_by_a_signal_is_an_abnormal_exit(tmp_path: Path) ->
             events = sup.subscribe()
             await sup.start_child(ChildSpec("c", child, restart=Restart.TRANSIENT))
             exited = await next_event(events, ChildExited)
-            assert exited.signal == signal.SIGTERM
+            assert exited.signal == signal.SIGUSR1
             assert not exited.exit.normal
             await next_event(events, ChildRestarting)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGHUP])
+async def test_process_killed_from_outside_by_its_stop_signal_is_a_normal_exit(
+    stop_signal: signal.Signals,
+) -> None:
+    # OTP's shutdown reason: a transient child that dies by its own stop signal,
+    # whoever sent it, exited normally and is not restarted.
+    code = f"import os, signal\nos.kill(os.getpid(), {int(stop_signal)})\nsignal.pause()\n"
+    child = ProcessChild([sys.executable, "-c", code], stop_signal=stop_signal)
+    spec = SupervisorSpec(name="root", backoff=Backoff.none())
+    with trio.fail_after(20):
+        async with open_supervisor(spec) as sup:
+            events = sup.subscribe()
+            await sup.start_child(ChildSpec("c", child, restart=Restart.TRANSIENT))
+            exited = await next_event(events, ChildExited)
+            assert exited.signal == stop_signal
+            assert exited.exit.normal
+            await trio.testing.wait_all_tasks_blocked(0.2)
+            [info] = sup.which_children()
+            assert info.restarts == 0
+            assert info.pid is None
+
+
+@pytest.mark.trio(clock=MockClock(autojump_threshold=0))
+async def test_fake_killed_by_its_stop_signal_is_a_normal_exit() -> None:
+    from supervision.testing import FakeChild, Killed
+
+    term = FakeChild([Killed(signal.SIGTERM, after=1.0), Killed(signal.SIGTERM, after=1.0)])
+    usr1 = FakeChild([Killed(signal.SIGUSR1, after=1.0)])
+    spec = SupervisorSpec(name="root", backoff=Backoff.none())
+    async with open_supervisor(spec) as sup:
+        await sup.start_child(ChildSpec("term", term, restart=Restart.TRANSIENT))
+        await sup.start_child(ChildSpec("usr1", usr1, restart=Restart.TRANSIENT))
+        await trio.sleep(10)
+        restarts = {info.name: info.restarts for info in sup.which_children()}
+    assert restarts == {"term": 0, "usr1": 1}
