@@ -685,10 +685,16 @@ class _Claim:
                 if pid in self.targets or entry.zombie:
                     continue
                 target = _pin_entry(entry)
-                if target is not None:
-                    self.targets[pid] = target
-                    added.append(target)
-                    stack.append(target)
+                if target is None:
+                    continue
+                # Confirmed after pinning: the process read was the live parent's child.
+                now = _read_stat(pid)
+                if now is None or now.ppid != parent.pid or not parent.is_same():
+                    target.close()
+                    continue
+                self.targets[pid] = target
+                added.append(target)
+                stack.append(target)
         return added
 
     def send_all(self, targets: Iterable[PinnedProcess], sig: int) -> None:

@@ -813,6 +813,7 @@ async def run_supervisor(
     *,
     subreaper: bool = False,
     observer: Callable[[ev.Event], None] | None = None,
+    token: str | None = None,
     task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a supervision tree as a task of your own nursery.
@@ -826,9 +827,15 @@ async def run_supervisor(
             escape their process group are reparented here, found and reaped.
         observer: Called synchronously with every event of the tree from the very
             first one (before the handle exists); it must not block or raise.
+        token: The prefix of the ``SUPERVISION_CHILD_ID`` marker every process of
+            the tree carries (1 to 64 of ``A-Za-z0-9_-``; random if ``None``).
+            Pass a stable one to find the leftovers of an earlier run with
+            :func:`find_marked` (``SUPERVISION_CHILD_ID`` starting with
+            ``token + "."``).
 
     Raises:
         SupervisorGaveUp: The root exceeded its restart intensity.
+        ValueError: ``token`` is malformed.
 
     Cancellation: stops every child in reverse start order (each with its own stop
     timeout, shielded), then re-raises.
@@ -839,7 +846,7 @@ async def run_supervisor(
         )
     from ._host import open_process_host
 
-    async with open_process_host(subreaper=subreaper) as host:
+    async with open_process_host(subreaper=subreaper, token=token) as host:
         broadcaster = Broadcaster((spec.name,), observer=observer)
         engine = _Engine(spec, path=(spec.name,), host=host, broadcaster=broadcaster)
         try:
@@ -854,6 +861,7 @@ async def open_supervisor(
     *,
     subreaper: bool = False,
     observer: Callable[[ev.Event], None] | None = None,
+    token: str | None = None,
 ) -> AsyncIterator[Supervisor]:
     """Run a supervision tree for the duration of an ``async with`` block.
 
@@ -866,11 +874,12 @@ async def open_supervisor(
         spec: The tree.
         subreaper: See :func:`run_supervisor`.
         observer: See :func:`run_supervisor`.
+        token: See :func:`run_supervisor`.
     """
     try:
         async with trio.open_nursery() as nursery:
             supervisor: Supervisor = await nursery.start(
-                partial(run_supervisor, spec, subreaper=subreaper, observer=observer)
+                partial(run_supervisor, spec, subreaper=subreaper, observer=observer, token=token)
             )
             try:
                 yield supervisor
