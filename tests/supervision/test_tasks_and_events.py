@@ -502,46 +502,42 @@ async def test_a_deadline_around_the_tree_does_not_fire_in_virtual_time(
 # --------------------------------------------------------------------------- a real process
 
 
-async def test_process_killed_by_a_signal_is_an_abnormal_exit(tmp_path: Path) -> None:
-    # Killed by a signal other than its stop signal: abnormal, so a transient child
-    # is restarted. The second generation finds the flag and stays up.
+@pytest.mark.parametrize(
+    ("sig", "stop_signal", "normal"),
+    [
+        (signal.SIGUSR1, signal.SIGTERM, False),
+        (signal.SIGTERM, signal.SIGTERM, True),
+        (signal.SIGHUP, signal.SIGHUP, True),
+    ],
+)
+async def test_process_killed_by_a_signal_is_abnormal_unless_it_is_its_stop_signal(
+    tmp_path: Path, sig: signal.Signals, stop_signal: signal.Signals, normal: bool
+) -> None:
+    # Killed from elsewhere (not stopped by its supervisor): by any signal but its
+    # own stop signal, abnormal, so a transient child is restarted (the second
+    # generation finds the flag and stays up); by its stop signal, a normal exit
+    # (OTP's shutdown reason), so it is not restarted.
     flag = tmp_path / "killed-once"
     code = (
         "import os, pathlib, signal, sys\n"
         "flag = pathlib.Path(sys.argv[1])\n"
         "if not flag.exists():\n"
         "    flag.touch()\n"
-        "    os.kill(os.getpid(), signal.SIGUSR1)\n"
+        f"    os.kill(os.getpid(), {int(sig)})\n"
         "signal.pause()\n"
     )
-    child = ProcessChild([sys.executable, "-c", code, str(flag)])
+    child = ProcessChild([sys.executable, "-c", code, str(flag)], stop_signal=stop_signal)
     spec = SupervisorSpec(name="root", backoff=Backoff.none())
     with trio.fail_after(20):
         async with open_supervisor(spec) as sup:
             events = sup.subscribe()
             await sup.start_child(ChildSpec("c", child, restart=Restart.TRANSIENT))
             exited = await next_event(events, ChildExited)
-            assert exited.signal == signal.SIGUSR1
-            assert not exited.exit.normal
-            await next_event(events, ChildRestarting)
-
-
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGHUP])
-async def test_process_killed_from_outside_by_its_stop_signal_is_a_normal_exit(
-    stop_signal: signal.Signals,
-) -> None:
-    # OTP's shutdown reason: a transient child that dies by its own stop signal,
-    # whoever sent it, exited normally and is not restarted.
-    code = f"import os, signal\nos.kill(os.getpid(), {int(stop_signal)})\nsignal.pause()\n"
-    child = ProcessChild([sys.executable, "-c", code], stop_signal=stop_signal)
-    spec = SupervisorSpec(name="root", backoff=Backoff.none())
-    with trio.fail_after(20):
-        async with open_supervisor(spec) as sup:
-            events = sup.subscribe()
-            await sup.start_child(ChildSpec("c", child, restart=Restart.TRANSIENT))
-            exited = await next_event(events, ChildExited)
-            assert exited.signal == stop_signal
-            assert exited.exit.normal
+            assert exited.signal == sig
+            assert exited.exit.normal is normal
+            if not normal:
+                await next_event(events, ChildRestarting)
+                return
             await trio.testing.wait_all_tasks_blocked(0.2)
             [info] = sup.which_children()
             assert info.restarts == 0
