@@ -241,11 +241,11 @@ class ProcessHost:
                 if owned[1] == child_id:
                     claimed.append((entry.pid, entry.ticks))
                 continue
-            if self._sessions.get(entry.sid) == child_id or self._sessions.get(entry.pgid) == (
-                child_id
-            ):
-                claimed.append((entry.pid, entry.ticks))
-                continue
+            session = self._sessions.get(entry.sid) or self._sessions.get(entry.pgid)
+            if session is not None:
+                if session == child_id:
+                    claimed.append((entry.pid, entry.ticks))
+                continue  # another child's session or group
             marker = _marker_value(entry.pid, self._prefix)
             if marker == child_id:
                 claimed.append((entry.pid, entry.ticks))

@@ -110,6 +110,28 @@ async def test_an_escapee_with_a_wiped_environment_is_killed_with_its_child(
     await wait_until(lambda: not psutil.pid_exists(escapee))  # killed and reaped by pid
 
 
+async def test_a_wiped_orphan_in_another_childs_group_is_left_to_that_child(
+    reaper_slots, child, lines, wait_until
+) -> None:
+    first = reaper_slots.new(ProcessChild(child("sleeper"), stop_timeout=1), name="first")
+    await first.start()
+    out = lines()
+    spec = ProcessChild(
+        child("escape_wiped", "--keep-session"), stdout=Output.lines(out), stop_timeout=1, **READY3
+    )
+    second = reaper_slots.new(spec, name="second")
+    leader = await second.start()
+    orphan = int((await out.line_starting("escapee ")).split()[1])
+    await wait_until(lambda: psutil.Process(orphan).ppid() == os.getpid())
+    assert os.getpgid(orphan) == leader
+    # Started after the first child's leader, no marker, nobody watches it: but it
+    # is in the second child's group, so it is the second child's.
+    await first.stop()
+    assert _alive(orphan)
+    await second.stop()
+    await wait_until(lambda: not psutil.pid_exists(orphan))
+
+
 async def test_a_tree_stop_takes_the_wiped_escapee_but_spares_the_embedders_child(
     child, lines, wait_until
 ) -> None:
