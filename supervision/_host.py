@@ -75,11 +75,13 @@ class HostStatistics:
         subreaper: Whether the host is a child subreaper.
         managed: Managed child processes not yet reaped.
         orphans_reaped: Orphaned descendants reaped by the host so far.
+        sweeps: Passes of the orphan reaper so far (one per burst of ``SIGCHLD``).
     """
 
     subreaper: bool
     managed: int
     orphans_reaped: int
+    sweeps: int = 0
 
 
 class ProcessHost:
@@ -131,6 +133,7 @@ class ProcessHost:
         # Slots whose generation ended by itself: child id -> (start ticks of the
         # slot's current leader, None when it has none; sweep number when listed).
         self._crashed: dict[str, tuple[Callable[[], int | None], int]] = {}
+        self._crashed_since: dict[str, int] = {}  # child id -> ticks before its spawn
 
     @property
     def subreaper(self) -> bool:
@@ -169,6 +172,7 @@ class ProcessHost:
             subreaper=self._subreaper,
             managed=len(self._managed),
             orphans_reaped=self._orphans_reaped,
+            sweeps=self._sweeps,
         )
 
     # -- used by the process runners
@@ -200,15 +204,22 @@ class ProcessHost:
         if self._nursery is not None:
             self._nursery.start_soon(guarded)
 
-    def after_crash(self, child_id: str, current_leader: Callable[[], int | None]) -> None:
+    def after_crash(
+        self, child_id: str, current_leader: Callable[[], int | None], since: int
+    ) -> None:
         """Have the next sweep kill what a slot's ended generation left behind.
 
         Its escaped descendants are orphans reparented here, recognised by their
-        marker or session; the orphan reaper finds them (at most one sweep per
-        :data:`_SWEEP_COALESCE`), off the restart path.
+        marker or session, or (an orphan that wiped its environment) as a child
+        of this process that nobody here watches, outside this process's
+        session, started at or after ``since`` (clock ticks since boot, taken
+        before the generation was spawned) and before the slot's current leader
+        (``current_leader()``, lazily). The orphan reaper finds them (at most
+        one sweep per :data:`_SWEEP_COALESCE`), off the restart path.
         """
         if self._subreaper:
             self._crashed[child_id] = (current_leader, self._sweeps)
+            self._crashed_since[child_id] = since
 
     def expect_orphans(self, pids: Iterable[tuple[int, int]], child_id: str) -> None:
         """Record ``(pid, start ticks)`` of descendants of ``child_id`` being killed.
@@ -338,7 +349,12 @@ class ProcessHost:
                             watched = _watched_pids()
                         if entry.pid in watched:
                             foreign[entry.pid] = entry.ticks  # spawned by other code
-                        continue
+                            continue
+                        if entry.sid == self._own_sid:
+                            continue
+                        child_id = self._crashed_owner(entry.ticks)
+                        if child_id is None:
+                            continue
                 owned[entry.pid] = (entry.ticks, child_id, mine[2] if mine else sweep)
                 if child_id is not None and child_id in self._crashed:
                     # Left behind by a generation that ended: kill it, unless the
@@ -363,10 +379,31 @@ class ProcessHost:
                 for child_id, listed in self._crashed.items()
                 if child_id in busy or listed[1] >= sweep  # listed during this scan
             }
+            self._crashed_since = {
+                child_id: since
+                for child_id, since in self._crashed_since.items()
+                if child_id in self._crashed
+            }
             self._prune_sessions(entries)
         if doomed:
             targets = [t for e in doomed if (t := _pin_entry(e)) is not None]
             self._start_soon(functools.partial(self._kill_leftovers, targets))
+
+    def _crashed_owner(self, ticks: int) -> str | None:
+        """The crashed slot whose ended generation most likely left a process started at ``ticks``.
+
+        The latest generation spawned at or before it, if the process started
+        before that slot's current leader (else it may be the current one's).
+        """
+        owner: str | None = None
+        latest = -1
+        for child_id, since in self._crashed_since.items():
+            if latest < since <= ticks:
+                owner, latest = child_id, since
+        if owner is None:
+            return None
+        current = self._crashed[owner][0]()
+        return owner if current is None or ticks < current else None
 
     async def _kill_leftovers(self, targets: list[PinnedProcess]) -> None:
         escaped = await _kill_pinned(targets)

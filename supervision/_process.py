@@ -30,7 +30,7 @@ from ._errors import StartFailure
 from ._exit import ExitStatus
 from ._groups import raise_collapsed as _raise_collapsed
 from ._host import ProcessHost
-from ._procfs import MARKER_ENV, _find_tree, _kill_pinned, _read_stat, _Tree
+from ._procfs import MARKER_ENV, _boot_ticks, _find_tree, _kill_pinned, _read_stat, _Tree
 from ._pump import _LinePump
 from ._ready import NotifySocket, ReadyCheck, make_ready_check
 from ._runner import RunnerContext, StopReport
@@ -104,8 +104,11 @@ class _Child:
 class _Generation:
     """One run of a slot: the leader, its readiness check and its output pumps."""
 
-    def __init__(self, child: _Child, check: ReadyCheck, pumps: list[_LinePump]) -> None:
+    def __init__(
+        self, child: _Child, check: ReadyCheck, pumps: list[_LinePump], since: int
+    ) -> None:
         self.child = child
+        self.since = since  # clock ticks since boot before the spawn: <= its start time
         self.check = check
         self.pumps = pumps
         self.check_error: BaseException | None = None
@@ -325,6 +328,7 @@ class ProcessRunner:
                 raise _spawn_error(self._path, exc, spec.argv[0], os.environ, spec.cwd) from exc
             env = self._child_env(check)
             async with self._host.spawn_lock:
+                since = _boot_ticks()
                 pid = self._spawn(env, stdout, stderr, check)
                 self._host.register(pid, self._child_id)
         except BaseException:
@@ -341,7 +345,7 @@ class ProcessRunner:
             with contextlib.suppress(OSError):
                 pidfd = os.pidfd_open(pid)
         check.spawned()
-        return _Generation(_Child(pid, pidfd), check, pumps)
+        return _Generation(_Child(pid, pidfd), check, pumps, since)
 
     def _spawn(
         self, env: dict[str, str], stdout: int | None, stderr: int | None, check: ReadyCheck
@@ -487,7 +491,7 @@ class ProcessRunner:
         # old group member holds a port when the child is restarted.
         child.signal_group(signal.SIGKILL)
         end = self._reap(child)
-        self._host.after_crash(self._child_id, self._leader_starttime)
+        self._host.after_crash(self._child_id, self._leader_starttime, gen.since)
         return end
 
     def _leader_starttime(self) -> int | None:

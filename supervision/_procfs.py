@@ -21,6 +21,7 @@ import os
 import select
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Final, NamedTuple
@@ -81,6 +82,14 @@ def _boot_id() -> str | None:
             return f.read().strip() or None
     except OSError:
         return None
+
+
+def _boot_ticks() -> int:
+    """Now, in the units of a process's start time (clock ticks since boot); no ``/proc`` read.
+
+    Taken before a spawn, it is at most the child's start time.
+    """
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * _clock_ticks())
 
 
 def _read_stat(pid: int) -> _Stat | None:
@@ -162,7 +171,9 @@ def _children(pid: int) -> list[int] | None:
     for tid in tasks:
         try:
             fd = os.open(f"/proc/{pid}/task/{tid}/children", os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
+            if tid == str(pid) and os.path.exists(f"/proc/{pid}/task/{tid}"):
+                return None  # the leader lives but has no such file: not offered here
             continue  # the thread exited
         except OSError:
             return None
@@ -170,6 +181,8 @@ def _children(pid: int) -> list[int] | None:
             chunks = []
             while chunk := os.read(fd, 65536):
                 chunks.append(chunk)
+        except ProcessLookupError:
+            continue  # the thread exited as we read
         except OSError:
             return None
         finally:

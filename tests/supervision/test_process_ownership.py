@@ -82,10 +82,11 @@ async def test_a_burst_of_exits_never_reads_every_process(
     monkeypatch.setattr(_host, "_process_table", counting)
     monkeypatch.setattr(_procfs, "_process_table", counting)
     slot = reaper_slots.new(ProcessChild(child("orphan_exit", 3)))
+    swept = reaper_slots.host.statistics().sweeps
     for _ in range(10):
         await slot.start()
         assert (await slot.exited()).code == 3
-    assert reaper_slots.host.statistics().orphans_reaped > 0
+    assert reaper_slots.host.statistics().sweeps > swept
     assert calls == []
 
 
@@ -108,6 +109,28 @@ async def test_an_escapee_with_a_wiped_environment_is_killed_with_its_child(
     report = await slot.stop()
     assert report.escaped == ()
     await wait_until(lambda: not psutil.pid_exists(escapee))  # killed and reaped by pid
+
+
+async def test_a_wiped_escapee_of_a_crashed_leader_is_killed(
+    reaper_slots, child, lines, wait_until
+) -> None:
+    out = lines()
+    spec = ProcessChild(child("escape_wiped", "--exit", 3), stdout=Output.lines(out))
+    slot = reaper_slots.new(spec)
+    await slot.start()
+    # The embedder's own child, started after the crashed generation, outside this
+    # session: only its owner's pidfd tells it apart from the escapee.
+    mine = await trio.lowlevel.open_process(SLEEP, start_new_session=True)
+    try:
+        assert (await slot.exited()).code == 3
+        escapee = int((await out.line_starting("escapee ")).split()[1])
+        # Killed by the orphan reaper (off the restart path), and reaped by pid.
+        await wait_until(lambda: not psutil.pid_exists(escapee))
+        assert mine.returncode is None
+        assert _alive(mine.pid)
+    finally:
+        mine.kill()
+        await mine.wait()
 
 
 async def test_a_wiped_orphan_in_another_childs_group_is_left_to_that_child(
