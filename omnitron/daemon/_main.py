@@ -144,6 +144,7 @@ async def run_daemon(options: DaemonOptions) -> int:
             health=lambda: {
                 "persistence": str(store.health()),
                 "log_write_errors": str(logs.write_errors),
+                "logs": logs.degraded or "ok",
             },
             permit_empty=store.permit_empty,
         )

@@ -161,7 +161,13 @@ class Omnitron:
         return json.loads(self.ok("--json", *args).stdout)
 
     def status(self) -> dict[str, Any]:
-        return self.json("status")  # type: ignore[no-any-return]
+        """``--json status``; it exits 1 exactly when an app is crashed or errored."""
+        result = self.run("--json", "status")
+        assert "Traceback" not in result.stderr
+        report: dict[str, Any] = json.loads(result.stdout)
+        troubled = any(app["status"] in ("crashed", "errored") for app in report["apps"])
+        assert result.returncode == (1 if troubled else 0), (result.stdout, result.stderr)
+        return report
 
     def apps(self) -> dict[str, dict[str, Any]]:
         return {app["name"]: app for app in self.status()["apps"]}
