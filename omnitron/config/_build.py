@@ -55,6 +55,7 @@ from ._model import (
     RestartPolicy,
     StackAppOverride,
     StackConfig,
+    Strategy,
     SupervisionConfig,
     WatchConfig,
 )
@@ -332,6 +333,13 @@ def build_app(
         if table.get("restart_policy") is not None
         else RestartPolicy(max_restarts=sup.max_restarts, window=sup.window, backoff=sup.backoff)
     )
+    if table.get("restart_policy") is not None and sup.strategy is not Strategy.ONE_FOR_ONE:
+        ctx.note_inert(
+            (*path, "restart_policy"),
+            f"with strategy {sup.strategy.value!r}: the root's [supervision] limits and "
+            "backoff apply to every app",
+            yet=False,
+        )
     health = (
         build_health(ctx, (*path, "health"), table["health"], mon.health_check)
         if table.get("health") is not None

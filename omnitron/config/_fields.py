@@ -153,10 +153,12 @@ class BuildContext:
         if len(self.warnings) < MAX_ISSUES:
             self.warnings.append(self.issue(path, message))
 
-    def note_inert(self, path: Path_, reason: str) -> None:
-        """A key that is accepted but not acted on yet (see :func:`key`)."""
+    def note_inert(self, path: Path_, reason: str, *, yet: bool = True) -> None:
+        """A key that is accepted but not acted on yet (see :func:`key`), or, with
+        ``yet=False``, not in this configuration (``reason`` says why)."""
         if len(self.inert) < MAX_ISSUES:
-            self.inert.append(self.issue(path, f"has no effect yet: {reason}"))
+            message = f"has no effect yet: {reason}" if yet else f"has no effect {reason}"
+            self.inert.append(self.issue(path, message))
 
     def raise_if_errors(self) -> None:
         if not self.errors:

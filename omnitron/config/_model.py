@@ -107,6 +107,13 @@ class Strategy(enum.Enum):
     REST_FOR_ONE = "rest_for_one"
 
 
+class DaemonDeath(enum.Enum):
+    """What happens to the apps when the daemon dies without stopping them."""
+
+    STOP = "stop"
+    KEEP = "keep"
+
+
 class Restart(enum.Enum):
     """When an app that exited is restarted."""
 
@@ -153,6 +160,9 @@ class SupervisionConfig:
     max_restarts: int = attrs.field(default=5, metadata=key(p_int(0, 1_000_000)))
     window: float = attrs.field(default=60.0, metadata=key(_POSITIVE))
     backoff: BackoffConfig = attrs.field(default=BackoffConfig(), metadata=key())
+    on_daemon_death: DaemonDeath = attrs.field(
+        default=DaemonDeath.STOP, metadata=key(p_enum(DaemonDeath))
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -213,3 +213,22 @@ def test_define_ecosystem_takes_every_top_level_key() -> None:
     assert [name for name in parameters if name not in ("base_dir", "environ")] == list(
         keys_of(Ecosystem)
     )
+
+
+@pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])
+def test_an_apps_restart_policy_has_no_effect_when_the_root_restarts_apps(
+    tmp_path: Path, strategy: str
+) -> None:
+    """Under one_for_all / rest_for_one the daemon ignores restart_policy (docs/config.md)."""
+    config = tmp_path / "omnitron.toml"
+    config.write_text(
+        f'[supervision]\nstrategy = "{strategy}"\n'
+        '[[apps]]\nname = "api"\ncommand = ["x"]\nrestart_policy = { max_restarts = 9 }\n'
+    )
+    [issue] = load_config(config, environ={}).inert
+    assert str(issue) == (
+        f"{config}:6: apps[0].restart_policy: has no effect with strategy {strategy!r}: "
+        "the root's [supervision] limits and backoff apply to every app"
+    )
+    config.write_text(config.read_text().replace(strategy, "one_for_one"))
+    assert load_config(config, environ={}).inert == ()
