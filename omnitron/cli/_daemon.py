@@ -399,43 +399,17 @@ def kill(cli: Cli) -> int:
     return 0
 
 
-def _signal_identity(identity: ProcessIdentity, *, group: bool) -> bool:
-    """SIGKILL ``identity`` (and its process group when it leads one), never a recycled pid."""
-    pid = identity.pid
-    pidfd: int | None = None
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return False
-    except (OSError, AttributeError):
-        pidfd = None  # no pidfds here: the identity check below comes just before the kill
-    try:
-        if not identity.is_running():
-            return False
-        if group:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if os.getpgid(pid) == pid and identity.is_running():
-                    os.killpg(pid, signal.SIGKILL)
-        try:
-            if pidfd is not None:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            else:
-                os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        return True
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-
-
 def _kill_everything(home: Home) -> dict[str, Any]:
     from omnitron.daemon._leftovers import find_leftovers
     from omnitron.state import read_lock_info
+    from supervision import PinnedProcess, kill_processes
 
     report: dict[str, Any] = {"daemon": None, "processes": [], "escaped": [], "removed": []}
     info = read_lock_info(home)
-    if info is not None and info.alive and _signal_identity(info.identity, group=False):
+    daemon = PinnedProcess.pin(info.identity) if info is not None and info.alive else None
+    if info is not None and daemon is not None:
+        with daemon:
+            daemon.send(signal.SIGKILL)
         report["daemon"] = info.pid
         # Its apps are found after it is gone, so that it cannot start new ones meanwhile.
         _wait_until(lambda: not info.identity.is_running(), KILL_WAIT)
@@ -443,20 +417,21 @@ def _kill_everything(home: Home) -> dict[str, Any]:
             report["escaped"].append(info.pid)
 
     if home.path.is_dir():
-        killed = []
+        killed: dict[int, Any] = {}
+        escaped: set[int] = set()
         for _ in range(3):  # processes forked while we looked are found on the next round
             leftovers = find_leftovers(home.path)
             if not leftovers:
                 break
-            for leftover in leftovers:
-                if _signal_identity(leftover.identity, group=True):
-                    killed.append(leftover)
-            _wait_until(lambda: not any(x.identity.is_running() for x in killed), KILL_WAIT)
+            # Whole trees, each process pinned by its identity (never a recycled pid).
+            result = kill_processes([x.identity for x in leftovers], kill_timeout=KILL_WAIT)
+            killed.update((x.pid, x) for x in leftovers if x.pid not in result.skipped)
+            escaped.update(result.escaped)
         report["processes"] = [
             {"app": x.app, "instance": x.instance, "pid": x.pid}
-            for x in sorted({x.pid: x for x in killed}.values(), key=lambda x: x.pid)
+            for x in sorted(killed.values(), key=lambda x: x.pid)
         ]
-        report["escaped"] += sorted({x.pid for x in killed if x.identity.is_running()})
+        report["escaped"] += sorted(escaped)
         report["removed"] = _remove_stale_files(home)
     return report
 
