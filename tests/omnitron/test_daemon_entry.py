@@ -11,8 +11,17 @@ import subprocess
 import sys
 import textwrap
 
-NOT_IN_THE_DAEMON = ("click", "omnitron.cli", "asyncio.events", "_ssl", "ssl")
-"""Modules the daemon process must not load: the CLI, and the ones it defers."""
+NOT_IN_THE_DAEMON = (
+    "click",
+    "omnitron.cli",
+    "asyncio",
+    "asyncio.events",
+    "ssl",
+    "_ssl",
+    "idna",
+    "_hashlib",
+)
+"""Modules the daemon process must not load: the CLI, and the ones it defers or blocks."""
 
 
 LOADED = """\
@@ -83,12 +92,37 @@ def test_a_deferred_module_loads_on_first_use() -> None:
         """
     )
     assert found == {
-        "deferred": ["asyncio", "ssl"],
+        "deferred": ["asyncio", "ssl", "idna"],
         "before": False,
         "after": True,
         "same_class": True,
         "works": True,
         "context": "SSLContext",
+    }
+
+
+def test_hashing_works_without_openssls_hash_functions() -> None:
+    found = run_python(
+        """
+        from omnitron.daemon import _entry
+        _entry.defer_unused_modules()
+        import hashlib, hmac
+        from omnitron.state._codec import decode_state, encode_state
+        from omnitron.state import DaemonState
+        data = encode_state(DaemonState(apps=()), 3)
+        print(json.dumps({
+            "sha256": hashlib.sha256(b"abc").hexdigest()[:16],
+            "hmac": hmac.new(b"k", b"m", "sha256").hexdigest()[:16],
+            "generation": decode_state(data).generation,
+            "openssl": loaded("_hashlib"),
+        }))
+        """
+    )
+    assert found == {
+        "sha256": "ba7816bf8f01cfea",
+        "hmac": "b60090e3052297ae",
+        "generation": 3,
+        "openssl": False,
     }
 
 
