@@ -297,27 +297,34 @@ def _detach(cli: Cli, argv: list[str], *, timeout: float) -> int:
     return 0
 
 
-def unsettled_apps(status: dict[str, Any]) -> list[str]:
-    """The apps of a ``daemon.status`` reply that have not settled, as ``name (status)``.
+def unsettled_apps(status: dict[str, Any]) -> tuple[list[str], float]:
+    """The apps of a ``daemon.status`` reply that have not settled, as ``name (status)``,
+    and how long to wait before asking again.
 
     Settled: crashed (given up on), stopped (on purpose, or done), or online with
     every process up for :data:`FIRST_UPTIME` (:data:`STABLE_UPTIME` once the app
     has restarted). A crash-looping app passes through ``online`` between its
     exits, and ``errored`` is only the moment between an exit and its restart:
-    neither is an answer yet.
+    neither is an answer yet. When only young online processes are left, the wait
+    is until the youngest is old enough (no status call in between).
     """
     pending = []
+    wait = 0.0
     for app in status.get("apps") or ():
         state = app.get("status")
         if state in ("crashed", "stopped"):
             continue
         if state == "online":
             needed = STABLE_UPTIME if app.get("restarts") else FIRST_UPTIME
-            processes = app.get("processes") or ()
-            if all(p.get("uptime", 0) >= needed for p in processes if p.get("pid")):
+            uptimes = [p.get("uptime", 0.0) for p in app.get("processes") or () if p.get("pid")]
+            youngest = min(uptimes, default=needed)
+            if youngest >= needed:
                 continue
+            wait = max(wait, needed - youngest)
+        else:
+            wait = max(wait, SETTLE_POLL)
         pending.append(f"{app.get('name')} ({state})")
-    return pending
+    return pending, min(wait, STABLE_UPTIME)
 
 
 def _wait_settled(cli: Cli, launch: _Launch, deadline: float) -> tuple[dict[str, Any], list[str]]:
@@ -355,11 +362,11 @@ def _wait_settled(cli: Cli, launch: _Launch, deadline: float) -> tuple[dict[str,
                     raise rpc_failure(exc) from None
                 time.sleep(min(SETTLE_POLL, max(0.0, left)))
                 continue
-            pending = unsettled_apps(status)
+            pending, wait = unsettled_apps(status)
             if not pending or left <= 0:
                 return status, pending
             if launch.eof or "started" in launch.steps:
-                time.sleep(min(SETTLE_POLL, max(0.0, deadline - time.monotonic())))
+                time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
     finally:
         if client is not None:
             client.close()
