@@ -59,6 +59,7 @@ import math
 import os
 import platform
 import re
+import select
 import shutil
 import signal
 import socket
@@ -80,7 +81,7 @@ from omnitron.rpc.sync_client import connect_unix_sync
 
 HERE = Path(__file__).resolve().parent
 
-CLI_APPS = 10
+CLI_APPS = 100  # the daemon the CLI and RPC scenarios talk to supervises 100 processes
 HUNDRED = 100
 STORM_APPS = 20
 STORM_EXIT_MS = 50
@@ -90,6 +91,45 @@ READY_POLL_INTERVAL = 0.005  # polling for "all 100 online"
 RPC_WINDOW = 32  # requests in flight per connection (the daemon's own limit)
 RPC_CLIENTS = 8
 DAEMON_TIMEOUT = 60.0
+BACKOFF_SECONDS = 30  # the backoff scenario's app waits this long before its restart
+BACKOFF_CALLS = 200  # daemon.status calls timed in each phase of the backoff scenario
+
+# The embedded library with N ``sleep 3600`` children under one supervisor, in a
+# fresh interpreter: prints "ready" once ``open_supervisor`` has started them all,
+# then waits.  argv: N, the sleep executable.
+LIBRARY = """\
+import sys
+import trio
+from supervision import ChildSpec, ProcessChild, Strategy, SupervisorSpec, open_supervisor
+
+count, sleep = int(sys.argv[1]), sys.argv[2]
+spec = SupervisorSpec(
+    name="lib",
+    strategy=Strategy.ONE_FOR_ONE,
+    children=[ChildSpec(f"c{i:03d}", ProcessChild([sleep, "3600"])) for i in range(count)],
+)
+
+
+async def main():
+    async with open_supervisor(spec):
+        print("ready", flush=True)
+        await trio.sleep_forever()
+
+
+try:
+    trio.run(main)
+except KeyboardInterrupt:  # how the benchmark stops it: the children are stopped by then
+    pass
+"""
+
+# The cold-start floor: a fresh interpreter that posix_spawns N sleeps (new
+# sessions) and exits.  argv: N, the sleep executable.
+SPAWN_FLOOR = """\
+import os, sys
+count, sleep = int(sys.argv[1]), sys.argv[2]
+for _ in range(count):
+    os.posix_spawn(sleep, [sleep, "3600"], os.environ, setsid=True)
+"""
 
 # A bare Trio msgpack-rpc server: one task per connection, every request answered
 # in order with the reply daemon.ping gives.  argv[1] is the socket path.
@@ -264,8 +304,10 @@ def _counter_delta(
 
 
 def memory_kib(pid: int) -> dict[str, int]:
-    """VmRSS, VmHWM (peak RSS), RssAnon, RssFile, Threads (/proc/PID/status) and Pss
-    (/proc/PID/smaps_rollup: shared pages divided among the processes that map them)."""
+    """VmRSS, VmHWM (peak RSS), RssAnon, RssFile, Threads (/proc/PID/status), Pss
+    (/proc/PID/smaps_rollup: shared pages divided among the processes that map them)
+    and Uss (its private pages: Private_Clean + Private_Dirty, what ``psutil``'s
+    ``memory_full_info().uss`` reports)."""
     out: dict[str, int] = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -277,6 +319,8 @@ def memory_kib(pid: int) -> dict[str, int]:
             key, _, value = line.partition(":")
             if key == "Pss":
                 out[key] = int(value.split()[0])
+            elif key in ("Private_Clean", "Private_Dirty"):
+                out["Uss"] = out.get("Uss", 0) + int(value.split()[0])
     return out
 
 
@@ -581,15 +625,93 @@ def _one_start(daemon: Daemon, processes: int, settle: float) -> dict[str, Any]:
     return sample
 
 
+def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
+    """One line of ``proc``'s stdout within ``timeout`` seconds (blocking read, no polling)."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        raise BenchmarkError(f"no output from pid {proc.pid} within {timeout} s")
+    return proc.stdout.readline()
+
+
+def _marked_env(home: Path) -> dict[str, str]:
+    """The environment with ``OMNITRON_HOME=home``: the run's final sweep finds what
+    carries it (the library's children inherit it), even if a stop fails."""
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    env["OMNITRON_HOME"] = str(home)
+    return env
+
+
+def _stop_python(proc: subprocess.Popen[bytes], home: Path) -> None:
+    """SIGINT (Trio cancels, the supervisor stops its children), then SIGKILL what is left."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    for pid in processes_of_home(home):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def library_start(workdir: Path, name: str, count: int, settle: float) -> dict[str, Any]:
+    """The embedded library in a fresh interpreter with ``count`` sleeps: launch → ready,
+    then its memory after ``settle`` seconds."""
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    home = workdir / name
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LIBRARY, str(count), sleep],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        env=_marked_env(home),
+        start_new_session=True,
+    )
+    try:
+        line = _read_line(proc, DAEMON_TIMEOUT)
+        ready = time.perf_counter() - start
+        if line.strip() != b"ready":
+            raise BenchmarkError(f"the library process said {line!r}")
+        time.sleep(settle)
+        return {"launch_to_ready_s": ready, "memory_kib": memory_kib(proc.pid)}
+    finally:
+        _stop_python(proc, home)
+
+
+def spawn_floor_cold(workdir: Path, count: int) -> float:
+    """Seconds from launching a fresh interpreter that posix_spawns ``count`` sleeps until
+    it exits (the sleeps are then killed)."""
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    home = workdir / "floor-cold"
+    env = _marked_env(home)
+    try:
+        return _spawn_wait([sys.executable, "-c", SPAWN_FLOOR, str(count), sleep], env)
+    finally:
+        for pid in processes_of_home(home):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+LIBRARY_LAYOUTS = {"library, no children": 0, "library, 100 children": HUNDRED}
+
+
 def hundred_scenario(
     omnitron: str, workdir: Path, rounds: int, idle_seconds: float, settle: float
 ) -> dict[str, Any]:
     layouts = hundred_layouts()
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in layouts}
+    library: dict[str, list[dict[str, Any]]] = {name: [] for name in LIBRARY_LAYOUTS}
     idle: dict[str, dict[str, float]] = {}
     floor: list[float] = []
     for r in range(rounds):
         floor.append(_floor_spawn_many(HUNDRED))
+        for index, (name, count) in enumerate(LIBRARY_LAYOUTS.items()):
+            library[name].append(library_start(workdir, f"l{index}r{r}", count, settle))
         for index, (name, (processes, apps)) in enumerate(layouts.items()):
             config = f'project = "h{index}"\n' + apps
             daemon = Daemon(omnitron, workdir, f"h{index}r{r}", config)
@@ -617,13 +739,21 @@ def hundred_scenario(
                     "min": round(min(values) * 1e3, 1),
                     "max": round(max(values) * 1e3, 1),
                 }
-        for key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Pss", "Threads"):
-            values = [row["memory_kib"][key] for row in rows if key in row["memory_kib"]]
-            if not values:
-                continue
-            layout[key] = percentile(values, 50)
+        layout.update(_memory_medians(rows))
         layout["idle"] = idle[name]
         result["layouts"][name] = layout
+    result["library"] = {}
+    for name, rows in library.items():
+        ready = [row["launch_to_ready_s"] for row in rows]
+        result["library"][name] = {
+            "processes": LIBRARY_LAYOUTS[name],
+            "launch_to_ready_ms": {
+                "p50": round(percentile(ready, 50) * 1e3, 1),
+                "min": round(min(ready) * 1e3, 1),
+                "max": round(max(ready) * 1e3, 1),
+            },
+            **_memory_medians(rows),
+        }
     base = result["layouts"]["no apps"]
     for layout in result["layouts"].values():
         if layout["processes"]:
@@ -631,6 +761,15 @@ def hundred_scenario(
             layout["rss_over_no_apps_kib"] = extra
             layout["rss_per_process_kib"] = round(extra / layout["processes"], 1)
     return result
+
+
+def _memory_medians(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    out = {}
+    for key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Pss", "Uss", "Threads"):
+        values = [row["memory_kib"][key] for row in rows if key in row["memory_kib"]]
+        if values:
+            out[key] = int(percentile(values, 50))
+    return out
 
 
 # --------------------------------------------------------------------------- rpc
@@ -675,8 +814,10 @@ def rate_async(path: str, seconds: float, concurrency: int = RPC_WINDOW) -> dict
     return trio.run(_rate_async, path, seconds, concurrency)
 
 
-def rate_raw_window(path: str, seconds: float, window: int = RPC_WINDOW) -> dict[str, float]:
-    """A bare socket keeping ``window`` ping requests in flight (a sliding window).
+def rate_raw_window(
+    path: str, seconds: float, window: int = RPC_WINDOW, method: str = "daemon.ping"
+) -> dict[str, float]:
+    """A bare socket keeping ``window`` requests of ``method`` in flight (a sliding window).
 
     Every request gets a new msgid: the daemon may still count a msgid as in flight
     for a moment after its reply was sent, and refuses a reuse.
@@ -684,13 +825,13 @@ def rate_raw_window(path: str, seconds: float, window: int = RPC_WINDOW) -> dict
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(10)
     sock.connect(path)
-    unpacker = msgpack.Unpacker()
+    unpacker = msgpack.Unpacker(max_buffer_size=64 << 20)
     next_msgid = 0
 
     def requests(n: int) -> bytes:
         nonlocal next_msgid
         first, next_msgid = next_msgid, next_msgid + n
-        return b"".join(msgpack.packb([0, i, "daemon.ping", []]) for i in range(first, first + n))
+        return b"".join(msgpack.packb([0, i, method, []]) for i in range(first, first + n))
 
     try:
         sock.sendall(requests(window))
@@ -748,6 +889,9 @@ RPC_CLIENT_KINDS: dict[str, Callable[[str, float], dict[str, float]]] = {
     f"1 client, {RPC_WINDOW} in flight (async client)": rate_async,
     f"1 client, {RPC_WINDOW} in flight (raw socket)": rate_raw_window,
     f"{RPC_CLIENTS} client processes, sequential (sync client)": rate_clients,
+    f"1 client, {RPC_WINDOW} in flight (raw socket), daemon.status": lambda path, seconds: (
+        rate_raw_window(path, seconds, method="daemon.status")
+    ),
 }
 
 
@@ -973,6 +1117,181 @@ def storm_scenario(omnitron: str, workdir: Path, seconds: float) -> dict[str, An
     return result
 
 
+# --------------------------------------------------------------------------- cold and warm start
+
+
+def _hundred_config(name: str) -> str:
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    return f'project = "{name}"\n' + "".join(
+        app_toml(f"s{i:03d}", [sleep, "3600"]) for i in range(HUNDRED)
+    )
+
+
+def _last_online_after(daemon: Daemon, since_wall: float, count: int) -> float:
+    """Wall time of the ``count``-th ``online`` line written after ``since_wall``."""
+    deadline = time.perf_counter() + 10  # app log lines are written in batches
+    while True:
+        times = [t for t in daemon.online_times() if t >= since_wall - 0.001]
+        if len(times) >= count:
+            return times[count - 1]
+        if time.perf_counter() > deadline:
+            raise BenchmarkError(f"{len(times)} online lines after the start, expected {count}")
+        time.sleep(0.05)
+
+
+def _cli(omnitron: str, daemon: Daemon, *args: str, timeout: float = 120) -> None:
+    result = subprocess.run(
+        [omnitron, "--home", str(daemon.home), *args],
+        capture_output=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    if result.returncode != 0:
+        raise BenchmarkError(f"omnitron {' '.join(args)}: {result.stderr.decode()[-500:]}")
+
+
+def cold_scenario(omnitron: str, workdir: Path, rounds: int) -> dict[str, Any]:
+    """``omnitron up`` (detached, the real CLI) of 100 apps, next to the embedded library
+    and a fresh interpreter that only spawns 100 sleeps, interleaved round by round."""
+    rows: dict[str, list[float]] = {
+        "floor": [],
+        "library": [],
+        "up_exit": [],
+        "ready": [],
+        "daemon_starting": [],
+    }
+    for r in range(rounds):
+        rows["floor"].append(spawn_floor_cold(workdir, HUNDRED))
+        rows["library"].append(library_start(workdir, f"cl{r}", HUNDRED, 0.0)["launch_to_ready_s"])
+        daemon = Daemon(omnitron, workdir, f"cold{r}", _hundred_config(f"cold{r}"))
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        argv = [omnitron, "--home", str(daemon.home), "up", "--config", str(daemon.config)]
+        launched_wall = time.time()
+        try:
+            rows["up_exit"].append(_spawn_wait(argv, env))
+            ready = _last_online_after(daemon, launched_wall, HUNDRED)
+            rows["ready"].append(ready - launched_wall)
+            rows["daemon_starting"].append(
+                daemon.daemon_events()["daemon_starting"] - launched_wall
+            )
+        finally:
+            with contextlib.suppress(subprocess.SubprocessError, BenchmarkError):
+                _cli(omnitron, daemon, "down", "--wait-timeout", "30")
+            _cli(omnitron, daemon, "kill")
+    result: dict[str, Any] = {"processes": HUNDRED, "rounds": rounds}
+    for key, values in rows.items():
+        result[key + "_ms"] = {
+            "p50": round(percentile(values, 50) * 1e3, 1),
+            "min": round(min(values) * 1e3, 1),
+            "max": round(max(values) * 1e3, 1),
+        }
+    result["ready_over_floor"] = round(result["ready_ms"]["p50"] / result["floor_ms"]["p50"], 2)
+    result["library_over_floor"] = round(result["library_ms"]["p50"] / result["floor_ms"]["p50"], 2)
+    return result
+
+
+def warm_scenario(omnitron: str, workdir: Path, rounds: int) -> dict[str, Any]:
+    """``omnitron start all`` of 100 stopped apps against a running daemon: the CLI from
+    launch to exit, and launch to the 100th ``online`` line; next to the one-shot CLI
+    floor (click + msgpack + one ``daemon.ping``) plus a bare spawn loop of 100."""
+    daemon = Daemon(omnitron, workdir, "warm", _hundred_config("warm"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNITRON")}
+    rows: dict[str, list[float]] = {"start_all_cli": [], "ready": [], "floor": []}
+    with running(daemon):
+        daemon.wait_online(HUNDRED)
+        for _ in range(rounds):
+            _cli(omnitron, daemon, "stop", "all")
+            cli_floor = _spawn_wait([sys.executable, "-c", SYNC_PING, daemon.socket], env)
+            rows["floor"].append(cli_floor + _floor_spawn_many(HUNDRED))
+            argv = [omnitron, "--home", str(daemon.home), "start", "all"]
+            launched_wall = time.time()
+            rows["start_all_cli"].append(_spawn_wait(argv, env))
+            ready = _last_online_after(daemon, launched_wall, HUNDRED)
+            rows["ready"].append(ready - launched_wall)
+    result: dict[str, Any] = {"processes": HUNDRED, "rounds": rounds}
+    for key, values in rows.items():
+        result[key + "_ms"] = {
+            "p50": round(percentile(values, 50) * 1e3, 1),
+            "min": round(min(values) * 1e3, 1),
+            "max": round(max(values) * 1e3, 1),
+        }
+    result["cli_over_floor"] = round(
+        result["start_all_cli_ms"]["p50"] / result["floor_ms"]["p50"], 2
+    )
+    return result
+
+
+# --------------------------------------------------------------------------- backoff
+
+
+def _status_latency(path: str, calls: int) -> dict[str, Any]:
+    samples = []
+    with connect_unix_sync(path, timeout=60) as client:
+        for _ in range(calls):
+            start = time.perf_counter()
+            client.call("daemon.status")
+            samples.append(time.perf_counter() - start)
+    return summarize_ms(samples)
+
+
+def _stop_start_latency(path: str, name: str, timeout: float) -> dict[str, Any]:
+    """Seconds ``daemon.stop_app`` then ``daemon.start_app`` of ``name`` take (or the error)."""
+    out: dict[str, Any] = {}
+    for method in ("daemon.stop_app", "daemon.start_app"):
+        start = time.perf_counter()
+        try:
+            with connect_unix_sync(path, timeout=timeout) as client:
+                client.call(method, name=name)
+            out[method] = round((time.perf_counter() - start) * 1e3, 1)
+        except Exception as exc:  # a timeout is the finding
+            out[method] = f"{type(exc).__name__} after {time.perf_counter() - start:.1f} s"
+    return out
+
+
+def backoff_scenario(omnitron: str, workdir: Path) -> dict[str, Any]:
+    """``daemon.status`` latency (and a stop/start of another app) while one app waits
+    BACKOFF_SECONDS before its restart, next to the same daemon without that app."""
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    sh = shutil.which("sh") or "/bin/sh"
+    apps = "".join(app_toml(f"s{i:02d}", [sleep, "3600"]) for i in range(STORM_APPS))
+    failing = (
+        app_toml("failing", [sh, "-c", "exit 1"])
+        + 'restart_policy = { max_restarts = 100, window = "600s", backoff = '
+        + f'{{ initial = "{BACKOFF_SECONDS}s", max = "{BACKOFF_SECONDS}s", factor = 1 }} }}\n'
+    )
+    result: dict[str, Any] = {"apps": STORM_APPS, "backoff_s": BACKOFF_SECONDS}
+    for label, config in (("idle", apps), ("in backoff", apps + failing)):
+        daemon = Daemon(omnitron, workdir, f"b{len(result)}", f'project = "b"\n{config}')
+        with running(daemon):
+            daemon.wait_socket()
+            deadline = time.perf_counter() + DAEMON_TIMEOUT
+            # The other apps are up, and the failing one has exited (in its backoff).
+            while True:
+                with connect_unix_sync(daemon.socket, timeout=30) as client:
+                    status = client.call("daemon.status")
+                states = {app["name"]: app for app in status["apps"]}
+                up = sum(states[f"s{i:02d}"]["status"] == "online" for i in range(STORM_APPS))
+                failed = (
+                    "failing" not in states
+                    or any(p["pid"] is None for p in states["failing"]["processes"])
+                    or states["failing"]["status"] in ("errored", "crashed")
+                )
+                if up == STORM_APPS and failed:
+                    break
+                if time.perf_counter() > deadline:
+                    raise BenchmarkError(f"backoff scenario did not settle: {states}")
+                time.sleep(0.05)
+            began = time.perf_counter()
+            row = _status_latency(daemon.socket, BACKOFF_CALLS)
+            row.update(_stop_start_latency(daemon.socket, "s00", 10.0))
+            row["within_backoff"] = time.perf_counter() - began < BACKOFF_SECONDS - 1
+            row["daemon_cpu_s"] = cpu_seconds(daemon.pid)
+            result[label] = row
+    result["p50_ratio"] = round(result["in backoff"]["p50"] / result["idle"]["p50"], 2)
+    result["p99_ratio"] = round(result["in backoff"]["p99"] / result["idle"]["p99"], 2)
+    return result
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -1025,7 +1344,7 @@ def find_omnitron() -> str:
     return found
 
 
-SCENARIOS = ("cli", "hundred", "rpc", "storm")
+SCENARIOS = ("cli", "hundred", "rpc", "storm", "cold", "warm", "backoff")
 
 
 def _run_scenarios(
@@ -1052,6 +1371,15 @@ def _run_scenarios(
     if "storm" in scenarios:
         _log("storm:")
         results["storm"] = storm_scenario(omnitron, workdir, plan.storm_seconds)
+    if "cold" in scenarios:
+        _log(f"cold: {plan.hundred_rounds} rounds of `omnitron up` with {HUNDRED} apps")
+        results["cold"] = cold_scenario(omnitron, workdir, plan.hundred_rounds)
+    if "warm" in scenarios:
+        _log(f"warm: {plan.hundred_rounds} rounds of `omnitron start all` with {HUNDRED} apps")
+        results["warm"] = warm_scenario(omnitron, workdir, plan.hundred_rounds)
+    if "backoff" in scenarios:
+        _log(f"backoff: daemon.status while an app waits {BACKOFF_SECONDS} s to restart")
+        results["backoff"] = backoff_scenario(omnitron, workdir)
 
 
 @contextlib.contextmanager
@@ -1208,6 +1536,20 @@ def markdown(results: Mapping[str, Any]) -> str:
              "wakeups/s"),
             idle_rows(),
         )  # fmt: skip
+        out += ["", "Memory beside the embedded library, same run (MiB; medians):", ""]
+
+        def memory_rows() -> Iterator[Sequence[object]]:
+            for name, layout in [*h["layouts"].items(), *h.get("library", {}).items()]:
+                yield (
+                    name if name.startswith("library") else f"daemon, {name}",
+                    _mib(layout["VmRSS"]),
+                    _mib(layout["Uss"]) if "Uss" in layout else "",
+                    _mib(layout["Pss"]) if "Pss" in layout else "",
+                )
+
+        out += _table(("process", "RSS", "USS", "PSS"), memory_rows())
+
+    out += _start_and_backoff_markdown(results)
 
     if "rpc" in results:
         rpc = results["rpc"]
@@ -1288,6 +1630,72 @@ def markdown(results: Mapping[str, Any]) -> str:
             ),
         )
     return "\n".join(out) + "\n"
+
+
+def _ms(row: Mapping[str, Any]) -> str:
+    return f"{row['p50']:.0f} ({row['min']:.0f} to {row['max']:.0f})"
+
+
+def _start_and_backoff_markdown(results: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+    if "cold" in results:
+        c = results["cold"]
+        out += [
+            "",
+            f"Cold start, launch → {c['processes']} ready (ms; median, lowest to highest of "
+            f"{c['rounds']} rounds, interleaved):",
+            "",
+        ]
+        out += _table(
+            ("measured", "launch → ready", "of floor"),
+            iter([
+                ("fresh interpreter spawning 100 sleeps (floor)", _ms(c["floor_ms"]), "1.00"),
+                ("embedded library (`open_supervisor` body runs)", _ms(c["library_ms"]),
+                 f"{c['library_over_floor']:.2f}"),
+                ("`omnitron up` → 100th `online` line", _ms(c["ready_ms"]),
+                 f"{c['ready_over_floor']:.2f}"),
+                ("`omnitron up` → daemon logs `daemon_starting`", _ms(c["daemon_starting_ms"]),
+                 ""),
+                ("`omnitron up` → it exits (apps settled)", _ms(c["up_exit_ms"]), ""),
+            ]),
+        )  # fmt: skip
+    if "warm" in results:
+        w = results["warm"]
+        out += [
+            "",
+            f"Warm start, `omnitron start all` of {w['processes']} stopped apps (ms; "
+            f"{w['rounds']} rounds):",
+            "",
+        ]
+        out += _table(
+            ("measured", "ms", "of floor"),
+            iter([
+                ("one-shot CLI (one `daemon.ping`) + bare spawn of 100 (floor)",
+                 _ms(w["floor_ms"]), "1.00"),
+                ("`omnitron start all`, launch → exit", _ms(w["start_all_cli_ms"]),
+                 f"{w['cli_over_floor']:.2f}"),
+                ("`omnitron start all`, launch → 100th `online` line", _ms(w["ready_ms"]), ""),
+            ]),
+        )  # fmt: skip
+    if "backoff" in results:
+        b = results["backoff"]
+        out += [
+            "",
+            f"`daemon.status` ({b['apps']} idle apps; {BACKOFF_CALLS} sequential calls, ms) and "
+            f"a stop then start of another app, with and without an app waiting "
+            f"{b['backoff_s']} s before its restart:",
+            "",
+        ]
+        out += _table(
+            ("daemon", "p50", "p90", "p99", "max", "stop other app", "start it again"),
+            (
+                (label, row["p50"], row["p90"], row["p99"], row["max"],
+                 row["daemon.stop_app"], row["daemon.start_app"])
+                for label, row in ((k, b[k]) for k in ("idle", "in backoff"))
+            ),
+        )  # fmt: skip
+        out += ["", f"In backoff over idle: p50 x{b['p50_ratio']}, p99 x{b['p99_ratio']}."]
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
