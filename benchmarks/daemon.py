@@ -2,17 +2,19 @@
 
 Usage::
 
-    python benchmarks/daemon.py [--quick] [--json out.json]
+    python benchmarks/daemon.py [--quick] [--json out.json] [--only SCENARIO]...
+    python benchmarks/daemon.py --render out.json    # the tables of an earlier run
 
 Every daemon is a real ``omnitron up --foreground`` with its own temporary home
 under ``/tmp``; each is stopped with ``omnitron down`` and then ``omnitron kill``
 (which also kills any app process still carrying that home's markers), and the
 run ends by checking that no process of any of its homes is left.
 
-Scenarios:
+Scenarios (the first table of the output gathers the core figures, each with
+its floor or baseline from the same run and the ratio):
 
 cli
-    Wall time of one ``omnitron status`` against a daemon running 10 apps, next to
+    Wall time of one ``omnitron status`` against a daemon running 100 apps, next to
     ``python -c pass``, ``python -c "import click, msgpack"``, and a bare Python
     process that imports click and msgpack and makes one ``daemon.ping`` call
     (once with a raw socket, once with ``omnitron.rpc.sync_client``).  The
@@ -25,21 +27,37 @@ hundred
     ``omnitron up --foreground`` until ``daemon.status`` shows every process
     online (polled), the daemon's own ``daemon_ready`` -> ``apps_started``
     (``logs/daemon.log``), the span between the first and the last ``online``
-    line of the app logs, the daemon's resident memory, and its CPU use while
-    idle.
+    line of the app logs, the daemon's resident and unique memory (RSS, USS),
+    and its CPU use while idle; beside the embedded library in a fresh
+    interpreter (``open_supervisor`` with 0 and 100 sleeps) in the same rounds.
 rpc
     Round trips per second over the Unix socket (``daemon.ping``), against the
     daemon and against a bare Trio msgpack echo server run in the same way: one
     persistent blocking client, one asynchronous client with 32 calls in flight
     (``omnitron.rpc.connect_unix``), a raw socket keeping 32 requests in flight,
     and 8 client processes with the blocking client; the median of 3 runs of 2 s
-    (one run of 1 s with ``--quick``).  Also ``daemon.status`` calls per second.
+    (one run of 1 s with ``--quick``).  Also ``daemon.status`` with 32 in flight
+    against the echo server, and sequentially.
 storm
     20 apps whose processes exit 50 ms after they start, restarted at once, for
     10 s (3 s with ``--quick``): restarts per second (the daemon's restart
     counters), the daemon's CPU, and the latency of ``daemon.status`` seen by a
     separate client polling every 10 ms, next to the same latency with 20 idle
     apps and to the restart rate of a bare spawn loop.
+cold
+    ``omnitron up`` (detached, the real CLI) of 100 apps: launch to the 100th
+    ``online`` line of the app logs and to the command's exit (apps settled),
+    interleaved with the embedded library (launch to its ``open_supervisor``
+    body) and a fresh interpreter that spawns 100 sleeps (the floor).
+warm
+    ``omnitron start all`` of 100 stopped apps: launch to exit and to the 100th
+    ``online`` line, next to a one-shot CLI call plus a bare spawn loop of 100.
+backoff
+    ``daemon.status`` latency (200 sequential calls) and a stop then start of
+    another app, against 20 idle apps, with and without an app waiting 30 s
+    before its restart.
+
+Every scenario records the 1-minute load average before and after it.
 
 Every Python process the run starts caches its bytecode under the work directory
 (``PYTHONPYCACHEPREFIX``), as an installed package has its ``.pyc`` files, unless
@@ -1347,6 +1365,16 @@ def find_omnitron() -> str:
 SCENARIOS = ("cli", "hundred", "rpc", "storm", "cold", "warm", "backoff")
 
 
+def _measured(
+    results: dict[str, Any], name: str, scenario: Callable[..., dict[str, Any]], *args: Any
+) -> None:
+    """``results[name] = scenario(*args)``, with the 1-minute load average before and after."""
+    before = round(os.getloadavg()[0], 2)
+    result = scenario(*args)
+    result["loadavg_1min"] = {"before": before, "after": round(os.getloadavg()[0], 2)}
+    results[name] = result
+
+
 def _run_scenarios(
     plan: Plan, scenarios: Sequence[str], omnitron: str, workdir: Path, results: dict[str, Any]
 ) -> None:
@@ -1359,27 +1387,50 @@ def _run_scenarios(
             time.sleep(plan.settle_seconds)
             if "cli" in scenarios:
                 _log(f"cli: {plan.cli_samples} runs of each command")
-                results["cli"] = cli_scenario(omnitron, daemon, plan.cli_samples, plan.cli_warmup)
+                _measured(
+                    results,
+                    "cli",
+                    cli_scenario,
+                    omnitron,
+                    daemon,
+                    plan.cli_samples,
+                    plan.cli_warmup,
+                )
             if "rpc" in scenarios:
                 _log(f"rpc: {plan.rpc_seconds:g} s per client kind and server")
-                results["rpc"] = rpc_scenario(daemon, workdir, plan.rpc_seconds, plan.rpc_repeats)
+                _measured(
+                    results,
+                    "rpc",
+                    rpc_scenario,
+                    daemon,
+                    workdir,
+                    plan.rpc_seconds,
+                    plan.rpc_repeats,
+                )
     if "hundred" in scenarios:
         _log(f"hundred: {plan.hundred_rounds} rounds per layout")
-        results["hundred"] = hundred_scenario(
-            omnitron, workdir, plan.hundred_rounds, plan.idle_seconds, plan.settle_seconds
+        _measured(
+            results,
+            "hundred",
+            hundred_scenario,
+            omnitron,
+            workdir,
+            plan.hundred_rounds,
+            plan.idle_seconds,
+            plan.settle_seconds,
         )
     if "storm" in scenarios:
         _log("storm:")
-        results["storm"] = storm_scenario(omnitron, workdir, plan.storm_seconds)
+        _measured(results, "storm", storm_scenario, omnitron, workdir, plan.storm_seconds)
     if "cold" in scenarios:
         _log(f"cold: {plan.hundred_rounds} rounds of `omnitron up` with {HUNDRED} apps")
-        results["cold"] = cold_scenario(omnitron, workdir, plan.hundred_rounds)
+        _measured(results, "cold", cold_scenario, omnitron, workdir, plan.hundred_rounds)
     if "warm" in scenarios:
         _log(f"warm: {plan.hundred_rounds} rounds of `omnitron start all` with {HUNDRED} apps")
-        results["warm"] = warm_scenario(omnitron, workdir, plan.hundred_rounds)
+        _measured(results, "warm", warm_scenario, omnitron, workdir, plan.hundred_rounds)
     if "backoff" in scenarios:
         _log(f"backoff: daemon.status while an app waits {BACKOFF_SECONDS} s to restart")
-        results["backoff"] = backoff_scenario(omnitron, workdir)
+        _measured(results, "backoff", backoff_scenario, omnitron, workdir)
 
 
 @contextlib.contextmanager
@@ -1470,6 +1521,11 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"CPU time stolen by the hypervisor during the run: "
         f"{m['during_run']['steal_percent']}%.",
     ]
+
+    summary = summary_rows(results)
+    if summary:
+        out += ["", "The core figures, each beside its floor or baseline in this run:", ""]
+        out += _table(("figure", "daemon", "floor / baseline", "ratio", "target"), iter(summary))
 
     if "cli" in results:
         cli = results["cli"]
@@ -1632,6 +1688,88 @@ def markdown(results: Mapping[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _ratio(value: float, floor: float) -> str:
+    return f"{value / floor:.2f}" if floor else ""
+
+
+def summary_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(figure, daemon, floor or baseline, ratio, target) for each figure of the core issue
+    that this run measured."""
+    rows: list[tuple[str, str, str, str, str]] = []
+    h = results.get("hundred")
+    if h and "library" in h:
+        lib = h["library"]
+        for label, layout, base in (
+            ("no children", "no apps", "library, no children"),
+            ("100 children (100 apps)", "100 apps x 1", "library, 100 children"),
+            ("100 children (1 app x 100)", "1 app x 100 instances", "library, 100 children"),
+        ):
+            d, b = h["layouts"][layout], lib[base]
+            rows.append((
+                f"RSS, {label} (MiB)", f"{_mib(d['VmRSS'])}", f"{_mib(b['VmRSS'])} (library)",
+                _ratio(d["VmRSS"], b["VmRSS"]), "≤ 30 MiB with 100" if "100" in label else "",
+            ))  # fmt: skip
+            rows.append((
+                f"USS, {label} (MiB)", f"{_mib(d['Uss'])}", f"{_mib(b['Uss'])} (library)",
+                _ratio(d["Uss"], b["Uss"]), "≤ 20 MiB with 100" if "100" in label else "",
+            ))  # fmt: skip
+    if "cli" in results:
+        c = results["cli"]["commands"]
+        status, floor = (
+            c["omnitron status"]["p50"],
+            c["click + msgpack + daemon.ping (sync client)"]["p50"],
+        )
+        rows.append((
+            f"`status` CLI with {results['cli']['apps']} children, p50 (ms)", f"{status:.1f}",
+            f"{floor:.1f} (one-shot CLI)", _ratio(status, floor), "≤ 1.3x",
+        ))  # fmt: skip
+    if "rpc" in results:
+        for kind, row in results["rpc"]["clients"].items():
+            if kind.endswith("daemon.status"):
+                rows.append((
+                    f"`daemon.status` calls/s, {CLI_APPS} children, {RPC_WINDOW} in flight",
+                    f"{row['daemon']['per_s']:,.0f}", f"{row['echo server']['per_s']:,.0f} (echo)",
+                    f"{row['of_echo_server']:.2f}", "≥ 5k/s",
+                ))  # fmt: skip
+    if "storm" in results:
+        d, f = results["storm"]["daemon"], results["storm"]["floor"]
+        rows.append((
+            "crash storm restarts/s (20 children)", f"{d['restarts_per_s']:.0f}",
+            f"{f['restarts_per_s']:.0f}", f"{d['of_floor']:.2f}", "≥ 0.95",
+        ))  # fmt: skip
+        rows.append((
+            "CPU during the storm (% of a core)", f"{d['cpu_percent']:.0f}",
+            f"{f['cpu_percent']:.0f}", "", "≤ floor + 30",
+        ))  # fmt: skip
+    if "cold" in results:
+        c = results["cold"]
+        rows.append((
+            "cold: `omnitron up` → 100 ready (ms)", f"{c['ready_ms']['p50']:.0f}",
+            f"{c['floor_ms']['p50']:.0f} (spawn floor); library {c['library_ms']['p50']:.0f}",
+            f"{c['ready_over_floor']:.2f}", "≤ 400 ms",
+        ))  # fmt: skip
+        rows.append((
+            "cold: `omnitron up` exits, apps settled (ms)", f"{c['up_exit_ms']['p50']:.0f}",
+            f"{c['floor_ms']['p50']:.0f}", _ratio(c["up_exit_ms"]["p50"], c["floor_ms"]["p50"]),
+            "",
+        ))  # fmt: skip
+    if "warm" in results:
+        w = results["warm"]
+        rows.append((
+            "warm: `start all` → 100 ready (ms)", f"{w['ready_ms']['p50']:.0f}",
+            f"{w['floor_ms']['p50']:.0f} (CLI + spawn floor)",
+            _ratio(w["ready_ms"]["p50"], w["floor_ms"]["p50"]), "≤ 200 ms",
+        ))  # fmt: skip
+    if "backoff" in results:
+        b = results["backoff"]
+        rows.append((
+            f"`daemon.status` p50 while an app is in a {b['backoff_s']} s backoff (ms)",
+            f"{b['in backoff']['p50']:.2f}", f"{b['idle']['p50']:.2f} (no backoff)",
+            f"{b['p50_ratio']:.2f}", "",
+        ))  # fmt: skip
+    return rows
+
+
 def _ms(row: Mapping[str, Any]) -> str:
     return f"{row['p50']:.0f} ({row['min']:.0f} to {row['max']:.0f})"
 
@@ -1712,7 +1850,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run the Python processes with the inherited bytecode settings "
         "(by default they cache .pyc files in the work directory, as an installed package has)",
     )
+    parser.add_argument(
+        "--render", metavar="JSON", type=Path, help="print the tables of an earlier --json file"
+    )
     args = parser.parse_args(argv)
+    if args.render is not None:
+        print(markdown(json.loads(args.render.read_text())), end="")
+        return 0
     plan = Plan.quick() if args.quick else Plan.full()
     results = run(
         plan,
