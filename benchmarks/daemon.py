@@ -86,7 +86,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -241,6 +241,15 @@ def percentile(samples: Sequence[float], q: float) -> float:
     ordered = sorted(samples)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+def spread_ms(samples: Sequence[float]) -> dict[str, float]:
+    """p50, min and max of samples in seconds, in milliseconds (0.1 ms)."""
+    return {
+        "p50": round(percentile(samples, 50) * 1e3, 1),
+        "min": round(min(samples) * 1e3, 1),
+        "max": round(max(samples) * 1e3, 1),
+    }
 
 
 def summarize_ms(samples: Sequence[float]) -> dict[str, float]:
@@ -752,11 +761,7 @@ def hundred_scenario(
         for key in rows[0]:
             if key.endswith("_s"):
                 values = [row[key] for row in rows]
-                layout[key[:-2] + "_ms"] = {
-                    "p50": round(percentile(values, 50) * 1e3, 1),
-                    "min": round(min(values) * 1e3, 1),
-                    "max": round(max(values) * 1e3, 1),
-                }
+                layout[key[:-2] + "_ms"] = spread_ms(values)
         layout.update(_memory_medians(rows))
         layout["idle"] = idle[name]
         result["layouts"][name] = layout
@@ -765,11 +770,7 @@ def hundred_scenario(
         ready = [row["launch_to_ready_s"] for row in rows]
         result["library"][name] = {
             "processes": LIBRARY_LAYOUTS[name],
-            "launch_to_ready_ms": {
-                "p50": round(percentile(ready, 50) * 1e3, 1),
-                "min": round(min(ready) * 1e3, 1),
-                "max": round(max(ready) * 1e3, 1),
-            },
+            "launch_to_ready_ms": spread_ms(ready),
             **_memory_medians(rows),
         }
     base = result["layouts"]["no apps"]
@@ -1198,11 +1199,7 @@ def cold_scenario(omnitron: str, workdir: Path, rounds: int) -> dict[str, Any]:
             _cli(omnitron, daemon, "kill")
     result: dict[str, Any] = {"processes": HUNDRED, "rounds": rounds}
     for key, values in rows.items():
-        result[key + "_ms"] = {
-            "p50": round(percentile(values, 50) * 1e3, 1),
-            "min": round(min(values) * 1e3, 1),
-            "max": round(max(values) * 1e3, 1),
-        }
+        result[key + "_ms"] = spread_ms(values)
     result["ready_over_floor"] = round(result["ready_ms"]["p50"] / result["floor_ms"]["p50"], 2)
     result["library_over_floor"] = round(result["library_ms"]["p50"] / result["floor_ms"]["p50"], 2)
     return result
@@ -1228,11 +1225,7 @@ def warm_scenario(omnitron: str, workdir: Path, rounds: int) -> dict[str, Any]:
             rows["ready"].append(ready - launched_wall)
     result: dict[str, Any] = {"processes": HUNDRED, "rounds": rounds}
     for key, values in rows.items():
-        result[key + "_ms"] = {
-            "p50": round(percentile(values, 50) * 1e3, 1),
-            "min": round(min(values) * 1e3, 1),
-            "max": round(max(values) * 1e3, 1),
-        }
+        result[key + "_ms"] = spread_ms(values)
     result["cli_over_floor"] = round(
         result["start_all_cli_ms"]["p50"] / result["floor_ms"]["p50"], 2
     )
@@ -1774,19 +1767,19 @@ def _ms(row: Mapping[str, Any]) -> str:
     return f"{row['p50']:.0f} ({row['min']:.0f} to {row['max']:.0f})"
 
 
+def _titled(title: str, header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    return ["", title, "", *_table(header, iter(rows))]
+
+
 def _start_and_backoff_markdown(results: Mapping[str, Any]) -> list[str]:
     out: list[str] = []
     if "cold" in results:
         c = results["cold"]
-        out += [
-            "",
+        out += _titled(
             f"Cold start, launch → {c['processes']} ready (ms; median, lowest to highest of "
             f"{c['rounds']} rounds, interleaved):",
-            "",
-        ]
-        out += _table(
             ("measured", "launch → ready", "of floor"),
-            iter([
+            [
                 ("fresh interpreter spawning 100 sleeps (floor)", _ms(c["floor_ms"]), "1.00"),
                 ("embedded library (`open_supervisor` body runs)", _ms(c["library_ms"]),
                  f"{c['library_over_floor']:.2f}"),
@@ -1795,42 +1788,34 @@ def _start_and_backoff_markdown(results: Mapping[str, Any]) -> list[str]:
                 ("`omnitron up` → daemon logs `daemon_starting`", _ms(c["daemon_starting_ms"]),
                  ""),
                 ("`omnitron up` → it exits (apps settled)", _ms(c["up_exit_ms"]), ""),
-            ]),
+            ],
         )  # fmt: skip
     if "warm" in results:
         w = results["warm"]
-        out += [
-            "",
+        out += _titled(
             f"Warm start, `omnitron start all` of {w['processes']} stopped apps (ms; "
             f"{w['rounds']} rounds):",
-            "",
-        ]
-        out += _table(
             ("measured", "ms", "of floor"),
-            iter([
+            [
                 ("one-shot CLI (one `daemon.ping`) + bare spawn of 100 (floor)",
                  _ms(w["floor_ms"]), "1.00"),
                 ("`omnitron start all`, launch → exit", _ms(w["start_all_cli_ms"]),
                  f"{w['cli_over_floor']:.2f}"),
                 ("`omnitron start all`, launch → 100th `online` line", _ms(w["ready_ms"]), ""),
-            ]),
+            ],
         )  # fmt: skip
     if "backoff" in results:
         b = results["backoff"]
-        out += [
-            "",
+        out += _titled(
             f"`daemon.status` ({b['apps']} idle apps; {BACKOFF_CALLS} sequential calls, ms) and "
             f"a stop then start of another app, with and without an app waiting "
             f"{b['backoff_s']} s before its restart:",
-            "",
-        ]
-        out += _table(
             ("daemon", "p50", "p90", "p99", "max", "stop other app", "start it again"),
-            (
+            [
                 (label, row["p50"], row["p90"], row["p99"], row["max"],
                  row["daemon.stop_app"], row["daemon.start_app"])
                 for label, row in ((k, b[k]) for k in ("idle", "in backoff"))
-            ),
+            ],
         )  # fmt: skip
         out += ["", f"In backoff over idle: p50 x{b['p50_ratio']}, p99 x{b['p99_ratio']}."]
     return out
