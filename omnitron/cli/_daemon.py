@@ -130,8 +130,7 @@ def up(
     assert source is not None
     count = len(ecosystem.apps)
     cli.note(f"config: {source} ({count} app{'s' if count != 1 else ''})")
-    for warning in ecosystem.warnings:
-        cli.note(f"warning: {warning}")
+    _config.warn(cli, ecosystem)
 
     argv = _daemon_argv(cli, source, stack=stack, reset_state=reset_state)
     if foreground:

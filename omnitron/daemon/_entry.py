@@ -151,7 +151,7 @@ def _fail(error: BaseException) -> int:
             for issue in issues:
                 print(f"  {issue}", file=sys.stderr)
         return 2
-    if isinstance(error, OmnitronError):
+    if isinstance(error, OmnitronError | OSError):
         print(f"omnitron: {error}", file=sys.stderr)
         return 1
     raise error
