@@ -1295,6 +1295,17 @@ def backoff_scenario(omnitron: str, workdir: Path) -> dict[str, Any]:
             began = time.perf_counter()
             row = _status_latency(daemon.socket, BACKOFF_CALLS)
             row.update(_stop_start_latency(daemon.socket, "s00", 10.0))
+            if "failing" in config:
+                # Stopping the app that waits must cancel its wait at once.
+                start = time.perf_counter()
+                try:
+                    with connect_unix_sync(daemon.socket, timeout=10.0) as client:
+                        client.call("daemon.stop_app", name="failing")
+                    row["stop the waiting app"] = round((time.perf_counter() - start) * 1e3, 1)
+                except Exception as exc:  # a timeout is the finding
+                    row["stop the waiting app"] = (
+                        f"{type(exc).__name__} after {time.perf_counter() - start:.1f} s"
+                    )
             row["within_backoff"] = time.perf_counter() - began < BACKOFF_SECONDS - 1
             row["daemon_cpu_s"] = cpu_seconds(daemon.pid)
             result[label] = row
@@ -1817,7 +1828,12 @@ def _start_and_backoff_markdown(results: Mapping[str, Any]) -> list[str]:
                 for label, row in ((k, b[k]) for k in ("idle", "in backoff"))
             ],
         )  # fmt: skip
-        out += ["", f"In backoff over idle: p50 x{b['p50_ratio']}, p99 x{b['p99_ratio']}."]
+        out += [
+            "",
+            f"In backoff over idle: p50 x{b['p50_ratio']}, p99 x{b['p99_ratio']}. Stopping the "
+            f"app in its backoff: {b['in backoff'].get('stop the waiting app', 'not measured')}"
+            + (" ms." if isinstance(b["in backoff"].get("stop the waiting app"), float) else "."),
+        ]
     return out
 
 
