@@ -2,17 +2,19 @@
 
 Usage::
 
-    python benchmarks/daemon.py [--quick] [--json out.json]
+    python benchmarks/daemon.py [--quick] [--json out.json] [--only SCENARIO]...
+    python benchmarks/daemon.py --render out.json    # the tables of an earlier run
 
 Every daemon is a real ``omnitron up --foreground`` with its own temporary home
 under ``/tmp``; each is stopped with ``omnitron down`` and then ``omnitron kill``
 (which also kills any app process still carrying that home's markers), and the
 run ends by checking that no process of any of its homes is left.
 
-Scenarios:
+Scenarios (the first table of the output gathers the core figures, each with
+its floor or baseline from the same run and the ratio):
 
 cli
-    Wall time of one ``omnitron status`` against a daemon running 10 apps, next to
+    Wall time of one ``omnitron status`` against a daemon running 100 apps, next to
     ``python -c pass``, ``python -c "import click, msgpack"``, and a bare Python
     process that imports click and msgpack and makes one ``daemon.ping`` call
     (once with a raw socket, once with ``omnitron.rpc.sync_client``).  The
@@ -25,21 +27,37 @@ hundred
     ``omnitron up --foreground`` until ``daemon.status`` shows every process
     online (polled), the daemon's own ``daemon_ready`` -> ``apps_started``
     (``logs/daemon.log``), the span between the first and the last ``online``
-    line of the app logs, the daemon's resident memory, and its CPU use while
-    idle.
+    line of the app logs, the daemon's resident and unique memory (RSS, USS),
+    and its CPU use while idle; beside the embedded library in a fresh
+    interpreter (``open_supervisor`` with 0 and 100 sleeps) in the same rounds.
 rpc
     Round trips per second over the Unix socket (``daemon.ping``), against the
     daemon and against a bare Trio msgpack echo server run in the same way: one
     persistent blocking client, one asynchronous client with 32 calls in flight
     (``omnitron.rpc.connect_unix``), a raw socket keeping 32 requests in flight,
     and 8 client processes with the blocking client; the median of 3 runs of 2 s
-    (one run of 1 s with ``--quick``).  Also ``daemon.status`` calls per second.
+    (one run of 1 s with ``--quick``).  Also ``daemon.status`` with 32 in flight
+    against the echo server, and sequentially.
 storm
     20 apps whose processes exit 50 ms after they start, restarted at once, for
     10 s (3 s with ``--quick``): restarts per second (the daemon's restart
     counters), the daemon's CPU, and the latency of ``daemon.status`` seen by a
     separate client polling every 10 ms, next to the same latency with 20 idle
     apps and to the restart rate of a bare spawn loop.
+cold
+    ``omnitron up`` (detached, the real CLI) of 100 apps: launch to the 100th
+    ``online`` line of the app logs and to the command's exit (apps settled),
+    interleaved with the embedded library (launch to its ``open_supervisor``
+    body) and a fresh interpreter that spawns 100 sleeps (the floor).
+warm
+    ``omnitron start all`` of 100 stopped apps: launch to exit and to the 100th
+    ``online`` line, next to a one-shot CLI call plus a bare spawn loop of 100.
+backoff
+    ``daemon.status`` latency (200 sequential calls) and a stop then start of
+    another app, against 20 idle apps, with and without an app waiting 30 s
+    before its restart.
+
+Every scenario records the 1-minute load average before and after it.
 
 Every Python process the run starts caches its bytecode under the work directory
 (``PYTHONPYCACHEPREFIX``), as an installed package has its ``.pyc`` files, unless
@@ -59,6 +77,7 @@ import math
 import os
 import platform
 import re
+import select
 import shutil
 import signal
 import socket
@@ -67,7 +86,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -80,7 +99,7 @@ from omnitron.rpc.sync_client import connect_unix_sync
 
 HERE = Path(__file__).resolve().parent
 
-CLI_APPS = 10
+CLI_APPS = 100  # the daemon the CLI and RPC scenarios talk to supervises 100 processes
 HUNDRED = 100
 STORM_APPS = 20
 STORM_EXIT_MS = 50
@@ -90,6 +109,45 @@ READY_POLL_INTERVAL = 0.005  # polling for "all 100 online"
 RPC_WINDOW = 32  # requests in flight per connection (the daemon's own limit)
 RPC_CLIENTS = 8
 DAEMON_TIMEOUT = 60.0
+BACKOFF_SECONDS = 30  # the backoff scenario's app waits this long before its restart
+BACKOFF_CALLS = 200  # daemon.status calls timed in each phase of the backoff scenario
+
+# The embedded library with N ``sleep 3600`` children under one supervisor, in a
+# fresh interpreter: prints "ready" once ``open_supervisor`` has started them all,
+# then waits.  argv: N, the sleep executable.
+LIBRARY = """\
+import sys
+import trio
+from supervision import ChildSpec, ProcessChild, Strategy, SupervisorSpec, open_supervisor
+
+count, sleep = int(sys.argv[1]), sys.argv[2]
+spec = SupervisorSpec(
+    name="lib",
+    strategy=Strategy.ONE_FOR_ONE,
+    children=[ChildSpec(f"c{i:03d}", ProcessChild([sleep, "3600"])) for i in range(count)],
+)
+
+
+async def main():
+    async with open_supervisor(spec):
+        print("ready", flush=True)
+        await trio.sleep_forever()
+
+
+try:
+    trio.run(main)
+except KeyboardInterrupt:  # how the benchmark stops it: the children are stopped by then
+    pass
+"""
+
+# The cold-start floor: a fresh interpreter that posix_spawns N sleeps (new
+# sessions) and exits.  argv: N, the sleep executable.
+SPAWN_FLOOR = """\
+import os, sys
+count, sleep = int(sys.argv[1]), sys.argv[2]
+for _ in range(count):
+    os.posix_spawn(sleep, [sleep, "3600"], os.environ, setsid=True)
+"""
 
 # A bare Trio msgpack-rpc server: one task per connection, every request answered
 # in order with the reply daemon.ping gives.  argv[1] is the socket path.
@@ -185,6 +243,15 @@ def percentile(samples: Sequence[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+def spread_ms(samples: Sequence[float]) -> dict[str, float]:
+    """p50, min and max of samples in seconds, in milliseconds (0.1 ms)."""
+    return {
+        "p50": round(percentile(samples, 50) * 1e3, 1),
+        "min": round(min(samples) * 1e3, 1),
+        "max": round(max(samples) * 1e3, 1),
+    }
+
+
 def summarize_ms(samples: Sequence[float]) -> dict[str, float]:
     """n/mean/p50/p90/p99/min/max of samples in seconds, in milliseconds."""
 
@@ -264,8 +331,10 @@ def _counter_delta(
 
 
 def memory_kib(pid: int) -> dict[str, int]:
-    """VmRSS, VmHWM (peak RSS), RssAnon, RssFile, Threads (/proc/PID/status) and Pss
-    (/proc/PID/smaps_rollup: shared pages divided among the processes that map them)."""
+    """VmRSS, VmHWM (peak RSS), RssAnon, RssFile, Threads (/proc/PID/status), Pss
+    (/proc/PID/smaps_rollup: shared pages divided among the processes that map them)
+    and Uss (its private pages: Private_Clean + Private_Dirty, what ``psutil``'s
+    ``memory_full_info().uss`` reports)."""
     out: dict[str, int] = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -277,6 +346,8 @@ def memory_kib(pid: int) -> dict[str, int]:
             key, _, value = line.partition(":")
             if key == "Pss":
                 out[key] = int(value.split()[0])
+            elif key in ("Private_Clean", "Private_Dirty"):
+                out["Uss"] = out.get("Uss", 0) + int(value.split()[0])
     return out
 
 
@@ -581,15 +652,93 @@ def _one_start(daemon: Daemon, processes: int, settle: float) -> dict[str, Any]:
     return sample
 
 
+def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
+    """One line of ``proc``'s stdout within ``timeout`` seconds (blocking read, no polling)."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        raise BenchmarkError(f"no output from pid {proc.pid} within {timeout} s")
+    return proc.stdout.readline()
+
+
+def _marked_env(home: Path) -> dict[str, str]:
+    """The environment with ``OMNITRON_HOME=home``: the run's final sweep finds what
+    carries it (the library's children inherit it), even if a stop fails."""
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    env["OMNITRON_HOME"] = str(home)
+    return env
+
+
+def _stop_python(proc: subprocess.Popen[bytes], home: Path) -> None:
+    """SIGINT (Trio cancels, the supervisor stops its children), then SIGKILL what is left."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    for pid in processes_of_home(home):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def library_start(workdir: Path, name: str, count: int, settle: float) -> dict[str, Any]:
+    """The embedded library in a fresh interpreter with ``count`` sleeps: launch → ready,
+    then its memory after ``settle`` seconds."""
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    home = workdir / name
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LIBRARY, str(count), sleep],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        env=_marked_env(home),
+        start_new_session=True,
+    )
+    try:
+        line = _read_line(proc, DAEMON_TIMEOUT)
+        ready = time.perf_counter() - start
+        if line.strip() != b"ready":
+            raise BenchmarkError(f"the library process said {line!r}")
+        time.sleep(settle)
+        return {"launch_to_ready_s": ready, "memory_kib": memory_kib(proc.pid)}
+    finally:
+        _stop_python(proc, home)
+
+
+def spawn_floor_cold(workdir: Path, count: int) -> float:
+    """Seconds from launching a fresh interpreter that posix_spawns ``count`` sleeps until
+    it exits (the sleeps are then killed)."""
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    home = workdir / "floor-cold"
+    env = _marked_env(home)
+    try:
+        return _spawn_wait([sys.executable, "-c", SPAWN_FLOOR, str(count), sleep], env)
+    finally:
+        for pid in processes_of_home(home):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+LIBRARY_LAYOUTS = {"library, no children": 0, "library, 100 children": HUNDRED}
+
+
 def hundred_scenario(
     omnitron: str, workdir: Path, rounds: int, idle_seconds: float, settle: float
 ) -> dict[str, Any]:
     layouts = hundred_layouts()
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in layouts}
+    library: dict[str, list[dict[str, Any]]] = {name: [] for name in LIBRARY_LAYOUTS}
     idle: dict[str, dict[str, float]] = {}
     floor: list[float] = []
     for r in range(rounds):
         floor.append(_floor_spawn_many(HUNDRED))
+        for index, (name, count) in enumerate(LIBRARY_LAYOUTS.items()):
+            library[name].append(library_start(workdir, f"l{index}r{r}", count, settle))
         for index, (name, (processes, apps)) in enumerate(layouts.items()):
             config = f'project = "h{index}"\n' + apps
             daemon = Daemon(omnitron, workdir, f"h{index}r{r}", config)
@@ -612,18 +761,18 @@ def hundred_scenario(
         for key in rows[0]:
             if key.endswith("_s"):
                 values = [row[key] for row in rows]
-                layout[key[:-2] + "_ms"] = {
-                    "p50": round(percentile(values, 50) * 1e3, 1),
-                    "min": round(min(values) * 1e3, 1),
-                    "max": round(max(values) * 1e3, 1),
-                }
-        for key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Pss", "Threads"):
-            values = [row["memory_kib"][key] for row in rows if key in row["memory_kib"]]
-            if not values:
-                continue
-            layout[key] = percentile(values, 50)
+                layout[key[:-2] + "_ms"] = spread_ms(values)
+        layout.update(_memory_medians(rows))
         layout["idle"] = idle[name]
         result["layouts"][name] = layout
+    result["library"] = {}
+    for name, rows in library.items():
+        ready = [row["launch_to_ready_s"] for row in rows]
+        result["library"][name] = {
+            "processes": LIBRARY_LAYOUTS[name],
+            "launch_to_ready_ms": spread_ms(ready),
+            **_memory_medians(rows),
+        }
     base = result["layouts"]["no apps"]
     for layout in result["layouts"].values():
         if layout["processes"]:
@@ -631,6 +780,15 @@ def hundred_scenario(
             layout["rss_over_no_apps_kib"] = extra
             layout["rss_per_process_kib"] = round(extra / layout["processes"], 1)
     return result
+
+
+def _memory_medians(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    out = {}
+    for key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Pss", "Uss", "Threads"):
+        values = [row["memory_kib"][key] for row in rows if key in row["memory_kib"]]
+        if values:
+            out[key] = int(percentile(values, 50))
+    return out
 
 
 # --------------------------------------------------------------------------- rpc
@@ -675,8 +833,10 @@ def rate_async(path: str, seconds: float, concurrency: int = RPC_WINDOW) -> dict
     return trio.run(_rate_async, path, seconds, concurrency)
 
 
-def rate_raw_window(path: str, seconds: float, window: int = RPC_WINDOW) -> dict[str, float]:
-    """A bare socket keeping ``window`` ping requests in flight (a sliding window).
+def rate_raw_window(
+    path: str, seconds: float, window: int = RPC_WINDOW, method: str = "daemon.ping"
+) -> dict[str, float]:
+    """A bare socket keeping ``window`` requests of ``method`` in flight (a sliding window).
 
     Every request gets a new msgid: the daemon may still count a msgid as in flight
     for a moment after its reply was sent, and refuses a reuse.
@@ -684,13 +844,13 @@ def rate_raw_window(path: str, seconds: float, window: int = RPC_WINDOW) -> dict
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(10)
     sock.connect(path)
-    unpacker = msgpack.Unpacker()
+    unpacker = msgpack.Unpacker(max_buffer_size=64 << 20)
     next_msgid = 0
 
     def requests(n: int) -> bytes:
         nonlocal next_msgid
         first, next_msgid = next_msgid, next_msgid + n
-        return b"".join(msgpack.packb([0, i, "daemon.ping", []]) for i in range(first, first + n))
+        return b"".join(msgpack.packb([0, i, method, []]) for i in range(first, first + n))
 
     try:
         sock.sendall(requests(window))
@@ -748,6 +908,9 @@ RPC_CLIENT_KINDS: dict[str, Callable[[str, float], dict[str, float]]] = {
     f"1 client, {RPC_WINDOW} in flight (async client)": rate_async,
     f"1 client, {RPC_WINDOW} in flight (raw socket)": rate_raw_window,
     f"{RPC_CLIENTS} client processes, sequential (sync client)": rate_clients,
+    f"1 client, {RPC_WINDOW} in flight (raw socket), daemon.status": lambda path, seconds: (
+        rate_raw_window(path, seconds, method="daemon.status")
+    ),
 }
 
 
@@ -973,6 +1136,184 @@ def storm_scenario(omnitron: str, workdir: Path, seconds: float) -> dict[str, An
     return result
 
 
+# --------------------------------------------------------------------------- cold and warm start
+
+
+def _hundred_config(name: str) -> str:
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    return f'project = "{name}"\n' + "".join(
+        app_toml(f"s{i:03d}", [sleep, "3600"]) for i in range(HUNDRED)
+    )
+
+
+def _last_online_after(daemon: Daemon, since_wall: float, count: int) -> float:
+    """Wall time of the ``count``-th ``online`` line written after ``since_wall``."""
+    deadline = time.perf_counter() + 10  # app log lines are written in batches
+    while True:
+        times = [t for t in daemon.online_times() if t >= since_wall - 0.001]
+        if len(times) >= count:
+            return times[count - 1]
+        if time.perf_counter() > deadline:
+            raise BenchmarkError(f"{len(times)} online lines after the start, expected {count}")
+        time.sleep(0.05)
+
+
+def _cli(omnitron: str, daemon: Daemon, *args: str, timeout: float = 120) -> None:
+    result = subprocess.run(
+        [omnitron, "--home", str(daemon.home), *args],
+        capture_output=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    if result.returncode != 0:
+        raise BenchmarkError(f"omnitron {' '.join(args)}: {result.stderr.decode()[-500:]}")
+
+
+def cold_scenario(omnitron: str, workdir: Path, rounds: int) -> dict[str, Any]:
+    """``omnitron up`` (detached, the real CLI) of 100 apps, next to the embedded library
+    and a fresh interpreter that only spawns 100 sleeps, interleaved round by round."""
+    rows: dict[str, list[float]] = {
+        "floor": [],
+        "library": [],
+        "up_exit": [],
+        "ready": [],
+        "daemon_starting": [],
+    }
+    for r in range(rounds):
+        rows["floor"].append(spawn_floor_cold(workdir, HUNDRED))
+        rows["library"].append(library_start(workdir, f"cl{r}", HUNDRED, 0.0)["launch_to_ready_s"])
+        daemon = Daemon(omnitron, workdir, f"cold{r}", _hundred_config(f"cold{r}"))
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        argv = [omnitron, "--home", str(daemon.home), "up", "--config", str(daemon.config)]
+        launched_wall = time.time()
+        try:
+            rows["up_exit"].append(_spawn_wait(argv, env))
+            ready = _last_online_after(daemon, launched_wall, HUNDRED)
+            rows["ready"].append(ready - launched_wall)
+            rows["daemon_starting"].append(
+                daemon.daemon_events()["daemon_starting"] - launched_wall
+            )
+        finally:
+            with contextlib.suppress(subprocess.SubprocessError, BenchmarkError):
+                _cli(omnitron, daemon, "down", "--wait-timeout", "30")
+            _cli(omnitron, daemon, "kill")
+    result: dict[str, Any] = {"processes": HUNDRED, "rounds": rounds}
+    for key, values in rows.items():
+        result[key + "_ms"] = spread_ms(values)
+    result["ready_over_floor"] = round(result["ready_ms"]["p50"] / result["floor_ms"]["p50"], 2)
+    result["library_over_floor"] = round(result["library_ms"]["p50"] / result["floor_ms"]["p50"], 2)
+    return result
+
+
+def warm_scenario(omnitron: str, workdir: Path, rounds: int) -> dict[str, Any]:
+    """``omnitron start all`` of 100 stopped apps against a running daemon: the CLI from
+    launch to exit, and launch to the 100th ``online`` line; next to the one-shot CLI
+    floor (click + msgpack + one ``daemon.ping``) plus a bare spawn loop of 100."""
+    daemon = Daemon(omnitron, workdir, "warm", _hundred_config("warm"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNITRON")}
+    rows: dict[str, list[float]] = {"start_all_cli": [], "ready": [], "floor": []}
+    with running(daemon):
+        daemon.wait_online(HUNDRED)
+        for _ in range(rounds):
+            _cli(omnitron, daemon, "stop", "all")
+            cli_floor = _spawn_wait([sys.executable, "-c", SYNC_PING, daemon.socket], env)
+            rows["floor"].append(cli_floor + _floor_spawn_many(HUNDRED))
+            argv = [omnitron, "--home", str(daemon.home), "start", "all"]
+            launched_wall = time.time()
+            rows["start_all_cli"].append(_spawn_wait(argv, env))
+            ready = _last_online_after(daemon, launched_wall, HUNDRED)
+            rows["ready"].append(ready - launched_wall)
+    result: dict[str, Any] = {"processes": HUNDRED, "rounds": rounds}
+    for key, values in rows.items():
+        result[key + "_ms"] = spread_ms(values)
+    result["cli_over_floor"] = round(
+        result["start_all_cli_ms"]["p50"] / result["floor_ms"]["p50"], 2
+    )
+    return result
+
+
+# --------------------------------------------------------------------------- backoff
+
+
+def _status_latency(path: str, calls: int) -> dict[str, Any]:
+    samples = []
+    with connect_unix_sync(path, timeout=60) as client:
+        for _ in range(calls):
+            start = time.perf_counter()
+            client.call("daemon.status")
+            samples.append(time.perf_counter() - start)
+    return summarize_ms(samples)
+
+
+def _stop_start_latency(path: str, name: str, timeout: float) -> dict[str, Any]:
+    """Seconds ``daemon.stop_app`` then ``daemon.start_app`` of ``name`` take (or the error)."""
+    out: dict[str, Any] = {}
+    for method in ("daemon.stop_app", "daemon.start_app"):
+        start = time.perf_counter()
+        try:
+            with connect_unix_sync(path, timeout=timeout) as client:
+                client.call(method, name=name)
+            out[method] = round((time.perf_counter() - start) * 1e3, 1)
+        except Exception as exc:  # a timeout is the finding
+            out[method] = f"{type(exc).__name__} after {time.perf_counter() - start:.1f} s"
+    return out
+
+
+def backoff_scenario(omnitron: str, workdir: Path) -> dict[str, Any]:
+    """``daemon.status`` latency (and a stop/start of another app) while one app waits
+    BACKOFF_SECONDS before its restart, next to the same daemon without that app."""
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    sh = shutil.which("sh") or "/bin/sh"
+    apps = "".join(app_toml(f"s{i:02d}", [sleep, "3600"]) for i in range(STORM_APPS))
+    failing = (
+        app_toml("failing", [sh, "-c", "exit 1"])
+        + 'restart_policy = { max_restarts = 100, window = "600s", backoff = '
+        + f'{{ initial = "{BACKOFF_SECONDS}s", max = "{BACKOFF_SECONDS}s", factor = 1 }} }}\n'
+    )
+    result: dict[str, Any] = {"apps": STORM_APPS, "backoff_s": BACKOFF_SECONDS}
+    for label, config in (("idle", apps), ("in backoff", apps + failing)):
+        daemon = Daemon(omnitron, workdir, f"b{len(result)}", f'project = "b"\n{config}')
+        with running(daemon):
+            daemon.wait_socket()
+            deadline = time.perf_counter() + DAEMON_TIMEOUT
+            # The other apps are up, and the failing one has exited (in its backoff).
+            while True:
+                with connect_unix_sync(daemon.socket, timeout=30) as client:
+                    status = client.call("daemon.status")
+                states = {app["name"]: app for app in status["apps"]}
+                up = sum(states[f"s{i:02d}"]["status"] == "online" for i in range(STORM_APPS))
+                failed = (
+                    "failing" not in states
+                    or any(p["pid"] is None for p in states["failing"]["processes"])
+                    or states["failing"]["status"] in ("errored", "crashed")
+                )
+                if up == STORM_APPS and failed:
+                    break
+                if time.perf_counter() > deadline:
+                    raise BenchmarkError(f"backoff scenario did not settle: {states}")
+                time.sleep(0.05)
+            began = time.perf_counter()
+            row = _status_latency(daemon.socket, BACKOFF_CALLS)
+            row.update(_stop_start_latency(daemon.socket, "s00", 10.0))
+            if "failing" in config:
+                # Stopping the app that waits must cancel its wait at once.
+                start = time.perf_counter()
+                try:
+                    with connect_unix_sync(daemon.socket, timeout=10.0) as client:
+                        client.call("daemon.stop_app", name="failing")
+                    row["stop the waiting app"] = round((time.perf_counter() - start) * 1e3, 1)
+                except Exception as exc:  # a timeout is the finding
+                    row["stop the waiting app"] = (
+                        f"{type(exc).__name__} after {time.perf_counter() - start:.1f} s"
+                    )
+            row["within_backoff"] = time.perf_counter() - began < BACKOFF_SECONDS - 1
+            row["daemon_cpu_s"] = cpu_seconds(daemon.pid)
+            result[label] = row
+    result["p50_ratio"] = round(result["in backoff"]["p50"] / result["idle"]["p50"], 2)
+    result["p99_ratio"] = round(result["in backoff"]["p99"] / result["idle"]["p99"], 2)
+    return result
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -1025,7 +1366,17 @@ def find_omnitron() -> str:
     return found
 
 
-SCENARIOS = ("cli", "hundred", "rpc", "storm")
+SCENARIOS = ("cli", "hundred", "rpc", "storm", "cold", "warm", "backoff")
+
+
+def _measured(
+    results: dict[str, Any], name: str, scenario: Callable[..., dict[str, Any]], *args: Any
+) -> None:
+    """``results[name] = scenario(*args)``, with the 1-minute load average before and after."""
+    before = round(os.getloadavg()[0], 2)
+    result = scenario(*args)
+    result["loadavg_1min"] = {"before": before, "after": round(os.getloadavg()[0], 2)}
+    results[name] = result
 
 
 def _run_scenarios(
@@ -1040,18 +1391,50 @@ def _run_scenarios(
             time.sleep(plan.settle_seconds)
             if "cli" in scenarios:
                 _log(f"cli: {plan.cli_samples} runs of each command")
-                results["cli"] = cli_scenario(omnitron, daemon, plan.cli_samples, plan.cli_warmup)
+                _measured(
+                    results,
+                    "cli",
+                    cli_scenario,
+                    omnitron,
+                    daemon,
+                    plan.cli_samples,
+                    plan.cli_warmup,
+                )
             if "rpc" in scenarios:
                 _log(f"rpc: {plan.rpc_seconds:g} s per client kind and server")
-                results["rpc"] = rpc_scenario(daemon, workdir, plan.rpc_seconds, plan.rpc_repeats)
+                _measured(
+                    results,
+                    "rpc",
+                    rpc_scenario,
+                    daemon,
+                    workdir,
+                    plan.rpc_seconds,
+                    plan.rpc_repeats,
+                )
     if "hundred" in scenarios:
         _log(f"hundred: {plan.hundred_rounds} rounds per layout")
-        results["hundred"] = hundred_scenario(
-            omnitron, workdir, plan.hundred_rounds, plan.idle_seconds, plan.settle_seconds
+        _measured(
+            results,
+            "hundred",
+            hundred_scenario,
+            omnitron,
+            workdir,
+            plan.hundred_rounds,
+            plan.idle_seconds,
+            plan.settle_seconds,
         )
     if "storm" in scenarios:
         _log("storm:")
-        results["storm"] = storm_scenario(omnitron, workdir, plan.storm_seconds)
+        _measured(results, "storm", storm_scenario, omnitron, workdir, plan.storm_seconds)
+    if "cold" in scenarios:
+        _log(f"cold: {plan.hundred_rounds} rounds of `omnitron up` with {HUNDRED} apps")
+        _measured(results, "cold", cold_scenario, omnitron, workdir, plan.hundred_rounds)
+    if "warm" in scenarios:
+        _log(f"warm: {plan.hundred_rounds} rounds of `omnitron start all` with {HUNDRED} apps")
+        _measured(results, "warm", warm_scenario, omnitron, workdir, plan.hundred_rounds)
+    if "backoff" in scenarios:
+        _log(f"backoff: daemon.status while an app waits {BACKOFF_SECONDS} s to restart")
+        _measured(results, "backoff", backoff_scenario, omnitron, workdir)
 
 
 @contextlib.contextmanager
@@ -1143,6 +1526,11 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"{m['during_run']['steal_percent']}%.",
     ]
 
+    summary = summary_rows(results)
+    if summary:
+        out += ["", "The core figures, each beside its floor or baseline in this run:", ""]
+        out += _table(("figure", "daemon", "floor / baseline", "ratio", "target"), iter(summary))
+
     if "cli" in results:
         cli = results["cli"]
         out += [
@@ -1208,6 +1596,20 @@ def markdown(results: Mapping[str, Any]) -> str:
              "wakeups/s"),
             idle_rows(),
         )  # fmt: skip
+        out += ["", "Memory beside the embedded library, same run (MiB; medians):", ""]
+
+        def memory_rows() -> Iterator[Sequence[object]]:
+            for name, layout in [*h["layouts"].items(), *h.get("library", {}).items()]:
+                yield (
+                    name if name.startswith("library") else f"daemon, {name}",
+                    _mib(layout["VmRSS"]),
+                    _mib(layout["Uss"]) if "Uss" in layout else "",
+                    _mib(layout["Pss"]) if "Pss" in layout else "",
+                )
+
+        out += _table(("process", "RSS", "USS", "PSS"), memory_rows())
+
+    out += _start_and_backoff_markdown(results)
 
     if "rpc" in results:
         rpc = results["rpc"]
@@ -1290,6 +1692,151 @@ def markdown(results: Mapping[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _ratio(value: float, floor: float) -> str:
+    return f"{value / floor:.2f}" if floor else ""
+
+
+def summary_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(figure, daemon, floor or baseline, ratio, target) for each figure of the core issue
+    that this run measured."""
+    rows: list[tuple[str, str, str, str, str]] = []
+    h = results.get("hundred")
+    if h and "library" in h:
+        lib = h["library"]
+        for label, layout, base in (
+            ("no children", "no apps", "library, no children"),
+            ("100 children (100 apps)", "100 apps x 1", "library, 100 children"),
+            ("100 children (1 app x 100)", "1 app x 100 instances", "library, 100 children"),
+        ):
+            d, b = h["layouts"][layout], lib[base]
+            rows.append((
+                f"RSS, {label} (MiB)", f"{_mib(d['VmRSS'])}", f"{_mib(b['VmRSS'])} (library)",
+                _ratio(d["VmRSS"], b["VmRSS"]), "≤ 30 MiB with 100" if "100" in label else "",
+            ))  # fmt: skip
+            rows.append((
+                f"USS, {label} (MiB)", f"{_mib(d['Uss'])}", f"{_mib(b['Uss'])} (library)",
+                _ratio(d["Uss"], b["Uss"]), "≤ 20 MiB with 100" if "100" in label else "",
+            ))  # fmt: skip
+    if "cli" in results:
+        c = results["cli"]["commands"]
+        status, floor = (
+            c["omnitron status"]["p50"],
+            c["click + msgpack + daemon.ping (sync client)"]["p50"],
+        )
+        rows.append((
+            f"`status` CLI with {results['cli']['apps']} children, p50 (ms)", f"{status:.1f}",
+            f"{floor:.1f} (one-shot CLI)", _ratio(status, floor), "≤ 1.3x",
+        ))  # fmt: skip
+    if "rpc" in results:
+        for kind, row in results["rpc"]["clients"].items():
+            if kind.endswith("daemon.status"):
+                rows.append((
+                    f"`daemon.status` calls/s, {CLI_APPS} children, {RPC_WINDOW} in flight",
+                    f"{row['daemon']['per_s']:,.0f}", f"{row['echo server']['per_s']:,.0f} (echo)",
+                    f"{row['of_echo_server']:.2f}", "≥ 5k/s",
+                ))  # fmt: skip
+    if "storm" in results:
+        d, f = results["storm"]["daemon"], results["storm"]["floor"]
+        rows.append((
+            "crash storm restarts/s (20 children)", f"{d['restarts_per_s']:.0f}",
+            f"{f['restarts_per_s']:.0f}", f"{d['of_floor']:.2f}", "≥ 0.95",
+        ))  # fmt: skip
+        rows.append((
+            "CPU during the storm (% of a core)", f"{d['cpu_percent']:.0f}",
+            f"{f['cpu_percent']:.0f}", "", "≤ floor + 30",
+        ))  # fmt: skip
+    if "cold" in results:
+        c = results["cold"]
+        rows.append((
+            "cold: `omnitron up` → 100 ready (ms)", f"{c['ready_ms']['p50']:.0f}",
+            f"{c['floor_ms']['p50']:.0f} (spawn floor); library {c['library_ms']['p50']:.0f}",
+            f"{c['ready_over_floor']:.2f}", "≤ 400 ms",
+        ))  # fmt: skip
+        rows.append((
+            "cold: `omnitron up` exits, apps settled (ms)", f"{c['up_exit_ms']['p50']:.0f}",
+            f"{c['floor_ms']['p50']:.0f}", _ratio(c["up_exit_ms"]["p50"], c["floor_ms"]["p50"]),
+            "",
+        ))  # fmt: skip
+    if "warm" in results:
+        w = results["warm"]
+        rows.append((
+            "warm: `start all` → 100 ready (ms)", f"{w['ready_ms']['p50']:.0f}",
+            f"{w['floor_ms']['p50']:.0f} (CLI + spawn floor)",
+            _ratio(w["ready_ms"]["p50"], w["floor_ms"]["p50"]), "≤ 200 ms",
+        ))  # fmt: skip
+    if "backoff" in results:
+        b = results["backoff"]
+        rows.append((
+            f"`daemon.status` p50 while an app is in a {b['backoff_s']} s backoff (ms)",
+            f"{b['in backoff']['p50']:.2f}", f"{b['idle']['p50']:.2f} (no backoff)",
+            f"{b['p50_ratio']:.2f}", "",
+        ))  # fmt: skip
+    return rows
+
+
+def _ms(row: Mapping[str, Any]) -> str:
+    return f"{row['p50']:.0f} ({row['min']:.0f} to {row['max']:.0f})"
+
+
+def _titled(title: str, header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    return ["", title, "", *_table(header, iter(rows))]
+
+
+def _start_and_backoff_markdown(results: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+    if "cold" in results:
+        c = results["cold"]
+        out += _titled(
+            f"Cold start, launch → {c['processes']} ready (ms; median, lowest to highest of "
+            f"{c['rounds']} rounds, interleaved):",
+            ("measured", "launch → ready", "of floor"),
+            [
+                ("fresh interpreter spawning 100 sleeps (floor)", _ms(c["floor_ms"]), "1.00"),
+                ("embedded library (`open_supervisor` body runs)", _ms(c["library_ms"]),
+                 f"{c['library_over_floor']:.2f}"),
+                ("`omnitron up` → 100th `online` line", _ms(c["ready_ms"]),
+                 f"{c['ready_over_floor']:.2f}"),
+                ("`omnitron up` → daemon logs `daemon_starting`", _ms(c["daemon_starting_ms"]),
+                 ""),
+                ("`omnitron up` → it exits (apps settled)", _ms(c["up_exit_ms"]), ""),
+            ],
+        )  # fmt: skip
+    if "warm" in results:
+        w = results["warm"]
+        out += _titled(
+            f"Warm start, `omnitron start all` of {w['processes']} stopped apps (ms; "
+            f"{w['rounds']} rounds):",
+            ("measured", "ms", "of floor"),
+            [
+                ("one-shot CLI (one `daemon.ping`) + bare spawn of 100 (floor)",
+                 _ms(w["floor_ms"]), "1.00"),
+                ("`omnitron start all`, launch → exit", _ms(w["start_all_cli_ms"]),
+                 f"{w['cli_over_floor']:.2f}"),
+                ("`omnitron start all`, launch → 100th `online` line", _ms(w["ready_ms"]), ""),
+            ],
+        )  # fmt: skip
+    if "backoff" in results:
+        b = results["backoff"]
+        out += _titled(
+            f"`daemon.status` ({b['apps']} idle apps; {BACKOFF_CALLS} sequential calls, ms) and "
+            f"a stop then start of another app, with and without an app waiting "
+            f"{b['backoff_s']} s before its restart:",
+            ("daemon", "p50", "p90", "p99", "max", "stop other app", "start it again"),
+            [
+                (label, row["p50"], row["p90"], row["p99"], row["max"],
+                 row["daemon.stop_app"], row["daemon.start_app"])
+                for label, row in ((k, b[k]) for k in ("idle", "in backoff"))
+            ],
+        )  # fmt: skip
+        out += [
+            "",
+            f"In backoff over idle: p50 x{b['p50_ratio']}, p99 x{b['p99_ratio']}. Stopping the "
+            f"app in its backoff: {b['in backoff'].get('stop the waiting app', 'not measured')}"
+            + (" ms." if isinstance(b["in backoff"].get("stop the waiting app"), float) else "."),
+        ]
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The omnitron daemon against baselines.")
     parser.add_argument("--quick", action="store_true", help="fewer samples; under a minute")
@@ -1304,7 +1851,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run the Python processes with the inherited bytecode settings "
         "(by default they cache .pyc files in the work directory, as an installed package has)",
     )
+    parser.add_argument(
+        "--render", metavar="JSON", type=Path, help="print the tables of an earlier --json file"
+    )
     args = parser.parse_args(argv)
+    if args.render is not None:
+        print(markdown(json.loads(args.render.read_text())), end="")
+        return 0
     plan = Plan.quick() if args.quick else Plan.full()
     results = run(
         plan,

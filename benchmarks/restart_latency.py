@@ -371,6 +371,7 @@ class SupervisionAdapter:
     """
 
     name = "supervision"
+    subreaper = False
 
     def __init__(self, workdir: Path) -> None:
         del workdir  # the library makes its own notify sockets
@@ -411,7 +412,9 @@ class SupervisionAdapter:
         from supervision import open_supervisor
 
         spec = self._spec(child, count=1, notify=True)
-        self._sup = await self._stack.enter_async_context(open_supervisor(spec))
+        self._sup = await self._stack.enter_async_context(
+            open_supervisor(spec, subreaper=self.subreaper)
+        )
         self._events = self._stack.enter_context(self._sup.subscribe())
         [info] = self._sup.which_children()
         self._pid = info.pid
@@ -457,7 +460,7 @@ class SupervisionAdapter:
         def restarts() -> int:
             return sum(info.restarts for info in sup.which_children())
 
-        async with open_supervisor(spec) as sup:
+        async with open_supervisor(spec, subreaper=self.subreaper) as sup:
             await trio.sleep(STORM_WARMUP)
             before, cpu, begin = restarts(), _cpu_seconds(), time.perf_counter()
             await trio.sleep(seconds)
@@ -469,14 +472,22 @@ class SupervisionAdapter:
 
         spec = self._spec(child, count=children, notify=notify)
         start = time.perf_counter_ns()
-        async with open_supervisor(spec):
+        async with open_supervisor(spec, subreaper=self.subreaper):
             elapsed = time.perf_counter_ns() - start
         return elapsed
+
+
+class SubreaperAdapter(SupervisionAdapter):
+    """The same library as a child subreaper (as the daemon runs it): orphans are reaped."""
+
+    name = "supervision-subreaper"
+    subreaper = True
 
 
 #: Supervisors to compare with the floor, by name.
 ADAPTERS: dict[str, Callable[[Path], Adapter]] = {
     "supervision": SupervisionAdapter,
+    "supervision-subreaper": SubreaperAdapter,
 }
 
 

@@ -169,12 +169,13 @@ async def main(duration: float, crash_demo: bool) -> int:
                 async with open_supervisor(root) as sup:
                     printer.start_soon(print_events, sup.subscribe())
                     async with trio.open_nursery() as nursery:
-                        nursery.cancel_scope.deadline = trio.current_time() + duration
                         nursery.start_soon(stop_on_signal, signals, nursery.cancel_scope)
                         # Children are added after subscribing, so the printer sees them
                         # start. start_child returns once the child is ready.
                         await sup.start_child(ChildSpec("pool", pool_spec()))
                         await sup.start_child(ChildSpec("ticker", TaskChild(ticker, sup, 2.0)))
+                        # --duration counts from here, however long the start took.
+                        nursery.cancel_scope.deadline = trio.current_time() + duration
                         say("running; press Ctrl-C to stop")
                         if crash_demo:
                             nursery.start_soon(kill_a_worker, sup, 3.0)

@@ -18,6 +18,14 @@ from ._errors import SupervisionError as SupervisionError
 from ._errors import SupervisorGaveUp as SupervisorGaveUp
 from ._errors import SupervisorNotRunning as SupervisorNotRunning
 from ._exit import ExitStatus as ExitStatus
+from ._procfs import MarkedProcess as MarkedProcess
+from ._procfs import PinnedProcess as PinnedProcess
+from ._procfs import ProcessIdentity as ProcessIdentity
+from ._procfs import TerminateReport as TerminateReport
+from ._procfs import descendants as descendants
+from ._procfs import find_marked as find_marked
+from ._procfs import kill_processes as kill_processes
+from ._procfs import terminate_processes as terminate_processes
 from ._pubsub import Subscription as Subscription
 from ._spec import AutoShutdown as AutoShutdown
 from ._spec import Backoff as Backoff
@@ -63,6 +71,15 @@ __all__ = [
     "ChildCounts",
     "ChildState",
     "ExitStatus",
+    # processes (procfs)
+    "ProcessIdentity",
+    "PinnedProcess",
+    "descendants",
+    "MarkedProcess",
+    "find_marked",
+    "terminate_processes",
+    "kill_processes",
+    "TerminateReport",
     # errors
     "SupervisionError",
     "InvalidSpec",

@@ -18,7 +18,7 @@ from ._events import Event
 from ._exit import ExitStatus
 
 if TYPE_CHECKING:
-    from ._process import ProcessHost
+    from ._host import ProcessHost
 
 __all__ = ["Runner", "RunnerContext", "StopReport"]
 

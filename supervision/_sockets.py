@@ -4,7 +4,7 @@ A slot's sockets are opened when the slot first runs and stay open across its
 generations, so clients queue in the kernel's backlog instead of being refused
 while a child is replaced. They reach the child with the systemd
 socket-activation protocol: file descriptors 3, 4, ... in spec order,
-``LISTEN_FDS``, ``LISTEN_FDNAMES`` and ``LISTEN_PID`` (see :mod:`._process` for
+``LISTEN_FDS``, ``LISTEN_FDNAMES`` and ``LISTEN_PID`` (see :mod:`._spawn` for
 how ``LISTEN_PID`` is set to the child's own pid).
 """
 

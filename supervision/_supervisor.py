@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from ._process import ProcessHost
+    from ._host import ProcessHost
 
 T = TypeVar("T")
 
@@ -471,6 +471,12 @@ class _Engine:
         for slot in self.slots:
             slot.restart_at = -math.inf
         while not self._shutdown and self._gave_up is None:
+            # Checked after every message: a tree whose children are all ready is
+            # handed out at once, even if an exit is already waiting behind the
+            # last "ready".
+            if not self._started and self._settled():
+                self._started = True
+                task_status.started(self.handle)
             # Whatever has arrived is served before the next start: a call is never
             # starved by a child that keeps failing to start (OTP-9549).
             try:
@@ -478,9 +484,6 @@ class _Engine:
             except trio.WouldBlock:
                 message = None
             if message is None:
-                if not self._started and self._settled():
-                    self._started = True
-                    task_status.started(self.handle)
                 due = self._next_due()
                 if due is not None:
                     self._begin_start(due)
@@ -958,6 +961,7 @@ async def run_supervisor(
     *,
     subreaper: bool = False,
     observer: Callable[[ev.Event], None] | None = None,
+    token: str | None = None,
     task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a supervision tree as a task of your own nursery.
@@ -971,9 +975,15 @@ async def run_supervisor(
             escape their process group are reparented here, found and reaped.
         observer: Called synchronously with every event of the tree from the very
             first one (before the handle exists); it must not block or raise.
+        token: The prefix of the ``SUPERVISION_CHILD_ID`` marker every process of
+            the tree carries (1 to 64 of ``A-Za-z0-9_-``; random if ``None``).
+            Pass a stable one to find the leftovers of an earlier run with
+            :func:`find_marked` (``SUPERVISION_CHILD_ID`` starting with
+            ``token + "."``).
 
     Raises:
         SupervisorGaveUp: The root exceeded its restart intensity.
+        ValueError: ``token`` is malformed.
 
     Cancellation: stops every child in reverse start order (each with its own stop
     timeout, shielded), then re-raises.
@@ -982,9 +992,9 @@ async def run_supervisor(
         raise InvalidSpecType(
             f"run_supervisor: expected a SupervisorSpec, got {type(spec).__name__}"
         )
-    from ._process import open_process_host
+    from ._host import open_process_host
 
-    async with open_process_host(subreaper=subreaper) as host:
+    async with open_process_host(subreaper=subreaper, token=token) as host:
         broadcaster = Broadcaster((spec.name,), observer=observer)
         engine = _Engine(spec, path=(spec.name,), host=host, broadcaster=broadcaster)
         try:
@@ -999,6 +1009,7 @@ async def open_supervisor(
     *,
     subreaper: bool = False,
     observer: Callable[[ev.Event], None] | None = None,
+    token: str | None = None,
 ) -> AsyncIterator[Supervisor]:
     """Run a supervision tree for the duration of an ``async with`` block.
 
@@ -1011,11 +1022,12 @@ async def open_supervisor(
         spec: The tree.
         subreaper: See :func:`run_supervisor`.
         observer: See :func:`run_supervisor`.
+        token: See :func:`run_supervisor`.
     """
     try:
         async with trio.open_nursery() as nursery:
             supervisor: Supervisor = await nursery.start(
-                partial(run_supervisor, spec, subreaper=subreaper, observer=observer)
+                partial(run_supervisor, spec, subreaper=subreaper, observer=observer, token=token)
             )
             try:
                 yield supervisor

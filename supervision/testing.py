@@ -232,7 +232,8 @@ class _FakeRunner:
                 scripted = ExitStatus.exited(step.code, normal=step.code in fake.success_exit_codes)
                 after = step.after
             elif isinstance(step, Killed):
-                scripted = ExitStatus.killed(step.signal)
+                # The fake's stop signal is SIGTERM: dying by it is a normal exit.
+                scripted = ExitStatus.killed(step.signal, normal=step.signal == _signal.SIGTERM)
                 after = step.after
             elif isinstance(step, Raise):
                 scripted = ExitStatus.raised(step.exception)

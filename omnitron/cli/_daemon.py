@@ -1,19 +1,19 @@
 """``up``, ``down`` and ``kill``: starting and stopping the daemon itself.
 
-These are the only commands that import the daemon's packages (state, config,
-Trio for ``--foreground``); they pay for it, ``status`` does not.
-
-``omnitron up`` without ``--foreground`` detaches: it re-runs itself as
-``python -m omnitron --home H up --foreground --config PATH`` in a new session
-(stdin ``/dev/null``, output appended to ``$OMNITRON_HOME/logs/daemon.out``),
-waits until that process answers ``daemon.ping`` (or exits, whose error it
-reports), then until no app is starting, and prints the app table.
+``up`` validates the config, then starts the daemon's own entry point,
+``python -m omnitron.daemon`` (never the CLI again): ``up --foreground`` becomes
+it (``exec``); plain ``up`` launches it in a new session and reads its start-up
+steps from a pipe (see :mod:`omnitron.daemon._entry`): the socket is up, the
+tree has started. Then it waits until every app has settled (online, crashed,
+or stopped) and prints the app table. ``up`` imports neither Trio nor the state
+package; ``down`` and ``kill`` import the state package (and Trio with it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -33,13 +33,21 @@ if TYPE_CHECKING:
 __all__ = ["down", "kill", "up"]
 
 POLL_INTERVAL = 0.05
-"""Seconds between two looks at an external process or the daemon's socket."""
+"""Seconds between two looks at an external process."""
+SETTLE_POLL = 0.05
+"""Seconds between two ``daemon.status`` calls while apps settle after start-up."""
+START_LOOK = 0.5
+"""Seconds between two looks at ``daemon.status`` while the daemon's tree is starting."""
+FIRST_UPTIME = 0.5
+"""Seconds an app's processes must be up before ``up`` counts it online."""
+STABLE_UPTIME = 1.0
+"""The same for an app that has restarted since the daemon started."""
 KILL_WAIT = 5.0
 """Seconds to wait for SIGKILLed processes to disappear."""
 OUTPUT_TAIL = 20
 """Lines of ``daemon.out`` shown when a detached daemon dies during start-up."""
 OK_STATUSES = frozenset({"online", "stopped"})
-"""App statuses that are not a failure once start-up has settled (stopped: on purpose)."""
+"""Settled app statuses that are not a failure (stopped: on purpose)."""
 
 
 def _quiet_logging(level: str) -> None:
@@ -102,7 +110,10 @@ def up(
     wait_timeout: float,
     daemonized: bool,
 ) -> int:
-    """Validate the config, refuse a second daemon, then run or detach the daemon.
+    """Validate the config, then run the daemon (``exec``) or launch it detached.
+
+    A second daemon for the same home is refused by the daemon itself (its pid
+    lock), whose reason is reported here.
 
     Returns:
         The exit code.
@@ -121,58 +132,21 @@ def up(
     cli.note(f"config: {source} ({count} app{'s' if count != 1 else ''})")
     _config.warn(cli, ecosystem)
 
-    home = _home(cli)
-    running = _running_daemon(home)
-    if running is not None:
-        raise CliError(f"daemon already running (pid {running.pid}); home {home.path}")
+    argv = _daemon_argv(cli, source, stack=stack, reset_state=reset_state)
     if foreground:
-        return _run_foreground(
-            home, source, stack=stack, reset_state=reset_state, echo=not daemonized
-        )
-    return _detach(cli, home, source, stack=stack, reset_state=reset_state, timeout=wait_timeout)
+        if not daemonized:
+            argv.append("--echo")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # The same process becomes the daemon: its pid (systemd's MAINPID, a
+        # supervisor's child) and its environment (NOTIFY_SOCKET) stay.
+        os.execv(sys.executable, argv)
+    return _detach(cli, argv, timeout=wait_timeout)
 
 
-def _running_daemon(home: Home) -> ProcessIdentity | None:
-    from omnitron.state import read_lock_info
-
-    info = read_lock_info(home)
-    return info.identity if info is not None and info.alive else None
-
-
-def _run_foreground(
-    home: Home, source: Path, *, stack: str | None, reset_state: bool, echo: bool
-) -> int:
-    import trio
-
-    from omnitron.config import ConfigError
-    from omnitron.daemon import DaemonOptions, run_daemon
-    from omnitron.errors import OmnitronError
-    from supervision._groups import collapse
-
-    from . import _config
-
-    options = DaemonOptions(
-        home=home.path, config=source, stack=stack, echo=echo, reset_state=reset_state
-    )
-    try:
-        return trio.run(run_daemon, options)
-    except KeyboardInterrupt:
-        # The daemon handles SIGINT itself once running; this is a Ctrl-C before
-        # its signal handler was installed or after it was removed: nothing to stop.
-        click.echo("omnitron: interrupted", err=True)
-        return 130
-    except Exception as exc:
-        error = collapse(exc) if isinstance(exc, BaseExceptionGroup) else exc
-        if isinstance(error, ConfigError):
-            raise _config.config_failure(error) from None
-        if isinstance(error, OmnitronError):
-            raise CliError(str(error)) from None
-        raise
-
-
-def _daemon_argv(home: Home, source: Path, *, stack: str | None, reset_state: bool) -> list[str]:
-    argv = [sys.executable, "-m", "omnitron", "--home", str(home.path), "up", "--foreground"]
-    argv += ["--daemonized", "--config", str(source)]
+def _daemon_argv(cli: Cli, source: Path, *, stack: str | None, reset_state: bool) -> list[str]:
+    """``python -m omnitron.daemon ...``: the daemon's own entry point, not the CLI again."""
+    argv = [sys.executable, "-m", "omnitron.daemon", "--home", cli.home, "--config", str(source)]
     if stack is not None:
         argv += ["--stack", stack]
     if reset_state:
@@ -180,51 +154,138 @@ def _daemon_argv(home: Home, source: Path, *, stack: str | None, reset_state: bo
     return argv
 
 
-def _detach(
-    cli: Cli,
-    home: Home,
-    source: Path,
-    *,
-    stack: str | None,
-    reset_state: bool,
-    timeout: float,
-) -> int:
-    from omnitron.errors import OmnitronError
+class _Launch:
+    """A detached daemon and the pipe it reports its start-up on.
 
-    try:
-        home.ensure()
-    except OmnitronError as exc:
-        raise CliError(str(exc)) from None
-    out_path = home.logs_dir / "daemon.out"
-    try:
-        out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise CliError(f"cannot open {out_path}: {exc.strerror}") from None
+    The lines are described in :mod:`omnitron.daemon._entry`.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes], pipe: int, out_path: Path) -> None:
+        self.proc = proc
+        self.pipe = pipe
+        self.out_path = out_path
+        self.offset: int | None = None  # where its output in daemon.out begins, once moved
+        self.early: list[str] = []  # what it printed before its output moved
+        self.steps: set[str] = set()
+        self.eof = False
+        self._buffer = b""
+
+    def read(self, timeout: float) -> None:
+        """Take in what the daemon has said within ``timeout`` seconds (no more than a line)."""
+        if self.eof:
+            return
+        ready, _, _ = select.select([self.pipe], [], [], max(0.0, timeout))
+        if not ready:
+            return
+        data = os.read(self.pipe, 65536)
+        if not data:
+            self.eof = True
+            os.close(self.pipe)
+            self._line(self._buffer)
+            return
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        for line in lines:
+            self._line(line)
+
+    def _line(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace")
+        if not line.startswith("@"):
+            if line.strip():
+                self.early.append(line)
+            return
+        step, _, value = line[1:].partition(" ")
+        self.steps.add(step)
+        if step == "output" and value.isdigit():
+            self.offset = int(value)
+
+    def close(self) -> None:
+        if not self.eof:
+            self.eof = True
+            os.close(self.pipe)
+
+    def failure(self) -> CliError:
+        """The error for a daemon that exited: its own reason, else its output's tail."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=KILL_WAIT)
+        code = self.proc.returncode if self.proc.returncode is not None else -1
+        lines = list(self.early)
+        if self.offset is not None:
+            try:
+                with open(self.out_path, "rb") as f:
+                    f.seek(self.offset)
+                    text = f.read()[-16384:].decode("utf-8", "replace")
+            except OSError:
+                text = ""
+            lines += [line for line in text.splitlines() if line.strip()]
+        exit_code = code if code > 0 else EXIT_FAILURE
+        reasons = [line for line in lines if line.startswith("omnitron: ")]
+        if reasons:
+            details = [line.strip() for line in lines if line.startswith("  ")]
+            return CliError(
+                reasons[-1].removeprefix("omnitron: "), exit_code=exit_code, details=details
+            )
+        how = f"exit code {code}" if code >= 0 else f"signal {-code}"
+        for line in lines[-OUTPUT_TAIL:]:
+            click.echo(f"  {escape(line)}", err=True)
+        return CliError(
+            f"the daemon exited during start-up ({how}); see {self.out_path} and "
+            f"{self.out_path.with_name('daemon.log')}",
+            exit_code=exit_code,
+        )
+
+
+def _detach(cli: Cli, argv: list[str], *, timeout: float) -> int:
+    """Launch the daemon in a new session; wait for its socket, then for the apps to settle."""
     env = dict(os.environ)
     env.pop("NOTIFY_SOCKET", None)  # systemd talks to `up --foreground`, never to a detached one
+    read_end, write_end = os.pipe()
     try:
-        offset = os.fstat(out).st_size
         proc = subprocess.Popen(
-            _daemon_argv(home, source, stack=stack, reset_state=reset_state),
+            [*argv, "--ready-fd", str(write_end)],
             stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
+            stdout=write_end,  # until the daemon's output moves to logs/daemon.out
+            stderr=write_end,
+            pass_fds=(write_end,),
             cwd="/",  # hold no directory busy; paths are absolute
             env=env,
             start_new_session=True,
         )
     except OSError as exc:
+        os.close(read_end)
         raise CliError(f"cannot start the daemon: {exc}") from None
     finally:
-        os.close(out)
-
-    deadline = time.monotonic() + timeout
-    _wait_answering(cli, proc, out_path, offset, deadline, timeout)
-    cli.note(f"daemon started (pid {proc.pid}); waiting for the apps")
-    status = _wait_settled(cli, proc, out_path, offset, deadline)
+        os.close(write_end)
+    launch = _Launch(proc, read_end, Path(cli.home) / "logs" / "daemon.out")
+    try:
+        deadline = time.monotonic() + timeout
+        while "listening" not in launch.steps:
+            if launch.eof:
+                raise launch.failure()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CliError(
+                    f"the daemon (pid {proc.pid}) did not answer within {timeout:g}s; it may "
+                    f"still be starting: see {launch.out_path} and "
+                    f"{launch.out_path.with_name('daemon.log')}"
+                )
+            launch.read(left)
+        cli.note(f"daemon started (pid {proc.pid}); waiting for the apps")
+        status, unsettled = _wait_settled(cli, launch, deadline)
+    finally:
+        launch.close()
     from ._render import render_status
 
     cli.emit(status, render_status)
+    seen: dict[str, int] = {}
+    for app in status.get("apps") or ():
+        seen[str(app.get("status"))] = seen.get(str(app.get("status")), 0) + 1
+    summary = ", ".join(f"{count} {state}" for state, count in sorted(seen.items()))
+    cli.note(f"{'not settled' if unsettled else 'settled'}: {summary or 'no apps'}")
+    if unsettled:
+        raise CliError(
+            f"not settled within {timeout:g}s: {', '.join(unsettled)} "
+            "(still starting or restarting; see `omnitron status`)"
+        )
     failed = [
         f"{app['name']} ({app['status']})"
         for app in status.get("apps") or ()
@@ -235,102 +296,89 @@ def _detach(
     return 0
 
 
-def _started_failure(proc: subprocess.Popen[bytes], out_path: Path, offset: int) -> CliError:
-    """The error for a detached daemon that exited: its own reason, else its output's tail."""
-    code = proc.returncode if proc.returncode is not None else -1
-    try:
-        with open(out_path, "rb") as f:
-            f.seek(offset)
-            text = f.read()[-16384:].decode("utf-8", "replace")
-    except OSError:
-        text = ""
-    lines = [line for line in text.splitlines() if line.strip()]
-    exit_code = code if code > 0 else EXIT_FAILURE
-    reasons = [line for line in lines if line.startswith("omnitron: ")]
-    if reasons:
-        details = [line.strip() for line in lines if line.startswith("  ")]
-        return CliError(
-            reasons[-1].removeprefix("omnitron: "), exit_code=exit_code, details=details
-        )
-    how = f"exit code {code}" if code >= 0 else f"signal {-code}"
-    for line in lines[-OUTPUT_TAIL:]:
-        click.echo(f"  {escape(line)}", err=True)
-    return CliError(
-        f"the daemon exited during start-up ({how}); see {out_path} and "
-        f"{out_path.with_name('daemon.log')}",
-        exit_code=exit_code,
-    )
+def unsettled_apps(status: dict[str, Any]) -> tuple[list[str], float]:
+    """The apps of a ``daemon.status`` reply that have not settled, as ``name (status)``,
+    and how long to wait before asking again.
+
+    Settled: crashed (given up on), stopped (on purpose, or done), or online with
+    every process up for :data:`FIRST_UPTIME` (:data:`STABLE_UPTIME` once the app
+    has restarted). A crash-looping app passes through ``online`` between its
+    exits, and ``errored`` is only the moment between an exit and its restart:
+    neither is an answer yet. When only young online processes are left, the wait
+    is until the youngest is old enough (no status call in between).
+    """
+    pending = []
+    wait = 0.0
+    for app in status.get("apps") or ():
+        state = app.get("status")
+        if state in ("crashed", "stopped"):
+            continue
+        if state == "online":
+            needed = STABLE_UPTIME if app.get("restarts") else FIRST_UPTIME
+            uptimes = [p.get("uptime", 0.0) for p in app.get("processes") or () if p.get("pid")]
+            youngest = min(uptimes, default=needed)
+            if youngest >= needed:
+                continue
+            wait = max(wait, needed - youngest)
+        else:
+            wait = max(wait, SETTLE_POLL)
+        pending.append(f"{app.get('name')} ({state})")
+    return pending, min(wait, STABLE_UPTIME)
 
 
-def _wait_answering(
-    cli: Cli,
-    proc: subprocess.Popen[bytes],
-    out_path: Path,
-    offset: int,
-    deadline: float,
-    timeout: float,
-) -> None:
-    """Return once our daemon answers on the socket; raise if it exits or stays silent."""
-    from omnitron.rpc._errors import RemoteError, RpcError
-    from omnitron.rpc.sync_client import connect_unix_sync
-
-    while True:
-        if proc.poll() is not None:
-            raise _started_failure(proc, out_path, offset)
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        try:
-            with connect_unix_sync(cli.socket_path, timeout=min(2.0, left)) as client:
-                client.call("daemon.ping")
-                pid = client.call("daemon.status")["daemon"]["pid"]
-        except RemoteError:
-            pid = None  # answering, but not ready to serve (e.g. still starting): ask again
-        except RpcError:
-            pid = None  # no socket yet, or a stale one nobody listens on
-        if pid == proc.pid:
-            return
-        if pid is not None:
-            # Another daemon won the race for this home: ours is about to exit with
-            # "daemon already running"; report that.
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            if proc.returncode is not None:
-                raise _started_failure(proc, out_path, offset)
-            raise CliError(f"daemon already running (pid {pid}); home {cli.home}")
-        time.sleep(POLL_INTERVAL)
-    raise CliError(
-        f"the daemon (pid {proc.pid}) did not answer within {timeout:g}s; it may still be "
-        f"starting: see {out_path} and {out_path.parent / 'daemon.log'}"
-    )
-
-
-def _wait_settled(
-    cli: Cli, proc: subprocess.Popen[bytes], out_path: Path, offset: int, deadline: float
-) -> dict[str, Any]:
-    """Poll ``daemon.status`` until no app is starting (or the deadline); return the last one."""
+def _wait_settled(cli: Cli, launch: _Launch, deadline: float) -> tuple[dict[str, Any], list[str]]:
+    """The first ``daemon.status`` in which every app has settled, else the last one at the
+    deadline; with the apps not settled then (empty when settled)."""
     from omnitron.rpc._errors import RpcError
     from omnitron.rpc.sync_client import connect_unix_sync
 
-    while True:
-        left = deadline - time.monotonic()
-        status: dict[str, Any] | None = None
-        try:
-            with connect_unix_sync(cli.socket_path, timeout=max(1.0, min(5.0, left))) as client:
-                status = client.call("daemon.status")
-        except RpcError as exc:
-            if proc.poll() is not None:
-                raise _started_failure(proc, out_path, offset) from None
-            if left <= 0:
-                raise rpc_failure(exc) from None
-        if status is not None and (
-            left <= 0 or not any(app.get("status") == "starting" for app in status["apps"])
-        ):
-            return status
-        time.sleep(POLL_INTERVAL)
+    client = None
+    next_look = 0.0
+    try:
+        while True:
+            if not launch.eof and "started" not in launch.steps:
+                # Wait on the daemon's pipe for its tree to start; look at the status
+                # now and then anyway (a tree that gave up at once says nothing).
+                launch.read(min(START_LOOK, max(0.0, deadline - time.monotonic())))
+                if launch.eof and "started" not in launch.steps:
+                    raise launch.failure()  # the pipe closed early: the daemon is exiting
+                waiting = not launch.eof and "started" not in launch.steps
+                if waiting and time.monotonic() < min(next_look, deadline):
+                    continue
+            next_look = time.monotonic() + START_LOOK
+            left = deadline - time.monotonic()
+            try:
+                if client is None:
+                    client = connect_unix_sync(cli.socket_path, timeout=max(1.0, min(5.0, left)))
+                status: dict[str, Any] = client.call("daemon.status")
+            except RpcError as exc:
+                if client is not None:
+                    client.close()
+                    client = None
+                if launch.proc.poll() is not None:
+                    raise launch.failure() from None
+                if left <= 0:
+                    raise rpc_failure(exc) from None
+                time.sleep(min(SETTLE_POLL, max(0.0, left)))
+                continue
+            pending, wait = unsettled_apps(status)
+            if not pending or left <= 0:
+                return status, pending
+            if launch.eof or "started" in launch.steps:
+                time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+    finally:
+        if client is not None:
+            client.close()
 
 
 # --------------------------------------------------------------------------- down
+
+
+def _running_daemon(home: Home) -> ProcessIdentity | None:
+    from omnitron.state import read_lock_info
+
+    info = read_lock_info(home)
+    return info.identity if info is not None and info.alive else None
 
 
 def down(cli: Cli, *, force: bool, timeout: float) -> int:
@@ -399,43 +447,17 @@ def kill(cli: Cli) -> int:
     return 0
 
 
-def _signal_identity(identity: ProcessIdentity, *, group: bool) -> bool:
-    """SIGKILL ``identity`` (and its process group when it leads one), never a recycled pid."""
-    pid = identity.pid
-    pidfd: int | None = None
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return False
-    except (OSError, AttributeError):
-        pidfd = None  # no pidfds here: the identity check below comes just before the kill
-    try:
-        if not identity.is_running():
-            return False
-        if group:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if os.getpgid(pid) == pid and identity.is_running():
-                    os.killpg(pid, signal.SIGKILL)
-        try:
-            if pidfd is not None:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            else:
-                os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        return True
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-
-
 def _kill_everything(home: Home) -> dict[str, Any]:
     from omnitron.daemon._leftovers import find_leftovers
     from omnitron.state import read_lock_info
+    from supervision import PinnedProcess, kill_processes
 
     report: dict[str, Any] = {"daemon": None, "processes": [], "escaped": [], "removed": []}
     info = read_lock_info(home)
-    if info is not None and info.alive and _signal_identity(info.identity, group=False):
+    daemon = PinnedProcess.pin(info.identity) if info is not None and info.alive else None
+    if info is not None and daemon is not None:
+        with daemon:
+            daemon.send(signal.SIGKILL)
         report["daemon"] = info.pid
         # Its apps are found after it is gone, so that it cannot start new ones meanwhile.
         _wait_until(lambda: not info.identity.is_running(), KILL_WAIT)
@@ -443,20 +465,21 @@ def _kill_everything(home: Home) -> dict[str, Any]:
             report["escaped"].append(info.pid)
 
     if home.path.is_dir():
-        killed = []
+        killed: dict[int, Any] = {}
+        escaped: set[int] = set()
         for _ in range(3):  # processes forked while we looked are found on the next round
             leftovers = find_leftovers(home.path)
             if not leftovers:
                 break
-            for leftover in leftovers:
-                if _signal_identity(leftover.identity, group=True):
-                    killed.append(leftover)
-            _wait_until(lambda: not any(x.identity.is_running() for x in killed), KILL_WAIT)
+            # Whole trees, each process pinned by its identity (never a recycled pid).
+            result = kill_processes([x.identity for x in leftovers], kill_timeout=KILL_WAIT)
+            killed.update((x.pid, x) for x in leftovers if x.pid not in result.skipped)
+            escaped.update(result.escaped)
         report["processes"] = [
             {"app": x.app, "instance": x.instance, "pid": x.pid}
-            for x in sorted({x.pid: x for x in killed}.values(), key=lambda x: x.pid)
+            for x in sorted(killed.values(), key=lambda x: x.pid)
         ]
-        report["escaped"] += sorted({x.pid for x in killed if x.identity.is_running()})
+        report["escaped"] += sorted(escaped)
         report["removed"] = _remove_stale_files(home)
     return report
 

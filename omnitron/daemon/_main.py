@@ -37,6 +37,7 @@ from ._leftovers import find_leftovers, terminate_leftovers
 from ._logging import configure_logging
 from ._logs import LogCollector
 from ._orchestrator import Orchestrator
+from ._safefile import check_log_directory, open_for_append
 from ._sentinel import open_sentinel
 from ._service import DaemonService, build_dispatcher
 from ._systemd import notify
@@ -72,6 +73,54 @@ class DaemonOptions:
     echo: bool = False
     subreaper: bool = True
     reset_state: bool = False
+    progress: Progress | None = attrs.field(default=None, eq=False)
+
+
+class Progress:
+    """Start-up steps told to whoever launched the daemon (``omnitron up``), on a pipe.
+
+    See :mod:`omnitron.daemon._entry` for the lines. ``Progress(None)`` tells nobody.
+    A reader that went away (``up`` interrupted) is not an error: the daemon runs on.
+    """
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+        if fd is not None:
+            os.set_inheritable(fd, False)  # never held open by an app: up waits for EOF
+
+    @property
+    def active(self) -> bool:
+        return self._fd is not None
+
+    def say(self, *words: object) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.write(self._fd, ("@" + " ".join(map(str, words)) + "\n").encode())
+        except OSError:
+            self.close()
+
+    def redirect_output(self, path: Path) -> None:
+        """Append stdout and stderr to ``path`` from now on, and say from which offset."""
+        if self._fd is None:
+            return
+        check_log_directory(path.parent)
+        out = open_for_append(path)  # never through a planted link, as the logs (PC-15)
+        try:
+            offset = os.fstat(out).st_size
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(out, 1)
+            os.dup2(out, 2)
+        finally:
+            os.close(out)
+        self.say("output", offset)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class _Shutdown:
@@ -101,6 +150,8 @@ async def run_daemon(options: DaemonOptions) -> int:
     home = Home(options.home)
     await trio.to_thread.run_sync(home.ensure)
     home.check_socket_path()
+    progress = options.progress or Progress(None)
+    progress.redirect_output(home.logs_dir / "daemon.out")
     configure_logging(
         home.logs_dir / "daemon.log", level=ecosystem.logging.level.value, echo=options.echo
     )
@@ -167,7 +218,8 @@ async def run_daemon(options: DaemonOptions) -> int:
                 )
                 nursery.start_soon(_handle_signals, signals, shutdown, service, orchestrator)
                 await nursery.start(orchestrator.run)
-                nursery.start_soon(_announce_ready, orchestrator)
+                progress.say("listening", os.getpid())
+                nursery.start_soon(_announce_ready, orchestrator, progress)
                 log.info("daemon_ready", socket=str(home.socket_path))
 
                 await shutdown.requested.wait()
@@ -209,8 +261,8 @@ async def _clean_up_after_predecessor(home: Home) -> None:
     )
 
 
-async def _announce_ready(orchestrator: Orchestrator) -> None:
-    """Tell systemd we are ready once the apps are started, or after a minute anyway.
+async def _announce_ready(orchestrator: Orchestrator, progress: Progress) -> None:
+    """Tell systemd (and ``up``) we are ready once the apps are started, or after a minute.
 
     The socket already answers; capping the wait keeps a slow app from tripping
     systemd's start timeout (90 s by default) and failing the whole unit.
@@ -220,6 +272,9 @@ async def _announce_ready(orchestrator: Orchestrator) -> None:
     except DaemonBusy:
         notify("READY=1\nSTATUS=control socket up; some apps are still starting")
         return
+    finally:
+        progress.say("started")
+        progress.close()
     notify("READY=1\nSTATUS=apps started")
 
 

@@ -167,7 +167,9 @@ def test_a_recorded_pid_now_owned_by_a_stranger_is_never_signalled(
     stranger = ProcessIdentity.of(proc.pid)
     assert stranger is not None
     assert stranger.start_time is not None
-    start_time = stranger.start_time if identity == "same start time" else stranger.start_time - 99
+    # A recycled pid: the recorded process started earlier than the one holding the
+    # pid now (half its start time: positive however recently the machine booted).
+    start_time = stranger.start_time if identity == "same start time" else stranger.start_time / 2
     recorded = ProcessState(
         name="web",
         pid=proc.pid,

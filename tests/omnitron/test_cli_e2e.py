@@ -491,7 +491,7 @@ def test_two_racing_ups_start_exactly_one_daemon(omnitron: Omnitron) -> None:
     daemons = [
         p
         for p in psutil.process_iter(["cmdline"])
-        if "--foreground" in (p.info["cmdline"] or []) and omnitron.home in p.info["cmdline"]
+        if "omnitron.daemon" in (p.info["cmdline"] or []) and omnitron.home in p.info["cmdline"]
     ]
     assert [p.pid for p in daemons] == [daemon]
     omnitron.wait_online(*BASIC_APPS)
@@ -515,6 +515,62 @@ def test_up_names_the_apps_that_did_not_come_up(omnitron: Omnitron) -> None:
     assert result.stderr.splitlines()[-1] == "omnitron: not online after start-up: broken (crashed)"
     assert "broken (crashed): " in result.stdout  # the table, then the app's last error
     assert omnitron.apps()["fine"]["status"] == "online"
+
+
+def test_up_waits_while_an_app_crash_loops_then_reports_it_crashed(omnitron: Omnitron) -> None:
+    # Exits 0.2 s after each start, restarted after 0.3 s: "errored" and "online" come
+    # and go about 14 times before the limit is exceeded, some 7 s after start-up.
+    omnitron.write_config(
+        app_toml("fine")
+        + app_toml(
+            "looping",
+            CRASH_SOON,
+            restart_policy='{ max_restarts = 12, window = "60s", '
+            'backoff = { initial = "300ms", max = "300ms", factor = 1 } }',
+        )
+    )
+    started = time.monotonic()
+    result = omnitron.run("up")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    last = result.stderr.splitlines()[-1]
+    assert last == "omnitron: not online after start-up: looping (crashed)"
+    assert "settled: 1 crashed, 1 online" in result.stderr
+    assert "Traceback" not in result.stderr
+    apps = omnitron.apps()
+    assert apps["looping"]["status"] == "crashed"
+    assert apps["looping"]["restarts"] >= 12
+    assert apps["fine"]["status"] == "online"
+    assert elapsed > 12 * 0.5, "up returned before the app was given up on"
+
+
+def test_up_names_the_apps_still_looping_at_its_timeout(omnitron: Omnitron) -> None:
+    omnitron.write_config(
+        app_toml("fine")
+        + app_toml(
+            "looping",
+            CRASH_SOON,
+            restart_policy='{ max_restarts = 1000, window = "60s", '
+            'backoff = { initial = "100ms", max = "100ms", factor = 1 } }',
+        )
+    )
+    result = omnitron.run("up", "--wait-timeout", "3")
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("omnitron: not settled within 3s: looping ("), last
+    assert "fine" not in last
+    assert omnitron.apps()["looping"]["restarts"] >= 3  # it kept looping meanwhile
+
+
+def test_up_starts_the_daemon_entry_point_not_the_cli(running: Omnitron) -> None:
+    daemon = psutil.Process(running.status()["daemon"]["pid"])
+    cmdline = daemon.cmdline()
+    assert cmdline[1:3] == ["-m", "omnitron.daemon"], cmdline
+    # Its start-up pipe is closed once the apps have started: no app holds it either.
+    assert not any(arg == "--ready-fd" for arg in cmdline[:1])
+    out = Path(running.home) / "logs" / "daemon.out"
+    assert out.exists()
+    assert "Traceback" not in out.read_text()
 
 
 def test_up_reports_why_the_detached_daemon_could_not_start(omnitron: Omnitron) -> None:

@@ -22,7 +22,6 @@ import attrs
 import pytest
 import trio
 
-from omnitron.daemon import _leftovers
 from omnitron.daemon._leftovers import (
     TerminateReport,
     find_leftovers,
@@ -31,6 +30,7 @@ from omnitron.daemon._leftovers import (
 )
 from omnitron.daemon._tree import ENV_APP, ENV_HOME, ENV_INSTANCE
 from omnitron.state import Home, ProcessIdentity
+from supervision import _procfs
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -333,10 +333,10 @@ async def test_find_leftovers_with_nothing_marked(home: Path) -> None:
 @pytest.fixture(params=["pidfd", "no-pidfd"])
 def pidfd_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     mode: str = request.param
-    if mode == "pidfd" and not _leftovers._HAVE_PIDFD:
+    if mode == "pidfd" and not _procfs._HAVE_PIDFD:
         pytest.skip("no pidfd on this platform")
     if mode == "no-pidfd":
-        monkeypatch.setattr(_leftovers, "_HAVE_PIDFD", False)
+        monkeypatch.setattr(_procfs, "_HAVE_PIDFD", False)
     return mode
 
 
@@ -432,14 +432,18 @@ async def test_a_process_that_cannot_be_killed_is_reported_escaped(
     worker = await spawn(TERM_IGNORER, _marked(home, "worker", 0))
     leftovers = await trio.to_thread.run_sync(find_leftovers, home)
     # Stand-in for a process in uninterruptible sleep: SIGKILL never lands.
-    original = _leftovers._Target.send
+    original = _procfs.PinnedProcess.send
+    original_group = _procfs.PinnedProcess.send_group
 
-    def send_but_kill(target: Any, sig: int) -> None:
+    def send_but_kill(target: Any, sig: int) -> bool:
+        return sig == signal.SIGKILL or original(target, sig)
+
+    def send_group_but_kill(target: Any, sig: int) -> None:
         if sig != signal.SIGKILL:
-            original(target, sig)
+            original_group(target, sig)
 
-    monkeypatch.setattr(_leftovers._Target, "send", send_but_kill)
-    monkeypatch.setattr(_leftovers._Target, "send_group", send_but_kill)
+    monkeypatch.setattr(_procfs.PinnedProcess, "send", send_but_kill)
+    monkeypatch.setattr(_procfs.PinnedProcess, "send_group", send_group_but_kill)
 
     with trio.fail_after(10):
         report = await terminate_leftovers(leftovers, timeout=0.2, kill_timeout=0.2)

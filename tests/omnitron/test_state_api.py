@@ -130,17 +130,16 @@ def test_daemon_already_running_message() -> None:
 
 def test_an_unreadable_proc_entry_is_no_identity(monkeypatch: pytest.MonkeyPatch) -> None:
     """Out of descriptors (EMFILE), a process is not provably anyone: no identity, no raise."""
-    import builtins
     import errno
 
     from omnitron.state import ProcessIdentity
 
-    real_open = builtins.open
+    real_open = os.open
 
-    def no_fds(path: object, *args: object, **kwargs: object) -> object:
+    def no_fds(path: str, *args: int, **kwargs: int) -> int:
         if str(path).endswith("/stat"):
             raise OSError(errno.EMFILE, "Too many open files")
-        return real_open(path, *args, **kwargs)  # type: ignore[call-overload]
+        return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "open", no_fds)
+    monkeypatch.setattr(os, "open", no_fds)
     assert ProcessIdentity.of(os.getpid()) is None

@@ -19,7 +19,8 @@ import trio
 
 from supervision._events import Event
 from supervision._exit import ExitStatus
-from supervision._process import ProcessHost, ProcessRunner, open_process_host
+from supervision._host import ProcessHost, open_process_host
+from supervision._process import ProcessRunner
 from supervision._runner import RunnerContext, StopReport
 from supervision._spec import ProcessChild
 

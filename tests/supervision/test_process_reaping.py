@@ -10,7 +10,7 @@ import psutil
 import pytest
 import trio
 
-from supervision._process import _prctl_subreaper, open_process_host
+from supervision._host import _prctl_subreaper, open_process_host
 from supervision._spec import Output, ProcessChild, Ready
 
 READY3 = {"ready": Ready.fd(3), "env": {"READY_FD": "3"}}

@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from supervision._exit import ExitStatus
-from supervision._process import _kill_targets, _Target
+from supervision._procfs import PinnedProcess, ProcessIdentity, _kill_pinned
 from supervision._runner import StopReport
 from supervision._spec import Output, ProcessChild, Ready
 
@@ -141,12 +141,12 @@ async def test_escapee_of_a_crashed_leader_is_killed_on_a_subreaper(
 
 
 async def test_unkillable_targets_are_reported_as_escaped() -> None:
-    class Refusing(_Target):
+    class Refusing(PinnedProcess):
         def send(self, sig: int) -> bool:
             return False
 
-    target = Refusing(pid=123456, starttime=0, pidfd=None)
-    assert await _kill_targets([target]) == (123456,)
+    target = Refusing(ProcessIdentity(pid=123456, start_time=0.0), None)
+    assert await _kill_pinned([target]) == (123456,)
 
 
 async def test_stopped_child_still_stops(slots, child, wait_until) -> None:
@@ -214,7 +214,7 @@ async def test_without_pidfd(slots, child, lines, monkeypatch, process_state, wa
     # Kernels before 5.3: a worker thread waits with WNOWAIT (the leader stays
     # unreaped, so its group id stays ours), escapees are killed after a
     # start-time check.
-    monkeypatch.setattr("supervision._process._HAVE_PIDFD", False)
+    monkeypatch.setattr("supervision._procfs._HAVE_PIDFD", False)
     slot = slots.new(ProcessChild(child("exit_with", 3)))
     await slot.start()
     assert (await slot.exited()).code == 3

@@ -42,6 +42,15 @@ SUPERVISION = [
     "ChildCounts",
     "ChildState",
     "ExitStatus",
+    # processes (procfs)
+    "ProcessIdentity",
+    "PinnedProcess",
+    "descendants",
+    "MarkedProcess",
+    "find_marked",
+    "terminate_processes",
+    "kill_processes",
+    "TerminateReport",
     # errors
     "SupervisionError",
     "InvalidSpec",

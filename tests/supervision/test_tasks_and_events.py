@@ -502,25 +502,58 @@ async def test_a_deadline_around_the_tree_does_not_fire_in_virtual_time(
 # --------------------------------------------------------------------------- a real process
 
 
-async def test_process_killed_by_a_signal_is_an_abnormal_exit(tmp_path: Path) -> None:
-    # Killed by SIGTERM from elsewhere (not stopped by its supervisor): abnormal, so a
-    # transient child is restarted. The second generation finds the flag and stays up.
+@pytest.mark.parametrize(
+    ("sig", "stop_signal", "normal"),
+    [
+        (signal.SIGUSR1, signal.SIGTERM, False),
+        (signal.SIGTERM, signal.SIGTERM, True),
+        (signal.SIGHUP, signal.SIGHUP, True),
+    ],
+)
+async def test_process_killed_by_a_signal_is_abnormal_unless_it_is_its_stop_signal(
+    tmp_path: Path, sig: signal.Signals, stop_signal: signal.Signals, normal: bool
+) -> None:
+    # Killed from elsewhere (not stopped by its supervisor): by any signal but its
+    # own stop signal, abnormal, so a transient child is restarted (the second
+    # generation finds the flag and stays up); by its stop signal, a normal exit
+    # (OTP's shutdown reason), so it is not restarted.
     flag = tmp_path / "killed-once"
     code = (
         "import os, pathlib, signal, sys\n"
         "flag = pathlib.Path(sys.argv[1])\n"
         "if not flag.exists():\n"
         "    flag.touch()\n"
-        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        f"    os.kill(os.getpid(), {int(sig)})\n"
         "signal.pause()\n"
     )
-    child = ProcessChild([sys.executable, "-c", code, str(flag)])
+    child = ProcessChild([sys.executable, "-c", code, str(flag)], stop_signal=stop_signal)
     spec = SupervisorSpec(name="root", backoff=Backoff.none())
     with trio.fail_after(20):
         async with open_supervisor(spec) as sup:
             events = sup.subscribe()
             await sup.start_child(ChildSpec("c", child, restart=Restart.TRANSIENT))
             exited = await next_event(events, ChildExited)
-            assert exited.signal == signal.SIGTERM
-            assert not exited.exit.normal
-            await next_event(events, ChildRestarting)
+            assert exited.signal == sig
+            assert exited.exit.normal is normal
+            if not normal:
+                await next_event(events, ChildRestarting)
+                return
+            await trio.testing.wait_all_tasks_blocked(0.2)
+            [info] = sup.which_children()
+            assert info.restarts == 0
+            assert info.pid is None
+
+
+@pytest.mark.trio(clock=MockClock(autojump_threshold=0))
+async def test_fake_killed_by_its_stop_signal_is_a_normal_exit() -> None:
+    from supervision.testing import FakeChild, Killed
+
+    term = FakeChild([Killed(signal.SIGTERM, after=1.0), Killed(signal.SIGTERM, after=1.0)])
+    usr1 = FakeChild([Killed(signal.SIGUSR1, after=1.0)])
+    spec = SupervisorSpec(name="root", backoff=Backoff.none())
+    async with open_supervisor(spec) as sup:
+        await sup.start_child(ChildSpec("term", term, restart=Restart.TRANSIENT))
+        await sup.start_child(ChildSpec("usr1", usr1, restart=Restart.TRANSIENT))
+        await trio.sleep(10)
+        restarts = {info.name: info.restarts for info in sup.which_children()}
+    assert restarts == {"term": 0, "usr1": 1}

@@ -1,0 +1,195 @@
+"""The daemon process's own entry point: ``python -m omnitron.daemon``.
+
+``omnitron up`` starts the daemon through this module instead of running the CLI
+again, so the daemon process never imports click or the CLI's modules, and
+``omnitron up --foreground`` replaces itself with it (``exec``: same pid, same
+environment, so systemd's ``NOTIFY_SOCKET`` still reaches it).
+
+Before anything imports Trio, standard modules the daemon never uses are
+replaced by stand-ins that import the real module on first use: ``ssl`` (Trio's
+TLS streams and the library's HTTPS readiness check import it at import time),
+``asyncio`` (structlog's ``stdlib`` module imports it for its async logger
+methods) and ``idna`` (Trio, for host names of TCP connections). And ``hashlib``
+uses CPython's own hash functions instead of OpenSSL's (``_hashlib``), as a
+Python built without OpenSSL does: the daemon hashes one small state file per
+write, and mapping OpenSSL's ``libcrypto`` for that costs 3.5 MiB of resident
+memory. Together, about 6.5 MiB and 40 modules less; TLS, when a feature needs
+it, still works (``ssl`` loads ``libssl`` and ``libcrypto`` itself).
+
+Detached start-up (``--ready-fd N``): the daemon's stdout and stderr start on a
+pipe read by ``omnitron up``. Once the home is usable the daemon appends its
+output to ``logs/daemon.out`` instead and reports its progress on fd ``N``, one
+line per step, each starting with ``@``:
+
+``@output OFFSET``
+    Output now goes to ``logs/daemon.out``, from byte ``OFFSET`` on.
+``@listening PID``
+    The control socket answers.
+``@started``
+    The apps' tree has started (each app up or given up on), or a minute has
+    passed; then fd ``N`` is closed.
+
+Anything else on the pipe is what the daemon printed before its output moved
+(an early failure). End of file without ``@started`` means the daemon exited.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import threading
+import types
+from collections.abc import Sequence
+
+__all__ = ["BLOCKED_MODULES", "DEFERRED_MODULES", "defer_unused_modules", "main"]
+
+DEFERRED_MODULES = ("asyncio", "ssl", "idna")
+"""Modules imported by the daemon's dependencies but used on no daemon path."""
+BLOCKED_MODULES = ("_hashlib",)
+"""Optional accelerators whose absence the standard library handles (see above)."""
+
+_load_lock = threading.Lock()
+
+
+class _Deferred(types.ModuleType):
+    """Stands in for a module in ``sys.modules`` until an attribute is first read.
+
+    The first read imports the real module, puts it in ``sys.modules`` and copies
+    its namespace here, so references taken meanwhile (``import ssl as x``) see
+    the real thing.
+    """
+
+    def __getattr__(self, name: str) -> object:
+        name_of_module = self.__name__
+        with _load_lock:
+            if sys.modules.get(name_of_module) is self:
+                del sys.modules[name_of_module]
+            real = importlib.import_module(name_of_module)
+            self.__dict__.update(real.__dict__)
+        return getattr(real, name)
+
+
+def defer_unused_modules(names: Sequence[str] = DEFERRED_MODULES) -> list[str]:
+    """Put stand-ins for ``names`` in ``sys.modules``; returns those deferred.
+
+    Also blocks :data:`BLOCKED_MODULES`. A module already imported is left as it
+    is. Call before importing Trio.
+    """
+    for name in BLOCKED_MODULES:
+        if name not in sys.modules:
+            sys.modules[name] = None  # type: ignore[assignment]  # import raises ImportError
+    deferred = []
+    for name in names:
+        if name in sys.modules:
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            continue
+        stand_in = _Deferred(name)
+        stand_in.__spec__ = spec
+        stand_in.__file__ = spec.origin
+        sys.modules[name] = stand_in
+        deferred.append(name)
+    return deferred
+
+
+def _usage(message: str) -> int:
+    print(f"omnitron: {message}", file=sys.stderr)
+    print(
+        "usage: python -m omnitron.daemon --home PATH --config PATH [--stack NAME] "
+        "[--reset-state] [--echo] [--ready-fd N]",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _parse(argv: Sequence[str]) -> dict[str, object] | str:
+    """The options, or the reason ``argv`` is not valid (argparse costs memory here)."""
+    values: dict[str, object] = {"stack": None, "reset_state": False, "echo": False}
+    valued = {"--home": "home", "--config": "config", "--stack": "stack", "--ready-fd": "ready_fd"}
+    flags = {"--reset-state": "reset_state", "--echo": "echo"}
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        key, sep, inline = arg.partition("=")
+        if key in valued:
+            if sep:
+                value = inline
+            elif args:
+                value = args.pop(0)
+            else:
+                return f"{key} needs a value"
+            values[valued[key]] = value
+        elif arg in flags:
+            values[flags[arg]] = True
+        else:
+            return f"unexpected argument {arg!r}"
+    for required in ("home", "config"):
+        if required not in values:
+            return f"--{required} is required"
+    if "ready_fd" in values:
+        text = str(values["ready_fd"])
+        if not text.isdigit():
+            return f"--ready-fd must be a file descriptor number, got {text!r}"
+        values["ready_fd"] = int(text)
+    return values
+
+
+def _fail(error: BaseException) -> int:
+    """Print why the daemon could not run, as the CLI does: ``omnitron: <reason>``."""
+    from omnitron.config import ConfigError
+    from omnitron.errors import OmnitronError
+
+    if isinstance(error, ConfigError):
+        issues = error.issues
+        if len(issues) == 1:
+            print(f"omnitron: {issues[0]}", file=sys.stderr)
+        else:
+            print(f"omnitron: {len(issues)} configuration problems:", file=sys.stderr)
+            for issue in issues:
+                print(f"  {issue}", file=sys.stderr)
+        return 2
+    if isinstance(error, OmnitronError | OSError):
+        print(f"omnitron: {error}", file=sys.stderr)
+        return 1
+    raise error
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the daemon in this process; returns its exit code."""
+    parsed = _parse(sys.argv[1:] if argv is None else argv)
+    if isinstance(parsed, str):
+        return _usage(parsed)
+    defer_unused_modules()
+
+    from pathlib import Path
+
+    import trio
+
+    from supervision._groups import collapse
+
+    from ._main import DaemonOptions, Progress, run_daemon
+
+    ready_fd = parsed.get("ready_fd")
+    progress = Progress(ready_fd if isinstance(ready_fd, int) else None)
+    options = DaemonOptions(
+        home=Path(os.path.abspath(str(parsed["home"]))),
+        config=Path(os.path.abspath(str(parsed["config"]))),
+        stack=None if parsed["stack"] is None else str(parsed["stack"]),
+        echo=bool(parsed["echo"]),
+        reset_state=bool(parsed["reset_state"]),
+        progress=progress,
+    )
+    try:
+        return trio.run(run_daemon, options)
+    except KeyboardInterrupt:
+        # The daemon handles SIGINT itself once running; this is a Ctrl-C before
+        # its handler was installed or after it was removed: nothing to stop.
+        print("omnitron: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        return _fail(collapse(exc) if isinstance(exc, BaseExceptionGroup) else exc)
+    finally:
+        progress.close()

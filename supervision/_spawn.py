@@ -1,0 +1,220 @@
+"""Spawning a child process: ``Popen`` (vfork) or ``posix_spawn`` with fd placements.
+
+Children are started synchronously in the Trio thread, each in a new session
+(its pid is its process group and session id). The common case uses
+:class:`subprocess.Popen` (CPython uses ``vfork``). Children that need file
+descriptors at fixed numbers (listening sockets at 3..., ``Ready.fd(n)``) use
+:func:`os.posix_spawn` with file actions, which places them in the child
+without running Python code between fork and exec.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from ._errors import SpawnError
+
+__all__: list[str] = []
+
+_SHELL: Final = "/bin/sh"
+
+
+def _inheritable_fds() -> list[int]:
+    """This process's fds above 2 without close-on-exec (inherited from our parent)."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        names = [str(fd) for fd in range(3, 1024)]
+    fds = []
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                if os.get_inheritable(fd):
+                    fds.append(fd)
+    return fds
+
+
+def _file_actions(placements: Mapping[int, int]) -> list[tuple[int, ...]]:
+    """posix_spawn actions putting each source fd at its target, closing everything else.
+
+    Sources go first to temporaries above every number involved, so no source is
+    overwritten before it has been copied; ``dup2`` clears close-on-exec on the
+    targets, and fds inherited without close-on-exec are closed.
+    """
+    floor = max([2, *placements, *placements.values()]) + 1
+    temps = {target: floor + i for i, target in enumerate(placements)}
+    actions: list[tuple[int, ...]] = []
+    for target, source in placements.items():
+        actions.append((os.POSIX_SPAWN_DUP2, source, temps[target]))
+    for target, temp in temps.items():
+        actions.append((os.POSIX_SPAWN_DUP2, temp, target))
+    for temp in temps.values():
+        actions.append((os.POSIX_SPAWN_CLOSE, temp))
+    for fd in _inheritable_fds():
+        if fd not in placements:
+            actions.append((os.POSIX_SPAWN_CLOSE, fd))
+    return actions
+
+
+def _check_format(path: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError:
+        return  # unreadable but executable: let the kernel decide
+    if not (magic.startswith(b"#!") or magic == b"\x7fELF"):
+        raise OSError(errno.ENOEXEC, os.strerror(errno.ENOEXEC), path)
+
+
+def _resolve_executable(name: str, env: Mapping[str, str], cwd: str | None) -> str:
+    """Find ``name`` as ``execvpe`` in the child would (PATH of the child's env).
+
+    Raises the ``OSError`` the exec would have raised, naming ``name``.
+    """
+    if cwd is not None and not os.path.isdir(cwd):
+        err = errno.ENOENT if not os.path.exists(cwd) else errno.ENOTDIR
+        raise OSError(err, os.strerror(err), cwd)
+    if "/" in name:
+        candidates = [name]
+    else:
+        candidates = [
+            os.path.join(d or ".", name) for d in env.get("PATH", os.defpath).split(os.pathsep)
+        ]
+    denied: str | None = None
+    for candidate in candidates:
+        full = os.path.join(cwd, candidate) if cwd is not None else candidate
+        if not os.path.exists(full):
+            continue
+        if os.path.isfile(full) and os.access(full, os.X_OK):
+            _check_format(full)
+            return full
+        denied = denied or full
+    if denied is not None:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+
+
+def _shim(argv: Sequence[str], *, cwd: str | None, listen_pid: bool) -> list[str]:
+    """A ``/bin/sh -c`` prefix doing what must happen in the child after fork.
+
+    ``LISTEN_PID`` must be the child's pid, known only after fork: ``$$`` is the
+    shell's pid and ``exec`` keeps it. ``posix_spawn`` has no ``chdir`` action,
+    so the shell also changes directory when needed.
+    """
+    steps = []
+    if cwd is not None:
+        steps.append('cd -- "$0" || exit 127')
+    if listen_pid:
+        steps.append("LISTEN_PID=$$; export LISTEN_PID")
+    if cwd is not None:
+        steps.append('exec "$@"')
+        return [_SHELL, "-c", "; ".join(steps), cwd, *argv]
+    steps.append('exec "$0" "$@"')
+    return [_SHELL, "-c", "; ".join(steps), *argv]
+
+
+def _spawn_error(
+    path: tuple[str, ...], exc: OSError, argv0: str, env: Mapping[str, str], cwd: str | None
+) -> SpawnError:
+    code = exc.errno
+    filename = exc.filename if isinstance(exc.filename, str) else None
+    about_cwd = cwd is not None and filename == cwd and argv0 != cwd
+    if code == errno.ENOENT and about_cwd:
+        reason = f"working directory not found: {cwd}"
+    elif code == errno.ENOTDIR and about_cwd:
+        reason = f"working directory is not a directory: {cwd}"
+    elif code == errno.EACCES and about_cwd:
+        reason = f"permission denied entering working directory {cwd}"
+    elif code == errno.ENOENT:
+        if "/" in argv0:
+            where = argv0 if cwd is None or os.path.isabs(argv0) else os.path.join(cwd, argv0)
+            if os.path.exists(where):
+                reason = f"interpreter not found for {argv0} (check its #! line)"
+            else:
+                reason = f"executable not found: {argv0}"
+        else:
+            search = env.get("PATH", os.defpath)
+            reason = f"executable not found: {argv0} (PATH={search})"
+    elif code == errno.EACCES:
+        reason = f"permission denied executing {argv0}"
+    elif code == errno.ENOEXEC:
+        reason = (
+            f"exec format error: {argv0} (add a shebang line or run it through its interpreter)"
+        )
+    elif code == errno.EAGAIN:
+        reason = "fork failed: resource temporarily unavailable"
+    elif code == errno.EMFILE:
+        reason = "too many open files"
+    elif code == errno.ENFILE:
+        reason = "too many open files in the system"
+    elif code == errno.ENOMEM:
+        reason = "fork failed: out of memory"
+    else:
+        reason = f"cannot start {argv0}: {exc.strerror or exc}"
+    return SpawnError(path, reason, errno=code, filename=filename)
+
+
+def spawn_child(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str | None,
+    stdin: int,
+    stdout: int | None,
+    stderr: int | None,
+    extra_fds: Mapping[int, int],
+    listen_pid: bool,
+) -> int:
+    """Start ``argv`` in a new session; its pid. The caller reaps it (by pid).
+
+    ``stdout``/``stderr`` of ``None`` are inherited. ``extra_fds`` maps fd
+    numbers in the child to fds here; ``listen_pid`` sets ``LISTEN_PID`` in the
+    child (socket activation).
+
+    Raises:
+        OSError: The OS refused (see :func:`_spawn_error` for the message).
+    """
+    if not extra_fds:
+        popen = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+            close_fds=True,
+        )
+        # The runner reaps this pid itself (pidfd, then waitpid by pid). A
+        # returncode keeps Popen from ever waiting on it (its __del__ would
+        # otherwise queue it for subprocess._cleanup(), which could reap it)
+        # and from warning that it is still running.
+        popen.returncode = 0
+        return popen.pid
+    executable = _resolve_executable(argv[0], env, cwd)
+    args: list[str] = list(argv)
+    if listen_pid or cwd is not None:
+        args = _shim(args, cwd=cwd, listen_pid=listen_pid)
+        executable = _SHELL
+    placements = {0: stdin}
+    if stdout is not None:
+        placements[1] = stdout
+    if stderr is not None:
+        placements[2] = stderr
+    placements.update(extra_fds)
+    return os.posix_spawn(
+        executable,
+        args,
+        env,
+        file_actions=_file_actions(placements),
+        setsid=True,
+        setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+        setsigmask=(),
+    )

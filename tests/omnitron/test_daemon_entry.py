@@ -1,0 +1,148 @@
+"""The daemon's entry point imports what the daemon uses, and no more.
+
+Each check runs in a fresh interpreter (a subprocess): ``sys.modules`` of this
+test process has everything the test suite imported.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+NOT_IN_THE_DAEMON = (
+    "click",
+    "omnitron.cli",
+    "asyncio",
+    "asyncio.events",
+    "ssl",
+    "_ssl",
+    "idna",
+    "_hashlib",
+)
+"""Modules the daemon process must not load: the CLI, and the ones it defers or blocks."""
+
+
+LOADED = """\
+import json, sys
+
+
+def loaded(name):
+    module = sys.modules.get(name)
+    return module is not None and type(module).__name__ != "_Deferred"
+"""
+
+
+def run_python(code: str) -> dict[str, object]:
+    """Run ``code`` after :data:`LOADED` in a fresh interpreter; its last line as JSON."""
+    result = subprocess.run(
+        [sys.executable, "-c", LOADED + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_the_daemon_entry_point_imports_neither_the_cli_nor_deferred_modules() -> None:
+    found = run_python(
+        f"""
+        from omnitron.daemon import _entry
+        _entry.defer_unused_modules()
+        import omnitron.daemon._main
+        print(json.dumps({{name: loaded(name) for name in {NOT_IN_THE_DAEMON!r} + ("trio",)}}))
+        """
+    )
+    assert found == {**dict.fromkeys(NOT_IN_THE_DAEMON, False), "trio": True}
+
+
+def test_without_the_stand_ins_trio_imports_ssl() -> None:
+    # What the deferral is for: if Trio stops importing ssl, this fails and the
+    # stand-ins can go.
+    found = run_python(
+        """
+        import trio
+        print(json.dumps({"ssl": loaded("ssl")}))
+        """
+    )
+    assert found == {"ssl": True}
+
+
+def test_a_deferred_module_loads_on_first_use() -> None:
+    found = run_python(
+        """
+        from omnitron.daemon import _entry
+        deferred = _entry.defer_unused_modules()
+        import trio, trio._ssl
+        before = loaded("ssl")
+        stand_in = trio._ssl._stdlib_ssl
+        bio = stand_in.MemoryBIO()  # first use: the real module is imported
+        import ssl
+        print(json.dumps({
+            "deferred": deferred,
+            "before": before,
+            "after": loaded("ssl"),
+            "same_class": stand_in.MemoryBIO is ssl.MemoryBIO,
+            "works": isinstance(bio, ssl.MemoryBIO),
+            "context": type(ssl.create_default_context()).__name__,
+        }))
+        """
+    )
+    assert found == {
+        "deferred": ["asyncio", "ssl", "idna"],
+        "before": False,
+        "after": True,
+        "same_class": True,
+        "works": True,
+        "context": "SSLContext",
+    }
+
+
+def test_hashing_works_without_openssls_hash_functions() -> None:
+    found = run_python(
+        """
+        from omnitron.daemon import _entry
+        _entry.defer_unused_modules()
+        import hashlib, hmac
+        from omnitron.state._codec import decode_state, encode_state
+        from omnitron.state import DaemonState
+        data = encode_state(DaemonState(apps=()), 3)
+        print(json.dumps({
+            "sha256": hashlib.sha256(b"abc").hexdigest()[:16],
+            "hmac": hmac.new(b"k", b"m", "sha256").hexdigest()[:16],
+            "generation": decode_state(data).generation,
+            "openssl": loaded("_hashlib"),
+        }))
+        """
+    )
+    assert found == {
+        "sha256": "ba7816bf8f01cfea",
+        "hmac": "b60090e3052297ae",
+        "generation": 3,
+        "openssl": False,
+    }
+
+
+def test_importing_the_daemon_package_is_cheap() -> None:
+    found = run_python(
+        """
+        import omnitron.daemon
+        print(json.dumps({"trio": "trio" in sys.modules}))
+        """
+    )
+    assert found == {"trio": False}
+
+
+def test_bad_arguments_are_a_usage_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "omnitron.daemon", "--home", "/tmp/x", "--bogus"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == "omnitron: unexpected argument '--bogus'"
