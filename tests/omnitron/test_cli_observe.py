@@ -3,13 +3,18 @@ real apps that hang and crash, and a subscriber that never reads."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import select
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +187,51 @@ def test_a_subscriber_that_never_reads_does_not_slow_supervision(omnitron: Omnit
         assert dropped > 0 or not data
     finally:
         stalled.close()
+
+
+def test_monit_shows_the_apps_live_in_a_terminal_and_q_quits(omnitron: Omnitron) -> None:
+    omnitron.write_config('project = "obs"\n\n' + app_toml("sleeper") + app_toml("second"))
+    omnitron.up()
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 140, 0, 0))
+    env = {**omnitron.env(), "TERM": "xterm-256color"}
+    proc = subprocess.Popen(
+        omnitron.argv("monit", "--interval", "0.2"),
+        cwd=omnitron.project,
+        env=env,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+    )
+    os.close(slave)
+    screen = b""
+
+    def read_until(predicate: Callable[[bytes], bool]) -> None:
+        nonlocal screen
+        deadline = time.monotonic() + CLI_TIMEOUT
+        while not predicate(screen):
+            assert time.monotonic() < deadline, screen.decode(errors="replace")
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    screen += os.read(master, 65536)
+                except OSError:  # the terminal closed: monit exited
+                    return
+
+    try:
+        read_until(lambda s: b"sleeper" in s and b"second" in s and b"online" in s)
+        assert b"omnitron monit" in screen
+        assert b"RESTARTS" in screen
+        # It refreshes in place: the restarted process's new pid shows up.
+        old = {p["pid"] for p in omnitron.apps()["second"]["processes"]}
+        omnitron.ok("restart", "second")
+        [new] = {p["pid"] for p in omnitron.apps()["second"]["processes"]} - old
+        read_until(lambda s: str(new).encode() in s)
+        assert proc.poll() is None
+        os.write(master, b"q")
+        assert proc.wait(timeout=CLI_TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
