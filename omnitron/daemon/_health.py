@@ -21,11 +21,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
+import structlog
 import trio
 
 from ..config import AppConfig, HealthConfig
 
 __all__ = ["HealthMonitor", "ProbeFailed", "ProcessHealth", "probe"]
+
+log = structlog.get_logger("omnitron.health")
 
 _MAX_OUTPUT = 200
 """Characters of a failing command's output kept in the failure text."""
@@ -221,9 +224,10 @@ class HealthMonitor:
                 started = trio.current_time()
                 try:
                     await probe(app, config)
-                except ProbeFailed as exc:
+                except Exception as exc:  # a probe that cannot run is a failed probe
+                    text = str(exc) if isinstance(exc, ProbeFailed) else f"probe error: {exc!r}"
                     state.failures += 1
-                    state.last_result = state.last_failure = str(exc)
+                    state.last_result = state.last_failure = text
                     state.status = "failing"
                 else:
                     state.failures = 0
@@ -235,6 +239,9 @@ class HealthMonitor:
                 if state.failures >= config.retries:
                     state.status = "unhealthy"
                     reason = f"{state.failures} consecutive failures, last: {state.last_failure}"
-                    await self._on_unhealthy(app.name, state.instance, state.pid, reason)
+                    try:
+                        await self._on_unhealthy(app.name, state.instance, state.pid, reason)
+                    except Exception:  # never let one process's probe take the daemon down
+                        log.exception("health_restart_failed", app=app.name, pid=state.pid)
                     return
                 await trio.sleep(config.interval)

@@ -215,3 +215,37 @@ async def test_unwatch_cancels_the_probe_task(
         await trio.sleep(10)
         assert monitor.report()[0]["checks"] == checks
         nursery.cancel_scope.cancel()
+
+
+async def test_a_probe_command_that_cannot_run_is_a_failure_not_a_crash(tmp_path: Path) -> None:
+    # Real time: spawning a process runs in a worker thread.
+    ecosystem = define_ecosystem(
+        project="t",
+        base_dir=tmp_path,
+        apps=[
+            {
+                "name": "api",
+                "command": ["x"],
+                "health": {
+                    "command": [str(tmp_path / "missing")],
+                    "interval": "0.1s",
+                    "retries": 2,
+                },
+            }
+        ],
+    )
+    reasons: list[str] = []
+
+    async def unhealthy(name: str, instance: int, pid: int, reason: str) -> None:
+        reasons.append(reason)
+
+    monitor = HealthMonitor(unhealthy)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(monitor.run)
+        monitor.watch(ecosystem.apps[0], 0, 1)
+        with trio.fail_after(HANG_WITHIN):
+            await until(lambda: reasons)
+        assert len(reasons) == 1
+        assert "No such file" in reasons[0]
+        assert monitor.report()[0]["status"] == "unhealthy"
+        nursery.cancel_scope.cancel()
