@@ -26,6 +26,9 @@ DECLARED = {
     "daemon.inspect": Role.VIEWER,
     "daemon.env": Role.VIEWER,
     "daemon.graph": Role.VIEWER,
+    "daemon.health": Role.VIEWER,
+    "daemon.events": Role.VIEWER,
+    "events.subscribe": Role.VIEWER,
     "daemon.start_app": Role.OPERATOR,
     "daemon.stop_app": Role.OPERATOR,
     "daemon.restart_app": Role.OPERATOR,
@@ -44,6 +47,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "daemon.stop_app": {"name": "web"},
     "daemon.restart_app": {"name": "web"},
     "daemon.scale": {"name": "web", "instances": 2},
+    "events.subscribe": {"name": "web"},
 }
 
 
