@@ -224,8 +224,8 @@ def render_daemon_line(daemon: Mapping[str, Any]) -> str:
         escape(daemon.get("home", "?")),
     ]
     persistence = daemon.get("persistence")
-    if persistence and persistence != "persistence: ok":
-        parts.append(escape(persistence))
+    if persistence and persistence != "ok":
+        parts.append(f"persistence: {escape(persistence)}")
     return " · ".join(parts)
 
 

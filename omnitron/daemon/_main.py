@@ -192,7 +192,7 @@ async def run_daemon(options: DaemonOptions) -> int:
             request_shutdown=lambda: shutdown.request("shutdown requested over RPC"),
             persistence=store,
             health=lambda: {
-                "log_write_errors": str(logs.write_errors),
+                "log_write_errors": logs.write_errors,
                 "logs": logs.degraded or "ok",
             },
         )

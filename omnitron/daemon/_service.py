@@ -187,7 +187,7 @@ class DaemonService:
         stack: str | None,
         request_shutdown: Callable[[], None],
         persistence: Persistence | None = None,
-        health: Callable[[], dict[str, str]] = dict,
+        health: Callable[[], dict[str, Any]] = dict,
         sample_interval: float = SAMPLE_INTERVAL,
     ) -> None:
         self.orchestrator = orchestrator
@@ -231,7 +231,8 @@ class DaemonService:
     def _daemon(self) -> dict[str, Any]:
         health = {}
         if self._persistence is not None:
-            health["persistence"] = str(self._persistence.health())
+            # "ok" or "degraded (ENOSPC)": the key already says what it is about.
+            health["persistence"] = str(self._persistence.health()).removeprefix("persistence: ")
         return {
             "pid": os.getpid(),
             "version": __version__,
