@@ -43,6 +43,9 @@ PERSIST_ACK_TIMEOUT = 5.0
 log = structlog.get_logger("omnitron.service")
 
 
+#: Uptimes are given to this many seconds; status is built once per tick.
+UPTIME_TICK = 0.1
+
 class Persistence(Protocol):
     """What the control plane needs from the writer of the state file."""
 
@@ -157,7 +160,7 @@ class _View:
 class _Listing:
     """The last ``apps()`` result and what it was built from."""
 
-    millisecond: int
+    tick: int
     samples: dict[int, tuple[float, int]]
     records: tuple[AppRecord, ...]
     apps: list[dict[str, Any]]
@@ -232,7 +235,7 @@ class DaemonService:
     async def status_encoded(self) -> Encoded:
         """:meth:`status`, encoded once for every call that gets the same answer.
 
-        Within one millisecond, with the same records and sample, the answer is the
+        Within one tick, with the same records and sample, the answer is the
         same, so a burst of ``status`` calls shares one encoding of it.
         """
         await trio.lowlevel.checkpoint()
@@ -252,7 +255,7 @@ class DaemonService:
         return {
             "pid": os.getpid(),
             "version": __version__,
-            "uptime": round(time.monotonic() - self._started, 3),
+            "uptime": round(time.monotonic() - self._started, 1),
             "home": str(self.home),
             "config": str(self.config_path),
             **health,
@@ -260,18 +263,20 @@ class DaemonService:
         }
 
     def apps(self) -> list[dict[str, Any]]:
-        """Every app with its processes (a list shared by the calls of one millisecond).
+        """Every app with its processes (a list shared by the calls of one tick).
 
-        Uptimes are given to the millisecond, so within the same millisecond of
-        Trio's clock, with the same records and sample, the list is the same: it is
-        built once and not to be modified by callers.
+        Uptimes are given to the tenth of a second (a *tick* of Trio's clock), so
+        within one tick, with the same records and sample, the list is the same: it
+        is built (and, for ``status``, encoded) once and not to be modified by
+        callers. A change of any record or a new sample gives a fresh list at once.
         """
         samples, now, records = self.sampler.samples, trio.current_time(), self.orchestrator.apps
-        millisecond = math.floor(now * 1000)
+        tick = math.floor(now / UPTIME_TICK)
+        now = tick * UPTIME_TICK
         listing = self._listing
         if (
             listing is not None
-            and listing.millisecond == millisecond
+            and listing.tick == tick
             and listing.samples is samples
             and len(listing.records) == len(records)
             and all(a is b for a, b in zip(listing.records, records.values(), strict=True))
@@ -280,7 +285,7 @@ class DaemonService:
         if len(self._views) > len(records):  # apps removed by a reload
             self._views = {name: v for name, v in self._views.items() if name in records}
         apps = [self._app(record, samples, now) for record in records.values()]
-        self._listing = _Listing(millisecond, samples, tuple(records.values()), apps)
+        self._listing = _Listing(tick, samples, tuple(records.values()), apps)
         return apps
 
     def _app(
@@ -291,7 +296,7 @@ class DaemonService:
         if view is None or view.record is not record or view.samples is not samples:
             view = self._views[record.name] = _View.of(record, samples)
         processes = [
-            {**process, "uptime": round(max(0.0, now - ready_at), 3)}
+            {**process, "uptime": round(max(0.0, now - ready_at), 1)}
             if ready_at is not None
             else process
             for process, ready_at in view.processes
