@@ -84,6 +84,15 @@ class BenchmarkError(RuntimeError):
     """The benchmark could not take a valid measurement."""
 
 
+FAILURES = (BenchmarkError, OSError, subprocess.SubprocessError, psutil.Error, ValueError)
+
+
+def describe(exc: BaseException) -> str:
+    """One line for the report: the exception's type and its message, shortened."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -226,6 +235,7 @@ class Peer:
     status_how = ""
     warm = True  # has a start command for children defined but not started
     foreground = True  # the launched process is the supervisor and stays up
+    leaves_children = False  # stopping it leaves its children running (the harness kills them)
 
     def skip_reason(self, env: Env) -> str | None:
         return None
@@ -639,9 +649,11 @@ class Erlang(Peer):
         "`peers/bench_sup.erl` (`erl -noshell`): a `supervisor`, one_for_one, "
         "`intensity = 1000000`, `period = 1`, over workers that each open the program "
         "as a port (`spawn_executable`, `exit_status`) and exit with it; OTP restarts "
-        "at once (it has no backoff)."
+        "at once (it has no backoff).  Closing a port does not kill its program: the "
+        "harness kills what is left when it stops the supervisor."
     )
     status_how = "no CLI; `supervisor:count_children` over a line protocol on a TCP socket"
+    leaves_children = True  # closing a port does not kill its program
 
     def skip_reason(self, env: Env) -> str | None:
         if (reason := env.skipped_by_install("erlang")) is not None:
@@ -752,17 +764,6 @@ class Hellos:
             pids.append(pid)
         return pids
 
-    def wait_distinct(self, count: int, timeout: float = HELLO_TIMEOUT) -> list[int]:
-        """Wait until ``count`` different children have said hello; their pids."""
-        pids: dict[int, None] = {}
-        deadline = time.perf_counter() + timeout
-        while len(pids) < count:
-            pid = self.receive(deadline - time.perf_counter())
-            if pid is None:
-                raise BenchmarkError(f"{len(pids)} of {count} children said hello in {timeout} s")
-            pids[pid] = None
-        return list(pids)
-
     def count_until(self, end: float) -> int:
         """Hellos received until ``time.perf_counter()`` reaches ``end``."""
         count = 0
@@ -813,9 +814,26 @@ class Instance:
     def check_alive(self) -> None:
         if self.peer.foreground and self.exited():
             assert self.proc is not None
-            raise BenchmarkError(
-                f"{self.peer.name} exited ({self.proc.returncode}):\n{self.output_text()[-2000:]}"
-            )
+            output = self.output_text()[-2000:].strip() or "(no output)"
+            raise BenchmarkError(f"{self.peer.name} exited ({self.proc.returncode}): {output}")
+
+    def wait_hellos(self, count: int, timeout: float = HELLO_TIMEOUT) -> list[int]:
+        """Wait until ``count`` different children have said hello; fail at once if the
+        supervisor exits meanwhile."""
+        pids: dict[int, None] = {}
+        deadline = time.perf_counter() + timeout
+        while len(pids) < count:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                raise BenchmarkError(
+                    f"{self.peer.name}: {len(pids)} of {count} children said hello in {timeout} s"
+                )
+            pid = self.hellos.receive(min(left, 0.5))
+            if pid is None:
+                self.check_alive()
+            else:
+                pids[pid] = None
+        return list(pids)
 
     def launch(self) -> None:
         for name, text in self.peer.files(self.env, self.setup).items():
@@ -908,7 +926,7 @@ class Instance:
                     if self.hellos.path in psutil.Process(pid).cmdline():
                         os.kill(pid, signal.SIGKILL)
                         left += 1
-            if left:
+            if left and not self.peer.leaves_children:
                 _log(f"  {self.peer.name} left {left} child(ren) running: killed")
             self.hellos.close()
             shutil.rmtree(self.setup.directory, ignore_errors=True)
@@ -979,10 +997,13 @@ def _kill_and_time(instance: Instance, pid: int) -> tuple[int, float]:
     start = time.perf_counter()
     os.kill(pid, signal.SIGKILL)
     while True:
-        new = instance.hellos.receive(deadline - time.perf_counter())
-        if new is None:
+        left = deadline - time.perf_counter()
+        if left <= 0:
             raise BenchmarkError(f"{instance.peer.name}: no replacement in {HELLO_TIMEOUT} s")
-        if new != pid:
+        new = instance.hellos.receive(min(left, 0.5))
+        if new is None:
+            instance.check_alive()
+        elif new != pid:
             return new, time.perf_counter() - start
 
 
@@ -993,17 +1014,26 @@ def restart_scenario(peers: Sequence[Peer], env: Env, kind: str, plan: Plan) -> 
     spent = dict.fromkeys(samples, 0.0)
     instances: list[Instance] = []
     current: dict[str, int] = {}
+    errors: dict[str, str] = {}  # a peer that failed is left out of the remaining rounds
 
     def done(name: str) -> bool:
+        if name in errors:
+            return True
         n = len(samples[name])
         return n >= target or (spent[name] >= plan.restart_budget and n >= plan.restart_min_samples)
 
     with running(instances):
         for peer in peers:
             instance = Instance(peer, env, "r", kind, 1)
+            try:
+                instance.launch()
+                [current[peer.name]] = instance.wait_hellos(1)
+            except FAILURES as exc:
+                errors[peer.name] = describe(exc)
+                _log(f"  {peer.name} failed: {errors[peer.name]}")
+                instance.close()
+                continue
             instances.append(instance)
-            instance.launch()
-            [current[peer.name]] = instance.hellos.wait_distinct(1)
         rounds = 0
         while not all(done(name) for name in samples):
             # Everyone in turn, the order reversing every round.
@@ -1012,14 +1042,20 @@ def restart_scenario(peers: Sequence[Peer], env: Env, kind: str, plan: Plan) -> 
                 name = instance.peer.name
                 if done(name):
                     continue
-                current[name], elapsed = _kill_and_time(instance, current[name])
+                try:
+                    current[name], elapsed = _kill_and_time(instance, current[name])
+                except FAILURES as exc:
+                    errors[name] = describe(exc)
+                    _log(f"  {name} failed: {errors[name]}")
+                    continue
                 if rounds >= plan.restart_warmup:
                     samples[name].append(elapsed)
                     spent[name] += elapsed
             rounds += 1
     result: dict[str, Any] = {"child": env.child_labels[kind], "samples_s": samples}
-    result["summary"] = {name: summarize(s) for name, s in samples.items()}
-    if FLOOR in samples:
+    result["summary"] = {name: summarize(s) for name, s in samples.items() if s}
+    result["errors"] = errors
+    if FLOOR in result["summary"]:
         floor = result["summary"][FLOOR]
         for summary in result["summary"].values():
             summary.update(against_floor(summary, floor))
@@ -1060,7 +1096,7 @@ def storm_scenario(peer: Peer, env: Env, plan: Plan) -> dict[str, Any]:
     instance = Instance(peer, env, "s", "minimal", STORM_CHILDREN, exit_ms=STORM_EXIT_MS)
     with running([instance]):
         instance.launch()
-        instance.hellos.wait_distinct(STORM_CHILDREN)
+        instance.wait_hellos(STORM_CHILDREN)
         with_probe = instance.probe_argv(0, 0, 0) is not None
         start = time.time() + max(plan.storm_warmup, PROBE_STARTUP if with_probe else 0)
         end = start + plan.storm_seconds
@@ -1100,7 +1136,7 @@ def hundred_scenario(peers: Sequence[Peer], env: Env, plan: Plan) -> dict[str, A
                 keep = False
                 try:
                     instance.launch()
-                    instance.hellos.wait_distinct(HUNDRED)
+                    instance.wait_hellos(HUNDRED)
                     cold[peer.name].append(time.perf_counter() - instance.launched)
                     if last:
                         instance.wait_control()
@@ -1223,7 +1259,7 @@ def _warm_start(peer: Peer, env: Env, tag: str) -> float:
                 argv, env=instance.process_env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
-        instance.hellos.wait_distinct(HUNDRED)
+        instance.wait_hellos(HUNDRED)
         elapsed = time.perf_counter() - start
         if command is not None and command.wait(timeout=120) != 0:
             raise BenchmarkError(f"{peer.name}: the start command failed")
@@ -1253,15 +1289,6 @@ def select_peers(env: Env, names: Sequence[str] | None) -> tuple[list[Peer], dic
         else:
             skipped[peer.name] = reason
     return peers, skipped
-
-
-FAILURES = (BenchmarkError, OSError, subprocess.SubprocessError, psutil.Error, ValueError)
-
-
-def describe(exc: BaseException) -> str:
-    """One line for the report: the exception's type and its message, shortened."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}"
 
 
 def _guarded(what: str, results: dict[str, Any], key: str, fn: Any, *args: Any) -> None:
@@ -1438,6 +1465,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         if "error" in scenario:
             out.append(f"Failed: {scenario['error']}")
             continue
+        for name, error in scenario.get("errors", {}).items():
+            out += [f"{peers[name]['label']}: failed: {error}", ""]
         out += _table(
             ("peer", "n", "p50", "p90", "p99", "max", "p50 over floor", "p99 over floor",
              "x floor (p50)"),

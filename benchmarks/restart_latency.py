@@ -24,8 +24,10 @@ start 100
     Time until 100 children are all ready, with ``Ready.on_spawn()`` and with
     ``Ready.notify()``.
 
-The markdown tables go to stdout, progress to stderr.  Other supervisors can be
-compared by writing a small :class:`Adapter` and listing it in :data:`ADAPTERS`.
+The markdown tables go to stdout, progress to stderr.  Another supervisor can be
+measured here by writing a small :class:`Adapter` and listing it in
+:data:`ADAPTERS`; ``benchmarks/compare.py`` measures omnitron next to supervisord,
+circus, PM2 and Erlang/OTP as separate processes.
 """
 
 from __future__ import annotations

@@ -226,26 +226,67 @@ def test_an_uninstalled_peer_is_skipped_with_its_reason(compare: ModuleType, env
 # --------------------------------------------------------------------------- the harness's socket
 
 
-def test_hellos_counts_children_by_pid(compare: ModuleType, tmp_path: Path) -> None:
+def test_hellos_receives_pids_and_counts(compare: ModuleType, tmp_path: Path) -> None:
     import socket
     import time
 
     hellos = compare.Hellos(tmp_path / "h.sock")
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
-            for pid in (11, 12, 11, 13):
+            for pid in (11, 12, 11):
                 sender.sendto(str(pid).encode(), hellos.path)
-            assert hellos.wait_distinct(3, timeout=5) == [11, 12, 13]
+            assert hellos.receive(5) == 11
+            assert hellos.drain() == [12, 11]
             assert hellos.receive(0.01) is None
-            with pytest.raises(compare.BenchmarkError, match="0 of 1 children"):
-                hellos.wait_distinct(1, timeout=0.05)
             sender.sendto(b"14", hellos.path)
             sender.sendto(b"15", hellos.path)
             assert hellos.count_until(time.perf_counter() + 0.05) == 2
-        assert hellos.seen == {11, 12, 13, 14, 15}
+        assert hellos.seen == {11, 12, 14, 15}
     finally:
         hellos.close()
     assert not (tmp_path / "h.sock").exists()
+
+
+class Exits:
+    """A peer whose supervisor exits at once (``false``), or after ``after`` seconds."""
+
+    def __init__(self, compare: ModuleType, after: float | None = None) -> None:
+        self.peer = type("Broken", (compare.Peer,), {"name": "broken", "label": "broken"})()
+        script = "exit 1" if after is None else f"exec {{argv}} & sleep {after}; exit 1"
+        self.peer.launch_argv = lambda env, setup: [
+            "/bin/sh",
+            "-c",
+            script.replace("{argv}", shlex.join(setup.argv)),
+        ]
+
+
+def test_a_failing_peer_is_reported_and_the_others_measured(
+    compare: ModuleType, env: Any, tmp_path: Path
+) -> None:
+    env.workdir = tmp_path
+    compare.prepare(env, need_erlang=False)
+    plan = compare.Plan.quick()
+    dies_at_start = Exits(compare).peer
+    result = compare.restart_scenario([compare.FloorC(), dies_at_start], env, "minimal", plan)
+    assert len(result["samples_s"]["floor-c"]) == plan.restart_samples["minimal"]
+    assert result["errors"] == {"broken": "BenchmarkError: broken exited (1): (no output)"}
+    assert "broken" not in result["summary"]
+    # A supervisor that dies after its first child is up: the floor goes on.
+    dies_later = Exits(compare, after=0.3).peer
+    result = compare.restart_scenario([compare.FloorC(), dies_later], env, "minimal", plan)
+    assert len(result["samples_s"]["floor-c"]) == plan.restart_samples["minimal"]
+    assert result["errors"]["broken"].startswith("BenchmarkError: broken exited (1)")
+    peer = {"version": "", "restart_config": "", "status": ""}
+    results = {
+        **synthetic_results(compare),
+        "peers": {"floor-c": {**peer, "label": "floor (C)"}, "broken": {**peer, "label": "broken"}},
+        "restart": {"minimal": result},
+        "storm": {},
+        "hundred": {},
+        "zero": {},
+    }
+    report = compare.markdown(results)
+    assert "broken: failed: BenchmarkError: broken exited (1)" in report
 
 
 def test_the_children_say_hello_and_a_full_socket_holds_them_a_second_at_most(
@@ -257,7 +298,7 @@ def test_the_children_say_hello_and_a_full_socket_holds_them_a_second_at_most(
     try:
         for kind in ("minimal", "python"):
             child = subprocess.Popen([*env.children[kind], hellos.path, "1"])
-            assert hellos.wait_distinct(1, timeout=30) == [child.pid]
+            assert hellos.receive(30) == child.pid
             assert child.wait(timeout=30) == 1  # the crash, after 1 ms
         # Nobody reads: the queue (10 datagrams by default) fills, and still every child
         # runs to its exit, the ones that found it full after waiting 1 s.
