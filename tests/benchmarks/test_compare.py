@@ -508,3 +508,26 @@ def test_quick_run_of_the_floor_and_the_library(compare: ModuleType, tmp_path: P
     for p in left:
         os.kill(p.pid, signal.SIGKILL)
     assert left == []
+
+
+def test_a_noisy_supervisor_is_paused_while_another_is_measured(
+    compare: ModuleType, env: Any, tmp_path: Path
+) -> None:
+    env.workdir = tmp_path
+    compare.prepare(env, need_erlang=False)
+    measured, noisy = (compare.Instance(compare.FloorC(), env, t, "minimal", 1) for t in "ab")
+    with compare.running([measured, noisy]):
+        for instance in (measured, noisy):
+            instance.launch()
+            instance.wait_hellos(1)
+
+        def state(instance: Any) -> str:
+            return str(psutil.Process(instance.pid).status())
+
+        with compare.only_running(measured, [measured, noisy]):
+            assert (state(measured), state(noisy)) == ("sleeping", "stopped")
+        assert state(noisy) == "sleeping"
+        with compare.only_running(noisy, [noisy]):  # its own measurement: it runs
+            assert state(noisy) == "sleeping"
+    assert measured.proc is not None
+    assert measured.proc.returncode == 0  # stopped by SIGTERM, cleanly
