@@ -11,8 +11,8 @@ the ``supervision`` library embedded in a Trio program (``peers/embedded.py``),
 omnitron's daemon (``omnitron up --foreground``), supervisord, circus (with its
 default ``check_delay`` and a fast one), PM2 and an Erlang/OTP supervisor
 (``peers/bench_sup.erl``).  Each supervises the same children, which announce
-themselves on the harness's own datagram socket (``peers/hello_child.c`` and
-``peers/hello_child.py``: first thing, each sends its pid), so every peer is timed
+themselves on the harness's own datagram socket (``notify_child.c`` and
+``notify_child.py`` with ``--hello``: first thing, each sends its pid), so every peer is timed
 by the same clock and the same event.  A peer that is not installed is reported
 as skipped, with the reason.
 
@@ -119,21 +119,8 @@ percentile = bench.percentile
 # --------------------------------------------------------------------------- statistics
 
 
-def summarize(samples: Sequence[float], scale: float = 1e3) -> dict[str, float]:
-    """n/mean/p50/p90/p99/min/max of ``samples`` times ``scale`` (seconds -> ms by default)."""
-
-    def v(x: float) -> float:
-        return round(x * scale, 4)
-
-    return {
-        "n": len(samples),
-        "mean": v(sum(samples) / len(samples)),
-        "p50": v(percentile(samples, 50)),
-        "p90": v(percentile(samples, 90)),
-        "p99": v(percentile(samples, 99)),
-        "min": v(min(samples)),
-        "max": v(max(samples)),
-    }
+#: n/mean/p50/p90/p99/min/max of samples in seconds, in milliseconds.
+summarize = bench.summarize_ms
 
 
 def against_floor(summary: Mapping[str, float], floor: Mapping[str, float]) -> dict[str, float]:
@@ -186,13 +173,13 @@ def prepare(env: Env, *, need_erlang: bool) -> None:
     cc = shutil.which("cc")
     if cc is None:
         raise BenchmarkError("no C compiler (cc): the C child and the C floor need one")
-    child = env.workdir / "hello_child"
+    child = env.workdir / "notify_child"
     floor = env.workdir / "floor_sup"
-    for source, exe in ((PEERS / "hello_child.c", child), (PEERS / "floor_sup.c", floor)):
+    for source, exe in ((HERE / "notify_child.c", child), (PEERS / "floor_sup.c", floor)):
         subprocess.run([cc, "-O2", "-o", str(exe), str(source)], check=True)
     env.children = {
         "minimal": [str(child)],
-        "python": [env.python, str(PEERS / "hello_child.py")],
+        "python": [env.python, str(HERE / "notify_child.py")],
     }
     env.child_labels = {
         "minimal": "C program (cc -O2)",
@@ -787,7 +774,7 @@ class Instance:
         self.env = env
         directory = Path(tempfile.mkdtemp(prefix=f"{peer.name[:6]}-{tag}-", dir=env.workdir))
         self.hellos = Hellos(directory / "h.sock")
-        argv = [*env.children[kind], self.hellos.path]
+        argv = [*env.children[kind], "--hello", self.hellos.path]
         if exit_ms is not None:
             argv.append(str(exit_ms))
         self.setup = Setup(directory, argv, count, autostart, _free_port())
