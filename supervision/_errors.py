@@ -53,22 +53,36 @@ class SpawnError(StartFailure):
 class SupervisorGaveUp(SupervisionError):
     """A supervisor exceeded its restart intensity and shut itself down.
 
+    The last child exit is chained as ``__cause__`` where it was an exception (a
+    start failure, a task that raised).
+
     Attributes:
         path: The path of the supervisor that gave up.
         restarts: How many restarts happened inside the window.
         window: The intensity window in seconds.
         child: The name of the child whose exit tipped the balance.
+        last: How that child ended, e.g. ``"child 'cache' failed to start:
+            executable not found: redis-server"`` (empty if unknown).
     """
 
-    def __init__(self, path: tuple[str, ...], *, restarts: int, window: float, child: str) -> None:
+    def __init__(
+        self,
+        path: tuple[str, ...],
+        *,
+        restarts: int,
+        window: float,
+        child: str,
+        last: str = "",
+    ) -> None:
         super().__init__(
             f"supervisor {'/'.join(path)} gave up: restart limit exceeded "
-            f"({restarts} restarts needed within {window:g}s; last: child {child!r})"
+            f"({restarts} restarts within {window:g}s); last: {last or f'child {child!r}'}"
         )
         self.path = path
         self.restarts = restarts
         self.window = window
         self.child = child
+        self.last = last
 
 
 class ChildNotFound(SupervisionError, LookupError):

@@ -112,11 +112,17 @@ class ChildStopped(Event):
 
 @attrs.frozen(kw_only=True)
 class SupervisorGaveUp(Event):
-    """A supervisor exceeded its restart intensity and stopped all its children."""
+    """A supervisor exceeded its restart intensity and stopped all its children.
+
+    Attributes:
+        child: The child whose exit tipped the balance.
+        last: How it ended, e.g. ``"child 'cache' exited with code 1"``.
+    """
 
     restarts: int
     window: float
     child: str
+    last: str = ""
 
 
 @attrs.frozen(kw_only=True)

@@ -665,7 +665,9 @@ class TaskChild:
 
     Returning is a normal exit; raising is an abnormal one. If ``async_fn`` takes a
     ``task_status`` keyword argument it is started like ``nursery.start`` and is ready
-    when it calls ``task_status.started()``; otherwise it is ready at once.
+    when it calls ``task_status.started()``; otherwise it is ready at once. A task
+    that is not ready within ``startup_timeout`` seconds (keyword-only, default 30)
+    is cancelled, and that is a start failure, as for a process child.
     """
 
     kind: ClassVar[str] = "task"
@@ -673,8 +675,14 @@ class TaskChild:
     async_fn: Callable[..., Awaitable[object]]
     args: tuple[Any, ...]
     uses_task_status: bool
+    startup_timeout: float
 
-    def __init__(self, async_fn: Callable[..., Awaitable[object]], *args: Any) -> None:
+    def __init__(
+        self,
+        async_fn: Callable[..., Awaitable[object]],
+        *args: Any,
+        startup_timeout: float = 30.0,
+    ) -> None:
         if not callable(async_fn):
             raise InvalidSpecType("TaskChild.async_fn: must be an async function")
         params: Mapping[str, Any]
@@ -682,7 +690,12 @@ class TaskChild:
             params = inspect.signature(async_fn).parameters
         except (TypeError, ValueError):
             params = {}
-        self.__attrs_init__(async_fn=async_fn, args=args, uses_task_status="task_status" in params)
+        self.__attrs_init__(
+            async_fn=async_fn,
+            args=args,
+            uses_task_status="task_status" in params,
+            startup_timeout=_positive(TaskChild, "startup_timeout", startup_timeout),
+        )
 
     def _make_runner(self, context: RunnerContext) -> Runner:
         from ._task import TaskRunner

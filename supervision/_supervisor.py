@@ -125,13 +125,15 @@ class _Slot:
         self.ready_at: float | None = None
         self.restart_at: float | None = None
         self.counts_as_restart = False
+        # The slot whose exit scheduled this one's pending restart (group restarts).
+        self.restart_group: _Slot | None = None
         self.scope: trio.CancelScope | None = None
         self.finished: trio.Event | None = None
         self.last_exit: ExitStatus | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.finished is not None and not self.finished.is_set()
+        # Callers waiting for the outcome of the generation being started.
+        self.waiters: list[_Pending] = []
+        # The generation being started was added by start_child: a failure removes it.
+        self.dynamic = False
 
     def info(self) -> ChildInfo:
         return ChildInfo(
@@ -142,6 +144,26 @@ class _Slot:
             restarts=self.restarts,
         )
 
+    def resolve(self, error: BaseException | None = None) -> None:
+        """Tell every waiter how the start ended (``error`` is None if it is ready)."""
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            waiter.settle(self.info() if error is None else None, error)
+
+
+@attrs.frozen
+class _Ready:
+    slot: _Slot
+    generation: int
+    pid: int | None
+
+
+@attrs.frozen
+class _StartFailed:
+    slot: _Slot
+    generation: int
+    error: StartFailure
+
 
 @attrs.frozen
 class _Exited:
@@ -150,13 +172,31 @@ class _Exited:
     exit: ExitStatus
 
 
-class _Command(Generic[T]):
-    """An API call executed by the supervisor loop on behalf of a caller."""
+class _Pending:
+    """The outcome of a start the loop began for a caller, who waits for it outside."""
 
-    def __init__(self, fn: Callable[[], Awaitable[T]]) -> None:
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.value: ChildInfo | None = None
+        self.error: BaseException | None = None
+
+    def settle(self, value: ChildInfo | None, error: BaseException | None) -> None:
+        if not self.done.is_set():
+            self.value, self.error = value, error
+            self.done.set()
+
+
+class _Command(Generic[T]):
+    """An API call executed by the supervisor loop on behalf of a caller.
+
+    ``fn`` must not wait for a child to become ready: a command that starts a
+    child returns a :class:`_Pending`, which the caller waits on outside the loop.
+    """
+
+    def __init__(self, fn: Callable[[], Awaitable[T | _Pending]]) -> None:
         self.fn = fn
         self.done = trio.Event()
-        self.result: T | None = None
+        self.result: T | _Pending | None = None
         self.error: BaseException | None = None
 
     async def execute(self) -> None:
@@ -173,12 +213,17 @@ class _Command(Generic[T]):
             self.done.set()
 
 
+_Message = _Command[Any] | _Ready | _StartFailed | _Exited
+
+
 class Supervisor:
     """A handle on a running supervisor.
 
     Methods that change the tree are executed by the supervisor's own loop, one at a
     time, in the order they were called; if the caller is cancelled while waiting,
-    the operation still completes.
+    the operation still completes. The loop never waits for a child to become
+    ready: a call that starts a child returns once it is ready, while the loop goes
+    on serving other calls, exits and restarts.
     """
 
     def __init__(self, engine: _Engine) -> None:
@@ -257,16 +302,20 @@ class Supervisor:
 
         Raises:
             ChildAlreadyExists: A child with that name exists.
-            StartFailure: It could not start; it is not added.
+            StartFailure: It could not start (or was terminated before it was
+                ready); it is not added.
         """
         if not isinstance(spec, ChildSpec):
             raise InvalidSpecType(f"start_child: expected a ChildSpec, got {type(spec).__name__}")
-        return await self._engine.call(partial(self._engine.do_start_child, spec))
+        return await self._engine.call_until_ready(partial(self._engine.do_start_child, spec))
 
     async def terminate_child(self, name: str) -> None:
         """Stop a child and keep its spec (a temporary child is removed).
 
-        A pending restart of the child is cancelled. Stopping a stopped child is a no-op.
+        A child that is still starting is stopped at once (its start is cancelled);
+        a pending restart of the child is cancelled. Under ``rest_for_one``, the
+        children after it whose restart was scheduled together with its own stay
+        stopped too, as in OTP. Stopping a stopped child is a no-op.
         """
         await self._engine.call(partial(self._engine.do_terminate_child, name))
 
@@ -278,10 +327,11 @@ class Supervisor:
 
         Raises:
             ChildNotFound: No such child.
-            StartFailure: It could not start again; that failure is then handled like
-                a crash (restart policy and intensity apply).
+            StartFailure: It could not start again (or was terminated before it
+                was ready); a failure to start is then handled like a crash
+                (restart policy and intensity apply).
         """
-        return await self._engine.call(partial(self._engine.do_restart_child, name))
+        return await self._engine.call_until_ready(partial(self._engine.do_restart_child, name))
 
     async def delete_child(self, name: str) -> None:
         """Forget a stopped child.
@@ -321,7 +371,7 @@ class _Engine:
         self.closed = False
         self.finished = trio.Event()
         self._restart_log: deque[float] = deque()
-        self._inbox_send, self._inbox = trio.open_memory_channel[_Exited | _Command[Any]](math.inf)
+        self._inbox_send, self._inbox = trio.open_memory_channel[_Message](math.inf)
         self._nursery: trio.Nursery | None = None
         self._shutdown = False
         self._gave_up: SupervisorGaveUp | None = None
@@ -361,6 +411,15 @@ class _Engine:
             raise command.error
         return command.result  # type: ignore[return-value]
 
+    async def call_until_ready(self, fn: Callable[[], Awaitable[_Pending]]) -> ChildInfo:
+        """Run a command that begins a start, then wait (outside the loop) for its end."""
+        pending = await self.call(fn)
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.value is not None
+        return pending.value
+
     def request_shutdown(self) -> None:
         async def shutdown() -> None:
             self._shutdown = True
@@ -397,6 +456,9 @@ class _Engine:
 
     def _close_inbox(self) -> None:
         self.closed = True
+        stopped = SupervisorNotRunning(f"supervisor {'/'.join(self.path)} has stopped")
+        for slot in self.slots:
+            slot.resolve(stopped)
         while True:
             try:
                 message = self._inbox.receive_nowait()
@@ -409,43 +471,75 @@ class _Engine:
         for slot in self.slots:
             slot.restart_at = -math.inf
         while not self._shutdown and self._gave_up is None:
-            if not self._started and self._settled():
-                self._started = True
-                task_status.started(self.handle)
-            due = self._next_due()
-            if due is not None:
-                await self._start_slot(due)
-                continue
-            with trio.move_on_at(self._next_deadline()):
-                message = await self._inbox.receive()
-                if isinstance(message, _Command):
-                    await message.execute()
-                else:
-                    await self._on_exited(message)
+            # Whatever has arrived is served before the next start: a call is never
+            # starved by a child that keeps failing to start (OTP-9549).
+            try:
+                message: _Message | None = self._inbox.receive_nowait()
+            except trio.WouldBlock:
+                message = None
+            if message is None:
+                if not self._started and self._settled():
+                    self._started = True
+                    task_status.started(self.handle)
+                due = self._next_due()
+                if due is not None:
+                    self._begin_start(due)
+                    continue
+                # Only the wait is bounded by the next restart's deadline: handling a
+                # message is never cut short by another child's timer.
+                with trio.move_on_at(self._next_deadline()):
+                    message = await self._inbox.receive()
+                if message is None:
+                    continue
+            await self._handle(message)
+
+    async def _handle(self, message: _Message) -> None:
+        if isinstance(message, _Command):
+            await message.execute()
+        elif isinstance(message, _Ready):
+            self._on_ready(message)
+        elif isinstance(message, _StartFailed):
+            await self._on_start_failed(message)
+        else:
+            await self._on_exited(message)
 
     def _settled(self) -> bool:
         return all(s.restart_at is None and s.state is not ChildState.STARTING for s in self.slots)
 
+    def _startable(self) -> list[_Slot]:
+        """Slots whose scheduled start may begin now.
+
+        Children start in order, each ready before the next begins: at the first
+        start of the tree, and always under ``one_for_all``/``rest_for_one``, where a
+        group restarts in order. Under ``one_for_one`` a running tree restarts each
+        child on its own.
+        """
+        if self._started and self.spec.strategy is Strategy.ONE_FOR_ONE:
+            return self.slots
+        for index, slot in enumerate(self.slots):
+            if slot.state is ChildState.STARTING:
+                return self.slots[:index]
+        return self.slots
+
     def _next_due(self) -> _Slot | None:
         now = trio.current_time()
-        for slot in self.slots:
+        for slot in self._startable():
             if slot.restart_at is not None and slot.restart_at <= now:
                 return slot
         return None
 
     def _next_deadline(self) -> float:
-        deadlines = [s.restart_at for s in self.slots if s.restart_at is not None]
+        deadlines = [s.restart_at for s in self._startable() if s.restart_at is not None]
         return min(deadlines, default=math.inf)
 
     # ------------------------------------------------------------------ children
 
     async def _child_task(
-        self, slot: _Slot, generation: int, *, task_status: trio.TaskStatus[int | None]
+        self, slot: _Slot, generation: int, scope: trio.CancelScope, finished: trio.Event
     ) -> None:
-        scope = trio.CancelScope()
-        finished = trio.Event()
-        slot.scope, slot.finished = scope, finished
+        """Run one generation; report ready, start failure and exit to the loop."""
         exit_status: ExitStatus | None = None
+        failure: StartFailure | None = None
         ready = False
 
         def report_ready(pid: int | None) -> None:
@@ -455,7 +549,7 @@ class _Engine:
             # `scope`), one child at a time in reverse order: a cancellation of the
             # whole tree must not reach every child at once.
             scope.shield = True
-            task_status.started(pid)
+            self._inbox_send.send_nowait(_Ready(slot, generation, pid))
 
         try:
             with scope:
@@ -469,19 +563,24 @@ class _Engine:
                     if ready:
                         exit_status = ExitStatus.raised(exc)
                     elif isinstance(exc, StartFailure):
-                        raise
+                        failure = exc
                     else:
-                        raise StartFailure(self._path(slot), f"raised {exc!r}") from exc
+                        failure = StartFailure(self._path(slot), f"raised {exc!r}")
+                        failure.__cause__ = exc
                 if exit_status is not None and not ready:
-                    raise StartFailure(
+                    failure = StartFailure(
                         self._path(slot), f"ended before it was ready: {exit_status.reason}"
                     )
         finally:
+            if exit_status is not None:
+                slot.last_exit = exit_status
             finished.set()
-        if exit_status is not None:
-            slot.last_exit = exit_status
-            if not scope.cancel_called:
-                self._inbox_send.send_nowait(_Exited(slot, generation, exit_status))
+        if scope.cancel_called:
+            return  # stopped on purpose: the stopper reports it
+        if failure is not None:
+            self._inbox_send.send_nowait(_StartFailed(slot, generation, failure))
+        elif exit_status is not None:
+            self._inbox_send.send_nowait(_Exited(slot, generation, exit_status))
 
     def _spawned(self, slot: _Slot, generation: int, pid: int | None) -> None:
         if slot.generation != generation:
@@ -489,51 +588,73 @@ class _Engine:
         slot.pid = pid
         self._publish(ev.ChildStarted(path=self._path(slot), pid=pid, generation=generation))
 
-    async def _start_slot(self, slot: _Slot, *, dynamic: bool = False) -> bool:
-        """Start one generation; returns whether it became ready.
-
-        A start failure is handled like a crash (restart policy, intensity); with
-        ``dynamic`` it is raised instead and the slot is left stopped.
-        """
+    def _begin_start(self, slot: _Slot, waiter: _Pending | None = None) -> None:
+        """Start a new generation in its own task; the loop learns how it went."""
         assert self._nursery is not None
         if slot.restart_at is not None and slot.counts_as_restart:
             slot.restarts += 1
         slot.restart_at = None
+        slot.restart_group = None
         slot.counts_as_restart = False
         slot.generation += 1
         slot.state = ChildState.STARTING
         slot.pid = None
         slot.last_exit = None
-        try:
-            pid = await self._nursery.start(partial(self._child_task, slot, slot.generation))
-        except StartFailure as exc:
-            slot.scope = None
-            failed = ExitStatus.start_failed(exc, exc.reason)
-            slot.last_exit = failed
-            if dynamic:
-                self._publish(
-                    ev.ChildExited(
-                        path=self._path(slot), pid=slot.pid, exit=failed, start_failure=True
-                    )
-                )
-                slot.pid = None
-                slot.state = ChildState.STOPPED
-                raise
-            await self._handle_exit(slot, failed, start_failure=True)
-            return False
-        slot.pid = pid if pid is not None else slot.pid
+        slot.scope = trio.CancelScope()
+        slot.finished = trio.Event()
+        if waiter is not None:
+            slot.waiters.append(waiter)
+        self._nursery.start_soon(self._child_task, slot, slot.generation, slot.scope, slot.finished)
+
+    def _current(self, slot: _Slot, generation: int) -> bool:
+        return slot in self.slots and slot.generation == generation
+
+    def _on_ready(self, message: _Ready) -> None:
+        slot = message.slot
+        if not self._current(slot, message.generation) or slot.state is not ChildState.STARTING:
+            return
+        slot.pid = message.pid if message.pid is not None else slot.pid
         slot.state = ChildState.RUNNING
+        slot.dynamic = False
         slot.ready_at = trio.current_time()
         self._publish(
             ev.ChildReady(path=self._path(slot), pid=slot.pid, generation=slot.generation)
         )
-        return True
+        slot.resolve()
+
+    async def _on_start_failed(self, message: _StartFailed) -> None:
+        slot, error = message.slot, message.error
+        if not self._current(slot, message.generation) or slot.state is not ChildState.STARTING:
+            return
+        slot.scope = None
+        failed = ExitStatus.start_failed(error, error.reason)
+        slot.last_exit = failed
+        if slot.dynamic:
+            # start_child: the child is not added; the caller gets the failure.
+            self._publish(
+                ev.ChildExited(path=self._path(slot), pid=slot.pid, exit=failed, start_failure=True)
+            )
+            slot.pid = None
+            slot.state = ChildState.STOPPED
+            slot.resolve(error)
+            await self._remove(slot)
+            return
+        waiting = bool(slot.waiters)
+        slot.waiters, waiters = [], slot.waiters
+        await self._handle_exit(slot, failed, start_failure=True)
+        if waiting:
+            # The caller learns that its (re)start did not come up; the failure is
+            # handled like a crash all the same (restart policy, intensity).
+            for waiter in waiters:
+                waiter.settle(None, StartFailure(self._path(slot), error.reason))
 
     async def _stop_slot(self, slot: _Slot) -> None:
-        """Stop a running generation (shielded by the caller during shutdown)."""
+        """Stop a generation, starting or running (shielded by the caller at shutdown)."""
         slot.restart_at = None
+        slot.restart_group = None
         if slot.scope is None or slot.finished is None:
             return
+        was_starting = slot.state is ChildState.STARTING
         if slot.finished.is_set():
             exit_status, report = slot.last_exit, StopReport(exit=slot.last_exit)
         else:
@@ -554,6 +675,8 @@ class _Engine:
         slot.scope = None
         slot.pid = None
         self._note_uptime(slot, trio.current_time())
+        if was_starting:
+            slot.resolve(StartFailure(self._path(slot), "stopped before it was ready"))
 
     async def _stop_all(self) -> None:
         for slot in reversed(self.slots):
@@ -565,11 +688,7 @@ class _Engine:
 
     async def _on_exited(self, message: _Exited) -> None:
         slot = message.slot
-        if (
-            slot not in self.slots
-            or slot.generation != message.generation
-            or slot.state is not ChildState.RUNNING
-        ):
+        if not self._current(slot, message.generation) or slot.state is not ChildState.RUNNING:
             return  # a late exit of a generation already stopped or replaced
         await self._handle_exit(slot, message.exit)
 
@@ -601,7 +720,7 @@ class _Engine:
         while self._restart_log and now - self._restart_log[0] > window:
             self._restart_log.popleft()
         if len(self._restart_log) > self.spec.intensity.max_restarts:
-            await self._give_up(slot)
+            self._give_up(slot, exit_status)
             return
 
         affected = self._affected(slot)
@@ -621,6 +740,7 @@ class _Engine:
         for other in affected:
             other.state = ChildState.RESTARTING
             other.restart_at = due
+            other.restart_group = slot
             other.counts_as_restart = True
             self._publish(
                 ev.ChildRestarting(path=self._path(other), attempt=slot.attempt, delay=delay)
@@ -662,22 +782,29 @@ class _Engine:
         if not any(s.spec.significant and s.state in _ACTIVE for s in self.slots):
             self._shutdown = True
 
-    async def _give_up(self, slot: _Slot) -> None:
+    def _give_up(self, slot: _Slot, last: ExitStatus) -> None:
         restarts = len(self._restart_log)
         window = self.spec.intensity.window
+        reason = _describe_exit(slot.spec.name, last)
         self._publish(
             ev.SupervisorGaveUp(
-                path=self.path, restarts=restarts, window=window, child=slot.spec.name
+                path=self.path,
+                restarts=restarts,
+                window=window,
+                child=slot.spec.name,
+                last=reason,
             )
         )
         slot.state = ChildState.STOPPED
-        self._gave_up = SupervisorGaveUp(
-            self.path, restarts=restarts, window=window, child=slot.spec.name
+        gave_up = SupervisorGaveUp(
+            self.path, restarts=restarts, window=window, child=slot.spec.name, last=reason
         )
+        gave_up.__cause__ = last.exception
+        self._gave_up = gave_up
 
     # ------------------------------------------------------------------ commands
 
-    async def do_start_child(self, spec: ChildSpec) -> ChildInfo:
+    async def do_start_child(self, spec: ChildSpec) -> _Pending:
         if any(s.spec.name == spec.name for s in self.slots):
             raise ChildAlreadyExists(
                 f"supervisor {'/'.join(self.path)} already has a child {spec.name!r}"
@@ -685,33 +812,43 @@ class _Engine:
         self.spec.check_child(spec)
         slot = self._new_slot(spec)
         self.slots.append(slot)
-        try:
-            await self._start_slot(slot, dynamic=True)
-        except StartFailure:
-            await self._remove(slot)
-            raise
-        return slot.info()
+        slot.dynamic = True
+        pending = _Pending()
+        self._begin_start(slot, pending)
+        return pending
 
     async def do_terminate_child(self, name: str) -> None:
         slot = self.find(name)
+        group = slot.restart_group if slot.restart_at is not None else None
+        was = slot.state
         await self._stop_slot(slot)
+        if slot.dynamic:
+            # Terminated before its first start finished: start_child never added it.
+            await self._remove(slot)
+            return
         if slot.spec.restart is Restart.TEMPORARY:
             await self._remove(slot)
         elif slot.state is not ChildState.EXITED:
             slot.state = ChildState.STOPPED
+            if was is ChildState.RESTARTING:
+                self._publish(ev.ChildStopped(path=self._path(slot)))
+        if group is not None and self.spec.strategy is Strategy.REST_FOR_ONE:
+            # As in OTP, the children after it that were to restart with it stay down.
+            index = self.slots.index(slot) if slot in self.slots else len(self.slots)
+            for other in self.slots[index + 1 :]:
+                if other.restart_at is not None and other.restart_group is group:
+                    other.restart_at = None
+                    other.restart_group = None
+                    other.state = ChildState.STOPPED
+                    self._publish(ev.ChildStopped(path=self._path(other)))
 
-    async def do_restart_child(self, name: str) -> ChildInfo:
+    async def do_restart_child(self, name: str) -> _Pending:
         slot = self.find(name)
         await self._stop_slot(slot)
         slot.attempt = 0
-        if not await self._start_slot(slot):
-            # Handled like a crash (the restart policy now applies); the caller
-            # still learns that its restart did not come up.
-            failed = slot.last_exit
-            raise StartFailure(
-                self._path(slot), failed.reason if failed is not None else "start failed"
-            )
-        return slot.info()
+        pending = _Pending()
+        self._begin_start(slot, pending)
+        return pending
 
     async def do_delete_child(self, name: str) -> None:
         slot = self.find(name)
@@ -720,6 +857,14 @@ class _Engine:
                 f"child {name!r} is {slot.state.value}; terminate it before deleting it"
             )
         await self._remove(slot)
+
+
+def _describe_exit(name: str, exit_status: ExitStatus) -> str:
+    """``child 'cache' failed to start: executable not found: redis-server``."""
+    reason = exit_status.reason
+    if reason.startswith("start failed: "):
+        return f"child {name!r} failed to start: {reason.removeprefix('start failed: ')}"
+    return f"child {name!r} {reason}"
 
 
 # ---------------------------------------------------------------------- subtrees

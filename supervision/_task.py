@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -16,16 +17,19 @@ __all__ = ["TaskRunner"]
 
 
 class _ReadySignal:
-    """Stands in for ``task_status`` so the runner knows whether ``started()`` ran."""
+    """Stands in for ``task_status``: knows whether ``started()`` ran, and lifts the
+    startup deadline when it does."""
 
-    def __init__(self, outer: trio.TaskStatus[int | None]) -> None:
+    def __init__(self, outer: trio.TaskStatus[int | None], deadline: trio.CancelScope) -> None:
         self._outer = outer
+        self._deadline = deadline
         self.fired = False
 
     def started(self, value: object = None) -> None:
         if self.fired:
             raise RuntimeError("task_status.started() called twice")
         self.fired = True
+        self._deadline.deadline = math.inf
         self._outer.started(None)
 
 
@@ -52,7 +56,9 @@ class TaskRunner:
         task_status: trio.TaskStatus[int | None] = trio.TASK_STATUS_IGNORED,
     ) -> ExitStatus:
         self._stop_report = None
-        ready = _ReadySignal(task_status)
+        timeout = self._spec.startup_timeout
+        deadline = trio.CancelScope(deadline=trio.current_time() + timeout)
+        ready = _ReadySignal(task_status, deadline)
         spawned(None)
         kwargs: dict[str, Any] = {}
         if self._spec.uses_task_status:
@@ -60,7 +66,8 @@ class TaskRunner:
         else:
             ready.started()
         try:
-            await self._spec.async_fn(*self._spec.args, **kwargs)
+            with deadline:
+                await self._spec.async_fn(*self._spec.args, **kwargs)
         except trio.Cancelled:
             self._stop_report = StopReport()
             raise
@@ -68,6 +75,11 @@ class TaskRunner:
             if not ready.fired:
                 raise StartFailure(self._context.path, f"raised {exc!r} before ready") from exc
             return ExitStatus.raised(exc)
+        if deadline.cancelled_caught:
+            raise StartFailure(
+                self._context.path,
+                f"not ready within {timeout:g}s (task_status.started() was not called)",
+            )
         if not ready.fired:
             raise StartFailure(self._context.path, "returned without calling task_status.started()")
         return ExitStatus.returned()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -179,6 +181,29 @@ def _home_processes(home: str) -> list[psutil.Process]:
     return found
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def quickstart_on_free_ports(tmp_path: Path) -> tuple[Path, int]:
+    """A copy of examples/quickstart whose store and API listen on free ports.
+
+    The example's fixed ports may be taken on a test machine; everything else in
+    the copy is the example as shipped. Returns the copied config and the API port.
+    """
+    copy = tmp_path / "quickstart"
+    shutil.copytree(QUICKSTART.parent, copy)
+    store, api = free_port(), free_port()
+    config = copy / "omnitron.toml"
+    text = config.read_text()
+    assert text.count("7801") == 3, "the example's store port moved: update this test"
+    assert text.count("7802") == 1, "the example's API port moved: update this test"
+    config.write_text(text.replace("7801", str(store)).replace("7802", str(api)))
+    return config, api
+
+
 @pytest.mark.slow
 async def test_quickstart_runs_with_the_readme_command(tmp_path: Path) -> None:
     """README line 1: the daemon in the foreground on examples/quickstart."""
@@ -190,7 +215,8 @@ async def test_quickstart_runs_with_the_readme_command(tmp_path: Path) -> None:
     home = tempfile.mkdtemp(prefix="omq-", dir="/tmp")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMNITRON_", "NOTIFY_"))}
     env["OMNITRON_HOME"] = home
-    command = [sys.executable, "-m", "omnitron", "up", "--foreground", "--config", str(QUICKSTART)]
+    config, api_port = quickstart_on_free_ports(tmp_path)
+    command = [sys.executable, "-m", "omnitron", "up", "--foreground", "--config", str(config)]
     errors = tmp_path / "stderr"
     with errors.open("wb") as sink:
         proc = await trio.lowlevel.open_process(
@@ -213,7 +239,7 @@ async def test_quickstart_runs_with_the_readme_command(tmp_path: Path) -> None:
                 except RpcError:  # not answering yet
                     status = {}
         assert [app["name"] for app in status["apps"]] == ["store", "api", "worker", "clock"]
-        body = await trio.to_thread.run_sync(_get, "http://127.0.0.1:7802/")
+        body = await trio.to_thread.run_sync(_get, f"http://127.0.0.1:{api_port}/")
         assert body.startswith("hello from omnitron (hit ")
         proc.send_signal(signal.SIGINT)
         with trio.fail_after(30):

@@ -14,7 +14,9 @@ from ._context import EXIT_USAGE, CliError
 if TYPE_CHECKING:
     from omnitron.config import ConfigError, ConfigIssue, Ecosystem
 
-__all__ = ["config_failure", "issue_record", "load", "summary"]
+    from ._context import Cli
+
+__all__ = ["config_failure", "issue_record", "load", "summary", "warn"]
 
 
 def load(path: str | None, *, stack: str | None = None) -> Ecosystem:
@@ -59,6 +61,12 @@ def issue_record(issue: ConfigIssue) -> dict[str, Any]:
     }
 
 
+def warn(cli: Cli, ecosystem: Ecosystem) -> None:
+    """Print the config's warnings on stderr, then each key that has no effect yet."""
+    for warning in (*ecosystem.warnings, *ecosystem.inert):
+        cli.note(f"warning: {warning}")
+
+
 def summary(ecosystem: Ecosystem) -> dict[str, Any]:
     """What ``omnitron check`` reports: the file, the settings that matter, the start order."""
     return {
@@ -79,4 +87,5 @@ def summary(ecosystem: Ecosystem) -> dict[str, Any]:
             for app in ecosystem.start_order()
         ],
         "warnings": [str(warning) for warning in ecosystem.warnings],
+        "inert": [issue_record(issue) for issue in ecosystem.inert],
     }

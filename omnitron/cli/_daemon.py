@@ -119,8 +119,7 @@ def up(
     assert source is not None
     count = len(ecosystem.apps)
     cli.note(f"config: {source} ({count} app{'s' if count != 1 else ''})")
-    for warning in ecosystem.warnings:
-        cli.note(f"warning: {warning}")
+    _config.warn(cli, ecosystem)
 
     home = _home(cli)
     running = _running_daemon(home)
@@ -140,12 +139,6 @@ def _running_daemon(home: Home) -> ProcessIdentity | None:
     return info.identity if info is not None and info.alive else None
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
 def _run_foreground(
     home: Home, source: Path, *, stack: str | None, reset_state: bool, echo: bool
 ) -> int:
@@ -154,6 +147,7 @@ def _run_foreground(
     from omnitron.config import ConfigError
     from omnitron.daemon import DaemonOptions, run_daemon
     from omnitron.errors import OmnitronError
+    from supervision._groups import collapse
 
     from . import _config
 
@@ -168,7 +162,7 @@ def _run_foreground(
         click.echo("omnitron: interrupted", err=True)
         return 130
     except Exception as exc:
-        error = _unwrap(exc)
+        error = collapse(exc) if isinstance(exc, BaseExceptionGroup) else exc
         if isinstance(error, ConfigError):
             raise _config.config_failure(error) from None
         if isinstance(error, OmnitronError):

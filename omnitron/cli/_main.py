@@ -17,26 +17,78 @@ import click
 from omnitron import __version__
 
 from . import _render as render
-from ._context import ACTION_TIMEOUT, Cli, pass_cli, resolve_home
+from ._context import (
+    ACTION_TIMEOUT,
+    EXIT_USAGE,
+    Cli,
+    CliError,
+    pass_cli,
+    resolve_home,
+)
 
 __all__ = ["cli", "main"]
 
 _SECONDS = click.FloatRange(min=0, min_open=True)
+_JSON_HELP = "Print results as JSON on stdout."
+_HOME_HELP = "The daemon's home directory (overrides $OMNITRON_HOME; default ~/.omnitron)."
+_TIMEOUT_HELP = (
+    f"Wait at most this long for each reply (default 10; {ACTION_TIMEOUT:g} for actions)."
+)
+TROUBLE = frozenset({"crashed", "errored"})
+"""App statuses that make ``status`` exit 1."""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
-@click.option(
-    "--home",
-    metavar="PATH",
-    help="The daemon's home directory (overrides $OMNITRON_HOME; default ~/.omnitron).",
-)
-@click.option(
-    "--timeout",
-    type=_SECONDS,
-    metavar="SECONDS",
-    help=f"Wait at most this long for each reply (default 10; {ACTION_TIMEOUT:g} for actions).",
-)
+def _set_global(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """A global option given after the command: it updates the group's :class:`Cli`."""
+    if value is None or value is False:
+        return
+    options = ctx.find_object(Cli)
+    assert options is not None
+    if param.name == "json":
+        options.json = True
+    elif param.name == "home":
+        options.home = resolve_home(value)
+    else:
+        options.timeout = value
+
+
+class _Command(click.Command):
+    """A command that also accepts the global options after its name
+    (``omnitron status --json``, as kubectl and pm2 users type)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params += [
+            click.Option(
+                ["--json"], is_flag=True, help=_JSON_HELP, callback=_set_global, expose_value=False
+            ),
+            click.Option(
+                ["--home"],
+                metavar="PATH",
+                help=_HOME_HELP,
+                callback=_set_global,
+                expose_value=False,
+            ),
+            click.Option(
+                ["--timeout"],
+                type=_SECONDS,
+                metavar="SECONDS",
+                help=_TIMEOUT_HELP,
+                callback=_set_global,
+                expose_value=False,
+            ),
+        ]
+
+
+class _Group(click.Group):
+    command_class = _Command
+    group_class = type  # subgroups (startup) are _Group too
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
+@click.option("--home", metavar="PATH", help=_HOME_HELP)
+@click.option("--timeout", type=_SECONDS, metavar="SECONDS", help=_TIMEOUT_HELP)
 @click.version_option(__version__, prog_name="omnitron")
 @click.pass_context
 def cli(ctx: click.Context, as_json: bool, home: str | None, timeout: float | None) -> None:
@@ -140,10 +192,40 @@ def ping(cli: Cli) -> None:
 
 
 @cli.command()
+@click.argument("apps", metavar="[APP]...", nargs=-1)
 @pass_cli
-def status(cli: Cli) -> None:
-    """The daemon and every app with its processes."""
-    cli.emit(cli.call("daemon.status"), render.render_status)
+def status(cli: Cli, apps: tuple[str, ...]) -> None:
+    """The daemon and every app (or only the APPs named) with its processes.
+
+    Exits 1 when an app shown is crashed or errored.
+    """
+    result = cli.call("daemon.status")
+    if apps:
+        names = _known(cli, apps, {app["name"] for app in result["apps"]})
+        result["apps"] = [app for app in result["apps"] if app["name"] in names]
+    cli.emit(result, render.render_status)
+    troubled = [
+        f"{app['name']} ({app['status']})" for app in result["apps"] if app.get("status") in TROUBLE
+    ]
+    if troubled:
+        raise CliError(f"not healthy: {', '.join(troubled)}")
+
+
+def _names(apps: tuple[str, ...]) -> list[str]:
+    """The names given, each once, in order; ``all`` only alone."""
+    names = list(dict.fromkeys(apps))
+    if "all" in names and len(names) > 1:
+        raise CliError("'all' cannot be combined with app names", exit_code=EXIT_USAGE)
+    return names
+
+
+def _known(cli: Cli, apps: tuple[str, ...], known: set[str]) -> list[str]:
+    """``apps`` (each once, in order); an unknown one fails with the daemon's own error."""
+    names = list(dict.fromkeys(apps))
+    for name in names:
+        if name not in known:
+            cli.call("daemon.get_app", name=name)  # raises the daemon's "no app named ..."
+    return names
 
 
 @cli.command("list")
@@ -181,25 +263,62 @@ def graph(cli: Cli) -> None:
 
 
 def _action(verb: str, key: str, summary: str) -> None:
-    @cli.command(verb, help=summary)
-    @click.argument("app", metavar="APP|all")
+    @cli.command(verb, help=summary + " Several APPs are handled one after the other.")
+    @click.argument("apps", metavar="APP...|all", nargs=-1, required=True)
     @pass_cli
-    def command(cli: Cli, app: str) -> None:
-        result = cli.call(f"daemon.{verb}_app", name=app, timeout=ACTION_TIMEOUT)
-        cli.emit(result, lambda data: render.render_actions(verb, app, data.get(key) or []))
+    def command(cli: Cli, apps: tuple[str, ...]) -> None:
+        names = _names(apps)
+        if len(names) > 1:
+            _known(cli, apps, {app["name"] for app in cli.call("daemon.list")})
+        done: list[str] = []
+        lines = []
+        for name in names:
+            result = cli.call(f"daemon.{verb}_app", name=name, timeout=ACTION_TIMEOUT)
+            handled = result.get(key) or []
+            done += [n for n in handled if n not in done]
+            lines.append(render.render_actions(verb, name, handled))
+        cli.emit({key: done}, lambda _: "\n".join(lines))
 
 
 _action("start", "started", "Start an app (and what it depends on), or all enabled apps.")
 _action("stop", "stopped", "Stop an app (only that app), or all apps (dependents first).")
 _action("restart", "restarted", "Restart an app's processes one by one, or all apps.")
 
+MAX_INSTANCES = 1024
 
-@cli.command()
+
+def _count(value: str) -> tuple[str, int]:
+    """``N``, ``+N`` or ``-N``: an absolute count, or a change to the current one."""
+    text = value.strip()
+    sign = text[:1] if text[:1] in ("+", "-") else ""
+    digits = text[len(sign) :]
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 6:
+        raise click.BadParameter(f"{value!r} is not N, +N or -N (N a whole number)")
+    number = int(digits)
+    if sign and number == 0:
+        raise click.BadParameter(f"{value!r} changes nothing; use a non-zero +N or -N")
+    if not sign and not 1 <= number <= MAX_INSTANCES:
+        raise click.BadParameter(f"{number} is not in the range 1<=x<={MAX_INSTANCES}.")
+    return sign, number
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("app")
-@click.argument("instances", metavar="N", type=click.IntRange(1, 1024))
+@click.argument("count", metavar="N|+N|-N", callback=lambda ctx, param, value: _count(value))
 @pass_cli
-def scale(cli: Cli, app: str, instances: int) -> None:
-    """Run N processes of APP."""
+def scale(cli: Cli, app: str, count: tuple[str, int]) -> None:
+    """Run N processes of APP, or N more (+N) or fewer (-N) than now."""
+    sign, number = count
+    instances = number
+    if sign:
+        current = cli.call("daemon.get_app", name=app)["instances"]
+        instances = current + number if sign == "+" else current - number
+        if not 1 <= instances <= MAX_INSTANCES:
+            raise CliError(
+                f"{app} runs {current} instance{'s' if current != 1 else ''}; {sign}{number} "
+                f"would make {instances}, outside 1..{MAX_INSTANCES}",
+                exit_code=EXIT_USAGE,
+            )
     result = cli.call("daemon.scale", name=app, instances=instances, timeout=ACTION_TIMEOUT)
     cli.emit(result, render.render_scale)
 
@@ -210,6 +329,8 @@ def scale(cli: Cli, app: str, instances: int) -> None:
 def reload_config(cli: Cli, dry_run: bool) -> None:
     """Re-read the config file and apply the difference."""
     result = cli.call("daemon.reload_config", dry_run=dry_run, timeout=ACTION_TIMEOUT)
+    for warning in result.get("warnings") or ():
+        cli.note(f"warning: {warning}")
     cli.emit(result, render.render_reload)
 
 
@@ -241,10 +362,8 @@ def check(cli: Cli, config: str | None, stack: str | None) -> None:
             }
             click.echo(render.render_json(report))
         raise _config.config_failure(exc) from None
-    report = _config.summary(ecosystem)
-    for warning in report["warnings"]:
-        cli.note(f"warning: {warning}")
-    cli.emit(report, render.render_check)
+    _config.warn(cli, ecosystem)
+    cli.emit(_config.summary(ecosystem), render.render_check)
 
 
 @cli.group()

@@ -30,7 +30,7 @@ def _executable() -> Path:
 
 def systemd(cli: Cli, *, user: bool, print_only: bool, config: str | None, name: str) -> None:
     """Render the unit; print it (``--print``) or install it; say what to run next."""
-    from omnitron.config import ConfigError
+    from omnitron.config import ConfigError, DaemonDeath
     from omnitron.daemon._systemd import (
         DEFAULT_STOP_TIMEOUT,
         enable_command,
@@ -56,6 +56,7 @@ def systemd(cli: Cli, *, user: bool, print_only: bool, config: str | None, name:
             home=Path(cli.home),
             user=user,
             stop_timeout=max(DEFAULT_STOP_TIMEOUT, needed),
+            keep_apps=ecosystem.supervision.on_daemon_death is DaemonDeath.KEEP,
         )
         command = enable_command(name, user=user)
     except ValueError as exc:

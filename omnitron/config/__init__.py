@@ -21,6 +21,7 @@ from ._loader import load_config as load_config
 from ._model import DEFAULT_WATCH_IGNORE as DEFAULT_WATCH_IGNORE
 from ._model import AppConfig as AppConfig
 from ._model import BackoffConfig as BackoffConfig
+from ._model import DaemonDeath as DaemonDeath
 from ._model import Ecosystem as Ecosystem
 from ._model import HealthCheckConfig as HealthCheckConfig
 from ._model import HealthConfig as HealthConfig
@@ -74,6 +75,7 @@ __all__ = [
     "Restart",
     "LogLevel",
     "ReadyKind",
+    "DaemonDeath",
     # reload
     "diff_ecosystems",
     "EcosystemDiff",

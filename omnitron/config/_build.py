@@ -7,10 +7,11 @@ its line. Only when nothing is wrong are the records returned.
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from ._fields import (
     MAX_ARG,
@@ -24,19 +25,16 @@ from ._fields import (
     describe,
     did_you_mean,
     inside_project,
-    p_bool,
+    open_table,
     p_directory,
     p_duration,
-    p_enum,
-    p_factor,
     p_int,
     p_port,
-    p_signal,
-    p_size,
     p_strings,
     p_text,
     p_url,
     read,
+    read_keys,
     read_table,
     render_path,
     resolve,
@@ -51,11 +49,9 @@ from ._model import (
     HealthCheckConfig,
     HealthConfig,
     LoggingConfig,
-    LogLevel,
     MetricsConfig,
     MonitoringConfig,
     ReadyConfig,
-    Restart,
     RestartPolicy,
     StackAppOverride,
     StackConfig,
@@ -67,7 +63,6 @@ from ._model import (
 __all__ = ["build_ecosystem"]
 
 MAX_APPS = 1024
-MAX_INSTANCES = 1024
 MAX_COMMAND_TEXT = 64 * 1024
 _SHELL_TOKENS = frozenset({"|", "||", "&&", ";", "&", ">", ">>", "<", "2>&1"})
 _READY_KINDS = ("tcp", "http", "after", "fd", "notify")
@@ -79,26 +74,22 @@ _READY_KINDS = ("tcp", "http", "after", "fd", "notify")
 def build_backoff(
     ctx: BuildContext, path: Path_, value: object, default: BackoffConfig
 ) -> BackoffConfig:
-    table = read_table(ctx, path, value, ("initial", "max", "factor"))
-    initial = read(ctx, table, path, "initial", p_duration(positive=False), default.initial)
-    maximum = read(ctx, table, path, "max", p_duration(positive=False), default.max)
-    factor = read(ctx, table, path, "factor", p_factor, default.factor)
-    if maximum < initial:
+    table = open_table(ctx, BackoffConfig, path, value)
+    backoff = BackoffConfig(
+        **read_keys(ctx, BackoffConfig, path, table, attrs.asdict(default, recurse=False))
+    )
+    if backoff.max < backoff.initial:
         where = (*path, "max") if "max" in table else (*path, "initial")
-        ctx.error(where, f"max ({maximum:g}s) must be >= initial ({initial:g}s)")
-    return BackoffConfig(initial=initial, max=maximum, factor=factor)
+        ctx.error(where, f"max ({backoff.max:g}s) must be >= initial ({backoff.initial:g}s)")
+    return backoff
 
 
 def build_supervision(ctx: BuildContext, value: object) -> SupervisionConfig:
     path: Path_ = ("supervision",)
     default = SupervisionConfig()
-    table = read_table(ctx, path, value, ("strategy", "max_restarts", "window", "backoff"))
+    table = open_table(ctx, SupervisionConfig, path, value)
     return SupervisionConfig(
-        strategy=read(ctx, table, path, "strategy", p_enum(Strategy), default.strategy),
-        max_restarts=read(
-            ctx, table, path, "max_restarts", p_int(0, 1_000_000), default.max_restarts
-        ),
-        window=read(ctx, table, path, "window", p_duration(positive=True), default.window),
+        **read_keys(ctx, SupervisionConfig, path, table),
         backoff=build_backoff(ctx, (*path, "backoff"), table["backoff"], default.backoff)
         if table.get("backoff") is not None
         else default.backoff,
@@ -107,32 +98,18 @@ def build_supervision(ctx: BuildContext, value: object) -> SupervisionConfig:
 
 def build_monitoring(ctx: BuildContext, value: object) -> MonitoringConfig:
     path: Path_ = ("monitoring",)
-    table = read_table(ctx, path, value, ("health_check", "metrics"))
-    positive = p_duration(positive=True)
-    health, metrics = HealthCheckConfig(), MetricsConfig()
-    if table.get("health_check") is not None:
-        sub = (*path, "health_check")
-        raw = read_table(ctx, sub, table["health_check"], ("interval", "timeout"))
-        health = HealthCheckConfig(
-            interval=read(ctx, raw, sub, "interval", positive, health.interval),
-            timeout=read(ctx, raw, sub, "timeout", positive, health.timeout),
-        )
-    if table.get("metrics") is not None:
-        sub = (*path, "metrics")
-        raw = read_table(ctx, sub, table["metrics"], ("interval", "retention"))
-        metrics = MetricsConfig(
-            interval=read(ctx, raw, sub, "interval", positive, metrics.interval),
-            retention=read(ctx, raw, sub, "retention", positive, metrics.retention),
-        )
-    return MonitoringConfig(health_check=health, metrics=metrics)
+    table = open_table(ctx, MonitoringConfig, path, value)
+    sections: dict[str, Any] = {}
+    for name, cls in (("health_check", HealthCheckConfig), ("metrics", MetricsConfig)):
+        if table.get(name) is not None:
+            sub = (*path, name)
+            sections[name] = cls(**read_keys(ctx, cls, sub, open_table(ctx, cls, sub, table[name])))
+    return MonitoringConfig(**sections)
 
 
 def build_logging(ctx: BuildContext, value: object) -> LoggingConfig:
     path: Path_ = ("logging",)
-    default = LoggingConfig()
-    table = read_table(
-        ctx, path, value, ("level", "max_size", "max_files", "compress", "directory")
-    )
+    table = open_table(ctx, LoggingConfig, path, value)
     directory = read(ctx, table, path, "directory", lambda raw: resolve(ctx, raw), None)
     if (
         directory is not None
@@ -144,13 +121,7 @@ def build_logging(ctx: BuildContext, value: object) -> LoggingConfig:
             f"a relative log directory must stay inside the project ({ctx.base_dir}); "
             "use an absolute path to log elsewhere",
         )
-    return LoggingConfig(
-        level=read(ctx, table, path, "level", p_enum(LogLevel), default.level),
-        max_size=read(ctx, table, path, "max_size", p_size, default.max_size),
-        max_files=read(ctx, table, path, "max_files", p_int(0, 1000), default.max_files),
-        compress=read(ctx, table, path, "compress", p_bool, default.compress),
-        directory=directory,
-    )
+    return LoggingConfig(**read_keys(ctx, LoggingConfig, path, table), directory=directory)
 
 
 def build_command(ctx: BuildContext, path: Path_, value: object) -> tuple[str, ...] | None:
@@ -260,20 +231,15 @@ def build_ready(ctx: BuildContext, path: Path_, value: object) -> ReadyConfig:
 def build_health(
     ctx: BuildContext, path: Path_, value: object, defaults: HealthCheckConfig
 ) -> HealthConfig | None:
-    table = read_table(ctx, path, value, ("http", "tcp", "host", "interval", "timeout", "retries"))
+    table = open_table(ctx, HealthConfig, path, value)
     probes = [key for key in ("http", "tcp") if table.get(key) is not None]
     if len(probes) != 1 and isinstance(value, Mapping):
         ctx.error(path, "set exactly one of http (a URL) or tcp (a port)")
     if table.get("host") is not None and probes != ["tcp"]:
         ctx.error((*path, "host"), "only allowed with tcp")
-    positive = p_duration(positive=True)
     return HealthConfig(
-        http=read(ctx, table, path, "http", p_url, None),
-        tcp=read(ctx, table, path, "tcp", p_port, None),
+        **read_keys(ctx, HealthConfig, path, table, attrs.asdict(defaults, recurse=False)),
         host=read(ctx, table, path, "host", _host, "127.0.0.1") if probes == ["tcp"] else None,
-        interval=read(ctx, table, path, "interval", positive, defaults.interval),
-        timeout=read(ctx, table, path, "timeout", positive, defaults.timeout),
-        retries=read(ctx, table, path, "retries", p_int(1, 1000), 3),
     )
 
 
@@ -291,12 +257,9 @@ def build_watch(ctx: BuildContext, path: Path_, value: object, cwd: Path) -> Wat
     if not isinstance(value, Mapping):
         ctx.error(path, f"expected true, false, a directory or a table, got {describe(value)}")
         return None
-    table = read_table(ctx, path, value, ("directory", "ignore", "debounce"))
-    return WatchConfig(
-        directory=read(ctx, table, path, "directory", p_directory(ctx), cwd),
-        ignore=_with_defaults(read(ctx, table, path, "ignore", p_strings, NO_STRINGS)),
-        debounce=read(ctx, table, path, "debounce", p_duration(positive=False), 0.3),
-    )
+    table = open_table(ctx, WatchConfig, path, value)
+    values = read_keys(ctx, WatchConfig, path, table, {"directory": cwd, "ignore": NO_STRINGS})
+    return WatchConfig(**{**values, "ignore": _with_defaults(values["ignore"])})
 
 
 def _with_defaults(ignore: tuple[str, ...]) -> tuple[str, ...]:
@@ -306,35 +269,13 @@ def _with_defaults(ignore: tuple[str, ...]) -> tuple[str, ...]:
 def build_restart_policy(
     ctx: BuildContext, path: Path_, value: object, sup: SupervisionConfig
 ) -> RestartPolicy:
-    table = read_table(ctx, path, value, ("max_restarts", "window", "backoff"))
+    table = open_table(ctx, RestartPolicy, path, value)
     return RestartPolicy(
-        max_restarts=read(ctx, table, path, "max_restarts", p_int(0, 1_000_000), sup.max_restarts),
-        window=read(ctx, table, path, "window", p_duration(positive=True), sup.window),
+        **read_keys(ctx, RestartPolicy, path, table, attrs.asdict(sup, recurse=False)),
         backoff=build_backoff(ctx, (*path, "backoff"), table["backoff"], sup.backoff)
         if table.get("backoff") is not None
         else sup.backoff,
     )
-
-
-APP_KEYS = (
-    "name",
-    "command",
-    "bootstrap",
-    "cwd",
-    "env",
-    "depends_on",
-    "instances",
-    "ready",
-    "startup_timeout",
-    "stop_timeout",
-    "stop_signal",
-    "critical",
-    "restart",
-    "restart_policy",
-    "health",
-    "watch",
-    "enabled",
-)
 
 
 def build_bootstrap(ctx: BuildContext, path: Path_, value: object) -> Path | None:
@@ -362,10 +303,11 @@ def build_app(
     if not isinstance(value, Mapping):
         ctx.error(path, f"expected a table, got {describe(value)}")
         return None
-    table = read_table(ctx, path, value, APP_KEYS)
+    table = open_table(ctx, AppConfig, path, value)
     if table.get("name") is None:
         ctx.error(path, "missing required key 'name'")
-    name = read(ctx, table, path, "name", lambda raw: check_name(raw, "app"), None)
+    values = read_keys(ctx, AppConfig, path, table, {"cwd": ctx.base_dir})
+    name, cwd = values["name"], values["cwd"]
     if name is not None and name.lower() == "all":
         ctx.error((*path, "name"), "'all' is reserved (the CLI uses it for every app)")
     has_command = table.get("command") is not None
@@ -380,11 +322,9 @@ def build_app(
     bootstrap = (
         build_bootstrap(ctx, (*path, "bootstrap"), table["bootstrap"]) if has_bootstrap else None
     )
-    cwd = read(ctx, table, path, "cwd", p_directory(ctx), ctx.base_dir)
     env = build_env(ctx, (*path, "env"), table["env"]) if table.get("env") is not None else {}
-    depends_on = read(ctx, table, path, "depends_on", p_strings, NO_STRINGS)
     seen: set[str] = set()
-    for dependency in depends_on:
+    for dependency in values["depends_on"]:
         if dependency in seen:
             ctx.warn((*path, "depends_on"), f"{dependency!r} is listed twice")
         seen.add(dependency)
@@ -393,6 +333,13 @@ def build_app(
         if table.get("restart_policy") is not None
         else RestartPolicy(max_restarts=sup.max_restarts, window=sup.window, backoff=sup.backoff)
     )
+    if table.get("restart_policy") is not None and sup.strategy is not Strategy.ONE_FOR_ONE:
+        ctx.note_inert(
+            (*path, "restart_policy"),
+            f"with strategy {sup.strategy.value!r}: the root's [supervision] limits and "
+            "backoff apply to every app",
+            yet=False,
+        )
     health = (
         build_health(ctx, (*path, "health"), table["health"], mon.health_check)
         if table.get("health") is not None
@@ -408,35 +355,23 @@ def build_app(
         if table.get("ready") is not None
         else ReadyConfig()
     )
-    timeout = p_duration(positive=True)
     app = AppConfig(
-        name=name or "",
+        **{**values, "name": name or ""},
         command=command,
         bootstrap=bootstrap,
-        cwd=cwd,
         env=env,
-        depends_on=depends_on,
-        instances=read(ctx, table, path, "instances", p_int(1, MAX_INSTANCES), 1),
         ready=ready,
-        startup_timeout=read(ctx, table, path, "startup_timeout", timeout, 30.0),
-        stop_timeout=read(ctx, table, path, "stop_timeout", timeout, 10.0),
-        stop_signal=read(ctx, table, path, "stop_signal", p_signal, signal.SIGTERM),
-        critical=read(ctx, table, path, "critical", p_bool, False),
-        restart=read(ctx, table, path, "restart", p_enum(Restart), Restart.PERMANENT),
         restart_policy=restart_policy,
         health=health,
         watch=watch,
-        enabled=read(ctx, table, path, "enabled", p_bool, True),
     )
     return app if name is not None else None
 
 
 def build_override(ctx: BuildContext, path: Path_, value: object) -> StackAppOverride:
-    table = read_table(ctx, path, value, ("instances", "enabled", "watch", "env"))
+    table = open_table(ctx, StackAppOverride, path, value)
     return StackAppOverride(
-        instances=read(ctx, table, path, "instances", p_int(1, MAX_INSTANCES), None),
-        enabled=read(ctx, table, path, "enabled", p_bool, None),
-        watch=read(ctx, table, path, "watch", p_bool, None),
+        **read_keys(ctx, StackAppOverride, path, table),
         env=build_env(ctx, (*path, "env"), table["env"]) if table.get("env") is not None else {},
     )
 
@@ -445,7 +380,7 @@ def build_stack(
     ctx: BuildContext, name: str, value: object, apps: dict[str, AppConfig]
 ) -> StackConfig:
     path: Path_ = ("stacks", name)
-    table = read_table(ctx, path, value, ("apps", "env", "watch", "log_level", "overrides"))
+    table = open_table(ctx, StackConfig, path, value)
     selected: tuple[str, ...] | None = None
     if table.get("apps") not in (None, "all"):
         selected = read(ctx, table, path, "apps", p_strings, NO_STRINGS)
@@ -476,11 +411,10 @@ def build_stack(
                     continue
                 overrides[app_name] = build_override(ctx, (*sub, app_name), raw)
     return StackConfig(
+        **read_keys(ctx, StackConfig, path, table),
         name=name,
         apps=selected,
         env=build_env(ctx, (*path, "env"), table["env"]) if table.get("env") is not None else {},
-        watch=read(ctx, table, path, "watch", p_bool, None),
-        log_level=read(ctx, table, path, "log_level", p_enum(LogLevel), None),
         overrides=overrides,
     )
 
@@ -529,9 +463,6 @@ def _where(ctx: BuildContext, path: Path_) -> str:
 # --------------------------------------------------------------------------- the whole
 
 
-TOP_KEYS = ("project", "supervision", "monitoring", "logging", "apps", "stacks")
-
-
 def build_ecosystem(
     ctx: BuildContext, raw: Mapping[str, Any], *, project_default: str | None
 ) -> Ecosystem:
@@ -540,7 +471,7 @@ def build_ecosystem(
     Raises:
         ConfigError: With every problem found.
     """
-    root = read_table(ctx, (), raw, TOP_KEYS)
+    root = open_table(ctx, Ecosystem, (), raw)
     project = read(ctx, root, (), "project", lambda value: check_name(value, "project"), None)
     if project is None and root.get("project") is None:
         if project_default is not None:
@@ -606,4 +537,5 @@ def build_ecosystem(
         stacks=stacks,
         source=ctx.file,
         warnings=tuple(ctx.warnings),
+        inert=tuple(sorted(ctx.inert, key=lambda issue: issue.line or 0)),
     )

@@ -28,6 +28,7 @@ E = TypeVar("E", bound=enum.Enum)
 Path_ = tuple[str | int, ...]
 
 MAX_ISSUES = 200
+MAX_INSTANCES = 1024
 MAX_DURATION = 365 * 86400.0
 MAX_ARG = 128 * 1024  # Linux MAX_ARG_STRLEN: longer single arguments cannot be exec'd
 MAX_ENV_VARS = 4096
@@ -129,6 +130,7 @@ class BuildContext:
     default_line: int | None = None
     errors: list[ConfigIssue] = attrs.field(factory=list)
     warnings: list[ConfigIssue] = attrs.field(factory=list)
+    inert: list[ConfigIssue] = attrs.field(factory=list)
     dropped: int = 0
 
     def line_of(self, path: Path_) -> int | None:
@@ -150,6 +152,13 @@ class BuildContext:
     def warn(self, path: Path_, message: str) -> None:
         if len(self.warnings) < MAX_ISSUES:
             self.warnings.append(self.issue(path, message))
+
+    def note_inert(self, path: Path_, reason: str, *, yet: bool = True) -> None:
+        """A key that is accepted but not acted on yet (see :func:`key`), or, with
+        ``yet=False``, not in this configuration (``reason`` says why)."""
+        if len(self.inert) < MAX_ISSUES:
+            message = f"has no effect yet: {reason}" if yet else f"has no effect {reason}"
+            self.inert.append(self.issue(path, message))
 
     def raise_if_errors(self) -> None:
         if not self.errors:
@@ -459,3 +468,96 @@ def build_env(ctx: BuildContext, path: Path_, value: object) -> dict[str, str]:
         except Invalid as exc:
             ctx.error((*path, key), exc.message)
     return env
+
+
+# --------------------------------------------------------------------------- the schema
+#
+# The model (``_model.py``) is the one place a key is written: each attrs field that
+# is a config key carries a :class:`Key` in its metadata (built with :func:`key`),
+# with the reader of its value. The builder takes the allowed keys, the simple
+# values and their defaults from there; keys whose value is a table or needs other
+# keys (``command``, ``ready``, ``backoff``...) have no reader and are built by hand.
+
+KEY = "omnitron.config.key"
+
+
+@attrs.frozen
+class Key:
+    """What the model says about one configuration key.
+
+    Attributes:
+        reader: Gives the value reader for a build (``None``: built by ``_build``).
+        inert: Set while the key is accepted but the daemon does not act on it: why
+            (ends in the warning ``has no effect yet: ...``). The change that builds
+            the key deletes this marker, and with it the warning.
+    """
+
+    reader: Callable[[BuildContext], Callable[[Any], Any]] | None = None
+    inert: str | None = None
+
+
+def key(
+    parse: Callable[[Any], Any] | None = None,
+    *,
+    per_build: Callable[[BuildContext], Callable[[Any], Any]] | None = None,
+    inert: str | None = None,
+) -> dict[str, Key]:
+    """The field metadata that makes an attrs field a configuration key.
+
+    Args:
+        parse: Reads the raw value (a ``p_*`` reader); omitted for keys built by hand.
+        per_build: Instead of ``parse``: gives the reader for a build (e.g. paths
+            resolved against its directory).
+        inert: Marks a key that is accepted but has no effect yet; says why.
+    """
+    reader = per_build if per_build is not None else None if parse is None else lambda _: parse
+    return {KEY: Key(reader=reader, inert=inert)}
+
+
+def keys_of(cls: type) -> tuple[str, ...]:
+    """The configuration keys of a model record, in field order."""
+    return tuple(field.name for field in attrs.fields(cls) if KEY in field.metadata)
+
+
+def open_table(ctx: BuildContext, cls: type, path: Path_, value: object) -> Mapping[str, Any]:
+    """:func:`read_table` with the keys of ``cls``; notes each key set that is inert."""
+    table = read_table(ctx, path, value, keys_of(cls))
+    for field in attrs.fields(cls):
+        spec = field.metadata.get(KEY)
+        if spec is not None and spec.inert is not None and table.get(field.name) is not None:
+            ctx.note_inert((*path, field.name), spec.inert)
+    return table
+
+
+def read_keys(
+    ctx: BuildContext,
+    cls: type,
+    path: Path_,
+    table: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Every key of ``cls`` that has a reader: its value, else its default.
+
+    The default is ``defaults[name]`` when given, else the model's (``None`` for a
+    required field: the caller reports it missing).
+    """
+    values: dict[str, Any] = {}
+    for field in attrs.fields(cls):
+        spec = field.metadata.get(KEY)
+        if spec is None or spec.reader is None:
+            continue
+        if defaults is not None and field.name in defaults:
+            default = defaults[field.name]
+        elif field.default is attrs.NOTHING:
+            default = None
+        elif isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+            default = field.default.factory()
+        else:
+            default = field.default
+        values[field.name] = read(ctx, table, path, field.name, spec.reader(ctx), default)
+    return values
+
+
+def p_name(what: str) -> Callable[[object], str]:
+    """The reader of a project, app or stack name (see :func:`check_name`)."""
+    return lambda value: check_name(value, what)

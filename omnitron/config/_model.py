@@ -19,7 +19,23 @@ from typing import Any, Literal
 import attrs
 
 from ._errors import ConfigError, ConfigIssue
-from ._fields import did_you_mean
+from ._fields import (
+    MAX_INSTANCES,
+    did_you_mean,
+    key,
+    p_bool,
+    p_directory,
+    p_duration,
+    p_enum,
+    p_factor,
+    p_int,
+    p_name,
+    p_port,
+    p_signal,
+    p_size,
+    p_strings,
+    p_url,
+)
 
 __all__ = [
     "DEFAULT_WATCH_IGNORE",
@@ -62,6 +78,18 @@ DEFAULT_WATCH_IGNORE: tuple[str, ...] = (
 )
 
 
+# Why a key is accepted but has no effect yet (the ``inert`` marker of :func:`key`).
+# The change that builds one deletes its marker(s), and with them the warning.
+_NO_HEALTH_CHECKS = "the daemon runs no health checks yet"
+_NO_WATCHING = "the daemon does not watch files yet"
+_NO_MONITORING = "the daemon does not sample metrics or run health checks yet"
+_NO_ROTATION = "app log files are not rotated yet"
+_NO_MODULE_WORKERS = "module-worker mode is not built yet; this app cannot be started"
+
+_POSITIVE = p_duration(positive=True)
+_DURATION = p_duration(positive=False)
+
+
 def _frozen_map(value: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
     return MappingProxyType(dict(value or {}))
 
@@ -77,6 +105,13 @@ class Strategy(enum.Enum):
     ONE_FOR_ONE = "one_for_one"
     ONE_FOR_ALL = "one_for_all"
     REST_FOR_ONE = "rest_for_one"
+
+
+class DaemonDeath(enum.Enum):
+    """What happens to the apps when the daemon dies without stopping them."""
+
+    STOP = "stop"
+    KEEP = "keep"
 
 
 class Restart(enum.Enum):
@@ -112,43 +147,46 @@ class ReadyKind(enum.Enum):
 class BackoffConfig:
     """Delay before the n-th consecutive restart: ``min(max, initial * factor**(n-1))``."""
 
-    initial: float = 1.0
-    max: float = 30.0
-    factor: float = 2.0
+    initial: float = attrs.field(default=1.0, metadata=key(_DURATION))
+    max: float = attrs.field(default=30.0, metadata=key(_DURATION))
+    factor: float = attrs.field(default=2.0, metadata=key(p_factor))
 
 
 @attrs.frozen(kw_only=True)
 class SupervisionConfig:
     """``[supervision]``: the strategy and limits of the supervisor above all apps."""
 
-    strategy: Strategy = Strategy.ONE_FOR_ONE
-    max_restarts: int = 5
-    window: float = 60.0
-    backoff: BackoffConfig = BackoffConfig()
+    strategy: Strategy = attrs.field(default=Strategy.ONE_FOR_ONE, metadata=key(p_enum(Strategy)))
+    max_restarts: int = attrs.field(default=5, metadata=key(p_int(0, 1_000_000)))
+    window: float = attrs.field(default=60.0, metadata=key(_POSITIVE))
+    backoff: BackoffConfig = attrs.field(default=BackoffConfig(), metadata=key())
+    on_daemon_death: DaemonDeath = attrs.field(
+        default=DaemonDeath.STOP, metadata=key(p_enum(DaemonDeath))
+    )
 
 
 @attrs.frozen(kw_only=True)
 class HealthCheckConfig:
     """``[monitoring] health_check``: defaults for every app's health probe."""
 
-    interval: float = 15.0
-    timeout: float = 5.0
+    interval: float = attrs.field(default=15.0, metadata=key(_POSITIVE))
+    timeout: float = attrs.field(default=5.0, metadata=key(_POSITIVE))
 
 
 @attrs.frozen(kw_only=True)
 class MetricsConfig:
     """``[monitoring] metrics``: sampling cadence and in-memory retention (seconds)."""
 
-    interval: float = 5.0
-    retention: float = 3600.0
+    interval: float = attrs.field(default=5.0, metadata=key(_POSITIVE))
+    retention: float = attrs.field(default=3600.0, metadata=key(_POSITIVE))
 
 
 @attrs.frozen(kw_only=True)
 class MonitoringConfig:
     """``[monitoring]``."""
 
-    health_check: HealthCheckConfig = HealthCheckConfig()
-    metrics: MetricsConfig = MetricsConfig()
+    health_check: HealthCheckConfig = attrs.field(default=HealthCheckConfig(), metadata=key())
+    metrics: MetricsConfig = attrs.field(default=MetricsConfig(), metadata=key())
 
 
 @attrs.frozen(kw_only=True)
@@ -159,20 +197,20 @@ class LoggingConfig:
         directory: Where app logs go; ``None`` means ``$OMNITRON_HOME/logs``.
     """
 
-    level: LogLevel = LogLevel.INFO
-    max_size: int = 50_000_000
-    max_files: int = 10
-    compress: bool = True
-    directory: Path | None = None
+    level: LogLevel = attrs.field(default=LogLevel.INFO, metadata=key(p_enum(LogLevel)))
+    max_size: int = attrs.field(default=50_000_000, metadata=key(p_size, inert=_NO_ROTATION))
+    max_files: int = attrs.field(default=10, metadata=key(p_int(0, 1000), inert=_NO_ROTATION))
+    compress: bool = attrs.field(default=True, metadata=key(p_bool, inert=_NO_ROTATION))
+    directory: Path | None = attrs.field(default=None, metadata=key())
 
 
 @attrs.frozen(kw_only=True)
 class RestartPolicy:
     """An app's own restart limits (defaults come from ``[supervision]``)."""
 
-    max_restarts: int = 5
-    window: float = 60.0
-    backoff: BackoffConfig = BackoffConfig()
+    max_restarts: int = attrs.field(default=5, metadata=key(p_int(0, 1_000_000)))
+    window: float = attrs.field(default=60.0, metadata=key(_POSITIVE))
+    backoff: BackoffConfig = attrs.field(default=BackoffConfig(), metadata=key())
 
 
 @attrs.frozen(kw_only=True)
@@ -225,12 +263,12 @@ class HealthConfig:
     ``retries`` consecutive failures mark the app unhealthy.
     """
 
-    http: str | None = None
-    tcp: int | None = None
-    host: str | None = None
-    interval: float = 15.0
-    timeout: float = 5.0
-    retries: int = 3
+    http: str | None = attrs.field(default=None, metadata=key(p_url))
+    tcp: int | None = attrs.field(default=None, metadata=key(p_port))
+    host: str | None = attrs.field(default=None, metadata=key())
+    interval: float = attrs.field(default=15.0, metadata=key(_POSITIVE))
+    timeout: float = attrs.field(default=5.0, metadata=key(_POSITIVE))
+    retries: int = attrs.field(default=3, metadata=key(p_int(1, 1000)))
 
 
 @attrs.frozen(kw_only=True)
@@ -240,9 +278,9 @@ class WatchConfig:
     ``ignore`` holds :data:`DEFAULT_WATCH_IGNORE` followed by the app's own patterns.
     """
 
-    directory: Path
-    ignore: tuple[str, ...] = DEFAULT_WATCH_IGNORE
-    debounce: float = 0.3
+    directory: Path = attrs.field(metadata=key(per_build=p_directory))
+    ignore: tuple[str, ...] = attrs.field(default=DEFAULT_WATCH_IGNORE, metadata=key(p_strings))
+    debounce: float = attrs.field(default=0.3, metadata=key(_DURATION))
 
 
 @attrs.frozen(kw_only=True)
@@ -254,23 +292,25 @@ class AppConfig:
     ``env`` holds strings only, ``${VAR}`` references already expanded.
     """
 
-    name: str
-    command: tuple[str, ...] | None = None
-    bootstrap: Path | None = None
-    cwd: Path
-    env: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_map, repr=_env_repr)
-    depends_on: tuple[str, ...] = ()
-    instances: int = 1
-    ready: ReadyConfig = ReadyConfig()
-    startup_timeout: float = 30.0
-    stop_timeout: float = 10.0
-    stop_signal: signal.Signals = signal.SIGTERM
-    critical: bool = False
-    restart: Restart = Restart.PERMANENT
-    restart_policy: RestartPolicy = RestartPolicy()
-    health: HealthConfig | None = None
-    watch: WatchConfig | None = None
-    enabled: bool = True
+    name: str = attrs.field(metadata=key(p_name("app")))
+    command: tuple[str, ...] | None = attrs.field(default=None, metadata=key())
+    bootstrap: Path | None = attrs.field(default=None, metadata=key(inert=_NO_MODULE_WORKERS))
+    cwd: Path = attrs.field(metadata=key(per_build=p_directory))
+    env: Mapping[str, str] = attrs.field(
+        factory=dict, converter=_frozen_map, repr=_env_repr, metadata=key()
+    )
+    depends_on: tuple[str, ...] = attrs.field(default=(), metadata=key(p_strings))
+    instances: int = attrs.field(default=1, metadata=key(p_int(1, MAX_INSTANCES)))
+    ready: ReadyConfig = attrs.field(default=ReadyConfig(), metadata=key())
+    startup_timeout: float = attrs.field(default=30.0, metadata=key(_POSITIVE))
+    stop_timeout: float = attrs.field(default=10.0, metadata=key(_POSITIVE))
+    stop_signal: signal.Signals = attrs.field(default=signal.SIGTERM, metadata=key(p_signal))
+    critical: bool = attrs.field(default=False, metadata=key(p_bool))
+    restart: Restart = attrs.field(default=Restart.PERMANENT, metadata=key(p_enum(Restart)))
+    restart_policy: RestartPolicy = attrs.field(default=RestartPolicy(), metadata=key())
+    health: HealthConfig | None = attrs.field(default=None, metadata=key(inert=_NO_HEALTH_CHECKS))
+    watch: WatchConfig | None = attrs.field(default=None, metadata=key(inert=_NO_WATCHING))
+    enabled: bool = attrs.field(default=True, metadata=key(p_bool))
 
     @property
     def mode(self) -> Literal["classic", "bootstrap"]:
@@ -282,10 +322,12 @@ class AppConfig:
 class StackAppOverride:
     """``[stacks.NAME.overrides.APP]``: what a stack changes for one app."""
 
-    instances: int | None = None
-    enabled: bool | None = None
-    watch: bool | None = None
-    env: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_map, repr=_env_repr)
+    instances: int | None = attrs.field(default=None, metadata=key(p_int(1, MAX_INSTANCES)))
+    enabled: bool | None = attrs.field(default=None, metadata=key(p_bool))
+    watch: bool | None = attrs.field(default=None, metadata=key(p_bool, inert=_NO_WATCHING))
+    env: Mapping[str, str] = attrs.field(
+        factory=dict, converter=_frozen_map, repr=_env_repr, metadata=key()
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -302,11 +344,15 @@ class StackConfig:
     """
 
     name: str
-    apps: tuple[str, ...] | None = None
-    env: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_map, repr=_env_repr)
-    watch: bool | None = None
-    log_level: LogLevel | None = None
-    overrides: Mapping[str, StackAppOverride] = attrs.field(factory=dict, converter=_frozen_map)
+    apps: tuple[str, ...] | None = attrs.field(default=None, metadata=key())
+    env: Mapping[str, str] = attrs.field(
+        factory=dict, converter=_frozen_map, repr=_env_repr, metadata=key()
+    )
+    watch: bool | None = attrs.field(default=None, metadata=key(p_bool, inert=_NO_WATCHING))
+    log_level: LogLevel | None = attrs.field(default=None, metadata=key(p_enum(LogLevel)))
+    overrides: Mapping[str, StackAppOverride] = attrs.field(
+        factory=dict, converter=_frozen_map, metadata=key()
+    )
 
 
 def _switch_watch(watch: WatchConfig | None, cwd: Path, on: bool | None) -> WatchConfig | None:
@@ -328,18 +374,27 @@ class Ecosystem:
         source: The file this was loaded from (not part of equality).
         warnings: Problems that do not prevent a start, e.g. ``empty: no apps
             defined`` (not part of equality).
+        inert: A warning for each key set in the config that is accepted but has
+            no effect yet (``apps[0].health: has no effect yet: ...``), by line. They
+            come from the ``inert`` markers of the fields of these records; ``check``,
+            ``up`` and ``reload-config`` print them. Not part of equality.
     """
 
-    project: str
+    project: str = attrs.field(metadata=key())
     base_dir: Path
-    supervision: SupervisionConfig = SupervisionConfig()
-    monitoring: MonitoringConfig = MonitoringConfig()
-    logging: LoggingConfig = LoggingConfig()
-    apps: tuple[AppConfig, ...] = ()
-    stacks: Mapping[str, StackConfig] = attrs.field(factory=dict, converter=_frozen_map)
+    supervision: SupervisionConfig = attrs.field(default=SupervisionConfig(), metadata=key())
+    monitoring: MonitoringConfig = attrs.field(
+        default=MonitoringConfig(), metadata=key(inert=_NO_MONITORING)
+    )
+    logging: LoggingConfig = attrs.field(default=LoggingConfig(), metadata=key())
+    apps: tuple[AppConfig, ...] = attrs.field(default=(), metadata=key())
+    stacks: Mapping[str, StackConfig] = attrs.field(
+        factory=dict, converter=_frozen_map, metadata=key()
+    )
     stack: str | None = None
     source: Path | None = attrs.field(default=None, eq=False)
     warnings: tuple[ConfigIssue, ...] = attrs.field(default=(), eq=False)
+    inert: tuple[ConfigIssue, ...] = attrs.field(default=(), eq=False)
 
     def app(self, name: str) -> AppConfig:
         """The app called ``name``.

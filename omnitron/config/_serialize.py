@@ -16,14 +16,8 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
-from ._model import (
-    DEFAULT_WATCH_IGNORE,
-    Ecosystem,
-    ReadyConfig,
-    ReadyKind,
-    StackConfig,
-    WatchConfig,
-)
+from ._fields import KEY
+from ._model import DEFAULT_WATCH_IGNORE, ReadyConfig, ReadyKind, WatchConfig
 
 __all__ = ["to_raw", "unstructure"]
 
@@ -51,15 +45,11 @@ def _watch(watch: WatchConfig) -> dict[str, Any]:
 
 
 def _without_none(cls: type, converter: cattrs.Converter) -> Callable[[Any], dict[str, Any]]:
-    omitted: dict[type, dict[str, Any]] = {
-        Ecosystem: {
-            name: override(omit=True) for name in ("base_dir", "stack", "source", "warnings")
-        },
-        StackConfig: {"name": override(omit=True)},
+    # Only configuration keys: not an ecosystem's base_dir or warnings, a stack's name...
+    omitted: dict[str, Any] = {
+        field.name: override(omit=True) for field in attrs.fields(cls) if KEY not in field.metadata
     }
-    generated: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(
-        cls, converter, **omitted.get(cls, {})
-    )
+    generated: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(cls, converter, **omitted)
 
     def unstructure(obj: Any) -> dict[str, Any]:
         return {key: value for key, value in generated(obj).items() if value is not None}

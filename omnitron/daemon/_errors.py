@@ -1,10 +1,15 @@
-"""Errors of the daemon's operations; each travels over RPC with its code."""
+"""Errors of the daemon's operations; each travels over RPC with its code.
+
+Every one derives from :class:`DaemonError` and, for the wire, from the
+:mod:`omnitron.rpc` class whose code it travels with.
+"""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
 
+from ..errors import OmnitronError
 from ..rpc import Busy, InvalidParams, NotFound, RemoteError
 
 __all__ = [
@@ -13,11 +18,25 @@ __all__ = [
     "AppStartFailed",
     "ConfigInvalid",
     "DaemonBusy",
-    "InvalidRequest",
+    "DaemonError",
+    "RequestRefused",
+    "UnsupportedApp",
 ]
 
 
-class AppNotFound(NotFound):
+class DaemonError(OmnitronError):
+    """Base class of every error raised by :mod:`omnitron.daemon`."""
+
+
+class UnsupportedApp(DaemonError, ValueError):
+    """The app cannot be run by this daemon (the message says why).
+
+    Raised while building an app's supervision spec; the daemon answers a request
+    that needs the app with :class:`RequestRefused`.
+    """
+
+
+class AppNotFound(DaemonError, NotFound):
     """No app of that name in the ecosystem."""
 
     def __init__(self, name: str, *, known: Sequence[str] = ()) -> None:
@@ -31,21 +50,26 @@ class AppNotFound(NotFound):
         self.name = name
 
 
-class DaemonBusy(Busy):
+class DaemonBusy(DaemonError, Busy):
     """The daemon cannot do that right now (e.g. still starting its apps)."""
 
 
-class InvalidRequest(InvalidParams):
-    """The request cannot be carried out as asked (the message says why)."""
+class RequestRefused(DaemonError, InvalidParams):
+    """The daemon refuses the request as asked (the message says why); wire code
+    ``INVALID_PARAMS``.
+
+    Not :class:`omnitron.rpc.InvalidRequest`, which is a malformed message
+    (``INVALID_REQUEST``).
+    """
 
 
-class AppStartFailed(RemoteError):
+class AppStartFailed(DaemonError, RemoteError):
     """An app did not come up; the supervisor keeps applying its restart policy."""
 
     code = "START_FAILED"
 
 
-class ConfigInvalid(RemoteError, ValueError):
+class ConfigInvalid(DaemonError, RemoteError, ValueError):
     """The config file has problems; nothing was changed. One problem per line."""
 
     code = "CONFIG_INVALID"

@@ -8,11 +8,12 @@ end up in the same file, one ``key=value`` line each.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
 import structlog
+
+from ._safefile import SafeFileHandler, check_log_directory
 
 __all__ = ["configure_logging"]
 
@@ -47,9 +48,8 @@ def configure_logging(log_file: Path, *, level: str = "info", echo: bool = False
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
-    file_handler = logging.FileHandler(log_file, encoding="utf-8")
+    check_log_directory(log_file.parent)
+    file_handler = SafeFileHandler(log_file)  # never through a planted link (PC-15)
     file_handler.setFormatter(formatter)
     root.addHandler(file_handler)
     if echo:

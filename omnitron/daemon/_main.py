@@ -29,7 +29,7 @@ import attrs
 import structlog
 import trio
 
-from ..config import load_config
+from ..config import DaemonDeath, load_config
 from ..rpc import ServerOptions, serve_unix
 from ..state import DaemonState, Home, StateStore, load_state, open_pid_lock, open_state_writer
 from ._errors import DaemonBusy
@@ -37,6 +37,7 @@ from ._leftovers import find_leftovers, terminate_leftovers
 from ._logging import configure_logging
 from ._logs import LogCollector
 from ._orchestrator import Orchestrator
+from ._sentinel import open_sentinel
 from ._service import DaemonService, build_dispatcher
 from ._systemd import notify
 
@@ -144,13 +145,18 @@ async def run_daemon(options: DaemonOptions) -> int:
             health=lambda: {
                 "persistence": str(store.health()),
                 "log_write_errors": str(logs.write_errors),
+                "logs": logs.degraded or "ok",
             },
             permit_empty=store.permit_empty,
         )
         dispatcher = build_dispatcher(service)
 
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async with open_state_writer(store) as snapshots, trio.open_nursery() as nursery:
+            async with (
+                _on_daemon_death(ecosystem.supervision.on_daemon_death, home),
+                open_state_writer(store) as snapshots,
+                trio.open_nursery() as nursery,
+            ):
 
                 async def persisted() -> None:
                     # Reply to a change only once it is on disk (promise 2), but
@@ -212,6 +218,15 @@ async def _persist(
         await trio.sleep(SNAPSHOT_COALESCE)
         dirty.event = trio.Event()
         await snapshots.send(orchestrator.snapshot())
+
+
+def _on_daemon_death(
+    choice: DaemonDeath, home: Home
+) -> contextlib.AbstractAsyncContextManager[None]:
+    """A sentinel stops the apps if this daemon dies (``stop``); ``keep`` leaves them."""
+    if choice is DaemonDeath.STOP:
+        return open_sentinel(home.path)
+    return contextlib.nullcontext()
 
 
 async def _clean_up_after_predecessor(home: Home) -> None:

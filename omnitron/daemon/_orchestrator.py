@@ -41,9 +41,9 @@ from ..state import (
     ProcessIdentity,
     ProcessState,
 )
-from ._errors import AppNotFound, AppStartFailed, DaemonBusy, InvalidRequest
+from ._errors import AppNotFound, AppStartFailed, DaemonBusy, RequestRefused, UnsupportedApp
 from ._logs import LogCollector
-from ._tree import TreeBuilder, UnsupportedApp
+from ._tree import TreeBuilder
 
 __all__ = ["AppRecord", "Orchestrator", "ProcessRecord"]
 
@@ -482,7 +482,7 @@ class Orchestrator:
                 spec = self._builder.app(record.config, record.instances)
             except UnsupportedApp as exc:
                 self._give_up_on(record, str(exc))
-                raise InvalidRequest(str(exc)) from None
+                raise RequestRefused(str(exc)) from None
         record.last_error = None if was_crashed else record.last_error
         try:
             if spec is not None:
@@ -553,7 +553,7 @@ class Orchestrator:
     async def scale(self, name: str, instances: int) -> int:
         """Set the number of processes of an app; returns the previous number."""
         if not 1 <= instances <= 1024:
-            raise InvalidRequest(f"instances must be within 1..1024, got {instances}")
+            raise RequestRefused(f"instances must be within 1..1024, got {instances}")
         record = self.record(name)
         async with self._lock:
             previous = record.instances
@@ -597,7 +597,7 @@ class Orchestrator:
         diff = diff_ecosystems(self.ecosystem, new)
         frozen = [s for s in diff.settings if s.path.split(".")[0] in {"project", "supervision"}]
         if frozen:
-            raise InvalidRequest(
+            raise RequestRefused(
                 "these settings take effect only when the daemon restarts (omnitron down; "
                 "omnitron up): " + ", ".join(str(s) for s in frozen)
             )

@@ -231,6 +231,7 @@ class DaemonService:
             "changed": {c.name: [str(f) for f in c.changes] for c in diff.changed},
             "settings": [str(s) for s in diff.settings],
             "summary": str(diff),
+            "warnings": [str(issue) for issue in (*new.warnings, *new.inert)],
         }
 
     def shutdown(self) -> None:

@@ -119,6 +119,7 @@ def render_unit(
     user: bool,
     description: str = "omnitron process supervisor",
     stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+    keep_apps: bool = False,
 ) -> str:
     """The text of a systemd service unit that runs ``omnitron up --foreground``.
 
@@ -138,6 +139,10 @@ def render_unit(
         stop_timeout: Seconds the daemon may need to stop every app (their
             ``stop_timeout``s, in dependency order); ``TimeoutStopSec=`` adds a
             margin for the daemon's own shutdown.
+        keep_apps: The config says ``on_daemon_death = "keep"``: if the daemon
+            dies, systemd leaves the apps running (``KillMode=process``) for the
+            restarted daemon to terminate and relaunch. Otherwise
+            (``KillMode=mixed``) systemd kills what is left of a dead daemon.
 
     Returns:
         The unit file's text.
@@ -170,15 +175,17 @@ def render_unit(
         "NotifyAccess=main\n"
         f"ExecStart={exec_start}\n"
         f"Environment={environment}\n"
+        # A daemon that dies is back promptly; its apps are stopped (mixed) or
+        # kept for it (process), as the config's on_daemon_death says.
         "Restart=on-failure\n"
-        "RestartSec=2\n"
+        "RestartSec=200ms\n"
         # On stop, SIGTERM goes to the daemon only: it stops the apps itself, in
         # reverse dependency order, each with its own stop_timeout and a whole-tree
         # kill. With the default KillMode=control-group every app would get SIGTERM
-        # at once, behind the daemon's back, and be seen as crashing. The final
-        # SIGKILL still goes to the whole cgroup, so nothing outlives a daemon that
-        # hangs or dies: the unit never leaves orphans.
-        "KillMode=mixed\n"
+        # at once, behind the daemon's back, and be seen as crashing. With mixed,
+        # the final SIGKILL still goes to the whole cgroup, so nothing outlives a
+        # daemon that hangs or dies: the unit never leaves orphans.
+        f"KillMode={'process' if keep_apps else 'mixed'}\n"
         f"TimeoutStopSec={math.ceil(stop_timeout) + _STOP_MARGIN}\n"
         "\n"
         "[Install]\n"

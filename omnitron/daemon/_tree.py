@@ -40,6 +40,7 @@ from supervision import (
 from ..config import AppConfig, Ecosystem, ReadyKind
 from ..config import Restart as ConfigRestart
 from ..config import Strategy as ConfigStrategy
+from ._errors import UnsupportedApp
 
 __all__ = [
     "ENV_APP",
@@ -81,10 +82,6 @@ def marker_environ(home: str | os.PathLike[str], app: str, instance: int) -> dic
         merge into the child's environment.
     """
     return {ENV_HOME: _home_marker(home), ENV_APP: app, ENV_INSTANCE: str(instance)}
-
-
-class UnsupportedApp(Exception):
-    """The app cannot be run by this daemon (the message says why)."""
 
 
 def _ready(app: AppConfig) -> Ready:

@@ -293,10 +293,19 @@ class RpcTimeout(RpcError, TimeoutError):
 
 
 class SocketInUse(RpcError, OSError):
-    """Another server answers on the socket path; it is never unlinked."""
+    """Another server answers on the socket path; it is never unlinked.
 
-    def __init__(self, path: str) -> None:
-        super().__init__(f"another server is already listening on {path}; refusing to replace it")
+    The one definition: :mod:`omnitron.state` raises it too (a live socket found
+    while removing a stale one) and re-exports it.
+
+    Attributes:
+        path: The socket path.
+    """
+
+    def __init__(self, path: str, message: str | None = None) -> None:
+        super().__init__(
+            message or f"another server is already listening on {path}; refusing to replace it"
+        )
         self.path = path
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "Message",
     "ServerMessage",
     "decode_request",
+    "decode_client_message",
     "decode_server_message",
     "encode",
 ]
@@ -83,7 +84,9 @@ class Response:
 
 @attrs.frozen(kw_only=True)
 class Notification:
-    """``[2, method, [params]]``: server push (log lines, events, dropped-N notices)."""
+    """``[2, method, [params]]``: server push (log lines, events, dropped-N notices),
+    or a client's one-way message (its positional params are not kept: see
+    :func:`decode_client_message`)."""
 
     method: str
     params: Mapping[str, object]
@@ -120,6 +123,23 @@ def decode_request(obj: object) -> Request:
         ProtocolError: ``INVALID_REQUEST`` (with ``msgid`` when it was valid).
     """
     msgid, method, params = _wire.split_request(obj)
+    return Request(msgid=msgid, method=method, params=params)
+
+
+def decode_client_message(obj: object) -> Request | Notification:
+    """Check what a client sent: a :class:`Request`, or a :class:`Notification`.
+
+    A client notification's params are an array of positional values; nothing
+    acts on client notifications, so they are not kept (``params`` is empty).
+
+    Raises:
+        ProtocolError: ``INVALID_REQUEST`` (with ``msgid`` when it was valid).
+    """
+    kind, msgid, method, params = _wire.split_client_message(obj)
+    if kind == _wire.NOTIFICATION:
+        return Notification(method=method, params={})
+    assert msgid is not None
+    assert isinstance(params, dict)
     return Request(msgid=msgid, method=method, params=params)
 
 

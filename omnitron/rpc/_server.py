@@ -8,7 +8,10 @@ the same way later.
 What a connection guarantees (FAULTS.md RP rows):
 
 - a global connection cap: beyond it a newcomer gets one ``BUSY`` frame and is
-  closed (RP-18);
+  closed (RP-18); on a trusted plane (``evict_idle``) the longest-idle connection
+  is closed to admit it instead, and when every connection is busy a small
+  reserve beyond the cap still admits newcomers for the few methods an operator
+  needs in a storm (``daemon.status``, ``daemon.shutdown``, ``daemon.ping``);
 - a per-connection in-flight cap with pipelining: requests run concurrently up to
   the cap and may be answered out of order; past it the connection is simply not
   read until a slot frees (back-pressure, RP-19);
@@ -18,7 +21,11 @@ What a connection guarantees (FAULTS.md RP rows):
 - a send deadline: a client that stops reading is disconnected, it never blocks
   the daemon (RP-17);
 - malformed input gets an error reply where possible and closes that connection
-  only (RP-01..RP-10);
+  only (RP-01..RP-10); client notifications (``[2, method, params]``) never get a
+  reply, and since no notification is acted on, each is counted and ignored;
+- replies ready at the same time leave in one write: one writer task per
+  connection batches them, so a pipelining client costs one system call and one
+  wake-up per batch rather than per call;
 - every handler and every connection task is wrapped: no exception reaches the
   accept loop (RP-15), and a client that disconnects mid-call lets the call finish
   (RP-20);
@@ -40,9 +47,16 @@ import structlog
 import trio
 
 from . import _wire
-from ._dispatch import Dispatcher, Peer, new_correlation_id
+from ._dispatch import Dispatcher, Peer, _method_text, new_correlation_id
 from ._errors import Busy, ErrorCode, ProtocolError, RemoteError, RemoteTimeout
-from ._protocol import ErrorInfo, Request, Response, decode_request, encode
+from ._protocol import (
+    ErrorInfo,
+    Notification,
+    Request,
+    Response,
+    decode_client_message,
+    encode,
+)
 from ._stream import NotificationStream
 from ._wire import DEFAULT_LIMITS, Limits
 
@@ -56,11 +70,23 @@ Authenticator = Callable[[trio.abc.Stream], Awaitable[Peer]]
 ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 ACCEPT_RETRY_DELAY: Final = 0.1
 REJECT_SEND_TIMEOUT: Final = 1.0
+EVICTION_LOG_INTERVAL: Final = 10.0
+"""Seconds between two log lines about idle connections evicted (a storm logs a count)."""
+RESERVE_DEADLINE: Final = 1.0
+"""Seconds a reserve connection may take to send its request, and may then stay idle."""
+RESERVED_METHODS: Final = frozenset({"daemon.ping", "daemon.status", "daemon.shutdown"})
+OUTBOX_HIGH_WATER: Final = 64 * 1024
+"""Bytes queued for the writer beyond which a sender waits for its frame to be written."""
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None and not (value > 0 and math.isfinite(value)):
         raise ValueError(f"ServerOptions.{attribute.name} must be > 0, got {value!r}")
+
+
+def _count(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"ServerOptions.{attribute.name} must be an integer >= 0, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -72,6 +98,12 @@ class ServerOptions:
             Lowered under a small ``RLIMIT_NOFILE`` to keep descriptors in reserve.
         evict_idle: At the cap, close the longest-idle connection to admit a
             newcomer instead of refusing it (for a plane whose peers are all trusted).
+        reserved_connections: Connections admitted beyond the cap when it is full and
+            nothing can be evicted. A reserve connection may call only
+            ``reserved_methods`` (others answer ``BUSY``), must send its request
+            within 1 s and is closed once idle for 1 s, and any newcomer may evict
+            it while it is idle: a storm cannot keep it.
+        reserved_methods: What a reserve connection may call.
         max_inflight: Concurrent calls per connection (pipelining depth).
         max_streams: Notification streams per connection.
         stream_capacity: Default pending items per stream before drop-oldest.
@@ -86,6 +118,8 @@ class ServerOptions:
 
     max_connections: int = attrs.field(default=256, validator=_positive)
     evict_idle: bool = False
+    reserved_connections: int = attrs.field(default=1, validator=_count)
+    reserved_methods: frozenset[str] = RESERVED_METHODS
     max_inflight: int = attrs.field(default=32, validator=_positive)
     max_streams: int = attrs.field(default=16, validator=_positive)
     stream_capacity: int = attrs.field(default=1024, validator=_positive)
@@ -109,6 +143,9 @@ class ServerStatistics:
     protocol_errors: int
     deadline_closes: int
     send_timeouts: int
+    evicted_idle: int = 0
+    reserve_admitted: int = 0
+    notifications_ignored: int = 0
 
 
 @attrs.define
@@ -120,6 +157,22 @@ class _Counters:
     deadline_closes: int = 0
     send_timeouts: int = 0
     evicted_idle: int = 0
+    reserve_admitted: int = 0
+    notifications_ignored: int = 0
+    evicted_since_log: int = 0
+    eviction_logged_at: float = -math.inf
+
+
+@attrs.define(eq=False)
+class _Slot:
+    """One admitted connection's place under the cap (or in the reserve).
+
+    Released exactly once: when its connection ends, or at once when a newcomer
+    evicts it (so the newcomer's admission never waits for the victim to unwind).
+    """
+
+    reserve: bool
+    held: bool = True
 
 
 #: Descriptors kept free of client connections for everything else the daemon does.
@@ -155,7 +208,11 @@ class RpcServer:
         self._options = options
         self._address = address
         self._connections: set[_Connection] = set()
+        # Idle connections (no call, no stream, not closing) in the order they became
+        # idle: the first is the longest idle, found in O(1) in a storm.
+        self._idle: dict[_Connection, None] = {}
         self._slots_taken = 0
+        self._reserve_taken = 0
         self._counters = _Counters()
 
     @property
@@ -169,7 +226,7 @@ class RpcServer:
 
     def statistics(self) -> ServerStatistics:
         return ServerStatistics(
-            connections=self._slots_taken,
+            connections=self._slots_taken + self._reserve_taken,
             calls_in_flight=sum(len(c.inflight) for c in self._connections),
             streams=sum(len(c.streams) for c in self._connections),
             accepted=self._counters.accepted,
@@ -178,6 +235,9 @@ class RpcServer:
             protocol_errors=self._counters.protocol_errors,
             deadline_closes=self._counters.deadline_closes,
             send_timeouts=self._counters.send_timeouts,
+            evicted_idle=self._counters.evicted_idle,
+            reserve_admitted=self._counters.reserve_admitted,
+            notifications_ignored=self._counters.notifications_ignored,
         )
 
     async def serve(
@@ -232,24 +292,74 @@ class RpcServer:
         return _connection_capacity(self._options.max_connections)
 
     def _idlest(self) -> _Connection | None:
-        idle = [c for c in self._connections if not c.inflight and not c.streams]
-        return min(idle, key=lambda c: c._last_activity, default=None)
+        return next(iter(self._idle), None)
+
+    def _mark_idle(self, connection: _Connection) -> None:
+        """Record that ``connection`` became idle now (or stop, if it is not idle)."""
+        self._idle.pop(connection, None)
+        if not connection.inflight and not connection.streams and not connection._closed:
+            self._idle[connection] = None
+
+    def _admit(self) -> _Slot | None:
+        """Decide, without awaiting, whether a newcomer gets a slot (``None``: ``BUSY``)."""
+        if self._slots_taken < self.capacity:
+            self._slots_taken += 1
+            return _Slot(reserve=False)
+        victim = self._idlest()
+        if victim is not None and (self._options.evict_idle or victim.slot.reserve):
+            # Full: make room by closing the connection that has been idle longest,
+            # so a newcomer (an operator's `status`) is served rather than a client
+            # that holds a slot and does nothing. Its slot is the newcomer's now.
+            reserve = victim.slot.reserve
+            self._evict(victim)
+            return self._take(reserve)
+        if self._reserve_taken < self._options.reserved_connections:
+            self._counters.reserve_admitted += 1
+            return self._take(reserve=True)
+        return None
+
+    def _take(self, reserve: bool) -> _Slot:
+        if reserve:
+            self._reserve_taken += 1
+        else:
+            self._slots_taken += 1
+        return _Slot(reserve=reserve)
+
+    def _release(self, slot: _Slot) -> None:
+        if not slot.held:
+            return
+        slot.held = False
+        if slot.reserve:
+            self._reserve_taken -= 1
+        else:
+            self._slots_taken -= 1
+
+    def _evict(self, victim: _Connection) -> None:
+        self._release(victim.slot)
+        self._connections.discard(victim)
+        self._idle.pop(victim, None)
+        victim._close_now()
+        counters = self._counters
+        counters.evicted_idle += 1
+        counters.evicted_since_log += 1
+        now = trio.current_time()
+        if now - counters.eviction_logged_at >= EVICTION_LOG_INTERVAL:
+            # One line per interval, not one per eviction: a storm must not turn
+            # into a flood of log writes that slows the accept loop further.
+            log.info(
+                "rpc_idle_connections_evicted",
+                address=self._address,
+                count=counters.evicted_since_log,
+                total=counters.evicted_idle,
+            )
+            counters.evicted_since_log = 0
+            counters.eviction_logged_at = now
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
         """One connection, start to end. Never raises an ``Exception``."""
         accepted_at = trio.current_time()
-        limit = self.capacity
-        if self._slots_taken >= limit and self._options.evict_idle:
-            # Full: make room by closing the connection that has been idle longest,
-            # so a newcomer (an operator's `status`) is served rather than a client
-            # that holds a slot and does nothing. Its slot frees as it unwinds.
-            victim = self._idlest()
-            if victim is not None:
-                self._counters.evicted_idle += 1
-                log.info("rpc_idle_connection_evicted", address=self._address)
-                await victim._abort()
-                limit += 1
-        if self._slots_taken >= limit:
+        slot = self._admit()
+        if slot is None:
             self._counters.rejected_busy += 1
             try:
                 await self._reject(
@@ -259,11 +369,13 @@ class RpcServer:
             finally:
                 await trio.aclose_forcefully(stream)
             return
-        self._slots_taken += 1
         connection: _Connection | None = None
         try:
+            hello_deadline = self._options.hello_deadline
+            if slot.reserve:
+                hello_deadline = min(hello_deadline, RESERVE_DEADLINE)
             peer: Peer | None = None
-            with trio.move_on_at(accepted_at + self._options.hello_deadline):
+            with trio.move_on_at(accepted_at + hello_deadline):
                 try:
                     peer = await self._authenticate(stream)
                 except RemoteError as exc:
@@ -279,8 +391,11 @@ class RpcServer:
             if peer is None:
                 self._counters.deadline_closes += 1
                 return
-            connection = _Connection(self, stream, peer, accepted_at)
+            if not slot.held:
+                return  # evicted while authenticating
+            connection = _Connection(self, stream, peer, accepted_at, slot)
             self._connections.add(connection)
+            self._idle[connection] = None
             await connection.run()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -288,9 +403,11 @@ class RpcServer:
             # A bug in this module: log it, drop this connection, keep serving.
             log.error("rpc_connection_crashed", address=self._address, exc_info=exc)
         finally:
-            self._slots_taken -= 1
+            self._release(slot)
             if connection is not None:
                 self._connections.discard(connection)
+                self._idle.pop(connection, None)
+                connection.decoder.discard()
             await trio.aclose_forcefully(stream)
 
     async def _reject(self, stream: trio.abc.Stream, error: RemoteError) -> None:
@@ -302,55 +419,97 @@ class RpcServer:
             await stream.send_all(frame)
 
 
+class _Batch:
+    """Frames handed to the writer together; ``done`` is set once they are written."""
+
+    __slots__ = ("done", "written")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.written = False
+
+
 class _Connection:
-    """One authenticated connection: a reader loop plus one task per call."""
+    """One authenticated connection: a reader loop, one task per call, one writer."""
 
     def __init__(
-        self, server: RpcServer, stream: trio.abc.Stream, peer: Peer, accepted_at: float
+        self,
+        server: RpcServer,
+        stream: trio.abc.Stream,
+        peer: Peer,
+        accepted_at: float,
+        slot: _Slot,
     ) -> None:
         self.server = server
         self.stream = stream
         self.peer = peer
-        self.options = server._options
-        self.limits = server._options.limits
+        self.slot = slot
+        self.options = options = server._options
+        self.limits = options.limits
         self.decoder = _wire.FrameDecoder(self.limits)
         self.inflight: set[int] = set()
         self.streams: dict[int, NotificationStream] = {}
         self._next_stream_id = 1
-        self._slots = trio.Semaphore(self.options.max_inflight)
-        self._send_lock = trio.Lock()
+        self._slots = trio.Semaphore(options.max_inflight)
         self._closed = False
         self._accepted_at = accepted_at
         self._got_request = False
-        self._last_activity = accepted_at
+        self.last_activity = accepted_at
         self._partial_offset = -1
         self._partial_since = accepted_at
         self._read_scope: trio.CancelScope | None = None
         self._background: trio.Nursery | None = None
+        self._hello_deadline = options.hello_deadline
+        self._idle_timeout = options.idle_timeout
+        self._allowed: frozenset[str] | None = None
+        if slot.reserve:
+            self._hello_deadline = min(self._hello_deadline, RESERVE_DEADLINE)
+            self._idle_timeout = min(self._idle_timeout or math.inf, RESERVE_DEADLINE)
+            self._allowed = options.reserved_methods
+        # The writer's state: frames waiting, the batch they will leave in.
+        self._outbox: list[bytes] = []
+        self._outbox_bytes = 0
+        self._batch = _Batch()
+        self._writer_wakeup = trio.Event()
+        self._reading_done = False
+
+    def _log(self, level: str, event: str, **fields: object) -> None:
+        getattr(log, level)(
+            event, address=self.server.address, transport=self.peer.transport, **fields
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        # Calls live in the outer nursery, streams and their producers in the inner
-        # one: when reading ends, streams end with it, while calls already running
-        # finish (RP-20) and still reply if the peer reads.
-        async with trio.open_nursery() as calls, trio.open_nursery() as background:
-            self._background = background
+        # The writer outlives the calls, which live in the outer of the two inner
+        # nurseries; streams and their producers live in the inner one: when reading
+        # ends, streams end with it, while calls already running finish (RP-20) and
+        # still reply if the peer reads.
+        async with trio.open_nursery() as writer:
+            writer.start_soon(self._writer)
             try:
-                await self._read_loop(calls)
+                async with trio.open_nursery() as calls, trio.open_nursery() as background:
+                    self._background = background
+                    try:
+                        await self._read_loop(calls)
+                    finally:
+                        self._background = None
+                        for stream in list(self.streams.values()):
+                            stream._abort()
+                        background.cancel_scope.cancel()
             finally:
-                self._background = None
-                for stream in list(self.streams.values()):
-                    stream._abort()
-                background.cancel_scope.cancel()
+                self._reading_done = True
+                self._writer_wakeup.set()
 
     def _close_now(self) -> None:
         """Stop reading and writing; running calls finish but their replies are dropped."""
         self._closed = True
+        self.server._idle.pop(self, None)
         if self._read_scope is not None:
             self._read_scope.cancel()
         for stream in list(self.streams.values()):
             stream._abort()
+        self._writer_wakeup.set()
 
     async def _abort(self) -> None:
         """Close the transport now: the peer sees EOF at once; running calls still finish."""
@@ -362,7 +521,7 @@ class _Connection:
     def _read_deadline(self) -> float:
         deadline = math.inf
         if not self._got_request:
-            deadline = self._accepted_at + self.options.hello_deadline
+            deadline = self._accepted_at + self._hello_deadline
         if self.decoder.buffered:
             if self.decoder.frame_offset != self._partial_offset:
                 self._partial_offset = self.decoder.frame_offset
@@ -370,11 +529,11 @@ class _Connection:
             deadline = min(deadline, self._partial_since + self.options.frame_deadline)
         elif (
             self._got_request
-            and self.options.idle_timeout is not None
+            and self._idle_timeout is not None
             and not self.inflight
             and not self.streams
         ):
-            deadline = min(deadline, self._last_activity + self.options.idle_timeout)
+            deadline = min(deadline, self.last_activity + self._idle_timeout)
         return deadline
 
     def _refresh_deadline(self) -> None:
@@ -408,10 +567,9 @@ class _Connection:
                 # EOF. A half-sent message is dropped, never dispatched (RP-05); the
                 # peer may have only shut down its writing side, so calls still reply.
                 if self.decoder.buffered:
-                    log.info(
+                    self._log(
+                        "info",
                         "rpc_truncated_message",
-                        address=self.server.address,
-                        transport=self.peer.transport,
                         bytes=self.decoder.buffered,
                     )
                 return
@@ -423,10 +581,24 @@ class _Connection:
 
     async def _on_frame(self, frame: object, calls: trio.Nursery) -> bool:
         try:
-            request = decode_request(frame)
+            message = decode_client_message(frame)
         except ProtocolError as exc:
             await self._protocol_error(exc)
             return False
+        if isinstance(message, Notification):
+            # msgpack-rpc: a notification never gets a reply. None is acted on, so
+            # each is ignored (standard clients send some unprompted, such as a
+            # client-info notice on connect). It counts as the first message for
+            # the hello deadline, never as activity that keeps an idle peer open.
+            self._got_request = True
+            self.server._counters.notifications_ignored += 1
+            self._log(
+                "debug",
+                "rpc_notification_ignored",
+                method=_method_text(message.method),
+            )
+            return True
+        request = message
         if request.msgid in self.inflight:
             await self._protocol_error(
                 ProtocolError(
@@ -437,17 +609,20 @@ class _Connection:
             return False
         self._got_request = True
         # Back-pressure: at the in-flight cap we stop reading until a call finishes.
-        await self._slots.acquire()
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            await self._slots.acquire()
         self.inflight.add(request.msgid)
+        self.server._idle.pop(self, None)
         calls.start_soon(self._run_call, request)
         return True
 
     async def _protocol_error(self, exc: ProtocolError) -> None:
         self.server._counters.protocol_errors += 1
-        log.info(
+        self._log(
+            "info",
             "rpc_protocol_error",
-            address=self.server.address,
-            transport=self.peer.transport,
             code=exc.code.value,
             reason=exc.message,
         )
@@ -458,15 +633,14 @@ class _Connection:
     async def _deadline_expired(self) -> None:
         self.server._counters.deadline_closes += 1
         if not self._got_request and not self.decoder.buffered:
-            reason = f"no request within {self.options.hello_deadline:g}s of connecting"
+            reason = f"no request within {self._hello_deadline:g}s of connecting"
         elif self.decoder.buffered:
             reason = f"message not completed within {self.options.frame_deadline:g}s"
         else:
-            reason = f"idle for {self.options.idle_timeout:g}s"
-        log.info(
+            reason = f"idle for {self._idle_timeout:g}s"
+        self._log(
+            "info",
             "rpc_connection_timeout",
-            address=self.server.address,
-            transport=self.peer.transport,
             reason=reason,
         )
         error = RemoteTimeout(f"closing the connection: {reason}")
@@ -480,19 +654,39 @@ class _Connection:
     async def _run_call(self, request: Request) -> None:
         released = False
         try:
-            response = await self.server._dispatcher.dispatch(request, peer=self.peer, host=self)
+            if self._allowed is not None and request.method not in self._allowed:
+                response = self._reserve_refusal(request)
+            else:
+                response = await self.server._dispatcher.dispatch(
+                    request, peer=self.peer, host=self
+                )
             frame = self._encode_response(request, response)
             # The msgid is free again once the reply is decided: a client may reuse
             # it as soon as the reply reaches it, possibly before send() returns here.
             self.inflight.discard(request.msgid)
             released = True
-            await self.send(frame)
+            # The handler has checkpointed already; wait only past the high-water mark.
+            backlog = self._enqueue(frame)
+            if backlog is not None:
+                await backlog.done.wait()
         finally:
             if not released:
                 self.inflight.discard(request.msgid)
             self._slots.release()
-            self._last_activity = trio.current_time()
-            self._refresh_deadline()
+            self.last_activity = trio.current_time()
+            if not self.inflight:
+                # Only an idle connection has an idle deadline to (re)start.
+                self.server._mark_idle(self)
+                self._refresh_deadline()
+
+    def _reserve_refusal(self, request: Request) -> Response:
+        allowed = ", ".join(sorted(self._allowed or ()))
+        error = Busy(
+            f"the server is at its connection limit; this connection was admitted to "
+            f"the reserve, which serves only {allowed}; try {_method_text(request.method)} "
+            "again later"
+        )
+        return Response(msgid=request.msgid, error=ErrorInfo.from_exception(error))
 
     def _encode_response(self, request: Request, response: Response) -> bytes:
         try:
@@ -524,40 +718,78 @@ class _Connection:
 
     # ------------------------------------------------------------------ writing
 
-    async def send(self, frame: bytes) -> bool:
-        """Write one frame; ``False`` if the connection is gone (never raises for that)."""
+    async def send(self, frame: bytes, *, flush: bool = False) -> bool:
+        """Queue one frame for the writer; ``False`` if the connection is gone.
+
+        Never raises for a lost connection. While less than ``OUTBOX_HIGH_WATER``
+        bytes wait, this returns at once; beyond it, it waits until its batch is
+        written, so a peer that stops reading holds back its senders (a stream's
+        producer, a call's in-flight slot) rather than growing the queue. With
+        ``flush``, it always waits (a last frame before closing).
+        """
         if self._closed:
             return False
-        async with self._send_lock:
-            if self._closed:
+        backlog = self._enqueue(frame)
+        if backlog is None and not flush:
+            await trio.lowlevel.checkpoint()
+            return not self._closed
+        batch = backlog or self._batch
+        await batch.done.wait()
+        return batch.written
+
+    def _enqueue(self, frame: bytes) -> _Batch | None:
+        """Queue ``frame`` (unless closed); its batch if past the high-water mark."""
+        if self._closed:
+            return None
+        self._outbox.append(frame)
+        self._outbox_bytes += len(frame)
+        self._writer_wakeup.set()
+        return self._batch if self._outbox_bytes > OUTBOX_HIGH_WATER else None
+
+    async def _writer(self) -> None:
+        """Write whatever frames are waiting, all in one ``send_all``, until closed."""
+        try:
+            while not self._closed:
+                if not self._outbox:
+                    if self._reading_done:
+                        return
+                    self._writer_wakeup = trio.Event()
+                    await self._writer_wakeup.wait()
+                    continue
+                frames, self._outbox = self._outbox, []
+                self._outbox_bytes = 0
+                batch, self._batch = self._batch, _Batch()
+                batch.written = await self._write(
+                    frames[0] if len(frames) == 1 else b"".join(frames)
+                )
+                batch.done.set()
+        finally:
+            # Frames that will never be written: wake their senders with False.
+            self._outbox.clear()
+            self._batch.done.set()
+
+    async def _write(self, data: bytes) -> bool:
+        with trio.move_on_after(self.options.send_timeout):
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._close_now()
                 return False
-            with trio.move_on_after(self.options.send_timeout):
-                try:
-                    await self.stream.send_all(frame)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self._close_now()
-                    return False
-                return True
-            # The peer stopped reading. A cancelled send leaves the stream unusable.
-            self.server._counters.send_timeouts += 1
-            log.warning(
-                "rpc_send_timeout",
-                address=self.server.address,
-                transport=self.peer.transport,
-                timeout=self.options.send_timeout,
-            )
-            await self._abort()
-            return False
+            return True
+        # The peer stopped reading. A cancelled send leaves the stream unusable.
+        self.server._counters.send_timeouts += 1
+        self._log(
+            "warning",
+            "rpc_send_timeout",
+            timeout=self.options.send_timeout,
+        )
+        await self._abort()
+        return False
 
     async def _send_best_effort(self, frame: bytes) -> None:
-        if self._closed:
-            return
-        with (
-            trio.move_on_after(REJECT_SEND_TIMEOUT),
-            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
-        ):
-            async with self._send_lock:
-                await self.stream.send_all(frame)
+        """Send a last frame before closing, waiting at most ``REJECT_SEND_TIMEOUT``."""
+        with trio.move_on_after(REJECT_SEND_TIMEOUT):
+            await self.send(frame, flush=True)
 
     # ------------------------------------------------------------------ CallHost
 
@@ -579,6 +811,7 @@ class _Connection:
             stream._abort()
             return stream
         self.streams[stream_id] = stream
+        self.server._idle.pop(self, None)
         self._background.start_soon(self._pump, stream)
         return stream
 
@@ -587,7 +820,8 @@ class _Connection:
             await stream._pump(self.send)
         finally:
             self.streams.pop(stream.id, None)
-            self._last_activity = trio.current_time()
+            self.last_activity = trio.current_time()
+            self.server._mark_idle(self)
             self._refresh_deadline()
 
     def start_soon(self, async_fn: Callable[..., Awaitable[object]], *args: object) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from supervision._groups import raise_collapsed
+
 __all__ = ["collapse_single_exception_group"]
 
 
 @contextlib.contextmanager
 def collapse_single_exception_group() -> Iterator[None]:
-    """Re-raise a group holding one exception as that exception (trio-websocket style).
+    """Re-raise a nursery's group as its one meaningful exception (the library's rule).
 
     Public context managers own nurseries, and Trio nurseries always wrap; callers
     should be able to ``except DaemonNotRunning`` or ``except NotFound`` directly.
@@ -18,9 +20,4 @@ def collapse_single_exception_group() -> Iterator[None]:
     try:
         yield
     except BaseExceptionGroup as group:
-        exc: BaseException = group
-        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-            exc = exc.exceptions[0]
-        if exc is group:
-            raise
-        raise exc from None
+        raise_collapsed(group)

@@ -56,6 +56,7 @@ __all__ = [
     "pack_notification",
     "error_map",
     "split_request",
+    "split_client_message",
     "split_params",
     "split_server_message",
     "parse_error_map",
@@ -152,6 +153,36 @@ def _reject_ext(code: int, data: bytes) -> object:
     raise ProtocolError(ErrorCode.PARSE_ERROR, f"msgpack ext type {code} is not accepted")
 
 
+UNPACKER_INITIAL_BUFFER: Final = 4096
+"""Bytes the msgpack ``Unpacker`` allocates up front; it grows (up to ``max_buffer_size``)
+only when a message needs it. Left unset it would be ``min(max_buffer_size, 1 MiB)``
+per connection, allocated whether or not the peer ever sends anything."""
+
+
+class _ItemCounter:
+    """Counts container entries of one message for the decode hooks.
+
+    A separate object, not a method of :class:`FrameDecoder`: a bound method held by
+    the ``Unpacker`` would make decoder and unpacker a reference cycle, which only the
+    cyclic GC frees, so every closed connection's buffers would outlive it.
+    """
+
+    __slots__ = ("count", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def __call__(self, container: Any) -> Any:
+        self.count += 1 + len(container)
+        if self.count > self.limit:
+            raise ProtocolError(
+                ErrorCode.PARSE_ERROR,
+                f"message holds more than {self.limit} array/map entries",
+            )
+        return container
+
+
 class FrameDecoder:
     """Splits a byte stream into decoded msgpack messages, enforcing :class:`Limits`.
 
@@ -159,27 +190,39 @@ class FrameDecoder:
     returns ``None`` before feeding again. Any violation raises
     :class:`ProtocolError`; after that the decoder is unusable (the stream cannot be
     re-synchronised), and the connection must be closed.
+
+    The msgpack ``Unpacker`` (about 20 KiB of decoder state plus its buffer) exists
+    only while a message is being received: it is made when bytes are fed and
+    dropped whenever every byte fed has been decoded, so an idle connection costs
+    none of it (making one takes about a microsecond).
     """
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._limits = limits
-        self._items = 0
+        self._items = _ItemCounter(limits.max_items)
         self._fed = 0
         self._frame_start = 0
         self._checked_start = -1
         self._chunk_start = 0
         self._chunk: bytes | bytearray = b""
         self._broken: ProtocolError | None = None
-        self._unpacker = msgpack.Unpacker(
-            max_buffer_size=limits.max_frame + limits.read_size,
+        self._unpacker: msgpack.Unpacker | None = None
+        self._unpacker_base = 0
+
+    def _new_unpacker(self) -> msgpack.Unpacker:
+        limits = self._limits
+        max_buffer_size = limits.max_frame + limits.read_size
+        return msgpack.Unpacker(
+            max_buffer_size=max_buffer_size,
+            read_size=min(UNPACKER_INITIAL_BUFFER, max_buffer_size),
             max_str_len=limits.max_frame,
             max_bin_len=limits.max_frame,
             max_array_len=limits.max_container_len,
             max_map_len=limits.max_container_len,
             max_ext_len=0,
             ext_hook=_reject_ext,
-            list_hook=self._count,
-            object_hook=self._count,
+            list_hook=self._items,
+            object_hook=self._items,
             raw=False,
             strict_map_key=True,
             use_list=True,
@@ -196,14 +239,10 @@ class FrameDecoder:
         """Stream offset where the current (incomplete) message starts."""
         return self._frame_start
 
-    def _count(self, container: Any) -> Any:
-        self._items += 1 + len(container)
-        if self._items > self._limits.max_items:
-            raise ProtocolError(
-                ErrorCode.PARSE_ERROR,
-                f"message holds more than {self._limits.max_items} array/map entries",
-            )
-        return container
+    def discard(self) -> None:
+        """Free the decoder state now (the stream is done; any partial message is dropped)."""
+        self._unpacker = None
+        self._frame_start = self._fed
 
     def _fail(self, error: ProtocolError) -> ProtocolError:
         self._broken = error
@@ -222,6 +261,9 @@ class FrameDecoder:
             raise ValueError(f"feed() takes at most read_size={self._limits.read_size} bytes")
         if not data:
             return
+        if self._unpacker is None:
+            self._unpacker = self._new_unpacker()
+            self._unpacker_base = self._fed
         try:
             self._unpacker.feed(data)
         except msgpack.BufferFull:
@@ -246,7 +288,9 @@ class FrameDecoder:
         if self._broken is not None:
             raise self._broken
         start = self._frame_start
-        if start == self._fed:
+        if start == self._fed or self._unpacker is None:
+            # At a message boundary with nothing pending: free the decoder state.
+            self._unpacker = None
             return None
         if start != self._checked_start and start >= self._chunk_start:
             # Reject a non-array message at its first byte: a top-level str32/bin32
@@ -275,9 +319,9 @@ class FrameDecoder:
             raise self._fail(
                 ProtocolError(ErrorCode.PARSE_ERROR, f"invalid msgpack: {_exc_summary(exc)}")
             ) from None
-        end = self._unpacker.tell()
+        end = self._unpacker_base + self._unpacker.tell()
         self._frame_start = end
-        self._items = 0
+        self._items.count = 0
         if end - start > self._limits.max_frame:
             raise self._fail(self._too_large(end - start))
         depth_error = _depth_error(obj, self._limits.max_depth)
@@ -421,50 +465,79 @@ def _valid_msgid(value: object) -> bool:
 
 
 def split_request(obj: object) -> tuple[int, str, dict[str, object]]:
-    """Check a message a client sent; return ``(msgid, method, params)``.
+    """Check a request a client sent; return ``(msgid, method, params)``.
+
+    Raises:
+        ProtocolError: ``INVALID_REQUEST``; ``msgid`` is set when it was valid. A
+            notification is refused here too: see :func:`split_client_message`.
+    """
+    kind, msgid, method, params = split_client_message(obj)
+    if kind != REQUEST or msgid is None or type(params) is not dict:
+        raise ProtocolError(
+            ErrorCode.INVALID_REQUEST,
+            "only requests ([0, msgid, method, params]) are accepted here",
+        )
+    return msgid, method, params
+
+
+def _invalid(message: str, *, msgid: int | None = None) -> ProtocolError:
+    return ProtocolError(ErrorCode.INVALID_REQUEST, message, msgid=msgid)
+
+
+def split_client_message(obj: object) -> tuple[int, int | None, str, object]:
+    """Check a message a client sent; return ``(kind, msgid, method, params)``.
+
+    A request gives ``(REQUEST, msgid, method, named_params)``; a notification
+    ``(NOTIFICATION, None, method, raw_params)``, its params an array left as sent
+    (msgpack-rpc params are positional; nothing reads a notification's params).
 
     Raises:
         ProtocolError: ``INVALID_REQUEST``; ``msgid`` is set when it was valid.
     """
     if type(obj) is not list or not obj:
-        raise ProtocolError(ErrorCode.INVALID_REQUEST, "a message must be a non-empty array")
+        raise _invalid("a message must be a non-empty array")
     kind = obj[0]
     if type(kind) is not int or kind not in (REQUEST, RESPONSE, NOTIFICATION):
-        raise ProtocolError(
-            ErrorCode.INVALID_REQUEST, "a message must start with its type: 0, 1 or 2"
-        )
+        raise _invalid("a message must start with its type: 0, 1 or 2")
+    if kind == NOTIFICATION:
+        if len(obj) != 3:
+            raise _invalid(f"a notification has 3 items [2, method, params], got {len(obj)}")
+        _, method, raw = obj
+        if type(method) is bytes and len(method) <= NAME_MAX:
+            # Some clients send their method names as msgpack bin (pynvim's own
+            # client-info notification does); nothing acts on the name anyway.
+            method = method.decode("utf-8", "replace")
+        if type(method) is not str:
+            raise _invalid(f"notification method must be a string, got {describe(method)}")
+        if type(raw) is not list:
+            raise _invalid(f"notification params must be an array, got {describe(raw)}")
+        return NOTIFICATION, None, method, raw
     if kind != REQUEST:
-        raise ProtocolError(
-            ErrorCode.INVALID_REQUEST,
-            "only requests ([0, msgid, method, params]) are accepted from clients",
+        raise _invalid(
+            "a client sends requests ([0, msgid, method, params]) or notifications "
+            "([2, method, params]), not responses"
         )
     if len(obj) != 4:
         msgid = obj[1] if len(obj) > 1 and _valid_msgid(obj[1]) else None
-        raise ProtocolError(
-            ErrorCode.INVALID_REQUEST,
+        raise _invalid(
             f"a request has 4 items [0, msgid, method, params], got {len(obj)}",
             msgid=msgid,
         )
     _, msgid, method, params = obj
     if not _valid_msgid(msgid):
-        raise ProtocolError(
-            ErrorCode.INVALID_REQUEST,
-            f"msgid must be an integer in [0, 2**32), got {describe(msgid)}",
-        )
+        raise _invalid(f"msgid must be an integer in [0, 2**32), got {describe(msgid)}")
     if type(method) is not str:
-        raise ProtocolError(
-            ErrorCode.INVALID_REQUEST,
+        raise _invalid(
             f"method must be a string, got {describe(method)}",
             msgid=msgid,
         )
     named = split_params(params)
     if named is None:
-        raise ProtocolError(
-            ErrorCode.INVALID_REQUEST,
+        raise _invalid(
             f"params must be an array holding one map of named arguments, got {describe(params)}",
             msgid=msgid,
         )
-    return msgid, method, named
+    return REQUEST, msgid, method, named
 
 
 def split_params(raw: object) -> dict[str, object] | None:

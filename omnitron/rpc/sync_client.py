@@ -211,6 +211,10 @@ class SyncClient:
             raise remote
 
 
+_BACKLOG_RETRY_FIRST = 0.001
+_BACKLOG_RETRY_MAX = 0.05
+
+
 def connect_unix_sync(
     path: str | os.PathLike[str],
     *,
@@ -222,24 +226,43 @@ def connect_unix_sync(
 
     Raises:
         DaemonNotRunning: The socket does not exist or nothing listens on it.
-        DaemonUnreachable: Connecting failed otherwise (permissions, full backlog).
-        RpcTimeout: Connecting took longer than ``timeout``.
+        DaemonUnreachable: Connecting failed otherwise (permissions).
+        RpcTimeout: Connecting took longer than ``timeout`` (a full listen
+            backlog is retried until then).
         SocketPathTooLong: ``path`` exceeds 107 bytes.
     """
     text = os.fspath(path)
     length = len(os.fsencode(text))
     if length > _wire.UNIX_PATH_MAX:
         raise SocketPathTooLong(text, length, _wire.UNIX_PATH_MAX)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(text)
-    except TimeoutError:
-        sock.close()
-        raise RpcTimeout(
-            f"connecting to the daemon at {text} took longer than {timeout:g}s"
-        ) from None
-    except OSError as exc:
-        sock.close()
-        raise connect_error(text, exc) from None
-    return SyncClient(sock, timeout=timeout, limits=limits, error_types=error_types, address=text)
+    deadline = time.monotonic() + timeout
+    pause = _BACKLOG_RETRY_FIRST
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            sock.connect(text)
+        except TimeoutError:
+            sock.close()
+            raise RpcTimeout(
+                f"connecting to the daemon at {text} took longer than {timeout:g}s"
+            ) from None
+        except BlockingIOError:
+            # EAGAIN: the listen backlog is full (a storm of other connections).
+            # A socket with a timeout fails at once instead of waiting its turn,
+            # so wait here: the daemon drains its backlog quickly.
+            sock.close()
+            if time.monotonic() + pause > deadline:
+                raise RpcTimeout(
+                    f"connecting to the daemon at {text} took longer than {timeout:g}s: "
+                    "its connection backlog stayed full"
+                ) from None
+            time.sleep(pause)
+            pause = min(2 * pause, _BACKLOG_RETRY_MAX)
+        except OSError as exc:
+            sock.close()
+            raise connect_error(text, exc) from None
+        else:
+            return SyncClient(
+                sock, timeout=timeout, limits=limits, error_types=error_types, address=text
+            )

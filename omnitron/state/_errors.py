@@ -1,13 +1,16 @@
 """Every exception the :mod:`omnitron.state` package raises.
 
 Each error derives from :class:`StateError` (an :class:`~omnitron.errors.OmnitronError`)
-and from the builtin that fits, so callers can catch either. Messages are one
+and from the builtin that fits, so callers can catch either; the exception is
+:class:`SocketInUse`, which is :mod:`omnitron.rpc`'s (the socket belongs to it) and
+is only re-exported here. Messages are one
 line, name the path involved and say what to do about it.
 """
 
 from __future__ import annotations
 
 from ..errors import OmnitronError
+from ..rpc._errors import SocketInUse as SocketInUse  # the socket's error is the RPC layer's
 
 
 class StateError(OmnitronError):
@@ -69,10 +72,6 @@ class DaemonAlreadyRunning(StateError, RuntimeError):
         self.pid = pid
         self.since = since
         self.path = path
-
-
-class SocketInUse(StateError, RuntimeError):
-    """A process accepts connections on the daemon socket although this daemon holds the lock."""
 
 
 class CorruptStateFile(StateError, ValueError):

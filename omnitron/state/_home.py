@@ -228,8 +228,9 @@ def remove_stale_socket(home: Home) -> bool:
         probe.close()
     if listening:
         raise SocketInUse(
+            str(path),
             f"a process is accepting connections on {path}, but this daemon holds the lock; "
-            "refusing to remove the socket"
+            "refusing to remove the socket",
         )
     try:
         os.unlink(path)

@@ -20,7 +20,7 @@ import fcntl
 import os
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -234,7 +234,7 @@ def _holder_of(fd: int, path: Path) -> DaemonAlreadyRunning:
     return DaemonAlreadyRunning(identity.pid, since=since, path=str(path))
 
 
-def acquire_pid_lock(home: Home) -> PidLock:
+def acquire_pid_lock(home: Home, *, _decided: Callable[[], None] | None = None) -> PidLock:
     """Take the pid lock of ``home``; the blocking core of :func:`open_pid_lock`.
 
     A pid file that nobody has locked is stale and is taken over, whatever pid
@@ -248,6 +248,10 @@ def acquire_pid_lock(home: Home) -> PidLock:
             (``"cannot create lock file …: Read-only file system"``).
         UnsafeHome: The lock file is a symbolic link, not a regular file, or owned
             by another user.
+
+    ``_decided`` is a seam for tests: called once the lock is ours, before the
+    record is written, so a test can hold a winner at the moment a racy lock
+    would let a second contender in (PC-12).
     """
     path = home.pid_file
     for _ in range(_ACQUIRE_ATTEMPTS):
@@ -268,7 +272,7 @@ def acquire_pid_lock(home: Home) -> PidLock:
                 filename=str(path),
             ) from exc
         try:
-            lock = _lock_opened(path, fd)
+            lock = _lock_opened(path, fd, _decided)
         except BaseException:
             os.close(fd)
             raise
@@ -282,7 +286,7 @@ def acquire_pid_lock(home: Home) -> PidLock:
     )
 
 
-def _lock_opened(path: Path, fd: int) -> PidLock | None:
+def _lock_opened(path: Path, fd: int, decided: Callable[[], None] | None) -> PidLock | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -312,6 +316,8 @@ def _lock_opened(path: Path, fd: int) -> PidLock | None:
             errno=errno.EPERM,
             filename=str(path),
         )
+    if decided is not None:
+        decided()
     stale = _parse_record(_read_fd(fd))
     identity = ProcessIdentity.current()
     since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

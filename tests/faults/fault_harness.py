@@ -97,6 +97,19 @@ def marked(home: str, *, apps_only: bool = False) -> list[psutil.Process]:
     return found
 
 
+def sentinels(home: str) -> list[psutil.Process]:
+    """The waiting sentinel of ``home``'s daemon (an interpreter run with ``-S``)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = proc.info["cmdline"] or []
+            if "-S" in cmdline and home in cmdline and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
 def gone(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

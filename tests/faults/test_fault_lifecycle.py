@@ -30,6 +30,7 @@ from fault_harness import (
     gone,
     pids_of,
     recorded_state,
+    sentinels,
     wait_for,
 )
 
@@ -212,6 +213,8 @@ def test_after_a_daemon_sigkill_exactly_one_process_holds_the_port(daemon: Daemo
     port = free_port()
     daemon.start(
         'project = "pl14"\n\n'
+        # The app must outlive its daemon for this test: no sentinel to stop it.
+        + '[supervision]\non_daemon_death = "keep"\n\n'
         + app_toml(
             "web",
             [sys.executable, str(CHILDREN / "hold_port"), str(port)],
@@ -400,12 +403,15 @@ def test_a_herd_exiting_at_once_is_reaped_and_restarted_exactly_once(
     assert len(inspect["last_exits"]) == count
     assert all(gone(pid) for pid in first)
 
-    # Nothing left unreaped: the daemon's children are exactly the new herd.
+    # Nothing left unreaped: the daemon's children are exactly the new herd (and
+    # the sentinel that would stop them if the daemon died).
+    watchers = {proc.pid for proc in sentinels(daemon.home)}
+
     def children() -> set[int] | None:
         kids = psutil.Process(daemon.pid).children()
         if any(kid.status() == psutil.STATUS_ZOMBIE for kid in kids):
             return None
-        return {kid.pid for kid in kids}
+        return {kid.pid for kid in kids} - watchers
 
     assert wait_for(children, "no zombie children of the daemon") == pids_of(herd)
 

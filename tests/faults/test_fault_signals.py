@@ -97,13 +97,15 @@ def test_sigterm_stops_dependents_first_each_within_its_own_timeout(
 
     terms = read_terms(record)
     assert sorted(terms, key=terms.__getitem__) == ["top", "middle", "base"]
-    # top ignored SIGTERM: middle was asked to stop only after top's timeout...
+    # top ignored SIGTERM: middle was asked to stop only after top's timeout, and
+    # not much later (the config's stop_timeout reached the process leaf as is)...
     assert terms["middle"] - terms["top"] >= top_timeout - 0.15
+    assert terms["middle"] - terms["top"] < top_timeout + 1.5
     # ...middle exited by itself: its 30 s timeout was not waited for.
     assert terms["base"] - terms["middle"] < 5
     # The whole stop is bounded by the timeouts that had to expire, plus slack.
     assert took >= top_timeout + base_timeout - 0.1
-    assert took < top_timeout + base_timeout + 10
+    assert took < top_timeout + base_timeout + 3
     assert all(gone(pid) for pid in pids)
     assert "killed after stop timeout" in daemon.app_log("top")
     assert "killed after stop timeout" in daemon.app_log("base")

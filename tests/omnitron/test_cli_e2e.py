@@ -161,7 +161,13 @@ class Omnitron:
         return json.loads(self.ok("--json", *args).stdout)
 
     def status(self) -> dict[str, Any]:
-        return self.json("status")  # type: ignore[no-any-return]
+        """``--json status``; it exits 1 exactly when an app is crashed or errored."""
+        result = self.run("--json", "status")
+        assert "Traceback" not in result.stderr
+        report: dict[str, Any] = json.loads(result.stdout)
+        troubled = any(app["status"] in ("crashed", "errored") for app in report["apps"])
+        assert result.returncode == (1 if troubled else 0), (result.stdout, result.stderr)
+        return report
 
     def apps(self) -> dict[str, dict[str, Any]]:
         return {app["name"]: app for app in self.status()["apps"]}
@@ -405,13 +411,16 @@ def test_daemon_sigkill_then_up_again_relaunches_without_orphans(running: Omnitr
     old = {app["name"]: pids_of(app) for app in status["apps"]}
     os.kill(daemon, signal.SIGKILL)
     wait_for(lambda: pid_gone(daemon), "the daemon gone")
-    # Its apps survive it, unsupervised...
-    assert app_pids(running.home) == old
+    # Its sentinel stops its apps (on_daemon_death = "stop", the default)...
+    wait_for(
+        lambda: all(pid_gone(pid) for pids in old.values() for pid in pids),
+        "the apps stopped by the sentinel",
+    )
     not_running = running.run("status")
     assert not_running.returncode == 1
     assert "daemon not running" in not_running.stderr
 
-    # ...until the next daemon terminates them and relaunches what should run.
+    # ...and the next daemon relaunches what should run.
     running.up()
     apps = running.wait_online(*BASIC_APPS)
     for name in BASIC_APPS:

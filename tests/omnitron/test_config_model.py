@@ -386,6 +386,7 @@ PUBLIC = [
     "Restart",
     "LogLevel",
     "ReadyKind",
+    "DaemonDeath",
     "diff_ecosystems",
     "EcosystemDiff",
     "AppChange",

@@ -300,7 +300,7 @@ async def test_local_request_checks(server: object, sock_path: Path) -> None:
 
 
 async def test_connection_level_busy_is_raised_by_the_call(sock_path: Path) -> None:
-    options = ServerOptions(max_connections=1, idle_timeout=None)
+    options = ServerOptions(max_connections=1, reserved_connections=0, idle_timeout=None)
     async with (
         open_unix_server(sock_path, make_dispatcher(trio.Event(), trio.Event()), options=options),
         connect_unix(sock_path) as first,
@@ -455,6 +455,66 @@ async def test_sync_client_times_out_on_a_silent_server(sock_path: Path) -> None
     assert 0.2 <= elapsed < WAIT
 
 
+def _full_backlog(path: Path) -> tuple[socket.socket, list[socket.socket]]:
+    """A listener that never accepts, its backlog filled until connect says EAGAIN."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(0)
+    pending = []
+    for _ in range(100):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(str(path))
+        except BlockingIOError:
+            sock.close()
+            return listener, pending
+        pending.append(sock)
+    raise AssertionError("the listen backlog never filled")
+
+
+def test_sync_connect_waits_out_a_full_backlog_until_its_timeout(sock_path: Path) -> None:
+    """RP-18: a storm that fills the listen backlog costs the CLI its timeout, not an
+    immediate "unreachable" (a socket with a timeout fails with EAGAIN at once)."""
+    listener, pending = _full_backlog(sock_path)
+    try:
+        with pytest.raises(RpcTimeout, match="its connection backlog stayed full"):
+            connect_unix_sync(sock_path, timeout=0.3)
+    finally:
+        for sock in [*pending, listener]:
+            sock.close()
+
+
+async def test_sync_connect_gets_in_once_the_backlog_drains(sock_path: Path) -> None:
+    listener, pending = _full_backlog(sock_path)
+    try:
+        connecting = trio.Event()
+
+        def connect() -> bool:
+            trio.from_thread.run_sync(connecting.set)
+            with connect_unix_sync(sock_path, timeout=WAIT) as client:
+                return not client.closed
+
+        async with trio.open_nursery() as nursery:
+
+            async def drain() -> None:
+                await connecting.wait()
+                listener.setblocking(False)
+                while True:  # accept everything, the connecting client included
+                    try:
+                        listener.accept()[0].close()
+                    except BlockingIOError:
+                        await trio.sleep(0.001)
+
+            nursery.start_soon(drain)
+            with trio.fail_after(WAIT):
+                assert await trio.to_thread.run_sync(connect)
+            nursery.cancel_scope.cancel()
+    finally:
+        for sock in [*pending, listener]:
+            sock.close()
+
+
 async def test_sync_client_half_reply_then_silence_times_out(sock_path: Path) -> None:
     async with scripted_server(sock_path, lambda m: pack([1, m, None, "abc"])[:-2]):
 
@@ -518,7 +578,7 @@ async def test_sync_client_reports_busy_even_if_the_server_already_hung_up(
     sock_path: Path, server_hung_up_first: bool
 ) -> None:
     """A refused connection says BUSY, whether our write came before or after the close."""
-    options = ServerOptions(max_connections=1, idle_timeout=None)
+    options = ServerOptions(max_connections=1, reserved_connections=0, idle_timeout=None)
     async with (
         open_unix_server(
             sock_path, make_dispatcher(trio.Event(), trio.Event()), options=options
@@ -539,7 +599,7 @@ async def test_sync_client_reports_busy_even_if_the_server_already_hung_up(
 
 
 async def test_async_client_prefers_the_parting_error_to_a_broken_pipe(sock_path: Path) -> None:
-    options = ServerOptions(max_connections=1, idle_timeout=None)
+    options = ServerOptions(max_connections=1, reserved_connections=0, idle_timeout=None)
     async with (
         open_unix_server(
             sock_path, make_dispatcher(trio.Event(), trio.Event()), options=options

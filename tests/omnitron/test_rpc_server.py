@@ -348,7 +348,9 @@ async def test_two_hundred_concurrent_clients_are_all_answered(
         ([0, 3, "daemon.ping", {"a": 1}], 3),  # params not [map]
         ([0, 3, "daemon.ping", [1, 2]], 3),
         ([1, 3, None, None], None),  # a response, from a client
-        ([2, "daemon.ping", [{}]], None),  # a notification, from a client
+        ([2, "daemon.ping"], None),  # a notification of 2 items
+        ([2, 7, []], None),  # a notification whose method is not a string
+        ([2, "client.info", {"a": 1}], None),  # notification params not an array
     ],
 )
 async def test_wrong_types_get_invalid_request_and_close(
@@ -591,8 +593,8 @@ async def test_an_idle_connection_is_closed_after_idle_timeout_but_not_mid_call(
 
 
 async def test_connection_cap_answers_busy(sock_path: Path) -> None:
-    """RP-18: beyond the cap, one BUSY frame and close; the others keep working."""
-    options = ServerOptions(max_connections=2, idle_timeout=None)
+    """RP-18: beyond the cap (and its reserve), one BUSY frame and close; others work."""
+    options = ServerOptions(max_connections=2, reserved_connections=0, idle_timeout=None)
     async with open_unix_server(sock_path, make_dispatcher(), options=options) as srv:
         first = await Raw.connect(sock_path)
         second = await Raw.connect(sock_path)
@@ -608,6 +610,93 @@ async def test_connection_cap_answers_busy(sock_path: Path) -> None:
         assert srv.statistics().connections == 1
         fourth = await Raw.connect(sock_path)
         assert (await fourth.call(1, "daemon.ping"))[3] == {"pong": True}
+
+
+async def test_a_full_plane_keeps_a_reserve_for_status_and_shutdown(sock_path: Path) -> None:
+    """RP-18: every slot busy, a newcomer still gets status; the reserve cannot be held.
+
+    A reserve connection may call only ping/status/shutdown (anything else answers
+    BUSY and the connection stays), and while idle it is evicted by the next
+    newcomer, so a client that parks in the reserve does not keep it.
+    """
+    gate = Gate()
+    dispatcher = make_dispatcher(gate)
+
+    @dispatcher.method("daemon.status", role=Role.VIEWER)
+    async def status(call: Call) -> dict[str, object]:
+        await trio.lowlevel.checkpoint()
+        return {"ok": True}
+
+    options = ServerOptions(max_connections=2, idle_timeout=None)
+    async with open_unix_server(sock_path, dispatcher, options=options) as srv:
+        busy = [await Raw.connect(sock_path) for _ in range(2)]
+        for n, raw in enumerate(busy):
+            await raw.request(n, "test.block", tag=n)
+        with trio.fail_after(WAIT):
+            await gate.wait_for(2).wait()
+        probe = await Raw.connect(sock_path)
+        assert await probe.call(1, "daemon.status") == [1, 1, None, {"ok": True}]
+        refused = await probe.call(2, "test.echo", value=1)
+        assert refused[2]["code"] == "BUSY"
+        assert "daemon.shutdown, daemon.status" in refused[2]["message"]
+        assert (await probe.call(3, "daemon.ping"))[3] == {"pong": True}
+        # The idle reserve holder makes way for the next newcomer.
+        second = await Raw.connect(sock_path)
+        assert (await second.call(1, "daemon.status"))[3] == {"ok": True}
+        await probe.receive_eof()
+        stats = srv.statistics()
+        assert (stats.reserve_admitted, stats.evicted_idle, stats.rejected_busy) == (1, 1, 0)
+        gate.release.set()
+        assert [await raw.receive() for raw in busy] == [[1, 0, None, 0], [1, 1, None, 1]]
+
+
+async def test_a_reserve_connection_that_sends_nothing_is_closed_after_a_second(
+    sock_path: Path,
+) -> None:
+    """RP-16/RP-18: the reserve's hello deadline is 1 s, not the normal 5 s."""
+    options = ServerOptions(max_connections=1, idle_timeout=None)
+    async with open_unix_server(sock_path, make_dispatcher(), options=options) as srv:
+        holder = await Raw.connect(sock_path)
+        await holder.request(1, "test.block")
+        await trio.testing.wait_all_tasks_blocked()
+        silent = await Raw.connect(sock_path)
+        started = trio.current_time()
+        message = await expect_error_then_close(silent, ErrorCode.TIMEOUT)
+        assert "no request within 1s" in message
+        assert trio.current_time() - started < options.hello_deadline
+        assert srv.statistics().reserve_admitted == 1
+
+
+async def test_client_notifications_get_no_reply_and_keep_the_connection(
+    server: RpcServer, sock_path: Path
+) -> None:
+    """SPEC 4: a notification is never answered; unknown ones are counted and ignored."""
+    raw = await Raw.connect(sock_path)
+    with capture_logs() as logs:
+        await raw.send([2, "nvim_set_client_info", ["python3-client", {"major": 0}, "remote"]])
+        await raw.send([2, "daemon.ping", []])
+        await raw.send([2, "daemon.shutdown", [{}]])
+        # The next reply on the wire is the request's: nothing answered the three.
+        assert await raw.call(7, "daemon.ping") == [1, 7, None, {"pong": True}]
+    assert server.statistics().notifications_ignored == 3
+    ignored = [e for e in logs if e["event"] == "rpc_notification_ignored"]
+    assert [e["log_level"] for e in ignored] == ["debug"] * 3
+    assert "nvim_set_client_info" in ignored[0]["method"]
+
+
+async def test_a_storm_of_evictions_is_logged_as_a_count_not_a_line_each(
+    sock_path: Path,
+) -> None:
+    """A storm must not become a flood of log writes slowing the accept loop."""
+    options = ServerOptions(max_connections=1, idle_timeout=None, evict_idle=True)
+    async with open_unix_server(sock_path, make_dispatcher(), options=options) as srv:
+        with capture_logs() as logs:
+            for _ in range(5):
+                raw = await Raw.connect(sock_path)
+                assert (await raw.call(1, "daemon.ping"))[3] == {"pong": True}
+        assert srv.statistics().evicted_idle == 4
+    evicted = [e for e in logs if e["event"] == "rpc_idle_connections_evicted"]
+    assert [(e["count"], e["total"]) for e in evicted] == [(1, 1)]
 
 
 async def test_in_flight_cap_applies_back_pressure(sock_path: Path) -> None:
@@ -919,4 +1008,3 @@ async def test_a_full_trusted_plane_evicts_the_idlest_connection(sock_path: Path
         assert (await second.call(2, "daemon.ping"))[3] == {"pong": True}
         await trio.testing.wait_all_tasks_blocked()
         assert srv.statistics().connections == 2
-

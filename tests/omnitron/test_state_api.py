@@ -81,7 +81,6 @@ def test_testing_exports() -> None:
         (UnsafeHome, PermissionError),
         (SocketPathTooLong, ValueError),
         (DaemonAlreadyRunning, RuntimeError),
-        (SocketInUse, RuntimeError),
         (CorruptStateFile, ValueError),
         (NewerStateSchema, ValueError),
     ],
@@ -93,6 +92,22 @@ def test_errors_derive_from_omnitron_error_and_a_builtin(
     assert issubclass(error, OmnitronError)
     assert issubclass(error, builtin)
     assert getattr(builtins, builtin.__name__) is builtin
+
+
+def test_socket_in_use_is_the_rpc_layers_one_class() -> None:
+    """One definition: the state package re-exports the RPC layer's error for a live socket."""
+    import omnitron.rpc
+
+    assert SocketInUse is omnitron.rpc.SocketInUse
+    assert issubclass(SocketInUse, omnitron.rpc.RpcError)
+    assert issubclass(SocketInUse, OSError)
+    assert not issubclass(SocketInUse, StateError)
+    err = SocketInUse("/h/daemon.sock", "a process is accepting connections on /h/daemon.sock")
+    assert str(err) == "a process is accepting connections on /h/daemon.sock"
+    assert err.path == "/h/daemon.sock"
+    assert str(SocketInUse("/s")) == (
+        "another server is already listening on /s; refusing to replace it"
+    )
 
 
 def test_os_errors_keep_their_message_and_errno() -> None:

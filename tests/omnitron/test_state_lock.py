@@ -371,10 +371,21 @@ def test_daemon_in_another_process_blocks_a_second_one(home: Home, spawn: Spawn)
 
 
 @pytest.mark.slow
-def test_ten_simultaneous_daemons_exactly_one_wins(home: Home, spawn: Spawn) -> None:
-    # PC-12: the kernel lock, not check-then-write.
-    procs = [spawn(str(home.path)) for _ in range(10)]
-    first = {proc.pid: Lines(proc).next() for proc in procs}
+def test_ten_simultaneous_daemons_exactly_one_wins(
+    home: Home, spawn: Spawn, tmp_path: Path
+) -> None:
+    # PC-12: the kernel lock, not check-then-write. The contenders wait at a
+    # barrier and all try at the same instant, so a racy lock would let several win.
+    barrier = tmp_path / "barrier"
+    os.mkfifo(barrier)
+    held = os.open(barrier, os.O_RDWR)  # a writer, so the contenders' opens return
+    try:
+        procs = [spawn(str(home.path), "--barrier", str(barrier)) for _ in range(10)]
+        lines = {proc.pid: Lines(proc) for proc in procs}
+        assert all(line.next() == "waiting" for line in lines.values())
+    finally:
+        os.close(held)  # the only writer goes: every contender reads EOF at once
+    first = {pid: line.next() for pid, line in lines.items()}
     winners = [pid for pid, line in first.items() if line.startswith("locked ")]
     assert len(winners) == 1, first
     [winner] = winners
@@ -383,6 +394,26 @@ def test_ten_simultaneous_daemons_exactly_one_wins(home: Home, spawn: Spawn) -> 
             assert line.startswith(f"busy daemon already running (pid {winner})"), line
     for proc in procs:
         assert finish(proc) == (0 if proc.pid == winner else 1)
+
+
+def test_a_winner_held_before_its_record_still_excludes_the_others(
+    home: Home, spawn: Spawn
+) -> None:
+    # PC-12, the race forced: the winner stops right after winning, before it has
+    # written anything. A check-then-write lock would let the next contender in.
+    winner = spawn(str(home.path), "--pause-when-decided")
+    lines = Lines(winner)
+    assert lines.next() == "decided"
+    assert home.pid_file.read_bytes() == b""
+    with pytest.raises(DaemonAlreadyRunning):
+        acquire_pid_lock(home)
+    contender = spawn(str(home.path))
+    assert Lines(contender).next().startswith("busy daemon already running")
+    assert winner.stdin is not None
+    winner.stdin.write(b"go\n")
+    winner.stdin.flush()
+    assert lines.next() == f"locked {winner.pid}"
+    assert finish(winner) == 0
 
 
 @pytest.mark.slow

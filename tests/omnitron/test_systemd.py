@@ -111,7 +111,7 @@ def test_render_user_unit() -> None:
         ExecStart=/home/ann/.venv/bin/omnitron up --foreground --config /home/ann/shop/omnitron.toml
         Environment="OMNITRON_HOME=/home/ann/.omnitron"
         Restart=on-failure
-        RestartSec=2
+        RestartSec=200ms
         KillMode=mixed
         TimeoutStopSec=75
 
@@ -143,7 +143,7 @@ def test_render_system_unit_without_config() -> None:
         ExecStart=/usr/local/bin/omnitron up --foreground
         Environment="OMNITRON_HOME=/var/lib/omnitron"
         Restart=on-failure
-        RestartSec=2
+        RestartSec=200ms
         KillMode=mixed
         TimeoutStopSec=136
 
@@ -319,3 +319,16 @@ def test_enable_command() -> None:
     assert enable_command("shop.service", user=False) == (
         "systemctl daemon-reload && systemctl enable --now shop"
     )
+
+
+def test_keep_on_daemon_death_leaves_the_apps_to_the_restarted_daemon(tmp_path: Path) -> None:
+    unit = render_unit(
+        executable="/usr/bin/omnitron",
+        config=None,
+        home=tmp_path,
+        user=True,
+        keep_apps=True,
+    )
+    assert "KillMode=process\n" in unit
+    assert "KillMode=mixed" not in unit
+    assert "Restart=on-failure\nRestartSec=200ms\n" in unit
