@@ -659,7 +659,7 @@ class Erlang(Peer):
     def launch_argv(self, env: Env, setup: Setup) -> list[str]:
         count = setup.count if setup.autostart else 0
         return ["erl", "-noshell", "-noinput", "-pa", env.erlang_ebin, "-run", "bench_sup",
-                "main", str(count), *setup.argv]  # fmt: skip
+                "main", "-extra", str(count), *setup.argv]  # fmt: skip
 
     def control(self, instance: Instance) -> str:
         deadline = time.monotonic() + LAUNCH_TIMEOUT
@@ -732,7 +732,6 @@ class Hellos:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self.seen: set[int] = set()
 
     def receive(self, timeout: float) -> int | None:
         """The next child's pid, or None after ``timeout`` seconds."""
@@ -741,9 +740,7 @@ class Hellos:
             data = self.sock.recv(64)
         except TimeoutError:
             return None
-        pid = int(data)
-        self.seen.add(pid)
-        return pid
+        return int(data)
 
     def drain(self) -> list[int]:
         pids = []
@@ -913,16 +910,23 @@ class Instance:
             if self.proc is not None:
                 self.peer.stop(self)
         finally:
-            left = 0
-            for pid in self.hellos.seen:
-                with contextlib.suppress(psutil.Error, ProcessLookupError):
-                    if self.hellos.path in psutil.Process(pid).cmdline():
-                        os.kill(pid, signal.SIGKILL)
-                        left += 1
+            # Every child has the socket's path in its argv, said hello or not.
+            left = kill_processes_with(self.hellos.path)
             if left and not self.peer.leaves_children:
                 _log(f"  {self.peer.name} left {left} child(ren) running: killed")
             self.hellos.close()
             shutil.rmtree(self.setup.directory, ignore_errors=True)
+
+
+def kill_processes_with(argument: str) -> int:
+    """SIGKILL every process with ``argument`` in its command line; how many there were."""
+    killed = 0
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.pid != os.getpid() and any(argument in a for a in proc.info["cmdline"] or ()):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+                killed += 1
+    return killed
 
 
 @contextlib.contextmanager
@@ -1629,6 +1633,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _log(f"skipped {name}: {reason}")
         results = run(plan, env, peers, skipped, args.only or SCENARIOS)
     finally:
+        if left := kill_processes_with(str(workdir)):
+            _log(f"warning: killed {left} leftover process(es)")
         shutil.rmtree(workdir, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

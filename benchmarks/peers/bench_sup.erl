@@ -1,7 +1,7 @@
 %% The Erlang/OTP peer of benchmarks/compare.py: a one_for_one supervisor over
 %% ports, the way an Erlang program supervises an external program.
 %%
-%% erl -noshell -noinput -pa DIR -run bench_sup main N PROGRAM [ARG...]
+%% erl -noshell -noinput -pa DIR -run bench_sup main -extra N PROGRAM [ARG...]
 %%
 %% Starts a supervisor (one_for_one, intensity 1000000 per 1 s, no delay: OTP
 %% restarts at once) with N workers.  Each worker opens PROGRAM as a port
@@ -12,9 +12,12 @@
 -module(bench_sup).
 -behaviour(supervisor).
 
--export([main/1, init/1, start_worker/1, worker/2]).
+-export([main/0, init/1, start_worker/1, worker/2]).
 
-main([N | Argv]) ->
+main() ->
+    %% The arguments come after -extra: an argument starting with "-" (--hello)
+    %% would end the ones of -run.
+    [N | Argv] = init:get_plain_arguments(),
     {ok, Sup} = supervisor:start_link({local, bench_sup}, ?MODULE, []),
     unlink(Sup),
     start_workers(list_to_integer(N), Argv),

@@ -192,10 +192,10 @@ def test_erlang_and_floors_take_the_child_argv(
 ) -> None:
     setup = _setup(compare, tmp_path, 7)
     erl = compare.Erlang().launch_argv(env, setup)
-    assert erl[erl.index("main") + 1 :] == ["7", *setup.argv]
+    assert erl[erl.index("-extra") + 1 :] == ["7", *setup.argv]
     assert "/w/ebin" in erl
     cold = compare.Erlang().launch_argv(env, _setup(compare, tmp_path, 7, autostart=False))
-    assert cold[cold.index("main") + 1] == "0"  # started later over its control socket
+    assert cold[cold.index("-extra") + 1] == "0"  # started later over its control socket
     assert compare.FloorC().launch_argv(env, setup) == ["/w/floor_sup", "7", *setup.argv]
     assert compare.FloorPython().launch_argv(env, setup)[2:] == ["7", *setup.argv]
     assert compare.Library().launch_argv(env, setup)[2:] == ["7", *setup.argv]
@@ -241,7 +241,6 @@ def test_hellos_receives_pids_and_counts(compare: ModuleType, tmp_path: Path) ->
             sender.sendto(b"14", hellos.path)
             sender.sendto(b"15", hellos.path)
             assert hellos.count_until(time.perf_counter() + 0.05) == 2
-        assert hellos.seen == {11, 12, 14, 15}
     finally:
         hellos.close()
     assert not (tmp_path / "h.sock").exists()
