@@ -1473,6 +1473,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"{' / '.join(map(str, m['loadavg_at_end']))} at end; {results['seconds']:.0f} s.",
     ]
     if results["busy"]:
+        out.append("")
         out.append(
             f"**Busy machine**: these scenarios began with a 1-minute load average above "
             f"{BUSY_LOAD_PER_CPU} per CPU: {', '.join(results['busy'])}."
