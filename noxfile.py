@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+from pathlib import Path
 
 import nox
 
@@ -41,3 +43,45 @@ def typecheck(session: nox.Session) -> None:
     """Type-check with mypy (strict on ``supervision``; see pyproject.toml)."""
     session.install("-e", ".", _dev("mypy"))
     session.run("mypy")
+
+
+# Mutation testing: the critical modules, each as mutmut mutant-name globs. Stop escalation
+# is the runner's stop and what it calls to signal and to kill (`?` stands for mutmut's
+# class separator in method names).
+_MUTATE = {
+    "stop": tuple(
+        f"supervision._process.{name}*"
+        for name in (
+            "x?ProcessRunner?_stop",
+            "x?_Child?signal_group",
+            "x?_Target?send",
+            "x?_Target?wait_dead",
+            "x__kill_targets",
+        )
+    ),
+    "lock": ("omnitron.state._lock.*",),
+    "identity": ("omnitron.state._identity.*",),
+    "store": ("omnitron.state._store.*",),
+    "fs": ("omnitron.state._fs.*",),
+}
+
+
+@nox.session
+def mutate(session: nox.Session) -> None:
+    """Mutation-test the critical modules with mutmut (slow: never in CI nor plain ``nox``).
+
+    ``nox -s mutate`` covers every module of ``_MUTATE``; ``nox -s mutate -- lock store``
+    some of them. The configuration (files, test selection) is ``[tool.mutmut]`` in
+    pyproject.toml; ``mutmut results`` and ``mutmut show NAME`` read the outcome.
+    """
+    unknown = sorted(set(session.posargs) - _MUTATE.keys())
+    if unknown:
+        session.error(f"unknown module {', '.join(unknown)}; choose from {', '.join(_MUTATE)}")
+    session.install("-e", ".[test]", _dev("mutmut"))
+    # A fresh copy each time: mutmut would keep mutants of sources edited since.
+    shutil.rmtree("mutants", ignore_errors=True)
+    names = [glob for module in session.posargs or _MUTATE for glob in _MUTATE[module]]
+    # The tests' own subprocesses (lock holders, daemons) import the mutated copy too.
+    env = {"PYTHONPATH": str(Path("mutants").resolve())}
+    session.run("mutmut", "run", "--max-children", "2", *names, env=env)
+    session.run("mutmut", "results", env=env)
