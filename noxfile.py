@@ -78,8 +78,10 @@ def mutate(session: nox.Session) -> None:
     if unknown:
         session.error(f"unknown module {', '.join(unknown)}; choose from {', '.join(_MUTATE)}")
     session.install("-e", ".[test]", _dev("mutmut"))
-    # A fresh copy each time: mutmut would keep mutants of sources edited since.
+    # A fresh copy each time, its directory made before mutmut starts: an entry of
+    # PYTHONPATH that does not exist when Python starts is never searched again.
     shutil.rmtree("mutants", ignore_errors=True)
+    Path("mutants").mkdir()
     names = [glob for module in session.posargs or _MUTATE for glob in _MUTATE[module]]
     # The tests' own subprocesses (lock holders, daemons) import the mutated copy too.
     env = {"PYTHONPATH": str(Path("mutants").resolve())}
