@@ -1,7 +1,7 @@
 """The persistence path's edges that mutation testing (``nox -s mutate``) found unpinned.
 
-Each test here fails with a mutant of ``omnitron/state/_store.py`` or
-``omnitron/state/_fs.py`` that survived the other persistence tests. They run
+Each test here fails with a mutant of ``omnitron/state/_store.py`` that
+survived the other persistence tests. They run
 in virtual time on the in-memory disk, as ``test_state_store.py``.
 """
 
