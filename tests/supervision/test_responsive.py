@@ -256,9 +256,8 @@ async def test_a_task_ready_in_time_keeps_running_past_its_startup_timeout(
 # ---------------------------------------------------------------- rest_for_one and terminate
 
 
-async def test_rest_for_one_terminate_during_backoff_leaves_the_rest_down(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+def rest_for_one_abc() -> tuple[tuple[FakeChild, FakeChild, FakeChild], SupervisorSpec]:
+    """Three fakes under rest_for_one, restarted 5 s after a crash."""
     a, b, c = FakeChild(), FakeChild(), FakeChild()
     spec = tree(
         ChildSpec("a", a),
@@ -267,6 +266,13 @@ async def test_rest_for_one_terminate_during_backoff_leaves_the_rest_down(
         strategy=Strategy.REST_FOR_ONE,
         backoff=Backoff(initial=5),
     )
+    return (a, b, c), spec
+
+
+async def test_rest_for_one_terminate_during_backoff_leaves_the_rest_down(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    (a, b, c), spec = rest_for_one_abc()
     async with open_supervisor(spec) as sup:
         b.crash()
         await wait_state(sup, "c", ChildState.RESTARTING)
@@ -288,14 +294,7 @@ async def test_rest_for_one_terminate_keeps_a_later_childs_own_restart(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """Only the restarts scheduled together with the stopped child are cancelled."""
-    a, b, c = FakeChild(), FakeChild(), FakeChild()
-    spec = tree(
-        ChildSpec("a", a),
-        ChildSpec("b", b),
-        ChildSpec("c", c),
-        strategy=Strategy.REST_FOR_ONE,
-        backoff=Backoff(initial=5),
-    )
+    (a, b, c), spec = rest_for_one_abc()
     async with open_supervisor(spec) as sup:
         c.crash()
         await wait_state(sup, "c", ChildState.RESTARTING)
