@@ -272,7 +272,7 @@ def rest_for_one_abc() -> tuple[tuple[FakeChild, FakeChild, FakeChild], Supervis
 async def test_rest_for_one_terminate_during_backoff_leaves_the_rest_down(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    (a, b, c), spec = rest_for_one_abc()
+    (_a, b, c), spec = rest_for_one_abc()
     async with open_supervisor(spec) as sup:
         b.crash()
         await wait_state(sup, "c", ChildState.RESTARTING)
@@ -294,7 +294,7 @@ async def test_rest_for_one_terminate_keeps_a_later_childs_own_restart(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """Only the restarts scheduled together with the stopped child are cancelled."""
-    (a, b, c), spec = rest_for_one_abc()
+    (_a, _b, c), spec = rest_for_one_abc()
     async with open_supervisor(spec) as sup:
         c.crash()
         await wait_state(sup, "c", ChildState.RESTARTING)
