@@ -512,18 +512,24 @@ class Orchestrator:
             self._remember(name, EventKind.RESTARTED)
             return True
 
-    async def restart_process(self, name: str, index: int, reason: str) -> bool:
+    async def restart_process(
+        self, name: str, index: int, reason: str, *, pid: int | None = None
+    ) -> bool:
         """Restart process ``index`` of ``name`` gracefully because of its resources
         (``reason``, e.g. ``memory 530MB > 512MB``): counted and recorded.
 
-        Returns whether it was restarted (not when the app was stopped meanwhile).
+        Returns whether it was restarted: not when the app was stopped meanwhile, nor
+        when the process is no longer ``pid`` (restarted meanwhile).
         """
         async with self._lock(name):
             pool = self.pool(name)
             record = self.apps.get(name)
             if pool is None or record is None or self._stopped(name):
                 return False
-            if index not in record.processes or index >= record.instances:
+            process = record.processes.get(index)
+            if process is None or index >= record.instances:
+                return False
+            if pid is not None and process.pid != pid:
                 return False
             log.warning("resource_restart", app=name, instance=index, reason=reason)
             self._update(

@@ -8,6 +8,7 @@ admins.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -359,7 +360,13 @@ class DaemonService:
                 if count == 2:
                     reason = f"memory {sample[1] // 1_000_000}MB > {limit // 1_000_000}MB"
                     nursery.start_soon(
-                        self.orchestrator.restart_process, record.name, process.instance, reason
+                        functools.partial(
+                            self.orchestrator.restart_process,
+                            record.name,
+                            process.instance,
+                            reason,
+                            pid=process.pid,
+                        )
                     )
         self._over_memory = over
 

@@ -228,3 +228,15 @@ def test_the_metrics_command_shows_a_busy_child_and_speaks_prometheus(
     unknown = omnitron.run("metrics", "nope")
     assert unknown.returncode == 1
     assert "nope" in unknown.stderr
+
+
+async def test_reload_config_applies_new_metrics_settings_at_once(tmp_path: Path) -> None:
+    async with open_orchestrator(tmp_path, []) as (_orchestrator, service):
+        assert (service.sampler.interval, service.sampler.retention) == (5.0, 3600.0)
+        (tmp_path / "omnitron.toml").write_text(
+            'project = "test"\n[monitoring.metrics]\ninterval = "2s"\nretention = "10s"\n'
+        )
+        result = await service.reload_config(dry_run=False)
+        assert result["applied"]
+        assert [w.endswith("no apps defined") for w in result["warnings"]] == [True]
+        assert (service.sampler.interval, service.sampler.capacity) == (2.0, 5)
