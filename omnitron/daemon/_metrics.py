@@ -26,6 +26,8 @@ import psutil
 import structlog
 import trio
 
+from supervision._procfs import _process_table
+
 from ..rpc import Dispatcher
 
 __all__ = [
@@ -154,12 +156,12 @@ class _Probe:
 
     @staticmethod
     def _children() -> dict[int, list[int]]:
-        """``{ppid: [pid, ...]}`` of every process (one pass over /proc)."""
+        """``{ppid: [pid, ...]}`` of every process (one read of each /proc/PID/stat,
+        by the library's procfs reader: several times cheaper than psutil's)."""
         children: dict[int, list[int]] = {}
-        for proc in psutil.process_iter(["ppid"]):
-            ppid = proc.info.get("ppid")
-            if ppid:
-                children.setdefault(ppid, []).append(proc.pid)
+        for pid, entry in _process_table().items():
+            if entry.ppid:
+                children.setdefault(entry.ppid, []).append(pid)
         return children
 
     def _one(
