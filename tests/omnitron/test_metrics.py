@@ -99,7 +99,7 @@ async def test_a_busy_child_and_a_childs_descendants_are_sampled(tmp_path: Path)
         # Well above an idle process even on a crowded machine.
         assert busy["cpu"] > 10.0, busy
         assert all(p["cpu"] < 5.0 for p in apps_by_name["tree"]["processes"])
-        assert busy["cpu_seconds"] > 0.5
+        assert busy["cpu_seconds"] > 0.1
         assert busy["rss"] > 1_000_000
         assert busy["threads"] >= 1
         assert busy["fds"] >= 3
@@ -199,7 +199,7 @@ def test_the_metrics_command_shows_a_busy_child_and_speaks_prometheus(
         if s.name.endswith("_total")
     }
     assert set(cpu) == {("busy", "0"), ("idle", "0"), ("idle", "1")}
-    assert cpu[("busy", "0")] > 0.5
+    assert cpu[("busy", "0")] > 0.1
     assert families["omnitron_process_cpu_seconds"].type == "counter"
     up = {s.labels["app"] for s in families["omnitron_process_up"].samples if s.value == 1}
     assert up == {"busy", "idle"}
