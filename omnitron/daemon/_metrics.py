@@ -216,6 +216,8 @@ class Sampler:
         retention: Seconds of samples kept per process.
         on_sample: Called on the event loop after each sample, with the sampler's
             nursery (for work a sample calls for, e.g. a memory restart).
+        settings: Returns the ``[monitoring] metrics`` settings (with ``interval`` and
+            ``retention``), read when :meth:`run` starts; they replace the two above.
     """
 
     def __init__(
@@ -225,8 +227,10 @@ class Sampler:
         interval: float = 5.0,
         retention: float = 3600.0,
         on_sample: Callable[[trio.Nursery], None] = lambda nursery: None,
+        settings: Callable[[], Any] | None = None,
     ) -> None:
         self._pids = pids
+        self._settings = settings
         self._on_sample = on_sample
         self._probe = _Probe()
         self.interval = interval
@@ -274,6 +278,9 @@ class Sampler:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Sample until cancelled (while enabled)."""
+        if self._settings is not None:
+            settings = self._settings()
+            self.configure(interval=settings.interval, retention=settings.retention)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()

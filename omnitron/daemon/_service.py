@@ -143,13 +143,15 @@ class DaemonService:
         self._request_shutdown = request_shutdown
         self._persistence = persistence
         self._health = health
-        settings = orchestrator.ecosystem.monitoring.metrics
         self.sampler = Sampler(
             self._pids,
-            interval=settings.interval if sample_interval is None else sample_interval,
-            retention=settings.retention,
+            settings=(lambda: orchestrator.ecosystem.monitoring.metrics)
+            if sample_interval is None
+            else None,
             on_sample=self._check_memory,
         )
+        if sample_interval is not None:
+            self.sampler.interval = sample_interval
         self.dispatcher: CountingDispatcher | None = None
         """Set by :func:`build_dispatcher`: counts the calls answered."""
         self._over_memory: dict[tuple[str, int], tuple[int, int]] = {}

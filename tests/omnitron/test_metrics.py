@@ -130,9 +130,9 @@ async def test_a_process_over_max_memory_for_two_samples_is_restarted(tmp_path: 
         await until(lambda: orchestrator.apps["grow"].status is AppStatus.ONLINE, "grow online")
         first = orchestrator.apps["grow"].processes[0].pid
         calm = orchestrator.apps["calm"].processes[0].pid
-        service.sampler.configure(interval=0.2, retention=10.0)
         async with trio.open_nursery() as nursery:
-            await nursery.start(service.sampler.run)
+            await nursery.start(service.sampler.run)  # reads [monitoring] metrics: 5 s
+            service.sampler.configure(interval=0.2, retention=10.0)
 
             def restarted() -> bool:
                 process = orchestrator.apps["grow"].processes[0]
