@@ -248,6 +248,8 @@ class Sampler:
         """Samples taken."""
         self.sampled_at: float | None = None
         """When the last sample was taken (wall clock)."""
+        self.loop_lag: float | None = None
+        """Seconds the event loop was late to wake the sampler at its last interval."""
         self._changed = trio.Event()
 
     @property
@@ -288,8 +290,11 @@ class Sampler:
                 changed = self._changed
                 if self.enabled:
                     await self.sample()
-                    with trio.move_on_after(self.interval):
+                    with trio.move_on_after(self.interval) as waited:
                         await changed.wait()
+                    if waited.cancelled_caught:
+                        # How late the loop woke this task: its lag at this moment.
+                        self.loop_lag = max(0.0, trio.current_time() - waited.deadline)
                 else:
                     await changed.wait()
 
@@ -375,7 +380,7 @@ def prometheus_text(metrics: Mapping[str, Any]) -> str:
 
     Per process (labels ``app``, ``instance``): CPU seconds, RSS, restarts, up,
     uptime, ready. Per daemon: its RSS, CPU seconds, RPC calls, the state file's
-    generation, failed samples.
+    generation, failed samples, event loop lag.
     """
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -430,6 +435,12 @@ def prometheus_text(metrics: Mapping[str, Any]) -> str:
             "g",
         ),
         ("omnitron_daemon_sampling_failures", "Samples that could not be taken", "failures", "c"),
+        (
+            "omnitron_daemon_loop_lag_seconds",
+            "Event loop lateness at the last sample",
+            "loop_lag",
+            "g",
+        ),
     ):
         if daemon.get(value) is None:
             continue

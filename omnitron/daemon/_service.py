@@ -327,6 +327,7 @@ class DaemonService:
             "rpc_calls": self.dispatcher.calls if self.dispatcher is not None else None,
             "generation": generation if isinstance(generation, int) else None,
             "failures": sampler.failures,
+            "loop_lag": None if sampler.loop_lag is None else round(sampler.loop_lag, 6),
         }
         return {
             "enabled": sampler.enabled,

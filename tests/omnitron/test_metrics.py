@@ -4,6 +4,7 @@ and the real CLI's ``metrics`` (table, JSON, Prometheus text)."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,7 @@ async def test_sampling_follows_the_interval_and_the_switch(
         await nursery.start(sampler.run)
         await trio.sleep(3.5)
         assert sampler.taken == 4  # at 0, 1, 2, 3
+        assert sampler.loop_lag == 0.0  # virtual time is never late
         assert len(sampler.rings[os.getpid()]) == 3  # the retention: 3 s / 1 s
         sampler.set_enabled(False)
         assert (sampler.samples, sampler.last) == ({}, {})
@@ -213,6 +215,8 @@ def test_the_metrics_command_shows_a_busy_child_and_speaks_prometheus(
     assert calls.value >= 3
     [generation] = families["omnitron_daemon_persistence_generation"].samples
     assert generation.value >= 1
+    [lag] = families["omnitron_daemon_loop_lag_seconds"].samples
+    assert 0 <= lag.value < 5
 
     assert omnitron.ok("metrics", "--disable").stdout.strip() == "metrics sampling off"
     off = omnitron.json("metrics")
@@ -240,3 +244,21 @@ async def test_reload_config_applies_new_metrics_settings_at_once(tmp_path: Path
         assert result["applied"]
         assert [w.endswith("no apps defined") for w in result["warnings"]] == [True]
         assert (service.sampler.interval, service.sampler.capacity) == (2.0, 5)
+
+
+def test_neither_the_daemon_nor_the_metrics_command_loads_prometheus_client() -> None:
+    """Only a request for the Prometheus format loads it (in the daemon)."""
+    code = (
+        "import sys\n"
+        "from omnitron.daemon import _entry\n"
+        "_entry.defer_unused_modules()\n"
+        "import omnitron.daemon._main, omnitron.cli._main, omnitron.cli._metrics\n"
+        "print('prometheus_client' in sys.modules)\n"
+        "from omnitron.daemon._metrics import prometheus_text\n"
+        "prometheus_text({'daemon': {'rss': 1}, 'apps': []})\n"
+        "print('prometheus_client' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert out.split() == ["False", "True"]
