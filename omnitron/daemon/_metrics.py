@@ -251,6 +251,7 @@ class Sampler:
         self.loop_lag: float | None = None
         """Seconds the event loop was late to wake the sampler at its last interval."""
         self._changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
 
     @property
     def capacity(self) -> int:
@@ -286,17 +287,23 @@ class Sampler:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            while True:
-                changed = self._changed
-                if self.enabled:
-                    await self.sample()
-                    with trio.move_on_after(self.interval) as waited:
-                        await changed.wait()
-                    if waited.cancelled_caught:
-                        # How late the loop woke this task: its lag at this moment.
-                        self.loop_lag = max(0.0, trio.current_time() - waited.deadline)
-                else:
+            try:
+                await self._loop()
+            finally:
+                self._nursery = None
+
+    async def _loop(self) -> None:
+        while True:
+            changed = self._changed
+            if self.enabled:
+                await self.sample()
+                with trio.move_on_after(self.interval) as waited:
                     await changed.wait()
+                if waited.cancelled_caught:
+                    # How late the loop woke this task: its lag at this moment.
+                    self.loop_lag = max(0.0, trio.current_time() - waited.deadline)
+            else:
+                await changed.wait()
 
     async def sample(self) -> None:
         """Take one sample now, in a worker thread; a failure is counted and logged."""
@@ -313,9 +320,8 @@ class Sampler:
         if not self.enabled:
             return  # turned off while this sample was taken
         self._keep(taken)
-        nursery = getattr(self, "_nursery", None)
-        if nursery is not None:
-            self._on_sample(nursery)
+        if self._nursery is not None:
+            self._on_sample(self._nursery)
 
     def _take(self, pids: list[int]) -> dict[int, Sample]:
         return self._probe.sample(pids, uss=_HAS_SMAPS_ROLLUP)
