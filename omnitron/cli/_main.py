@@ -259,6 +259,29 @@ def graph(cli: Cli) -> None:
     cli.emit(cli.call("daemon.graph"), render.render_graph)
 
 
+# --------------------------------------------------------------------------- metrics
+
+
+@cli.command()
+@click.argument("app", required=False)
+@click.option(
+    "--prometheus", is_flag=True, help="Print the Prometheus text exposition of every app."
+)
+@click.option(
+    "--enable/--disable",
+    "enable",
+    default=None,
+    help="Turn the daemon's sampling on or off (admin).",
+)
+@pass_cli
+def metrics(cli: Cli, app: str | None, prometheus: bool, enable: bool | None) -> None:
+    """CPU, memory, threads and open files of every process (or of APP's), sampled
+    by the daemon every `[monitoring] metrics.interval`."""
+    from . import _metrics
+
+    _metrics.metrics(cli, app, prometheus=prometheus, enable=enable)
+
+
 # --------------------------------------------------------------------------- actions
 
 

@@ -82,7 +82,6 @@ DEFAULT_WATCH_IGNORE: tuple[str, ...] = (
 # The change that builds one deletes its marker(s), and with them the warning.
 _NO_HEALTH_CHECKS = "the daemon runs no health checks yet"
 _NO_WATCHING = "the daemon does not watch files yet"
-_NO_MONITORING = "the daemon does not sample metrics or run health checks yet"
 _NO_ROTATION = "app log files are not rotated yet"
 _NO_MODULE_WORKERS = "module-worker mode is not built yet; this app cannot be started"
 
@@ -185,7 +184,9 @@ class MetricsConfig:
 class MonitoringConfig:
     """``[monitoring]``."""
 
-    health_check: HealthCheckConfig = attrs.field(default=HealthCheckConfig(), metadata=key())
+    health_check: HealthCheckConfig = attrs.field(
+        default=HealthCheckConfig(), metadata=key(inert=_NO_HEALTH_CHECKS)
+    )
     metrics: MetricsConfig = attrs.field(default=MetricsConfig(), metadata=key())
 
 
@@ -311,6 +312,8 @@ class AppConfig:
     health: HealthConfig | None = attrs.field(default=None, metadata=key(inert=_NO_HEALTH_CHECKS))
     watch: WatchConfig | None = attrs.field(default=None, metadata=key(inert=_NO_WATCHING))
     enabled: bool = attrs.field(default=True, metadata=key(p_bool))
+    max_memory: int | None = attrs.field(default=None, metadata=key(p_size))
+    """Restart a process whose RSS exceeds this many bytes in two consecutive samples."""
 
     @property
     def mode(self) -> Literal["classic", "bootstrap"]:
@@ -383,9 +386,7 @@ class Ecosystem:
     project: str = attrs.field(metadata=key())
     base_dir: Path
     supervision: SupervisionConfig = attrs.field(default=SupervisionConfig(), metadata=key())
-    monitoring: MonitoringConfig = attrs.field(
-        default=MonitoringConfig(), metadata=key(inert=_NO_MONITORING)
-    )
+    monitoring: MonitoringConfig = attrs.field(default=MonitoringConfig(), metadata=key())
     logging: LoggingConfig = attrs.field(default=LoggingConfig(), metadata=key())
     apps: tuple[AppConfig, ...] = attrs.field(default=(), metadata=key())
     stacks: Mapping[str, StackConfig] = attrs.field(

@@ -48,6 +48,7 @@ from ._records import (
     give_up,
     intend,
     remember,
+    resource_restart,
 )
 from ._tree import TreeBuilder
 
@@ -509,6 +510,43 @@ class Orchestrator:
                         "the remaining instances were left running"
                     ) from None
             self._remember(name, EventKind.RESTARTED)
+            return True
+
+    async def restart_process(
+        self, name: str, index: int, reason: str, *, pid: int | None = None
+    ) -> bool:
+        """Restart process ``index`` of ``name`` gracefully because of its resources
+        (``reason``, e.g. ``memory 530MB > 512MB``): counted and recorded.
+
+        Returns whether it was restarted: not when the app was stopped meanwhile, nor
+        when the process is no longer ``pid`` (restarted meanwhile).
+        """
+        async with self._lock(name):
+            pool = self.pool(name)
+            record = self.apps.get(name)
+            if pool is None or record is None or self._stopped(name):
+                return False
+            process = record.processes.get(index)
+            if process is None or index >= record.instances:
+                return False
+            if pid is not None and process.pid != pid:
+                return False
+            log.warning("resource_restart", app=name, instance=index, reason=reason)
+            self._update(
+                name,
+                functools.partial(
+                    resource_restart,
+                    index=index,
+                    kind=EventKind.MEMORY_RESTART,
+                    reason=reason,
+                    time=time.time(),
+                ),
+                note=True,
+            )
+            try:
+                await pool.restart_child(TreeBuilder.instance_name(index))
+            except _GONE:
+                return False
             return True
 
     async def scale(self, name: str, instances: int) -> int:

@@ -36,6 +36,7 @@ __all__ = [
     "give_up",
     "intend",
     "remember",
+    "resource_restart",
 ]
 
 RECENT_EVENTS = 50
@@ -72,6 +73,9 @@ class EventKind(enum.Enum):
     ``one_for_all`` / ``rest_for_one``)."""
     CRASHED = "crashed"
     """The app was given up on (``reason``)."""
+    MEMORY_RESTART = "memory_restart"
+    """A process was restarted for exceeding the app's ``max_memory`` (``instance``,
+    ``pid``, ``reason``)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -226,6 +230,25 @@ def give_up(record: AppRecord, reason: str, time: float) -> AppRecord:
         return record
     crashed = attrs.evolve(record, crashed=True, last_error=reason, processes=_all_down(record))
     return remember(crashed, AppEvent(time=time, kind=EventKind.CRASHED, reason=reason))
+
+
+def resource_restart(
+    record: AppRecord, index: int, kind: EventKind, reason: str, time: float
+) -> AppRecord:
+    """Process ``index`` is restarted by the daemon for ``reason`` (its resources):
+    counted as a restart of the process and of the app, and recorded."""
+    old = record.processes.get(index)
+    if old is None:
+        return record
+    process = attrs.evolve(old, restarts=old.restarts + 1)
+    updated = attrs.evolve(
+        record,
+        processes={**record.processes, index: process},
+        restarts=record.restarts + 1,
+        last_error=f"instance {index}: {reason}",
+    )
+    event = AppEvent(time=time, kind=kind, instance=index, pid=old.pid, reason=reason)
+    return remember(updated, event)
 
 
 def apply(

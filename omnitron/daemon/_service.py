@@ -8,6 +8,7 @@ admins.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -17,14 +18,14 @@ from pathlib import Path
 from typing import Annotated, Any, Protocol
 
 import attrs
-import psutil
 import structlog
 import trio
 
 from .. import __version__
 from ..config import ConfigError, Ecosystem, load_config
 from ..rpc import Call, Dispatcher, Encoded, Handler, Name, Range, Role
-from ._errors import DOMAIN_ERRORS, ConfigInvalid
+from ._errors import DOMAIN_ERRORS, ConfigInvalid, RequestRefused
+from ._metrics import FIELDS, CountingDispatcher, Sampler, aggregate, figures, prometheus_text
 from ._orchestrator import AppRecord, Orchestrator
 
 __all__ = ["DaemonService", "Persistence", "Sampler", "build_dispatcher"]
@@ -35,8 +36,6 @@ Target = Name  # an app name, or "all" (a name the config reserves)
 _SECRET = re.compile(r"(PASS|SECRET|TOKEN|KEY|CREDENTIAL|PRIVATE|AUTH)", re.IGNORECASE)
 
 
-SAMPLE_INTERVAL = 2.0
-"""Seconds between two samples of the CPU and memory of every managed process."""
 PERSIST_ACK_TIMEOUT = 5.0
 """How long a state-changing call waits for its change to reach the disk."""
 
@@ -57,60 +56,6 @@ class Persistence(Protocol):
 
     def health(self) -> object:
         """The health record; its ``str()`` is the one-line form ``status`` shows."""
-
-
-class Sampler:
-    """CPU and memory of the managed processes, sampled periodically off the event loop.
-
-    One task (:meth:`run`) samples every ``interval`` seconds in a worker thread;
-    every caller reads the last sample (:attr:`samples`), so a ``status`` call
-    costs no system call. CPU is the percentage since the previous sample.
-
-    Args:
-        pids: Returns the pids to sample (called on the event loop).
-        interval: Seconds between samples.
-    """
-
-    def __init__(self, pids: Callable[[], list[int]], *, interval: float = SAMPLE_INTERVAL) -> None:
-        self._pids = pids
-        self._interval = interval
-        self._procs: dict[int, psutil.Process] = {}
-        self.samples: dict[int, tuple[float, int]] = {}
-        """``{pid: (cpu percent, resident bytes)}`` of the last sample."""
-        self.failures = 0
-        """Samples that could not be taken (no worker thread could be started...)."""
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Sample until cancelled. A sample that fails is counted and retried next time."""
-        task_status.started()
-        while True:
-            await self.sample()
-            await trio.sleep(self._interval)
-
-    async def sample(self) -> None:
-        """Take one sample now, in a worker thread; a failure is counted and logged."""
-        pids = self._pids()
-        try:
-            self.samples = await trio.to_thread.run_sync(self._sample, pids)
-        except (RuntimeError, OSError) as exc:  # e.g. "can't start new thread"
-            self.failures += 1
-            log.warning("sampling_failed", error=str(exc), failures=self.failures)
-
-    def _sample(self, pids: list[int]) -> dict[int, tuple[float, int]]:
-        result: dict[int, tuple[float, int]] = {}
-        for pid in pids:
-            proc = self._procs.get(pid)
-            try:
-                if proc is None:
-                    proc = self._procs[pid] = psutil.Process(pid)
-                    proc.cpu_percent(None)
-                result[pid] = (proc.cpu_percent(None), proc.memory_info().rss)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                self._procs.pop(pid, None)
-        wanted = set(pids)
-        for pid in [p for p in self._procs if p not in wanted]:
-            self._procs.pop(pid, None)
-        return result
 
 
 @attrs.frozen
@@ -178,7 +123,8 @@ class DaemonService:
         persistence: The state file's writer: a reply to a change is sent once the
             change is on disk. ``None``: nothing is persisted (an embedded service).
         health: Returns extra health records (log write errors, ...).
-        sample_interval: Seconds between two samples of CPU and memory.
+        sample_interval: Seconds between two samples of CPU and memory; ``None``:
+            ``[monitoring] metrics.interval``.
     """
 
     def __init__(
@@ -191,7 +137,7 @@ class DaemonService:
         request_shutdown: Callable[[], None],
         persistence: Persistence | None = None,
         health: Callable[[], dict[str, Any]] = dict,
-        sample_interval: float = SAMPLE_INTERVAL,
+        sample_interval: float | None = None,
     ) -> None:
         self.orchestrator = orchestrator
         self.home = home
@@ -200,7 +146,18 @@ class DaemonService:
         self._request_shutdown = request_shutdown
         self._persistence = persistence
         self._health = health
-        self.sampler = Sampler(self._pids, interval=sample_interval)
+        self.sampler = Sampler(
+            self._pids,
+            settings=(lambda: orchestrator.ecosystem.monitoring.metrics)
+            if sample_interval is None
+            else None,
+            on_sample=self._check_memory,
+        )
+        if sample_interval is not None:
+            self.sampler.interval = sample_interval
+        self.dispatcher: CountingDispatcher | None = None
+        """Set by :func:`build_dispatcher`: counts the calls answered."""
+        self._over_memory: dict[tuple[str, int], tuple[int, int]] = {}
         self._views: dict[str, _View] = {}
         self._listing: _Listing | None = None
         self._status_reply: tuple[dict[str, Any], list[dict[str, Any]], Encoded] | None = None
@@ -349,6 +306,95 @@ class DaemonService:
             "apps": {r.name: list(r.config.depends_on) for r in orch.apps.values()},
         }
 
+    # ------------------------------------------------------------------ metrics
+
+    def metrics(self, name: str | None = None, *, history: int = 0) -> dict[str, Any]:
+        """The last sample of every process (or of one app's), per-app sums, and the
+        daemon's own figures; ``history``: each process's last N samples too."""
+        records = [self.orchestrator.record(name)] if name is not None else None
+        sampler, now = self.sampler, trio.current_time()
+        apps = []
+        for record in records if records is not None else self.orchestrator.apps.values():
+            processes = []
+            for process in sorted(record.processes.values(), key=lambda p: p.instance):
+                pid = process.pid
+                entry: dict[str, Any] = {
+                    "instance": process.instance,
+                    "pid": pid,
+                    "status": process.status.value,
+                    "restarts": process.restarts,
+                    "uptime": round(max(0.0, now - process.ready_at), 3)
+                    if process.ready_at is not None and pid
+                    else 0.0,
+                    **figures(sampler.last.get(pid) if pid else None),
+                }
+                if history:
+                    ring = sampler.rings.get(pid) if pid else None
+                    entry["history"] = [list(s) for s in ring.last(history)] if ring else []
+                processes.append(entry)
+            apps.append(
+                {
+                    "name": record.name,
+                    "status": record.status.value,
+                    "restarts": record.restarts,
+                    "max_memory": record.config.max_memory,
+                    **aggregate(processes),
+                    "processes": processes,
+                }
+            )
+        generation = getattr(self._persistence, "generation", None)
+        daemon = {
+            "pid": os.getpid(),
+            **figures(sampler.last.get(os.getpid())),
+            "rpc_calls": self.dispatcher.calls if self.dispatcher is not None else None,
+            "generation": generation if isinstance(generation, int) else None,
+            "failures": sampler.failures,
+            "loop_lag": None if sampler.loop_lag is None else round(sampler.loop_lag, 6),
+        }
+        return {
+            "enabled": sampler.enabled,
+            "interval": sampler.interval,
+            "retention": sampler.retention,
+            "sampled_at": sampler.sampled_at,
+            "samples": sampler.taken,
+            "fields": list(FIELDS) if history else None,
+            "daemon": daemon,
+            "apps": apps,
+        }
+
+    def prometheus(self) -> str:
+        """:meth:`metrics` in the Prometheus text exposition format."""
+        return prometheus_text(self.metrics())
+
+    def _check_memory(self, nursery: trio.Nursery) -> None:
+        """Restart each process whose RSS exceeded its app's ``max_memory`` in two
+        consecutive samples (called after every sample)."""
+        over: dict[tuple[str, int], tuple[int, int]] = {}
+        for record in self.orchestrator.apps.values():
+            limit = record.config.max_memory
+            if limit is None:
+                continue
+            for process in record.processes.values():
+                sample = self.sampler.samples.get(process.pid or -1)
+                if sample is None or sample[1] <= limit or process.pid is None:
+                    continue
+                key = (record.name, process.instance)
+                pid, count = self._over_memory.get(key, (process.pid, 0))
+                count = count + 1 if pid == process.pid else 1
+                over[key] = (process.pid, count)
+                if count == 2:
+                    reason = f"memory {sample[1] // 1_000_000}MB > {limit // 1_000_000}MB"
+                    nursery.start_soon(
+                        functools.partial(
+                            self.orchestrator.restart_process,
+                            record.name,
+                            process.instance,
+                            reason,
+                            pid=process.pid,
+                        )
+                    )
+        self._over_memory = over
+
     # ------------------------------------------------------------------ reload
 
     async def load_new_config(self) -> Ecosystem:
@@ -368,6 +414,8 @@ class DaemonService:
             if not new.apps and self._persistence is not None:
                 self._persistence.permit_empty()
             diff = await self.orchestrator.apply_reload(new)
+            metrics = new.monitoring.metrics
+            self.sampler.configure(interval=metrics.interval, retention=metrics.retention)
         return {
             "applied": not dry_run,
             "added": [a.name for a in diff.added],
@@ -384,7 +432,8 @@ class DaemonService:
 
 def build_dispatcher(service: DaemonService) -> Dispatcher:
     """The management plane's methods, each with its role."""
-    dispatcher = Dispatcher(error_types=DOMAIN_ERRORS)
+    dispatcher = CountingDispatcher(error_types=DOMAIN_ERRORS)
+    service.dispatcher = dispatcher
     orch = service.orchestrator
 
     async def status(call: Call) -> Encoded:
@@ -467,6 +516,36 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
         """Stop every app and the daemon."""
         service.shutdown()
         return {"stopping": True, "pid": os.getpid()}
+
+    # ---- metrics
+    async def metrics(
+        call: Call,
+        *,
+        name: AppName | None = None,
+        format: str = "json",
+        history: Annotated[int, Range(ge=0, le=100_000)] = 0,
+    ) -> Any:
+        """Samples of every process (or of one app's), per-app sums and the daemon's
+        own figures; ``format="prometheus"``: the Prometheus text exposition."""
+        await trio.lowlevel.checkpoint()
+        if format == "prometheus":
+            if name is not None:
+                raise RequestRefused("the prometheus format covers every app; omit the name")
+            return service.prometheus()
+        if format != "json":
+            raise RequestRefused(f"unknown format {format!r} (expected json or prometheus)")
+        return service.metrics(name, history=history)
+
+    async def set_metrics_enabled(call: Call, *, enabled: bool) -> dict[str, Any]:
+        """Turn the sampling of CPU and memory on or off."""
+        await trio.lowlevel.checkpoint()
+        previous = service.sampler.enabled
+        service.sampler.set_enabled(enabled)
+        return {"enabled": enabled, "previous": previous}
+
+    dispatcher.register("daemon.metrics", metrics, role=Role.VIEWER)
+    dispatcher.register("daemon.set_metrics_enabled", set_metrics_enabled, role=Role.ADMIN)
+    # ---- end metrics
 
     viewer: dict[str, Handler] = {
         "daemon.status": status,

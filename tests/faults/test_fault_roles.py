@@ -26,6 +26,7 @@ DECLARED = {
     "daemon.inspect": Role.VIEWER,
     "daemon.env": Role.VIEWER,
     "daemon.graph": Role.VIEWER,
+    "daemon.metrics": Role.VIEWER,
     "daemon.start_app": Role.OPERATOR,
     "daemon.stop_app": Role.OPERATOR,
     "daemon.restart_app": Role.OPERATOR,
@@ -35,6 +36,7 @@ DECLARED = {
     "daemon.scale": Role.OPERATOR,
     "daemon.reload_config": Role.ADMIN,
     "daemon.shutdown": Role.ADMIN,
+    "daemon.set_metrics_enabled": Role.ADMIN,
 }
 PARAMS: dict[str, dict[str, Any]] = {
     "daemon.get_app": {"name": "web"},
@@ -44,6 +46,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "daemon.stop_app": {"name": "web"},
     "daemon.restart_app": {"name": "web"},
     "daemon.scale": {"name": "web", "instances": 2},
+    "daemon.set_metrics_enabled": {"enabled": False},
 }
 
 
