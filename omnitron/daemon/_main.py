@@ -38,6 +38,7 @@ from ._logging import configure_logging
 from ._logs import LogCollector
 from ._orchestrator import Orchestrator
 from ._safefile import check_log_directory, open_for_append
+from ._secrets import SecretStore
 from ._sentinel import open_sentinel
 from ._service import DaemonService, build_dispatcher
 from ._systemd import notify
@@ -177,6 +178,8 @@ async def run_daemon(options: DaemonOptions) -> int:
         shutdown = _Shutdown()
         store = StateStore(home, loaded, min_write_interval=0.05)
         logs = LogCollector(Path(logs_dir))
+        # Takes OMNITRON_SECRETS_PASSPHRASE out of the environment apps inherit.
+        secrets = SecretStore.from_environ(home.path)
         dirty = _Dirty()
         orchestrator = Orchestrator(
             ecosystem,
@@ -185,6 +188,7 @@ async def run_daemon(options: DaemonOptions) -> int:
             on_change=dirty.mark,
             on_critical=lambda reason: shutdown.request(reason, EXIT_CRITICAL),
             subreaper=options.subreaper,
+            secrets=secrets,
         )
         orchestrator.restore({app.name: app.desired.value for app in loaded.state.apps})
         service = DaemonService(
@@ -199,6 +203,7 @@ async def run_daemon(options: DaemonOptions) -> int:
                 "logs": logs.degraded or "ok",
             },
             permit_empty=store.permit_empty,
+            secrets=secrets,
         )
         dispatcher = build_dispatcher(service)
 

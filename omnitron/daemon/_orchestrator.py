@@ -15,6 +15,7 @@ import functools
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import structlog
@@ -43,7 +44,10 @@ from ..state import (
 )
 from ._errors import AppNotFound, AppStartFailed, DaemonBusy, RequestRefused, UnsupportedApp
 from ._logs import LogCollector
-from ._tree import TreeBuilder
+from ._tree import TreeBuilder, secret_references
+
+if TYPE_CHECKING:
+    from ._secrets import SecretStore
 
 __all__ = ["AppRecord", "Orchestrator", "ProcessRecord"]
 
@@ -141,6 +145,7 @@ class Orchestrator:
         on_change: Called (synchronously) after every change worth persisting.
         on_critical: Called with a reason when a critical app is given up on.
         subreaper: Make the daemon a child subreaper (Linux).
+        secrets: Where apps' ``secret:NAME`` env values are resolved.
     """
 
     def __init__(
@@ -152,6 +157,7 @@ class Orchestrator:
         on_change: Callable[[], None] = lambda: None,
         on_critical: Callable[[str], None] = lambda reason: None,
         subreaper: bool = True,
+        secrets: SecretStore | None = None,
     ) -> None:
         self.ecosystem = ecosystem
         self.home = home
@@ -159,7 +165,8 @@ class Orchestrator:
         self._on_change = on_change
         self._on_critical = on_critical
         self._subreaper = subreaper
-        self._builder = TreeBuilder(ecosystem, home=home, sink=logs.sink)
+        self._secrets = secrets
+        self._builder = TreeBuilder(ecosystem, home=home, sink=logs.sink, secrets=secrets)
         self.apps: dict[str, AppRecord] = {
             app.name: AppRecord(config=app, instances=app.instances)
             for app in ecosystem.start_order()
@@ -477,6 +484,11 @@ class Orchestrator:
         if info is not None and info.state in (ChildState.RUNNING, ChildState.STARTING):
             return False
         spec = None
+        if info is not None and secret_references(record.config):
+            # Secrets are read at every start: a new pool, not the stopped one's specs.
+            with contextlib.suppress(ChildNotFound):
+                await root.delete_child(name)
+            info = None
         if info is None:  # not in the tree: its pool is built now (a stopped one is reused)
             try:
                 spec = self._builder.app(record.config, record.instances)
@@ -532,9 +544,13 @@ class Orchestrator:
                     if await self._start_one(name):
                         restarted.append(name)
                     continue
+                fresh = bool(secret_references(record.config))
                 for info in pool.which_children():
                     try:
-                        await pool.restart_child(info.name)
+                        if fresh:  # secrets are read at every start: a new spec
+                            await self._replace_instance(pool, record, info.name)
+                        else:
+                            await pool.restart_child(info.name)
                     except StartFailure as exc:
                         # Stop the rolling restart here: the other instances keep
                         # running the old code; this one is retried per the policy.
@@ -549,6 +565,18 @@ class Orchestrator:
                 restarted.append(name)
         self._on_change()
         return restarted
+
+    async def _replace_instance(self, pool: Supervisor, record: AppRecord, name: str) -> None:
+        """Restart process ``name`` of ``record``'s pool from a newly built spec.
+
+        Raises:
+            SecretsUnavailable: Its secrets cannot be resolved (it keeps running).
+            StartFailure: The new process did not come up.
+        """
+        spec = self._builder.instance(record.config, int(name))
+        await pool.terminate_child(name)
+        await pool.delete_child(name)
+        await pool.start_child(spec)
 
     async def scale(self, name: str, instances: int) -> int:
         """Set the number of processes of an app; returns the previous number."""
@@ -612,7 +640,7 @@ class Orchestrator:
                             await root.delete_child(name)
                     del self.apps[name]
         self.ecosystem = new
-        self._builder = TreeBuilder(new, home=self.home, sink=self.logs.sink)
+        self._builder = TreeBuilder(new, home=self.home, sink=self.logs.sink, secrets=self._secrets)
         changed = [c.name for c in diff.changed]
         for app in new.start_order():
             if app.name in self.apps:

@@ -19,10 +19,11 @@ import psutil
 import trio
 
 from .. import __version__
-from ..config import ConfigError, Ecosystem, load_config
+from ..config import ConfigError, Ecosystem, load_config, secret_reference
 from ..rpc import Call, Dispatcher, Handler, Name, Range, Role
 from ._errors import DOMAIN_ERRORS, AppNotFound, ConfigInvalid
 from ._orchestrator import AppRecord, Orchestrator
+from ._secrets import SecretStore, register_secret_methods
 
 __all__ = ["DaemonService", "build_dispatcher"]
 
@@ -70,6 +71,7 @@ class DaemonService:
         request_shutdown: Asks the daemon to stop (graceful).
         health: Returns extra health records (persistence, ...).
         permit_empty: Lets the state file go empty (a reload that removes every app).
+        secrets: The secret store (``secret.*`` methods); one for ``home`` by default.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class DaemonService:
         request_shutdown: Callable[[], None],
         health: Callable[[], dict[str, str]] = dict,
         permit_empty: Callable[[], None] = lambda: None,
+        secrets: SecretStore | None = None,
     ) -> None:
         self.orchestrator = orchestrator
         self.home = home
@@ -90,6 +93,7 @@ class DaemonService:
         self._request_shutdown = request_shutdown
         self._health = health
         self._permit_empty = permit_empty
+        self.secrets = SecretStore(home) if secrets is None else secrets
         self.persisted: Callable[[], Awaitable[None]] = _nothing
         self._sampler = _Sampler()
         self._sampling = trio.Lock()
@@ -191,9 +195,13 @@ class DaemonService:
         return app
 
     def env(self, name: str, *, reveal: bool) -> dict[str, str]:
+        # A ``secret:NAME`` reference is shown as such, to everyone: the value it
+        # stands for is never in the config, nor in this reply.
         record = self.orchestrator.record(name)
         return {
-            key: value if reveal or not _SECRET.search(key) else "<redacted>"
+            key: value
+            if reveal or secret_reference(value) is not None or not _SECRET.search(key)
+            else "<redacted>"
             for key, value in sorted(record.config.env.items())
         }
 
@@ -344,4 +352,5 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
     for role, methods in ((Role.VIEWER, viewer), (Role.OPERATOR, operator), (Role.ADMIN, admin)):
         for name, handler in methods.items():
             dispatcher.register(name, handler, role=role)
+    register_secret_methods(dispatcher, service.secrets)
     return dispatcher

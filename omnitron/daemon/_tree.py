@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from supervision import (
     Backoff,
@@ -37,15 +38,19 @@ from supervision import (
     SupervisorSpec,
 )
 
-from ..config import AppConfig, Ecosystem, ReadyKind
+from ..config import AppConfig, Ecosystem, ReadyKind, secret_reference
 from ..config import Restart as ConfigRestart
 from ..config import Strategy as ConfigStrategy
-from ._errors import UnsupportedApp
+from ._errors import RequestRefused, UnsupportedApp
+
+if TYPE_CHECKING:
+    from ._secrets import SecretStore
 
 __all__ = [
     "ENV_APP",
     "ENV_HOME",
     "ENV_INSTANCE",
+    "SecretsUnavailable",
     "TreeBuilder",
     "UnsupportedApp",
     "marker_environ",
@@ -106,6 +111,19 @@ def _ready(app: AppConfig) -> Ready:
     raise UnsupportedApp(f"unknown readiness kind {ready.kind!r}")
 
 
+class SecretsUnavailable(UnsupportedApp, RequestRefused):
+    """An app's ``secret:`` references cannot be resolved (not set, or the store is
+    unusable); the message names the secret or the file, never a value."""
+
+    def __str__(self) -> str:
+        return self.message  # recorded as the app's last error, without the wire code
+
+
+def secret_references(app: AppConfig) -> dict[str, str]:
+    """``{VARIABLE: secret name}`` for each ``secret:NAME`` value of ``app.env``."""
+    return {key: name for key, value in app.env.items() if (name := secret_reference(value))}
+
+
 _RESTART = {
     ConfigRestart.PERMANENT: Restart.PERMANENT,
     ConfigRestart.TRANSIENT: Restart.TRANSIENT,
@@ -125,6 +143,8 @@ class TreeBuilder:
         ecosystem: The validated config.
         home: The daemon's home (put in every child's environment as a marker).
         sink: ``sink(app, instance, stream)`` returns the line sink of that stream.
+        secrets: Where ``secret:NAME`` env values are resolved, each time a process
+            spec is built (``None``: an app that uses a secret cannot start).
     """
 
     def __init__(
@@ -133,10 +153,12 @@ class TreeBuilder:
         *,
         home: Path,
         sink: Callable[[str, int, str], LineSink],
+        secrets: SecretStore | None = None,
     ) -> None:
         self.ecosystem = ecosystem
         self.home = home
         self._sink = sink
+        self.secrets = secrets
 
     @property
     def group_mode(self) -> bool:
@@ -201,9 +223,17 @@ class TreeBuilder:
         return ChildSpec(app.name, pool, restart=restart)
 
     def instance(self, app: AppConfig, index: int) -> ChildSpec:
-        """Process ``index`` of ``app``'s pool."""
+        """Process ``index`` of ``app``'s pool, its secrets resolved now.
+
+        Raises:
+            SecretsUnavailable: A secret it references cannot be resolved.
+        """
         assert app.command is not None
-        env = {**app.env, **marker_environ(self.home, app.name, index)}
+        env = {
+            **app.env,
+            **self._resolve_secrets(app),
+            **marker_environ(self.home, app.name, index),
+        }
         child = ProcessChild(
             list(app.command),
             env=env,
@@ -216,3 +246,17 @@ class TreeBuilder:
             stderr=Output.lines(self._sink(app.name, index, "err")),
         )
         return ChildSpec(str(index), child, restart=_RESTART[app.restart])
+
+    def _resolve_secrets(self, app: AppConfig) -> dict[str, str]:
+        references = secret_references(app)
+        if not references:
+            return {}
+        from ._secrets import SecretNotSet, SecretStoreUnavailable
+
+        try:
+            if self.secrets is None:
+                raise SecretStoreUnavailable("this daemon has no secret store")
+            values = self.secrets.resolve(references.values())
+        except (SecretNotSet, SecretStoreUnavailable) as exc:
+            raise SecretsUnavailable(f"app {app.name!r} cannot start: {exc.message}") from None
+        return {key: values[name] for key, name in references.items()}

@@ -35,6 +35,10 @@ DECLARED = {
     "daemon.scale": Role.OPERATOR,
     "daemon.reload_config": Role.ADMIN,
     "daemon.shutdown": Role.ADMIN,
+    "secret.set": Role.ADMIN,
+    "secret.get": Role.ADMIN,
+    "secret.list": Role.ADMIN,
+    "secret.remove": Role.ADMIN,
 }
 PARAMS: dict[str, dict[str, Any]] = {
     "daemon.get_app": {"name": "web"},
@@ -44,6 +48,9 @@ PARAMS: dict[str, dict[str, Any]] = {
     "daemon.stop_app": {"name": "web"},
     "daemon.restart_app": {"name": "web"},
     "daemon.scale": {"name": "web", "instances": 2},
+    "secret.set": {"name": "db", "value": "v"},
+    "secret.get": {"name": "db"},
+    "secret.remove": {"name": "db"},
 }
 
 
