@@ -23,6 +23,7 @@ import trio
 
 from supervision import (
     ChildNotFound,
+    ChildRunning,
     ChildSpec,
     ChildState,
     StartFailure,
@@ -485,10 +486,12 @@ class Orchestrator:
             return False
         spec = None
         if info is not None and secret_references(record.config):
-            # Secrets are read at every start: a new pool, not the stopped one's specs.
-            with contextlib.suppress(ChildNotFound):
-                await root.delete_child(name)
-            info = None
+            # Secrets are read at every start: a new pool, not the stopped one's specs
+            # (one waiting for its restart delay is restarted as it is).
+            with contextlib.suppress(ChildRunning):
+                with contextlib.suppress(ChildNotFound):
+                    await root.delete_child(name)
+                info = None
         if info is None:  # not in the tree: its pool is built now (a stopped one is reused)
             try:
                 spec = self._builder.app(record.config, record.instances)

@@ -28,9 +28,9 @@ from test_cli_e2e import (
     app_pids,
     app_toml,
     home,
-    omnitron,
     wait_for,
 )
+from test_daemon_entry import run_python
 
 from omnitron.config import ConfigError, load_config
 from omnitron.daemon._secrets import (
@@ -43,7 +43,7 @@ from omnitron.daemon._secrets import (
     SecretStoreUnavailable,
 )
 
-__all__ = ["home", "omnitron"]  # fixtures used here
+__all__ = ["home"]  # the fixture used here
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -206,20 +206,6 @@ def test_a_malformed_reference_is_a_config_error_with_its_line(tmp_path: Path) -
 
 # --------------------------------------------------------------------------- imports
 
-LOADED = "import json, sys\n"
-
-
-def run_python(code: str) -> Any:
-    result = subprocess.run(
-        [sys.executable, "-c", LOADED + textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.splitlines()[-1])
-
 
 def test_cryptography_is_loaded_by_the_daemon_only_when_a_secret_is_used(tmp_path: Path) -> None:
     found = run_python(
@@ -325,13 +311,20 @@ class Recorder(Omnitron):
         }[name]
 
 
+def project_cli(home: str, tmp_path: Path, extra_env: dict[str, str] | None = None) -> Recorder:
+    """The CLI on ``home`` from a project holding :func:`reader_config`."""
+    project = tmp_path / "project"
+    project.mkdir(exist_ok=True)
+    cli = Recorder(home, project, extra_env)
+    cli.write_config(reader_config(project))
+    return cli
+
+
 @linux_only
 @pytest.mark.slow
 def test_a_secret_reaches_its_app_and_nothing_else(home: str, tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    project.mkdir()
-    cli = Recorder(home, project)
-    cli.write_config(reader_config(project))
+    cli = project_cli(home, tmp_path)
+    project = cli.project
     first, second, on_argv = (f"s3cret-{uuid.uuid4().hex}" for _ in range(3))
 
     # Not set yet: the app fails to start, naming the secret; the others run.
@@ -417,10 +410,7 @@ def test_a_secret_reaches_its_app_and_nothing_else(home: str, tmp_path: Path) ->
 @linux_only
 @pytest.mark.slow
 def test_a_corrupt_store_fails_loudly_and_loses_nothing_else(home: str, tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    project.mkdir()
-    cli = Recorder(home, project)
-    cli.write_config(reader_config(project))
+    cli = project_cli(home, tmp_path)
     cli.run("up")
     assert cli.feed("v1", "secret", "set", "db").returncode == 0
     assert cli.run("start", "reader").returncode == 0
@@ -449,10 +439,7 @@ def test_a_corrupt_store_fails_loudly_and_loses_nothing_else(home: str, tmp_path
 @linux_only
 @pytest.mark.slow
 def test_a_wrong_passphrase_is_a_clear_error(home: str, tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    project.mkdir()
-    right = Recorder(home, project, {PASSPHRASE_ENV: "right passphrase"})
-    right.write_config(reader_config(project))
+    right = project_cli(home, tmp_path, {PASSPHRASE_ENV: "right passphrase"})
     right.run("up")
     assert right.feed("v1", "secret", "set", "db").returncode == 0
     assert right.run("start", "reader").returncode == 0
@@ -462,7 +449,7 @@ def test_a_wrong_passphrase_is_a_clear_error(home: str, tmp_path: Path) -> None:
         assert PASSPHRASE_ENV not in psutil.Process(pid).environ()  # AU-15
     assert right.run("down").returncode == 0
 
-    wrong = Recorder(home, project, {PASSPHRASE_ENV: "wrong passphrase"})
+    wrong = project_cli(home, tmp_path, {PASSPHRASE_ENV: "wrong passphrase"})
     assert wrong.run("up").returncode == 1
     reader = wrong.app("reader")
     assert reader["status"] == "crashed"
@@ -473,7 +460,7 @@ def test_a_wrong_passphrase_is_a_clear_error(home: str, tmp_path: Path) -> None:
     assert wrong.app("plain")["status"] == "online"
     assert wrong.run("down").returncode == 0
 
-    none = Recorder(home, project)
+    none = project_cli(home, tmp_path)
     none.run("up")
     assert "protected by a passphrase" in none.run("secret", "ls").stderr
     assert none.run("down").returncode == 0
