@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import stat
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -464,3 +467,57 @@ def test_a_wrong_passphrase_is_a_clear_error(home: str, tmp_path: Path) -> None:
     none.run("up")
     assert "protected by a passphrase" in none.run("secret", "ls").stderr
     assert none.run("down").returncode == 0
+
+
+def on_a_terminal(cli: Recorder, answers: list[bytes], *args: str) -> bytes:
+    """Run the CLI on a new pseudo-terminal, typing each answer after a prompt."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: exec at once
+        os.chdir(cli.project)
+        os.execve(sys.executable, cli.argv(*args), cli.env())
+    output = b""
+    try:
+        pending, answered = list(answers), 0
+        deadline = time.monotonic() + CLI_TIMEOUT
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            if pending and len(output) > answered and output.endswith(b": "):  # a new prompt
+                os.write(fd, pending.pop(0) + b"\n")
+                answered = len(output)
+    finally:
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, output
+    return output
+
+
+@linux_only
+@pytest.mark.slow
+def test_on_a_terminal_the_value_is_typed_twice_at_a_hidden_prompt(
+    home: str, tmp_path: Path
+) -> None:
+    cli = project_cli(home, tmp_path)
+    cli.run("up")
+    typed = f"typed-{uuid.uuid4().hex}"
+    output = on_a_terminal(cli, [typed.encode(), typed.encode()], "secret", "set", "db")
+    assert b"value of secret 'db':" in output
+    assert b"Repeat for confirmation:" in output
+    assert b"secret 'db' stored" in output
+    assert typed.encode() not in output  # not echoed
+    got = subprocess.run(
+        cli.argv("secret", "get", "db"),
+        cwd=cli.project,
+        env=cli.env(),
+        capture_output=True,
+        text=True,
+    )
+    assert got.stdout == typed + "\n"
+    assert cli.run("down").returncode == 0
