@@ -649,7 +649,7 @@ def test_public_api_is_pinned() -> None:
         "serve_unix", "open_unix_server", "RpcServer", "ServerOptions", "ServerStatistics",
         "Name", "Text", "Len", "Range", "Match", "ParamInfo",
         "connect_unix", "RpcClient", "Notifications",
-        "Limits", "NAME_MAX", "TEXT_MAX", "Request", "Response", "Notification", "ErrorInfo",
+        "Limits", "Encoded", "NAME_MAX", "TEXT_MAX", "Request", "Response", "Notification", "ErrorInfo",
         "Message",
         "ErrorCode", "RpcError", "ProtocolError", "RemoteError", "InvalidRequest",
         "MethodNotFound", "InvalidParams", "Unauthenticated", "Forbidden", "NotFound",
