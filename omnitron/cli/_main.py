@@ -405,3 +405,54 @@ def systemd(cli: Cli, user: bool, print_only: bool, config: str | None, name: st
     from . import _startup
 
     _startup.systemd(cli, user=user, print_only=print_only, config=config, name=name)
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+@cli.group()
+def secret() -> None:
+    """The encrypted secret store: apps read a secret through env = { VAR = "secret:NAME" }."""
+
+
+@secret.command("set")
+@click.argument("name")
+@click.argument("extra", nargs=-1, metavar="")
+@pass_cli
+def secret_set(cli: Cli, name: str, extra: tuple[str, ...]) -> None:
+    """Store secret NAME; its value is read from stdin, or a hidden prompt on a terminal.
+
+    Never give the value on the command line: it is refused.
+    """
+    from . import _secret
+
+    _secret.set_secret(cli, name, extra)
+
+
+@secret.command("get")
+@click.argument("name")
+@pass_cli
+def secret_get(cli: Cli, name: str) -> None:
+    """Print the value of secret NAME."""
+    from . import _secret
+
+    _secret.get_secret(cli, name)
+
+
+@secret.command("ls")
+@pass_cli
+def secret_ls(cli: Cli) -> None:
+    """The names of the stored secrets (never their values)."""
+    from . import _secret
+
+    _secret.list_secrets(cli)
+
+
+@secret.command("rm")
+@click.argument("name")
+@pass_cli
+def secret_rm(cli: Cli, name: str) -> None:
+    """Remove secret NAME (apps using it fail to start until it is set again)."""
+    from . import _secret
+
+    _secret.remove_secret(cli, name)

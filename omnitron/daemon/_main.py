@@ -38,6 +38,7 @@ from ._logging import configure_logging
 from ._logs import LogCollector
 from ._orchestrator import Orchestrator
 from ._safefile import check_log_directory, open_for_append
+from ._secrets import SecretStore
 from ._sentinel import open_sentinel
 from ._service import DaemonService, build_dispatcher
 from ._systemd import notify
@@ -175,6 +176,8 @@ async def run_daemon(options: DaemonOptions) -> int:
         shutdown = _Shutdown()
         store = StateStore(home, loaded, min_write_interval=MIN_WRITE_INTERVAL)
         logs = LogCollector(Path(logs_dir))
+        # Takes OMNITRON_SECRETS_PASSPHRASE out of the environment apps inherit.
+        secrets = SecretStore.from_environ(home.path)
         orchestrator = Orchestrator(
             ecosystem,
             home=home.path,
@@ -182,6 +185,7 @@ async def run_daemon(options: DaemonOptions) -> int:
             on_change=store.mark_dirty,
             on_critical=lambda reason: shutdown.request(reason, EXIT_CRITICAL),
             subreaper=options.subreaper,
+            secrets=secrets,
         )
         orchestrator.restore({app.name: app.desired for app in loaded.state.apps})
         service = DaemonService(
@@ -195,6 +199,7 @@ async def run_daemon(options: DaemonOptions) -> int:
                 "log_write_errors": logs.write_errors,
                 "logs": logs.degraded or "ok",
             },
+            secrets=secrets,
         )
         dispatcher = build_dispatcher(service)
 

@@ -17,7 +17,7 @@ import functools
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import structlog
@@ -25,6 +25,7 @@ import trio
 
 from supervision import (
     ChildNotFound,
+    ChildRunning,
     ChildSpec,
     ChildState,
     StartFailure,
@@ -50,7 +51,10 @@ from ._records import (
     remember,
     resource_restart,
 )
-from ._tree import TreeBuilder
+from ._tree import TreeBuilder, secret_references
+
+if TYPE_CHECKING:
+    from ._secrets import SecretStore
 
 __all__ = ["AppRecord", "Orchestrator", "ProcessRecord"]
 
@@ -88,6 +92,7 @@ class Orchestrator:
         on_critical: Called with a reason when a critical app is given up on.
         subreaper: Make the daemon a child subreaper (Linux).
         leaf: See :class:`TreeBuilder` (tests only).
+        secrets: Where apps' ``secret:NAME`` env values are resolved.
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class Orchestrator:
         on_critical: Callable[[str], None] = lambda reason: None,
         subreaper: bool = True,
         leaf: Callable[[AppConfig, int], Any] | None = None,
+        secrets: SecretStore | None = None,
     ) -> None:
         self.ecosystem = ecosystem
         self.home = home
@@ -108,7 +114,10 @@ class Orchestrator:
         self._on_critical = on_critical
         self._subreaper = subreaper
         self._leaf = leaf
-        self._builder = TreeBuilder(ecosystem, home=home, sink=logs.sink, leaf=leaf)
+        self._secrets = secrets
+        self._builder = TreeBuilder(
+            ecosystem, home=home, sink=logs.sink, leaf=leaf, secrets=secrets
+        )
         self._group_mode = self._builder.group_mode
         self.apps: dict[str, AppRecord] = {
             app.name: AppRecord(
@@ -411,6 +420,13 @@ class Orchestrator:
                 return False
             record = self.apps[name]
             spec = None
+            if info is not None and secret_references(record.config):
+                # Secrets are read at every start: a new pool, not the stopped one's
+                # specs (one waiting for its restart delay is restarted as it is).
+                with contextlib.suppress(ChildRunning):
+                    with contextlib.suppress(ChildNotFound):
+                        await root.delete_child(name)
+                    info = None
             if info is None:  # not in the tree: its pool is built now (a stopped one is reused)
                 try:
                     spec = self._builder.app(record.config, record.instances)
@@ -492,9 +508,13 @@ class Orchestrator:
 
     async def _restart_pool(self, name: str, pool: Supervisor) -> bool:
         async with self._lock(name):
+            fresh = bool(secret_references(self.apps[name].config))
             for index in range(self.apps[name].instances):
                 try:
-                    await pool.restart_child(TreeBuilder.instance_name(index))
+                    if fresh:  # secrets are read at every start: a new spec
+                        await self._replace_instance(name, pool, index)
+                    else:
+                        await pool.restart_child(TreeBuilder.instance_name(index))
                 except _GONE as exc:
                     if self._stopped(name) or not isinstance(exc, StartFailure):
                         return False  # stopped (or scaled down) meanwhile
@@ -548,6 +568,18 @@ class Orchestrator:
             except _GONE:
                 return False
             return True
+
+    async def _replace_instance(self, name: str, pool: Supervisor, index: int) -> None:
+        """Restart process ``index`` of app ``name`` from a newly built spec.
+
+        Raises:
+            SecretsUnavailable: Its secrets cannot be resolved (it keeps running).
+            StartFailure: The new process did not come up.
+        """
+        spec = self._builder.instance(self.apps[name].config, index)
+        await pool.terminate_child(spec.name)
+        await pool.delete_child(spec.name)
+        await pool.start_child(spec)
 
     async def scale(self, name: str, instances: int) -> int:
         """Set the number of processes of an app; returns the previous number."""
@@ -634,7 +666,12 @@ class Orchestrator:
                     del self.apps[app.name]
         self.ecosystem = new
         self._builder = TreeBuilder(
-            new, home=self.home, sink=self.logs.sink, places=self._builder.places, leaf=self._leaf
+            new,
+            home=self.home,
+            sink=self.logs.sink,
+            places=self._builder.places,
+            leaf=self._leaf,
+            secrets=self._secrets,
         )
         changed = [c.name for c in diff.changed]
         apps: dict[str, AppRecord] = {}

@@ -22,11 +22,12 @@ import structlog
 import trio
 
 from .. import __version__
-from ..config import ConfigError, Ecosystem, load_config
+from ..config import ConfigError, Ecosystem, load_config, secret_reference
 from ..rpc import Call, Dispatcher, Encoded, Handler, Name, Range, Role
 from ._errors import DOMAIN_ERRORS, ConfigInvalid, RequestRefused
 from ._metrics import FIELDS, CountingDispatcher, Sampler, aggregate, figures, prometheus_text
 from ._orchestrator import AppRecord, Orchestrator
+from ._secrets import SecretStore, register_secret_methods
 
 __all__ = ["DaemonService", "Persistence", "Sampler", "build_dispatcher"]
 
@@ -44,6 +45,7 @@ log = structlog.get_logger("omnitron.service")
 
 #: Uptimes are given to this many seconds; status is built once per tick.
 UPTIME_TICK = 0.1
+
 
 class Persistence(Protocol):
     """What the control plane needs from the writer of the state file."""
@@ -125,6 +127,7 @@ class DaemonService:
         health: Returns extra health records (log write errors, ...).
         sample_interval: Seconds between two samples of CPU and memory; ``None``:
             ``[monitoring] metrics.interval``.
+        secrets: The secret store (``secret.*`` methods); one for ``home`` by default.
     """
 
     def __init__(
@@ -138,6 +141,7 @@ class DaemonService:
         persistence: Persistence | None = None,
         health: Callable[[], dict[str, Any]] = dict,
         sample_interval: float | None = None,
+        secrets: SecretStore | None = None,
     ) -> None:
         self.orchestrator = orchestrator
         self.home = home
@@ -158,6 +162,7 @@ class DaemonService:
         self.dispatcher: CountingDispatcher | None = None
         """Set by :func:`build_dispatcher`: counts the calls answered."""
         self._over_memory: dict[tuple[str, int], tuple[int, int]] = {}
+        self.secrets = SecretStore(home) if secrets is None else secrets
         self._views: dict[str, _View] = {}
         self._listing: _Listing | None = None
         self._status_reply: tuple[dict[str, Any], list[dict[str, Any]], Encoded] | None = None
@@ -292,9 +297,13 @@ class DaemonService:
         return app
 
     def env(self, name: str, *, reveal: bool) -> dict[str, str]:
+        # A ``secret:NAME`` reference is shown as such, to everyone: the value it
+        # stands for is never in the config, nor in this reply.
         record = self.orchestrator.record(name)
         return {
-            key: value if reveal or not _SECRET.search(key) else "<redacted>"
+            key: value
+            if reveal or secret_reference(value) is not None or not _SECRET.search(key)
+            else "<redacted>"
             for key, value in sorted(record.config.env.items())
         }
 
@@ -568,4 +577,5 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
     for role, methods in ((Role.VIEWER, viewer), (Role.OPERATOR, operator), (Role.ADMIN, admin)):
         for name, handler in methods.items():
             dispatcher.register(name, handler, role=role)
+    register_secret_methods(dispatcher, service.secrets)
     return dispatcher

@@ -37,6 +37,10 @@ DECLARED = {
     "daemon.reload_config": Role.ADMIN,
     "daemon.shutdown": Role.ADMIN,
     "daemon.set_metrics_enabled": Role.ADMIN,
+    "secret.set": Role.ADMIN,
+    "secret.get": Role.ADMIN,
+    "secret.list": Role.ADMIN,
+    "secret.remove": Role.ADMIN,
 }
 PARAMS: dict[str, dict[str, Any]] = {
     "daemon.get_app": {"name": "web"},
@@ -47,6 +51,9 @@ PARAMS: dict[str, dict[str, Any]] = {
     "daemon.restart_app": {"name": "web"},
     "daemon.scale": {"name": "web", "instances": 2},
     "daemon.set_metrics_enabled": {"enabled": False},
+    "secret.set": {"name": "db", "value": "v"},
+    "secret.get": {"name": "db"},
+    "secret.remove": {"name": "db"},
 }
 
 
