@@ -286,14 +286,36 @@ def _detach(cli: Cli, argv: list[str], *, timeout: float) -> int:
             f"not settled within {timeout:g}s: {', '.join(unsettled)} "
             "(still starting or restarting; see `omnitron status`)"
         )
-    failed = [
-        f"{app['name']} ({app['status']})"
-        for app in status.get("apps") or ()
-        if app.get("status") not in OK_STATUSES
-    ]
+    failed = [app for app in status.get("apps") or () if app.get("status") not in OK_STATUSES]
     if failed:
-        raise CliError(f"not online after start-up: {', '.join(failed)}")
+        raise CliError(
+            "not online after start-up: "
+            + ", ".join(f"{app['name']} ({app['status']})" for app in failed),
+            details=_failure_details(cli, [str(app["name"]) for app in failed]),
+        )
     return 0
+
+
+def _failure_details(cli: Cli, apps: list[str]) -> list[str]:
+    """For each app that did not come up: its last error, last stderr lines and log file."""
+    from omnitron._logtail import stderr_tail
+    from omnitron.rpc._errors import RpcError
+
+    from ._render import render_start_failure
+
+    details: list[str] = []
+    try:
+        with cli.connect() as client:
+            for name in apps:
+                app = client.call("daemon.inspect", name=name)
+                log = str(app.get("log_file"))
+                if app.get("last_error"):
+                    details.append(f"{name}: {app['last_error']}")
+                data = {"app": name, "log": log, "stderr_tail": stderr_tail(Path(log), name)}
+                details += render_start_failure(data)
+    except RpcError:
+        pass  # the daemon went away meanwhile: the table above is what there is
+    return details
 
 
 def unsettled_apps(status: dict[str, Any]) -> tuple[list[str], float]:

@@ -262,6 +262,22 @@ def graph(cli: Cli) -> None:
 # --------------------------------------------------------------------------- actions
 
 
+def _act(cli: Cli, method: str, /, **params: object) -> Any:
+    """Call an action; a start failure shows the app's last stderr lines and log file."""
+    from omnitron.rpc._errors import RemoteError, RpcError
+
+    from ._context import rpc_failure
+
+    with cli.connect(timeout=ACTION_TIMEOUT) as client:
+        try:
+            return client.call(method, **params)
+        except RpcError as exc:
+            failure = rpc_failure(exc)
+            if isinstance(exc, RemoteError):
+                failure.details += tuple(render.render_start_failure(exc.data))
+            raise failure from None
+
+
 def _action(verb: str, key: str, summary: str) -> None:
     @cli.command(verb, help=summary + " Several APPs are handled one after the other.")
     @click.argument("apps", metavar="APP...|all", nargs=-1, required=True)
@@ -273,7 +289,7 @@ def _action(verb: str, key: str, summary: str) -> None:
         done: list[str] = []
         lines = []
         for name in names:
-            result = cli.call(f"daemon.{verb}_app", name=name, timeout=ACTION_TIMEOUT)
+            result = _act(cli, f"daemon.{verb}_app", name=name)
             handled = result.get(key) or []
             done += [n for n in handled if n not in done]
             lines.append(render.render_actions(verb, name, handled))
@@ -319,7 +335,7 @@ def scale(cli: Cli, app: str, count: tuple[str, int]) -> None:
                 f"would make {instances}, outside 1..{MAX_INSTANCES}",
                 exit_code=EXIT_USAGE,
             )
-    result = cli.call("daemon.scale", name=app, instances=instances, timeout=ACTION_TIMEOUT)
+    result = _act(cli, "daemon.scale", name=app, instances=instances)
     cli.emit(result, render.render_scale)
 
 

@@ -364,16 +364,17 @@ class Orchestrator:
         """Start an app (and the apps it depends on) or all enabled apps."""
         names = [n for n in self.names(target) if target != "all" or self.apps[n].config.enabled]
         started: list[str] = []
-        failed: list[str] = []
+        failed: list[AppStartFailed] = []
         for name in self._with_dependencies(names):
             try:
                 if await self._start_one(name):
                     started.append(name)
             except AppStartFailed as exc:
-                failed.append(exc.message)
+                failed.append(exc)
         if failed:
             done = f" (started: {', '.join(started)})" if started else ""
-            raise AppStartFailed("; ".join(failed) + done)
+            message = "; ".join(exc.message for exc in failed) + done
+            raise AppStartFailed(message, app=failed[0].app)
         return started
 
     def _with_dependencies(self, names: Iterable[str]) -> list[str]:
@@ -431,7 +432,7 @@ class Orchestrator:
                 reason = exc.reason if isinstance(exc, StartFailure) else str(exc)
                 self._give_up_on(name, reason)
                 raise AppStartFailed(
-                    f"{name} failed to start: {self.apps[name].last_error}"
+                    f"{name} failed to start: {self.apps[name].last_error}", app=name
                 ) from None
             finally:
                 del self._starting[name]
@@ -506,7 +507,8 @@ class Orchestrator:
                     )
                     raise AppStartFailed(
                         f"{name}: instance {index} failed to restart ({exc.reason}); "
-                        "the remaining instances were left running"
+                        "the remaining instances were left running",
+                        app=name,
                     ) from None
             self._remember(name, EventKind.RESTARTED)
             return True
@@ -539,7 +541,8 @@ class Orchestrator:
                     return previous  # stopped meanwhile: the number is recorded
                 raise AppStartFailed(
                     f"{name}: instance {index} failed to start ({exc.reason}); "
-                    f"the app runs {index} instances"
+                    f"the app runs {index} instances",
+                    app=name,
                 ) from None
             self._remember(name, EventKind.SCALED, previous=previous, instances=instances)
         return previous

@@ -12,9 +12,9 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Protocol, TypeVar
 
 import attrs
 import psutil
@@ -22,9 +22,10 @@ import structlog
 import trio
 
 from .. import __version__
+from .._logtail import stderr_tail
 from ..config import ConfigError, Ecosystem, load_config
 from ..rpc import Call, Dispatcher, Handler, Name, Range, Role
-from ._errors import DOMAIN_ERRORS, ConfigInvalid
+from ._errors import DOMAIN_ERRORS, AppStartFailed, ConfigInvalid
 from ._orchestrator import AppRecord, Orchestrator
 
 __all__ = ["DaemonService", "Persistence", "Sampler", "build_dispatcher"]
@@ -41,6 +42,8 @@ PERSIST_ACK_TIMEOUT = 5.0
 """How long a state-changing call waits for its change to reach the disk."""
 
 log = structlog.get_logger("omnitron.service")
+
+T = TypeVar("T")
 
 
 class Persistence(Protocol):
@@ -221,6 +224,22 @@ class DaemonService:
         with trio.move_on_after(PERSIST_ACK_TIMEOUT):
             await self._persistence.flush()
 
+    async def failure_details(self, app: str) -> dict[str, Any]:
+        """``{"app", "log", "stderr_tail"}`` for an app that did not come up.
+
+        The app's buffered output is flushed first, so the lines it printed as it
+        failed are in the file; ``stderr_tail`` is the text of its last
+        ten stderr lines (any instance), oldest first.
+        """
+        logs = self.orchestrator.logs
+        path = logs.path_for(app)
+        await logs.flush()
+        try:
+            tail = await trio.to_thread.run_sync(stderr_tail, path, app)
+        except RuntimeError:  # no thread to be had: the file is small enough to read here
+            tail = stderr_tail(path, app)
+        return {"app": app, "log": str(path), "stderr_tail": tail}
+
     # ------------------------------------------------------------------ views
 
     async def status(self) -> dict[str, Any]:
@@ -366,6 +385,15 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
     dispatcher = Dispatcher(error_types=DOMAIN_ERRORS)
     orch = service.orchestrator
 
+    async def explained(work: Awaitable[T]) -> T:
+        """``await work``; a start failure carries its app's log file and stderr tail."""
+        try:
+            return await work
+        except AppStartFailed as exc:
+            if exc.app is not None:
+                exc.data = {**exc.data, **await service.failure_details(exc.app)}
+            raise
+
     async def status(call: Call) -> dict[str, Any]:
         """The daemon and every app with its processes."""
         return await service.status()
@@ -393,7 +421,7 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
 
     async def start_app(call: Call, *, name: Target) -> dict[str, Any]:
         """Start an app (and what it depends on), or all enabled apps."""
-        started = await orch.start(name)
+        started = await explained(orch.start(name))
         await service.persisted()
         return {"started": started}
 
@@ -405,13 +433,13 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
 
     async def restart_app(call: Call, *, name: Target) -> dict[str, Any]:
         """Restart an app's processes one by one, or all apps."""
-        restarted = await orch.restart(name)
+        restarted = await explained(orch.restart(name))
         await service.persisted()
         return {"restarted": restarted}
 
     async def start_all(call: Call) -> dict[str, Any]:
         """Start every enabled app."""
-        started = await orch.start("all")
+        started = await explained(orch.start("all"))
         await service.persisted()
         return {"started": started}
 
@@ -423,7 +451,7 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
 
     async def restart_all(call: Call) -> dict[str, Any]:
         """Restart every running app."""
-        restarted = await orch.restart("all")
+        restarted = await explained(orch.restart("all"))
         await service.persisted()
         return {"restarted": restarted}
 
@@ -431,7 +459,7 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
         call: Call, *, name: AppName, instances: Annotated[int, Range(ge=1, le=1024)]
     ) -> dict[str, Any]:
         """Set an app's number of processes."""
-        previous = await orch.scale(name, instances)
+        previous = await explained(orch.scale(name, instances))
         await service.persisted()
         return {"name": name, "previous": previous, "instances": instances}
 

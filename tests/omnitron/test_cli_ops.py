@@ -1,0 +1,98 @@
+"""What an operator is told when things go wrong, end to end: the real CLI against a
+real daemon (the harness of ``test_cli_e2e.py``).
+
+The cause of a start failure with the app's own stderr, and scale, reset and
+signal as an operator uses them.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_cli_e2e import BASIC, Omnitron, app_toml, home, omnitron, running
+
+__all__ = ["home", "omnitron", "running"]  # fixtures used here
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
+]
+
+ADDRESS_IN_USE = "OSError: [Errno 98] Address already in use"
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that this test holds bound (and listening)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def binder(port: int) -> str:
+    """An app that binds ``port`` and serves forever (fails if the port is taken)."""
+    return (
+        "import socket, time; s = socket.socket(); "
+        f"s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(3600)"
+    )
+
+
+def check_explained(stderr: str, app: str, home: str) -> None:
+    """``stderr`` names the cause, shows the app's stderr tail and its log file."""
+    lines = stderr.splitlines()
+    assert f"  last stderr lines of {app}:" in lines, stderr
+    tail = lines[lines.index(f"  last stderr lines of {app}:") + 1 :]
+    assert f"    {ADDRESS_IN_USE}" in tail, stderr
+    assert len([line for line in tail if line.startswith("    ")]) <= 10
+    log = next(line for line in lines if line.startswith("  log: "))
+    path = Path(log.removeprefix("  log: "))
+    assert path == Path(home) / "logs" / f"{app}.log", stderr
+    assert ADDRESS_IN_USE in path.read_text()
+
+
+# --------------------------------------------------------------------------- item: the cause
+
+
+def test_start_failure_shows_the_apps_stderr_and_log(running: Omnitron, taken_port: int) -> None:
+    running.write_config(
+        BASIC
+        + app_toml(
+            "web",
+            binder(taken_port),
+            ready='{ after = "2s" }',
+            enabled="false",
+            restart_policy='{ max_restarts = 0, window = "60s" }',
+        )
+    )
+    running.ok("reload-config")
+    result = running.run("start", "web")
+    assert result.returncode == 1, result
+    assert result.stderr.startswith("omnitron: web failed to start: "), result.stderr
+    check_explained(result.stderr, "web", running.home)
+    assert "Traceback" in result.stderr  # the app's own traceback, not the CLI's
+    # The data travels with the RPC error, for any client.
+    restart = running.run("restart", "web")
+    assert restart.returncode == 1, restart
+    check_explained(restart.stderr, "web", running.home)
+
+
+def test_up_shows_why_an_app_did_not_come_up(omnitron: Omnitron, taken_port: int) -> None:
+    omnitron.write_config(
+        app_toml("fine")
+        + app_toml(
+            "web",
+            binder(taken_port),
+            ready='{ after = "2s" }',
+            restart_policy='{ max_restarts = 0, window = "60s" }',
+        )
+    )
+    result = omnitron.run("up")
+    assert result.returncode == 1, result
+    assert "omnitron: not online after start-up: web (crashed)" in result.stderr
+    assert any(line.startswith("  web: ") for line in result.stderr.splitlines()), result.stderr
+    check_explained(result.stderr, "web", omnitron.home)
