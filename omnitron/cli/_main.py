@@ -199,7 +199,7 @@ def status(cli: Cli, apps: tuple[str, ...]) -> None:
 
     Exits 1 when an app shown is crashed or errored.
     """
-    result = cli.call("daemon.status")
+    result = _status(cli)
     if apps:
         names = _known(cli, apps, {app["name"] for app in result["apps"]})
         result["apps"] = [app for app in result["apps"] if app["name"] in names]
@@ -209,6 +209,46 @@ def status(cli: Cli, apps: tuple[str, ...]) -> None:
     ]
     if troubled:
         raise CliError(f"not healthy: {', '.join(troubled)}")
+
+
+def _status(cli: Cli) -> Any:
+    """``daemon.status``; a daemon that is not running because a critical app made it
+    stop says so (the reason it recorded in ``state.json``)."""
+    from omnitron.rpc._errors import DaemonNotRunning, RpcError
+    from omnitron.rpc.sync_client import connect_unix_sync
+
+    from ._context import QUERY_TIMEOUT, rpc_failure
+
+    try:
+        with connect_unix_sync(cli.socket_path, timeout=cli.timeout or QUERY_TIMEOUT) as client:
+            return client.call("daemon.status")
+    except DaemonNotRunning as exc:
+        stopped = _stop_reason(cli.home)
+        if stopped is None:
+            raise rpc_failure(exc) from None
+        reason, when = stopped
+        raise CliError(
+            f"daemon not running: it stopped at {when} because {reason}; "
+            "fix the app, then `omnitron up`"
+        ) from None
+    except RpcError as exc:
+        raise rpc_failure(exc) from None
+
+
+def _stop_reason(home: str) -> tuple[str, str] | None:
+    """``(reason, written_at)`` if the last daemon of ``home`` stopped on its own."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(home, "state.json"), "rb") as f:
+            doc = json.load(f)
+        reason, when = doc["state"].get("stop_reason"), doc["written_at"]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None  # no readable state: nothing more to say than "not running"
+    if not isinstance(reason, str) or not isinstance(when, str):
+        return None
+    return reason, when
 
 
 def _names(apps: tuple[str, ...]) -> list[str]:

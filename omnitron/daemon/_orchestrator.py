@@ -127,6 +127,8 @@ class Orchestrator:
         self._shutting_down = False
         self._reloading = trio.Lock()
         self.started_at = time.time()
+        self.stop_reason: str | None = None
+        """Why the daemon stops on its own (a critical app crashed), for the state file."""
 
     # ------------------------------------------------------------------ records
 
@@ -137,8 +139,11 @@ class Orchestrator:
         self.apps[new.name] = new
         if note and new.events and (not old.events or new.events[-1] is not old.events[-1]):
             self.logs.note(new.name, new.events[-1].describe())
+        critical = new.crashed and not old.crashed and new.config.critical
+        if critical and self.stop_reason is None:
+            self.stop_reason = f"critical app {new.name!r} crashed: {new.last_error}"
         self._on_change()
-        if new.crashed and not old.crashed and new.config.critical:
+        if critical:
             self._on_critical(f"critical app {new.name!r} crashed: {new.last_error}")
 
     def _update(
@@ -322,7 +327,8 @@ class Orchestrator:
                     processes=processes,
                 )
             )
-        return DaemonState(apps=tuple(apps))
+        reason = self.stop_reason[:4000] if self.stop_reason else None
+        return DaemonState(apps=tuple(apps), stop_reason=reason)
 
     def record(self, name: str) -> AppRecord:
         try:

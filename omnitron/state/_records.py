@@ -236,11 +236,14 @@ class DaemonState:
 
     Attributes:
         apps: The apps, unique by name.
+        stop_reason: Why the daemon stopped on its own (``"critical app 'db'
+            crashed: ..."``); ``None`` while it runs, and after a requested stop.
     """
 
     apps: tuple[AppState, ...] = attrs.field(
         default=(), converter=_to_tuple, validator=[_tuple_of(AppState), _unique_apps]
     )
+    stop_reason: str | None = attrs.field(default=None, validator=_optional_text)
 
     def get(self, name: str) -> AppState | None:
         """The app called ``name``, or ``None``."""
@@ -258,8 +261,8 @@ class DaemonState:
                 break
         else:
             apps.append(app)
-        return DaemonState(apps=apps)
+        return attrs.evolve(self, apps=apps)
 
     def without_app(self, name: str) -> DaemonState:
         """A copy without the app called ``name`` (unchanged if there is none)."""
-        return DaemonState(apps=[app for app in self.apps if app.name != name])
+        return attrs.evolve(self, apps=[app for app in self.apps if app.name != name])

@@ -13,7 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_cli_e2e import BASIC, Omnitron, app_toml, home, omnitron, running
+from test_cli_e2e import (
+    BASIC,
+    CRASH_SOON,
+    FAST_BACKOFF,
+    Omnitron,
+    app_toml,
+    home,
+    omnitron,
+    running,
+)
 
 __all__ = ["home", "omnitron", "running"]  # fixtures used here
 
@@ -96,3 +105,33 @@ def test_up_shows_why_an_app_did_not_come_up(omnitron: Omnitron, taken_port: int
     assert "omnitron: not online after start-up: web (crashed)" in result.stderr
     assert any(line.startswith("  web: ") for line in result.stderr.splitlines()), result.stderr
     check_explained(result.stderr, "web", omnitron.home)
+
+
+# --------------------------------------------------------------------------- item: critical stop
+
+
+def test_status_says_a_critical_app_stopped_the_daemon(omnitron: Omnitron) -> None:
+    omnitron.write_config(
+        app_toml("steady")
+        + app_toml(
+            "boom",
+            CRASH_SOON,
+            critical="true",
+            restart_policy=f'{{ max_restarts = 2, window = "60s", {FAST_BACKOFF} }}',
+        )
+    )
+    assert omnitron.run("up").returncode == 3
+    status = omnitron.run("status")
+    assert status.returncode == 1, status
+    assert status.stdout == ""
+    line = status.stderr.strip()
+    assert line.startswith("omnitron: daemon not running: it stopped at "), line
+    assert "because critical app 'boom' crashed: restart limit exceeded" in line, line
+    assert line.endswith("fix the app, then `omnitron up`"), line
+    # A daemon stopped on request leaves no such reason behind.
+    omnitron.write_config(app_toml("steady"))
+    omnitron.ok("up")
+    omnitron.ok("down")
+    again = omnitron.run("status")
+    assert again.returncode == 1
+    assert again.stderr.startswith("omnitron: daemon not running: the socket"), again.stderr

@@ -216,7 +216,8 @@ def test_file_format_is_stable() -> None:
                 "last_error": None,
                 "processes": [],
             }
-        ]
+        ],
+        "stop_reason": None,
     }
 
 
