@@ -132,6 +132,7 @@ def up(
     cli.note(f"config: {source} ({count} app{'s' if count != 1 else ''})")
     _config.warn(cli, ecosystem)
 
+    _refuse_other_config(cli, source)
     argv = _daemon_argv(cli, source, stack=stack, reset_state=reset_state)
     if foreground:
         if not daemonized:
@@ -142,6 +143,31 @@ def up(
         # supervisor's child) and its environment (NOTIFY_SOCKET) stay.
         os.execv(sys.executable, argv)
     return _detach(cli, argv, timeout=wait_timeout)
+
+
+def _refuse_other_config(cli: Cli, source: Path) -> None:
+    """Fail, naming both configs, if this home's daemon runs another config than ``source``.
+
+    A daemon that runs the same config is left to refuse the second one itself.
+    """
+    if not os.path.exists(cli.socket_path):
+        return
+    from omnitron.rpc._errors import RpcError
+    from omnitron.rpc.sync_client import connect_unix_sync
+
+    try:
+        with connect_unix_sync(cli.socket_path, timeout=min(cli.timeout or 5.0, 5.0)) as client:
+            daemon = client.call("daemon.status")["daemon"]
+    except (RpcError, KeyError, TypeError):
+        return  # no daemon answers: the launch goes on and the pid lock decides
+    running = str(daemon.get("config"))
+    if os.path.realpath(running) == os.path.realpath(source):
+        return
+    raise CliError(
+        f"daemon already running (pid {daemon.get('pid')}) on {cli.home} with another config: "
+        f"{running} (not {source}); to run both, give this one its own home "
+        "(`omnitron up --home PATH`, or $OMNITRON_HOME), or stop that one first (`omnitron down`)"
+    )
 
 
 def _daemon_argv(cli: Cli, source: Path, *, stack: str | None, reset_state: bool) -> list[str]:

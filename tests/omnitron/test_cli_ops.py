@@ -135,3 +135,26 @@ def test_status_says_a_critical_app_stopped_the_daemon(omnitron: Omnitron) -> No
     again = omnitron.run("status")
     assert again.returncode == 1
     assert again.stderr.startswith("omnitron: daemon not running: the socket"), again.stderr
+
+
+# --------------------------------------------------------------------------- item: another config
+
+
+def test_a_second_up_with_another_config_names_it(running: Omnitron) -> None:
+    daemon = running.status()["daemon"]
+    other = running.project / "other"
+    other.mkdir()
+    (other / "omnitron.toml").write_text(app_toml("elsewhere"))
+    result = running.run("up", "--config", str(other / "omnitron.toml"))
+    assert result.returncode == 1, result
+    line = result.stderr.splitlines()[-1]
+    assert line.startswith(f"omnitron: daemon already running (pid {daemon['pid']}) on "), line
+    assert f"with another config: {daemon['config']} (not {other / 'omnitron.toml'})" in line
+    assert "`omnitron up --home PATH`" in line
+    assert running.status()["daemon"]["pid"] == daemon["pid"]
+    assert "elsewhere" not in running.apps()
+    # The same config is refused as before, by the daemon's pid lock.
+    same = running.run("up")
+    assert same.returncode == 1
+    assert f"omnitron: daemon already running (pid {daemon['pid']})" in same.stderr
+    assert "another config" not in same.stderr
