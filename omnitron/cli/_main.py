@@ -379,6 +379,46 @@ def scale(cli: Cli, app: str, count: tuple[str, int]) -> None:
     cli.emit(result, render.render_scale)
 
 
+# --------------------------------------------------------------------------- reset, signal
+
+
+@cli.command(help="Set the restart counters of APPs (or all apps) to zero, as `pm2 reset`.")
+@click.argument("apps", metavar="APP...|all", nargs=-1, required=True)
+@pass_cli
+def reset(cli: Cli, apps: tuple[str, ...]) -> None:
+    names = _names(apps)
+    if len(names) > 1:
+        _known(cli, apps, {app["name"] for app in cli.call("daemon.list")})
+    done: list[str] = []
+    for name in names:
+        done += [n for n in cli.call("daemon.reset", name=name)["reset"] if n not in done]
+    cli.emit({"reset": done}, lambda _: f"reset: {', '.join(done)}")
+
+
+@cli.command("signal", context_settings={"ignore_unknown_options": True})
+@click.argument("sig", metavar="SIGNAL")
+@click.argument("apps", metavar="APP...|all", nargs=-1, required=True)
+@pass_cli
+def signal_apps(cli: Cli, sig: str, apps: tuple[str, ...]) -> None:
+    """Send SIGNAL (HUP, SIGUSR1, 10...) to every running process of APPs.
+
+    Exits 1 when an APP named has no running process.
+    """
+    names = _names(apps)
+    if len(names) > 1:
+        _known(cli, apps, {app["name"] for app in cli.call("daemon.list")})
+    sent: dict[str, list[int]] = {}
+    name = sig
+    for target in names:
+        result = cli.call("daemon.signal", name=target, signal=sig)
+        name = result["signal"]
+        sent.update(result["sent"])
+    cli.emit({"signal": name, "sent": sent}, render.render_signal)
+    idle = [app for app, pids in sent.items() if not pids]
+    if idle and "all" not in names:
+        raise CliError(f"not signalled (no running process): {', '.join(idle)}")
+
+
 @cli.command("reload-config")
 @click.option("--dry-run", is_flag=True, help="Only show what would change.")
 @pass_cli

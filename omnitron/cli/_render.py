@@ -265,6 +265,15 @@ def render_start_failure(data: Mapping[str, Any]) -> list[str]:
     return [*lines, f"log: {log}"]
 
 
+def render_signal(result: Mapping[str, Any]) -> str:
+    """``SIGHUP -> web: 101, 102`` per app (``-`` for an app with no running process)."""
+    name = escape(result.get("signal"))
+    return "\n".join(
+        f"{name} -> {escape(app)}: {', '.join(map(str, pids)) if pids else '- (not running)'}"
+        for app, pids in (result.get("sent") or {}).items()
+    )
+
+
 def render_scale(result: Mapping[str, Any]) -> str:
     """``api: 1 -> 3 instances``."""
     name = escape(result.get("name", "?"))

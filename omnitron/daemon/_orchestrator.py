@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -553,6 +554,44 @@ class Orchestrator:
             self._remember(name, EventKind.SCALED, previous=previous, instances=instances)
         return previous
 
+    def reset(self, target: str) -> list[str]:
+        """Set the restart counters of an app (or all apps) and its processes to zero.
+
+        Only the counters shown (``RESTARTS``, ``restarts``) are reset: the restart
+        policy's own window of recent restarts is the supervisor's, and stays.
+        """
+        names = self.names(target)
+        for name in names:
+            self._update(name, _without_restarts)
+            self.logs.note(name, "restart counters reset by the operator")
+        return names
+
+    def signal(self, target: str, signum: int) -> dict[str, list[int]]:
+        """Send ``signum`` to every running process of an app (or all apps).
+
+        Only a process that is still the one started (pid, start time and boot
+        match) is signalled, never a stranger that got a recycled pid.
+
+        Returns:
+            ``{app: [pids signalled]}``, an empty list for an app with none running.
+        """
+        sent: dict[str, list[int]] = {}
+        for name in self.names(target):
+            pids = sent[name] = []
+            for process in sorted(self.apps[name].processes.values(), key=lambda p: p.instance):
+                identity = process.identity
+                if process.pid is None or identity is None or not identity.is_running():
+                    continue
+                try:
+                    os.kill(process.pid, signum)
+                except ProcessLookupError:
+                    continue  # it exited meanwhile
+                pids.append(process.pid)
+            if pids:
+                text = ", ".join(map(str, pids))
+                self.logs.note(name, f"signal {signum} sent by the operator to pid {text}")
+        return sent
+
     async def stop_everything(self) -> None:
         """Stop all apps, dependents first (daemon shutdown).
 
@@ -632,6 +671,11 @@ class Orchestrator:
                 await self.start(app.name)
         self._on_change()
         return diff
+
+
+def _without_restarts(record: AppRecord) -> AppRecord:
+    processes = {i: attrs.evolve(p, restarts=0) for i, p in record.processes.items()}
+    return attrs.evolve(record, restarts=0, processes=processes)
 
 
 def _without_process(record: AppRecord, *, index: int) -> AppRecord:

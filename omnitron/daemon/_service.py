@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import signal as signals
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ from .. import __version__
 from .._logtail import stderr_tail
 from ..config import ConfigError, Ecosystem, load_config
 from ..rpc import Call, Dispatcher, Handler, Name, Range, Role
-from ._errors import DOMAIN_ERRORS, AppStartFailed, ConfigInvalid
+from ._errors import DOMAIN_ERRORS, AppStartFailed, ConfigInvalid, RequestRefused
 from ._orchestrator import AppRecord, Orchestrator
 
 __all__ = ["DaemonService", "Persistence", "Sampler", "build_dispatcher"]
@@ -380,6 +381,23 @@ class DaemonService:
         self._request_shutdown()
 
 
+def parse_signal(text: str) -> int:
+    """``"HUP"``, ``"SIGHUP"``, ``"sighup"`` or ``"1"`` → the signal number.
+
+    Raises:
+        RequestRefused: Not a signal of this system.
+    """
+    word = text.strip().upper()
+    try:
+        if word.isdigit():
+            return signals.Signals(int(word)).value
+        return signals.Signals[word if word.startswith("SIG") else f"SIG{word}"].value
+    except (KeyError, ValueError):
+        raise RequestRefused(
+            f"unknown signal {text!r}; give a name such as HUP, USR1, TERM, or a number"
+        ) from None
+
+
 def build_dispatcher(service: DaemonService) -> Dispatcher:
     """The management plane's methods, each with its role."""
     dispatcher = Dispatcher(error_types=DOMAIN_ERRORS)
@@ -463,6 +481,19 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
         await service.persisted()
         return {"name": name, "previous": previous, "instances": instances}
 
+    async def reset(call: Call, *, name: Target) -> dict[str, Any]:
+        """Set the restart counters of an app, or all apps, to zero."""
+        names = orch.reset(name)
+        await service.persisted()
+        return {"reset": names}
+
+    async def signal_app(call: Call, *, name: Target, signal: str) -> dict[str, Any]:
+        """Send a signal to every running process of an app, or of all apps."""
+        signum = parse_signal(signal)
+        sent = orch.signal(name, signum)
+        await trio.lowlevel.checkpoint()
+        return {"signal": signals.Signals(signum).name, "sent": sent}
+
     async def reload_config(call: Call, *, dry_run: bool = False) -> dict[str, Any]:
         """Re-read the config file and apply the difference (or only show it)."""
         result = await service.reload_config(dry_run=dry_run)
@@ -491,6 +522,8 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
         "daemon.stop_all": stop_all,
         "daemon.restart_all": restart_all,
         "daemon.scale": scale,
+        "daemon.reset": reset,
+        "daemon.signal": signal_app,
     }
     admin: dict[str, Handler] = {"daemon.reload_config": reload_config, "daemon.shutdown": shutdown}
     for role, methods in ((Role.VIEWER, viewer), (Role.OPERATOR, operator), (Role.ADMIN, admin)):

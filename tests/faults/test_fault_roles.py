@@ -33,6 +33,8 @@ DECLARED = {
     "daemon.stop_all": Role.OPERATOR,
     "daemon.restart_all": Role.OPERATOR,
     "daemon.scale": Role.OPERATOR,
+    "daemon.reset": Role.OPERATOR,
+    "daemon.signal": Role.OPERATOR,
     "daemon.reload_config": Role.ADMIN,
     "daemon.shutdown": Role.ADMIN,
 }
@@ -44,6 +46,8 @@ PARAMS: dict[str, dict[str, Any]] = {
     "daemon.stop_app": {"name": "web"},
     "daemon.restart_app": {"name": "web"},
     "daemon.scale": {"name": "web", "instances": 2},
+    "daemon.reset": {"name": "web"},
+    "daemon.signal": {"name": "web", "signal": "HUP"},
 }
 
 

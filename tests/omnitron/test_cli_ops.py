@@ -7,6 +7,9 @@ signal as an operator uses them.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
 import sys
 from collections.abc import Iterator
@@ -21,8 +24,11 @@ from test_cli_e2e import (
     app_toml,
     home,
     omnitron,
+    pids_of,
     running,
+    wait_for,
 )
+from test_cli_e2e import app_pids as marked_pids
 
 __all__ = ["home", "omnitron", "running"]  # fixtures used here
 
@@ -158,3 +164,66 @@ def test_a_second_up_with_another_config_names_it(running: Omnitron) -> None:
     assert same.returncode == 1
     assert f"omnitron: daemon already running (pid {daemon['pid']})" in same.stderr
     assert "another config" not in same.stderr
+
+
+# --------------------------------------------------------------------------- item: reset, signal
+
+
+def test_reset_sets_the_restart_counters_to_zero(running: Omnitron) -> None:
+    old = pids_of(running.apps()["sleeper"])
+    os.kill(next(iter(old)), signal.SIGKILL)
+    apps = running.wait_apps(
+        lambda apps: apps["sleeper"]["restarts"] == 1 and apps["sleeper"]["status"] == "online",
+        "sleeper restarted once",
+    )
+    assert apps["sleeper"]["processes"][0]["restarts"] == 1
+    assert running.ok("reset", "sleeper").stdout.strip() == "reset: sleeper"
+    sleeper = running.apps()["sleeper"]
+    assert sleeper["restarts"] == 0
+    assert sleeper["processes"][0]["restarts"] == 0
+    assert sleeper["status"] == "online"
+    assert pids_of(sleeper) == pids_of(apps["sleeper"])  # nothing was restarted
+    state = json.loads((Path(running.home) / "state.json").read_text())["state"]
+    recorded = next(app for app in state["apps"] if app["name"] == "sleeper")
+    assert recorded["restarts"] == 0
+    assert json.loads(running.ok("--json", "reset", "all").stdout) == {
+        "reset": ["sleeper", "dependent", "notifier"]
+    }
+    unknown = running.run("reset", "nosuch")
+    assert unknown.returncode == 1
+    assert unknown.stderr.startswith("omnitron: no app named 'nosuch'")
+
+
+def test_signal_reaches_every_process_of_the_app(running: Omnitron) -> None:
+    seen = running.project / "seen"
+    seen.mkdir()
+    code = (
+        f"import os, pathlib, signal, time; d = pathlib.Path({str(seen)!r}); "
+        "signal.signal(signal.SIGUSR1, lambda *a: (d / f'usr1-{os.getpid()}').touch()); "
+        "(d / f'ready-{os.getpid()}').touch(); time.sleep(3600)"
+    )
+    running.write_config(BASIC + app_toml("trapper", code, instances="2"))
+    running.ok("reload-config")
+    pids = pids_of(running.wait_online("trapper")["trapper"])
+    wait_for(lambda: {f"ready-{pid}" for pid in pids} <= {p.name for p in seen.iterdir()}, "ready")
+    result = running.ok("signal", "USR1", "trapper")
+    line = result.stdout.strip()
+    assert line.startswith("SIGUSR1 -> trapper: "), line
+    assert {int(pid) for pid in line.split(": ")[1].split(", ")} == pids
+    wait_for(lambda: {f"usr1-{pid}" for pid in pids} <= {p.name for p in seen.iterdir()}, "usr1")
+    assert pids_of(running.apps()["trapper"]) == pids  # handled, not killed
+    # Only the app's own processes got it: the other apps' are untouched.
+    assert marked_pids(running.home)["sleeper"] == pids_of(running.apps()["sleeper"])
+    signalled = {int(p.name[5:]) for p in seen.iterdir() if p.name.startswith("usr1-")}
+    assert signalled == pids
+
+    as_json = json.loads(running.ok("--json", "signal", "sigusr1", "trapper").stdout)
+    assert as_json["signal"] == "SIGUSR1"
+    assert set(as_json["sent"]["trapper"]) == pids
+    bad = running.run("signal", "NOPE", "trapper")
+    assert bad.returncode == 2, bad
+    assert "unknown signal 'NOPE'" in bad.stderr
+    running.ok("stop", "notifier")
+    idle = running.run("signal", "HUP", "notifier")
+    assert idle.returncode == 1
+    assert idle.stderr.strip() == "omnitron: not signalled (no running process): notifier"
