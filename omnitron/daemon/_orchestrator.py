@@ -67,6 +67,11 @@ def _identity(pid: int | None) -> ProcessIdentity | None:
         return None
 
 
+SCALE_SETTLE = 1.0
+"""Seconds each instance added by ``scale`` must stay up for the scale to hold."""
+SCALE_POLL = 0.02
+"""Seconds between two looks at the added instances while they settle."""
+
 _GONE = (StartFailure, ChildNotFound, SupervisorNotRunning)
 """What a call on an app's subtree raises when the app was stopped meanwhile."""
 
@@ -521,7 +526,15 @@ class Orchestrator:
             return True
 
     async def scale(self, name: str, instances: int) -> int:
-        """Set the number of processes of an app; returns the previous number."""
+        """Set the number of processes of an app; returns the previous number.
+
+        New instances are started one at a time, each ready before the next, and
+        must then stay up for :data:`SCALE_SETTLE` seconds. If one does not (it
+        fails to start, or exits: a port already bound by instance 0), every
+        instance this call added is stopped and removed, the count goes back to
+        the previous one, and :class:`AppStartFailed` says why; the instances
+        that ran before are not touched.
+        """
         if not 1 <= instances <= 1024:
             raise RequestRefused(f"instances must be within 1..1024, got {instances}")
         self.record(name)
@@ -534,25 +547,58 @@ class Orchestrator:
             pool = self.pool(name)
             if pool is None:
                 return previous
+            added = 0
             try:
                 for index in range(previous, instances):
                     await pool.start_child(self._builder.instance(record.config, index))
+                    added += 1
+                failure = await self._new_instance_exit(name, range(previous, instances))
                 for index in reversed(range(instances, previous)):
-                    child = TreeBuilder.instance_name(index)
-                    await pool.terminate_child(child)
-                    with contextlib.suppress(ChildNotFound):
-                        await pool.delete_child(child)
-                    self._update(name, functools.partial(_without_process, index=index))
+                    await self._remove_instance(name, pool, index)
             except _GONE as exc:
                 if self._stopped(name) or not isinstance(exc, StartFailure):
                     return previous  # stopped meanwhile: the number is recorded
+                failure = (previous + added, exc.reason)
+            if failure is not None:
+                index, reason = failure
+                for added_index in reversed(range(previous, max(index + 1, previous + added))):
+                    with contextlib.suppress(*_GONE):
+                        await self._remove_instance(name, pool, added_index)
+                    # Also the record of one that never joined the pool.
+                    self._update(name, functools.partial(_without_process, index=added_index))
+                self._update(name, lambda r: attrs.evolve(r, instances=previous))
+                self._remember(name, EventKind.RESTART_FAILED, instance=index, reason=reason)
                 raise AppStartFailed(
-                    f"{name}: instance {index} failed to start ({exc.reason}); "
-                    f"the app runs {index} instances",
+                    f"{name}: instance {index} failed to start ({reason}); the scale was "
+                    f"undone: the app runs its {previous} instance{'s' if previous != 1 else ''}",
                     app=name,
-                ) from None
+                )
             self._remember(name, EventKind.SCALED, previous=previous, instances=instances)
         return previous
+
+    async def _remove_instance(self, name: str, pool: Supervisor, index: int) -> None:
+        child = TreeBuilder.instance_name(index)
+        await pool.terminate_child(child)
+        with contextlib.suppress(ChildNotFound):
+            await pool.delete_child(child)
+        self._update(name, functools.partial(_without_process, index=index))
+
+    async def _new_instance_exit(self, name: str, indexes: range) -> tuple[int, str] | None:
+        """``(instance, how it ended)`` for the first of ``indexes`` that exits within
+        :data:`SCALE_SETTLE` seconds, or ``None`` once they have all stayed up."""
+        if not indexes:
+            return None
+        with trio.move_on_after(SCALE_SETTLE):
+            while True:
+                record = self.apps.get(name)
+                if record is None:
+                    return None
+                for index in indexes:
+                    process = record.processes.get(index)
+                    if process is not None and (process.last_exit or process.restarts):
+                        return index, process.last_exit or "exited"
+                await trio.sleep(SCALE_POLL)
+        return None
 
     def reset(self, target: str) -> list[str]:
         """Set the restart counters of an app (or all apps) and its processes to zero.

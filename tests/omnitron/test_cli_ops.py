@@ -227,3 +227,47 @@ def test_signal_reaches_every_process_of_the_app(running: Omnitron) -> None:
     idle = running.run("signal", "HUP", "notifier")
     assert idle.returncode == 1
     assert idle.stderr.strip() == "omnitron: not signalled (no running process): notifier"
+
+
+# --------------------------------------------------------------------------- item: a failed scale
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port that was free a moment ago (the app binds it, not the test)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("ready", ['"on_spawn"', '{ after = "300ms" }'])
+def test_a_scale_whose_new_instance_fails_is_undone(
+    running: Omnitron, free_port: int, ready: str
+) -> None:
+    running.write_config(
+        BASIC
+        + app_toml(
+            "web",
+            binder(free_port),
+            ready=ready,
+            restart_policy=f'{{ max_restarts = 3, window = "60s", {FAST_BACKOFF} }}',
+        )
+    )
+    running.ok("reload-config")
+    before = running.wait_online("web")["web"]
+    result = running.run("scale", "web", "2")
+    assert result.returncode == 1, result
+    first = result.stderr.splitlines()[0]
+    assert first.startswith("omnitron: web: instance 1 failed to start ("), first
+    assert first.endswith("the scale was undone: the app runs its 1 instance"), first
+    assert f"    {ADDRESS_IN_USE}" in result.stderr.splitlines()
+    web = running.apps()["web"]
+    assert web["instances"] == 1
+    assert web["status"] == "online"
+    assert [p["instance"] for p in web["processes"]] == [0]
+    assert pids_of(web) == pids_of(before)  # instance 0 was never touched
+    assert marked_pids(running.home)["web"] == pids_of(before)  # no stray instance 1
+    # The pool did not give up afterwards: instance 1 is gone, not crash-looping.
+    running.ok("scale", "web", "1")  # already 1: nothing to do
+    assert running.apps()["web"]["status"] == "online"
