@@ -188,15 +188,29 @@ class Orchestrator:
     def restore(self, desired: Mapping[str, DesiredStatus]) -> None:
         """Apply the persisted intent ``{app: running | stopped}``.
 
-        Only the operator's run/stop choice survives a daemon restart; everything
-        else (instances included) comes from the config, which wins: an app the
-        config disables stays stopped, and a ``scale`` lasts until the daemon stops.
+        The operator's run/stop choice survives a daemon restart (and a ``scale``:
+        :meth:`restore_scale`); the config wins over it: an app the config
+        disables stays stopped.
         """
         for name, want in desired.items():
             record = self.apps.get(name)
             if record is None or not record.config.enabled:
                 continue
             self.apps[name] = attrs.evolve(record, desired=want)
+
+    def restore_scale(self, apps: Iterable[AppState]) -> None:
+        """Bring back the instance counts set by ``scale`` before the daemon stopped.
+
+        A recorded count is used only while the config's ``instances`` is still
+        the one recorded with it (``config_instances``): once the config's own
+        number changed, the config wins, as a ``reload-config`` would do.
+        """
+        for app in apps:
+            record = self.apps.get(app.name)
+            if record is None or app.config_instances != record.config.instances:
+                continue
+            if app.instances != record.instances and 1 <= app.instances <= 1024:
+                self.apps[app.name] = attrs.evolve(record, instances=app.instances)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the tree until cancelled; returns once apps are launched (not ready).
@@ -328,6 +342,7 @@ class Orchestrator:
                     desired=record.desired,
                     status=record.status,
                     instances=record.instances,
+                    config_instances=record.config.instances,
                     restarts=record.restarts,
                     last_error=(record.last_error or "")[:4000] or None,
                     processes=processes,

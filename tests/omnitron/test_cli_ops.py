@@ -271,3 +271,32 @@ def test_a_scale_whose_new_instance_fails_is_undone(
     # The pool did not give up afterwards: instance 1 is gone, not crash-looping.
     running.ok("scale", "web", "1")  # already 1: nothing to do
     assert running.apps()["web"]["status"] == "online"
+
+
+# --------------------------------------------------------------------------- item: scale persists
+
+
+def test_a_scale_survives_down_and_up_until_the_config_changes_instances(
+    running: Omnitron,
+) -> None:
+    running.ok("scale", "sleeper", "3")
+    running.wait_online("sleeper")
+    running.ok("down")
+    running.ok("up")
+    sleeper = running.wait_online("sleeper")["sleeper"]
+    assert sleeper["instances"] == 3
+    assert len(marked_pids(running.home)["sleeper"]) == 3
+    # A change elsewhere in the config keeps the scale ...
+    running.write_config(BASIC + app_toml("extra"))
+    running.ok("down")
+    running.ok("up")
+    assert running.wait_online("sleeper")["sleeper"]["instances"] == 3
+    # ... the config's own instances changing makes the config win.
+    config = BASIC.replace('name = "sleeper"\n', 'name = "sleeper"\ninstances = 2\n', 1) + app_toml(
+        "extra"
+    )
+    running.write_config(config)
+    running.ok("down")
+    running.ok("up")
+    assert running.wait_online("sleeper")["sleeper"]["instances"] == 2
+    assert len(marked_pids(running.home)["sleeper"]) == 2

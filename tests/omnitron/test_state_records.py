@@ -212,6 +212,7 @@ def test_file_format_is_stable() -> None:
                 "desired": "running",
                 "status": "stopped",
                 "instances": 1,
+                "config_instances": None,
                 "restarts": 0,
                 "last_error": None,
                 "processes": [],
