@@ -318,14 +318,21 @@ def _act(cli: Cli, method: str, /, **params: object) -> Any:
             raise failure from None
 
 
+def _targets(cli: Cli, apps: tuple[str, ...]) -> list[str]:
+    """The APP...|all arguments of an action, each once; several names are all checked
+    first, so a typo among them changes nothing."""
+    names = _names(apps)
+    if len(names) > 1:
+        _known(cli, apps, {app["name"] for app in cli.call("daemon.list")})
+    return names
+
+
 def _action(verb: str, key: str, summary: str) -> None:
     @cli.command(verb, help=summary + " Several APPs are handled one after the other.")
     @click.argument("apps", metavar="APP...|all", nargs=-1, required=True)
     @pass_cli
     def command(cli: Cli, apps: tuple[str, ...]) -> None:
-        names = _names(apps)
-        if len(names) > 1:
-            _known(cli, apps, {app["name"] for app in cli.call("daemon.list")})
+        names = _targets(cli, apps)
         done: list[str] = []
         lines = []
         for name in names:
@@ -386,9 +393,7 @@ def scale(cli: Cli, app: str, count: tuple[str, int]) -> None:
 @click.argument("apps", metavar="APP...|all", nargs=-1, required=True)
 @pass_cli
 def reset(cli: Cli, apps: tuple[str, ...]) -> None:
-    names = _names(apps)
-    if len(names) > 1:
-        _known(cli, apps, {app["name"] for app in cli.call("daemon.list")})
+    names = _targets(cli, apps)
     done: list[str] = []
     for name in names:
         done += [n for n in cli.call("daemon.reset", name=name)["reset"] if n not in done]
@@ -404,9 +409,7 @@ def signal_apps(cli: Cli, sig: str, apps: tuple[str, ...]) -> None:
 
     Exits 1 when an APP named has no running process.
     """
-    names = _names(apps)
-    if len(names) > 1:
-        _known(cli, apps, {app["name"] for app in cli.call("daemon.list")})
+    names = _targets(cli, apps)
     sent: dict[str, list[int]] = {}
     name = sig
     for target in names:
