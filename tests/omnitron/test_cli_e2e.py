@@ -455,10 +455,10 @@ def test_run_stop_intent_survives_a_daemon_crash(running: Omnitron) -> None:
     running.up()
     apps = running.wait_online("sleeper", "dependent")
     assert apps["notifier"]["status"] == "stopped"
-    # A scale lasts until the daemon stops: instance counts come from the config.
-    assert len(pids_of(apps["sleeper"])) == 1
+    # A scale survives the crash too (the config's instances did not change).
+    assert len(pids_of(apps["sleeper"])) == 2
     counts = {name: len(pids) for name, pids in app_pids(running.home).items()}
-    assert counts == {"sleeper": 1, "dependent": 1}
+    assert counts == {"sleeper": 2, "dependent": 1}
 
 
 def test_two_racing_ups_start_exactly_one_daemon(omnitron: Omnitron) -> None:
