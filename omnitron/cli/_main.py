@@ -199,7 +199,7 @@ def status(cli: Cli, apps: tuple[str, ...]) -> None:
 
     Exits 1 when an app shown is crashed or errored.
     """
-    result = cli.call("daemon.status")
+    result = _status(cli)
     if apps:
         names = _known(cli, apps, {app["name"] for app in result["apps"]})
         result["apps"] = [app for app in result["apps"] if app["name"] in names]
@@ -209,6 +209,46 @@ def status(cli: Cli, apps: tuple[str, ...]) -> None:
     ]
     if troubled:
         raise CliError(f"not healthy: {', '.join(troubled)}")
+
+
+def _status(cli: Cli) -> Any:
+    """``daemon.status``; a daemon that is not running because a critical app made it
+    stop says so (the reason it recorded in ``state.json``)."""
+    from omnitron.rpc._errors import DaemonNotRunning, RpcError
+    from omnitron.rpc.sync_client import connect_unix_sync
+
+    from ._context import QUERY_TIMEOUT, rpc_failure
+
+    try:
+        with connect_unix_sync(cli.socket_path, timeout=cli.timeout or QUERY_TIMEOUT) as client:
+            return client.call("daemon.status")
+    except DaemonNotRunning as exc:
+        stopped = _stop_reason(cli.home)
+        if stopped is None:
+            raise rpc_failure(exc) from None
+        reason, when = stopped
+        raise CliError(
+            f"daemon not running: it stopped at {when} because {reason}; "
+            "fix the app, then `omnitron up`"
+        ) from None
+    except RpcError as exc:
+        raise rpc_failure(exc) from None
+
+
+def _stop_reason(home: str) -> tuple[str, str] | None:
+    """``(reason, written_at)`` if the last daemon of ``home`` stopped on its own."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(home, "state.json"), "rb") as f:
+            doc = json.load(f)
+        reason, when = doc["state"].get("stop_reason"), doc["written_at"]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None  # no readable state: nothing more to say than "not running"
+    if not isinstance(reason, str) or not isinstance(when, str):
+        return None
+    return reason, when
 
 
 def _names(apps: tuple[str, ...]) -> list[str]:
@@ -285,18 +325,41 @@ def metrics(cli: Cli, app: str | None, prometheus: bool, enable: bool | None) ->
 # --------------------------------------------------------------------------- actions
 
 
+def _act(cli: Cli, method: str, /, **params: object) -> Any:
+    """Call an action; a start failure shows the app's last stderr lines and log file."""
+    from omnitron.rpc._errors import RemoteError, RpcError
+
+    from ._context import rpc_failure
+
+    with cli.connect(timeout=ACTION_TIMEOUT) as client:
+        try:
+            return client.call(method, **params)
+        except RpcError as exc:
+            failure = rpc_failure(exc)
+            if isinstance(exc, RemoteError):
+                failure.details += tuple(render.render_start_failure(exc.data))
+            raise failure from None
+
+
+def _targets(cli: Cli, apps: tuple[str, ...]) -> list[str]:
+    """The APP...|all arguments of an action, each once; several names are all checked
+    first, so a typo among them changes nothing."""
+    names = _names(apps)
+    if len(names) > 1:
+        _known(cli, apps, {app["name"] for app in cli.call("daemon.list")})
+    return names
+
+
 def _action(verb: str, key: str, summary: str) -> None:
     @cli.command(verb, help=summary + " Several APPs are handled one after the other.")
     @click.argument("apps", metavar="APP...|all", nargs=-1, required=True)
     @pass_cli
     def command(cli: Cli, apps: tuple[str, ...]) -> None:
-        names = _names(apps)
-        if len(names) > 1:
-            _known(cli, apps, {app["name"] for app in cli.call("daemon.list")})
+        names = _targets(cli, apps)
         done: list[str] = []
         lines = []
         for name in names:
-            result = cli.call(f"daemon.{verb}_app", name=name, timeout=ACTION_TIMEOUT)
+            result = _act(cli, f"daemon.{verb}_app", name=name)
             handled = result.get(key) or []
             done += [n for n in handled if n not in done]
             lines.append(render.render_actions(verb, name, handled))
@@ -342,8 +405,44 @@ def scale(cli: Cli, app: str, count: tuple[str, int]) -> None:
                 f"would make {instances}, outside 1..{MAX_INSTANCES}",
                 exit_code=EXIT_USAGE,
             )
-    result = cli.call("daemon.scale", name=app, instances=instances, timeout=ACTION_TIMEOUT)
+    result = _act(cli, "daemon.scale", name=app, instances=instances)
     cli.emit(result, render.render_scale)
+
+
+# --------------------------------------------------------------------------- reset, signal
+
+
+@cli.command(help="Set the restart counters of APPs (or all apps) to zero, as `pm2 reset`.")
+@click.argument("apps", metavar="APP...|all", nargs=-1, required=True)
+@pass_cli
+def reset(cli: Cli, apps: tuple[str, ...]) -> None:
+    names = _targets(cli, apps)
+    done: list[str] = []
+    for name in names:
+        done += [n for n in cli.call("daemon.reset", name=name)["reset"] if n not in done]
+    cli.emit({"reset": done}, lambda _: f"reset: {', '.join(done)}")
+
+
+@cli.command("signal", context_settings={"ignore_unknown_options": True})
+@click.argument("sig", metavar="SIGNAL")
+@click.argument("apps", metavar="APP...|all", nargs=-1, required=True)
+@pass_cli
+def signal_apps(cli: Cli, sig: str, apps: tuple[str, ...]) -> None:
+    """Send SIGNAL (HUP, SIGUSR1, 10...) to every running process of APPs.
+
+    Exits 1 when an APP named has no running process.
+    """
+    names = _targets(cli, apps)
+    sent: dict[str, list[int]] = {}
+    name = sig
+    for target in names:
+        result = cli.call("daemon.signal", name=target, signal=sig)
+        name = result["signal"]
+        sent.update(result["sent"])
+    cli.emit({"signal": name, "sent": sent}, render.render_signal)
+    idle = [app for app, pids in sent.items() if not pids]
+    if idle and "all" not in names:
+        raise CliError(f"not signalled (no running process): {', '.join(idle)}")
 
 
 @cli.command("reload-config")

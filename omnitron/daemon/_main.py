@@ -188,6 +188,7 @@ async def run_daemon(options: DaemonOptions) -> int:
             secrets=secrets,
         )
         orchestrator.restore({app.name: app.desired for app in loaded.state.apps})
+        orchestrator.restore_scale(loaded.state.apps)
         service = DaemonService(
             orchestrator,
             home=home.path,

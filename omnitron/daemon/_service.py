@@ -12,19 +12,21 @@ import functools
 import math
 import os
 import re
+import signal as signals
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Protocol, TypeVar
 
 import attrs
 import structlog
 import trio
 
 from .. import __version__
+from .._logtail import stderr_tail
 from ..config import ConfigError, Ecosystem, load_config, secret_reference
 from ..rpc import Call, Dispatcher, Encoded, Handler, Name, Range, Role
-from ._errors import DOMAIN_ERRORS, ConfigInvalid, RequestRefused
+from ._errors import DOMAIN_ERRORS, AppStartFailed, ConfigInvalid, RequestRefused
 from ._metrics import FIELDS, CountingDispatcher, Sampler, aggregate, figures, prometheus_text
 from ._orchestrator import AppRecord, Orchestrator
 from ._secrets import SecretStore, register_secret_methods
@@ -41,6 +43,8 @@ PERSIST_ACK_TIMEOUT = 5.0
 """How long a state-changing call waits for its change to reach the disk."""
 
 log = structlog.get_logger("omnitron.service")
+
+T = TypeVar("T")
 
 
 #: Uptimes are given to this many seconds; status is built once per tick.
@@ -186,6 +190,22 @@ class DaemonService:
             return
         with trio.move_on_after(PERSIST_ACK_TIMEOUT):
             await self._persistence.flush()
+
+    async def failure_details(self, app: str) -> dict[str, Any]:
+        """``{"app", "log", "stderr_tail"}`` for an app that did not come up.
+
+        The app's buffered output is flushed first, so the lines it printed as it
+        failed are in the file; ``stderr_tail`` is the text of its last
+        ten stderr lines (any instance), oldest first.
+        """
+        logs = self.orchestrator.logs
+        path = logs.path_for(app)
+        await logs.flush()
+        try:
+            tail = await trio.to_thread.run_sync(stderr_tail, path, app)
+        except RuntimeError:  # no thread to be had: the file is small enough to read here
+            tail = stderr_tail(path, app)
+        return {"app": app, "log": str(path), "stderr_tail": tail}
 
     # ------------------------------------------------------------------ views
 
@@ -439,11 +459,37 @@ class DaemonService:
         self._request_shutdown()
 
 
+def parse_signal(text: str) -> int:
+    """``"HUP"``, ``"SIGHUP"``, ``"sighup"`` or ``"1"`` → the signal number.
+
+    Raises:
+        RequestRefused: Not a signal of this system.
+    """
+    word = text.strip().upper()
+    try:
+        if word.isdigit():
+            return signals.Signals(int(word)).value
+        return signals.Signals[word if word.startswith("SIG") else f"SIG{word}"].value
+    except (KeyError, ValueError):
+        raise RequestRefused(
+            f"unknown signal {text!r}; give a name such as HUP, USR1, TERM, or a number"
+        ) from None
+
+
 def build_dispatcher(service: DaemonService) -> Dispatcher:
     """The management plane's methods, each with its role."""
     dispatcher = CountingDispatcher(error_types=DOMAIN_ERRORS)
     service.dispatcher = dispatcher
     orch = service.orchestrator
+
+    async def explained(work: Awaitable[T]) -> T:
+        """``await work``; a start failure carries its app's log file and stderr tail."""
+        try:
+            return await work
+        except AppStartFailed as exc:
+            if exc.app is not None:
+                exc.data = {**exc.data, **await service.failure_details(exc.app)}
+            raise
 
     async def status(call: Call) -> Encoded:
         """The daemon and every app with its processes."""
@@ -472,7 +518,7 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
 
     async def start_app(call: Call, *, name: Target) -> dict[str, Any]:
         """Start an app (and what it depends on), or all enabled apps."""
-        started = await orch.start(name)
+        started = await explained(orch.start(name))
         await service.persisted()
         return {"started": started}
 
@@ -484,13 +530,13 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
 
     async def restart_app(call: Call, *, name: Target) -> dict[str, Any]:
         """Restart an app's processes one by one, or all apps."""
-        restarted = await orch.restart(name)
+        restarted = await explained(orch.restart(name))
         await service.persisted()
         return {"restarted": restarted}
 
     async def start_all(call: Call) -> dict[str, Any]:
         """Start every enabled app."""
-        started = await orch.start("all")
+        started = await explained(orch.start("all"))
         await service.persisted()
         return {"started": started}
 
@@ -502,7 +548,7 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
 
     async def restart_all(call: Call) -> dict[str, Any]:
         """Restart every running app."""
-        restarted = await orch.restart("all")
+        restarted = await explained(orch.restart("all"))
         await service.persisted()
         return {"restarted": restarted}
 
@@ -510,9 +556,22 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
         call: Call, *, name: AppName, instances: Annotated[int, Range(ge=1, le=1024)]
     ) -> dict[str, Any]:
         """Set an app's number of processes."""
-        previous = await orch.scale(name, instances)
+        previous = await explained(orch.scale(name, instances))
         await service.persisted()
         return {"name": name, "previous": previous, "instances": instances}
+
+    async def reset(call: Call, *, name: Target) -> dict[str, Any]:
+        """Set the restart counters of an app, or all apps, to zero."""
+        names = orch.reset(name)
+        await service.persisted()
+        return {"reset": names}
+
+    async def signal_app(call: Call, *, name: Target, signal: str) -> dict[str, Any]:
+        """Send a signal to every running process of an app, or of all apps."""
+        signum = parse_signal(signal)
+        sent = orch.signal(name, signum)
+        await trio.lowlevel.checkpoint()
+        return {"signal": signals.Signals(signum).name, "sent": sent}
 
     async def reload_config(call: Call, *, dry_run: bool = False) -> dict[str, Any]:
         """Re-read the config file and apply the difference (or only show it)."""
@@ -572,6 +631,8 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
         "daemon.stop_all": stop_all,
         "daemon.restart_all": restart_all,
         "daemon.scale": scale,
+        "daemon.reset": reset,
+        "daemon.signal": signal_app,
     }
     admin: dict[str, Handler] = {"daemon.reload_config": reload_config, "daemon.shutdown": shutdown}
     for role, methods in ((Role.VIEWER, viewer), (Role.OPERATOR, operator), (Role.ADMIN, admin)):

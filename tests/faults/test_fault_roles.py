@@ -34,6 +34,8 @@ DECLARED = {
     "daemon.stop_all": Role.OPERATOR,
     "daemon.restart_all": Role.OPERATOR,
     "daemon.scale": Role.OPERATOR,
+    "daemon.reset": Role.OPERATOR,
+    "daemon.signal": Role.OPERATOR,
     "daemon.reload_config": Role.ADMIN,
     "daemon.shutdown": Role.ADMIN,
     "daemon.set_metrics_enabled": Role.ADMIN,
@@ -54,6 +56,8 @@ PARAMS: dict[str, dict[str, Any]] = {
     "secret.set": {"name": "db", "value": "v"},
     "secret.get": {"name": "db"},
     "secret.remove": {"name": "db"},
+    "daemon.reset": {"name": "web"},
+    "daemon.signal": {"name": "web", "signal": "HUP"},
 }
 
 
