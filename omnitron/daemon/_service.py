@@ -310,6 +310,7 @@ class DaemonService:
         }
         app["recent_events"] = [event.to_wire() for event in record.events]
         app["log_file"] = str(self.orchestrator.logs.path_for(name))
+        app["logs"] = self.orchestrator.logs.stats(name)
         return app
 
     def env(self, name: str, *, reveal: bool) -> dict[str, str]:
