@@ -58,6 +58,8 @@ __all__ = [
 log = structlog.get_logger("omnitron.logs")
 
 MiB = 1024 * 1024
+#: What a buffered line costs beyond its characters (the string object, its slot).
+LINE_OVERHEAD = 64
 #: Bytes buffered per app between two writes before the oldest lines are dropped.
 DEFAULT_BUFFER_BYTES = 64 * MiB
 #: Sustained bytes per second kept per app; lines beyond it are suppressed.
@@ -142,7 +144,7 @@ class _AppLog:
     ) -> None:
         self.path = path
         self.lines: collections.deque[str] = collections.deque()
-        self.size = 0  # characters buffered in ``lines``
+        self.size = 0  # memory taken by ``lines``: characters plus LINE_OVERHEAD each
         self.buffer_bytes = buffer_bytes
         self.buffer_lines = buffer_lines
         self.rate = rate
@@ -179,20 +181,20 @@ class _AppLog:
 
     def _append(self, text: str) -> None:
         self.lines.append(text)
-        self.size += len(text)
+        self.size += len(text) + LINE_OVERHEAD
         self._trim()
 
     def _trim(self) -> None:
         limit = self.buffer_lines
         while self.size > self.buffer_bytes or (limit is not None and len(self.lines) > limit):
-            self.size -= len(self.lines.popleft())
+            self.size -= len(self.lines.popleft()) + LINE_OVERHEAD
             self.dropped += 1
             self.dropped_total += 1
 
     def put_back(self, batch: list[str]) -> None:
         """Return a batch that could not be written to the front of the buffer."""
         self.lines.extendleft(reversed(batch))
-        self.size += sum(len(line) for line in batch)
+        self.size += sum(len(line) + LINE_OVERHEAD for line in batch)
         self._trim()
 
     def take(self) -> list[str]:
@@ -296,7 +298,7 @@ class LogCollector:
 
         def deliver(line: str) -> None:
             text = _escape(line)
-            if not entry.allow(len(text) + 48):
+            if not entry.allow(len(text) + LINE_OVERHEAD):
                 return
             now = now_of()
             entry.push(f"{clock.stamp(now)}{tag}{text}\n")
