@@ -382,3 +382,61 @@ def systemd(cli: Cli, user: bool, print_only: bool, config: str | None, name: st
     from . import _startup
 
     _startup.systemd(cli, user=user, print_only=print_only, config=config, name=name)
+
+
+# --------------------------------------------------------------------------- logs
+
+
+@cli.command()
+@click.argument("apps", metavar="[APP]...", nargs=-1)
+@click.option(
+    "--lines",
+    "-n",
+    type=click.IntRange(0, 100_000),
+    default=20,
+    show_default=True,
+    help="Lines per app to show first (from the last 1,000 kept in memory).",
+)
+@click.option(
+    "--follow", "-f", is_flag=True, help="Then print new lines as they come (Ctrl-C stops)."
+)
+@click.option(
+    "--since", metavar="DURATION", help="Only lines of the last DURATION (30s, 10m, 2h, 1d)."
+)
+@click.option("--grep", metavar="REGEX", help="Only lines matching this regular expression.")
+@click.option("--stream", type=click.Choice(["stdout", "stderr"]), help="Only this stream.")
+@click.option("--daemon", is_flag=True, help="The daemon's own log (daemon.log) instead.")
+@pass_cli
+def logs(
+    cli: Cli,
+    apps: tuple[str, ...],
+    lines: int,
+    follow: bool,
+    since: str | None,
+    grep: str | None,
+    stream: str | None,
+    daemon: bool,
+) -> None:
+    """Show the output of the apps (all, or the APPs named), in time order."""
+    from . import _logs
+
+    _logs.logs(
+        cli,
+        apps,
+        lines=lines,
+        follow=follow,
+        since=since,
+        grep=grep,
+        stream={"stdout": "out", "stderr": "err", None: None}[stream],
+        daemon=daemon,
+    )
+
+
+@cli.command()
+@click.argument("apps", metavar="[APP]...", nargs=-1)
+@pass_cli
+def flush(cli: Cli, apps: tuple[str, ...]) -> None:
+    """Empty the log files of the APPs named (or of every app)."""
+    from . import _logs
+
+    _logs.flush(cli, apps)

@@ -92,7 +92,7 @@ class LogLine(NamedTuple):
             "time": self.time,
             "app": self.app,
             "instance": self.instance,
-            "stream": self.stream,
+            "output": self.stream,
             "line": self.text,
         }
 
@@ -304,8 +304,8 @@ class LogCollector:
             entry.push(f"{clock.stamp(now)}{tag}{text}\n")
             record = LogLine(now, app, instance, stream, text)
             entry.ring.append(record)
-            for follower in followers:
-                follower(record)
+            if followers:
+                self._tell(record)
             self._wakeup.set()
 
         return deliver
@@ -318,9 +318,17 @@ class LogCollector:
         entry.push(f"{_clock.stamp(now)} omnitron[-] sys | {text}\n")
         record = LogLine(now, app, None, "sys", text)
         entry.ring.append(record)
-        for follower in self._followers:
-            follower(record)
+        self._tell(record)
         self._wakeup.set()
+
+    def _tell(self, record: LogLine) -> None:
+        """Hand ``record`` to every follower; one that fails is dropped, never the line."""
+        for follower in list(self._followers):
+            try:
+                follower(record)
+            except Exception as exc:
+                self._followers.discard(follower)
+                log.error("log_follower_failed", error=f"{type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------------ readers
 

@@ -26,6 +26,7 @@ DECLARED = {
     "daemon.inspect": Role.VIEWER,
     "daemon.env": Role.VIEWER,
     "daemon.graph": Role.VIEWER,
+    "daemon.logs": Role.VIEWER,
     "daemon.start_app": Role.OPERATOR,
     "daemon.stop_app": Role.OPERATOR,
     "daemon.restart_app": Role.OPERATOR,
@@ -33,6 +34,7 @@ DECLARED = {
     "daemon.stop_all": Role.OPERATOR,
     "daemon.restart_all": Role.OPERATOR,
     "daemon.scale": Role.OPERATOR,
+    "daemon.flush_logs": Role.OPERATOR,
     "daemon.reload_config": Role.ADMIN,
     "daemon.shutdown": Role.ADMIN,
 }

@@ -160,3 +160,19 @@ async def test_emptying_truncates_the_file_removes_rotated_ones_and_clears_the_r
     sink("after")
     await collector.flush()
     assert texts(logs / "web.log") == ["after"]
+
+
+async def test_a_failing_follower_is_dropped_and_the_line_still_kept(logs: Path) -> None:
+    collector = LogCollector(logs)
+
+    def broken(line: LogLine) -> None:
+        raise ValueError("bad follower")
+
+    seen: list[LogLine] = []
+    collector.add_follower(broken)
+    collector.add_follower(seen.append)
+    sink = collector.sink("web", 0, "out")
+    sink("one")
+    sink("two")
+    assert [line.text for line in collector.tail("web")] == ["one", "two"]
+    assert [line.text for line in seen] == ["one", "two"]

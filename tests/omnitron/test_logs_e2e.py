@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import queue
+import signal
+import subprocess
+import threading
 from pathlib import Path
 
-from test_cli_e2e import Omnitron, app_toml, home, omnitron, wait_for
+from test_cli_e2e import CLI_TIMEOUT, Omnitron, app_toml, home, omnitron, wait_for
 
 __all__ = ["home", "omnitron"]  # fixtures used by name
 
@@ -46,3 +51,126 @@ def test_a_burst_of_60000_lines_at_start_up_loses_none(omnitron: Omnitron) -> No
     inspect = omnitron.json("inspect", "burst")
     assert inspect["logs"]["suppressed_lines"] == 0
     assert inspect["logs"]["dropped_lines"] == 0
+
+
+COUNTED = (
+    "import sys, time\n"
+    "for i in range(100):\n"
+    "    print(f'count {i}')\n"
+    "    print(f'warn {i}', file=sys.stderr) if i % 10 == 0 else None\n"
+    "time.sleep(3600)\n"
+)
+HELLO = "import os, time; print('hello from', os.getpid(), flush=True); time.sleep(3600)"
+
+
+def test_logs_shows_the_last_lines_filtered_by_grep_and_stream(omnitron: Omnitron) -> None:
+    omnitron.write_config('project = "logs"\n\n' + app_toml("counter", COUNTED))
+    omnitron.up()
+    wait_for(
+        lambda: (
+            "count 99" in omnitron.ok("logs", "counter", "-n", "1", "--stream", "stdout").stdout
+        ),
+        "the last line in `logs`",
+    )
+    out = omnitron.ok("logs", "counter", "--lines", "3", "--stream", "stdout").stdout.splitlines()
+    assert [line.split(" | ", 1)[1] for line in out] == ["count 97", "count 98", "count 99"]
+    assert all(" counter[0] out | " in line for line in out)
+    grep = omnitron.ok("logs", "counter", "--grep", r"^warn [5-9]0$", "--lines", "50").stdout
+    assert [line.split(" | ", 1)[1] for line in grep.splitlines()] == [
+        f"warn {i}" for i in (50, 60, 70, 80, 90)
+    ]
+    assert all(" counter[0] err | " in line for line in grep.splitlines())
+    listed = omnitron.ok("--json", "logs", "-n", "2", "--stream", "stdout").stdout
+    entries = [json.loads(line) for line in listed.splitlines()]
+    assert [(e["app"], e["instance"], e["output"], e["line"]) for e in entries] == [
+        ("counter", 0, "out", "count 98"),
+        ("counter", 0, "out", "count 99"),
+    ]
+    bad = omnitron.run("logs", "--grep", "(")
+    assert bad.returncode == 2
+    assert "not a valid regular expression" in bad.stderr
+    unknown = omnitron.run("logs", "nosuchapp")
+    assert unknown.returncode == 1
+    assert "nosuchapp" in unknown.stderr
+    assert omnitron.ok("logs", "--since", "1h", "-n", "1").stdout.strip()
+    assert omnitron.run("logs", "--since", "soon").returncode == 2
+
+
+def test_flush_empties_the_files(omnitron: Omnitron) -> None:
+    omnitron.write_config('project = "logs"\n\n' + app_toml("counter", COUNTED))
+    omnitron.up()
+    log_file = Path(omnitron.home) / "logs" / "counter.log"
+    wait_for(lambda: log_file.exists() and "count 99" in log_file.read_text(), "the log file")
+    assert str(log_file) in omnitron.ok("flush", "counter").stdout
+    assert log_file.read_text() == ""
+    assert omnitron.ok("logs", "counter").stdout == ""
+
+
+def test_follow_sees_a_restarted_process_and_ends_when_the_daemon_stops(
+    omnitron: Omnitron,
+) -> None:
+    omnitron.write_config(
+        'project = "logs"\n\n' + app_toml("hello", HELLO) + app_toml("other", HELLO)
+    )
+    omnitron.up()
+    first = omnitron.apps()["hello"]["processes"][0]["pid"]
+    wait_for(lambda: str(first) in omnitron.ok("logs", "hello").stdout, "the first line")
+    seen: queue.Queue[str] = queue.Queue()
+    follower = subprocess.Popen(
+        omnitron.argv("logs", "hello", "other", "--follow"),
+        cwd=omnitron.project,
+        env=omnitron.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert follower.stdout is not None
+    reader = threading.Thread(target=lambda: [seen.put(line) for line in follower.stdout or ()])
+    reader.start()
+    try:
+        lines: list[str] = []
+
+        def saw(text: str) -> bool:
+            while not seen.empty():
+                lines.append(seen.get())
+            return any(text in line for line in lines)
+
+        wait_for(lambda: saw(f"hello from {first}"), "the first process's line")
+        assert saw(" other[0] out | hello from ")  # two apps, one stream
+        omnitron.ok("restart", "hello")
+        second = omnitron.apps()["hello"]["processes"][0]["pid"]
+        assert second != first
+        wait_for(lambda: saw(f"hello from {second}"), "the restarted process's line")
+        assert saw("hello[-] sys | ")  # the daemon's note about the restart
+        omnitron.ok("down")
+        assert follower.wait(timeout=CLI_TIMEOUT) == 0
+        assert "Traceback" not in (follower.stderr.read() if follower.stderr else "")
+    finally:
+        if follower.poll() is None:
+            follower.send_signal(signal.SIGKILL)
+        follower.wait(timeout=CLI_TIMEOUT)
+        reader.join(timeout=CLI_TIMEOUT)
+        for pipe in (follower.stdout, follower.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def test_follow_stops_quietly_on_ctrl_c(omnitron: Omnitron) -> None:
+    omnitron.write_config('project = "logs"\n\n' + app_toml("hello", HELLO))
+    omnitron.up()
+    follower = subprocess.Popen(
+        omnitron.argv("logs", "--follow"),
+        cwd=omnitron.project,
+        env=omnitron.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert follower.stdout is not None
+    wait_for(lambda: "hello from" in follower.stdout.readline(), "a line", timeout=30)
+    follower.send_signal(signal.SIGINT)
+    _, err = follower.communicate(timeout=CLI_TIMEOUT)
+    assert follower.returncode == 0
+    assert "Traceback" not in err
