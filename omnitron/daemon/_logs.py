@@ -77,6 +77,13 @@ GZIP_LEVEL = 3
 
 RunSync = Callable[..., Awaitable[Any]]
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._records import AppEvent
+
+#: Events the daemon log records as warnings (the rest are info).
+_WARNING_EVENTS = frozenset({"exited", "restart_failed", "failed", "crashed"})
+
 
 class LogLine(NamedTuple):
     """One captured line, as the ring keeps it and followers receive it."""
@@ -320,6 +327,22 @@ class LogCollector:
         entry.ring.append(record)
         self._tell(record)
         self._wakeup.set()
+
+    def event(self, app: str, event: AppEvent) -> None:
+        """Record an app's lifecycle event: a line in its log, a structured one in ``daemon.log``.
+
+        The daemon log gets ``event='app_<kind>' app=... instance=... pid=... reason=...
+        delay=...`` (the fields the event has). Logging never raises into the caller.
+        """
+        self.note(app, event.describe())
+        fields = event.to_wire()
+        fields.pop("time", None)
+        kind = fields.pop("kind")
+        level = "warning" if kind in _WARNING_EVENTS else "info"
+        try:
+            getattr(log, level)(f"app_{kind}", app=app, **fields)
+        except Exception:  # a failing daemon log never reaches supervision (PC-21)
+            self.write_errors += 1
 
     def _tell(self, record: LogLine) -> None:
         """Hand ``record`` to every follower; one that fails is dropped, never the line."""

@@ -9,7 +9,16 @@ import subprocess
 import threading
 from pathlib import Path
 
-from test_cli_e2e import CLI_TIMEOUT, Omnitron, app_toml, home, omnitron, wait_for
+from test_cli_e2e import (
+    CLI_TIMEOUT,
+    CRASH_SOON,
+    FAST_BACKOFF,
+    Omnitron,
+    app_toml,
+    home,
+    omnitron,
+    wait_for,
+)
 
 __all__ = ["home", "omnitron"]  # fixtures used by name
 
@@ -174,3 +183,34 @@ def test_follow_stops_quietly_on_ctrl_c(omnitron: Omnitron) -> None:
     _, err = follower.communicate(timeout=CLI_TIMEOUT)
     assert follower.returncode == 0
     assert "Traceback" not in err
+
+
+def test_lifecycle_events_reach_the_daemon_log_as_structured_lines(omnitron: Omnitron) -> None:
+    policy = f'{{ max_restarts = 1, window = "60s", {FAST_BACKOFF} }}'
+    omnitron.write_config(
+        'project = "logs"\n\n' + app_toml("flaky", CRASH_SOON, restart_policy=policy)
+    )
+    omnitron.run("up")  # exits 1: the app does not stay up
+    daemon_log = Path(omnitron.home) / "logs" / "daemon.log"
+
+    def events() -> list[str]:
+        return [line for line in daemon_log.read_text().splitlines() if "app='flaky'" in line]
+
+    found = wait_for(
+        lambda: (
+            (lines := events()) and any("event='app_crashed'" in line for line in lines) and lines
+        ),
+        "the app given up on, in daemon.log",
+    )
+    kinds = [line.split("event='", 1)[1].split("'", 1)[0] for line in found]
+    assert kinds[:4] == ["app_online", "app_exited", "app_restarting", "app_online"]
+    assert "app_crashed" in kinds
+    exited = next(line for line in found if "event='app_exited'" in line)
+    assert "level='warning'" in exited
+    assert "code 3" in exited
+    assert "instance=0" in exited
+    assert "pid=" in exited
+    restarting = next(line for line in found if "event='app_restarting'" in line)
+    assert "delay=" in restarting
+    shown = omnitron.ok("logs", "--daemon", "--grep", "app_crashed").stdout
+    assert "event='app_crashed'" in shown
