@@ -69,14 +69,14 @@ def logs(
     stream: str | None,
     daemon: bool,
 ) -> None:
-    """Print the last lines, then (``follow``) every new one."""
+    """Print the last lines, then (``follow``) every new one (``stream``: stdout|stderr)."""
     params: dict[str, Any] = {"apps": list(dict.fromkeys(apps)), "lines": lines, "daemon": daemon}
     if since is not None:
         params["since"] = parse_since(since, time.time())
     if grep is not None:
         params["grep"] = grep
     if stream is not None:
-        params["stream"] = stream
+        params["stream"] = {"stdout": "out", "stderr": "err"}[stream]
     show = _formatter(cli, colour=sys.stdout.isatty() and not cli.json)
     if not follow:
         for entry in cli.call("daemon.logs", **params)["lines"]:

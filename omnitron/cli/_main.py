@@ -407,29 +407,11 @@ def systemd(cli: Cli, user: bool, print_only: bool, config: str | None, name: st
 @click.option("--stream", type=click.Choice(["stdout", "stderr"]), help="Only this stream.")
 @click.option("--daemon", is_flag=True, help="The daemon's own log (daemon.log) instead.")
 @pass_cli
-def logs(
-    cli: Cli,
-    apps: tuple[str, ...],
-    lines: int,
-    follow: bool,
-    since: str | None,
-    grep: str | None,
-    stream: str | None,
-    daemon: bool,
-) -> None:
+def logs(cli: Cli, /, apps: tuple[str, ...], **options: Any) -> None:
     """Show the output of the apps (all, or the APPs named), in time order."""
     from . import _logs
 
-    _logs.logs(
-        cli,
-        apps,
-        lines=lines,
-        follow=follow,
-        since=since,
-        grep=grep,
-        stream={"stdout": "out", "stderr": "err", None: None}[stream],
-        daemon=daemon,
-    )
+    _logs.logs(cli, apps, **options)
 
 
 @cli.command()

@@ -33,6 +33,19 @@ BURST = (
 )
 
 
+def start_cli(omnitron: Omnitron, *args: str) -> subprocess.Popen[str]:
+    """The CLI running in the background, its output on pipes."""
+    return subprocess.Popen(
+        omnitron.argv(*args),
+        cwd=omnitron.project,
+        env=omnitron.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def app_lines(path: Path, marker: str) -> list[str]:
     if not path.exists():
         return []
@@ -125,15 +138,7 @@ def test_follow_sees_a_restarted_process_and_ends_when_the_daemon_stops(
     first = omnitron.apps()["hello"]["processes"][0]["pid"]
     wait_for(lambda: str(first) in omnitron.ok("logs", "hello").stdout, "the first line")
     seen: queue.Queue[str] = queue.Queue()
-    follower = subprocess.Popen(
-        omnitron.argv("logs", "hello", "other", "--follow"),
-        cwd=omnitron.project,
-        env=omnitron.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
+    follower = start_cli(omnitron, "logs", "hello", "other", "--follow")
     assert follower.stdout is not None
     reader = threading.Thread(target=lambda: [seen.put(line) for line in follower.stdout or ()])
     reader.start()
@@ -168,15 +173,7 @@ def test_follow_sees_a_restarted_process_and_ends_when_the_daemon_stops(
 def test_follow_stops_quietly_on_ctrl_c(omnitron: Omnitron) -> None:
     omnitron.write_config('project = "logs"\n\n' + app_toml("hello", HELLO))
     omnitron.up()
-    follower = subprocess.Popen(
-        omnitron.argv("logs", "--follow"),
-        cwd=omnitron.project,
-        env=omnitron.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
+    follower = start_cli(omnitron, "logs", "--follow")
     assert follower.stdout is not None
     wait_for(lambda: "hello from" in follower.stdout.readline(), "a line", timeout=30)
     follower.send_signal(signal.SIGINT)
