@@ -555,3 +555,43 @@ def secret_rm(cli: Cli, name: str) -> None:
     from . import _secret
 
     _secret.remove_secret(cli, name)
+
+
+# --------------------------------------------------------------------------- logs
+
+
+@cli.command()
+@click.argument("apps", metavar="[APP]...", nargs=-1)
+@click.option(
+    "--lines",
+    "-n",
+    type=click.IntRange(0, 100_000),
+    default=20,
+    show_default=True,
+    help="Lines per app to show first (from the last 1,000 kept in memory).",
+)
+@click.option(
+    "--follow", "-f", is_flag=True, help="Then print new lines as they come (Ctrl-C stops)."
+)
+@click.option(
+    "--since", metavar="DURATION", help="Only lines of the last DURATION (30s, 10m, 2h, 1d)."
+)
+@click.option("--grep", metavar="REGEX", help="Only lines matching this regular expression.")
+@click.option("--stream", type=click.Choice(["stdout", "stderr"]), help="Only this stream.")
+@click.option("--daemon", is_flag=True, help="The daemon's own log (daemon.log) instead.")
+@pass_cli
+def logs(cli: Cli, /, apps: tuple[str, ...], **options: Any) -> None:
+    """Show the output of the apps (all, or the APPs named), in time order."""
+    from . import _logs
+
+    _logs.logs(cli, apps, **options)
+
+
+@cli.command()
+@click.argument("apps", metavar="[APP]...", nargs=-1)
+@pass_cli
+def flush(cli: Cli, apps: tuple[str, ...]) -> None:
+    """Empty the log files of the APPs named (or of every app)."""
+    from . import _logs
+
+    _logs.flush(cli, apps)

@@ -175,7 +175,12 @@ async def run_daemon(options: DaemonOptions) -> int:
 
         shutdown = _Shutdown()
         store = StateStore(home, loaded, min_write_interval=MIN_WRITE_INTERVAL)
-        logs = LogCollector(Path(logs_dir))
+        logs = LogCollector(
+            Path(logs_dir),
+            max_size=ecosystem.logging.max_size,
+            max_files=ecosystem.logging.max_files,
+            compress=ecosystem.logging.compress,
+        )
         # Takes OMNITRON_SECRETS_PASSPHRASE out of the environment apps inherit.
         secrets = SecretStore.from_environ(home.path)
         orchestrator = Orchestrator(

@@ -154,7 +154,7 @@ class Orchestrator:
             return
         self.apps[new.name] = new
         if note and new.events and (not old.events or new.events[-1] is not old.events[-1]):
-            self.logs.note(new.name, new.events[-1].describe())
+            self.logs.event(new.name, new.events[-1])
         critical = new.crashed and not old.crashed and new.config.critical
         if critical and self.stop_reason is None:
             self.stop_reason = f"critical app {new.name!r} crashed: {new.last_error}"

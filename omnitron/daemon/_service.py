@@ -8,6 +8,7 @@ admins.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -15,8 +16,9 @@ import re
 import signal as signals
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Protocol, TypeVar
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 import attrs
 import structlog
@@ -25,8 +27,9 @@ import trio
 from .. import __version__
 from .._logtail import stderr_tail
 from ..config import ConfigError, Ecosystem, load_config, secret_reference
-from ..rpc import Call, Dispatcher, Encoded, Handler, Name, Range, Role
+from ..rpc import Call, Dispatcher, Encoded, Handler, InvalidParams, Len, Name, Range, Role
 from ._errors import DOMAIN_ERRORS, AppStartFailed, ConfigInvalid, RequestRefused
+from ._logs import LogLine
 from ._metrics import FIELDS, CountingDispatcher, Sampler, aggregate, figures, prometheus_text
 from ._orchestrator import AppRecord, Orchestrator
 from ._secrets import SecretStore, register_secret_methods
@@ -314,6 +317,7 @@ class DaemonService:
         }
         app["recent_events"] = [event.to_wire() for event in record.events]
         app["log_file"] = str(self.orchestrator.logs.path_for(name))
+        app["logs"] = self.orchestrator.logs.stats(name)
         return app
 
     def env(self, name: str, *, reveal: bool) -> dict[str, str]:
@@ -639,4 +643,128 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
         for name, handler in methods.items():
             dispatcher.register(name, handler, role=role)
     register_secret_methods(dispatcher, service.secrets)
+    register_log_methods(dispatcher, service)
     return dispatcher
+
+
+# ---------------------------------------------------------------------- logs
+
+LOG_STREAM_METHOD = "logs.line"
+"""Notification of ``daemon.logs`` with ``follow``: ``{time, app, instance, output, line}``."""
+LOG_STREAM_CAPACITY = 10_000
+"""Lines queued for one follower before the oldest are dropped (an ``rpc.dropped`` notice)."""
+DAEMON_LOG_TAIL = 1 << 20
+"""Bytes read from the end of ``daemon.log`` for ``logs --daemon``."""
+
+
+def _daemon_log_lines(path: Path) -> list[LogLine]:
+    """The last lines of ``daemon.log`` (blocking: run in a thread)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - DAEMON_LOG_TAIL))
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    rows = data.decode("utf-8", "replace").splitlines()
+    if len(data) == DAEMON_LOG_TAIL:
+        rows = rows[1:]  # the first may be the end of a line
+    result = []
+    for raw in rows:
+        stamp = 0.0
+        if raw.startswith("timestamp='"):
+            with contextlib.suppress(ValueError):
+                stamp = datetime.fromisoformat(raw[11:].split("'", 1)[0]).timestamp()
+        result.append(LogLine(stamp, "daemon", None, "sys", raw))
+    return result
+
+
+def register_log_methods(dispatcher: Dispatcher, service: DaemonService) -> None:
+    """``daemon.logs`` (viewer) and ``daemon.flush_logs`` (operator)."""
+    orch = service.orchestrator
+
+    def select(
+        apps: list[str], stream: str | None, since: float | None, pattern: re.Pattern[str] | None
+    ) -> Callable[[LogLine], bool]:
+        wanted = set(apps)
+
+        def matches(line: LogLine) -> bool:
+            return (
+                (not wanted or line.app in wanted)
+                and (stream is None or line.stream == stream)
+                and (since is None or line.time >= since)
+                and (pattern is None or pattern.search(line.text) is not None)
+            )
+
+        return matches
+
+    async def logs(
+        call: Call,
+        *,
+        apps: Annotated[list[AppName], Len(max=256)] = [],  # noqa: B006 - never mutated
+        lines: Annotated[int, Range(ge=0, le=100_000)] = 100,
+        since: float | None = None,
+        grep: Annotated[str, Len(max=1000)] | None = None,
+        stream: Literal["out", "err", "sys"] | None = None,
+        daemon: bool = False,
+        follow: bool = False,
+    ) -> dict[str, Any]:
+        """The last ``lines`` lines of each app (or of the daemon), in time order.
+
+        With ``follow``, every new line that matches is then pushed as a
+        ``logs.line`` notification until the connection closes.
+        """
+        for name in apps:
+            orch.record(name)  # "no app named ..."
+        try:
+            pattern = re.compile(grep) if grep is not None else None
+        except re.error as exc:
+            raise InvalidParams(f"params.grep: not a valid regular expression: {exc}") from None
+        matches = select(apps, stream, since, pattern)
+        if daemon:
+            if follow:
+                raise InvalidParams("params.follow: cannot follow the daemon's own log yet")
+            found = await trio.to_thread.run_sync(
+                _daemon_log_lines, service.home / "logs" / "daemon.log"
+            )
+            picked = [line for line in found if matches(line)]
+            return {"lines": [line.to_wire() for line in picked[-lines:] if lines]}
+        collector = orch.logs
+        names = apps or [name for name in orch.apps if name in collector.apps()]
+        picked = []
+        for name in names:
+            tail = [line for line in collector.tail(name) if matches(line)]
+            picked += tail[-lines:] if lines else []
+        picked.sort(key=lambda line: line.time)
+        result: dict[str, Any] = {"lines": [line.to_wire() for line in picked]}
+        if follow:
+            feed = call.open_stream(LOG_STREAM_METHOD, capacity=LOG_STREAM_CAPACITY)
+
+            def forward(line: LogLine) -> None:
+                if matches(line):
+                    feed.send_nowait(line.to_wire())
+
+            stop = collector.add_follower(forward)
+
+            async def unfollow() -> None:
+                try:
+                    await feed.wait_closed()
+                finally:
+                    stop()
+
+            call.start_soon(unfollow)
+            result["stream"] = feed.id
+        return result
+
+    async def flush_logs(
+        call: Call,
+        *,
+        apps: Annotated[list[AppName], Len(max=256)] = [],  # noqa: B006 - never mutated
+    ) -> dict[str, Any]:
+        """Empty the log files of ``apps`` (every app if none), as ``pm2 flush``."""
+        for name in apps:
+            orch.record(name)
+        return {"emptied": await orch.logs.empty(apps or list(orch.apps))}
+
+    dispatcher.register("daemon.logs", logs, role=Role.VIEWER)
+    dispatcher.register("daemon.flush_logs", flush_logs, role=Role.OPERATOR)
