@@ -21,6 +21,7 @@ import trio
 from .. import __version__
 from ..config import ConfigError, Ecosystem, load_config
 from ..rpc import Call, Dispatcher, Handler, Name, Range, Role
+from ..rpc._auth import TokenAuthority, register_auth_methods
 from ._errors import DOMAIN_ERRORS, AppNotFound, ConfigInvalid
 from ._orchestrator import AppRecord, Orchestrator
 
@@ -238,7 +239,9 @@ class DaemonService:
         self._request_shutdown()
 
 
-def build_dispatcher(service: DaemonService) -> Dispatcher:
+def build_dispatcher(
+    service: DaemonService, *, authority: Callable[[], TokenAuthority] | None = None
+) -> Dispatcher:
     """The management plane's methods, each with its role."""
     dispatcher = Dispatcher(error_types=DOMAIN_ERRORS)
     orch = service.orchestrator
@@ -344,4 +347,6 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
     for role, methods in ((Role.VIEWER, viewer), (Role.OPERATOR, operator), (Role.ADMIN, admin)):
         for name, handler in methods.items():
             dispatcher.register(name, handler, role=role)
+    if authority is not None:
+        register_auth_methods(dispatcher, authority)
     return dispatcher
