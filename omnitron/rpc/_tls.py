@@ -15,10 +15,12 @@ WebSocket plane is configured.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import socket
 import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -28,6 +30,7 @@ import trio
 
 from ._address import fingerprint_of_der
 from ._auth import ensure_private_directory, write_private_file
+from ._client import RpcClient, open_client
 from ._dispatch import Dispatcher, Peer, Role
 from ._server import RpcServer, ServerOptions
 
@@ -35,6 +38,8 @@ __all__ = [
     "TlsIdentity",
     "ensure_self_signed",
     "user_identity",
+    "client_context",
+    "open_tls_client",
     "server_context",
     "serve_tls",
     "peer_address",
@@ -179,6 +184,48 @@ async def serve_tls(
     tls_listeners = [trio.SSLListener(listener, context) for listener in listeners]
     log.info("rpc_listening", address=address, transport="tls")
     await server.serve(tls_listeners, task_status=task_status)
+
+
+def client_context() -> ssl.SSLContext:
+    """TLS 1.2+ without CA checks: the caller checks the pinned fingerprint."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@contextlib.asynccontextmanager
+async def open_tls_client(
+    host: str, port: int, *, fingerprint: str, token: str | None = None
+) -> AsyncIterator[RpcClient]:
+    """An async client of a TLS plane whose certificate must have ``fingerprint``.
+
+    With ``token``, the connection logs in first (``auth.login``).
+
+    Raises:
+        CertificateMismatch: The server presented another certificate.
+        Unauthenticated: The token was refused.
+    """
+    from .sync_client import CertificateMismatch
+
+    tcp = await trio.open_tcp_stream(host, port)
+    stream = trio.SSLStream(tcp, client_context(), server_hostname=None)
+    try:
+        await stream.do_handshake()
+        der = stream.getpeercert(binary_form=True)
+        presented = fingerprint_of_der(der or b"")
+        if presented != fingerprint:
+            raise CertificateMismatch(
+                f"the certificate of {host}:{port} is {presented}, not the pinned {fingerprint}"
+            )
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    async with open_client(stream, address=f"tls://{host}:{port}") as client:
+        if token is not None:
+            await client.call("auth.login", token=token)
+        yield client
 
 
 def _host_text(host: str) -> str:

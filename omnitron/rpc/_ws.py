@@ -21,14 +21,16 @@ Without TLS the plane binds loopback addresses only (the daemon refuses others).
 
 from __future__ import annotations
 
+import contextlib
 import ssl
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import structlog
 import trio
 import trio_websocket
 
+from ._client import RpcClient, open_client
 from ._dispatch import Dispatcher, Peer, Role
 from ._server import RpcServer, ServerOptions
 from ._tls import NETWORK_OPTIONS, peer_address
@@ -36,7 +38,7 @@ from ._tls import NETWORK_OPTIONS, peer_address
 if TYPE_CHECKING:
     from trio_websocket import WebSocketConnection, WebSocketRequest
 
-__all__ = ["serve_websocket_plane", "allowed_hosts", "RPC_PATH", "MAX_MESSAGE"]
+__all__ = ["serve_websocket_plane", "open_ws_client", "allowed_hosts", "RPC_PATH", "MAX_MESSAGE"]
 
 log = structlog.get_logger()
 
@@ -178,6 +180,33 @@ async def _handshake(
         return _WsStream(await request.accept(), address, secure)
     except (trio.BrokenResourceError, trio_websocket.ConnectionClosed, OSError):
         return None
+
+
+@contextlib.asynccontextmanager
+async def open_ws_client(
+    host: str,
+    port: int,
+    *,
+    token: str | None = None,
+    context: ssl.SSLContext | None = None,
+    origin: str | None = None,
+) -> AsyncIterator[RpcClient]:
+    """An async client of a WebSocket plane (``wss`` with ``context``); logs in with ``token``."""
+    headers = [(b"Origin", origin.encode())] if origin is not None else None
+    async with trio_websocket.open_websocket(
+        host,
+        port,
+        RPC_PATH,
+        use_ssl=context if context is not None else False,
+        extra_headers=headers,
+        max_message_size=MAX_MESSAGE,
+    ) as connection:
+        stream = _WsStream(connection, None, context is not None)
+        scheme = "wss" if context is not None else "ws"
+        async with open_client(stream, address=f"{scheme}://{host}:{port}{RPC_PATH}") as client:
+            if token is not None:
+                await client.call("auth.login", token=token)
+            yield client
 
 
 async def _ws_authenticate(stream: trio.abc.Stream) -> Peer:
