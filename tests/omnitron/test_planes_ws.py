@@ -127,19 +127,26 @@ async def test_origin_host_and_path_are_matched_exactly(
         assert status == expected
 
 
+async def send_then_receive(connection: trio_websocket.WebSocketConnection, data: bytes) -> None:
+    await connection.send_message(data)
+    await connection.get_message()
+
+
 async def test_an_oversized_message_closes_with_1009_and_the_plane_stays_up(
     tmp_path: Path,
 ) -> None:
     """AU-20: a 2 MiB message is cut off at the 1 MiB cap."""
     async with ws_plane(tmp_path) as (port, _):
-        async with trio_websocket.open_websocket(
-            "127.0.0.1", port, "/rpc", use_ssl=False
-        ) as connection:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream, trio.open_nursery() as nursery:
+            connection = await trio_websocket.wrap_client_stream(
+                nursery, stream, f"127.0.0.1:{port}", "/rpc"
+            )
+            # The server closes while the message is still being sent.
             with trio.fail_after(10), pytest.raises(trio_websocket.ConnectionClosed) as closed:
-                # The server closes while the message is still being sent.
-                await connection.send_message(b"\x00" * (2 * MAX_MESSAGE))
-                await connection.get_message()
+                await send_then_receive(connection, b"\x00" * (2 * MAX_MESSAGE))
             assert closed.value.reason.code == 1009
+            await connection.aclose()
         async with open_ws_client("127.0.0.1", port) as client:
             assert await client.call("daemon.ping") == {"pong": True}
 
