@@ -11,12 +11,22 @@ ECDSA certificate, TLS 1.3) and WebSocket (``serve_websocket_plane``, ``ws://`` 
 loopback). The TLS and WebSocket clients log in with a viewer token first, so
 every measured call goes through the token recheck.
 
-The client is this process: one connection per plane with the async
-``RpcClient``, ``--depth`` calls of ``bench.noop`` in flight (pipelined), for
-``--seconds``; planes alternate within each repeat. The table gives, per plane,
-the median calls/s over the repeats, the p50/p99 latency of the calls of the
-median run, and the ratio to the Unix socket's rate (the floor, measured in the
-same run). The load average before and after goes to ``--json``.
+Two clients, both in this process, one connection per plane, ``--depth`` calls
+of ``bench.noop`` in flight (pipelined) for ``--seconds``; planes alternate within
+each repeat:
+
+window client
+    A blocking socket (``ssl`` for TLS) keeping the window full, as
+    ``benchmarks/daemon.py``'s client does: it costs little, so its rate is the
+    server's. Unix and TLS.
+async RpcClient
+    ``omnitron.rpc``'s Trio client (``open_tls_client``, ``open_ws_client``),
+    whose own per-call cost is part of the result. Unix, TLS and WebSocket.
+
+Each table gives, per plane, the median calls/s over the repeats, the p50/p99
+latency of the calls of the median run, and the ratio to the Unix socket's rate
+with the same client (the floor, measured in the same run). The load average
+before and after is printed, and everything goes to ``--json``.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -78,6 +89,75 @@ trio.run(main, sys.argv[1])
 """
 
 
+def window_client(sock: socket.socket, seconds: float, window: int) -> tuple[float, list[float]]:
+    """Calls/s and latencies of a blocking socket keeping ``window`` calls in flight.
+
+    ``sock`` is connected (a Unix socket, or an ``ssl.SSLSocket`` already logged in):
+    this client costs little, so the rate is the server's.
+    """
+    import msgpack
+
+    unpacker = msgpack.Unpacker(max_buffer_size=64 << 20)
+    sent_at: dict[int, float] = {}
+    latencies: list[float] = []
+    next_msgid = 1
+
+    def requests(n: int) -> bytes:
+        nonlocal next_msgid
+        now = time.perf_counter()
+        frames = []
+        for msgid in range(next_msgid, next_msgid + n):
+            sent_at[msgid] = now
+            frames.append(msgpack.packb([0, msgid, "bench.noop", []]))
+        next_msgid += n
+        return b"".join(frames)
+
+    sock.sendall(requests(window))
+    start = time.perf_counter()
+    stopping = False
+    while sent_at:
+        data = sock.recv(1 << 16)
+        if not data:
+            raise RuntimeError("the server closed the connection")
+        unpacker.feed(data)
+        done = 0
+        now = time.perf_counter()
+        for message in unpacker:
+            if message[2] is not None:
+                raise RuntimeError(f"error reply: {message[2]}")
+            latencies.append(now - sent_at.pop(message[1]))
+            done += 1
+        if not stopping:
+            stopping = now - start >= seconds
+            elapsed = now - start
+            if not stopping and done:
+                sock.sendall(requests(done))
+    return len(latencies) / max(elapsed, 1e-9), latencies
+
+
+def raw_unix(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    return sock
+
+
+def raw_tls(port: int, token: str) -> socket.socket:
+    """A TLS socket to the plane, logged in with ``token``."""
+    import msgpack
+
+    from omnitron.rpc._tls import client_context
+
+    sock = client_context().wrap_socket(socket.create_connection(("127.0.0.1", port)))
+    sock.sendall(msgpack.packb([0, 0, "auth.login", [{"token": token}]]))
+    unpacker = msgpack.Unpacker()
+    while True:
+        unpacker.feed(sock.recv(1 << 16))
+        for reply in unpacker:
+            if reply[2] is not None:
+                raise RuntimeError(f"login refused: {reply[2]}")
+            return sock
+
+
 def percentile(samples: list[float], fraction: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -105,6 +185,25 @@ async def drive(
                 nursery.start_soon(worker)
         elapsed = time.perf_counter() - started
     return len(latencies) / elapsed, latencies
+
+
+def summarize(runs: dict[str, list[tuple[float, list[float]]]]) -> dict[str, Any]:
+    floor = statistics.median(rate for rate, _ in runs["unix"])
+    print(f"  {'plane':<10} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs unix':>8}")
+    summary = {}
+    for name, results in runs.items():
+        ordered = sorted(results, key=lambda run: run[0])
+        rate, latencies = ordered[len(ordered) // 2]
+        p50, p99 = percentile(latencies, 0.5) * 1e3, percentile(latencies, 0.99) * 1e3
+        print(f"  {name:<10} {rate:>9.0f} {p50:>8.2f} {p99:>8.2f} {rate / floor:>7.0%}")
+        summary[name] = {
+            "rates": [r for r, _ in results],
+            "median_rate": rate,
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "ratio_to_unix": rate / floor,
+        }
+    return summary
 
 
 def main() -> None:
@@ -135,8 +234,16 @@ def main() -> None:
                 ),
                 "websocket": lambda: open_ws_client("127.0.0.1", int(ws_port), token=token),
             }
+            raw: dict[str, Callable[[], socket.socket]] = {
+                "unix": lambda: raw_unix(os.path.join(home, "s.sock")),
+                "tls": lambda: raw_tls(int(tls_port), token),
+            }
             runs: dict[str, list[tuple[float, list[float]]]] = {name: [] for name in planes}
+            raw_runs: dict[str, list[tuple[float, list[float]]]] = {name: [] for name in raw}
             for _ in range(args.repeats):
+                for name, opener in raw.items():
+                    with opener() as sock:
+                        raw_runs[name].append(window_client(sock, args.seconds, args.depth))
                 for name, connect in planes.items():
                     runs[name].append(trio.run(drive, connect, args.seconds, args.depth))
         finally:
@@ -144,21 +251,13 @@ def main() -> None:
             server.wait()
     load_after = os.getloadavg()
 
-    floor = statistics.median(rate for rate, _ in runs["unix"])
-    print(f"{'plane':<10} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs unix':>8}")
-    report: dict[str, Any] = {"load_before": load_before, "load_after": load_after, "planes": {}}
-    for name, results in runs.items():
-        ordered = sorted(results, key=lambda run: run[0])
-        rate, latencies = ordered[len(ordered) // 2]
-        p50, p99 = percentile(latencies, 0.5) * 1e3, percentile(latencies, 0.99) * 1e3
-        print(f"{name:<10} {rate:>9.0f} {p50:>8.2f} {p99:>8.2f} {rate / floor:>7.0%}")
-        report["planes"][name] = {
-            "rates": [r for r, _ in results],
-            "median_rate": rate,
-            "p50_ms": p50,
-            "p99_ms": p99,
-            "ratio_to_unix": rate / floor,
-        }
+    report: dict[str, Any] = {"load_before": load_before, "load_after": load_after}
+    for title, table in (
+        ("window client (blocking socket, the server's rate)", raw_runs),
+        ("async RpcClient (trio, the client's cost included)", runs),
+    ):
+        print(title)
+        report[title] = summarize(table)
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2))

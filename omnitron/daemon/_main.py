@@ -242,7 +242,7 @@ async def run_daemon(options: DaemonOptions) -> int:
                     dispatcher=dispatcher,
                     authority=authority,
                 ):
-                    print(f"omnitron: listening on {address}", file=sys.stderr, flush=True)
+                    print(f"omnitron: {address}", file=sys.stderr, flush=True)
                 nursery.start_soon(_handle_signals, signals, shutdown, service, orchestrator)
                 await nursery.start(orchestrator.run)
                 progress.say("listening", os.getpid())

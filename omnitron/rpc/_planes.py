@@ -81,7 +81,8 @@ async def start_network_planes(
     dispatcher: Dispatcher,
     authority: Callable[[], TokenAuthority],
 ) -> list[str]:
-    """Start the configured planes in ``nursery``; returns their addresses.
+    """Start the configured planes in ``nursery``; returns lines to print about them
+    (``listening on ADDRESS``, ``certificate fingerprint: SHA256:...``).
 
     The token key is loaded (or created) first, so a broken home fails here.
 
@@ -117,7 +118,7 @@ async def start_network_planes(
     if tcp is not None:
         assert context is not None
         server = await nursery.start(_tls.serve_tls, tcp[0], tcp[1], dispatcher, context)
-        addresses.append(server.address)
+        addresses.append(f"listening on {server.address}")
     if http is not None:
         from . import _ws
 
@@ -127,7 +128,7 @@ async def start_network_planes(
                 _ws.serve_websocket_plane, http[0], http[1], dispatcher, context=ws_context
             )
         )
-        addresses.append(server.address)
+        addresses.append(f"listening on {server.address}")
     if identity is not None:
-        addresses.append(f"certificate {identity.fingerprint}")
+        addresses.append(f"certificate fingerprint: {identity.fingerprint}")
     return addresses

@@ -111,6 +111,7 @@ async def test_a_trio_websocket_client_logs_in_and_calls(tmp_path: Path) -> None
         ("127.0.0.1:{port}", "null", "/rpc", 403),
         ("127.0.0.1:{port}", None, "/rpc/", 403),
         ("127.0.0.1:{port}", None, "/metrics", 403),
+        ("127.0.0.1:{port}", None, "/rpc?token=abc", 403),
     ],
 )
 async def test_origin_host_and_path_are_matched_exactly(
