@@ -6,7 +6,6 @@ real trio-websocket client.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import stat
@@ -19,12 +18,12 @@ from typing import Any
 
 import pytest
 import trio
+from test_cli_e2e import Omnitron
 
 from omnitron.rpc._ws import open_ws_client
 
 pytestmark = [pytest.mark.slow]
 
-CLI_TIMEOUT = 60.0
 CONFIG = """
 [[apps]]
 name = "web"
@@ -38,38 +37,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class Cli:
-    def __init__(self, home: str, project: Path) -> None:
-        self.home = home
-        self.project = project
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OMNITRON_")}
-        env["OMNITRON_HOME"] = self.home
-        return subprocess.run(
-            [sys.executable, "-m", "omnitron", *args],
-            cwd=self.project,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT,
-            stdin=subprocess.DEVNULL,
-        )
-
-    def ok(self, *args: str) -> subprocess.CompletedProcess[str]:
-        result = self.run(*args)
-        assert result.returncode == 0, (args, result.stdout, result.stderr)
-        assert "Traceback" not in result.stderr
-        return result
-
-
 @pytest.fixture
-def cli(tmp_path: Path) -> Iterator[Cli]:
+def cli(tmp_path: Path) -> Iterator[Omnitron]:
     home = tempfile.mkdtemp(dir="/tmp", prefix="omt-planes-")
     project = tmp_path / "project"
     project.mkdir()
     (project / "omnitron.toml").write_text(CONFIG.format(python=sys.executable))
-    runner = Cli(home, project)
+    runner = Omnitron(home, project)
     try:
         yield runner
     finally:
@@ -77,7 +51,7 @@ def cli(tmp_path: Path) -> Iterator[Cli]:
         subprocess.run(["rm", "-rf", home], check=False)
 
 
-def test_tls_and_websocket_planes_end_to_end(cli: Cli, tmp_path: Path) -> None:
+def test_tls_and_websocket_planes_end_to_end(cli: Omnitron, tmp_path: Path) -> None:
     tcp, http = free_port(), free_port()
     started = cli.ok("up", "--tcp", f"127.0.0.1:{tcp}", "--http", f"127.0.0.1:{http}")
     match = re.search(r"certificate fingerprint: (SHA256:\S+)", started.stderr)
@@ -156,7 +130,7 @@ def test_tls_and_websocket_planes_end_to_end(cli: Cli, tmp_path: Path) -> None:
     assert "has changed" in changed.stderr
 
 
-def test_bad_plane_options_are_refused_before_starting(cli: Cli) -> None:
+def test_bad_plane_options_are_refused_before_starting(cli: Omnitron) -> None:
     for args, reason in (
         (["--tcp", "127.0.0.1:notaport"], "port must be a number"),
         (["--tcp", "127.0.0.1:1", "--tls-cert", "x.pem"], "must be given together"),
