@@ -159,7 +159,7 @@ class Cli:
     def _connect_url(self, url: str, *, timeout: float) -> SyncClient:
         """A client of a daemon's TLS plane, its certificate pinned, logged in with the token."""
         from omnitron.rpc._address import parse_url
-        from omnitron.rpc._errors import RpcError
+        from omnitron.rpc._errors import DaemonNotRunning, RpcError
         from omnitron.rpc.sync_client import connect_tls_sync
 
         try:
@@ -183,6 +183,9 @@ class Cli:
                 confirm=_confirm_certificate,
                 timeout=timeout,
             )
+        except DaemonNotRunning as exc:
+            # Not "start it with `omnitron up`": the daemon is on another machine.
+            raise CliError(f"cannot reach the daemon at {url}: {exc.reason}") from None
         except RpcError as exc:
             raise rpc_failure(exc) from None
         try:

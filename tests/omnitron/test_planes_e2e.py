@@ -143,3 +143,9 @@ def test_bad_plane_options_are_refused_before_starting(cli: Omnitron) -> None:
     bad = cli.run("--url", "http://127.0.0.1:1", "--token-file", "x", "status")
     assert bad.returncode == 2
     assert "must start with tls://" in bad.stderr
+    token = cli.project / "some.token"
+    token.write_text("x\n")
+    nobody = f"tls://127.0.0.1:{free_port()}"
+    unreachable = cli.run("--url", nobody, "--token-file", str(token), "status")
+    assert unreachable.returncode == 1
+    assert f"cannot reach the daemon at {nobody}: nothing is listening" in unreachable.stderr
