@@ -41,3 +41,16 @@ def typecheck(session: nox.Session) -> None:
     """Type-check with mypy (strict on ``supervision``; see pyproject.toml)."""
     session.install("-e", ".", _dev("mypy"))
     session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Compare omnitron with other supervisors (``benchmarks/compare.py``).
+
+    Installs the peers first (``benchmarks/peers/install.sh``: PyPI, npm, and
+    Debian's erlang-nox when run as root); arguments after ``--`` go to the
+    harness, e.g. ``nox -s bench -- --quick``.
+    """
+    session.install("-e", ".[bench]")
+    session.run("sh", "benchmarks/peers/install.sh", external=True)
+    session.run("python", "benchmarks/compare.py", *session.posargs)

@@ -1,7 +1,8 @@
 """Pure rendering: the daemon's replies (plain data) in, text for the terminal out.
 
-Every function here is a pure function of its arguments: no I/O, no clock, no
-terminal detection, so each is unit-tested on literal data. Text that comes from
+Every function here is a pure function of its arguments (and of the local time
+zone, for times of day): no I/O, no clock, no terminal detection, so each is
+unit-tested on literal data. Text that comes from
 outside (app names, errors, environment values, paths) goes through
 :func:`escape` before it reaches the terminal, so a name holding ``ESC [2J`` or a
 bidi override is shown as ``\\x1b[2J`` / ``\\u202e`` rather than acted upon (RP-23).
@@ -10,6 +11,10 @@ This module is on the ``omnitron status`` fast path: standard library only.
 """
 
 from __future__ import annotations
+
+import time
+
+from .._eventtext import describe
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # no typing import at run time (start-up cost)
@@ -27,6 +32,7 @@ __all__ = [
     "render_check",
     "render_daemon_line",
     "render_env",
+    "render_event",
     "render_graph",
     "render_inspect",
     "render_json",
@@ -218,8 +224,8 @@ def render_daemon_line(daemon: Mapping[str, Any]) -> str:
         escape(daemon.get("home", "?")),
     ]
     persistence = daemon.get("persistence")
-    if persistence and persistence != "persistence: ok":
-        parts.append(escape(persistence))
+    if persistence and persistence != "ok":
+        parts.append(f"persistence: {escape(persistence)}")
     return " · ".join(parts)
 
 
@@ -330,8 +336,25 @@ def render_inspect(app: Mapping[str, Any]) -> str:
     events = app.get("recent_events") or []
     if events:
         lines += ["", "recent events"]
-        lines += [f"  {escape(event)}" for event in events]
+        lines += [f"  {render_event(event)}" for event in events]
     return "\n".join(lines)
+
+
+def render_event(event: object) -> str:
+    """``12:00:01 instance 0 online (pid 4302)``: an app event, at its local time of day.
+
+    ``event`` is the daemon's ``{"time", "kind", ...}`` map; a line of text (from
+    an older daemon) is shown as it is.
+    """
+    if not isinstance(event, dict):
+        return escape(event)
+    stamp = event.get("time")
+    when = (
+        time.strftime("%H:%M:%S", time.localtime(stamp))
+        if isinstance(stamp, int | float) and not isinstance(stamp, bool)
+        else NONE
+    )
+    return f"{when} {escape(describe(event))}"
 
 
 def render_env(env: Mapping[str, str]) -> str:

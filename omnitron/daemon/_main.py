@@ -33,7 +33,7 @@ from ..config import DaemonDeath, load_config
 from ..rpc import ServerOptions, serve_unix
 from ..rpc._auth import TokenAuthority
 from ..rpc._planes import PlaneConfig, start_network_planes
-from ..state import DaemonState, Home, StateStore, load_state, open_pid_lock, open_state_writer
+from ..state import Home, StateStore, load_state, open_persistence, open_pid_lock
 from ._errors import DaemonBusy
 from ._leftovers import find_leftovers, terminate_leftovers
 from ._logging import configure_logging
@@ -52,10 +52,8 @@ EXIT_CONFIG = 2
 """Exit code of a daemon that refused to start because of its config."""
 EXIT_CRITICAL = 3
 """Exit code of a daemon that shut down because a critical app crashed."""
-SNAPSHOT_COALESCE = 0.05
-"""Seconds a burst of state changes may last before it is snapshotted."""
-PERSIST_ACK_TIMEOUT = 5.0
-"""How long a state-changing call waits for its change to reach the disk."""
+MIN_WRITE_INTERVAL = 0.05
+"""Seconds between two writes of the state file while changes keep coming."""
 
 
 @attrs.frozen(kw_only=True)
@@ -180,30 +178,28 @@ async def run_daemon(options: DaemonOptions) -> int:
         await _clean_up_after_predecessor(home)
 
         shutdown = _Shutdown()
-        store = StateStore(home, loaded, min_write_interval=0.05)
+        store = StateStore(home, loaded, min_write_interval=MIN_WRITE_INTERVAL)
         logs = LogCollector(Path(logs_dir))
-        dirty = _Dirty()
         orchestrator = Orchestrator(
             ecosystem,
             home=home.path,
             logs=logs,
-            on_change=dirty.mark,
+            on_change=store.mark_dirty,
             on_critical=lambda reason: shutdown.request(reason, EXIT_CRITICAL),
             subreaper=options.subreaper,
         )
-        orchestrator.restore({app.name: app.desired.value for app in loaded.state.apps})
+        orchestrator.restore({app.name: app.desired for app in loaded.state.apps})
         service = DaemonService(
             orchestrator,
             home=home.path,
             config_path=options.config,
             stack=options.stack,
             request_shutdown=lambda: shutdown.request("shutdown requested over RPC"),
+            persistence=store,
             health=lambda: {
-                "persistence": str(store.health()),
-                "log_write_errors": str(logs.write_errors),
+                "log_write_errors": logs.write_errors,
                 "logs": logs.degraded or "ok",
             },
-            permit_empty=store.permit_empty,
         )
         authority = _token_authority(home.path)
         dispatcher = build_dispatcher(service, authority=authority)
@@ -211,20 +207,11 @@ async def run_daemon(options: DaemonOptions) -> int:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with (
                 _on_daemon_death(ecosystem.supervision.on_daemon_death, home),
-                open_state_writer(store) as snapshots,
+                open_persistence(store, orchestrator.snapshot),
                 trio.open_nursery() as nursery,
             ):
-
-                async def persisted() -> None:
-                    # Reply to a change only once it is on disk (promise 2), but
-                    # never hang a client on a failing disk: health says degraded.
-                    await snapshots.send(orchestrator.snapshot())
-                    with trio.move_on_after(PERSIST_ACK_TIMEOUT):
-                        await store.wait_idle()
-
-                service.persisted = persisted
                 await nursery.start(logs.run)
-                nursery.start_soon(_persist, orchestrator, dirty, snapshots)
+                await nursery.start(service.sampler.run)
                 await nursery.start(
                     functools.partial(
                         serve_unix,
@@ -253,8 +240,7 @@ async def run_daemon(options: DaemonOptions) -> int:
                 log.info("daemon_stopping", reason=shutdown.reason)
                 notify("STOPPING=1")
                 await orchestrator.stop_everything()
-                await snapshots.send(orchestrator.snapshot())
-                nursery.cancel_scope.cancel()
+                nursery.cancel_scope.cancel()  # then the state is written a last time
         log.info("daemon_stopped", exit_code=shutdown.exit_code, reason=shutdown.reason)
     if shutdown.exit_code:
         # The daemon log has it too, but whoever started us reads stderr first.
@@ -265,30 +251,6 @@ async def run_daemon(options: DaemonOptions) -> int:
 def _token_authority(home: Path) -> Callable[[], TokenAuthority]:
     """The token key and list, loaded on first use (importing cryptography costs memory)."""
     return functools.cache(lambda: TokenAuthority(home))
-
-
-class _Dirty:
-    """Coalesces change notifications for the snapshot task."""
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-
-    def mark(self) -> None:
-        self.event.set()
-
-
-async def _persist(
-    orchestrator: Orchestrator, dirty: _Dirty, snapshots: trio.MemorySendChannel[DaemonState]
-) -> None:
-    """Hand a fresh snapshot to the persistence task after every burst of changes."""
-    while True:
-        await dirty.event.wait()
-        # Let a burst of changes (a hundred processes starting) settle into one
-        # snapshot: building one costs O(processes), and the file is written at most
-        # every SNAPSHOT_COALESCE seconds anyway. RPC acks send their own snapshot.
-        await trio.sleep(SNAPSHOT_COALESCE)
-        dirty.event = trio.Event()
-        await snapshots.send(orchestrator.snapshot())
 
 
 def _on_daemon_death(
@@ -325,7 +287,7 @@ async def _announce_ready(orchestrator: Orchestrator, progress: Progress) -> Non
     systemd's start timeout (90 s by default) and failing the whole unit.
     """
     try:
-        await orchestrator.wait_ready(within=60)
+        await orchestrator.wait_launched(within=60)
     except DaemonBusy:
         notify("READY=1\nSTATUS=control socket up; some apps are still starting")
         return

@@ -1,11 +1,13 @@
 """The orchestrator: runs the ecosystem's tree and keeps the table of apps.
 
 It owns three things: the supervision tree built by :class:`TreeBuilder`, the
-live record of every app and process (fed synchronously by the tree's event
-observer, so it is right from the first event), and the operations the control
-plane exposes (start, stop, restart, scale, reload). It never writes files: each
-change is announced through ``on_change`` and the persistence task decides when
-to write.
+live record of every app and process, and the operations the control plane
+exposes (start, stop, restart, scale, reload). The records are a pure function of
+the tree's events (:func:`~omnitron.daemon._records.apply`, fed synchronously by
+the tree's observer, so they are right from the first event); nothing else
+writes them and nothing reconciles them with the tree. It never writes files:
+each change is announced through ``on_change`` and the persistence task takes a
+snapshot when it is ready to write.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 import structlog
@@ -27,88 +30,30 @@ from supervision import (
     StartFailure,
     Supervisor,
     SupervisorGaveUp,
+    SupervisorNotRunning,
     run_supervisor,
 )
 from supervision import events as ev
 
 from ..config import AppConfig, Ecosystem, EcosystemDiff, diff_ecosystems
-from ..state import (
-    AppMode,
-    AppState,
-    AppStatus,
-    DaemonState,
-    DesiredStatus,
-    ProcessIdentity,
-    ProcessState,
-)
+from ..state import AppMode, AppState, DaemonState, DesiredStatus, ProcessIdentity, ProcessState
 from ._errors import AppNotFound, AppStartFailed, DaemonBusy, RequestRefused, UnsupportedApp
 from ._logs import LogCollector
+from ._records import (
+    AppEvent,
+    AppRecord,
+    EventKind,
+    ProcessRecord,
+    apply,
+    give_up,
+    intend,
+    remember,
+)
 from ._tree import TreeBuilder
 
 __all__ = ["AppRecord", "Orchestrator", "ProcessRecord"]
 
 log = structlog.get_logger("omnitron.orchestrator")
-
-
-@attrs.define
-class ProcessRecord:
-    """One process of an app, as last seen."""
-
-    instance: int
-    pid: int | None = None
-    status: AppStatus = AppStatus.STARTING
-    restarts: int = 0
-    ready_at: float | None = None  # Trio's clock (monotonic), for uptime
-    last_exit: str | None = None
-    identity: ProcessIdentity | None = None
-
-
-@attrs.define
-class AppRecord:
-    """An app's live state.
-
-    Attributes:
-        desired: ``"running"`` or ``"stopped"``: the operator's intent (persisted).
-        crashed: It exceeded its restart limit (or cannot run) and was given up on.
-    """
-
-    config: AppConfig
-    instances: int
-    desired: str = "running"
-    crashed: bool = False
-    restarts: int = 0
-    last_error: str | None = None
-    processes: dict[int, ProcessRecord] = attrs.field(factory=dict)
-    events: list[str] = attrs.field(factory=list)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def status(self) -> AppStatus:
-        if self.crashed:
-            return AppStatus.CRASHED
-        if not self.processes:
-            return AppStatus.STOPPED if self.desired == "stopped" else AppStatus.STARTING
-        statuses = {p.status for p in self.processes.values()}
-        for status in (
-            AppStatus.ERRORED,
-            AppStatus.STARTING,
-            AppStatus.STOPPING,
-        ):
-            if status in statuses:
-                return status
-        if statuses == {AppStatus.STOPPED}:
-            return AppStatus.STOPPED
-        online = sum(1 for p in self.processes.values() if p.status is AppStatus.ONLINE)
-        if self.desired == "running" and online < self.instances:
-            return AppStatus.STARTING  # some instances are not even spawned yet
-        return AppStatus.ONLINE
-
-    def remember(self, line: str) -> None:
-        self.events.append(f"{time.strftime('%H:%M:%S')} {line}")
-        del self.events[:-50]
 
 
 def _identity(pid: int | None) -> ProcessIdentity | None:
@@ -121,18 +66,18 @@ def _identity(pid: int | None) -> ProcessIdentity | None:
         return None
 
 
-_STATE_STATUS = {
-    ChildState.STARTING: AppStatus.STARTING,
-    ChildState.RUNNING: AppStatus.ONLINE,
-    ChildState.RESTARTING: AppStatus.ERRORED,
-    ChildState.STOPPING: AppStatus.STOPPING,
-    ChildState.STOPPED: AppStatus.STOPPED,
-    ChildState.EXITED: AppStatus.STOPPED,
-}
+_GONE = (StartFailure, ChildNotFound, SupervisorNotRunning)
+"""What a call on an app's subtree raises when the app was stopped meanwhile."""
 
 
 class Orchestrator:
     """Runs the ecosystem and answers for it.
+
+    Commands on different apps never wait for each other: each app has its own
+    lock, held by whatever starts, restarts or scales it, and ``stop`` takes none
+    (it cancels a start in progress). In ``one_for_one`` mode the root supervisor
+    runs from the first moment and the apps are added to it one by one, in start
+    order, so the control plane can act on every app while another one starts.
 
     Args:
         ecosystem: The validated config in force.
@@ -141,6 +86,7 @@ class Orchestrator:
         on_change: Called (synchronously) after every change worth persisting.
         on_critical: Called with a reason when a critical app is given up on.
         subreaper: Make the daemon a child subreaper (Linux).
+        leaf: See :class:`TreeBuilder` (tests only).
     """
 
     def __init__(
@@ -152,6 +98,7 @@ class Orchestrator:
         on_change: Callable[[], None] = lambda: None,
         on_critical: Callable[[str], None] = lambda reason: None,
         subreaper: bool = True,
+        leaf: Callable[[AppConfig, int], Any] | None = None,
     ) -> None:
         self.ecosystem = ecosystem
         self.home = home
@@ -159,24 +106,76 @@ class Orchestrator:
         self._on_change = on_change
         self._on_critical = on_critical
         self._subreaper = subreaper
-        self._builder = TreeBuilder(ecosystem, home=home, sink=logs.sink)
+        self._leaf = leaf
+        self._builder = TreeBuilder(ecosystem, home=home, sink=logs.sink, leaf=leaf)
+        self._group_mode = self._builder.group_mode
         self.apps: dict[str, AppRecord] = {
-            app.name: AppRecord(config=app, instances=app.instances)
+            app.name: AppRecord(
+                config=app,
+                instances=app.instances,
+                desired=DesiredStatus.RUNNING if app.enabled else DesiredStatus.STOPPED,
+            )
             for app in ecosystem.start_order()
         }
         self._root: Supervisor | None = None
-        for record in self.apps.values():
-            if not record.config.enabled:
-                record.desired = "stopped"
+        self._building = True  # a tree is (about to be) built: wait for its root
         self._ready = trio.Event()
+        self._launched = trio.Event()
         self._restart_requested = trio.Event()
-        self._lock = trio.Lock()
+        self._locks: dict[str, trio.Lock] = {}
+        self._starting: dict[str, trio.CancelScope] = {}  # starts in progress, by app
+        self._shutting_down = False
+        self._reloading = trio.Lock()
         self.started_at = time.time()
+
+    # ------------------------------------------------------------------ records
+
+    def _commit(self, old: AppRecord, new: AppRecord, *, note: bool) -> None:
+        """Keep ``new`` in place of ``old``; then log, escalate and persist as needed."""
+        if new is old:
+            return
+        self.apps[new.name] = new
+        if note and new.events and (not old.events or new.events[-1] is not old.events[-1]):
+            self.logs.note(new.name, new.events[-1].describe())
+        self._on_change()
+        if new.crashed and not old.crashed and new.config.critical:
+            self._on_critical(f"critical app {new.name!r} crashed: {new.last_error}")
+
+    def _update(
+        self, name: str, change: Callable[[AppRecord], AppRecord], *, note: bool = False
+    ) -> None:
+        old = self.apps.get(name)
+        if old is not None:
+            self._commit(old, change(old), note=note)
+
+    def _remember(self, name: str, kind: EventKind, **fields: Any) -> None:
+        event = AppEvent(time=time.time(), kind=kind, **fields)
+        self._update(name, lambda record: remember(record, event))
+
+    def _give_up_on(self, name: str, reason: str) -> None:
+        now = time.time()
+        self._update(name, lambda record: give_up(record, reason, now), note=True)
+
+    def _observe(self, event: ev.Event) -> None:
+        place = self._builder.places.get(event.path)
+        if place is None:
+            return
+        old = self.apps.get(place.app)
+        if old is None:
+            return
+        new = apply(old, event, place.instance, group_mode=self._group_mode)
+        if new is old:
+            return
+        if place.instance is not None and isinstance(event, ev.ChildStarted):
+            process = new.processes[place.instance]
+            identified = attrs.evolve(process, identity=_identity(event.pid))
+            new = attrs.evolve(new, processes={**new.processes, place.instance: identified})
+        self._commit(old, new, note=True)
 
     # ------------------------------------------------------------------ running
 
-    def restore(self, desired: dict[str, str]) -> None:
-        """Apply the persisted intent ``{app: "running" | "stopped"}``.
+    def restore(self, desired: Mapping[str, DesiredStatus]) -> None:
+        """Apply the persisted intent ``{app: running | stopped}``.
 
         Only the operator's run/stop choice survives a daemon restart; everything
         else (instances included) comes from the config, which wins: an app the
@@ -186,43 +185,23 @@ class Orchestrator:
             record = self.apps.get(name)
             if record is None or not record.config.enabled:
                 continue
-            record.desired = "stopped" if want == "stopped" else "running"
+            self.apps[name] = attrs.evolve(record, desired=want)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the tree until cancelled; returns once apps are launched (not ready).
 
         ``task_status.started()`` fires at once: the tree comes up in the background,
-        and operations wait for it (``wait_ready``). A root that gives up (only in
-        one_for_all / rest_for_one mode) marks its apps crashed; the daemon stays up
-        and ``start`` builds a new tree.
+        and operations wait for its root (``wait_ready``). A root that gives up (only
+        in one_for_all / rest_for_one mode) marks its apps crashed; the daemon stays
+        up and ``start`` builds a new tree.
 
         Cancellation: the tree stops, apps in reverse dependency order.
         """
         task_status.started()
         while True:
-            apps = []
-            for record in self.apps.values():
-                if record.desired == "running" and not record.crashed:
-                    apps.append(record)
-            pools: list[ChildSpec] = []
-            for record in apps:
-                try:
-                    pools.append(self._builder.app(record.config, record.instances))
-                except UnsupportedApp as exc:
-                    self._give_up_on(record, str(exc))
-            root = self._builder.root(pools)
+            self._building = True
             try:
-                async with trio.open_nursery() as nursery:
-                    self._root = await nursery.start(
-                        functools.partial(
-                            run_supervisor,
-                            root,
-                            subreaper=self._subreaper,
-                            observer=self._observe,
-                        )
-                    )
-                    self._ready.set()
-                    log.info("apps_started", apps=[a.name for a in apps])
+                await self._run_tree()
             except SupervisorGaveUp as exc:
                 self._root_gave_up(str(exc))
             except BaseExceptionGroup as group:
@@ -233,119 +212,85 @@ class Orchestrator:
                 self._root_gave_up(str(gave_up.exceptions[0]))
             finally:
                 self._root = None
+                self._building = False
                 self._ready = trio.Event()
             # The root gave up: wait until an operator asks for something to run.
             await self._restart_requested.wait()
             self._restart_requested = trio.Event()
 
+    def _wanted(self) -> list[str]:
+        return [
+            r.name
+            for r in self.apps.values()
+            if r.desired is DesiredStatus.RUNNING and not r.crashed
+        ]
+
+    async def _run_tree(self) -> None:
+        pools: list[ChildSpec] = []
+        if self._group_mode:
+            # The apps form one group: the root starts them as its own children.
+            for name in self._wanted():
+                record = self.apps[name]
+                try:
+                    pools.append(self._builder.app(record.config, record.instances))
+                except UnsupportedApp as exc:
+                    self._give_up_on(name, str(exc))
+        root_spec = self._builder.root(pools)
+        async with trio.open_nursery() as nursery:
+            root = await nursery.start(
+                functools.partial(
+                    run_supervisor, root_spec, subreaper=self._subreaper, observer=self._observe
+                )
+            )
+            self._root = root
+            self._ready.set()
+            if not self._group_mode:
+                await self._launch(root)
+            self._launched.set()
+            log.info("apps_started", apps=[n for n in self._wanted() if self.pool(n) is not None])
+
+    async def _launch(self, root: Supervisor) -> None:
+        """Add the apps to the root one by one, each ready before the next."""
+        for name in self._wanted():
+            if self._shutting_down:
+                return
+            record = self.apps.get(name)
+            if record is None or record.desired is DesiredStatus.STOPPED or record.crashed:
+                continue  # stopped (or removed) while the apps before it started
+            with contextlib.suppress(AppStartFailed, RequestRefused):
+                await self._start_one(name, launch=True)
+
     def _root_gave_up(self, reason: str) -> None:
         log.error("tree_gave_up", reason=reason)
-        for record in self.apps.values():
-            if record.desired == "running" and not record.crashed:
-                self._give_up_on(record, reason)
-
-    def _give_up_on(self, record: AppRecord, reason: str) -> None:
-        if record.crashed:
-            return
-        record.crashed = True
-        record.last_error = reason
-        for process in record.processes.values():
-            process.status = AppStatus.STOPPED
-            process.pid = None
-        record.remember(f"crashed: {reason}")
-        self.logs.note(record.name, f"app crashed: {reason}")
-        self._on_change()
-        if record.config.critical:
-            self._on_critical(f"critical app {record.name!r} crashed: {reason}")
+        for name in self._wanted():
+            self._give_up_on(name, reason)
 
     async def wait_ready(self, within: float = 60.0) -> Supervisor:
-        """The root handle, once the tree has started (waiting at most ``within`` s)."""
+        """The root handle, once the tree runs (waiting at most ``within`` s)."""
         with trio.move_on_after(within):
             await self._ready.wait()
             assert self._root is not None
             return self._root
         raise DaemonBusy("the apps are still starting; try again in a moment")
 
-    # ------------------------------------------------------------------ events
+    async def wait_launched(self, within: float = 60.0) -> None:
+        """Wait until the first launch of the apps has ended (each ready or failed).
 
-    def _observe(self, event: ev.Event) -> None:
-        path = event.path
-        if len(path) == 2:
-            self._observe_app(path[1], event)
-        elif len(path) == 3:
-            self._observe_process(path[1], path[2], event)
-
-    def _observe_app(self, name: str, event: ev.Event) -> None:
-        record = self.apps.get(name)
-        if record is None:
+        Raises:
+            DaemonBusy: Still launching after ``within`` seconds.
+        """
+        with trio.move_on_after(within):
+            await self._launched.wait()
             return
-        if isinstance(event, ev.ChildExited) and isinstance(
-            event.exception, SupervisorGaveUp | StartFailure
-        ):
-            # The pool exceeded its restart limit. In one_for_one mode it is removed
-            # from the tree; in group mode the root restarts it per its strategy.
-            if not self._builder.group_mode:
-                policy = record.config.restart_policy
-                reason = (
-                    f"restart limit exceeded ({policy.max_restarts} restarts within "
-                    f"{policy.window:g}s)"
-                )
-                if record.last_error:
-                    reason += f"; last: {record.last_error}"
-                self._give_up_on(record, reason)
-            else:
-                record.remember(f"app failed: {event.exit.reason}")
-                self._on_change()
-        elif isinstance(event, ev.ChildRestarting):
-            record.restarts += 1
-            self._on_change()
+        raise DaemonBusy("the apps are still starting")
 
-    def _observe_process(self, name: str, instance: str, event: ev.Event) -> None:
-        record = self.apps.get(name)
-        if record is None or not instance.isdigit():
-            return
-        index = int(instance)
-        process = record.processes.setdefault(index, ProcessRecord(instance=index))
-        match event:
-            case ev.ChildStarted():
-                process.pid = event.pid
-                process.identity = _identity(event.pid)
-                process.status = AppStatus.STARTING
-            case ev.ChildReady():
-                process.pid = event.pid
-                process.status = AppStatus.ONLINE
-                process.ready_at = event.monotonic
-                record.remember(f"instance {index} online (pid {event.pid})")
-                self.logs.note(name, f"instance {index} online (pid {event.pid})")
-            case ev.ChildExited():
-                process.pid = None
-                process.ready_at = None
-                process.status = AppStatus.ERRORED if not event.exit.normal else AppStatus.STOPPED
-                process.last_exit = event.exit.reason
-                if not event.exit.normal:
-                    record.last_error = f"instance {index}: {event.exit.reason}"
-                record.remember(f"instance {index} {event.exit.reason}")
-                self.logs.note(name, f"instance {index} {event.exit.reason}")
-            case ev.ChildRestarting():
-                process.restarts += 1
-                record.restarts += 1
-                process.status = AppStatus.ERRORED if process.last_exit else AppStatus.STARTING
-                self.logs.note(name, f"instance {index} restarting in {event.delay:g}s")
-            case ev.ChildStopped():
-                process.pid = None
-                process.ready_at = None
-                process.status = AppStatus.STOPPED
-                note = f"instance {index} stopped"
-                if event.killed:
-                    note += " (killed after stop timeout)"
-                if event.escaped:
-                    note += f"; escaped: {list(event.escaped)}"
-                    record.last_error = note
-                record.remember(note)
-                self.logs.note(name, note)
-            case _:
-                return
-        self._on_change()
+    async def _handle(self) -> Supervisor | None:
+        """The root; waits while a tree is being built; ``None`` if the tree gave up."""
+        if self._root is not None:
+            return self._root
+        if self._building:
+            return await self.wait_ready()
+        return None
 
     # ------------------------------------------------------------------ queries
 
@@ -369,7 +314,7 @@ class Orchestrator:
                 AppState(
                     name=record.name,
                     mode=AppMode(record.config.mode),
-                    desired=DesiredStatus(record.desired),
+                    desired=record.desired,
                     status=record.status,
                     instances=record.instances,
                     restarts=record.restarts,
@@ -394,38 +339,24 @@ class Orchestrator:
         except ChildNotFound:
             return None
 
-    def refresh(self) -> None:
-        """Reconcile process records with the tree (pids, states, instance set)."""
-        if self._root is None:
-            return  # starting (or given up): the event records are all there is
-        for record in self.apps.values():
-            pool = self.pool(record.name)
-            if pool is None:
-                if not record.crashed:
-                    for process in record.processes.values():
-                        process.status = AppStatus.STOPPED
-                        process.pid = None
-                continue
-            seen = set()
-            for info in pool.which_children():
-                if not info.name.isdigit():
-                    continue
-                index = int(info.name)
-                seen.add(index)
-                process = record.processes.setdefault(index, ProcessRecord(instance=index))
-                process.pid = info.pid
-                process.status = _STATE_STATUS[info.state]
-                process.restarts = info.restarts
-            for index in list(record.processes):
-                if index not in seen:
-                    del record.processes[index]
-
     def names(self, target: str) -> list[str]:
         """``"all"`` or one app name → app names in start order."""
         if target == "all":
             return list(self.apps)
         self.record(target)
         return [target]
+
+    def _lock(self, name: str) -> trio.Lock:
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = trio.Lock()
+        return lock
+
+    def _stopped(self, name: str) -> bool:
+        """Whether the operator stopped (or a reload removed) ``name`` meanwhile, or
+        the daemon is shutting down."""
+        record = self.apps.get(name)
+        return self._shutting_down or record is None or record.desired is DesiredStatus.STOPPED
 
     # ------------------------------------------------------------------ operations
 
@@ -434,13 +365,12 @@ class Orchestrator:
         names = [n for n in self.names(target) if target != "all" or self.apps[n].config.enabled]
         started: list[str] = []
         failed: list[str] = []
-        async with self._lock:
-            for name in self._with_dependencies(names):
-                try:
-                    if await self._start_one(name):
-                        started.append(name)
-                except AppStartFailed as exc:
-                    failed.append(exc.message)
+        for name in self._with_dependencies(names):
+            try:
+                if await self._start_one(name):
+                    started.append(name)
+            except AppStartFailed as exc:
+                failed.append(exc.message)
         if failed:
             done = f" (started: {', '.join(started)})" if started else ""
             raise AppStartFailed("; ".join(failed) + done)
@@ -460,124 +390,168 @@ class Orchestrator:
             visit(name)
         return [n for n in self.apps if n in wanted]
 
-    async def _start_one(self, name: str) -> bool:
-        record = self.apps[name]
-        record.desired = "running"
-        was_crashed, record.crashed = record.crashed, False
-        self._on_change()
-        if self._root is None and was_crashed:
-            # The whole tree had given up: it is rebuilt with this app in it.
-            self._restart_requested.set()
-            await self.wait_ready()
-            record.remember("started")
-            return True
-        root = await self.wait_ready()
-        names = {info.name: info for info in root.which_children()}
-        info = names.get(name)
-        if info is not None and info.state in (ChildState.RUNNING, ChildState.STARTING):
-            return False
-        spec = None
-        if info is None:  # not in the tree: its pool is built now (a stopped one is reused)
+    async def _start_one(self, name: str, *, launch: bool = False) -> bool:
+        """Start one app; ``launch``: as part of the daemon's first launch, where the
+        intent is already recorded (and an operator's stop meanwhile wins)."""
+        async with self._lock(name):
+            if name not in self.apps or (launch and self._stopped(name)):
+                return False  # removed by a reload, or stopped, meanwhile
+            was_crashed = self.apps[name].crashed
+            self._update(name, lambda record: intend(record, DesiredStatus.RUNNING))
+            if self._root is None and not self._building:
+                # The whole tree had given up: it is rebuilt with this app in it.
+                self._restart_requested.set()
+                await self.wait_ready()
+                self._remember(name, EventKind.STARTED)
+                return True
+            root = await self.wait_ready()
+            info = {info.name: info for info in root.which_children()}.get(name)
+            if info is not None and info.state in (ChildState.RUNNING, ChildState.STARTING):
+                return False
+            record = self.apps[name]
+            spec = None
+            if info is None:  # not in the tree: its pool is built now (a stopped one is reused)
+                try:
+                    spec = self._builder.app(record.config, record.instances)
+                except UnsupportedApp as exc:
+                    self._give_up_on(name, str(exc))
+                    raise RequestRefused(str(exc)) from None
+            if self._stopped(name):
+                return False  # stopped while this call waited for the tree
             try:
-                spec = self._builder.app(record.config, record.instances)
-            except UnsupportedApp as exc:
-                self._give_up_on(record, str(exc))
-                raise RequestRefused(str(exc)) from None
-        record.last_error = None if was_crashed else record.last_error
-        try:
-            if spec is not None:
-                await root.start_child(spec)
-            else:
-                await root.restart_child(name)
-        except StartFailure as exc:
-            self._give_up_on(record, exc.reason)
-            raise AppStartFailed(f"{name} failed to start: {record.last_error}") from None
-        record.remember("started")
-        return True
+                # A stop of this app cancels the wait (see stop()).
+                with trio.CancelScope() as self._starting[name]:
+                    if spec is not None:
+                        await root.start_child(spec)
+                    else:
+                        await root.restart_child(name)
+            except _GONE as exc:
+                if self._stopped(name):
+                    return False  # stopped while it started: not a failure
+                reason = exc.reason if isinstance(exc, StartFailure) else str(exc)
+                self._give_up_on(name, reason)
+                raise AppStartFailed(
+                    f"{name} failed to start: {self.apps[name].last_error}"
+                ) from None
+            finally:
+                del self._starting[name]
+            if self._stopped(name):
+                # Stopped before its start reached the tree: the start was queued
+                # behind the stop, so take it down again (queued behind the start).
+                with contextlib.suppress(ChildNotFound, SupervisorNotRunning):
+                    await root.terminate_child(name)
+                return False
+            if not launch or was_crashed:
+                self._remember(name, EventKind.STARTED)
+            return True
 
     async def stop(self, target: str) -> list[str]:
-        """Stop an app or all apps (dependents first); returns the names stopped."""
+        """Stop an app or all apps (dependents first); returns the names stopped.
+
+        Takes no lock: a start in progress is cancelled, not waited for.
+        """
         names = self.names(target)
         stopped: list[str] = []
-        async with self._lock:
-            root = self._root
-            for name in reversed(names):
-                record = self.apps[name]
-                record.desired = "stopped"
-                record.crashed = False
-                if root is not None:
-                    try:
-                        await root.terminate_child(name)
-                    except ChildNotFound:
-                        pass  # not in the tree: nothing runs
-                    else:
-                        stopped.append(name)
-                record.remember("stopped")
-                self._on_change()
-        self.refresh()
+        for name in reversed(names):
+            self._update(name, lambda record: intend(record, DesiredStatus.STOPPED))
+            starting = self._starting.get(name)
+            if starting is not None:
+                starting.cancel()  # its starter takes down whatever it started
+            root = await self._handle()
+            if root is not None:
+                try:
+                    await root.terminate_child(name)
+                except ChildNotFound:
+                    if starting is not None:
+                        stopped.append(name)  # its start had not reached the tree yet
+                else:
+                    stopped.append(name)
+            self._remember(name, EventKind.STOPPED)
         return stopped
 
     async def restart(self, target: str) -> list[str]:
         """Restart running apps instance by instance; start stopped ones."""
         names = self.names(target)
         restarted: list[str] = []
-        async with self._lock:
-            await self.wait_ready()  # the tree must exist to find the pools
-            for name in names:
-                record = self.apps[name]
-                pool = self.pool(name)
-                if pool is None:
-                    if target == "all" and record.desired == "stopped":
-                        continue
-                    if await self._start_one(name):
-                        restarted.append(name)
+        await self.wait_ready()  # the tree must exist to find the pools
+        for name in names:
+            record = self.apps.get(name)
+            if record is None:
+                continue
+            pool = self.pool(name)
+            if pool is None:
+                if target == "all" and record.desired is DesiredStatus.STOPPED:
                     continue
-                for info in pool.which_children():
-                    try:
-                        await pool.restart_child(info.name)
-                    except StartFailure as exc:
-                        # Stop the rolling restart here: the other instances keep
-                        # running the old code; this one is retried per the policy.
-                        record.last_error = f"instance {info.name}: {exc.reason}"
-                        record.remember(f"restart failed: {record.last_error}")
-                        self._on_change()
-                        raise AppStartFailed(
-                            f"{name}: instance {info.name} failed to restart ({exc.reason}); "
-                            "the remaining instances were left running"
-                        ) from None
-                record.remember("restarted")
+                if await self._start_one(name):
+                    restarted.append(name)
+                continue
+            if await self._restart_pool(name, pool):
                 restarted.append(name)
-        self._on_change()
         return restarted
+
+    async def _restart_pool(self, name: str, pool: Supervisor) -> bool:
+        async with self._lock(name):
+            for index in range(self.apps[name].instances):
+                try:
+                    await pool.restart_child(TreeBuilder.instance_name(index))
+                except _GONE as exc:
+                    if self._stopped(name) or not isinstance(exc, StartFailure):
+                        return False  # stopped (or scaled down) meanwhile
+                    # Stop the rolling restart here: the other instances keep
+                    # running the old code; this one is retried per the policy.
+                    error = f"instance {index}: {exc.reason}"
+                    self._update(name, functools.partial(attrs.evolve, last_error=error))
+                    self._remember(
+                        name, EventKind.RESTART_FAILED, instance=index, reason=exc.reason
+                    )
+                    raise AppStartFailed(
+                        f"{name}: instance {index} failed to restart ({exc.reason}); "
+                        "the remaining instances were left running"
+                    ) from None
+            self._remember(name, EventKind.RESTARTED)
+            return True
 
     async def scale(self, name: str, instances: int) -> int:
         """Set the number of processes of an app; returns the previous number."""
         if not 1 <= instances <= 1024:
             raise RequestRefused(f"instances must be within 1..1024, got {instances}")
-        record = self.record(name)
-        async with self._lock:
+        self.record(name)
+        async with self._lock(name):
+            record = self.record(name)
             previous = record.instances
             if previous == instances and self.pool(name) is not None:
                 return previous
-            record.instances = instances
-            self._on_change()
+            self._update(name, lambda r: attrs.evolve(r, instances=instances))
             pool = self.pool(name)
             if pool is None:
                 return previous
-            current = sorted(int(i.name) for i in pool.which_children() if i.name.isdigit())
-            for index in range(len(current), instances):
-                await pool.start_child(self._builder.instance(record.config, index))
-            for index in reversed(current[instances:]):
-                await pool.terminate_child(str(index))
-                with contextlib.suppress(ChildNotFound):
-                    await pool.delete_child(str(index))
-                record.processes.pop(index, None)
-            record.remember(f"scaled {previous} -> {instances}")
-        self._on_change()
+            try:
+                for index in range(previous, instances):
+                    await pool.start_child(self._builder.instance(record.config, index))
+                for index in reversed(range(instances, previous)):
+                    child = TreeBuilder.instance_name(index)
+                    await pool.terminate_child(child)
+                    with contextlib.suppress(ChildNotFound):
+                        await pool.delete_child(child)
+                    self._update(name, functools.partial(_without_process, index=index))
+            except _GONE as exc:
+                if self._stopped(name) or not isinstance(exc, StartFailure):
+                    return previous  # stopped meanwhile: the number is recorded
+                raise AppStartFailed(
+                    f"{name}: instance {index} failed to start ({exc.reason}); "
+                    f"the app runs {index} instances"
+                ) from None
+            self._remember(name, EventKind.SCALED, previous=previous, instances=instances)
         return previous
 
     async def stop_everything(self) -> None:
-        """Stop all apps, dependents first (daemon shutdown)."""
+        """Stop all apps, dependents first (daemon shutdown).
+
+        Nothing is launched afterwards, and a start cut short by it is no failure.
+        """
+        self._shutting_down = True
+        for scope in self._starting.values():
+            scope.cancel()
         root = self._root
         if root is None:
             return
@@ -593,7 +567,20 @@ class Orchestrator:
         return diff_ecosystems(self.ecosystem, new)
 
     async def apply_reload(self, new: Ecosystem) -> EcosystemDiff:
-        """Start added apps, stop removed ones, restart changed ones; leave the rest."""
+        """Start added apps, stop removed ones, restart changed ones; leave the rest.
+
+        One reload at a time; commands on apps go on meanwhile.
+        """
+        async with self._reloading:
+            return await self._apply_reload(new)
+
+    async def _delete(self, name: str) -> None:
+        root = self._root
+        if root is not None:
+            with contextlib.suppress(ChildNotFound):
+                await root.delete_child(name)
+
+    async def _apply_reload(self, new: Ecosystem) -> EcosystemDiff:
         diff = diff_ecosystems(self.ecosystem, new)
         frozen = [s for s in diff.settings if s.path.split(".")[0] in {"project", "supervision"}]
         if frozen:
@@ -601,44 +588,43 @@ class Orchestrator:
                 "these settings take effect only when the daemon restarts (omnitron down; "
                 "omnitron up): " + ", ".join(str(s) for s in frozen)
             )
-        removed = [app.name for app in diff.removed]
-        for name in removed:
-            if name in self.apps:
-                await self.stop(name)
-                async with self._lock:
-                    root = self._root
-                    if root is not None:
-                        with contextlib.suppress(ChildNotFound):
-                            await root.delete_child(name)
-                    del self.apps[name]
-        self.ecosystem = new
-        self._builder = TreeBuilder(new, home=self.home, sink=self.logs.sink)
-        changed = [c.name for c in diff.changed]
-        for app in new.start_order():
+        for app in diff.removed:
             if app.name in self.apps:
-                record = self.apps[app.name]
-                record.config = app
-                if app.name in changed:
-                    record.instances = app.instances
+                await self.stop(app.name)
+                async with self._lock(app.name):
+                    await self._delete(app.name)
+                    del self.apps[app.name]
+        self.ecosystem = new
+        self._builder = TreeBuilder(
+            new, home=self.home, sink=self.logs.sink, places=self._builder.places, leaf=self._leaf
+        )
+        changed = [c.name for c in diff.changed]
+        apps: dict[str, AppRecord] = {}
+        for app in new.start_order():  # the records in the new start order
+            record = self.apps.get(app.name)
+            if record is None:
+                apps[app.name] = AppRecord(config=app, instances=app.instances)
+            elif app.name in changed:
+                apps[app.name] = attrs.evolve(record, config=app, instances=app.instances)
             else:
-                self.apps[app.name] = AppRecord(config=app, instances=app.instances)
-        # Keep the records in the new start order.
-        self.apps = {app.name: self.apps[app.name] for app in new.start_order()}
+                apps[app.name] = attrs.evolve(record, config=app)
+        self.apps = apps
         for name in changed:
             record = self.apps[name]
             if not record.config.enabled:
                 await self.stop(name)
-            elif record.desired == "running":
+            elif record.desired is DesiredStatus.RUNNING:
                 await self.stop(name)
-                async with self._lock:
-                    root = self._root
-                    if root is not None:
-                        with contextlib.suppress(ChildNotFound):
-                            await root.delete_child(name)
+                async with self._lock(name):
+                    await self._delete(name)
                 await self.start(name)
-        added = [app.name for app in diff.added]
-        for name in added:
-            if self.apps[name].config.enabled:
-                await self.start(name)
+        for app in diff.added:
+            if self.apps[app.name].config.enabled:
+                await self.start(app.name)
         self._on_change()
         return diff
+
+
+def _without_process(record: AppRecord, *, index: int) -> AppRecord:
+    processes = {i: p for i, p in record.processes.items() if i != index}
+    return attrs.evolve(record, processes=processes)

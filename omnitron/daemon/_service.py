@@ -8,24 +8,27 @@ admins.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
+import attrs
 import psutil
+import structlog
 import trio
 
 from .. import __version__
 from ..config import ConfigError, Ecosystem, load_config
-from ..rpc import Call, Dispatcher, Handler, Name, Range, Role
+from ..rpc import Call, Dispatcher, Encoded, Handler, Name, Range, Role
 from ..rpc._auth import TokenAuthority, register_auth_methods
-from ._errors import DOMAIN_ERRORS, AppNotFound, ConfigInvalid
+from ._errors import DOMAIN_ERRORS, ConfigInvalid
 from ._orchestrator import AppRecord, Orchestrator
 
-__all__ = ["DaemonService", "build_dispatcher"]
+__all__ = ["DaemonService", "Persistence", "Sampler", "build_dispatcher"]
 
 AppName = Name
 Target = Name  # an app name, or "all" (a name the config reserves)
@@ -33,13 +36,69 @@ Target = Name  # an app name, or "all" (a name the config reserves)
 _SECRET = re.compile(r"(PASS|SECRET|TOKEN|KEY|CREDENTIAL|PRIVATE|AUTH)", re.IGNORECASE)
 
 
-class _Sampler:
-    """CPU and memory of managed processes, from psutil (CPU % since the last look)."""
+SAMPLE_INTERVAL = 2.0
+"""Seconds between two samples of the CPU and memory of every managed process."""
+PERSIST_ACK_TIMEOUT = 5.0
+"""How long a state-changing call waits for its change to reach the disk."""
 
-    def __init__(self) -> None:
+log = structlog.get_logger("omnitron.service")
+
+
+#: Uptimes are given to this many seconds; status is built once per tick.
+UPTIME_TICK = 0.1
+
+
+class Persistence(Protocol):
+    """What the control plane needs from the writer of the state file."""
+
+    async def flush(self) -> None:
+        """Return once every change made so far is on disk (or will never be written)."""
+
+    def permit_empty(self) -> None:
+        """Let the next state with no apps replace one that has some."""
+
+    def health(self) -> object:
+        """The health record; its ``str()`` is the one-line form ``status`` shows."""
+
+
+class Sampler:
+    """CPU and memory of the managed processes, sampled periodically off the event loop.
+
+    One task (:meth:`run`) samples every ``interval`` seconds in a worker thread;
+    every caller reads the last sample (:attr:`samples`), so a ``status`` call
+    costs no system call. CPU is the percentage since the previous sample.
+
+    Args:
+        pids: Returns the pids to sample (called on the event loop).
+        interval: Seconds between samples.
+    """
+
+    def __init__(self, pids: Callable[[], list[int]], *, interval: float = SAMPLE_INTERVAL) -> None:
+        self._pids = pids
+        self._interval = interval
         self._procs: dict[int, psutil.Process] = {}
+        self.samples: dict[int, tuple[float, int]] = {}
+        """``{pid: (cpu percent, resident bytes)}`` of the last sample."""
+        self.failures = 0
+        """Samples that could not be taken (no worker thread could be started...)."""
 
-    def sample(self, pids: list[int]) -> dict[int, tuple[float, int]]:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Sample until cancelled. A sample that fails is counted and retried next time."""
+        task_status.started()
+        while True:
+            await self.sample()
+            await trio.sleep(self._interval)
+
+    async def sample(self) -> None:
+        """Take one sample now, in a worker thread; a failure is counted and logged."""
+        pids = self._pids()
+        try:
+            self.samples = await trio.to_thread.run_sync(self._sample, pids)
+        except (RuntimeError, OSError) as exc:  # e.g. "can't start new thread"
+            self.failures += 1
+            log.warning("sampling_failed", error=str(exc), failures=self.failures)
+
+    def _sample(self, pids: list[int]) -> dict[int, tuple[float, int]]:
         result: dict[int, tuple[float, int]] = {}
         for pid in pids:
             proc = self._procs.get(pid)
@@ -56,8 +115,57 @@ class _Sampler:
         return result
 
 
-async def _nothing() -> None:
-    await trio.lowlevel.checkpoint()
+@attrs.frozen
+class _View:
+    """An app's protocol record, built once per record and sample (both immutable).
+
+    ``processes`` pairs each process's record with the Trio time it became ready,
+    for the uptime, which is the one figure that changes on every call.
+    """
+
+    record: AppRecord
+    samples: dict[int, tuple[float, int]]
+    app: dict[str, Any]
+    processes: tuple[tuple[dict[str, Any], float | None], ...]
+
+    @classmethod
+    def of(cls, record: AppRecord, samples: dict[int, tuple[float, int]]) -> _View:
+        processes = []
+        for process in sorted(record.processes.values(), key=lambda p: p.instance):
+            cpu, memory = samples.get(process.pid or -1, (0.0, 0))
+            running = process.ready_at is not None and process.pid
+            entry = {
+                "name": record.name,
+                "instance": process.instance,
+                "pid": process.pid,
+                "status": process.status.value,
+                "restarts": process.restarts,
+                "uptime": 0.0,
+                "cpu": round(cpu, 1),
+                "memory": memory,
+            }
+            processes.append((entry, process.ready_at if running else None))
+        app = {
+            "name": record.name,
+            "status": record.status.value,
+            "mode": record.config.mode,
+            "instances": record.instances,
+            "restarts": record.restarts,
+            "critical": record.config.critical,
+            "enabled": record.config.enabled,
+            "last_error": record.last_error,
+        }
+        return cls(record, samples, app, tuple(processes))
+
+
+@attrs.frozen
+class _Listing:
+    """The last ``apps()`` result and what it was built from."""
+
+    tick: int
+    samples: dict[int, tuple[float, int]]
+    records: tuple[AppRecord, ...]
+    apps: list[dict[str, Any]]
 
 
 class DaemonService:
@@ -69,8 +177,10 @@ class DaemonService:
         config_path: The config file in force (re-read by ``reload_config``).
         stack: The stack applied to the config, if any.
         request_shutdown: Asks the daemon to stop (graceful).
-        health: Returns extra health records (persistence, ...).
-        permit_empty: Lets the state file go empty (a reload that removes every app).
+        persistence: The state file's writer: a reply to a change is sent once the
+            change is on disk. ``None``: nothing is persisted (an embedded service).
+        health: Returns extra health records (log write errors, ...).
+        sample_interval: Seconds between two samples of CPU and memory.
     """
 
     def __init__(
@@ -81,89 +191,124 @@ class DaemonService:
         config_path: Path,
         stack: str | None,
         request_shutdown: Callable[[], None],
-        health: Callable[[], dict[str, str]] = dict,
-        permit_empty: Callable[[], None] = lambda: None,
+        persistence: Persistence | None = None,
+        health: Callable[[], dict[str, Any]] = dict,
+        sample_interval: float = SAMPLE_INTERVAL,
     ) -> None:
         self.orchestrator = orchestrator
         self.home = home
         self.config_path = config_path
         self.stack = stack
         self._request_shutdown = request_shutdown
+        self._persistence = persistence
         self._health = health
-        self._permit_empty = permit_empty
-        self.persisted: Callable[[], Awaitable[None]] = _nothing
-        self._sampler = _Sampler()
-        self._sampling = trio.Lock()
+        self.sampler = Sampler(self._pids, interval=sample_interval)
+        self._views: dict[str, _View] = {}
+        self._listing: _Listing | None = None
+        self._status_reply: tuple[dict[str, Any], list[dict[str, Any]], Encoded] | None = None
         self._started = time.monotonic()
+
+    def _pids(self) -> list[int]:
+        return [
+            p.pid
+            for r in self.orchestrator.apps.values()
+            for p in r.processes.values()
+            if p.pid is not None
+        ]
+
+    async def persisted(self) -> None:
+        """Return once the changes made so far are on disk (promise 2).
+
+        Never hangs a client on a failing disk: after ``PERSIST_ACK_TIMEOUT`` the
+        reply goes out anyway, and ``status`` says ``persistence: degraded``.
+        """
+        if self._persistence is None:
+            return
+        with trio.move_on_after(PERSIST_ACK_TIMEOUT):
+            await self._persistence.flush()
 
     # ------------------------------------------------------------------ views
 
     async def status(self) -> dict[str, Any]:
-        orch = self.orchestrator
-        orch.refresh()
-        pids = [
-            p.pid for r in orch.apps.values() for p in r.processes.values() if p.pid is not None
-        ]
-        samples: dict[int, tuple[float, int]] = {}
-        if pids:
-            # One sample at a time: concurrent calls would share psutil's CPU
-            # counters (and the cache) from two threads.
-            async with self._sampling:
-                samples = await trio.to_thread.run_sync(self._sampler.sample, pids)
-        now = trio.current_time()
+        """The daemon and every app, from the records and the last sample (no I/O)."""
+        await trio.lowlevel.checkpoint()
+        return {"daemon": self._daemon(), "apps": self.apps()}
+
+    async def status_encoded(self) -> Encoded:
+        """:meth:`status`, encoded once for every call that gets the same answer.
+
+        Within one tick, with the same records and sample, the answer is the
+        same, so a burst of ``status`` calls shares one encoding of it.
+        """
+        await trio.lowlevel.checkpoint()
+        daemon, apps = self._daemon(), self.apps()
+        cached = self._status_reply
+        if cached is not None and cached[1] is apps and cached[0] == daemon:
+            return cached[2]
+        encoded = Encoded.of({"daemon": daemon, "apps": apps})
+        self._status_reply = (daemon, apps, encoded)
+        return encoded
+
+    def _daemon(self) -> dict[str, Any]:
+        health = {}
+        if self._persistence is not None:
+            # "ok" or "degraded (ENOSPC)": the key already says what it is about.
+            health["persistence"] = str(self._persistence.health()).removeprefix("persistence: ")
         return {
-            "daemon": {
-                "pid": os.getpid(),
-                "version": __version__,
-                "uptime": round(time.monotonic() - self._started, 3),
-                "home": str(self.home),
-                "config": str(self.config_path),
-                **self._health(),
-            },
-            "apps": [self._app(record, samples, now) for record in orch.apps.values()],
+            "pid": os.getpid(),
+            "version": __version__,
+            "uptime": round(time.monotonic() - self._started, 1),
+            "home": str(self.home),
+            "config": str(self.config_path),
+            **health,
+            **self._health(),
         }
+
+    def apps(self) -> list[dict[str, Any]]:
+        """Every app with its processes (a list shared by the calls of one tick).
+
+        Uptimes are given to the tenth of a second (a *tick* of Trio's clock), so
+        within one tick, with the same records and sample, the list is the same: it
+        is built (and, for ``status``, encoded) once and not to be modified by
+        callers. A change of any record or a new sample gives a fresh list at once.
+        """
+        samples, now, records = self.sampler.samples, trio.current_time(), self.orchestrator.apps
+        tick = math.floor(now / UPTIME_TICK)
+        now = tick * UPTIME_TICK
+        listing = self._listing
+        if (
+            listing is not None
+            and listing.tick == tick
+            and listing.samples is samples
+            and len(listing.records) == len(records)
+            and all(a is b for a, b in zip(listing.records, records.values(), strict=True))
+        ):
+            return listing.apps
+        if len(self._views) > len(records):  # apps removed by a reload
+            self._views = {name: v for name, v in self._views.items() if name in records}
+        apps = [self._app(record, samples, now) for record in records.values()]
+        self._listing = _Listing(tick, samples, tuple(records.values()), apps)
+        return apps
 
     def _app(
         self, record: AppRecord, samples: dict[int, tuple[float, int]], now: float
     ) -> dict[str, Any]:
-        processes = []
-        for process in sorted(record.processes.values(), key=lambda p: p.instance):
-            cpu, memory = samples.get(process.pid or -1, (0.0, 0))
-            uptime = (
-                max(0.0, now - process.ready_at)
-                if process.ready_at is not None and process.pid
-                else 0.0
-            )
-            processes.append(
-                {
-                    "name": record.name,
-                    "instance": process.instance,
-                    "pid": process.pid,
-                    "status": process.status.value,
-                    "restarts": process.restarts,
-                    "uptime": round(uptime, 3),
-                    "cpu": round(cpu, 1),
-                    "memory": memory,
-                }
-            )
-        return {
-            "name": record.name,
-            "status": record.status.value,
-            "mode": record.config.mode,
-            "instances": record.instances,
-            "restarts": record.restarts,
-            "critical": record.config.critical,
-            "enabled": record.config.enabled,
-            "last_error": record.last_error,
-            "processes": processes,
-        }
+        """The ``APP`` record of the protocol; only uptimes are computed per call."""
+        view = self._views.get(record.name)
+        if view is None or view.record is not record or view.samples is not samples:
+            view = self._views[record.name] = _View.of(record, samples)
+        processes = [
+            {**process, "uptime": round(max(0.0, now - ready_at), 1)}
+            if ready_at is not None
+            else process
+            for process, ready_at in view.processes
+        ]
+        return {**view.app, "processes": processes}
 
     async def get_app(self, name: str) -> dict[str, Any]:
-        status = await self.status()
-        for app in status["apps"]:
-            if app["name"] == name:
-                return app  # type: ignore[no-any-return]
-        raise AppNotFound(name, known=list(self.orchestrator.apps))
+        record = self.orchestrator.record(name)
+        await trio.lowlevel.checkpoint()
+        return self._app(record, self.sampler.samples, trio.current_time())
 
     async def inspect(self, name: str) -> dict[str, Any]:
         record = self.orchestrator.record(name)
@@ -187,7 +332,7 @@ class DaemonService:
         app["last_exits"] = {
             str(p.instance): p.last_exit for p in record.processes.values() if p.last_exit
         }
-        app["recent_events"] = list(record.events)
+        app["recent_events"] = [event.to_wire() for event in record.events]
         app["log_file"] = str(self.orchestrator.logs.path_for(name))
         return app
 
@@ -222,8 +367,8 @@ class DaemonService:
         if dry_run:
             diff = self.orchestrator.plan_reload(new)
         else:
-            if not new.apps:
-                self._permit_empty()
+            if not new.apps and self._persistence is not None:
+                self._persistence.permit_empty()
             diff = await self.orchestrator.apply_reload(new)
         return {
             "applied": not dry_run,
@@ -246,13 +391,14 @@ def build_dispatcher(
     dispatcher = Dispatcher(error_types=DOMAIN_ERRORS)
     orch = service.orchestrator
 
-    async def status(call: Call) -> dict[str, Any]:
+    async def status(call: Call) -> Encoded:
         """The daemon and every app with its processes."""
-        return await service.status()
+        return await service.status_encoded()
 
     async def list_apps(call: Call) -> list[dict[str, Any]]:
         """Every app with its processes."""
-        return (await service.status())["apps"]  # type: ignore[no-any-return]
+        await trio.lowlevel.checkpoint()
+        return service.apps()
 
     async def get_app(call: Call, *, name: AppName) -> dict[str, Any]:
         """One app with its processes."""

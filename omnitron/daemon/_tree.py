@@ -22,6 +22,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import attrs
 
 from supervision import (
     Backoff,
@@ -46,6 +49,7 @@ __all__ = [
     "ENV_APP",
     "ENV_HOME",
     "ENV_INSTANCE",
+    "Place",
     "TreeBuilder",
     "UnsupportedApp",
     "marker_environ",
@@ -82,6 +86,15 @@ def marker_environ(home: str | os.PathLike[str], app: str, instance: int) -> dic
         merge into the child's environment.
     """
     return {ENV_HOME: _home_marker(home), ENV_APP: app, ENV_INSTANCE: str(instance)}
+
+
+@attrs.frozen
+class Place:
+    """What a path of the tree is: an app's pool (``instance`` is ``None``) or one
+    of its processes."""
+
+    app: str
+    instance: int | None = None
 
 
 def _ready(app: AppConfig) -> Ready:
@@ -121,10 +134,19 @@ _STRATEGY = {
 class TreeBuilder:
     """Builds the specs of the daemon's tree.
 
+    Every spec it builds is entered in :attr:`places`, the map from a path of the
+    tree (as events carry it) to the app and instance it belongs to, so that no
+    one has to read a path back.
+
     Args:
         ecosystem: The validated config.
         home: The daemon's home (put in every child's environment as a marker).
         sink: ``sink(app, instance, stream)`` returns the line sink of that stream.
+        places: A map to extend (a new builder after a reload keeps the paths of
+            the specs built before); a new one by default.
+        leaf: ``leaf(app, index)`` returns what runs process ``index`` of ``app``
+            instead of the :class:`~supervision.ProcessChild` of its config (for
+            tests in virtual time, with :mod:`supervision.testing`'s fake child).
     """
 
     def __init__(
@@ -133,10 +155,14 @@ class TreeBuilder:
         *,
         home: Path,
         sink: Callable[[str, int, str], LineSink],
+        places: dict[tuple[str, ...], Place] | None = None,
+        leaf: Callable[[AppConfig, int], Any] | None = None,
     ) -> None:
         self.ecosystem = ecosystem
         self.home = home
         self._sink = sink
+        self._leaf = leaf
+        self.places: dict[tuple[str, ...], Place] = {} if places is None else places
 
     @property
     def group_mode(self) -> bool:
@@ -198,13 +224,25 @@ class TreeBuilder:
             children=children,
         )
         restart = Restart.PERMANENT if self.group_mode else Restart.TEMPORARY
+        self.places[(self.ecosystem.project, app.name)] = Place(app.name)
         return ChildSpec(app.name, pool, restart=restart)
+
+    @staticmethod
+    def instance_name(index: int) -> str:
+        """The name of process ``index`` in its app's pool."""
+        return str(index)
 
     def instance(self, app: AppConfig, index: int) -> ChildSpec:
         """Process ``index`` of ``app``'s pool."""
+        child = self._process(app, index) if self._leaf is None else self._leaf(app, index)
+        name = self.instance_name(index)
+        self.places[(self.ecosystem.project, app.name, name)] = Place(app.name, index)
+        return ChildSpec(name, child, restart=_RESTART[app.restart])
+
+    def _process(self, app: AppConfig, index: int) -> ProcessChild:
         assert app.command is not None
         env = {**app.env, **marker_environ(self.home, app.name, index)}
-        child = ProcessChild(
+        return ProcessChild(
             list(app.command),
             env=env,
             cwd=os.fspath(app.cwd),
@@ -215,4 +253,3 @@ class TreeBuilder:
             stdout=Output.lines(self._sink(app.name, index, "out")),
             stderr=Output.lines(self._sink(app.name, index, "err")),
         )
-        return ChildSpec(str(index), child, restart=_RESTART[app.restart])

@@ -33,7 +33,7 @@ from ._errors import (
 from ._params import ParamInfo, ParamSchema, schema_for
 from ._protocol import ErrorInfo, Request, Response
 from ._stream import NotificationStream
-from ._wire import NAME_MAX, describe
+from ._wire import NAME_MAX, Encoded, describe
 
 __all__ = [
     "Role",
@@ -307,7 +307,9 @@ class Dispatcher:
     ) -> Response:
         try:
             result = await info.handler(call, **kwargs)
-            return Response(msgid=request.msgid, result=self._unstructure(result))
+            if type(result) is not Encoded:
+                result = self._unstructure(result)
+            return Response(msgid=request.msgid, result=result)
         except RemoteError as exc:
             if is_known_code(exc.code, self._domain):
                 return Response(msgid=request.msgid, error=ErrorInfo.from_exception(exc))

@@ -7,9 +7,10 @@ Typical start-up, all inside the daemon's one ``async with`` block::
     async with open_pid_lock(home):                       # one daemon per home
         loaded = await trio.to_thread.run_sync(load_state, home)
         store = StateStore(home, loaded)
-        async with open_state_writer(store) as snapshots:  # the only writer
+        async with open_persistence(store, snapshot):      # the only writer
             ...
-            await snapshots.send(new_state)                # after every change
+            store.mark_dirty()                             # after every change
+            await store.flush()                            # before acknowledging it
             print(store.health())                          # persistence: ok
 
 Blocking functions (``Home.ensure``, ``acquire_pid_lock``, ``read_lock_info``,
@@ -52,6 +53,7 @@ from ._store import PersistenceHealth as PersistenceHealth
 from ._store import PersistenceStatistics as PersistenceStatistics
 from ._store import PersistenceStatus as PersistenceStatus
 from ._store import StateStore as StateStore
+from ._store import open_persistence as open_persistence
 from ._store import open_state_writer as open_state_writer
 from ._store import run_persistence as run_persistence
 
@@ -86,6 +88,7 @@ __all__ = [
     "PersistenceStatus",
     "StateStore",
     "Step",
+    "open_persistence",
     "open_state_writer",
     "run_persistence",
     # errors

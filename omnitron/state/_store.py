@@ -1,8 +1,16 @@
 """The persistence task: the only writer of ``state.json``.
 
-The daemon keeps its intent in memory as immutable :class:`DaemonState`
-snapshots and sends each new one over a Trio memory channel. One task,
-:func:`run_persistence`, receives them and writes them atomically:
+One task, :func:`run_persistence`, writes the daemon's intent, an immutable
+:class:`DaemonState`, atomically. It takes the state from one of two sources:
+
+- a ``snapshot()`` callable, pulled only when a write is due. The daemon calls
+  :meth:`StateStore.mark_dirty` after every change (cheap, synchronous) and
+  ``await store.flush()`` where a reply must wait until its change is on disk;
+  a burst of changes costs one snapshot and one write;
+- or a Trio memory channel of snapshots (:func:`open_state_writer`), each
+  received one being the newest state.
+
+Each write:
 
 1. refresh the backup: hard-link ``state.json`` to ``state.json.bak.tmp``
    and rename that over ``state.json.bak`` (both atomic);
@@ -15,9 +23,10 @@ generation, never a mix (PC-01), and ``state.json.bak`` holding a good older
 one. Every blocking call runs in a worker thread through the
 :class:`FileSystem` seam, so a slow disk never stalls supervision (PC-08).
 
-Snapshots are coalesced: while a write is in flight, newer snapshots replace
-each other in a single pending slot, so there is at most one write in flight
-plus one pending, whatever the rate of changes (PC-08, PC-09). A failed write
+Changes are coalesced: while a write is in flight (or within
+``min_write_interval`` of the last one), further changes only mark the state
+dirty, so there is at most one write in flight plus one pending, whatever the
+rate of changes (PC-08, PC-09). A failed write
 (``ENOSPC``, ``EROFS``, ``EIO``...) leaves the old file intact and no temporary
 file behind, is logged and counted, turns :meth:`StateStore.health` to
 ``persistence: degraded (ENOSPC)``, and is retried with exponential backoff
@@ -39,6 +48,8 @@ import attrs
 import structlog
 import trio
 
+from supervision._groups import raise_collapsed
+
 from ._codec import encode_state
 from ._fs import FileSystem, Step
 from ._home import Home
@@ -50,6 +61,7 @@ __all__ = [
     "PersistenceStatistics",
     "PersistenceStatus",
     "StateStore",
+    "open_persistence",
     "open_state_writer",
     "run_persistence",
 ]
@@ -108,8 +120,10 @@ class PersistenceStatistics:
 
     Attributes:
         generation: The last acknowledged generation.
-        snapshots_received: Snapshots received over the channel.
-        snapshots_coalesced: Snapshots replaced by a newer one before being written.
+        snapshots_received: Changes announced: snapshots received over the channel,
+            or calls of :meth:`StateStore.mark_dirty`.
+        snapshots_coalesced: Changes announced while an earlier one was not
+            written yet (written together with it).
         writes: Writes completed (acknowledged), baseline flushes included.
         write_failures: Write attempts that failed.
         writes_refused: Snapshots refused because they would erase every app.
@@ -148,8 +162,8 @@ def _non_negative(name: str, value: float) -> float:
 class StateStore:
     """The persistent side of the daemon's intent: what is on disk, and how it gets there.
 
-    The store is passive; :func:`run_persistence` (or :func:`open_state_writer`)
-    runs its one writer task. Build it from the :class:`LoadResult` of
+    The store is passive; :func:`run_persistence` (or :func:`open_persistence`,
+    :func:`open_state_writer`) runs its one writer task. Build it from the :class:`LoadResult` of
     :func:`load_state`, so it continues the generation count and knows whether
     it may write at all.
 
@@ -189,8 +203,11 @@ class StateStore:
             (loaded.read_only_reason or "read-only state") if loaded.read_only else None
         )
 
-        self._latest = loaded.state
-        self._dirty = False  # _latest is not written yet
+        self._latest = loaded.state  # the newest state received over the channel
+        self._snapshot: Callable[[], DaemonState] = lambda: self._latest
+        self._dirty = False  # a change is not written yet
+        self._changes = 0  # changes announced so far
+        self._settled = 0  # changes written (or refused) so far
         self._latest_refused = False
         self._permit_empty = False
         # Apps in the newest state known to be on disk: the guard against erasing them.
@@ -280,6 +297,30 @@ class StateStore:
         """
         self._permit_empty = True
 
+    def mark_dirty(self) -> None:
+        """Announce a change: the writer pulls a snapshot when the next write is due.
+
+        Synchronous and cheap; call it after every change, as often as changes happen.
+        """
+        self._received += 1
+        if self._dirty:
+            self._coalesced += 1
+        self._changes += 1
+        self._dirty = True
+        self._latest_refused = False
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Return once every change announced so far is on disk.
+
+        Also returns when the change is refused (see :meth:`permit_empty`), the
+        store is read-only, or the writer has finished. While writes fail this
+        waits for the retry that succeeds: put a deadline around it.
+        """
+        target = self._changes
+        while not (self._settled >= target or self._read_only_reason is not None or self._finished):
+            await self._idle.wait()
+
     async def wait_idle(self) -> None:
         """Wait until every snapshot sent so far is written (or refused, or read-only).
 
@@ -323,13 +364,8 @@ class StateStore:
         try:
             async with receive_channel:
                 async for state in receive_channel:
-                    self._received += 1
-                    if self._dirty:
-                        self._coalesced += 1
                     self._latest = state
-                    self._dirty = True
-                    self._latest_refused = False
-                    self._wake.set()
+                    self.mark_dirty()
         finally:
             self._closed = True
             self._wake.set()
@@ -376,9 +412,10 @@ class StateStore:
             self._wake = trio.Event()
 
     async def _attempt(self) -> None:
-        state = self._latest
+        changes = self._changes
+        state = self._snapshot()
         if not state.apps and self._disk_apps > 0 and not self._permit_empty:
-            self._refuse_empty()
+            self._refuse_empty(changes)
             return
         generation = self._next_generation
         self._next_generation += 1
@@ -398,9 +435,10 @@ class StateStore:
                 self._dirty = True  # the newest snapshot still has to reach the disk
             self._notify()
         if done:
-            self._on_success(generation, state)
+            self._on_success(generation, state, changes)
 
-    def _refuse_empty(self) -> None:
+    def _refuse_empty(self, changes: int) -> None:
+        self._settled = changes
         self._refused += 1
         self._dirty = False
         self._latest_refused = True
@@ -417,8 +455,9 @@ class StateStore:
         )
         self._notify()
 
-    def _on_success(self, generation: int, state: DaemonState) -> None:
+    def _on_success(self, generation: int, state: DaemonState, changes: int) -> None:
         recovered = self._reason is not None
+        self._settled = changes
         self._generation = generation
         self._writes += 1
         self._last_write_at = self._last_write_end = trio.current_time()
@@ -523,52 +562,78 @@ class StateStore:
 
 
 @contextlib.contextmanager
-def _single_exception() -> Iterator[None]:
+def _collapsed() -> Iterator[None]:
     """Let a lone exception out of a nursery as itself, not as an ``ExceptionGroup``."""
     try:
         yield
     except BaseExceptionGroup as group:
-        if len(group.exceptions) != 1 or isinstance(group.exceptions[0], BaseExceptionGroup):
-            raise
-        exc = group.exceptions[0]
-        context = exc.__context__
-        try:
-            raise exc
-        finally:
-            exc.__context__ = context
+        raise_collapsed(group)
 
 
 async def run_persistence(
     store: StateStore,
-    receive_channel: trio.MemoryReceiveChannel[DaemonState],
+    source: trio.MemoryReceiveChannel[DaemonState] | Callable[[], DaemonState],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the one task that writes ``state.json``, fed by ``receive_channel``.
+    """Run the one task that writes ``state.json``.
 
-    Start it with ``await nursery.start(run_persistence, store, receive_channel)``;
-    it reports started at once. Send every new :class:`DaemonState` snapshot
-    into the channel's send side. Closing every send side ends the task after
-    a final write of the last snapshot.
+    Start it with ``await nursery.start(run_persistence, store, source)``; it
+    reports started at once. ``source`` is either
 
-    Cancellation: the latest unwritten snapshot is written once more, shielded,
+    - a ``snapshot()`` callable, called on the event loop when a write is due
+      (after :meth:`StateStore.mark_dirty`, and for the baseline flush); the
+      task runs until cancelled;
+    - or the receive side of a channel: send every new :class:`DaemonState`
+      into its send side. Closing every send side ends the task after a final
+      write of the last snapshot.
+
+    Cancellation: the latest unwritten state is written once more, shielded,
     within ``shutdown_timeout``; then ``Cancelled`` propagates.
 
     Raises:
         RuntimeError: The store already has a running task.
     """
     store._claim()
-    store._receive_channel = receive_channel
     try:
-        with _single_exception():
+        with _collapsed():
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(store._receive, receive_channel)
+                if isinstance(source, trio.MemoryReceiveChannel):
+                    store._receive_channel = source
+                    nursery.start_soon(store._receive, source)
+                else:
+                    store._snapshot = source
                 task_status.started()
                 await store._run_writer()
                 nursery.cancel_scope.cancel()
     finally:
         store._finished = True
         store._notify()
+
+
+@contextlib.asynccontextmanager
+async def open_persistence(
+    store: StateStore, snapshot: Callable[[], DaemonState]
+) -> AsyncIterator[StateStore]:
+    """Run the persistence task, pulling from ``snapshot``, for the duration of the block.
+
+    Yields ``store``: call :meth:`StateStore.mark_dirty` after every change and
+    ``await store.flush()`` to wait until the changes so far are on disk. Leaving
+    the block makes a last write of a fresh snapshot (bounded by the store's
+    ``shutdown_timeout``). An exception raised in the block comes out as itself,
+    not wrapped in an ``ExceptionGroup``.
+
+    Raises:
+        RuntimeError: The store already has a running task.
+    """
+    with _collapsed():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_persistence, store, snapshot)
+            try:
+                yield store
+            finally:
+                store.mark_dirty()  # the final write has the very last state
+                nursery.cancel_scope.cancel()
 
 
 @contextlib.asynccontextmanager
@@ -590,7 +655,7 @@ async def open_state_writer(
         RuntimeError: The store already has a running task.
     """
     send, receive = trio.open_memory_channel[DaemonState](0)
-    with _single_exception():
+    with _collapsed():
         async with trio.open_nursery() as nursery:
             await nursery.start(run_persistence, store, receive)
             async with send:

@@ -289,3 +289,6 @@ def test_status_json_matches_its_documented_schema(running: Omnitron) -> None:
             walk(process, "processes[].")
     assert set(schema) == seen | {"apps"}
     assert set(report) == {"daemon", "apps"}
+    # Numbers are numbers, and a value does not repeat its key.
+    assert report["daemon"]["log_write_errors"] == 0
+    assert report["daemon"]["persistence"] == "ok"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from omnitron.cli._render import (
     render_apps,
     render_check,
     render_env,
+    render_event,
     render_graph,
     render_inspect,
     render_json,
@@ -82,7 +84,7 @@ STATUS = {
         "uptime": 190.0,
         "home": "/home/me/.omnitron",
         "config": "/srv/shop/omnitron.toml",
-        "persistence": "persistence: ok",
+        "persistence": "ok",
     },
     "apps": [
         app("cache", processes=[process(4301, name="cache")]),
@@ -204,6 +206,9 @@ def test_every_renderer_escapes() -> None:
         render_kill({"daemon": 1, "processes": [{"app": bad, "instance": 0, "pid": 2}]}),
         render_check({"config": bad, "strategy": bad, "apps": [{"name": bad}]}),
         render_inspect({**app(bad, last_error=bad), "recent_events": [bad]}),
+        render_inspect(
+            {**app("a"), "recent_events": [{"time": 0, "kind": "crashed", "reason": bad}]}
+        ),
         render_status({"daemon": {"home": bad, "config": bad}, "apps": []}),
     ]
     for text in outputs:
@@ -261,7 +266,7 @@ def test_render_status() -> None:
 
 
 def test_render_status_shows_degraded_persistence() -> None:
-    data = {"daemon": {**STATUS["daemon"], "persistence": "persistence: degraded (ENOSPC)"}}
+    data = {"daemon": {**STATUS["daemon"], "persistence": "degraded (ENOSPC)"}}
     first = render_status({**data, "apps": []}).splitlines()[0]
     assert first.endswith(" · persistence: degraded (ENOSPC)")
 
@@ -345,7 +350,7 @@ def test_render_inspect() -> None:
             "restart_policy": {"max_restarts": 3, "window": 60.0},
         },
         "last_exits": {"0": "killed by SIGKILL"},
-        "recent_events": ["12:00:01 instance 0 online (pid 4302)"],
+        "recent_events": [{"time": NOON, "kind": "online", "instance": 0, "pid": 4302}],
     }
     assert render_inspect(data) == "\n".join(
         [
@@ -372,9 +377,55 @@ def test_render_inspect() -> None:
             "  instance 0  killed by SIGKILL",
             "",
             "recent events",
-            "  12:00:01 instance 0 online (pid 4302)",
+            f"  {clock(NOON)} instance 0 online (pid 4302)",
         ]
     )
+
+
+NOON = 1_764_676_801.25
+
+
+def clock(stamp: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(stamp))
+
+
+@pytest.mark.parametrize(
+    ("event", "text"),
+    [
+        ({"kind": "online", "instance": 0, "pid": 4302}, "instance 0 online (pid 4302)"),
+        (
+            {"kind": "exited", "instance": 1, "pid": 9, "reason": "exited with code 3"},
+            "instance 1 exited with code 3",
+        ),
+        ({"kind": "restarting", "instance": 0, "delay": 0.5}, "instance 0 restarting in 0.5s"),
+        ({"kind": "stopped", "instance": 2}, "instance 2 stopped"),
+        (
+            {"kind": "stopped", "instance": 0, "killed": True, "escaped": [77]},
+            "instance 0 stopped (killed after stop timeout); escaped: [77]",
+        ),
+        ({"kind": "stopped"}, "stopped"),
+        ({"kind": "started"}, "started"),
+        ({"kind": "restarted"}, "restarted"),
+        (
+            {"kind": "restart_failed", "instance": 1, "reason": "readiness timeout after 2s"},
+            "restart failed: instance 1: readiness timeout after 2s",
+        ),
+        ({"kind": "scaled", "previous": 2, "instances": 3}, "scaled 2 -> 3"),
+        ({"kind": "failed", "reason": "killed by SIGKILL"}, "app failed: killed by SIGKILL"),
+        ({"kind": "crashed", "reason": "restart limit"}, "app crashed: restart limit"),
+        ({"kind": "hatched", "instance": 4, "egg": "blue"}, "hatched instance=4 egg=blue"),
+    ],
+)
+def test_render_event(event: dict[str, Any], text: str) -> None:
+    """Each kind of typed event reads as one line, at its local time of day."""
+    assert render_event({"time": NOON, **event}) == f"{clock(NOON)} {text}"
+
+
+def test_render_event_without_a_time_or_as_text() -> None:
+    assert render_event({"kind": "started"}) == "- started"
+    assert render_event({"time": True, "kind": "started"}) == "- started"
+    # An older daemon sent preformatted lines: shown as they are, escaped.
+    assert render_event("12:00:01 boom\x1b") == "12:00:01 boom\\x1b"
 
 
 def test_render_inspect_stopped_process_has_no_figures() -> None:

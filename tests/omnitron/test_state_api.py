@@ -50,6 +50,7 @@ def test_exported_names() -> None:
             "PersistenceStatus",
             "StateStore",
             "Step",
+            "open_persistence",
             "open_state_writer",
             "run_persistence",
             "CorruptStateFile",

@@ -1,0 +1,337 @@
+"""The live record of every app and its processes: a pure function of the tree's events.
+
+:func:`apply` takes an app's record and one lifecycle event of the supervision
+tree and returns the next record; it does no I/O and reads no clock (times come
+from the event). The orchestrator feeds it every event, in order, and keeps the
+result: there is no other source of app or process state, and nothing reconciles
+it with the tree afterwards. Operator actions are pure transitions too
+(:func:`intend`, :func:`give_up`, :func:`remember`), given the time by their caller.
+
+Each record keeps its last :data:`RECENT_EVENTS` :class:`AppEvent`\\ s: typed
+records (time, kind, fields) that ``inspect`` sends as they are and the CLI
+renders.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import attrs
+
+from supervision import StartFailure, SupervisorGaveUp
+from supervision import events as ev
+
+from .._eventtext import describe
+from ..config import AppConfig
+from ..state import AppStatus, DesiredStatus, ProcessIdentity
+
+__all__ = [
+    "RECENT_EVENTS",
+    "AppEvent",
+    "AppRecord",
+    "EventKind",
+    "ProcessRecord",
+    "apply",
+    "give_up",
+    "intend",
+    "remember",
+]
+
+RECENT_EVENTS = 50
+"""How many :class:`AppEvent` records an app keeps."""
+
+
+class EventKind(enum.Enum):
+    """What an :class:`AppEvent` records.
+
+    Process events carry the ``instance``; app events do not.
+    """
+
+    ONLINE = "online"
+    """A process became ready (``instance``, ``pid``)."""
+    EXITED = "exited"
+    """A process ended without being asked to (``instance``, ``pid``, ``reason``)."""
+    RESTARTING = "restarting"
+    """A process will be started again after ``delay`` seconds (``instance``)."""
+    STOPPED = "stopped"
+    """With ``instance``: a process was stopped (``killed`` after its stop timeout,
+    ``escaped`` descendants that could not be killed). Without: the operator
+    stopped the app."""
+    STARTED = "started"
+    """The operator started the app."""
+    RESTARTED = "restarted"
+    """The operator restarted the app (rolling)."""
+    RESTART_FAILED = "restart_failed"
+    """A rolling restart stopped at an instance that did not come up (``instance``,
+    ``reason``)."""
+    SCALED = "scaled"
+    """The operator changed the number of processes (``previous`` -> ``instances``)."""
+    FAILED = "failed"
+    """The app failed as a whole and its supervisor restarts it (``reason``;
+    ``one_for_all`` / ``rest_for_one``)."""
+    CRASHED = "crashed"
+    """The app was given up on (``reason``)."""
+
+
+@attrs.frozen(kw_only=True)
+class AppEvent:
+    """One thing that happened to an app, as ``inspect`` reports it.
+
+    Attributes:
+        time: When, in seconds since the epoch (the wall clock of the event).
+        kind: What happened; decides which of the other fields are set.
+        instance: The process concerned, for process events.
+        pid: The process's pid, where there was one.
+        reason: Why (an exit, a failure, a crash), one line.
+        delay: Seconds until a restart.
+        killed: The process ignored its stop signal and was killed.
+        escaped: Descendants that left the process group and could not be killed.
+        previous: The number of processes before a ``scale``.
+        instances: The number of processes after a ``scale``.
+    """
+
+    time: float
+    kind: EventKind
+    instance: int | None = None
+    pid: int | None = None
+    reason: str | None = None
+    delay: float | None = None
+    killed: bool = False
+    escaped: tuple[int, ...] = ()
+    previous: int | None = None
+    instances: int | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """``{"time", "kind", ...}`` plus every field that is set, for the control plane."""
+        wire: dict[str, Any] = {"time": self.time, "kind": self.kind.value}
+        for key in ("instance", "pid", "reason", "delay", "previous", "instances"):
+            value = getattr(self, key)
+            if value is not None:
+                wire[key] = value
+        if self.killed:
+            wire["killed"] = True
+        if self.escaped:
+            wire["escaped"] = list(self.escaped)
+        return wire
+
+    def describe(self) -> str:
+        """One line for the app's log file (``instance 0 online (pid 887)``)."""
+        return describe(self.to_wire())
+
+
+@attrs.frozen(kw_only=True)
+class ProcessRecord:
+    """One process of an app, as last seen.
+
+    Attributes:
+        instance: Its index in the app's pool.
+        pid: Its pid while it exists.
+        status: What it is doing.
+        restarts: Restarts since the app was started.
+        ready_at: When it became ready, on Trio's clock (for uptime).
+        last_exit: How its last run ended, one line.
+        identity: Who ``pid`` is, taken when it was spawned (to tell it from a
+            recycled pid later); set by the orchestrator, not by :func:`apply`.
+    """
+
+    instance: int
+    pid: int | None = None
+    status: AppStatus = AppStatus.STARTING
+    restarts: int = 0
+    ready_at: float | None = None
+    last_exit: str | None = None
+    identity: ProcessIdentity | None = None
+
+
+@attrs.frozen(kw_only=True)
+class AppRecord:
+    """An app's live state.
+
+    Attributes:
+        config: Its config in force.
+        instances: How many processes it should have (the config's, or a ``scale``).
+        desired: The operator's intent (persisted).
+        crashed: It exceeded its restart limit (or cannot run) and was given up on.
+        restarts: Restarts of its processes (and of the app as a whole), all together.
+        last_error: The last failure, one line.
+        processes: Its processes by instance (never mutated: each change is a new dict).
+        events: The last :data:`RECENT_EVENTS` things that happened to it, oldest first.
+    """
+
+    config: AppConfig
+    instances: int
+    desired: DesiredStatus = DesiredStatus.RUNNING
+    crashed: bool = False
+    restarts: int = 0
+    last_error: str | None = None
+    processes: dict[int, ProcessRecord] = attrs.field(factory=dict)
+    events: tuple[AppEvent, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def status(self) -> AppStatus:
+        if self.crashed:
+            return AppStatus.CRASHED
+        if not self.processes:
+            if self.desired is DesiredStatus.STOPPED:
+                return AppStatus.STOPPED
+            return AppStatus.STARTING
+        statuses = {p.status for p in self.processes.values()}
+        for status in (AppStatus.ERRORED, AppStatus.STARTING, AppStatus.STOPPING):
+            if status in statuses:
+                return status
+        if statuses == {AppStatus.STOPPED}:
+            return AppStatus.STOPPED
+        online = sum(1 for p in self.processes.values() if p.status is AppStatus.ONLINE)
+        if self.desired is DesiredStatus.RUNNING and online < self.instances:
+            return AppStatus.STARTING  # some instances are not even spawned yet
+        return AppStatus.ONLINE
+
+
+# --------------------------------------------------------------------------- transitions
+
+
+def remember(record: AppRecord, event: AppEvent) -> AppRecord:
+    """``record`` with ``event`` as its newest recent event."""
+    return attrs.evolve(record, events=(*record.events[-(RECENT_EVENTS - 1) :], event))
+
+
+def intend(record: AppRecord, desired: DesiredStatus) -> AppRecord:
+    """The operator asked for ``desired``: a crashed app is given a fresh start."""
+    if desired is DesiredStatus.RUNNING and record.crashed:
+        return attrs.evolve(record, desired=desired, crashed=False, last_error=None)
+    return attrs.evolve(record, desired=desired, crashed=False)
+
+
+def _down(process: ProcessRecord) -> ProcessRecord:
+    if process.status is AppStatus.STOPPED and process.pid is None:
+        return process
+    return attrs.evolve(process, status=AppStatus.STOPPED, pid=None, ready_at=None, identity=None)
+
+
+def _all_down(record: AppRecord) -> dict[int, ProcessRecord]:
+    return {index: _down(process) for index, process in record.processes.items()}
+
+
+def give_up(record: AppRecord, reason: str, time: float) -> AppRecord:
+    """The app is given up on: ``crashed``, every process down, ``reason`` recorded.
+
+    An app already given up on is returned unchanged.
+    """
+    if record.crashed:
+        return record
+    crashed = attrs.evolve(record, crashed=True, last_error=reason, processes=_all_down(record))
+    return remember(crashed, AppEvent(time=time, kind=EventKind.CRASHED, reason=reason))
+
+
+def apply(
+    record: AppRecord, event: ev.Event, instance: int | None, *, group_mode: bool = False
+) -> AppRecord:
+    """The record after ``event``: of the app's pool (``instance`` is ``None``) or of
+    its process ``instance``.
+
+    Args:
+        record: The app's record before the event.
+        event: One event of the tree, at the path of the app's pool or process.
+        instance: The process the event is about; ``None`` for the pool itself.
+        group_mode: Whether the root restarts failed pools (``one_for_all`` /
+            ``rest_for_one``); otherwise a failed pool is given up on.
+
+    Returns:
+        The new record (``record`` itself when the event changes nothing). At most
+        one :class:`AppEvent` is added per event.
+    """
+    if instance is None:
+        return _apply_pool(record, event, group_mode)
+    return _apply_process(record, instance, event)
+
+
+def _apply_pool(record: AppRecord, event: ev.Event, group_mode: bool) -> AppRecord:
+    match event:
+        case ev.ChildStarted():
+            # A fresh pool: its processes announce themselves from now on.
+            return attrs.evolve(record, processes={})
+        case ev.ChildExited() if isinstance(event.exception, SupervisorGaveUp | StartFailure):
+            if group_mode:
+                reason = str(event.exception)
+                return remember(
+                    record, AppEvent(time=event.timestamp, kind=EventKind.FAILED, reason=reason)
+                )
+            policy = record.config.restart_policy
+            reason = (
+                f"restart limit exceeded ({policy.max_restarts} restarts within {policy.window:g}s)"
+            )
+            if record.last_error:
+                reason += f"; last: {record.last_error}"
+            return give_up(record, reason, event.timestamp)
+        case ev.ChildRestarting():
+            return attrs.evolve(record, restarts=record.restarts + 1)
+        case ev.ChildStopped():
+            # Processes waiting for a restart are stopped with their pool, silently.
+            return attrs.evolve(record, processes=_all_down(record))
+    return record
+
+
+def _apply_process(record: AppRecord, index: int, event: ev.Event) -> AppRecord:
+    old = record.processes.get(index) or ProcessRecord(instance=index)
+    note: AppEvent | None = None
+    restarts = record.restarts
+    last_error = record.last_error
+    match event:
+        case ev.ChildStarted():
+            new = attrs.evolve(
+                old, pid=event.pid, status=AppStatus.STARTING, ready_at=None, identity=None
+            )
+        case ev.ChildReady():
+            pid = event.pid if event.pid is not None else old.pid
+            new = attrs.evolve(old, pid=pid, status=AppStatus.ONLINE, ready_at=event.monotonic)
+            note = AppEvent(time=event.timestamp, kind=EventKind.ONLINE, instance=index, pid=pid)
+        case ev.ChildExited():
+            normal = event.exit.normal
+            new = attrs.evolve(
+                old,
+                pid=None,
+                ready_at=None,
+                identity=None,
+                status=AppStatus.STOPPED if normal else AppStatus.ERRORED,
+                last_exit=event.exit.reason,
+            )
+            if not normal:
+                last_error = f"instance {index}: {event.exit.reason}"
+            note = AppEvent(
+                time=event.timestamp,
+                kind=EventKind.EXITED,
+                instance=index,
+                pid=event.pid,
+                reason=event.exit.reason,
+            )
+        case ev.ChildRestarting():
+            # Errored until it runs again if it crashed; starting if it exited
+            # normally or was stopped for a group restart.
+            status = AppStatus.ERRORED if old.status is AppStatus.ERRORED else AppStatus.STARTING
+            new = attrs.evolve(old, restarts=old.restarts + 1, status=status)
+            restarts += 1
+            note = AppEvent(
+                time=event.timestamp, kind=EventKind.RESTARTING, instance=index, delay=event.delay
+            )
+        case ev.ChildStopped():
+            new = _down(old)
+            note = AppEvent(
+                time=event.timestamp,
+                kind=EventKind.STOPPED,
+                instance=index,
+                pid=event.pid,
+                killed=event.killed,
+                escaped=tuple(event.escaped),
+            )
+            if event.escaped:
+                last_error = note.describe()
+        case _:
+            return record
+    processes = {**record.processes, index: new}
+    updated = attrs.evolve(record, processes=processes, restarts=restarts, last_error=last_error)
+    return remember(updated, note) if note is not None else updated

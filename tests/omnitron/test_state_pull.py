@@ -1,0 +1,129 @@
+"""The persistence task pulling snapshots: ``mark_dirty()``, ``flush()``, one snapshot per write.
+
+Virtual time with the in-memory disk, as in ``test_state_store.py``.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+import trio
+import trio.testing
+
+from omnitron.state import AppState, DaemonState, Home, StateStore, Step, open_persistence
+from omnitron.state.testing import Fault, FaultyFileSystem, MemoryFileSystem
+
+HOME = Home("/virtual/home")
+
+
+class Source:
+    """The daemon's side: a state that changes, and a count of snapshots taken."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.taken = 0
+
+    def change(self, name: str, store: StateStore) -> None:
+        self.names.append(name)
+        store.mark_dirty()
+
+    def snapshot(self) -> DaemonState:
+        self.taken += 1
+        return DaemonState(apps=[AppState(name=n) for n in self.names])
+
+
+def make(**kwargs: float) -> tuple[StateStore, FaultyFileSystem, MemoryFileSystem]:
+    mem = MemoryFileSystem()
+    fs = FaultyFileSystem(mem)
+    return StateStore(HOME, fs=fs, **kwargs), fs, mem
+
+
+async def test_flush_returns_once_the_change_is_on_disk(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store, _fs, mem = make(min_write_interval=0.2)
+    source = Source()
+    async with open_persistence(store, source.snapshot):
+        source.change("api", store)
+        await store.flush()
+        assert mem.decode(HOME.state_file)[1] == source.snapshot()
+        # A second change within min_write_interval: the flush waits for its write.
+        source.change("web", store)
+        before = trio.current_time()
+        await store.flush()
+        assert trio.current_time() - before == pytest.approx(0.2)
+        assert [a.name for a in mem.decode(HOME.state_file)[1].apps] == ["api", "web"]
+
+
+async def test_a_burst_of_changes_costs_one_snapshot_per_write(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store, _fs, mem = make(min_write_interval=0.2)
+    source = Source()
+    async with open_persistence(store, source.snapshot):
+        for n in range(1000):
+            source.change(f"app{n}", store)
+            if n % 100 == 0:
+                await trio.sleep(0.01)
+        await store.flush()
+        writes, taken = store.statistics().writes, source.taken
+    assert len(mem.decode(HOME.state_file)[1].apps) == 1000
+    assert taken == writes  # the snapshot is built only when a write is due
+    assert writes <= 7  # 1000 changes over ~0.1 s: a handful of writes
+    # Every change is counted; all but one per write were coalesced into another.
+    stats = store.statistics()
+    assert stats.snapshots_received - stats.snapshots_coalesced == stats.writes
+
+
+async def test_flush_waits_through_a_failing_disk(autojump_clock: trio.testing.MockClock) -> None:
+    store, fs, mem = make(retry_initial=1.0)
+    source = Source()
+    fs.inject(Step.FSYNC, Fault.error(errno.ENOSPC), times=1)
+    async with open_persistence(store, source.snapshot):
+        source.change("api", store)
+        with trio.move_on_after(0.5):
+            await store.flush()
+        assert str(store.health()) == "persistence: degraded (ENOSPC)"
+        assert HOME.state_file not in mem.files
+        # The retry succeeds: the flush that is still waiting returns then.
+        await store.flush()
+        assert trio.current_time() == pytest.approx(1.0)
+        assert str(store.health()) == "persistence: ok"
+        assert mem.decode(HOME.state_file)[1] == source.snapshot()
+
+
+async def test_flush_returns_when_the_change_is_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store, _fs, mem = make()
+    source = Source()
+    async with open_persistence(store, source.snapshot):
+        source.change("api", store)
+        await store.flush()
+        source.names.clear()  # every app gone: refused, not written
+        store.mark_dirty()
+        await store.flush()
+        assert store.statistics().writes_refused == 1
+        assert [a.name for a in mem.decode(HOME.state_file)[1].apps] == ["api"]
+
+
+async def test_leaving_the_block_writes_the_very_last_state(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store, _fs, mem = make(min_write_interval=10.0)
+    source = Source()
+    async with open_persistence(store, source.snapshot):
+        source.change("api", store)
+        await store.flush()
+        source.names.append("web")  # changed, not even announced
+    assert [a.name for a in mem.decode(HOME.state_file)[1].apps] == ["api", "web"]
+
+
+async def test_an_error_in_the_block_comes_out_as_itself(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store, _, _ = make()
+    with pytest.raises(KeyError):
+        async with open_persistence(store, Source().snapshot):
+            raise KeyError("boom")
