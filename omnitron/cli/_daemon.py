@@ -109,6 +109,7 @@ def up(
     reset_state: bool,
     wait_timeout: float,
     daemonized: bool,
+    planes: list[str] | None = None,
 ) -> int:
     """Validate the config, then run the daemon (``exec``) or launch it detached.
 
@@ -133,7 +134,7 @@ def up(
     _config.warn(cli, ecosystem)
 
     _refuse_other_config(cli, source)
-    argv = _daemon_argv(cli, source, stack=stack, reset_state=reset_state)
+    argv = _daemon_argv(cli, source, stack=stack, reset_state=reset_state) + (planes or [])
     if foreground:
         if not daemonized:
             argv.append("--echo")
@@ -296,6 +297,10 @@ def _detach(cli: Cli, argv: list[str], *, timeout: float) -> int:
                 )
             launch.read(left)
         cli.note(f"daemon started (pid {proc.pid}); waiting for the apps")
+        if "--tcp" in argv or "--http" in argv:
+            from ._auth import note_planes
+
+            note_planes(cli, argv)
         status, unsettled = _wait_settled(cli, launch, deadline)
     finally:
         launch.close()

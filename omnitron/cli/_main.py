@@ -89,11 +89,43 @@ class _Group(click.Group):
 @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
 @click.option("--home", metavar="PATH", help=_HOME_HELP)
 @click.option("--timeout", type=_SECONDS, metavar="SECONDS", help=_TIMEOUT_HELP)
+@click.option(
+    "--url",
+    metavar="tls://HOST:PORT",
+    help="Talk to the daemon at this TLS address instead of the local socket.",
+)
+@click.option(
+    "--token-file",
+    metavar="FILE",
+    help="With --url: the file holding the token (from `omnitron auth token`).",
+)
+@click.option(
+    "--fingerprint",
+    metavar="SHA256:...",
+    help="With --url: the daemon's certificate fingerprint (pinned in HOME/known_hosts).",
+)
 @click.version_option(__version__, prog_name="omnitron")
 @click.pass_context
-def cli(ctx: click.Context, as_json: bool, home: str | None, timeout: float | None) -> None:
+def cli(
+    ctx: click.Context,
+    as_json: bool,
+    home: str | None,
+    timeout: float | None,
+    url: str | None,
+    token_file: str | None,
+    fingerprint: str | None,
+) -> None:
     """omnitron: a process supervisor for Python people, built on Trio."""
-    ctx.obj = Cli(json=as_json, home=resolve_home(home), timeout=timeout)
+    if (token_file is not None or fingerprint is not None) and url is None:
+        raise CliError("--token-file and --fingerprint go with --url", exit_code=EXIT_USAGE)
+    ctx.obj = Cli(
+        json=as_json,
+        home=resolve_home(home),
+        timeout=timeout,
+        url=url,
+        token_file=token_file,
+        fingerprint=fingerprint,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +151,20 @@ def main(argv: list[str] | None = None) -> int:
     metavar="SECONDS",
     help="How long to wait for the daemon and its apps to come up.",
 )
+@click.option(
+    "--tcp",
+    metavar="HOST:PORT",
+    help="Also serve the TCP plane here: TLS, token auth (e.g. 0.0.0.0:9700).",
+)
+@click.option(
+    "--http",
+    metavar="HOST:PORT",
+    help="Also serve the WebSocket plane at /rpc (ws:// on loopback, else wss://).",
+)
+@click.option(
+    "--tls-cert", metavar="FILE", help="Serve this certificate (PEM) instead of the daemon's own."
+)
+@click.option("--tls-key", metavar="FILE", help="The private key (PEM) of --tls-cert.")
 @click.option("--daemonized", is_flag=True, hidden=True)
 @pass_cli
 def up(
@@ -128,6 +174,10 @@ def up(
     stack: str | None,
     reset_state: bool,
     wait_timeout: float,
+    tcp: str | None,
+    http: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
     daemonized: bool,
 ) -> None:
     """Start the daemon and its apps (detached unless --foreground).
@@ -137,7 +187,7 @@ def up(
     (stopped and disabled apps are fine), 1 naming the apps that are not, 2 for
     an invalid config.
     """
-    from . import _daemon
+    from . import _auth, _daemon
 
     code = _daemon.up(
         cli,
@@ -147,6 +197,7 @@ def up(
         reset_state=reset_state,
         wait_timeout=wait_timeout,
         daemonized=daemonized,
+        planes=_auth.plane_argv(tcp=tcp, http=http, tls_cert=tls_cert, tls_key=tls_key),
     )
     raise SystemExit(code)
 
@@ -595,3 +646,44 @@ def flush(cli: Cli, apps: tuple[str, ...]) -> None:
     from . import _logs
 
     _logs.flush(cli, apps)
+
+
+@cli.group()
+def auth() -> None:
+    """Tokens for the TCP and WebSocket planes (admin)."""
+
+
+@auth.command()
+@click.option(
+    "--role",
+    type=click.Choice(["viewer", "operator", "admin"]),
+    required=True,
+    help="What the token may do.",
+)
+@click.option("--ttl", default="1h", show_default=True, help="Lifetime: 90s, 15m, 1h, 30d, 2w.")
+@click.option("--subject", metavar="NAME", help="Who the token is for (shown in `auth ls`).")
+@pass_cli
+def token(cli: Cli, role: str, ttl: str, subject: str | None) -> None:
+    """Issue a token and print it (it is shown only this once)."""
+    from . import _auth
+
+    _auth.issue(cli, role=role, ttl=ttl, subject=subject)
+
+
+@auth.command()
+@click.argument("token_id", metavar="ID")
+@pass_cli
+def revoke(cli: Cli, token_id: str) -> None:
+    """Revoke a token by id; connections using it fail their next call."""
+    from . import _auth
+
+    _auth.revoke(cli, token_id)
+
+
+@auth.command(name="ls")
+@pass_cli
+def auth_ls(cli: Cli) -> None:
+    """Issued tokens that have not expired (ids, subjects, roles; never the tokens)."""
+    from . import _auth
+
+    _auth.list_tokens(cli)

@@ -28,6 +28,7 @@ from .. import __version__
 from .._logtail import stderr_tail
 from ..config import ConfigError, Ecosystem, load_config, secret_reference
 from ..rpc import Call, Dispatcher, Encoded, Handler, InvalidParams, Len, Name, Range, Role
+from ..rpc._auth import TokenAuthority, register_auth_methods
 from ._errors import DOMAIN_ERRORS, AppStartFailed, ConfigInvalid, RequestRefused
 from ._logs import LogLine
 from ._metrics import FIELDS, CountingDispatcher, Sampler, aggregate, figures, prometheus_text
@@ -480,7 +481,9 @@ def parse_signal(text: str) -> int:
         ) from None
 
 
-def build_dispatcher(service: DaemonService) -> Dispatcher:
+def build_dispatcher(
+    service: DaemonService, *, authority: Callable[[], TokenAuthority] | None = None
+) -> Dispatcher:
     """The management plane's methods, each with its role."""
     dispatcher = CountingDispatcher(error_types=DOMAIN_ERRORS)
     service.dispatcher = dispatcher
@@ -644,6 +647,8 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
             dispatcher.register(name, handler, role=role)
     register_secret_methods(dispatcher, service.secrets)
     register_log_methods(dispatcher, service)
+    if authority is not None:
+        register_auth_methods(dispatcher, authority)
     return dispatcher
 
 
