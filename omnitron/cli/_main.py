@@ -270,6 +270,8 @@ def _status(cli: Cli) -> Any:
 
     from ._context import QUERY_TIMEOUT, rpc_failure
 
+    if cli.url is not None:  # a remote daemon: its state file is not ours to read
+        return cli.call("daemon.status")
     try:
         with connect_unix_sync(cli.socket_path, timeout=cli.timeout or QUERY_TIMEOUT) as client:
             return client.call("daemon.status")
