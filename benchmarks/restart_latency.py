@@ -24,8 +24,10 @@ start 100
     Time until 100 children are all ready, with ``Ready.on_spawn()`` and with
     ``Ready.notify()``.
 
-The markdown tables go to stdout, progress to stderr.  Other supervisors can be
-compared by writing a small :class:`Adapter` and listing it in :data:`ADAPTERS`.
+The markdown tables go to stdout, progress to stderr.  Another supervisor can be
+measured here by writing a small :class:`Adapter` and listing it in
+:data:`ADAPTERS`; ``benchmarks/compare.py`` measures omnitron next to supervisord,
+circus, PM2 and Erlang/OTP as separate processes.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -383,30 +386,14 @@ class SupervisionAdapter:
 
     @staticmethod
     def _spec(child: Child, *, count: int, notify: bool, prefix: str = "c") -> Any:
-        from supervision import (
-            Backoff,
-            ChildSpec,
-            Intensity,
-            ProcessChild,
-            Ready,
-            Strategy,
-            SupervisorSpec,
-        )
-
-        ready = Ready.notify() if notify else Ready.on_spawn()
-        return SupervisorSpec(
-            name="bench",
-            strategy=Strategy.ONE_FOR_ONE,
-            intensity=Intensity(max_restarts=10**6, window=1.0),
-            backoff=Backoff.none(),
-            children=[
-                ChildSpec(
-                    f"{prefix}{i:03d}" if count > 1 else prefix,
-                    ProcessChild(list(child.argv), env=dict(child.env) or None, ready=ready),
-                )
-                for i in range(count)
-            ],
-        )
+        # The same spec as the library's peer in compare.py: peers/embedded.py.
+        path = HERE / "peers" / "embedded.py"
+        loader = importlib.util.spec_from_file_location("omnitron_bench_embedded", path)
+        assert loader is not None
+        assert loader.loader is not None
+        embedded = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(embedded)
+        return embedded.spec(child.argv, count, notify=notify, env=child.env, prefix=prefix)
 
     async def setup(self, child: Child) -> None:
         from supervision import open_supervisor

@@ -73,6 +73,7 @@ class ChildState(enum.Enum):
 
 
 _ACTIVE = frozenset({ChildState.STARTING, ChildState.RUNNING, ChildState.RESTARTING})
+_DONE = frozenset({ChildState.STOPPED, ChildState.EXITED})
 
 
 @attrs.frozen
@@ -134,6 +135,8 @@ class _Slot:
         self.waiters: list[_Pending] = []
         # The generation being started was added by start_child: a failure removes it.
         self.dynamic = False
+        # It has been ready at least once: the tree's first start is done with it.
+        self.started = False
 
     def info(self) -> ChildInfo:
         return ChildInfo(
@@ -507,7 +510,10 @@ class _Engine:
             await self._on_exited(message)
 
     def _settled(self) -> bool:
-        return all(s.restart_at is None and s.state is not ChildState.STARTING for s in self.slots)
+        """The first start is done: every child has been ready once (as in OTP, a
+        child that crashed since is being restarted as usual and holds nobody up;
+        one that never became ready is retried until it does)."""
+        return all(s.started or s.state in _DONE for s in self.slots)
 
     def _startable(self) -> list[_Slot]:
         """Slots whose scheduled start may begin now.
@@ -520,7 +526,9 @@ class _Engine:
         if self._started and self.spec.strategy is Strategy.ONE_FOR_ONE:
             return self.slots
         for index, slot in enumerate(self.slots):
-            if slot.state is ChildState.STARTING:
+            # During the first start only a child's first start holds up the ones
+            # after it: one that was ready and crashed restarts beside them.
+            if slot.state is ChildState.STARTING and (self._started or not slot.started):
                 return self.slots[:index]
         return self.slots
 
@@ -619,6 +627,7 @@ class _Engine:
         slot.pid = message.pid if message.pid is not None else slot.pid
         slot.state = ChildState.RUNNING
         slot.dynamic = False
+        slot.started = True
         slot.ready_at = trio.current_time()
         self._publish(
             ev.ChildReady(path=self._path(slot), pid=slot.pid, generation=slot.generation)

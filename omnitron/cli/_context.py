@@ -116,12 +116,24 @@ class Cli:
             per-command default (:data:`QUERY_TIMEOUT` / :data:`ACTION_TIMEOUT`).
     """
 
-    __slots__ = ("home", "json", "timeout")
+    __slots__ = ("fingerprint", "home", "json", "timeout", "token_file", "url")
 
-    def __init__(self, *, json: bool, home: str, timeout: float | None) -> None:
+    def __init__(
+        self,
+        *,
+        json: bool,
+        home: str,
+        timeout: float | None,
+        url: str | None = None,
+        token_file: str | None = None,
+        fingerprint: str | None = None,
+    ) -> None:
         self.json = json
         self.home = home
         self.timeout = timeout
+        self.url = url
+        self.token_file = token_file
+        self.fingerprint = fingerprint
 
     @property
     def socket_path(self) -> str:
@@ -137,10 +149,51 @@ class Cli:
         from omnitron.rpc._errors import RpcError
         from omnitron.rpc.sync_client import connect_unix_sync
 
+        if self.url is not None:
+            return self._connect_url(self.url, timeout=self.timeout or timeout)
         try:
             return connect_unix_sync(self.socket_path, timeout=self.timeout or timeout)
         except RpcError as exc:
             raise rpc_failure(exc) from None
+
+    def _connect_url(self, url: str, *, timeout: float) -> SyncClient:
+        """A client of a daemon's TLS plane, its certificate pinned, logged in with the token."""
+        from omnitron.rpc._address import parse_url
+        from omnitron.rpc._errors import DaemonNotRunning, RpcError
+        from omnitron.rpc.sync_client import connect_tls_sync
+
+        try:
+            scheme, host, port = parse_url(url)
+        except ValueError as exc:
+            raise CliError(str(exc), exit_code=EXIT_USAGE) from None
+        if scheme != "tls":
+            raise CliError(
+                f"--url {url!r}: the CLI connects to tls:// URLs (the TCP plane)",
+                exit_code=EXIT_USAGE,
+            )
+        if self.token_file is None:
+            raise CliError("--url needs --token-file FILE (a token from `omnitron auth token`)")
+        token = _read_token(self.token_file)
+        try:
+            client = connect_tls_sync(
+                host,
+                port,
+                known_hosts=os.path.join(self.home, "known_hosts"),
+                fingerprint=self.fingerprint,
+                confirm=_confirm_certificate,
+                timeout=timeout,
+            )
+        except DaemonNotRunning as exc:
+            # Not "start it with `omnitron up`": the daemon is on another machine.
+            raise CliError(f"cannot reach the daemon at {url}: {exc.reason}") from None
+        except RpcError as exc:
+            raise rpc_failure(exc) from None
+        try:
+            client.call("auth.login", token=token)
+        except RpcError as exc:
+            client.close()
+            raise rpc_failure(exc) from None
+        return client
 
     def call(self, method: str, /, *, timeout: float = QUERY_TIMEOUT, **params: object) -> Any:
         """Call ``method`` on the daemon with named ``params`` and return its result.
@@ -164,6 +217,29 @@ class Cli:
     def note(self, text: str) -> None:
         """Print a diagnostic on stderr (never part of the result)."""
         click.echo(escape(text), err=True)
+
+
+def _read_token(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as file:
+            token = file.read(16385).strip()
+    except OSError as exc:
+        raise CliError(f"cannot read the token file {path}: {exc.strerror or exc}") from None
+    if not token:
+        raise CliError(f"the token file {path} is empty")
+    return token
+
+
+def _confirm_certificate(where: str, fingerprint: str) -> bool:
+    """Trust on first use: ask on a terminal, refuse otherwise."""
+    import sys
+
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return False
+    click.echo(f"The daemon at {where} presents an unknown certificate:", err=True)
+    click.echo(f"  {fingerprint}", err=True)
+    click.echo("Compare it with the fingerprint the daemon printed when it started.", err=True)
+    return click.confirm("Trust it from now on?", default=False, err=True)
 
 
 pass_cli = click.make_pass_decorator(Cli)

@@ -109,6 +109,7 @@ def up(
     reset_state: bool,
     wait_timeout: float,
     daemonized: bool,
+    planes: list[str] | None = None,
 ) -> int:
     """Validate the config, then run the daemon (``exec``) or launch it detached.
 
@@ -132,7 +133,8 @@ def up(
     cli.note(f"config: {source} ({count} app{'s' if count != 1 else ''})")
     _config.warn(cli, ecosystem)
 
-    argv = _daemon_argv(cli, source, stack=stack, reset_state=reset_state)
+    _refuse_other_config(cli, source)
+    argv = _daemon_argv(cli, source, stack=stack, reset_state=reset_state) + (planes or [])
     if foreground:
         if not daemonized:
             argv.append("--echo")
@@ -142,6 +144,31 @@ def up(
         # supervisor's child) and its environment (NOTIFY_SOCKET) stay.
         os.execv(sys.executable, argv)
     return _detach(cli, argv, timeout=wait_timeout)
+
+
+def _refuse_other_config(cli: Cli, source: Path) -> None:
+    """Fail, naming both configs, if this home's daemon runs another config than ``source``.
+
+    A daemon that runs the same config is left to refuse the second one itself.
+    """
+    if not os.path.exists(cli.socket_path):
+        return
+    from omnitron.rpc._errors import RpcError
+    from omnitron.rpc.sync_client import connect_unix_sync
+
+    try:
+        with connect_unix_sync(cli.socket_path, timeout=min(cli.timeout or 5.0, 5.0)) as client:
+            daemon = client.call("daemon.status")["daemon"]
+    except (RpcError, KeyError, TypeError):
+        return  # no daemon answers: the launch goes on and the pid lock decides
+    running = str(daemon.get("config"))
+    if os.path.realpath(running) == os.path.realpath(source):
+        return
+    raise CliError(
+        f"daemon already running (pid {daemon.get('pid')}) on {cli.home} with another config: "
+        f"{running} (not {source}); to run both, give this one its own home "
+        "(`omnitron up --home PATH`, or $OMNITRON_HOME), or stop that one first (`omnitron down`)"
+    )
 
 
 def _daemon_argv(cli: Cli, source: Path, *, stack: str | None, reset_state: bool) -> list[str]:
@@ -270,6 +297,10 @@ def _detach(cli: Cli, argv: list[str], *, timeout: float) -> int:
                 )
             launch.read(left)
         cli.note(f"daemon started (pid {proc.pid}); waiting for the apps")
+        if "--tcp" in argv or "--http" in argv:
+            from ._auth import note_planes
+
+            note_planes(cli, argv)
         status, unsettled = _wait_settled(cli, launch, deadline)
     finally:
         launch.close()
@@ -286,14 +317,36 @@ def _detach(cli: Cli, argv: list[str], *, timeout: float) -> int:
             f"not settled within {timeout:g}s: {', '.join(unsettled)} "
             "(still starting or restarting; see `omnitron status`)"
         )
-    failed = [
-        f"{app['name']} ({app['status']})"
-        for app in status.get("apps") or ()
-        if app.get("status") not in OK_STATUSES
-    ]
+    failed = [app for app in status.get("apps") or () if app.get("status") not in OK_STATUSES]
     if failed:
-        raise CliError(f"not online after start-up: {', '.join(failed)}")
+        raise CliError(
+            "not online after start-up: "
+            + ", ".join(f"{app['name']} ({app['status']})" for app in failed),
+            details=_failure_details(cli, [str(app["name"]) for app in failed]),
+        )
     return 0
+
+
+def _failure_details(cli: Cli, apps: list[str]) -> list[str]:
+    """For each app that did not come up: its last error, last stderr lines and log file."""
+    from omnitron._logtail import stderr_tail
+    from omnitron.rpc._errors import RpcError
+
+    from ._render import render_start_failure
+
+    details: list[str] = []
+    try:
+        with cli.connect() as client:
+            for name in apps:
+                app = client.call("daemon.inspect", name=name)
+                log = str(app.get("log_file"))
+                if app.get("last_error"):
+                    details.append(f"{name}: {app['last_error']}")
+                data = {"app": name, "log": log, "stderr_tail": stderr_tail(Path(log), name)}
+                details += render_start_failure(data)
+    except RpcError:
+        pass  # the daemon went away meanwhile: the table above is what there is
+    return details
 
 
 def unsettled_apps(status: dict[str, Any]) -> tuple[list[str], float]:

@@ -90,11 +90,43 @@ class _Group(click.Group):
 @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
 @click.option("--home", metavar="PATH", help=_HOME_HELP)
 @click.option("--timeout", type=_SECONDS, metavar="SECONDS", help=_TIMEOUT_HELP)
+@click.option(
+    "--url",
+    metavar="tls://HOST:PORT",
+    help="Talk to the daemon at this TLS address instead of the local socket.",
+)
+@click.option(
+    "--token-file",
+    metavar="FILE",
+    help="With --url: the file holding the token (from `omnitron auth token`).",
+)
+@click.option(
+    "--fingerprint",
+    metavar="SHA256:...",
+    help="With --url: the daemon's certificate fingerprint (pinned in HOME/known_hosts).",
+)
 @click.version_option(__version__, prog_name="omnitron")
 @click.pass_context
-def cli(ctx: click.Context, as_json: bool, home: str | None, timeout: float | None) -> None:
+def cli(
+    ctx: click.Context,
+    as_json: bool,
+    home: str | None,
+    timeout: float | None,
+    url: str | None,
+    token_file: str | None,
+    fingerprint: str | None,
+) -> None:
     """omnitron: a process supervisor for Python people, built on Trio."""
-    ctx.obj = Cli(json=as_json, home=resolve_home(home), timeout=timeout)
+    if (token_file is not None or fingerprint is not None) and url is None:
+        raise CliError("--token-file and --fingerprint go with --url", exit_code=EXIT_USAGE)
+    ctx.obj = Cli(
+        json=as_json,
+        home=resolve_home(home),
+        timeout=timeout,
+        url=url,
+        token_file=token_file,
+        fingerprint=fingerprint,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +152,20 @@ def main(argv: list[str] | None = None) -> int:
     metavar="SECONDS",
     help="How long to wait for the daemon and its apps to come up.",
 )
+@click.option(
+    "--tcp",
+    metavar="HOST:PORT",
+    help="Also serve the TCP plane here: TLS, token auth (e.g. 0.0.0.0:9700).",
+)
+@click.option(
+    "--http",
+    metavar="HOST:PORT",
+    help="Also serve the WebSocket plane at /rpc (ws:// on loopback, else wss://).",
+)
+@click.option(
+    "--tls-cert", metavar="FILE", help="Serve this certificate (PEM) instead of the daemon's own."
+)
+@click.option("--tls-key", metavar="FILE", help="The private key (PEM) of --tls-cert.")
 @click.option("--daemonized", is_flag=True, hidden=True)
 @pass_cli
 def up(
@@ -129,6 +175,10 @@ def up(
     stack: str | None,
     reset_state: bool,
     wait_timeout: float,
+    tcp: str | None,
+    http: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
     daemonized: bool,
 ) -> None:
     """Start the daemon and its apps (detached unless --foreground).
@@ -138,7 +188,7 @@ def up(
     (stopped and disabled apps are fine), 1 naming the apps that are not, 2 for
     an invalid config.
     """
-    from . import _daemon
+    from . import _auth, _daemon
 
     code = _daemon.up(
         cli,
@@ -148,6 +198,7 @@ def up(
         reset_state=reset_state,
         wait_timeout=wait_timeout,
         daemonized=daemonized,
+        planes=_auth.plane_argv(tcp=tcp, http=http, tls_cert=tls_cert, tls_key=tls_key),
     )
     raise SystemExit(code)
 
@@ -200,7 +251,7 @@ def status(cli: Cli, apps: tuple[str, ...]) -> None:
 
     Exits 1 when an app shown is crashed or errored.
     """
-    result = cli.call("daemon.status")
+    result = _status(cli)
     if apps:
         names = _known(cli, apps, {app["name"] for app in result["apps"]})
         result["apps"] = [app for app in result["apps"] if app["name"] in names]
@@ -210,6 +261,48 @@ def status(cli: Cli, apps: tuple[str, ...]) -> None:
     ]
     if troubled:
         raise CliError(f"not healthy: {', '.join(troubled)}")
+
+
+def _status(cli: Cli) -> Any:
+    """``daemon.status``; a daemon that is not running because a critical app made it
+    stop says so (the reason it recorded in ``state.json``)."""
+    from omnitron.rpc._errors import DaemonNotRunning, RpcError
+    from omnitron.rpc.sync_client import connect_unix_sync
+
+    from ._context import QUERY_TIMEOUT, rpc_failure
+
+    if cli.url is not None:  # a remote daemon: its state file is not ours to read
+        return cli.call("daemon.status")
+    try:
+        with connect_unix_sync(cli.socket_path, timeout=cli.timeout or QUERY_TIMEOUT) as client:
+            return client.call("daemon.status")
+    except DaemonNotRunning as exc:
+        stopped = _stop_reason(cli.home)
+        if stopped is None:
+            raise rpc_failure(exc) from None
+        reason, when = stopped
+        raise CliError(
+            f"daemon not running: it stopped at {when} because {reason}; "
+            "fix the app, then `omnitron up`"
+        ) from None
+    except RpcError as exc:
+        raise rpc_failure(exc) from None
+
+
+def _stop_reason(home: str) -> tuple[str, str] | None:
+    """``(reason, written_at)`` if the last daemon of ``home`` stopped on its own."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(home, "state.json"), "rb") as f:
+            doc = json.load(f)
+        reason, when = doc["state"].get("stop_reason"), doc["written_at"]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None  # no readable state: nothing more to say than "not running"
+    if not isinstance(reason, str) or not isinstance(when, str):
+        return None
+    return reason, when
 
 
 def _names(apps: tuple[str, ...]) -> list[str]:
@@ -260,7 +353,55 @@ def graph(cli: Cli) -> None:
     cli.emit(cli.call("daemon.graph"), render.render_graph)
 
 
+# --------------------------------------------------------------------------- metrics
+
+
+@cli.command()
+@click.argument("app", required=False)
+@click.option(
+    "--prometheus", is_flag=True, help="Print the Prometheus text exposition of every app."
+)
+@click.option(
+    "--enable/--disable",
+    "enable",
+    default=None,
+    help="Turn the daemon's sampling on or off (admin).",
+)
+@pass_cli
+def metrics(cli: Cli, app: str | None, prometheus: bool, enable: bool | None) -> None:
+    """CPU, memory, threads and open files of every process (or of APP's), sampled
+    by the daemon every `[monitoring] metrics.interval`."""
+    from . import _metrics
+
+    _metrics.metrics(cli, app, prometheus=prometheus, enable=enable)
+
+
 # --------------------------------------------------------------------------- actions
+
+
+def _act(cli: Cli, method: str, /, **params: object) -> Any:
+    """Call an action; a start failure shows the app's last stderr lines and log file."""
+    from omnitron.rpc._errors import RemoteError, RpcError
+
+    from ._context import rpc_failure
+
+    with cli.connect(timeout=ACTION_TIMEOUT) as client:
+        try:
+            return client.call(method, **params)
+        except RpcError as exc:
+            failure = rpc_failure(exc)
+            if isinstance(exc, RemoteError):
+                failure.details += tuple(render.render_start_failure(exc.data))
+            raise failure from None
+
+
+def _targets(cli: Cli, apps: tuple[str, ...]) -> list[str]:
+    """The APP...|all arguments of an action, each once; several names are all checked
+    first, so a typo among them changes nothing."""
+    names = _names(apps)
+    if len(names) > 1:
+        _known(cli, apps, {app["name"] for app in cli.call("daemon.list")})
+    return names
 
 
 def _action(verb: str, key: str, summary: str) -> None:
@@ -268,13 +409,11 @@ def _action(verb: str, key: str, summary: str) -> None:
     @click.argument("apps", metavar="APP...|all", nargs=-1, required=True)
     @pass_cli
     def command(cli: Cli, apps: tuple[str, ...]) -> None:
-        names = _names(apps)
-        if len(names) > 1:
-            _known(cli, apps, {app["name"] for app in cli.call("daemon.list")})
+        names = _targets(cli, apps)
         done: list[str] = []
         lines = []
         for name in names:
-            result = cli.call(f"daemon.{verb}_app", name=name, timeout=ACTION_TIMEOUT)
+            result = _act(cli, f"daemon.{verb}_app", name=name)
             handled = result.get(key) or []
             done += [n for n in handled if n not in done]
             lines.append(render.render_actions(verb, name, handled))
@@ -320,8 +459,44 @@ def scale(cli: Cli, app: str, count: tuple[str, int]) -> None:
                 f"would make {instances}, outside 1..{MAX_INSTANCES}",
                 exit_code=EXIT_USAGE,
             )
-    result = cli.call("daemon.scale", name=app, instances=instances, timeout=ACTION_TIMEOUT)
+    result = _act(cli, "daemon.scale", name=app, instances=instances)
     cli.emit(result, render.render_scale)
+
+
+# --------------------------------------------------------------------------- reset, signal
+
+
+@cli.command(help="Set the restart counters of APPs (or all apps) to zero, as `pm2 reset`.")
+@click.argument("apps", metavar="APP...|all", nargs=-1, required=True)
+@pass_cli
+def reset(cli: Cli, apps: tuple[str, ...]) -> None:
+    names = _targets(cli, apps)
+    done: list[str] = []
+    for name in names:
+        done += [n for n in cli.call("daemon.reset", name=name)["reset"] if n not in done]
+    cli.emit({"reset": done}, lambda _: f"reset: {', '.join(done)}")
+
+
+@cli.command("signal", context_settings={"ignore_unknown_options": True})
+@click.argument("sig", metavar="SIGNAL")
+@click.argument("apps", metavar="APP...|all", nargs=-1, required=True)
+@pass_cli
+def signal_apps(cli: Cli, sig: str, apps: tuple[str, ...]) -> None:
+    """Send SIGNAL (HUP, SIGUSR1, 10...) to every running process of APPs.
+
+    Exits 1 when an APP named has no running process.
+    """
+    names = _targets(cli, apps)
+    sent: dict[str, list[int]] = {}
+    name = sig
+    for target in names:
+        result = cli.call("daemon.signal", name=target, signal=sig)
+        name = result["signal"]
+        sent.update(result["sent"])
+    cli.emit({"signal": name, "sent": sent}, render.render_signal)
+    idle = [app for app, pids in sent.items() if not pids]
+    if idle and "all" not in names:
+        raise CliError(f"not signalled (no running process): {', '.join(idle)}")
 
 
 @cli.command("reload-config")
@@ -388,3 +563,135 @@ def systemd(cli: Cli, user: bool, print_only: bool, config: str | None, name: st
     from . import _startup
 
     _startup.systemd(cli, user=user, print_only=print_only, config=config, name=name)
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+@cli.group()
+def secret() -> None:
+    """The encrypted secret store: apps read a secret through env = { VAR = "secret:NAME" }."""
+
+
+@secret.command("set")
+@click.argument("name")
+@click.argument("extra", nargs=-1, metavar="")
+@pass_cli
+def secret_set(cli: Cli, name: str, extra: tuple[str, ...]) -> None:
+    """Store secret NAME; its value is read from stdin, or a hidden prompt on a terminal.
+
+    Never give the value on the command line: it is refused.
+    """
+    from . import _secret
+
+    _secret.set_secret(cli, name, extra)
+
+
+@secret.command("get")
+@click.argument("name")
+@pass_cli
+def secret_get(cli: Cli, name: str) -> None:
+    """Print the value of secret NAME."""
+    from . import _secret
+
+    _secret.get_secret(cli, name)
+
+
+@secret.command("ls")
+@pass_cli
+def secret_ls(cli: Cli) -> None:
+    """The names of the stored secrets (never their values)."""
+    from . import _secret
+
+    _secret.list_secrets(cli)
+
+
+@secret.command("rm")
+@click.argument("name")
+@pass_cli
+def secret_rm(cli: Cli, name: str) -> None:
+    """Remove secret NAME (apps using it fail to start until it is set again)."""
+    from . import _secret
+
+    _secret.remove_secret(cli, name)
+
+
+# --------------------------------------------------------------------------- logs
+
+
+@cli.command()
+@click.argument("apps", metavar="[APP]...", nargs=-1)
+@click.option(
+    "--lines",
+    "-n",
+    type=click.IntRange(0, 100_000),
+    default=20,
+    show_default=True,
+    help="Lines per app to show first (from the last 1,000 kept in memory).",
+)
+@click.option(
+    "--follow", "-f", is_flag=True, help="Then print new lines as they come (Ctrl-C stops)."
+)
+@click.option(
+    "--since", metavar="DURATION", help="Only lines of the last DURATION (30s, 10m, 2h, 1d)."
+)
+@click.option("--grep", metavar="REGEX", help="Only lines matching this regular expression.")
+@click.option("--stream", type=click.Choice(["stdout", "stderr"]), help="Only this stream.")
+@click.option("--daemon", is_flag=True, help="The daemon's own log (daemon.log) instead.")
+@pass_cli
+def logs(cli: Cli, /, apps: tuple[str, ...], **options: Any) -> None:
+    """Show the output of the apps (all, or the APPs named), in time order."""
+    from . import _logs
+
+    _logs.logs(cli, apps, **options)
+
+
+@cli.command()
+@click.argument("apps", metavar="[APP]...", nargs=-1)
+@pass_cli
+def flush(cli: Cli, apps: tuple[str, ...]) -> None:
+    """Empty the log files of the APPs named (or of every app)."""
+    from . import _logs
+
+    _logs.flush(cli, apps)
+
+
+@cli.group()
+def auth() -> None:
+    """Tokens for the TCP and WebSocket planes (admin)."""
+
+
+@auth.command()
+@click.option(
+    "--role",
+    type=click.Choice(["viewer", "operator", "admin"]),
+    required=True,
+    help="What the token may do.",
+)
+@click.option("--ttl", default="1h", show_default=True, help="Lifetime: 90s, 15m, 1h, 30d, 2w.")
+@click.option("--subject", metavar="NAME", help="Who the token is for (shown in `auth ls`).")
+@pass_cli
+def token(cli: Cli, role: str, ttl: str, subject: str | None) -> None:
+    """Issue a token and print it (it is shown only this once)."""
+    from . import _auth
+
+    _auth.issue(cli, role=role, ttl=ttl, subject=subject)
+
+
+@auth.command()
+@click.argument("token_id", metavar="ID")
+@pass_cli
+def revoke(cli: Cli, token_id: str) -> None:
+    """Revoke a token by id; connections using it fail their next call."""
+    from . import _auth
+
+    _auth.revoke(cli, token_id)
+
+
+@auth.command(name="ls")
+@pass_cli
+def auth_ls(cli: Cli) -> None:
+    """Issued tokens that have not expired (ids, subjects, roles; never the tokens)."""
+    from . import _auth
+
+    _auth.list_tokens(cli)

@@ -224,8 +224,8 @@ def render_daemon_line(daemon: Mapping[str, Any]) -> str:
         escape(daemon.get("home", "?")),
     ]
     persistence = daemon.get("persistence")
-    if persistence and persistence != "persistence: ok":
-        parts.append(escape(persistence))
+    if persistence and persistence != "ok":
+        parts.append(f"persistence: {escape(persistence)}")
     return " · ".join(parts)
 
 
@@ -252,6 +252,26 @@ def render_actions(verb: str, target: str, names: Sequence[str]) -> str:
     if target == "all":
         return f"nothing to {verb}"
     return f"{escape(target)}: {_ALREADY[verb]}"
+
+
+def render_start_failure(data: Mapping[str, Any]) -> list[str]:
+    """The detail lines of an app that did not come up: its last stderr lines and
+    its log file (from a ``START_FAILED`` error's ``data``); none if ``data`` has none."""
+    app, log = data.get("app"), data.get("log")
+    if not isinstance(app, str) or not isinstance(log, str):
+        return []
+    tail = [str(line) for line in data.get("stderr_tail") or ()]
+    lines = [f"last stderr lines of {app}:", *(f"  {line}" for line in tail)] if tail else []
+    return [*lines, f"log: {log}"]
+
+
+def render_signal(result: Mapping[str, Any]) -> str:
+    """``SIGHUP -> web: 101, 102`` per app (``-`` for an app with no running process)."""
+    name = escape(result.get("signal"))
+    return "\n".join(
+        f"{name} -> {escape(app)}: {', '.join(map(str, pids)) if pids else '- (not running)'}"
+        for app, pids in (result.get("sent") or {}).items()
+    )
 
 
 def render_scale(result: Mapping[str, Any]) -> str:

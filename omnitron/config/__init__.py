@@ -13,6 +13,8 @@ from ._diff import diff_ecosystems as diff_ecosystems
 from ._errors import ConfigError as ConfigError
 from ._errors import ConfigIssue as ConfigIssue
 from ._errors import ConfigNotFound as ConfigNotFound
+from ._fields import SECRET_PREFIX as SECRET_PREFIX
+from ._fields import secret_reference as secret_reference
 from ._loader import CONFIG_FILENAMES as CONFIG_FILENAMES
 from ._loader import MAX_CONFIG_SIZE as MAX_CONFIG_SIZE
 from ._loader import define_ecosystem as define_ecosystem
@@ -86,4 +88,7 @@ __all__ = [
     "parse_size",
     "format_duration",
     "format_size",
+    # secrets
+    "SECRET_PREFIX",
+    "secret_reference",
 ]

@@ -39,6 +39,8 @@ MIN_LOG_SIZE = 1024
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 NAME_RULE = "use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
 NO_STRINGS: tuple[str, ...] = ()
+SECRET_PREFIX = "secret:"
+"""An env value ``secret:NAME`` is a reference to a secret, resolved when the app starts."""
 
 # --------------------------------------------------------------------------- messages
 
@@ -437,12 +439,28 @@ def env_value(value: object, environ: Mapping[str, str]) -> str:
         expanded = expand(value, environ)
         if len(expanded) > MAX_ARG:
             raise Invalid(f"too long ({len(expanded)} > {MAX_ARG} characters)")
+        if secret_reference(expanded) == "":
+            raise Invalid(
+                f"invalid secret reference: the name after {SECRET_PREFIX!r} must be a "
+                f"secret name ({NAME_RULE})"
+            )
         return expanded
     if isinstance(value, Mapping):
         raise Invalid("nested tables are not allowed; values must be strings, numbers or booleans")
     if isinstance(value, list | tuple):
         raise Invalid("arrays are not allowed; values must be strings, numbers or booleans")
     raise Invalid(f"expected a string, number or boolean, got {describe(value)}")
+
+
+def secret_reference(value: str) -> str | None:
+    """The secret name an env value refers to (``secret:NAME``), or ``None`` for a
+    plain value. A malformed reference gives ``""`` (the config rejects it)."""
+    if not value.startswith(SECRET_PREFIX):
+        return None
+    name = value[len(SECRET_PREFIX) :]
+    if len(name) > 64 or not _NAME.fullmatch(name) or ".." in name:
+        return ""
+    return name
 
 
 def build_env(ctx: BuildContext, path: Path_, value: object) -> dict[str, str]:

@@ -81,8 +81,6 @@ DEFAULT_WATCH_IGNORE: tuple[str, ...] = (
 # Why a key is accepted but has no effect yet (the ``inert`` marker of :func:`key`).
 # The change that builds one deletes its marker(s), and with them the warning.
 _NO_WATCHING = "the daemon does not watch files yet"
-_NO_METRICS = "the daemon does not sample metrics on this schedule yet"
-_NO_ROTATION = "app log files are not rotated yet"
 _NO_MODULE_WORKERS = "module-worker mode is not built yet; this app cannot be started"
 
 _POSITIVE = p_duration(positive=True)
@@ -185,7 +183,7 @@ class MonitoringConfig:
     """``[monitoring]``."""
 
     health_check: HealthCheckConfig = attrs.field(default=HealthCheckConfig(), metadata=key())
-    metrics: MetricsConfig = attrs.field(default=MetricsConfig(), metadata=key(inert=_NO_METRICS))
+    metrics: MetricsConfig = attrs.field(default=MetricsConfig(), metadata=key())
 
 
 @attrs.frozen(kw_only=True)
@@ -193,13 +191,16 @@ class LoggingConfig:
     """``[logging]``: the daemon's level and the rotation of app log files.
 
     Attributes:
+        max_size: Bytes at which ``<app>.log`` is rotated (``<app>.log.1`` ...).
+        max_files: Rotated files kept per app (0: none, the file is restarted).
+        compress: Gzip rotated files (``<app>.log.1.gz``).
         directory: Where app logs go; ``None`` means ``$OMNITRON_HOME/logs``.
     """
 
     level: LogLevel = attrs.field(default=LogLevel.INFO, metadata=key(p_enum(LogLevel)))
-    max_size: int = attrs.field(default=50_000_000, metadata=key(p_size, inert=_NO_ROTATION))
-    max_files: int = attrs.field(default=10, metadata=key(p_int(0, 1000), inert=_NO_ROTATION))
-    compress: bool = attrs.field(default=True, metadata=key(p_bool, inert=_NO_ROTATION))
+    max_size: int = attrs.field(default=50_000_000, metadata=key(p_size))
+    max_files: int = attrs.field(default=10, metadata=key(p_int(0, 1000)))
+    compress: bool = attrs.field(default=True, metadata=key(p_bool))
     directory: Path | None = attrs.field(default=None, metadata=key())
 
 
@@ -314,6 +315,8 @@ class AppConfig:
     health: HealthConfig | None = attrs.field(default=None, metadata=key())
     watch: WatchConfig | None = attrs.field(default=None, metadata=key(inert=_NO_WATCHING))
     enabled: bool = attrs.field(default=True, metadata=key(p_bool))
+    max_memory: int | None = attrs.field(default=None, metadata=key(p_size))
+    """Restart a process whose RSS exceeds this many bytes in two consecutive samples."""
 
     @property
     def mode(self) -> Literal["classic", "bootstrap"]:

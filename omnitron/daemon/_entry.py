@@ -42,6 +42,7 @@ import sys
 import threading
 import types
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["BLOCKED_MODULES", "DEFERRED_MODULES", "defer_unused_modules", "main"]
 
@@ -99,7 +100,8 @@ def _usage(message: str) -> int:
     print(f"omnitron: {message}", file=sys.stderr)
     print(
         "usage: python -m omnitron.daemon --home PATH --config PATH [--stack NAME] "
-        "[--reset-state] [--echo] [--ready-fd N]",
+        "[--reset-state] [--echo] [--ready-fd N] [--tcp HOST:PORT] [--http HOST:PORT] "
+        "[--tls-cert FILE --tls-key FILE]",
         file=sys.stderr,
     )
     return 2
@@ -108,7 +110,16 @@ def _usage(message: str) -> int:
 def _parse(argv: Sequence[str]) -> dict[str, object] | str:
     """The options, or the reason ``argv`` is not valid (argparse costs memory here)."""
     values: dict[str, object] = {"stack": None, "reset_state": False, "echo": False}
-    valued = {"--home": "home", "--config": "config", "--stack": "stack", "--ready-fd": "ready_fd"}
+    valued = {
+        "--home": "home",
+        "--config": "config",
+        "--stack": "stack",
+        "--ready-fd": "ready_fd",
+        "--tcp": "tcp",
+        "--http": "http",
+        "--tls-cert": "tls_cert",
+        "--tls-key": "tls_key",
+    }
     flags = {"--reset-state": "reset_state", "--echo": "echo"}
     args = list(argv)
     while args:
@@ -157,6 +168,14 @@ def _fail(error: BaseException) -> int:
     raise error
 
 
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _path(value: object) -> Path | None:
+    return None if value is None else Path(os.path.abspath(str(value)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the daemon in this process; returns its exit code."""
     parsed = _parse(sys.argv[1:] if argv is None else argv)
@@ -164,10 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _usage(parsed)
     defer_unused_modules()
 
-    from pathlib import Path
-
     import trio
 
+    from omnitron.rpc._planes import PlaneConfig
     from supervision._groups import collapse
 
     from ._main import DaemonOptions, Progress, run_daemon
@@ -180,6 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack=None if parsed["stack"] is None else str(parsed["stack"]),
         echo=bool(parsed["echo"]),
         reset_state=bool(parsed["reset_state"]),
+        planes=PlaneConfig(
+            tcp=_text(parsed.get("tcp")),
+            http=_text(parsed.get("http")),
+            tls_cert=_path(parsed.get("tls_cert")),
+            tls_key=_path(parsed.get("tls_key")),
+        ),
         progress=progress,
     )
     try:

@@ -64,9 +64,18 @@ class RequestRefused(DaemonError, InvalidParams):
 
 
 class AppStartFailed(DaemonError, RemoteError):
-    """An app did not come up; the supervisor keeps applying its restart policy."""
+    """An app did not come up; the supervisor keeps applying its restart policy.
+
+    Attributes:
+        app: The app that did not come up (the first one, when several did not);
+            the control plane adds its log file and stderr tail to ``data``.
+    """
 
     code = "START_FAILED"
+
+    def __init__(self, message: str, *, app: str | None = None) -> None:
+        super().__init__(message)
+        self.app = app
 
 
 class ConfigInvalid(DaemonError, RemoteError, ValueError):

@@ -2,9 +2,24 @@
 
 Children never block on their pipes: the library's line delivery calls a sink that
 only appends to a bounded in-memory buffer. One writer task drains the buffers to
-``$OMNITRON_HOME/logs/<app>.log`` in batches, off the event loop. When an app
-produces lines faster than they can be written, the oldest buffered lines are
-dropped and a marker line says how many.
+``$OMNITRON_HOME/logs/<app>.log`` off the event loop, many lines per write and
+every app's lines in one thread hop.
+
+Limits, per app (journald style):
+
+- a **rate**: a token bucket of ``rate`` bytes per second holding at most
+  ``burst`` bytes. Lines beyond it are not kept; the next line kept is preceded by
+  a ``suppressed N lines (rate limit)`` marker, and :meth:`LogCollector.stats`
+  counts them (``inspect`` shows it);
+- a **buffer** of ``buffer_bytes`` between two writes: when the disk is slower
+  than the app, the oldest buffered lines are dropped and a marker line says how
+  many. Memory never holds more than the buffer (plus the ring below).
+
+Files are rotated at ``max_size`` bytes (``<app>.log`` -> ``<app>.log.1`` ...,
+``max_files`` kept, gzip-compressed when ``compress``), by the writer thread
+between two lines: no line is split, lost or written twice across a rotation.
+Each app also keeps its last ``ring`` lines in memory for ``omnitron logs``, and
+followers (``logs --follow``) are handed each line as it is read.
 
 Files are opened the safe way (:mod:`._safefile`): never through a symbolic link,
 never a file of another user, never in a directory others can write unless it is
@@ -16,29 +31,77 @@ write is retried with a growing delay; the daemon never exits over it.
 from __future__ import annotations
 
 import collections
+import contextlib
+import functools
+import gzip
 import os
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 import trio
 
 from ._safefile import UnsafeLogPath, check_log_directory, open_for_append
 
-__all__ = ["LogCollector"]
+__all__ = [
+    "DEFAULT_BUFFER_BYTES",
+    "DEFAULT_BURST",
+    "DEFAULT_RATE",
+    "DEFAULT_RING",
+    "LogCollector",
+    "LogLine",
+]
 
 log = structlog.get_logger("omnitron.logs")
 
-#: Lines kept per app between two flushes before the oldest are dropped.
-DEFAULT_BUFFER_LINES = 10_000
+MiB = 1024 * 1024
+#: What a buffered line costs beyond its characters (the string object, its slot).
+LINE_OVERHEAD = 64
+#: Bytes buffered per app between two writes before the oldest lines are dropped.
+DEFAULT_BUFFER_BYTES = 64 * MiB
+#: Sustained bytes per second kept per app; lines beyond it are suppressed.
+DEFAULT_RATE = 64 * MiB
+#: Bytes an app may write at once above the rate (the token bucket's size).
+DEFAULT_BURST = 128 * MiB
+#: Lines per app kept in memory for ``omnitron logs``.
+DEFAULT_RING = 1000
 #: How often the writer drains buffers when lines keep arriving.
 FLUSH_INTERVAL = 0.1
 #: Longest wait between two attempts to start a writer thread.
 MAX_RETRY_DELAY = 5.0
+#: Compression level of rotated files (fast: the writer thread waits for it).
+GZIP_LEVEL = 3
 
 RunSync = Callable[..., Awaitable[Any]]
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._records import AppEvent
+
+#: Events the daemon log records as warnings (the rest are info).
+_WARNING_EVENTS = frozenset({"exited", "restart_failed", "failed", "crashed"})
+
+
+class LogLine(NamedTuple):
+    """One captured line, as the ring keeps it and followers receive it."""
+
+    time: float
+    app: str
+    instance: int | None  # None: a line of the daemon itself
+    stream: str  # "out", "err" or "sys"
+    text: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "time": self.time,
+            "app": self.app,
+            "instance": self.instance,
+            "output": self.stream,
+            "line": self.text,
+        }
 
 
 def _escape(line: str) -> str:
@@ -48,41 +111,115 @@ def _escape(line: str) -> str:
     return "".join(ch if ch.isprintable() or ch == "\t" else f"\\x{ord(ch):02x}" for ch in line)
 
 
+class _Clock:
+    """``time.time()`` and its ISO form, formatted once per millisecond."""
+
+    __slots__ = ("_ms", "_text")
+
+    def __init__(self) -> None:
+        self._ms = -1
+        self._text = ""
+
+    def stamp(self, now: float) -> str:
+        ms = int(now * 1000)
+        if ms != self._ms:
+            self._ms = ms
+            self._text = (
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+            )
+        return self._text
+
+
+_clock = _Clock()
+
+
+def _timestamp() -> str:
+    return _clock.stamp(time.time())
+
+
 class _AppLog:
-    def __init__(self, path: Path, limit: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        buffer_bytes: int,
+        buffer_lines: int | None,
+        rate: float,
+        burst: float,
+        ring: int,
+        monotonic: Callable[[], float],
+    ) -> None:
         self.path = path
         self.lines: collections.deque[str] = collections.deque()
-        self.limit = limit
-        self.dropped = 0
+        self.size = 0  # memory taken by ``lines``: characters plus LINE_OVERHEAD each
+        self.buffer_bytes = buffer_bytes
+        self.buffer_lines = buffer_lines
+        self.rate = rate
+        self.burst = burst
+        self._monotonic = monotonic
+        self.tokens = burst
+        self.refilled = monotonic()
+        self.dropped = 0  # since the last marker (buffer full)
+        self.suppressed = 0  # since the last marker (rate limit)
+        self.dropped_total = 0
+        self.suppressed_total = 0
+        self.ring: collections.deque[LogLine] = collections.deque(maxlen=ring)
+
+    def allow(self, size: int) -> bool:
+        """Take ``size`` bytes from the bucket; ``False`` (and counted) if over the rate."""
+        if self.tokens < size:
+            now = self._monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)
+            self.refilled = now
+            if self.tokens < size:
+                self.suppressed += 1
+                self.suppressed_total += 1
+                return False
+        self.tokens -= size
+        return True
 
     def push(self, text: str) -> None:
-        if len(self.lines) >= self.limit:
-            self.lines.popleft()
-            self.dropped += 1
+        if self.suppressed:
+            count, self.suppressed = self.suppressed, 0
+            self._append(
+                f"{_timestamp()} omnitron[-] sys | suppressed {count} lines (rate limit)\n"
+            )
+        self._append(text)
+
+    def _append(self, text: str) -> None:
         self.lines.append(text)
+        self.size += len(text) + LINE_OVERHEAD
+        self._trim()
+
+    def _trim(self) -> None:
+        limit = self.buffer_lines
+        while self.size > self.buffer_bytes or (limit is not None and len(self.lines) > limit):
+            self.size -= len(self.lines.popleft()) + LINE_OVERHEAD
+            self.dropped += 1
+            self.dropped_total += 1
 
     def put_back(self, batch: list[str]) -> None:
         """Return a batch that could not be written to the front of the buffer."""
         self.lines.extendleft(reversed(batch))
-        while len(self.lines) > self.limit:
-            self.lines.popleft()
-            self.dropped += 1
+        self.size += sum(len(line) + LINE_OVERHEAD for line in batch)
+        self._trim()
 
     def take(self) -> list[str]:
         batch = list(self.lines)
         self.lines.clear()
+        self.size = 0
         if self.dropped:
             stamp = _timestamp()
             batch.insert(
                 0, f"{stamp} omnitron[-] sys | {self.dropped} lines dropped (log buffer full)\n"
             )
             self.dropped = 0
+        if self.suppressed:
+            count, self.suppressed = self.suppressed, 0
+            batch.append(
+                f"{_timestamp()} omnitron[-] sys | suppressed {count} lines (rate limit)\n"
+            )
         return batch
-
-
-def _timestamp() -> str:
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
 
 
 class LogCollector:
@@ -90,31 +227,62 @@ class LogCollector:
 
     Args:
         directory: Where ``<app>.log`` files go (created if missing, mode 0700).
-        buffer_lines: Lines buffered per app between flushes.
+        buffer_bytes: Bytes buffered per app between two writes.
+        buffer_lines: Optionally, also at most this many lines.
+        rate: Bytes per second kept per app (see the module's docstring).
+        burst: Bytes kept at once above the rate.
+        ring: Lines per app kept in memory for :meth:`tail`.
+        max_size: Rotate ``<app>.log`` when it reaches this size (0: never).
+        max_files: Rotated files kept per app.
+        compress: Gzip rotated files.
         run_sync: Runs the blocking writes in a worker thread (injectable to test
             a machine where no thread can be started).
+        monotonic: The clock of the rate limit (injectable for tests).
 
     Attributes:
         write_errors: Batches the disk refused (full, read-only, unsafe file).
         thread_failures: Writes that could not start a worker thread.
         degraded: Why writing is currently impaired, or ``None``.
+        rotations: Files rotated so far.
     """
 
     def __init__(
         self,
         directory: Path,
         *,
-        buffer_lines: int = DEFAULT_BUFFER_LINES,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        buffer_lines: int | None = None,
+        rate: float = DEFAULT_RATE,
+        burst: float = DEFAULT_BURST,
+        ring: int = DEFAULT_RING,
+        max_size: int = 0,
+        max_files: int = 10,
+        compress: bool = True,
         run_sync: RunSync = trio.to_thread.run_sync,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.directory = directory
-        self._buffer_lines = buffer_lines
+        self._new_app = functools.partial(
+            _AppLog,
+            buffer_bytes=buffer_bytes,
+            buffer_lines=buffer_lines,
+            rate=rate,
+            burst=burst,
+            ring=ring,
+            monotonic=monotonic,
+        )
+        self.max_size = max_size
+        self.max_files = max_files
+        self.compress = compress
         self._run_sync = run_sync
         self._apps: dict[str, _AppLog] = {}
         self._wakeup = trio.Event()
+        self._io = trio.Lock()
         self._refused: set[Path] = set()
+        self._followers: set[Callable[[LogLine], None]] = set()
         self.write_errors = 0
         self.thread_failures = 0
+        self.rotations = 0
         self.degraded: str | None = None
 
     def path_for(self, app: str) -> Path:
@@ -124,24 +292,94 @@ class LogCollector:
     def _app(self, app: str) -> _AppLog:
         entry = self._apps.get(app)
         if entry is None:
-            entry = self._apps[app] = _AppLog(self.path_for(app), self._buffer_lines)
+            entry = self._apps[app] = self._new_app(self.path_for(app))
         return entry
 
     def sink(self, app: str, instance: int, stream: str) -> Callable[[str], None]:
         """A line sink for ``Output.lines``: tags and buffers each line, never blocks."""
         entry = self._app(app)
-        tag = f"{app}[{instance}] {stream} | "
+        tag = f" {app}[{instance}] {stream} | "
+        followers = self._followers
+        clock = _clock
+        now_of = time.time
 
         def deliver(line: str) -> None:
-            entry.push(f"{_timestamp()} {tag}{_escape(line)}\n")
+            text = _escape(line)
+            if not entry.allow(len(text) + LINE_OVERHEAD):
+                return
+            now = now_of()
+            entry.push(f"{clock.stamp(now)}{tag}{text}\n")
+            record = LogLine(now, app, instance, stream, text)
+            entry.ring.append(record)
+            if followers:
+                self._tell(record)
             self._wakeup.set()
 
         return deliver
 
     def note(self, app: str, message: str) -> None:
         """Write a line from the daemon itself into ``app``'s log (exits, restarts)."""
-        self._app(app).push(f"{_timestamp()} omnitron[-] sys | {_escape(message)}\n")
+        entry = self._app(app)
+        now = time.time()
+        text = _escape(message)
+        entry.push(f"{_clock.stamp(now)} omnitron[-] sys | {text}\n")
+        record = LogLine(now, app, None, "sys", text)
+        entry.ring.append(record)
+        self._tell(record)
         self._wakeup.set()
+
+    def event(self, app: str, event: AppEvent) -> None:
+        """Record an app's lifecycle event: a line in its log, a structured one in ``daemon.log``.
+
+        The daemon log gets ``event='app_<kind>' app=... instance=... pid=... reason=...
+        delay=...`` (the fields the event has). Logging never raises into the caller.
+        """
+        self.note(app, event.describe())
+        fields = event.to_wire()
+        fields.pop("time", None)
+        kind = fields.pop("kind")
+        level = "warning" if kind in _WARNING_EVENTS else "info"
+        try:
+            getattr(log, level)(f"app_{kind}", app=app, **fields)
+        except Exception:  # a failing daemon log never reaches supervision (PC-21)
+            self.write_errors += 1
+
+    def _tell(self, record: LogLine) -> None:
+        """Hand ``record`` to every follower; one that fails is dropped, never the line."""
+        for follower in list(self._followers):
+            try:
+                follower(record)
+            except Exception as exc:
+                self._followers.discard(follower)
+                log.error("log_follower_failed", error=f"{type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------------ readers
+
+    def apps(self) -> list[str]:
+        """Apps that have a buffer (that produced a line or a note)."""
+        return list(self._apps)
+
+    def tail(self, app: str) -> list[LogLine]:
+        """The last lines of ``app`` kept in memory, oldest first."""
+        entry = self._apps.get(app)
+        return list(entry.ring) if entry is not None else []
+
+    def stats(self, app: str) -> dict[str, Any]:
+        """Counters of ``app``'s log, as ``inspect`` shows them."""
+        entry = self._apps.get(app)
+        return {
+            "file": str(self.path_for(app)),
+            "buffered_bytes": entry.size if entry else 0,
+            "suppressed_lines": entry.suppressed_total if entry else 0,
+            "dropped_lines": entry.dropped_total if entry else 0,
+        }
+
+    def add_follower(self, follower: Callable[[LogLine], None]) -> Callable[[], None]:
+        """Call ``follower`` with every line until the returned function is called."""
+        self._followers.add(follower)
+        return lambda: self._followers.discard(follower)
+
+    # ------------------------------------------------------------------ writer
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Drain buffers to disk until cancelled; flushes what is left on the way out.
@@ -174,7 +412,9 @@ class LogCollector:
 
     def _take_all(self) -> list[tuple[_AppLog, list[str]]]:
         return [
-            (entry, entry.take()) for entry in self._apps.values() if entry.lines or entry.dropped
+            (entry, entry.take())
+            for entry in self._apps.values()
+            if entry.lines or entry.dropped or entry.suppressed
         ]
 
     async def flush(self) -> bool:
@@ -183,36 +423,76 @@ class LogCollector:
         Returns ``False`` if no worker thread could be started: the lines are kept
         for the next attempt and :attr:`degraded` says why.
         """
-        batches = self._take_all()
-        if not batches:
-            return True
-        try:
-            await self._run_sync(self._write, batches)
-        except RuntimeError as exc:  # "can't start new thread"
-            for entry, lines in batches:
-                entry.put_back(lines)
-            self.thread_failures += 1
-            if self.degraded is None:
-                log.error("log_writer_degraded", error=str(exc), failures=self.thread_failures)
-            self.degraded = f"cannot start a thread to write logs: {exc}"
-            return False
+        async with self._io:
+            batches = self._take_all()
+            if not batches:
+                return True
+            try:
+                await self._run_sync(self._write, batches)
+            except RuntimeError as exc:  # "can't start new thread"
+                for entry, lines in batches:
+                    entry.put_back(lines)
+                self.thread_failures += 1
+                if self.degraded is None:
+                    log.error("log_writer_degraded", error=str(exc), failures=self.thread_failures)
+                self.degraded = f"cannot start a thread to write logs: {exc}"
+                return False
         if self.degraded is not None:
             log.warning("log_writer_recovered", failures=self.thread_failures)
             self.degraded = None
         return True
 
+    async def empty(self, apps: list[str]) -> list[str]:
+        """Empty the log files of ``apps`` (and remove their rotated files), as ``pm2 flush``.
+
+        Lines still buffered are written first, so none lands in the emptied file
+        later. The in-memory rings are cleared too. Returns the files emptied.
+        """
+        await self.flush()
+        async with self._io:
+            for app in apps:
+                entry = self._apps.get(app)
+                if entry is not None:
+                    entry.ring.clear()
+            result: list[str] = await self._run_sync(self._empty, apps)
+            return result
+
+    def _empty(self, apps: list[str]) -> list[str]:
+        emptied = []
+        for app in apps:
+            path = self.path_for(app)
+            for rotated in self._rotated(path):
+                with contextlib.suppress(FileNotFoundError):
+                    rotated.unlink()
+            try:
+                fd = open_for_append(path)
+            except OSError as exc:
+                log.warning("log_flush_failed", path=str(path), error=str(exc))
+                continue
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)
+            emptied.append(str(path))
+        return emptied
+
+    def _rotated(self, path: Path) -> list[Path]:
+        prefix = path.name + "."
+        try:
+            names = os.listdir(path.parent)
+        except OSError:
+            return []
+        found = []
+        for name in names:
+            number = name[len(prefix) :].removesuffix(".gz")
+            if name.startswith(prefix) and number.isdigit():
+                found.append(path.parent / name)
+        return found
+
     def _write(self, batches: list[tuple[_AppLog, list[str]]]) -> None:
         for entry, lines in batches:
             try:
-                fd = open_for_append(entry.path)
-                try:
-                    data = "".join(lines).encode("utf-8", "replace")
-                    view = memoryview(data)
-                    while view:
-                        written = os.write(fd, view)
-                        view = view[written:]
-                finally:
-                    os.close(fd)
+                self._append(entry.path, "".join(lines).encode("utf-8", "replace"))
             except UnsafeLogPath as exc:
                 # Never write through a planted link; say so once per file.
                 self.write_errors += 1
@@ -225,3 +505,73 @@ class LogCollector:
                 log.warning(
                     "log_write_failed", path=str(entry.path), error=str(exc), lines=len(lines)
                 )
+
+    def _append(self, path: Path, data: bytes) -> None:
+        """Append ``data`` (whole lines) to ``path``, rotating between lines at ``max_size``."""
+        fd = open_for_append(path)
+        try:
+            size = os.fstat(fd).st_size
+            offset, end = 0, len(data)
+            while offset < end:
+                room = self.max_size - size if self.max_size else end - offset
+                if end - offset <= room:
+                    cut = end
+                else:
+                    cut = data.rfind(b"\n", offset, offset + max(room, 0)) + 1
+                    if cut <= offset:
+                        if size > 0:  # the next line does not fit: start a new file
+                            os.close(fd)
+                            fd = -1
+                            self._rotate(path)
+                            fd = open_for_append(path)
+                            size = 0
+                            continue
+                        # One line longer than max_size: it gets a file of its own.
+                        cut = data.find(b"\n", offset) + 1 or end
+                _write_all(fd, memoryview(data)[offset:cut])
+                size += cut - offset
+                offset = cut
+                if self.max_size and size >= self.max_size:
+                    os.close(fd)
+                    fd = -1
+                    self._rotate(path)
+                    fd = open_for_append(path)
+                    size = 0
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _rotate(self, path: Path) -> None:
+        """``path`` -> ``path.1`` (gzipped if asked), older ones shifted, the oldest removed."""
+        self.rotations += 1
+        keep = self.max_files
+        base = str(path)
+        for suffix in ("", ".gz"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{base}.{keep}{suffix}")
+        for number in range(keep - 1, 0, -1):
+            for suffix in ("", ".gz"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(f"{base}.{number}{suffix}", f"{base}.{number + 1}{suffix}")
+        if keep == 0:
+            os.unlink(base)
+            return
+        first = f"{base}.1"
+        os.rename(base, first)
+        if self.compress:
+            partial = f"{first}.gz.partial"
+            with open(first, "rb") as source:
+                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+                with (
+                    os.fdopen(fd, "wb") as raw,
+                    gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=GZIP_LEVEL) as packed,
+                ):
+                    shutil.copyfileobj(source, packed, 1 << 20)
+            os.rename(partial, f"{first}.gz")
+            os.unlink(first)
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

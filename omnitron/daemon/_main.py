@@ -22,7 +22,7 @@ import functools
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import attrs
@@ -31,6 +31,8 @@ import trio
 
 from ..config import DaemonDeath, load_config
 from ..rpc import ServerOptions, serve_unix
+from ..rpc._auth import TokenAuthority
+from ..rpc._planes import PlaneConfig, start_network_planes
 from ..state import Home, StateStore, load_state, open_persistence, open_pid_lock
 from ._errors import DaemonBusy
 from ._leftovers import find_leftovers, terminate_leftovers
@@ -38,6 +40,7 @@ from ._logging import configure_logging
 from ._logs import LogCollector
 from ._orchestrator import Orchestrator
 from ._safefile import check_log_directory, open_for_append
+from ._secrets import SecretStore
 from ._sentinel import open_sentinel
 from ._service import DaemonService, build_dispatcher
 from ._systemd import notify
@@ -65,6 +68,7 @@ class DaemonOptions:
         echo: Also print the daemon's log on stderr (foreground mode).
         subreaper: Become a child subreaper (Linux) to catch escaped grandchildren.
         reset_state: Move ``state.json`` aside and start from the config alone.
+        planes: The TCP (TLS) and WebSocket planes to serve besides the Unix socket.
     """
 
     home: Path
@@ -73,6 +77,7 @@ class DaemonOptions:
     echo: bool = False
     subreaper: bool = True
     reset_state: bool = False
+    planes: PlaneConfig = attrs.field(factory=PlaneConfig)
     progress: Progress | None = attrs.field(default=None, eq=False)
 
 
@@ -144,6 +149,7 @@ async def run_daemon(options: DaemonOptions) -> int:
         DaemonAlreadyRunning: Another daemon holds this home's lock.
         HomeUnavailable, UnsafeHome, SocketPathTooLong: The home cannot be used.
     """
+    options.planes.check()  # bad --tcp/--http values fail before anything starts
     ecosystem = await trio.to_thread.run_sync(load_config, options.config)
     if options.stack is not None:
         ecosystem = ecosystem.with_stack(options.stack)
@@ -174,7 +180,14 @@ async def run_daemon(options: DaemonOptions) -> int:
 
         shutdown = _Shutdown()
         store = StateStore(home, loaded, min_write_interval=MIN_WRITE_INTERVAL)
-        logs = LogCollector(Path(logs_dir))
+        logs = LogCollector(
+            Path(logs_dir),
+            max_size=ecosystem.logging.max_size,
+            max_files=ecosystem.logging.max_files,
+            compress=ecosystem.logging.compress,
+        )
+        # Takes OMNITRON_SECRETS_PASSPHRASE out of the environment apps inherit.
+        secrets = SecretStore.from_environ(home.path)
         orchestrator = Orchestrator(
             ecosystem,
             home=home.path,
@@ -182,8 +195,10 @@ async def run_daemon(options: DaemonOptions) -> int:
             on_change=store.mark_dirty,
             on_critical=lambda reason: shutdown.request(reason, EXIT_CRITICAL),
             subreaper=options.subreaper,
+            secrets=secrets,
         )
         orchestrator.restore({app.name: app.desired for app in loaded.state.apps})
+        orchestrator.restore_scale(loaded.state.apps)
         service = DaemonService(
             orchestrator,
             home=home.path,
@@ -192,11 +207,13 @@ async def run_daemon(options: DaemonOptions) -> int:
             request_shutdown=lambda: shutdown.request("shutdown requested over RPC"),
             persistence=store,
             health=lambda: {
-                "log_write_errors": str(logs.write_errors),
+                "log_write_errors": logs.write_errors,
                 "logs": logs.degraded or "ok",
             },
+            secrets=secrets,
         )
-        dispatcher = build_dispatcher(service)
+        authority = _token_authority(home.path)
+        dispatcher = build_dispatcher(service, authority=authority)
 
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with (
@@ -216,6 +233,14 @@ async def run_daemon(options: DaemonOptions) -> int:
                         options=ServerOptions(evict_idle=True),
                     )
                 )
+                for address in await start_network_planes(
+                    nursery,
+                    options.planes,
+                    home=home.path,
+                    dispatcher=dispatcher,
+                    authority=authority,
+                ):
+                    print(f"omnitron: {address}", file=sys.stderr, flush=True)
                 nursery.start_soon(_handle_signals, signals, shutdown, service, orchestrator)
                 await nursery.start(orchestrator.run)
                 progress.say("listening", os.getpid())
@@ -232,6 +257,11 @@ async def run_daemon(options: DaemonOptions) -> int:
         # The daemon log has it too, but whoever started us reads stderr first.
         print(f"omnitron: daemon stopped: {shutdown.reason}", file=sys.stderr)
     return shutdown.exit_code
+
+
+def _token_authority(home: Path) -> Callable[[], TokenAuthority]:
+    """The token key and list, loaded on first use (importing cryptography costs memory)."""
+    return functools.cache(lambda: TokenAuthority(home))
 
 
 def _on_daemon_death(

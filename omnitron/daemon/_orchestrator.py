@@ -19,7 +19,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import structlog
@@ -27,6 +27,7 @@ import trio
 
 from supervision import (
     ChildNotFound,
+    ChildRunning,
     ChildSpec,
     ChildState,
     StartFailure,
@@ -52,8 +53,12 @@ from ._records import (
     health_failed,
     intend,
     remember,
+    resource_restart,
 )
-from ._tree import TreeBuilder
+from ._tree import TreeBuilder, secret_references
+
+if TYPE_CHECKING:
+    from ._secrets import SecretStore
 
 __all__ = ["AppRecord", "Orchestrator", "ProcessRecord"]
 
@@ -69,6 +74,11 @@ def _identity(pid: int | None) -> ProcessIdentity | None:
     except (OSError, ValueError):  # gone already, or /proc unreadable (EMFILE, ...)
         return None
 
+
+SCALE_SETTLE = 1.0
+"""Seconds each instance added by ``scale`` must stay up for the scale to hold."""
+SCALE_POLL = 0.02
+"""Seconds between two looks at the added instances while they settle."""
 
 _GONE = (StartFailure, ChildNotFound, SupervisorNotRunning)
 """What a call on an app's subtree raises when the app was stopped meanwhile."""
@@ -91,6 +101,7 @@ class Orchestrator:
         on_critical: Called with a reason when a critical app is given up on.
         subreaper: Make the daemon a child subreaper (Linux).
         leaf: See :class:`TreeBuilder` (tests only).
+        secrets: Where apps' ``secret:NAME`` env values are resolved.
     """
 
     def __init__(
@@ -103,6 +114,7 @@ class Orchestrator:
         on_critical: Callable[[str], None] = lambda reason: None,
         subreaper: bool = True,
         leaf: Callable[[AppConfig, int], Any] | None = None,
+        secrets: SecretStore | None = None,
     ) -> None:
         self.ecosystem = ecosystem
         self.home = home
@@ -111,7 +123,10 @@ class Orchestrator:
         self._on_critical = on_critical
         self._subreaper = subreaper
         self._leaf = leaf
-        self._builder = TreeBuilder(ecosystem, home=home, sink=logs.sink, leaf=leaf)
+        self._secrets = secrets
+        self._builder = TreeBuilder(
+            ecosystem, home=home, sink=logs.sink, leaf=leaf, secrets=secrets
+        )
         self._group_mode = self._builder.group_mode
         self.apps: dict[str, AppRecord] = {
             app.name: AppRecord(
@@ -133,6 +148,8 @@ class Orchestrator:
         self.started_at = time.time()
         self.health = HealthMonitor(self._stop_unhealthy)
         self._event_listeners: list[Callable[[str, AppEvent], bool]] = []
+        self.stop_reason: str | None = None
+        """Why the daemon stops on its own (a critical app crashed), for the state file."""
 
     # ------------------------------------------------------------------ records
 
@@ -143,10 +160,13 @@ class Orchestrator:
         self.apps[new.name] = new
         if new.events and (not old.events or new.events[-1] is not old.events[-1]):
             if note:
-                self.logs.note(new.name, new.events[-1].describe())
+                self.logs.event(new.name, new.events[-1])
             self._publish(new.name, new.events[-1])
+        critical = new.crashed and not old.crashed and new.config.critical
+        if critical and self.stop_reason is None:
+            self.stop_reason = f"critical app {new.name!r} crashed: {new.last_error}"
         self._on_change()
-        if new.crashed and not old.crashed and new.config.critical:
+        if critical:
             self._on_critical(f"critical app {new.name!r} crashed: {new.last_error}")
 
     def _update(
@@ -223,15 +243,29 @@ class Orchestrator:
     def restore(self, desired: Mapping[str, DesiredStatus]) -> None:
         """Apply the persisted intent ``{app: running | stopped}``.
 
-        Only the operator's run/stop choice survives a daemon restart; everything
-        else (instances included) comes from the config, which wins: an app the
-        config disables stays stopped, and a ``scale`` lasts until the daemon stops.
+        The operator's run/stop choice survives a daemon restart (and a ``scale``:
+        :meth:`restore_scale`); the config wins over it: an app the config
+        disables stays stopped.
         """
         for name, want in desired.items():
             record = self.apps.get(name)
             if record is None or not record.config.enabled:
                 continue
             self.apps[name] = attrs.evolve(record, desired=want)
+
+    def restore_scale(self, apps: Iterable[AppState]) -> None:
+        """Bring back the instance counts set by ``scale`` before the daemon stopped.
+
+        A recorded count is used only while the config's ``instances`` is still
+        the one recorded with it (``config_instances``): once the config's own
+        number changed, the config wins, as a ``reload-config`` would do.
+        """
+        for app in apps:
+            record = self.apps.get(app.name)
+            if record is None or app.config_instances != record.config.instances:
+                continue
+            if app.instances != record.instances and 1 <= app.instances <= 1024:
+                self.apps[app.name] = attrs.evolve(record, instances=app.instances)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the tree until cancelled; returns once apps are launched (not ready).
@@ -369,12 +403,14 @@ class Orchestrator:
                     desired=record.desired,
                     status=record.status,
                     instances=record.instances,
+                    config_instances=record.config.instances,
                     restarts=record.restarts,
                     last_error=(record.last_error or "")[:4000] or None,
                     processes=processes,
                 )
             )
-        return DaemonState(apps=tuple(apps))
+        reason = self.stop_reason[:4000] if self.stop_reason else None
+        return DaemonState(apps=tuple(apps), stop_reason=reason)
 
     def record(self, name: str) -> AppRecord:
         try:
@@ -416,16 +452,17 @@ class Orchestrator:
         """Start an app (and the apps it depends on) or all enabled apps."""
         names = [n for n in self.names(target) if target != "all" or self.apps[n].config.enabled]
         started: list[str] = []
-        failed: list[str] = []
+        failed: list[AppStartFailed] = []
         for name in self._with_dependencies(names):
             try:
                 if await self._start_one(name):
                     started.append(name)
             except AppStartFailed as exc:
-                failed.append(exc.message)
+                failed.append(exc)
         if failed:
             done = f" (started: {', '.join(started)})" if started else ""
-            raise AppStartFailed("; ".join(failed) + done)
+            message = "; ".join(exc.message for exc in failed) + done
+            raise AppStartFailed(message, app=failed[0].app)
         return started
 
     def _with_dependencies(self, names: Iterable[str]) -> list[str]:
@@ -462,6 +499,13 @@ class Orchestrator:
                 return False
             record = self.apps[name]
             spec = None
+            if info is not None and secret_references(record.config):
+                # Secrets are read at every start: a new pool, not the stopped one's
+                # specs (one waiting for its restart delay is restarted as it is).
+                with contextlib.suppress(ChildRunning):
+                    with contextlib.suppress(ChildNotFound):
+                        await root.delete_child(name)
+                    info = None
             if info is None:  # not in the tree: its pool is built now (a stopped one is reused)
                 try:
                     spec = self._builder.app(record.config, record.instances)
@@ -483,7 +527,7 @@ class Orchestrator:
                 reason = exc.reason if isinstance(exc, StartFailure) else str(exc)
                 self._give_up_on(name, reason)
                 raise AppStartFailed(
-                    f"{name} failed to start: {self.apps[name].last_error}"
+                    f"{name} failed to start: {self.apps[name].last_error}", app=name
                 ) from None
             finally:
                 del self._starting[name]
@@ -543,9 +587,13 @@ class Orchestrator:
 
     async def _restart_pool(self, name: str, pool: Supervisor) -> bool:
         async with self._lock(name):
+            fresh = bool(secret_references(self.apps[name].config))
             for index in range(self.apps[name].instances):
                 try:
-                    await pool.restart_child(TreeBuilder.instance_name(index))
+                    if fresh:  # secrets are read at every start: a new spec
+                        await self._replace_instance(name, pool, index)
+                    else:
+                        await pool.restart_child(TreeBuilder.instance_name(index))
                 except _GONE as exc:
                     if self._stopped(name) or not isinstance(exc, StartFailure):
                         return False  # stopped (or scaled down) meanwhile
@@ -558,13 +606,71 @@ class Orchestrator:
                     )
                     raise AppStartFailed(
                         f"{name}: instance {index} failed to restart ({exc.reason}); "
-                        "the remaining instances were left running"
+                        "the remaining instances were left running",
+                        app=name,
                     ) from None
             self._remember(name, EventKind.RESTARTED)
             return True
 
+    async def restart_process(
+        self, name: str, index: int, reason: str, *, pid: int | None = None
+    ) -> bool:
+        """Restart process ``index`` of ``name`` gracefully because of its resources
+        (``reason``, e.g. ``memory 530MB > 512MB``): counted and recorded.
+
+        Returns whether it was restarted: not when the app was stopped meanwhile, nor
+        when the process is no longer ``pid`` (restarted meanwhile).
+        """
+        async with self._lock(name):
+            pool = self.pool(name)
+            record = self.apps.get(name)
+            if pool is None or record is None or self._stopped(name):
+                return False
+            process = record.processes.get(index)
+            if process is None or index >= record.instances:
+                return False
+            if pid is not None and process.pid != pid:
+                return False
+            log.warning("resource_restart", app=name, instance=index, reason=reason)
+            self._update(
+                name,
+                functools.partial(
+                    resource_restart,
+                    index=index,
+                    kind=EventKind.MEMORY_RESTART,
+                    reason=reason,
+                    time=time.time(),
+                ),
+                note=True,
+            )
+            try:
+                await pool.restart_child(TreeBuilder.instance_name(index))
+            except _GONE:
+                return False
+            return True
+
+    async def _replace_instance(self, name: str, pool: Supervisor, index: int) -> None:
+        """Restart process ``index`` of app ``name`` from a newly built spec.
+
+        Raises:
+            SecretsUnavailable: Its secrets cannot be resolved (it keeps running).
+            StartFailure: The new process did not come up.
+        """
+        spec = self._builder.instance(self.apps[name].config, index)
+        await pool.terminate_child(spec.name)
+        await pool.delete_child(spec.name)
+        await pool.start_child(spec)
+
     async def scale(self, name: str, instances: int) -> int:
-        """Set the number of processes of an app; returns the previous number."""
+        """Set the number of processes of an app; returns the previous number.
+
+        New instances are started one at a time, each ready before the next, and
+        must then stay up for :data:`SCALE_SETTLE` seconds. If one does not (it
+        fails to start, or exits: a port already bound by instance 0), every
+        instance this call added is stopped and removed, the count goes back to
+        the previous one, and :class:`AppStartFailed` says why; the instances
+        that ran before are not touched.
+        """
         if not 1 <= instances <= 1024:
             raise RequestRefused(f"instances must be within 1..1024, got {instances}")
         self.record(name)
@@ -577,24 +683,96 @@ class Orchestrator:
             pool = self.pool(name)
             if pool is None:
                 return previous
+            added = 0
             try:
                 for index in range(previous, instances):
                     await pool.start_child(self._builder.instance(record.config, index))
+                    added += 1
+                failure = await self._new_instance_exit(name, range(previous, instances))
                 for index in reversed(range(instances, previous)):
-                    child = TreeBuilder.instance_name(index)
-                    await pool.terminate_child(child)
-                    with contextlib.suppress(ChildNotFound):
-                        await pool.delete_child(child)
-                    self._update(name, functools.partial(_without_process, index=index))
+                    await self._remove_instance(name, pool, index)
             except _GONE as exc:
                 if self._stopped(name) or not isinstance(exc, StartFailure):
                     return previous  # stopped meanwhile: the number is recorded
+                failure = (previous + added, exc.reason)
+            if failure is not None:
+                index, reason = failure
+                for added_index in reversed(range(previous, max(index + 1, previous + added))):
+                    with contextlib.suppress(*_GONE):
+                        await self._remove_instance(name, pool, added_index)
+                    # Also the record of one that never joined the pool.
+                    self._update(name, functools.partial(_without_process, index=added_index))
+                self._update(name, lambda r: attrs.evolve(r, instances=previous))
+                self._remember(name, EventKind.RESTART_FAILED, instance=index, reason=reason)
                 raise AppStartFailed(
-                    f"{name}: instance {index} failed to start ({exc.reason}); "
-                    f"the app runs {index} instances"
-                ) from None
+                    f"{name}: instance {index} failed to start ({reason}); the scale was "
+                    f"undone: the app runs its {previous} instance{'s' if previous != 1 else ''}",
+                    app=name,
+                )
             self._remember(name, EventKind.SCALED, previous=previous, instances=instances)
         return previous
+
+    async def _remove_instance(self, name: str, pool: Supervisor, index: int) -> None:
+        child = TreeBuilder.instance_name(index)
+        await pool.terminate_child(child)
+        with contextlib.suppress(ChildNotFound):
+            await pool.delete_child(child)
+        self._update(name, functools.partial(_without_process, index=index))
+
+    async def _new_instance_exit(self, name: str, indexes: range) -> tuple[int, str] | None:
+        """``(instance, how it ended)`` for the first of ``indexes`` that exits within
+        :data:`SCALE_SETTLE` seconds, or ``None`` once they have all stayed up."""
+        if not indexes:
+            return None
+        with trio.move_on_after(SCALE_SETTLE):
+            while True:
+                record = self.apps.get(name)
+                if record is None:
+                    return None
+                for index in indexes:
+                    process = record.processes.get(index)
+                    if process is not None and (process.last_exit or process.restarts):
+                        return index, process.last_exit or "exited"
+                await trio.sleep(SCALE_POLL)
+        return None
+
+    def reset(self, target: str) -> list[str]:
+        """Set the restart counters of an app (or all apps) and its processes to zero.
+
+        Only the counters shown (``RESTARTS``, ``restarts``) are reset: the restart
+        policy's own window of recent restarts is the supervisor's, and stays.
+        """
+        names = self.names(target)
+        for name in names:
+            self._update(name, _without_restarts)
+            self.logs.note(name, "restart counters reset by the operator")
+        return names
+
+    def signal(self, target: str, signum: int) -> dict[str, list[int]]:
+        """Send ``signum`` to every running process of an app (or all apps).
+
+        Only a process that is still the one started (pid, start time and boot
+        match) is signalled, never a stranger that got a recycled pid.
+
+        Returns:
+            ``{app: [pids signalled]}``, an empty list for an app with none running.
+        """
+        sent: dict[str, list[int]] = {}
+        for name in self.names(target):
+            pids = sent[name] = []
+            for process in sorted(self.apps[name].processes.values(), key=lambda p: p.instance):
+                identity = process.identity
+                if process.pid is None or identity is None or not identity.is_running():
+                    continue
+                try:
+                    os.kill(process.pid, signum)
+                except ProcessLookupError:
+                    continue  # it exited meanwhile
+                pids.append(process.pid)
+            if pids:
+                text = ", ".join(map(str, pids))
+                self.logs.note(name, f"signal {signum} sent by the operator to pid {text}")
+        return sent
 
     async def stop_everything(self) -> None:
         """Stop all apps, dependents first (daemon shutdown).
@@ -648,7 +826,12 @@ class Orchestrator:
                     del self.apps[app.name]
         self.ecosystem = new
         self._builder = TreeBuilder(
-            new, home=self.home, sink=self.logs.sink, places=self._builder.places, leaf=self._leaf
+            new,
+            home=self.home,
+            sink=self.logs.sink,
+            places=self._builder.places,
+            leaf=self._leaf,
+            secrets=self._secrets,
         )
         changed = [c.name for c in diff.changed]
         apps: dict[str, AppRecord] = {}
@@ -703,6 +886,11 @@ async def _terminate(
             signal.pidfd_send_signal(fd, signal.SIGKILL)
     finally:
         os.close(fd)
+
+
+def _without_restarts(record: AppRecord) -> AppRecord:
+    processes = {i: attrs.evolve(p, restarts=0) for i, p in record.processes.items()}
+    return attrs.evolve(record, restarts=0, processes=processes)
 
 
 def _without_process(record: AppRecord, *, index: int) -> AppRecord:

@@ -37,6 +37,7 @@ __all__ = [
     "health_failed",
     "intend",
     "remember",
+    "resource_restart",
 ]
 
 RECENT_EVENTS = 50
@@ -76,6 +77,9 @@ class EventKind(enum.Enum):
     HEALTH_FAILED = "health_failed"
     """A process failed its health probe ``retries`` times in a row and is restarted
     (``instance``, ``pid``, ``reason``: the last failure)."""
+    MEMORY_RESTART = "memory_restart"
+    """A process was restarted for exceeding the app's ``max_memory`` (``instance``,
+    ``pid``, ``reason``)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -250,6 +254,25 @@ def health_failed(record: AppRecord, instance: int, reason: str, time: float) ->
     event = AppEvent(
         time=time, kind=EventKind.HEALTH_FAILED, instance=instance, pid=old.pid, reason=reason
     )
+    return remember(updated, event)
+
+
+def resource_restart(
+    record: AppRecord, index: int, kind: EventKind, reason: str, time: float
+) -> AppRecord:
+    """Process ``index`` is restarted by the daemon for ``reason`` (its resources):
+    counted as a restart of the process and of the app, and recorded."""
+    old = record.processes.get(index)
+    if old is None:
+        return record
+    process = attrs.evolve(old, restarts=old.restarts + 1)
+    updated = attrs.evolve(
+        record,
+        processes={**record.processes, index: process},
+        restarts=record.restarts + 1,
+        last_error=f"instance {index}: {reason}",
+    )
+    event = AppEvent(time=time, kind=kind, instance=index, pid=old.pid, reason=reason)
     return remember(updated, event)
 
 

@@ -8,24 +8,32 @@ admins.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 import re
+import signal as signals
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 import attrs
-import psutil
 import structlog
 import trio
 
 from .. import __version__
-from ..config import ConfigError, Ecosystem, load_config
-from ..rpc import Call, Dispatcher, Handler, Name, Range, Role
-from ._errors import DOMAIN_ERRORS, ConfigInvalid
+from .._logtail import stderr_tail
+from ..config import ConfigError, Ecosystem, load_config, secret_reference
+from ..rpc import Call, Dispatcher, Encoded, Handler, InvalidParams, Len, Name, Range, Role
+from ..rpc._auth import TokenAuthority, register_auth_methods
+from ._errors import DOMAIN_ERRORS, AppStartFailed, ConfigInvalid, RequestRefused
+from ._logs import LogLine
+from ._metrics import FIELDS, CountingDispatcher, Sampler, aggregate, figures, prometheus_text
 from ._orchestrator import AppRecord, Orchestrator
+from ._secrets import SecretStore, register_secret_methods
 
 __all__ = ["DaemonService", "Persistence", "Sampler", "build_dispatcher"]
 
@@ -35,12 +43,16 @@ Target = Name  # an app name, or "all" (a name the config reserves)
 _SECRET = re.compile(r"(PASS|SECRET|TOKEN|KEY|CREDENTIAL|PRIVATE|AUTH)", re.IGNORECASE)
 
 
-SAMPLE_INTERVAL = 2.0
-"""Seconds between two samples of the CPU and memory of every managed process."""
 PERSIST_ACK_TIMEOUT = 5.0
 """How long a state-changing call waits for its change to reach the disk."""
 
 log = structlog.get_logger("omnitron.service")
+
+T = TypeVar("T")
+
+
+#: Uptimes are given to this many seconds; status is built once per tick.
+UPTIME_TICK = 0.1
 
 
 class Persistence(Protocol):
@@ -54,60 +66,6 @@ class Persistence(Protocol):
 
     def health(self) -> object:
         """The health record; its ``str()`` is the one-line form ``status`` shows."""
-
-
-class Sampler:
-    """CPU and memory of the managed processes, sampled periodically off the event loop.
-
-    One task (:meth:`run`) samples every ``interval`` seconds in a worker thread;
-    every caller reads the last sample (:attr:`samples`), so a ``status`` call
-    costs no system call. CPU is the percentage since the previous sample.
-
-    Args:
-        pids: Returns the pids to sample (called on the event loop).
-        interval: Seconds between samples.
-    """
-
-    def __init__(self, pids: Callable[[], list[int]], *, interval: float = SAMPLE_INTERVAL) -> None:
-        self._pids = pids
-        self._interval = interval
-        self._procs: dict[int, psutil.Process] = {}
-        self.samples: dict[int, tuple[float, int]] = {}
-        """``{pid: (cpu percent, resident bytes)}`` of the last sample."""
-        self.failures = 0
-        """Samples that could not be taken (no worker thread could be started...)."""
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Sample until cancelled. A sample that fails is counted and retried next time."""
-        task_status.started()
-        while True:
-            await self.sample()
-            await trio.sleep(self._interval)
-
-    async def sample(self) -> None:
-        """Take one sample now, in a worker thread; a failure is counted and logged."""
-        pids = self._pids()
-        try:
-            self.samples = await trio.to_thread.run_sync(self._sample, pids)
-        except (RuntimeError, OSError) as exc:  # e.g. "can't start new thread"
-            self.failures += 1
-            log.warning("sampling_failed", error=str(exc), failures=self.failures)
-
-    def _sample(self, pids: list[int]) -> dict[int, tuple[float, int]]:
-        result: dict[int, tuple[float, int]] = {}
-        for pid in pids:
-            proc = self._procs.get(pid)
-            try:
-                if proc is None:
-                    proc = self._procs[pid] = psutil.Process(pid)
-                    proc.cpu_percent(None)
-                result[pid] = (proc.cpu_percent(None), proc.memory_info().rss)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                self._procs.pop(pid, None)
-        wanted = set(pids)
-        for pid in [p for p in self._procs if p not in wanted]:
-            self._procs.pop(pid, None)
-        return result
 
 
 @attrs.frozen
@@ -157,7 +115,7 @@ class _View:
 class _Listing:
     """The last ``apps()`` result and what it was built from."""
 
-    millisecond: int
+    tick: int
     samples: dict[int, tuple[float, int]]
     records: tuple[AppRecord, ...]
     apps: list[dict[str, Any]]
@@ -175,7 +133,9 @@ class DaemonService:
         persistence: The state file's writer: a reply to a change is sent once the
             change is on disk. ``None``: nothing is persisted (an embedded service).
         health: Returns extra health records (log write errors, ...).
-        sample_interval: Seconds between two samples of CPU and memory.
+        sample_interval: Seconds between two samples of CPU and memory; ``None``:
+            ``[monitoring] metrics.interval``.
+        secrets: The secret store (``secret.*`` methods); one for ``home`` by default.
     """
 
     def __init__(
@@ -187,8 +147,9 @@ class DaemonService:
         stack: str | None,
         request_shutdown: Callable[[], None],
         persistence: Persistence | None = None,
-        health: Callable[[], dict[str, str]] = dict,
-        sample_interval: float = SAMPLE_INTERVAL,
+        health: Callable[[], dict[str, Any]] = dict,
+        sample_interval: float | None = None,
+        secrets: SecretStore | None = None,
     ) -> None:
         self.orchestrator = orchestrator
         self.home = home
@@ -197,9 +158,22 @@ class DaemonService:
         self._request_shutdown = request_shutdown
         self._persistence = persistence
         self._health = health
-        self.sampler = Sampler(self._pids, interval=sample_interval)
+        self.sampler = Sampler(
+            self._pids,
+            settings=(lambda: orchestrator.ecosystem.monitoring.metrics)
+            if sample_interval is None
+            else None,
+            on_sample=self._check_memory,
+        )
+        if sample_interval is not None:
+            self.sampler.interval = sample_interval
+        self.dispatcher: CountingDispatcher | None = None
+        """Set by :func:`build_dispatcher`: counts the calls answered."""
+        self._over_memory: dict[tuple[str, int], tuple[int, int]] = {}
+        self.secrets = SecretStore(home) if secrets is None else secrets
         self._views: dict[str, _View] = {}
         self._listing: _Listing | None = None
+        self._status_reply: tuple[dict[str, Any], list[dict[str, Any]], Encoded] | None = None
         self._started = time.monotonic()
 
     def _pids(self) -> list[int]:
@@ -221,6 +195,22 @@ class DaemonService:
         with trio.move_on_after(PERSIST_ACK_TIMEOUT):
             await self._persistence.flush()
 
+    async def failure_details(self, app: str) -> dict[str, Any]:
+        """``{"app", "log", "stderr_tail"}`` for an app that did not come up.
+
+        The app's buffered output is flushed first, so the lines it printed as it
+        failed are in the file; ``stderr_tail`` is the text of its last
+        ten stderr lines (any instance), oldest first.
+        """
+        logs = self.orchestrator.logs
+        path = logs.path_for(app)
+        await logs.flush()
+        try:
+            tail = await trio.to_thread.run_sync(stderr_tail, path, app)
+        except RuntimeError:  # no thread to be had: the file is small enough to read here
+            tail = stderr_tail(path, app)
+        return {"app": app, "log": str(path), "stderr_tail": tail}
+
     # ------------------------------------------------------------------ views
 
     async def status(self) -> dict[str, Any]:
@@ -228,14 +218,30 @@ class DaemonService:
         await trio.lowlevel.checkpoint()
         return {"daemon": self._daemon(), "apps": self.apps()}
 
+    async def status_encoded(self) -> Encoded:
+        """:meth:`status`, encoded once for every call that gets the same answer.
+
+        Within one tick, with the same records and sample, the answer is the
+        same, so a burst of ``status`` calls shares one encoding of it.
+        """
+        await trio.lowlevel.checkpoint()
+        daemon, apps = self._daemon(), self.apps()
+        cached = self._status_reply
+        if cached is not None and cached[1] is apps and cached[0] == daemon:
+            return cached[2]
+        encoded = Encoded.of({"daemon": daemon, "apps": apps})
+        self._status_reply = (daemon, apps, encoded)
+        return encoded
+
     def _daemon(self) -> dict[str, Any]:
         health = {}
         if self._persistence is not None:
-            health["persistence"] = str(self._persistence.health())
+            # "ok" or "degraded (ENOSPC)": the key already says what it is about.
+            health["persistence"] = str(self._persistence.health()).removeprefix("persistence: ")
         return {
             "pid": os.getpid(),
             "version": __version__,
-            "uptime": round(time.monotonic() - self._started, 3),
+            "uptime": round(time.monotonic() - self._started, 1),
             "home": str(self.home),
             "config": str(self.config_path),
             **health,
@@ -243,18 +249,20 @@ class DaemonService:
         }
 
     def apps(self) -> list[dict[str, Any]]:
-        """Every app with its processes (a list shared by the calls of one millisecond).
+        """Every app with its processes (a list shared by the calls of one tick).
 
-        Uptimes are given to the millisecond, so within the same millisecond of
-        Trio's clock, with the same records and sample, the list is the same: it is
-        built once and not to be modified by callers.
+        Uptimes are given to the tenth of a second (a *tick* of Trio's clock), so
+        within one tick, with the same records and sample, the list is the same: it
+        is built (and, for ``status``, encoded) once and not to be modified by
+        callers. A change of any record or a new sample gives a fresh list at once.
         """
         samples, now, records = self.sampler.samples, trio.current_time(), self.orchestrator.apps
-        millisecond = math.floor(now * 1000)
+        tick = math.floor(now / UPTIME_TICK)
+        now = tick * UPTIME_TICK
         listing = self._listing
         if (
             listing is not None
-            and listing.millisecond == millisecond
+            and listing.tick == tick
             and listing.samples is samples
             and len(listing.records) == len(records)
             and all(a is b for a, b in zip(listing.records, records.values(), strict=True))
@@ -263,7 +271,7 @@ class DaemonService:
         if len(self._views) > len(records):  # apps removed by a reload
             self._views = {name: v for name, v in self._views.items() if name in records}
         apps = [self._app(record, samples, now) for record in records.values()]
-        self._listing = _Listing(millisecond, samples, tuple(records.values()), apps)
+        self._listing = _Listing(tick, samples, tuple(records.values()), apps)
         return apps
 
     def _app(
@@ -274,7 +282,7 @@ class DaemonService:
         if view is None or view.record is not record or view.samples is not samples:
             view = self._views[record.name] = _View.of(record, samples)
         processes = [
-            {**process, "uptime": round(max(0.0, now - ready_at), 3)}
+            {**process, "uptime": round(max(0.0, now - ready_at), 1)}
             if ready_at is not None
             else process
             for process, ready_at in view.processes
@@ -316,6 +324,7 @@ class DaemonService:
             for dep in config.depends_on
             if dep in self.orchestrator.apps
         }
+        app["logs"] = self.orchestrator.logs.stats(name)
         return app
 
     # ------------------------------------------------------------------ health and events
@@ -356,9 +365,13 @@ class DaemonService:
         return sorted(events, key=lambda e: e["time"])
 
     def env(self, name: str, *, reveal: bool) -> dict[str, str]:
+        # A ``secret:NAME`` reference is shown as such, to everyone: the value it
+        # stands for is never in the config, nor in this reply.
         record = self.orchestrator.record(name)
         return {
-            key: value if reveal or not _SECRET.search(key) else "<redacted>"
+            key: value
+            if reveal or secret_reference(value) is not None or not _SECRET.search(key)
+            else "<redacted>"
             for key, value in sorted(record.config.env.items())
         }
 
@@ -369,6 +382,95 @@ class DaemonService:
             "order": [a.name for a in orch.ecosystem.start_order()],
             "apps": {r.name: list(r.config.depends_on) for r in orch.apps.values()},
         }
+
+    # ------------------------------------------------------------------ metrics
+
+    def metrics(self, name: str | None = None, *, history: int = 0) -> dict[str, Any]:
+        """The last sample of every process (or of one app's), per-app sums, and the
+        daemon's own figures; ``history``: each process's last N samples too."""
+        records = [self.orchestrator.record(name)] if name is not None else None
+        sampler, now = self.sampler, trio.current_time()
+        apps = []
+        for record in records if records is not None else self.orchestrator.apps.values():
+            processes = []
+            for process in sorted(record.processes.values(), key=lambda p: p.instance):
+                pid = process.pid
+                entry: dict[str, Any] = {
+                    "instance": process.instance,
+                    "pid": pid,
+                    "status": process.status.value,
+                    "restarts": process.restarts,
+                    "uptime": round(max(0.0, now - process.ready_at), 3)
+                    if process.ready_at is not None and pid
+                    else 0.0,
+                    **figures(sampler.last.get(pid) if pid else None),
+                }
+                if history:
+                    ring = sampler.rings.get(pid) if pid else None
+                    entry["history"] = [list(s) for s in ring.last(history)] if ring else []
+                processes.append(entry)
+            apps.append(
+                {
+                    "name": record.name,
+                    "status": record.status.value,
+                    "restarts": record.restarts,
+                    "max_memory": record.config.max_memory,
+                    **aggregate(processes),
+                    "processes": processes,
+                }
+            )
+        generation = getattr(self._persistence, "generation", None)
+        daemon = {
+            "pid": os.getpid(),
+            **figures(sampler.last.get(os.getpid())),
+            "rpc_calls": self.dispatcher.calls if self.dispatcher is not None else None,
+            "generation": generation if isinstance(generation, int) else None,
+            "failures": sampler.failures,
+            "loop_lag": None if sampler.loop_lag is None else round(sampler.loop_lag, 6),
+        }
+        return {
+            "enabled": sampler.enabled,
+            "interval": sampler.interval,
+            "retention": sampler.retention,
+            "sampled_at": sampler.sampled_at,
+            "samples": sampler.taken,
+            "fields": list(FIELDS) if history else None,
+            "daemon": daemon,
+            "apps": apps,
+        }
+
+    def prometheus(self) -> str:
+        """:meth:`metrics` in the Prometheus text exposition format."""
+        return prometheus_text(self.metrics())
+
+    def _check_memory(self, nursery: trio.Nursery) -> None:
+        """Restart each process whose RSS exceeded its app's ``max_memory`` in two
+        consecutive samples (called after every sample)."""
+        over: dict[tuple[str, int], tuple[int, int]] = {}
+        for record in self.orchestrator.apps.values():
+            limit = record.config.max_memory
+            if limit is None:
+                continue
+            for process in record.processes.values():
+                sample = self.sampler.samples.get(process.pid or -1)
+                if sample is None or sample[1] <= limit or process.pid is None:
+                    continue
+                key = (record.name, process.instance)
+                pid, count = self._over_memory.get(key, (process.pid, 0))
+                count = count + 1 if pid == process.pid else 1
+                over[key] = (process.pid, count)
+                if count == 2:
+                    reason = f"memory {sample[1] // 1_000_000}MB > {limit // 1_000_000}MB"
+                    nursery.start_soon(
+                        functools.partial(
+                            self.orchestrator.restart_process,
+                            record.name,
+                            process.instance,
+                            reason,
+                            pid=process.pid,
+                        )
+                    )
+        self._over_memory = over
 
     # ------------------------------------------------------------------ reload
 
@@ -389,6 +491,8 @@ class DaemonService:
             if not new.apps and self._persistence is not None:
                 self._persistence.permit_empty()
             diff = await self.orchestrator.apply_reload(new)
+            metrics = new.monitoring.metrics
+            self.sampler.configure(interval=metrics.interval, retention=metrics.retention)
         return {
             "applied": not dry_run,
             "added": [a.name for a in diff.added],
@@ -453,14 +557,43 @@ def _events_methods(service: DaemonService) -> dict[str, Handler]:
     return {"daemon.health": health, "daemon.events": events, "events.subscribe": subscribe}
 
 
-def build_dispatcher(service: DaemonService) -> Dispatcher:
+def parse_signal(text: str) -> int:
+    """``"HUP"``, ``"SIGHUP"``, ``"sighup"`` or ``"1"`` → the signal number.
+
+    Raises:
+        RequestRefused: Not a signal of this system.
+    """
+    word = text.strip().upper()
+    try:
+        if word.isdigit():
+            return signals.Signals(int(word)).value
+        return signals.Signals[word if word.startswith("SIG") else f"SIG{word}"].value
+    except (KeyError, ValueError):
+        raise RequestRefused(
+            f"unknown signal {text!r}; give a name such as HUP, USR1, TERM, or a number"
+        ) from None
+
+
+def build_dispatcher(
+    service: DaemonService, *, authority: Callable[[], TokenAuthority] | None = None
+) -> Dispatcher:
     """The management plane's methods, each with its role."""
-    dispatcher = Dispatcher(error_types=DOMAIN_ERRORS)
+    dispatcher = CountingDispatcher(error_types=DOMAIN_ERRORS)
+    service.dispatcher = dispatcher
     orch = service.orchestrator
 
-    async def status(call: Call) -> dict[str, Any]:
+    async def explained(work: Awaitable[T]) -> T:
+        """``await work``; a start failure carries its app's log file and stderr tail."""
+        try:
+            return await work
+        except AppStartFailed as exc:
+            if exc.app is not None:
+                exc.data = {**exc.data, **await service.failure_details(exc.app)}
+            raise
+
+    async def status(call: Call) -> Encoded:
         """The daemon and every app with its processes."""
-        return await service.status()
+        return await service.status_encoded()
 
     async def list_apps(call: Call) -> list[dict[str, Any]]:
         """Every app with its processes."""
@@ -485,7 +618,7 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
 
     async def start_app(call: Call, *, name: Target) -> dict[str, Any]:
         """Start an app (and what it depends on), or all enabled apps."""
-        started = await orch.start(name)
+        started = await explained(orch.start(name))
         await service.persisted()
         return {"started": started}
 
@@ -497,13 +630,13 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
 
     async def restart_app(call: Call, *, name: Target) -> dict[str, Any]:
         """Restart an app's processes one by one, or all apps."""
-        restarted = await orch.restart(name)
+        restarted = await explained(orch.restart(name))
         await service.persisted()
         return {"restarted": restarted}
 
     async def start_all(call: Call) -> dict[str, Any]:
         """Start every enabled app."""
-        started = await orch.start("all")
+        started = await explained(orch.start("all"))
         await service.persisted()
         return {"started": started}
 
@@ -515,7 +648,7 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
 
     async def restart_all(call: Call) -> dict[str, Any]:
         """Restart every running app."""
-        restarted = await orch.restart("all")
+        restarted = await explained(orch.restart("all"))
         await service.persisted()
         return {"restarted": restarted}
 
@@ -523,9 +656,22 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
         call: Call, *, name: AppName, instances: Annotated[int, Range(ge=1, le=1024)]
     ) -> dict[str, Any]:
         """Set an app's number of processes."""
-        previous = await orch.scale(name, instances)
+        previous = await explained(orch.scale(name, instances))
         await service.persisted()
         return {"name": name, "previous": previous, "instances": instances}
+
+    async def reset(call: Call, *, name: Target) -> dict[str, Any]:
+        """Set the restart counters of an app, or all apps, to zero."""
+        names = orch.reset(name)
+        await service.persisted()
+        return {"reset": names}
+
+    async def signal_app(call: Call, *, name: Target, signal: str) -> dict[str, Any]:
+        """Send a signal to every running process of an app, or of all apps."""
+        signum = parse_signal(signal)
+        sent = orch.signal(name, signum)
+        await trio.lowlevel.checkpoint()
+        return {"signal": signals.Signals(signum).name, "sent": sent}
 
     async def reload_config(call: Call, *, dry_run: bool = False) -> dict[str, Any]:
         """Re-read the config file and apply the difference (or only show it)."""
@@ -538,6 +684,36 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
         """Stop every app and the daemon."""
         service.shutdown()
         return {"stopping": True, "pid": os.getpid()}
+
+    # ---- metrics
+    async def metrics(
+        call: Call,
+        *,
+        name: AppName | None = None,
+        format: str = "json",
+        history: Annotated[int, Range(ge=0, le=100_000)] = 0,
+    ) -> Any:
+        """Samples of every process (or of one app's), per-app sums and the daemon's
+        own figures; ``format="prometheus"``: the Prometheus text exposition."""
+        await trio.lowlevel.checkpoint()
+        if format == "prometheus":
+            if name is not None:
+                raise RequestRefused("the prometheus format covers every app; omit the name")
+            return service.prometheus()
+        if format != "json":
+            raise RequestRefused(f"unknown format {format!r} (expected json or prometheus)")
+        return service.metrics(name, history=history)
+
+    async def set_metrics_enabled(call: Call, *, enabled: bool) -> dict[str, Any]:
+        """Turn the sampling of CPU and memory on or off."""
+        await trio.lowlevel.checkpoint()
+        previous = service.sampler.enabled
+        service.sampler.set_enabled(enabled)
+        return {"enabled": enabled, "previous": previous}
+
+    dispatcher.register("daemon.metrics", metrics, role=Role.VIEWER)
+    dispatcher.register("daemon.set_metrics_enabled", set_metrics_enabled, role=Role.ADMIN)
+    # ---- end metrics
 
     viewer: dict[str, Handler] = {
         "daemon.status": status,
@@ -556,9 +732,138 @@ def build_dispatcher(service: DaemonService) -> Dispatcher:
         "daemon.stop_all": stop_all,
         "daemon.restart_all": restart_all,
         "daemon.scale": scale,
+        "daemon.reset": reset,
+        "daemon.signal": signal_app,
     }
     admin: dict[str, Handler] = {"daemon.reload_config": reload_config, "daemon.shutdown": shutdown}
     for role, methods in ((Role.VIEWER, viewer), (Role.OPERATOR, operator), (Role.ADMIN, admin)):
         for name, handler in methods.items():
             dispatcher.register(name, handler, role=role)
+    register_secret_methods(dispatcher, service.secrets)
+    register_log_methods(dispatcher, service)
+    if authority is not None:
+        register_auth_methods(dispatcher, authority)
     return dispatcher
+
+
+# ---------------------------------------------------------------------- logs
+
+LOG_STREAM_METHOD = "logs.line"
+"""Notification of ``daemon.logs`` with ``follow``: ``{time, app, instance, output, line}``."""
+LOG_STREAM_CAPACITY = 10_000
+"""Lines queued for one follower before the oldest are dropped (an ``rpc.dropped`` notice)."""
+DAEMON_LOG_TAIL = 1 << 20
+"""Bytes read from the end of ``daemon.log`` for ``logs --daemon``."""
+
+
+def _daemon_log_lines(path: Path) -> list[LogLine]:
+    """The last lines of ``daemon.log`` (blocking: run in a thread)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - DAEMON_LOG_TAIL))
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    rows = data.decode("utf-8", "replace").splitlines()
+    if len(data) == DAEMON_LOG_TAIL:
+        rows = rows[1:]  # the first may be the end of a line
+    result = []
+    for raw in rows:
+        stamp = 0.0
+        if raw.startswith("timestamp='"):
+            with contextlib.suppress(ValueError):
+                stamp = datetime.fromisoformat(raw[11:].split("'", 1)[0]).timestamp()
+        result.append(LogLine(stamp, "daemon", None, "sys", raw))
+    return result
+
+
+def register_log_methods(dispatcher: Dispatcher, service: DaemonService) -> None:
+    """``daemon.logs`` (viewer) and ``daemon.flush_logs`` (operator)."""
+    orch = service.orchestrator
+
+    def select(
+        apps: list[str], stream: str | None, since: float | None, pattern: re.Pattern[str] | None
+    ) -> Callable[[LogLine], bool]:
+        wanted = set(apps)
+
+        def matches(line: LogLine) -> bool:
+            return (
+                (not wanted or line.app in wanted)
+                and (stream is None or line.stream == stream)
+                and (since is None or line.time >= since)
+                and (pattern is None or pattern.search(line.text) is not None)
+            )
+
+        return matches
+
+    async def logs(
+        call: Call,
+        *,
+        apps: Annotated[list[AppName], Len(max=256)] = [],  # noqa: B006 - never mutated
+        lines: Annotated[int, Range(ge=0, le=100_000)] = 100,
+        since: float | None = None,
+        grep: Annotated[str, Len(max=1000)] | None = None,
+        stream: Literal["out", "err", "sys"] | None = None,
+        daemon: bool = False,
+        follow: bool = False,
+    ) -> dict[str, Any]:
+        """The last ``lines`` lines of each app (or of the daemon), in time order.
+
+        With ``follow``, every new line that matches is then pushed as a
+        ``logs.line`` notification until the connection closes.
+        """
+        for name in apps:
+            orch.record(name)  # "no app named ..."
+        try:
+            pattern = re.compile(grep) if grep is not None else None
+        except re.error as exc:
+            raise InvalidParams(f"params.grep: not a valid regular expression: {exc}") from None
+        matches = select(apps, stream, since, pattern)
+        if daemon:
+            if follow:
+                raise InvalidParams("params.follow: cannot follow the daemon's own log yet")
+            found = await trio.to_thread.run_sync(
+                _daemon_log_lines, service.home / "logs" / "daemon.log"
+            )
+            picked = [line for line in found if matches(line)]
+            return {"lines": [line.to_wire() for line in picked[-lines:] if lines]}
+        collector = orch.logs
+        names = apps or [name for name in orch.apps if name in collector.apps()]
+        picked = []
+        for name in names:
+            tail = [line for line in collector.tail(name) if matches(line)]
+            picked += tail[-lines:] if lines else []
+        picked.sort(key=lambda line: line.time)
+        result: dict[str, Any] = {"lines": [line.to_wire() for line in picked]}
+        if follow:
+            feed = call.open_stream(LOG_STREAM_METHOD, capacity=LOG_STREAM_CAPACITY)
+
+            def forward(line: LogLine) -> None:
+                if matches(line):
+                    feed.send_nowait(line.to_wire())
+
+            stop = collector.add_follower(forward)
+
+            async def unfollow() -> None:
+                try:
+                    await feed.wait_closed()
+                finally:
+                    stop()
+
+            call.start_soon(unfollow)
+            result["stream"] = feed.id
+        return result
+
+    async def flush_logs(
+        call: Call,
+        *,
+        apps: Annotated[list[AppName], Len(max=256)] = [],  # noqa: B006 - never mutated
+    ) -> dict[str, Any]:
+        """Empty the log files of ``apps`` (every app if none), as ``pm2 flush``."""
+        for name in apps:
+            orch.record(name)
+        return {"emptied": await orch.logs.empty(apps or list(orch.apps))}
+
+    dispatcher.register("daemon.logs", logs, role=Role.VIEWER)
+    dispatcher.register("daemon.flush_logs", flush_logs, role=Role.OPERATOR)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -40,16 +40,20 @@ from supervision import (
     SupervisorSpec,
 )
 
-from ..config import AppConfig, Ecosystem, ReadyKind
+from ..config import AppConfig, Ecosystem, ReadyKind, secret_reference
 from ..config import Restart as ConfigRestart
 from ..config import Strategy as ConfigStrategy
-from ._errors import UnsupportedApp
+from ._errors import RequestRefused, UnsupportedApp
+
+if TYPE_CHECKING:
+    from ._secrets import SecretStore
 
 __all__ = [
     "ENV_APP",
     "ENV_HOME",
     "ENV_INSTANCE",
     "Place",
+    "SecretsUnavailable",
     "TreeBuilder",
     "UnsupportedApp",
     "marker_environ",
@@ -119,6 +123,19 @@ def _ready(app: AppConfig) -> Ready:
     raise UnsupportedApp(f"unknown readiness kind {ready.kind!r}")
 
 
+class SecretsUnavailable(UnsupportedApp, RequestRefused):
+    """An app's ``secret:`` references cannot be resolved (not set, or the store is
+    unusable); the message names the secret or the file, never a value."""
+
+    def __str__(self) -> str:
+        return self.message  # recorded as the app's last error, without the wire code
+
+
+def secret_references(app: AppConfig) -> dict[str, str]:
+    """``{VARIABLE: secret name}`` for each ``secret:NAME`` value of ``app.env``."""
+    return {key: name for key, value in app.env.items() if (name := secret_reference(value))}
+
+
 _RESTART = {
     ConfigRestart.PERMANENT: Restart.PERMANENT,
     ConfigRestart.TRANSIENT: Restart.TRANSIENT,
@@ -147,6 +164,8 @@ class TreeBuilder:
         leaf: ``leaf(app, index)`` returns what runs process ``index`` of ``app``
             instead of the :class:`~supervision.ProcessChild` of its config (for
             tests in virtual time, with :mod:`supervision.testing`'s fake child).
+        secrets: Where ``secret:NAME`` env values are resolved, each time a process
+            spec is built (``None``: an app that uses a secret cannot start).
     """
 
     def __init__(
@@ -157,10 +176,12 @@ class TreeBuilder:
         sink: Callable[[str, int, str], LineSink],
         places: dict[tuple[str, ...], Place] | None = None,
         leaf: Callable[[AppConfig, int], Any] | None = None,
+        secrets: SecretStore | None = None,
     ) -> None:
         self.ecosystem = ecosystem
         self.home = home
         self._sink = sink
+        self.secrets = secrets
         self._leaf = leaf
         self.places: dict[tuple[str, ...], Place] = {} if places is None else places
 
@@ -233,7 +254,11 @@ class TreeBuilder:
         return str(index)
 
     def instance(self, app: AppConfig, index: int) -> ChildSpec:
-        """Process ``index`` of ``app``'s pool."""
+        """Process ``index`` of ``app``'s pool, its secrets resolved now.
+
+        Raises:
+            SecretsUnavailable: A secret it references cannot be resolved.
+        """
         child = self._process(app, index) if self._leaf is None else self._leaf(app, index)
         name = self.instance_name(index)
         self.places[(self.ecosystem.project, app.name, name)] = Place(app.name, index)
@@ -241,7 +266,11 @@ class TreeBuilder:
 
     def _process(self, app: AppConfig, index: int) -> ProcessChild:
         assert app.command is not None
-        env = {**app.env, **marker_environ(self.home, app.name, index)}
+        env = {
+            **app.env,
+            **self._resolve_secrets(app),
+            **marker_environ(self.home, app.name, index),
+        }
         return ProcessChild(
             list(app.command),
             env=env,
@@ -253,3 +282,17 @@ class TreeBuilder:
             stdout=Output.lines(self._sink(app.name, index, "out")),
             stderr=Output.lines(self._sink(app.name, index, "err")),
         )
+
+    def _resolve_secrets(self, app: AppConfig) -> dict[str, str]:
+        references = secret_references(app)
+        if not references:
+            return {}
+        from ._secrets import SecretNotSet, SecretStoreUnavailable
+
+        try:
+            if self.secrets is None:
+                raise SecretStoreUnavailable("this daemon has no secret store")
+            values = self.secrets.resolve(references.values())
+        except (SecretNotSet, SecretStoreUnavailable) as exc:
+            raise SecretsUnavailable(f"app {app.name!r} cannot start: {exc.message}") from None
+        return {key: values[name] for key, name in references.items()}

@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from ._unix import serve_unix as serve_unix
     from ._wire import NAME_MAX as NAME_MAX
     from ._wire import TEXT_MAX as TEXT_MAX
+    from ._wire import Encoded as Encoded
     from ._wire import Limits as Limits
 
 __all__ = [
@@ -96,6 +97,7 @@ __all__ = [
     "Notifications",
     # the wire
     "Limits",
+    "Encoded",
     "NAME_MAX",
     "TEXT_MAX",
     "Request",
@@ -160,7 +162,7 @@ _HOME = {
     "._server": ("RpcServer", "ServerOptions", "ServerStatistics"),
     "._stream": ("NotificationStream",),
     "._unix": ("open_unix_server", "serve_unix"),
-    "._wire": ("NAME_MAX", "TEXT_MAX", "Limits"),
+    "._wire": ("NAME_MAX", "TEXT_MAX", "Encoded", "Limits"),
 }
 _MODULE_OF = {name: module for module, names in _HOME.items() for name in names}
 

@@ -281,12 +281,32 @@ async def connect_unix(
     :class:`ConnectionLost`.
     """
     stream = await open_unix_stream(path)
-    client = RpcClient(
+    async with open_client(
         stream,
         limits=limits,
         error_types=error_types,
         notification_buffer=notification_buffer,
         address=os.fspath(path),
+    ) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def open_client(
+    stream: trio.abc.Stream,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    error_types: Iterable[type[RemoteError]] = (),
+    notification_buffer: int = DEFAULT_NOTIFICATION_BUFFER,
+    address: str = "",
+) -> AsyncIterator[RpcClient]:
+    """A client on an already connected ``stream`` (TLS, WebSocket), closed on exit."""
+    client = RpcClient(
+        stream,
+        limits=limits,
+        error_types=error_types,
+        notification_buffer=notification_buffer,
+        address=address,
     )
     with collapse_single_exception_group():
         async with trio.open_nursery() as nursery:

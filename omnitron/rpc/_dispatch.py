@@ -33,7 +33,7 @@ from ._errors import (
 from ._params import ParamInfo, ParamSchema, schema_for
 from ._protocol import ErrorInfo, Request, Response
 from ._stream import NotificationStream
-from ._wire import NAME_MAX, describe
+from ._wire import NAME_MAX, Encoded, describe
 
 __all__ = [
     "Role",
@@ -82,7 +82,11 @@ class Peer:
         role: What the peer may call; :attr:`Role.ANONYMOUS` until authenticated.
         uid: The peer's uid (Unix socket, from ``SO_PEERCRED``).
         pid: The peer's pid at connect time (Unix socket).
-        subject: The token subject (TCP/WebSocket, later).
+        subject: The token subject (TCP/WebSocket).
+        address: The peer's network address (TCP/WebSocket).
+        token_id: The token's ``jti`` (TCP/WebSocket).
+        recheck: Called before every call of a token-authenticated peer; raises
+            :class:`Unauthenticated` once the token expired or was revoked.
     """
 
     transport: str
@@ -90,6 +94,9 @@ class Peer:
     uid: int | None = None
     pid: int | None = None
     subject: str | None = None
+    address: str | None = None
+    token_id: str | None = None
+    recheck: Callable[[], None] | None = attrs.field(default=None, eq=False, repr=False)
 
 
 class CallHost(Protocol):
@@ -98,6 +105,8 @@ class CallHost(Protocol):
     def open_stream(self, method: str, *, capacity: int | None) -> NotificationStream: ...
 
     def start_soon(self, async_fn: Callable[..., Awaitable[object]], *args: object) -> None: ...
+
+    def set_peer(self, peer: Peer) -> None: ...
 
 
 @attrs.frozen(kw_only=True)
@@ -140,6 +149,16 @@ class Call:
         if self._host is None:
             raise RuntimeError("this call is not attached to a connection")
         self._host.start_soon(async_fn, *args)
+
+    def set_peer(self, peer: Peer) -> None:
+        """Give the connection a new identity for its later calls (``auth.login``).
+
+        Raises:
+            RuntimeError: The call is not attached to a connection (unit tests).
+        """
+        if self._host is None:
+            raise RuntimeError("this call is not attached to a connection")
+        self._host.set_peer(peer)
 
 
 @attrs.frozen(kw_only=True)
@@ -260,6 +279,8 @@ class Dispatcher:
             if peer.role is Role.ANONYMOUS and (info is None or info.role is not Role.ANONYMOUS):
                 # Same reply whether or not the method exists (AU-01, RP-11).
                 raise Unauthenticated("authentication required")
+            if peer.recheck is not None and (info is None or info.role is not Role.ANONYMOUS):
+                peer.recheck()  # the token may have expired or been revoked since login
             if info is None:
                 raise MethodNotFound(f"unknown method {_method_text(request.method)}")
             if peer.role < info.role:
@@ -270,11 +291,25 @@ class Dispatcher:
                 )
             kwargs = info.schema.validate(request.params)
         except RemoteError as exc:
+            if peer.token_id is not None and info is not None and info.role >= Role.OPERATOR:
+                _audit(info.name, peer, request.params, exc.code)
             return Response(msgid=request.msgid, error=ErrorInfo.from_exception(exc))
         call = Call(method=info.name, msgid=request.msgid, peer=peer, host=host)
+        response = await self._run(info, call, request, peer, kwargs)
+        if peer.token_id is not None and info.role >= Role.OPERATOR:
+            # AU-25: every mutating call on a network plane leaves one record.
+            outcome = "ok" if response.error is None else response.error.code
+            _audit(info.name, peer, request.params, outcome)
+        return response
+
+    async def _run(
+        self, info: MethodInfo, call: Call, request: Request, peer: Peer, kwargs: dict[str, Any]
+    ) -> Response:
         try:
             result = await info.handler(call, **kwargs)
-            return Response(msgid=request.msgid, result=self._unstructure(result))
+            if type(result) is not Encoded:
+                result = self._unstructure(result)
+            return Response(msgid=request.msgid, result=result)
         except RemoteError as exc:
             if is_known_code(exc.code, self._domain):
                 return Response(msgid=request.msgid, error=ErrorInfo.from_exception(exc))
@@ -299,6 +334,22 @@ class Dispatcher:
             correlation_id=correlation_id,
         )
         return Response(msgid=request.msgid, error=ErrorInfo.from_exception(error))
+
+
+def _audit(method: str, peer: Peer, params: object, outcome: str) -> None:
+    """One structured audit line: who, what, which target, result; never other params."""
+    target = params.get("name") if isinstance(params, Mapping) else None
+    log.info(
+        "audit",
+        method=method,
+        transport=peer.transport,
+        peer=peer.address,
+        subject=peer.subject,
+        token_id=peer.token_id,
+        role=peer.role.label,
+        target=target if isinstance(target, str) and len(target) <= NAME_MAX else None,
+        result=outcome,
+    )
 
 
 async def _ping(call: Call) -> dict[str, object]:

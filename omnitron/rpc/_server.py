@@ -824,6 +824,10 @@ class _Connection:
             self.server._mark_idle(self)
             self._refresh_deadline()
 
+    def set_peer(self, peer: Peer) -> None:
+        """The identity later calls on this connection run as (after ``auth.login``)."""
+        self.peer = peer
+
     def start_soon(self, async_fn: Callable[..., Awaitable[object]], *args: object) -> None:
         if self._closed or self._background is None:
             log.debug("rpc_background_task_skipped", reason="connection closing")

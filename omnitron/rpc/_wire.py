@@ -49,6 +49,7 @@ __all__ = [
     "UNIX_PATH_MAX",
     "Limits",
     "DEFAULT_LIMITS",
+    "Encoded",
     "FrameDecoder",
     "limit_violation",
     "pack_request",
@@ -417,6 +418,35 @@ def pack_request(
     return _packb([REQUEST, msgid, method, [dict(params)]], limits)
 
 
+class Encoded:
+    """A result already encoded, for a reply that many calls share.
+
+    :meth:`of` checks the value against the limits once, as the result of a
+    response, and packs it; :func:`pack_response` then only puts the envelope
+    around the bytes. A handler returns one when the same plain value (dicts,
+    lists, strings, numbers) answers many calls, like ``daemon.status`` within
+    one millisecond: the dispatcher does not unstructure it again.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    @classmethod
+    def of(cls, value: object, limits: Limits = DEFAULT_LIMITS) -> Encoded:
+        """Check ``value`` as a response's result against ``limits`` and pack it.
+
+        Raises:
+            ProtocolError: The value would break ``limits``.
+            TypeError, ValueError, OverflowError: It is not msgpack-encodable.
+        """
+        problem = limit_violation([RESPONSE, 0, None, value], limits)
+        if problem is not None:
+            raise ProtocolError(ErrorCode.PARSE_ERROR, f"message {problem}")
+        return cls(msgpack.packb(value, use_bin_type=True, datetime=False))
+
+
 def pack_response(
     msgid: int | None,
     error: Mapping[str, object] | None,
@@ -425,10 +455,23 @@ def pack_response(
 ) -> bytes:
     """Encode ``[1, msgid, error, result]`` (``msgid`` is nil for connection-level errors).
 
+    An :class:`Encoded` result is used as it is (it was checked when encoded);
+    only the frame size is checked then.
+
     Raises:
         ProtocolError: The response would break ``limits``.
         TypeError, ValueError, OverflowError: ``result`` is not msgpack-encodable.
     """
+    if type(result) is Encoded and error is None:
+        # fixarray(4), the type, the msgid, nil: then the result's own bytes.
+        head = msgpack.packb(msgid) if msgid is not None else b"\xc0"
+        data = b"\x94\x01" + head + b"\xc0" + result.data
+        if limits is not None and len(data) > limits.max_frame:
+            raise ProtocolError(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"message is {len(data)} bytes, more than max_frame={limits.max_frame}",
+            )
+        return data
     return _packb([RESPONSE, msgid, None if error is None else dict(error), result], limits)
 
 

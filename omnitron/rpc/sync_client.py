@@ -33,10 +33,17 @@ from ._wire import DEFAULT_LIMITS, Limits
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # no typing import at run time: this module is the CLI fast path
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from typing import Any
 
-__all__ = ["SyncClient", "connect_unix_sync", "DEFAULT_TIMEOUT"]
+__all__ = [
+    "SyncClient",
+    "connect_unix_sync",
+    "connect_tls_sync",
+    "CertificateMismatch",
+    "UnknownCertificate",
+    "DEFAULT_TIMEOUT",
+]
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds a call (or the connect) may take before :class:`RpcTimeout`."""
@@ -266,3 +273,131 @@ def connect_unix_sync(
             return SyncClient(
                 sock, timeout=timeout, limits=limits, error_types=error_types, address=text
             )
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+class CertificateMismatch(RpcError):
+    """The server's certificate is not the one pinned for it: possibly an attacker."""
+
+
+class UnknownCertificate(RpcError):
+    """The server's certificate is not pinned yet and nobody confirmed it."""
+
+    def __init__(self, message: str, fingerprint: str) -> None:
+        super().__init__(message)
+        self.fingerprint = fingerprint
+
+
+def read_known_hosts(path: str) -> dict[str, str]:
+    """``host:port`` → pinned fingerprint, from a known-hosts file (missing: empty)."""
+    known: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8") as file:
+            for line in file:
+                parts = line.split()
+                if len(parts) == 2 and not parts[0].startswith("#"):
+                    known[parts[0]] = parts[1]
+    except FileNotFoundError:
+        pass
+    return known
+
+
+def pin_certificate(path: str, where: str, fingerprint: str) -> None:
+    """Record ``fingerprint`` for ``where`` in the known-hosts file (0600, atomic)."""
+    known = read_known_hosts(path)
+    known[where] = fingerprint
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.writelines(f"{name} {value}\n" for name, value in sorted(known.items()))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def connect_tls_sync(
+    host: str,
+    port: int,
+    *,
+    known_hosts: str,
+    fingerprint: str | None = None,
+    confirm: Callable[[str, str], bool] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    limits: Limits = DEFAULT_LIMITS,
+    error_types: Iterable[type[RemoteError]] = (),
+) -> SyncClient:
+    """Connect to a daemon's TLS plane and check its certificate's pin.
+
+    The certificate is trusted by fingerprint, as SSH trusts host keys: the one
+    given (``fingerprint``), else the one in ``known_hosts`` for ``host:port``,
+    else, if ``confirm(where, fingerprint)`` says yes, the one presented (then
+    recorded). TLS 1.2 or later.
+
+    Raises:
+        CertificateMismatch: The server presented another certificate than pinned.
+        UnknownCertificate: Nothing pinned and not confirmed.
+        DaemonUnreachable: Connecting or the handshake failed.
+        RpcTimeout: Connecting took longer than ``timeout``.
+    """
+    import ssl
+
+    from ._address import fingerprint_of_der
+
+    shown = f"[{host}]" if ":" in host else host
+    where = f"{shown}:{port}"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Trust comes from the pinned fingerprint, checked below, not from a CA.
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        raw = socket.create_connection((host, port), timeout=timeout)
+    except TimeoutError:
+        raise RpcTimeout(f"connecting to {where} took longer than {timeout:g}s") from None
+    except OSError as exc:
+        raise connect_error(f"tls://{where}", exc) from None
+    try:
+        raw.settimeout(timeout)
+        sock = context.wrap_socket(raw, server_hostname=None)
+    except TimeoutError:
+        raw.close()
+        raise RpcTimeout(f"the TLS handshake with {where} took longer than {timeout:g}s") from None
+    except (OSError, ssl.SSLError) as exc:
+        raw.close()
+        raise connect_error(f"tls://{where}", exc) from None
+    try:
+        der = sock.getpeercert(binary_form=True)
+        presented = fingerprint_of_der(der or b"")
+        known = read_known_hosts(known_hosts).get(where)
+        expected = fingerprint or known
+        if expected is not None and presented != expected:
+            source = "--fingerprint" if fingerprint else f"{known_hosts}"
+            raise CertificateMismatch(
+                f"the certificate of {where} has changed: it presents {presented}, "
+                f"but {expected} is pinned ({source}). Someone may be intercepting the "
+                "connection; if the daemon's certificate really changed, pass the new "
+                "fingerprint with --fingerprint"
+            )
+        if expected is None and (confirm is None or not confirm(where, presented)):
+            raise UnknownCertificate(
+                f"the certificate of {where} is not known: it presents {presented}; "
+                "if that is the fingerprint the daemon printed, pass it with --fingerprint",
+                presented,
+            )
+        if known != presented:
+            pin_certificate(known_hosts, where, presented)
+    except BaseException:
+        sock.close()
+        raise
+    return SyncClient(
+        sock, timeout=timeout, limits=limits, error_types=error_types, address=f"tls://{where}"
+    )

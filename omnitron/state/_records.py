@@ -195,6 +195,8 @@ class AppState:
         desired: Running or stopped, as the operator last asked.
         status: The aggregate status last observed.
         instances: How many processes the app should have (the pool size).
+        config_instances: The config's ``instances`` when this was recorded: a
+            scaled count is restored only while the config's is still this one.
         restarts: Restarts of the app, all processes together.
         last_error: The last failure, one line (e.g. ``"exit code 3"``), if any.
         processes: Its processes, by name and instance.
@@ -211,6 +213,9 @@ class AppState:
         default=AppStatus.STOPPED, validator=attrs.validators.instance_of(AppStatus)
     )
     instances: int = attrs.field(default=1, validator=_count)
+    config_instances: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_count)
+    )
     restarts: int = attrs.field(default=0, validator=_count)
     last_error: str | None = attrs.field(default=None, validator=_optional_text)
     processes: tuple[ProcessState, ...] = attrs.field(
@@ -236,11 +241,14 @@ class DaemonState:
 
     Attributes:
         apps: The apps, unique by name.
+        stop_reason: Why the daemon stopped on its own (``"critical app 'db'
+            crashed: ..."``); ``None`` while it runs, and after a requested stop.
     """
 
     apps: tuple[AppState, ...] = attrs.field(
         default=(), converter=_to_tuple, validator=[_tuple_of(AppState), _unique_apps]
     )
+    stop_reason: str | None = attrs.field(default=None, validator=_optional_text)
 
     def get(self, name: str) -> AppState | None:
         """The app called ``name``, or ``None``."""
@@ -258,8 +266,8 @@ class DaemonState:
                 break
         else:
             apps.append(app)
-        return DaemonState(apps=apps)
+        return attrs.evolve(self, apps=apps)
 
     def without_app(self, name: str) -> DaemonState:
         """A copy without the app called ``name`` (unchanged if there is none)."""
-        return DaemonState(apps=[app for app in self.apps if app.name != name])
+        return attrs.evolve(self, apps=[app for app in self.apps if app.name != name])

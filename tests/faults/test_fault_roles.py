@@ -29,6 +29,8 @@ DECLARED = {
     "daemon.health": Role.VIEWER,
     "daemon.events": Role.VIEWER,
     "events.subscribe": Role.VIEWER,
+    "daemon.metrics": Role.VIEWER,
+    "daemon.logs": Role.VIEWER,
     "daemon.start_app": Role.OPERATOR,
     "daemon.stop_app": Role.OPERATOR,
     "daemon.restart_app": Role.OPERATOR,
@@ -36,8 +38,16 @@ DECLARED = {
     "daemon.stop_all": Role.OPERATOR,
     "daemon.restart_all": Role.OPERATOR,
     "daemon.scale": Role.OPERATOR,
+    "daemon.reset": Role.OPERATOR,
+    "daemon.signal": Role.OPERATOR,
+    "daemon.flush_logs": Role.OPERATOR,
     "daemon.reload_config": Role.ADMIN,
     "daemon.shutdown": Role.ADMIN,
+    "daemon.set_metrics_enabled": Role.ADMIN,
+    "secret.set": Role.ADMIN,
+    "secret.get": Role.ADMIN,
+    "secret.list": Role.ADMIN,
+    "secret.remove": Role.ADMIN,
 }
 PARAMS: dict[str, dict[str, Any]] = {
     "daemon.get_app": {"name": "web"},
@@ -48,6 +58,12 @@ PARAMS: dict[str, dict[str, Any]] = {
     "daemon.restart_app": {"name": "web"},
     "daemon.scale": {"name": "web", "instances": 2},
     "events.subscribe": {"name": "web"},
+    "daemon.set_metrics_enabled": {"enabled": False},
+    "secret.set": {"name": "db", "value": "v"},
+    "secret.get": {"name": "db"},
+    "secret.remove": {"name": "db"},
+    "daemon.reset": {"name": "web"},
+    "daemon.signal": {"name": "web", "signal": "HUP"},
 }
 
 

@@ -455,10 +455,10 @@ def test_run_stop_intent_survives_a_daemon_crash(running: Omnitron) -> None:
     running.up()
     apps = running.wait_online("sleeper", "dependent")
     assert apps["notifier"]["status"] == "stopped"
-    # A scale lasts until the daemon stops: instance counts come from the config.
-    assert len(pids_of(apps["sleeper"])) == 1
+    # A scale survives the crash too (the config's instances did not change).
+    assert len(pids_of(apps["sleeper"])) == 2
     counts = {name: len(pids) for name, pids in app_pids(running.home).items()}
-    assert counts == {"sleeper": 1, "dependent": 1}
+    assert counts == {"sleeper": 2, "dependent": 1}
 
 
 def test_two_racing_ups_start_exactly_one_daemon(omnitron: Omnitron) -> None:
@@ -512,7 +512,7 @@ def test_up_names_the_apps_that_did_not_come_up(omnitron: Omnitron) -> None:
     )
     result = omnitron.run("up")
     assert result.returncode == 1
-    assert result.stderr.splitlines()[-1] == "omnitron: not online after start-up: broken (crashed)"
+    assert "omnitron: not online after start-up: broken (crashed)" in result.stderr.splitlines()
     assert "broken (crashed): " in result.stdout  # the table, then the app's last error
     assert omnitron.apps()["fine"]["status"] == "online"
 
@@ -533,8 +533,7 @@ def test_up_waits_while_an_app_crash_loops_then_reports_it_crashed(omnitron: Omn
     result = omnitron.run("up")
     elapsed = time.monotonic() - started
     assert result.returncode == 1, (result.stdout, result.stderr)
-    last = result.stderr.splitlines()[-1]
-    assert last == "omnitron: not online after start-up: looping (crashed)"
+    assert "omnitron: not online after start-up: looping (crashed)" in result.stderr.splitlines()
     assert "settled: 1 crashed, 1 online" in result.stderr
     assert "Traceback" not in result.stderr
     apps = omnitron.apps()

@@ -84,7 +84,7 @@ STATUS = {
         "uptime": 190.0,
         "home": "/home/me/.omnitron",
         "config": "/srv/shop/omnitron.toml",
-        "persistence": "persistence: ok",
+        "persistence": "ok",
     },
     "apps": [
         app("cache", processes=[process(4301, name="cache")]),
@@ -266,7 +266,7 @@ def test_render_status() -> None:
 
 
 def test_render_status_shows_degraded_persistence() -> None:
-    data = {"daemon": {**STATUS["daemon"], "persistence": "persistence: degraded (ENOSPC)"}}
+    data = {"daemon": {**STATUS["daemon"], "persistence": "degraded (ENOSPC)"}}
     first = render_status({**data, "apps": []}).splitlines()[0]
     assert first.endswith(" · persistence: degraded (ENOSPC)")
 

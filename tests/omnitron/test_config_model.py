@@ -395,6 +395,8 @@ PUBLIC = [
     "parse_size",
     "format_duration",
     "format_size",
+    "SECRET_PREFIX",
+    "secret_reference",
 ]
 
 

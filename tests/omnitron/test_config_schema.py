@@ -101,6 +101,7 @@ INERT_TOML = """\
 
     [monitoring]
     metrics = { interval = "10s" }
+    health_check = { timeout = "2s" }
 
     [logging]
     level = "debug"
@@ -131,16 +132,11 @@ def test_keys_not_acted_on_yet_are_named_with_file_and_line(tmp_path: Path) -> N
     ecosystem = load_config(config, environ={})
     assert ecosystem.warnings == ()  # a key not acted on is not a problem of the config
     assert [str(issue) for issue in ecosystem.inert] == [
-        f"{config}:4: monitoring.metrics: has no effect yet: the daemon does not sample "
-        "metrics on this schedule yet",
-        f"{config}:8: logging.max_size: has no effect yet: app log files are not rotated yet",
-        f"{config}:9: logging.max_files: has no effect yet: app log files are not rotated yet",
-        f"{config}:10: logging.compress: has no effect yet: app log files are not rotated yet",
-        f"{config}:16: apps[0].watch: has no effect yet: the daemon does not watch files yet",
-        f"{config}:20: apps[1].bootstrap: has no effect yet: module-worker mode is not built "
+        f"{config}:17: apps[0].watch: has no effect yet: the daemon does not watch files yet",
+        f"{config}:21: apps[1].bootstrap: has no effect yet: module-worker mode is not built "
         "yet; this app cannot be started",
-        f"{config}:23: stacks.dev.watch: has no effect yet: the daemon does not watch files yet",
-        f"{config}:24: stacks.dev.overrides.api.watch: has no effect yet: the daemon does not "
+        f"{config}:24: stacks.dev.watch: has no effect yet: the daemon does not watch files yet",
+        f"{config}:25: stacks.dev.overrides.api.watch: has no effect yet: the daemon does not "
         "watch files yet",
     ]
     # Applying a stack keeps them; they never take part in equality.

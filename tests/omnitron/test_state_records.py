@@ -212,11 +212,13 @@ def test_file_format_is_stable() -> None:
                 "desired": "running",
                 "status": "stopped",
                 "instances": 1,
+                "config_instances": None,
                 "restarts": 0,
                 "last_error": None,
                 "processes": [],
             }
-        ]
+        ],
+        "stop_reason": None,
     }
 
 

@@ -30,7 +30,7 @@ from supervision import (
     open_supervisor,
 )
 from supervision import events as ev
-from supervision.testing import FakeChild, Hang, RunForever
+from supervision.testing import Exit, FakeChild, Hang, RunForever
 
 
 def tree(*children: ChildSpec, **kwargs: object) -> SupervisorSpec:
@@ -256,9 +256,8 @@ async def test_a_task_ready_in_time_keeps_running_past_its_startup_timeout(
 # ---------------------------------------------------------------- rest_for_one and terminate
 
 
-async def test_rest_for_one_terminate_during_backoff_leaves_the_rest_down(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+def rest_for_one_abc() -> tuple[tuple[FakeChild, FakeChild, FakeChild], SupervisorSpec]:
+    """Three fakes under rest_for_one, restarted 5 s after a crash."""
     a, b, c = FakeChild(), FakeChild(), FakeChild()
     spec = tree(
         ChildSpec("a", a),
@@ -267,6 +266,13 @@ async def test_rest_for_one_terminate_during_backoff_leaves_the_rest_down(
         strategy=Strategy.REST_FOR_ONE,
         backoff=Backoff(initial=5),
     )
+    return (a, b, c), spec
+
+
+async def test_rest_for_one_terminate_during_backoff_leaves_the_rest_down(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    (_a, b, c), spec = rest_for_one_abc()
     async with open_supervisor(spec) as sup:
         b.crash()
         await wait_state(sup, "c", ChildState.RESTARTING)
@@ -288,14 +294,7 @@ async def test_rest_for_one_terminate_keeps_a_later_childs_own_restart(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """Only the restarts scheduled together with the stopped child are cancelled."""
-    a, b, c = FakeChild(), FakeChild(), FakeChild()
-    spec = tree(
-        ChildSpec("a", a),
-        ChildSpec("b", b),
-        ChildSpec("c", c),
-        strategy=Strategy.REST_FOR_ONE,
-        backoff=Backoff(initial=5),
-    )
+    (_a, _b, c), spec = rest_for_one_abc()
     async with open_supervisor(spec) as sup:
         c.crash()
         await wait_state(sup, "c", ChildState.RESTARTING)
@@ -414,3 +413,26 @@ async def test_real_process_gave_up_names_the_missing_executable() -> None:
             pass  # pragma: no cover
     assert "last: child 'cache' failed to start: executable not found" in str(caught.value)
     assert isinstance(caught.value.__cause__, StartFailure)
+
+
+# ---------------------------------------------------------------- entering during a storm
+
+
+async def test_a_tree_in_a_crash_storm_is_entered_and_left(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Children that crash soon after they are ready, restarted at once, are never all
+    up at the same instant; the block is entered once each has been ready (as OTP's
+    start_link returns once each child was started), and leaving it stops the storm."""
+    fakes = [FakeChild([Exit(1, after=0.005)] * 1000, ready_delay=0.03) for _ in range(3)]
+    spec = tree(
+        *(ChildSpec(f"c{i}", fake) for i, fake in enumerate(fakes)),
+        intensity=Intensity(max_restarts=10**6, window=1),
+    )
+    with trio.fail_after(100):
+        async with open_supervisor(spec) as sup:
+            assert trio.current_time() < 1.0
+            assert all(fake.ready_times for fake in fakes)
+            await trio.sleep(1)
+        assert not sup.running
+    assert all(not fake.running for fake in fakes)

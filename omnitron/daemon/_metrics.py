@@ -1,0 +1,463 @@
+"""Metrics: periodic samples of every managed process and of the daemon itself.
+
+:class:`Sampler` takes one sample of every process every ``interval`` seconds in a
+worker thread (never on the event loop): CPU %, CPU seconds, RSS, USS (where the
+kernel has ``/proc/PID/smaps_rollup``), threads, open file descriptors, and the
+same summed over the process's descendants. Each process keeps its samples for
+``retention`` seconds in a fixed-size :class:`Ring` (8 bytes per figure), dropped
+when the process is gone. ``status`` reads only the last sample.
+
+:func:`prometheus_text` renders a ``daemon.metrics`` result in the Prometheus text
+exposition format; it imports ``prometheus_client`` on first use, so a daemon
+nobody scrapes never loads it.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import psutil
+import structlog
+import trio
+
+from supervision._procfs import _process_table
+
+from ..rpc import Dispatcher
+
+__all__ = [
+    "FIELDS",
+    "CountingDispatcher",
+    "Ring",
+    "Sampler",
+    "prometheus_text",
+]
+
+log = structlog.get_logger("omnitron.metrics")
+
+FIELDS = (
+    "time",
+    "cpu",
+    "cpu_seconds",
+    "rss",
+    "uss",
+    "threads",
+    "fds",
+    "descendants",
+    "tree_cpu",
+    "tree_rss",
+)
+"""The figures of one sample, in order. ``uss`` and ``fds`` are ``-1`` when unknown;
+``tree_*`` include the process itself; ``time`` is the wall clock."""
+_WIDTH = len(FIELDS)
+_CPU, _RSS = FIELDS.index("cpu"), FIELDS.index("rss")
+
+Sample = tuple[float, ...]
+"""One sample: a value per :data:`FIELDS`."""
+
+_GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied)
+_HAS_SMAPS_ROLLUP = os.path.exists(f"/proc/{os.getpid()}/smaps_rollup")
+
+
+class Ring:
+    """The last ``capacity`` samples of one process, in one flat ``array('d')``.
+
+    Grows until full, then overwrites the oldest sample.
+    """
+
+    __slots__ = ("_capacity", "_count", "_data", "_next")
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = max(1, capacity)
+        self._data = array.array("d")
+        self._next = 0
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def append(self, sample: Sample) -> None:
+        if self._count < self._capacity:
+            self._data.extend(sample)
+            self._count += 1
+            return
+        start = self._next * _WIDTH
+        self._data[start : start + _WIDTH] = array.array("d", sample)
+        self._next = (self._next + 1) % self._capacity
+
+    def last(self, n: int) -> list[Sample]:
+        """The last ``n`` samples (fewer if there are fewer), oldest first."""
+        n = max(0, min(n, self._count))
+        oldest = self._next if self._count == self._capacity else 0
+        out = []
+        for i in range(self._count - n, self._count):
+            start = ((oldest + i) % self._capacity) * _WIDTH
+            out.append(tuple(self._data[start : start + _WIDTH]))
+        return out
+
+    def resize(self, capacity: int) -> Ring:
+        """A ring of ``capacity`` holding this one's newest samples."""
+        ring = Ring(capacity)
+        for sample in self.last(ring._capacity):
+            ring.append(sample)
+        return ring
+
+
+class _Probe:
+    """Takes samples in the worker thread; keeps what the next sample needs."""
+
+    def __init__(self) -> None:
+        self._procs: dict[int, psutil.Process] = {}
+        self._previous: dict[int, tuple[float, float]] = {}  # pid: (cpu seconds, monotonic)
+
+    def sample(self, pids: list[int], *, uss: bool) -> dict[int, Sample]:
+        now_wall, now = time.time(), time.monotonic()
+        children = self._children() if pids else {}
+        result: dict[int, Sample] = {}
+        seen: set[int] = set()
+        for pid in pids:
+            own = self._one(pid, now, seen, full=True, uss=uss)
+            if own is None:
+                continue
+            cpu, cpu_seconds, rss, uss_bytes, threads, fds = own
+            tree_cpu, tree_rss, count = cpu, rss, 0
+            stack = list(children.get(pid, ()))
+            while stack:
+                child = stack.pop()
+                if child in seen:
+                    continue
+                stack.extend(children.get(child, ()))
+                figures = self._one(child, now, seen, full=False, uss=False)
+                if figures is not None:
+                    tree_cpu += figures[0]
+                    tree_rss += figures[2]
+                    count += 1
+            result[pid] = (
+                now_wall,
+                cpu,
+                cpu_seconds,
+                float(rss),
+                float(uss_bytes),
+                float(threads),
+                float(fds),
+                float(count),
+                tree_cpu,
+                float(tree_rss),
+            )
+        for pid in [p for p in self._procs if p not in seen]:
+            del self._procs[pid]
+            self._previous.pop(pid, None)
+        return result
+
+    @staticmethod
+    def _children() -> dict[int, list[int]]:
+        """``{ppid: [pid, ...]}`` of every process (one read of each /proc/PID/stat,
+        by the library's procfs reader: several times cheaper than psutil's)."""
+        children: dict[int, list[int]] = {}
+        for pid, entry in _process_table().items():
+            if entry.ppid:
+                children.setdefault(entry.ppid, []).append(pid)
+        return children
+
+    def _one(
+        self, pid: int, now: float, seen: set[int], *, full: bool, uss: bool
+    ) -> tuple[float, float, int, int, int, int] | None:
+        """``(cpu %, cpu seconds, rss, uss, threads, fds)``; ``None`` if it is gone."""
+        seen.add(pid)
+        try:
+            proc = self._procs.get(pid)
+            if proc is None:
+                proc = self._procs[pid] = psutil.Process(pid)
+            with proc.oneshot():
+                times = proc.cpu_times()
+                rss = proc.memory_info().rss
+                threads = proc.num_threads() if full else 0
+                try:
+                    fds = proc.num_fds() if full else -1
+                except psutil.AccessDenied:
+                    fds = -1
+                uss_bytes = -1
+                if uss:
+                    with contextlib.suppress(psutil.AccessDenied):
+                        uss_bytes = proc.memory_full_info().uss
+                cpu_seconds = times.user + times.system
+                previous = self._previous.get(pid)
+                if previous is None:  # first sight: the average since it started
+                    elapsed = max(time.time() - proc.create_time(), 1e-3)
+                else:
+                    elapsed = max(now - previous[1], 1e-3)
+                used = cpu_seconds - (previous[0] if previous else 0.0)
+        except _GONE:
+            self._procs.pop(pid, None)
+            self._previous.pop(pid, None)
+            return None
+        self._previous[pid] = (cpu_seconds, now)
+        cpu = max(0.0, 100.0 * used / elapsed)
+        return (cpu, cpu_seconds, rss, uss_bytes, threads, fds)
+
+
+class Sampler:
+    """CPU and memory of the managed processes, sampled periodically off the event loop.
+
+    One task (:meth:`run`) samples every ``interval`` seconds in a worker thread;
+    every caller reads the last sample, so a ``status`` call costs no system call.
+    A sample that cannot be taken (no worker thread could be started, ...) is
+    counted in :attr:`failures`, logged, and retried at the next interval.
+
+    Args:
+        pids: Returns the pids to sample (called on the event loop). The daemon's
+            own pid is added.
+        interval: Seconds between samples.
+        retention: Seconds of samples kept per process.
+        on_sample: Called on the event loop after each sample, with the sampler's
+            nursery (for work a sample calls for, e.g. a memory restart).
+        settings: Returns the ``[monitoring] metrics`` settings (with ``interval`` and
+            ``retention``), read when :meth:`run` starts; they replace the two above.
+    """
+
+    def __init__(
+        self,
+        pids: Callable[[], list[int]],
+        *,
+        interval: float = 5.0,
+        retention: float = 3600.0,
+        on_sample: Callable[[trio.Nursery], None] = lambda nursery: None,
+        settings: Callable[[], Any] | None = None,
+    ) -> None:
+        self._pids = pids
+        self._settings = settings
+        self._on_sample = on_sample
+        self._probe = _Probe()
+        self.interval = interval
+        self.retention = retention
+        self.enabled = True
+        self.rings: dict[int, Ring] = {}
+        """Every sampled process's samples, by pid."""
+        self.last: dict[int, Sample] = {}
+        """The last sample of every process (the daemon's included), by pid."""
+        self.samples: dict[int, tuple[float, int]] = {}
+        """``{pid: (cpu percent, resident bytes)}`` of the last sample."""
+        self.failures = 0
+        """Samples that could not be taken."""
+        self.taken = 0
+        """Samples taken."""
+        self.sampled_at: float | None = None
+        """When the last sample was taken (wall clock)."""
+        self.loop_lag: float | None = None
+        """Seconds the event loop was late to wake the sampler at its last interval."""
+        self._changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def capacity(self) -> int:
+        """Samples kept per process."""
+        return max(1, math.ceil(self.retention / self.interval))
+
+    def configure(self, *, interval: float, retention: float) -> None:
+        """Apply new settings (a reload); the rings keep their newest samples."""
+        if (interval, retention) == (self.interval, self.retention):
+            return
+        self.interval, self.retention = interval, retention
+        self.rings = {pid: ring.resize(self.capacity) for pid, ring in self.rings.items()}
+        self._wake()
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Turn sampling on or off; off forgets the last sample (no stale figures)."""
+        if enabled == self.enabled:
+            return
+        self.enabled = enabled
+        if not enabled:
+            self.last, self.samples = {}, {}
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Sample until cancelled (while enabled)."""
+        if self._settings is not None:
+            settings = self._settings()
+            self.configure(interval=settings.interval, retention=settings.retention)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                await self._loop()
+            finally:
+                self._nursery = None
+
+    async def _loop(self) -> None:
+        while True:
+            changed = self._changed
+            if self.enabled:
+                await self.sample()
+                with trio.move_on_after(self.interval) as waited:
+                    await changed.wait()
+                if waited.cancelled_caught:
+                    # How late the loop woke this task: its lag at this moment.
+                    self.loop_lag = max(0.0, trio.current_time() - waited.deadline)
+            else:
+                await changed.wait()
+
+    async def sample(self) -> None:
+        """Take one sample now, in a worker thread; a failure is counted and logged."""
+        pids = self._pids()
+        own = os.getpid()
+        if own not in pids:
+            pids = [*pids, own]
+        try:
+            taken = await trio.to_thread.run_sync(self._take, pids)
+        except (RuntimeError, OSError) as exc:  # e.g. "can't start new thread"
+            self.failures += 1
+            log.warning("sampling_failed", error=str(exc), failures=self.failures)
+            return
+        if not self.enabled:
+            return  # turned off while this sample was taken
+        self._keep(taken)
+        if self._nursery is not None:
+            self._on_sample(self._nursery)
+
+    def _take(self, pids: list[int]) -> dict[int, Sample]:
+        return self._probe.sample(pids, uss=_HAS_SMAPS_ROLLUP)
+
+    def _keep(self, taken: dict[int, Sample]) -> None:
+        rings = self.rings
+        for pid in [p for p in rings if p not in taken]:
+            del rings[pid]
+        capacity = self.capacity
+        for pid, sample in taken.items():
+            ring = rings.get(pid)
+            if ring is None:
+                ring = rings[pid] = Ring(capacity)
+            ring.append(sample)
+        self.last = taken
+        self.samples = {pid: (s[_CPU], int(s[_RSS])) for pid, s in taken.items()}
+        self.taken += 1
+        self.sampled_at = time.time()
+
+
+def figures(sample: Sample | None) -> dict[str, Any]:
+    """A sample as ``{field: value}`` (integers where the figure is one; ``None``
+    for unknown); all ``None`` without a sample."""
+    if sample is None:
+        return dict.fromkeys(FIELDS[1:])
+    out: dict[str, Any] = {}
+    for name, value in zip(FIELDS[1:], sample[1:], strict=True):
+        if name in ("cpu", "cpu_seconds", "tree_cpu"):
+            out[name] = round(value, 2)
+        else:
+            out[name] = None if value < 0 else int(value)
+    return out
+
+
+def aggregate(processes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The sum over an app's processes of each figure known for at least one."""
+    total: dict[str, Any] = {}
+    for name in FIELDS[1:]:
+        values = [p[name] for p in processes if p.get(name) is not None]
+        if not values:
+            total[name] = None
+        else:
+            total[name] = round(sum(values), 2) if name.endswith("cpu") else sum(values)
+    return total
+
+
+class CountingDispatcher(Dispatcher):
+    """A :class:`~omnitron.rpc.Dispatcher` that counts the calls it answers."""
+
+    calls = 0
+
+    async def dispatch(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return await super().dispatch(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------- prometheus
+
+
+def prometheus_text(metrics: Mapping[str, Any]) -> str:
+    """A ``daemon.metrics`` result in the Prometheus text exposition format (0.0.4).
+
+    Per process (labels ``app``, ``instance``): CPU seconds, RSS, restarts, up,
+    uptime, ready. Per daemon: its RSS, CPU seconds, RPC calls, the state file's
+    generation, failed samples, event loop lag.
+    """
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    labels = ["app", "instance"]
+    cpu = CounterMetricFamily(
+        "omnitron_process_cpu_seconds",
+        "CPU time used by the process (user + system)",
+        labels=labels,
+    )
+    rss = GaugeMetricFamily(
+        "omnitron_process_resident_memory_bytes", "Resident memory of the process", labels=labels
+    )
+    tree_rss = GaugeMetricFamily(
+        "omnitron_process_tree_resident_memory_bytes",
+        "Resident memory of the process and its descendants",
+        labels=labels,
+    )
+    restarts = CounterMetricFamily(
+        "omnitron_process_restarts", "Restarts of the process", labels=labels
+    )
+    up = GaugeMetricFamily("omnitron_process_up", "1 while the process exists", labels=labels)
+    ready = GaugeMetricFamily(
+        "omnitron_process_ready", "1 while the process is ready", labels=labels
+    )
+    uptime = GaugeMetricFamily(
+        "omnitron_process_uptime_seconds", "Seconds since the process became ready", labels=labels
+    )
+    for app in metrics.get("apps", ()):
+        for process in app["processes"]:
+            values = [app["name"], str(process["instance"])]
+            if process.get("cpu_seconds") is not None:
+                cpu.add_metric(values, process["cpu_seconds"])
+            if process.get("rss") is not None:
+                rss.add_metric(values, process["rss"])
+            if process.get("tree_rss") is not None:
+                tree_rss.add_metric(values, process["tree_rss"])
+            restarts.add_metric(values, process["restarts"])
+            up.add_metric(values, 1 if process["pid"] is not None else 0)
+            ready.add_metric(values, 1 if process["status"] == "online" else 0)
+            uptime.add_metric(values, process["uptime"])
+    daemon = metrics["daemon"]
+    families: list[Any] = [cpu, rss, tree_rss, restarts, up, ready, uptime]
+    for name, text, value, kind in (
+        ("omnitron_daemon_resident_memory_bytes", "Resident memory of the daemon", "rss", "g"),
+        ("omnitron_daemon_cpu_seconds", "CPU time used by the daemon", "cpu_seconds", "c"),
+        ("omnitron_daemon_rpc_calls", "Control-plane calls answered", "rpc_calls", "c"),
+        (
+            "omnitron_daemon_persistence_generation",
+            "Generation of the state file",
+            "generation",
+            "g",
+        ),
+        ("omnitron_daemon_sampling_failures", "Samples that could not be taken", "failures", "c"),
+        (
+            "omnitron_daemon_loop_lag_seconds",
+            "Event loop lateness at the last sample",
+            "loop_lag",
+            "g",
+        ),
+    ):
+        if daemon.get(value) is None:
+            continue
+        family = (CounterMetricFamily if kind == "c" else GaugeMetricFamily)(name, text)
+        family.add_metric([], daemon[value])
+        families.append(family)
+
+    class _Collector:
+        def collect(self) -> list[Any]:
+            return families
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector())
+    return generate_latest(registry).decode()

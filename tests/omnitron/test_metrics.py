@@ -1,0 +1,264 @@
+"""Metrics: the sampler's rings and switch, real processes sampled, memory restarts,
+and the real CLI's ``metrics`` (table, JSON, Prometheus text)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from orchestrator_harness import open_orchestrator
+from prometheus_client.parser import text_string_to_metric_families
+from test_cli_e2e import SLEEP, Omnitron, app_toml, home, omnitron, wait_for  # noqa: F401 - fixtures
+
+from omnitron._eventtext import describe
+from omnitron.daemon._metrics import FIELDS, Ring, Sampler
+from omnitron.state import AppStatus
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+WAIT = 30.0
+"""Generous bound for real processes to come, go and use CPU."""
+BUSY = "while True: pass"
+# Holds 1MB more every 20 ms, up to 200MB: past a 50MB limit within a second.
+GROW = (
+    "import time\nheld = []\nwhile True:\n"
+    "    if len(held) < 200: held.append(bytearray(b'x' * 1_000_000))\n"
+    "    time.sleep(0.02)"
+)
+
+
+def sample(t: float) -> tuple[float, ...]:
+    return (t,) + (0.0,) * (len(FIELDS) - 1)
+
+
+def test_a_ring_keeps_the_newest_samples_oldest_first() -> None:
+    ring = Ring(3)
+    for t in range(5):
+        ring.append(sample(t))
+    assert len(ring) == 3
+    assert [s[0] for s in ring.last(10)] == [2.0, 3.0, 4.0]
+    assert [s[0] for s in ring.last(2)] == [3.0, 4.0]
+    assert [s[0] for s in ring.resize(2).last(10)] == [3.0, 4.0]
+    assert [s[0] for s in ring.resize(5).last(10)] == [2.0, 3.0, 4.0]
+
+
+async def test_sampling_follows_the_interval_and_the_switch(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def inline(fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(*args)  # virtual time cannot wait for a real thread
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", inline)
+    sampler = Sampler(lambda: [], interval=1.0, retention=3.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sampler.run)
+        await trio.sleep(3.5)
+        assert sampler.taken == 4  # at 0, 1, 2, 3
+        assert sampler.loop_lag == 0.0  # virtual time is never late
+        assert len(sampler.rings[os.getpid()]) == 3  # the retention: 3 s / 1 s
+        sampler.set_enabled(False)
+        assert (sampler.samples, sampler.last) == ({}, {})
+        await trio.sleep(60)
+        assert sampler.taken == 4
+        sampler.set_enabled(True)
+        await trio.sleep(0.5)
+        assert sampler.taken == 5  # at once, then every interval
+        sampler.configure(interval=10.0, retention=20.0)
+        await trio.sleep(15)
+        assert sampler.taken == 7  # at once again, then 10 s later
+        assert sampler.capacity == 2
+        nursery.cancel_scope.cancel()
+
+
+async def until(check: Callable[[], bool], what: str) -> None:
+    with trio.fail_after(WAIT):
+        while not check():  # noqa: ASYNC110 - real processes, polled
+            await trio.sleep(0.05)
+
+
+async def test_a_busy_child_and_a_childs_descendants_are_sampled(tmp_path: Path) -> None:
+    apps = [
+        {"name": "busy", "command": [sys.executable, "-c", BUSY]},
+        {"name": "tree", "command": ["sh", "-c", "sleep 3600 & sleep 3600"], "instances": 2},
+    ]
+    async with open_orchestrator(tmp_path, apps) as (orchestrator, service):
+        await until(
+            lambda: all(r.status is AppStatus.ONLINE for r in orchestrator.apps.values()), "online"
+        )
+        await service.sampler.sample()
+        await trio.sleep(1.0)  # the busy loop burns CPU between two samples
+        await service.sampler.sample()
+        result = service.metrics(history=5)
+        apps_by_name = {app["name"]: app for app in result["apps"]}
+        [busy] = apps_by_name["busy"]["processes"]
+        # Well above an idle process even on a crowded machine.
+        assert busy["cpu"] > 10.0, busy
+        assert all(p["cpu"] < 5.0 for p in apps_by_name["tree"]["processes"])
+        assert busy["cpu_seconds"] > 0.1
+        assert busy["rss"] > 1_000_000
+        assert busy["threads"] >= 1
+        assert busy["fds"] >= 3
+        assert len(busy["history"]) == 2
+        assert busy["history"][-1][FIELDS.index("cpu")] == pytest.approx(busy["cpu"], abs=0.01)
+
+        tree = apps_by_name["tree"]
+        assert [p["descendants"] for p in tree["processes"]] == [2, 2]  # sh's two sleeps
+        for process in tree["processes"]:
+            assert process["tree_rss"] > process["rss"]
+        assert tree["tree_rss"] == sum(p["tree_rss"] for p in tree["processes"])
+        assert tree["descendants"] == 4
+
+        daemon = result["daemon"]
+        assert daemon["pid"] == os.getpid()
+        assert daemon["rss"] > 10_000_000
+
+        only = service.metrics("busy")
+        assert [app["name"] for app in only["apps"]] == ["busy"]
+
+
+async def test_a_process_over_max_memory_for_two_samples_is_restarted(tmp_path: Path) -> None:
+    apps = [
+        {"name": "grow", "command": [sys.executable, "-c", GROW], "max_memory": "50MB"},
+        {"name": "calm", "command": ["sleep", "3600"], "max_memory": "50MB"},
+    ]
+    async with open_orchestrator(tmp_path, apps) as (orchestrator, service):
+        await until(lambda: orchestrator.apps["grow"].status is AppStatus.ONLINE, "grow online")
+        first = orchestrator.apps["grow"].processes[0].pid
+        calm = orchestrator.apps["calm"].processes[0].pid
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.sampler.run)  # reads [monitoring] metrics: 5 s
+            service.sampler.configure(interval=0.2, retention=10.0)
+
+            def restarted() -> bool:
+                process = orchestrator.apps["grow"].processes[0]
+                return process.pid not in (None, first) and process.status is AppStatus.ONLINE
+
+            await until(restarted, "grow restarted for its memory")
+            nursery.cancel_scope.cancel()
+        record = orchestrator.apps["grow"]
+        assert record.restarts >= 1
+        assert record.processes[0].restarts >= 1
+        [event, *_] = [e for e in record.events if e.kind.value == "memory_restart"]
+        assert event.instance == 0
+        assert event.pid == first
+        assert event.reason is not None
+        used, limit = event.reason.removeprefix("memory ").split(" > ")
+        assert limit == "50MB"
+        assert int(used.removesuffix("MB")) > 50
+        assert record.last_error == f"instance 0: {event.reason}"
+        assert describe(event.to_wire()) == f"instance 0 restarted: {event.reason}"
+        # The stop was graceful: no kill after a stop timeout.
+        stops = [e for e in record.events if e.kind.value == "stopped" and e.pid == first]
+        assert stops
+        assert not stops[0].killed
+        assert orchestrator.apps["calm"].processes[0].pid == calm  # under its limit
+
+
+# --------------------------------------------------------------------------- the real CLI
+
+
+@pytest.mark.slow
+def test_the_metrics_command_shows_a_busy_child_and_speaks_prometheus(
+    omnitron: Omnitron,  # noqa: F811 - the fixture
+) -> None:
+    omnitron.write_config(
+        'project = "m"\n[monitoring.metrics]\ninterval = "500ms"\n'
+        + app_toml("busy", BUSY)
+        + app_toml("idle", SLEEP, instances="2")
+    )
+    omnitron.up()
+
+    def busy_sampled() -> dict[str, object] | None:
+        result = omnitron.json("metrics", "busy")
+        [process] = result["apps"][0]["processes"]
+        return result if result["samples"] >= 3 and process["cpu"] > 10 else None
+
+    result = wait_for(busy_sampled, "busy sampled at high cpu", timeout=WAIT)
+    assert result["interval"] == 0.5
+
+    table = omnitron.ok("metrics").stdout.splitlines()
+    assert table[0].startswith("daemon pid ")
+    assert table[1].split()[:4] == ["APP", "INSTANCE", "PID", "CPU"]
+    assert [line.split()[:2] for line in table[2:]] == [
+        ["busy", "0"],
+        ["idle", "0"],
+        ["idle", "1"],
+        ["idle", "total"],
+    ]
+
+    text = omnitron.ok("metrics", "--prometheus").stdout
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    cpu = {
+        (s.labels["app"], s.labels["instance"]): s.value
+        for s in families["omnitron_process_cpu_seconds"].samples
+        if s.name.endswith("_total")
+    }
+    assert set(cpu) == {("busy", "0"), ("idle", "0"), ("idle", "1")}
+    assert cpu[("busy", "0")] > 0.1
+    assert families["omnitron_process_cpu_seconds"].type == "counter"
+    up = {s.labels["app"] for s in families["omnitron_process_up"].samples if s.value == 1}
+    assert up == {"busy", "idle"}
+    for name in ("omnitron_process_resident_memory_bytes", "omnitron_process_uptime_seconds"):
+        assert len(families[name].samples) == 3
+    [daemon_rss] = families["omnitron_daemon_resident_memory_bytes"].samples
+    assert daemon_rss.value > 10_000_000
+    [calls] = [
+        s for s in families["omnitron_daemon_rpc_calls"].samples if s.name.endswith("_total")
+    ]
+    assert calls.value >= 3
+    [generation] = families["omnitron_daemon_persistence_generation"].samples
+    assert generation.value >= 1
+    [lag] = families["omnitron_daemon_loop_lag_seconds"].samples
+    assert 0 <= lag.value < 5
+
+    assert omnitron.ok("metrics", "--disable").stdout.strip() == "metrics sampling off"
+    off = omnitron.json("metrics")
+    assert off["enabled"] is False
+    assert off["apps"][0]["processes"][0]["cpu"] is None
+    assert "sampling off" in omnitron.ok("metrics").stdout.splitlines()[0]
+    omnitron.ok("metrics", "--enable")
+    wait_for(lambda: omnitron.json("metrics")["samples"] > off["samples"] or None, "sampling again")
+
+    bad = omnitron.run("metrics", "--prometheus", "--json")
+    assert bad.returncode == 2
+    assert "exclude each other" in bad.stderr
+    unknown = omnitron.run("metrics", "nope")
+    assert unknown.returncode == 1
+    assert "nope" in unknown.stderr
+
+
+async def test_reload_config_applies_new_metrics_settings_at_once(tmp_path: Path) -> None:
+    async with open_orchestrator(tmp_path, []) as (_orchestrator, service):
+        assert (service.sampler.interval, service.sampler.retention) == (5.0, 3600.0)
+        (tmp_path / "omnitron.toml").write_text(
+            'project = "test"\n[monitoring.metrics]\ninterval = "2s"\nretention = "10s"\n'
+        )
+        result = await service.reload_config(dry_run=False)
+        assert result["applied"]
+        assert [w.endswith("no apps defined") for w in result["warnings"]] == [True]
+        assert (service.sampler.interval, service.sampler.capacity) == (2.0, 5)
+
+
+def test_neither_the_daemon_nor_the_metrics_command_loads_prometheus_client() -> None:
+    """Only a request for the Prometheus format loads it (in the daemon)."""
+    code = (
+        "import sys\n"
+        "from omnitron.daemon import _entry\n"
+        "_entry.defer_unused_modules()\n"
+        "import omnitron.daemon._main, omnitron.cli._main, omnitron.cli._metrics\n"
+        "print('prometheus_client' in sys.modules)\n"
+        "from omnitron.daemon._metrics import prometheus_text\n"
+        "prometheus_text({'daemon': {'rss': 1}, 'apps': []})\n"
+        "print('prometheus_client' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert out.split() == ["False", "True"]
