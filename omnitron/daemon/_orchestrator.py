@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -40,6 +41,7 @@ from supervision import events as ev
 from ..config import AppConfig, Ecosystem, EcosystemDiff, diff_ecosystems
 from ..state import AppMode, AppState, DaemonState, DesiredStatus, ProcessIdentity, ProcessState
 from ._errors import AppNotFound, AppStartFailed, DaemonBusy, RequestRefused, UnsupportedApp
+from ._health import HealthMonitor
 from ._logs import LogCollector
 from ._records import (
     AppEvent,
@@ -48,6 +50,7 @@ from ._records import (
     ProcessRecord,
     apply,
     give_up,
+    health_failed,
     intend,
     remember,
     resource_restart,
@@ -143,6 +146,8 @@ class Orchestrator:
         self._shutting_down = False
         self._reloading = trio.Lock()
         self.started_at = time.time()
+        self.health = HealthMonitor(self._stop_unhealthy)
+        self._event_listeners: list[Callable[[str, AppEvent], bool]] = []
         self.stop_reason: str | None = None
         """Why the daemon stops on its own (a critical app crashed), for the state file."""
 
@@ -153,8 +158,10 @@ class Orchestrator:
         if new is old:
             return
         self.apps[new.name] = new
-        if note and new.events and (not old.events or new.events[-1] is not old.events[-1]):
-            self.logs.event(new.name, new.events[-1])
+        if new.events and (not old.events or new.events[-1] is not old.events[-1]):
+            if note:
+                self.logs.event(new.name, new.events[-1])
+            self._publish(new.name, new.events[-1])
         critical = new.crashed and not old.crashed and new.config.critical
         if critical and self.stop_reason is None:
             self.stop_reason = f"critical app {new.name!r} crashed: {new.last_error}"
@@ -192,6 +199,44 @@ class Orchestrator:
             identified = attrs.evolve(process, identity=_identity(event.pid))
             new = attrs.evolve(new, processes={**new.processes, place.instance: identified})
         self._commit(old, new, note=True)
+        self._probe_hook(new, event, place.instance)
+
+    # ------------------------------------------------------------------ health and events
+
+    def _probe_hook(self, record: AppRecord, event: ev.Event, instance: int | None) -> None:
+        """Probe a process from when it is ready until it exits or stops."""
+        if instance is None:
+            if isinstance(event, ev.ChildStopped | ev.ChildExited):
+                self.health.forget(record.name)
+            return
+        if isinstance(event, ev.ChildReady):
+            pid = record.processes[instance].pid
+            if pid is not None:
+                self.health.watch(record.config, instance, pid)
+        elif isinstance(event, ev.ChildStarted | ev.ChildExited | ev.ChildStopped):
+            self.health.unwatch(record.name, instance)
+
+    async def _stop_unhealthy(self, name: str, instance: int, pid: int, reason: str) -> None:
+        """Record the failed probe and stop the process; its supervisor restarts it
+        as after any crash (counted toward the restart intensity)."""
+        record = self.apps.get(name)
+        process = record.processes.get(instance) if record is not None else None
+        if record is None or process is None or process.pid != pid:
+            return  # gone meanwhile
+        log.warning("health_failed", app=name, instance=instance, pid=pid, reason=reason)
+        now = time.time()
+        self._update(name, lambda r: health_failed(r, instance, reason, now), note=True)
+        config = record.config
+        await _terminate(process.identity, config.stop_signal, config.stop_timeout)
+
+    def subscribe(self, listener: Callable[[str, AppEvent], bool]) -> None:
+        """Call ``listener(app, event)`` for every new event, synchronously, until it
+        returns ``False``. It must not block (queue and return)."""
+        self._event_listeners.append(listener)
+
+    def _publish(self, name: str, event: AppEvent) -> None:
+        if self._event_listeners:
+            self._event_listeners = [f for f in self._event_listeners if f(name, event)]
 
     # ------------------------------------------------------------------ running
 
@@ -232,7 +277,13 @@ class Orchestrator:
 
         Cancellation: the tree stops, apps in reverse dependency order.
         """
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.health.run)
+            task_status.started()
+            await self._run_trees()
+            nursery.cancel_scope.cancel()
+
+    async def _run_trees(self) -> None:
         while True:
             self._building = True
             try:
@@ -807,6 +858,34 @@ class Orchestrator:
                 await self.start(app.name)
         self._on_change()
         return diff
+
+
+async def _terminate(
+    identity: ProcessIdentity | None, stop_signal: signal.Signals, stop_timeout: float
+) -> None:
+    """Send ``stop_signal`` to the process ``identity`` names, then SIGKILL after
+    ``stop_timeout`` seconds if it still runs. Through a pidfd checked against the
+    identity first, so a recycled pid is never signalled; a process gone is done."""
+    if identity is None:
+        return
+    try:
+        fd = os.pidfd_open(identity.pid)
+    except OSError:
+        return  # gone already
+    try:
+        if not identity.is_running():
+            return
+        try:
+            signal.pidfd_send_signal(fd, stop_signal)
+        except ProcessLookupError:
+            return
+        with trio.move_on_after(stop_timeout):
+            await trio.lowlevel.wait_readable(fd)  # readable once it has exited
+            return
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+    finally:
+        os.close(fd)
 
 
 def _without_restarts(record: AppRecord) -> AppRecord:
