@@ -54,7 +54,7 @@ async def _run(script: list[tuple[float, int]], until: float) -> _Service:
 
 
 async def test_a_burst_spread_over_time_is_one_reload(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: MockClock,
 ) -> None:
     # 300 SIGHUPs 4 ms apart: longer than a reload takes.
     burst = [(0.004, signal.SIGHUP)] * 300
@@ -65,7 +65,7 @@ async def test_a_burst_spread_over_time_is_one_reload(
 
 
 async def test_a_sighup_during_a_reload_makes_exactly_one_more(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: MockClock,
 ) -> None:
     script = [(0.0, signal.SIGHUP), (RELOAD_SETTLE + 0.5, signal.SIGHUP)]
     script += [(0.01, signal.SIGHUP)] * 20
@@ -76,7 +76,7 @@ async def test_a_sighup_during_a_reload_makes_exactly_one_more(
 
 
 async def test_a_steady_stream_of_sighups_still_reloads_within_the_cap(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: MockClock,
 ) -> None:
     steady = [(RELOAD_SETTLE / 2, signal.SIGHUP)] * 40  # never quiet for long enough
     service = await _run(steady, until=20)
