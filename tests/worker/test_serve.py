@@ -208,6 +208,7 @@ async def test_sigterm_drains_calls_and_runs_the_stop_steps_in_order() -> None:
         assert worker.events() == [
             "system.before_start",
             "process.before_start",
+            "module.on_start",
             "calc.on_start",
             "process.after_start",
             "system.after_start",
@@ -226,7 +227,7 @@ async def test_sigterm_drains_calls_and_runs_the_stop_steps_in_order() -> None:
                 code = await worker.process.wait()
         assert code == 0
         assert replies == ["done"]  # the in-flight call finished and was answered
-        assert worker.events()[5:] == [
+        assert worker.events()[6:] == [
             "system.before_stop",
             "process.before_stop",
             "calc.slow done",

@@ -8,6 +8,12 @@ from calc.hooks import record
 from omnitron.worker import health_check, on_start, on_stop, public, service
 
 
+@on_start
+def module_started() -> None:
+    """A module-level step: runs before the services' own."""
+    record("module.on_start")
+
+
 @service("calc")
 class Calc:
     def __init__(self) -> None:
