@@ -1,6 +1,7 @@
 """The calc service: sync and async methods, failures, hangs, big values."""
 
 import os
+import time
 
 import trio
 
@@ -67,6 +68,12 @@ class Calc:
             self.all_here.set()
         await self.all_here.wait()
         return self.arrived
+
+    @public
+    def block(self, seconds: float) -> str:
+        """A sync method that blocks the worker's loop (what not to do)."""
+        time.sleep(seconds)
+        return "unblocked"
 
     @public
     def big(self, size: int) -> str:
