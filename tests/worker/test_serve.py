@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,8 @@ async def test_hello_services_and_identity() -> None:
             "instance": 3,
         }
         assert check_identity(hello) is None
+        assert client.identity == hello
+        assert stat.S_IMODE(os.stat(worker.socket).st_mode) == 0o600
         services = await client.builtin("services")
         assert list(services) == ["calc"]
         assert "async add(a: int, b: int = 0, *, scale: int = 1) -> int" in services["calc"]
