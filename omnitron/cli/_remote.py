@@ -161,7 +161,7 @@ def render_remotes(remotes: list[dict[str, Any]]) -> str:
         token = "yes" if r["token"] else "no"
         if r["token_env"]:
             token += f" (${r['token_env']})"
-        rows.append((r["name"], r["url"], r["fingerprint"] or "(not pinned)", token))
+        rows.append((r["name"], r["url"], r["fingerprint"] or render.NONE, token))
     return render.render_table(("NAME", "URL", "FINGERPRINT", "TOKEN"), rows)
 
 
