@@ -234,7 +234,7 @@ def fleet(cli: Cli, name: str, params: dict[str, Any]) -> int:
     """Run command ``name`` on every host of ``-r``/``--all-remotes``; the exit code."""
     hosts = cli.aliases()
     job, timeout = _job(name, params)
-    targets = {host: cli.target(host) for host in hosts}
+    targets = {host: _target(cli, host) for host in hosts}
     if params.get("rolling"):
         return _rolling(cli, hosts, targets, job, timeout)
     import trio
@@ -264,9 +264,28 @@ def fleet(cli: Cli, name: str, params: dict[str, Any]) -> int:
     return 0
 
 
+def _target(cli: Cli, host: str) -> Any:
+    """The host's target; an unknown alias fails the command, an unset token the host."""
+    from omnitron.remotes import RemotesError, lookup_remote
+
+    from ._context import Target
+
+    try:
+        remote = lookup_remote(cli.home, host)
+    except RemotesError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        return Target(host, remote.url, remote.resolve_token(), remote.fingerprint)
+    except RemotesError as exc:
+        return HostError(str(exc), unreachable=False)
+
+
 async def _run_on(cli: Cli, target: Any, job: Job, limit: float) -> Any:
     """``job(client)`` on one host within ``limit`` s; its result or a :class:`HostError`."""
     import trio
+
+    if isinstance(target, HostError):
+        return target
 
     from omnitron.rpc import connect_url
     from omnitron.rpc._errors import RemoteError, RpcError

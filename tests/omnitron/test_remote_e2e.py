@@ -391,6 +391,20 @@ def test_fan_out_shows_a_dead_host_without_failing_the_others(fleet: Fleet) -> N
     assert stable(report["b"]) == stable(b.runner.status())
     assert [app["name"] for app in report["a"]["apps"]] == ["web"]
 
+    # A host whose token variable is unset fails alone, too.
+    client.ok(
+        "remote", "add", "envless", a.url, "--token-env", "OMT_UNSET_TOKEN",
+        "--fingerprint", a.fingerprint, "--no-verify",
+    )  # fmt: skip
+    unset = client.run("--json", "-r", "envless,b", "status")
+    assert unset.returncode == 1
+    report = json.loads(unset.stdout)
+    assert report["envless"] == {
+        "error": "remote 'envless' reads its token from $OMT_UNSET_TOKEN, which is not set"
+    }
+    assert [app["name"] for app in report["b"]["apps"]] == ["web", "other"]
+    client.ok("remote", "rm", "envless")
+
     # All healthy: exit 0; --all-remotes covers every alias.
     client.ok("remote", "rm", "dead")
     everyone = client.json("--all-remotes", "list")
