@@ -46,8 +46,6 @@ QUERY_TIMEOUT = 10.0
 ACTION_TIMEOUT = 120.0
 """Default seconds to wait for an action (start, stop, restart, scale, reload) to finish."""
 
-HOME_ENV = "OMNITRON_HOME"
-
 
 class CliError(click.ClickException):
     """A failure the user should read: ``omnitron: <reason>`` on stderr, then ``exit_code``.

@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -512,3 +513,64 @@ def test_python_clients_open_an_alias(fleet: Fleet) -> None:
     os.unlink(f"{home}/known_hosts")
     with pytest.raises(UnknownCertificate, match="is not known"):
         connect_url_sync(a.url, token=token, known_hosts=f"{home}/known_hosts")
+
+
+def answer_prompt(fleet: Fleet, answer: str, *args: str) -> tuple[int, str]:
+    """Run the CLI on a pseudo-terminal, answer its question, return (code, what it showed)."""
+    import pty
+    import select
+
+    client = fleet.client
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        client.argv(*args),
+        cwd=client.project,
+        env=client.env(),
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+    )
+    os.close(secondary)
+    shown = b""
+    answered = False
+    deadline = time.monotonic() + CLI_TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([primary], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(primary, 4096)
+                except OSError:  # the other end closed: the command ended
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            if not answered and b"Trust it from now on?" in shown:
+                os.write(primary, answer.encode() + b"\n")
+                answered = True
+            if proc.poll() is not None and not ready:
+                break
+        code = proc.wait(timeout=CLI_TIMEOUT)
+    finally:
+        os.close(primary)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert answered, shown
+    return code, shown.decode(errors="replace")
+
+
+def test_remote_add_asks_on_a_terminal_trust_on_first_use(fleet: Fleet) -> None:
+    a = fleet.start("a")
+    add = ("remote", "add", "a", a.url, "--token-file", str(a.token))
+    code, shown = answer_prompt(fleet, "n", *add)
+    assert code == 1
+    assert a.fingerprint in shown
+    assert not (Path(fleet.client.home) / "remotes.toml").exists()
+    code, shown = answer_prompt(fleet, "y", *add)
+    assert code == 0, shown
+    assert f"fingerprint {a.fingerprint}" in shown
+    assert fleet.client.json("remote", "ls")[0]["fingerprint"] == a.fingerprint
+    assert a.token.read_text().strip() not in shown
+    # Pinned from now on: no question, even without a terminal.
+    fleet.client.ok("-r", "a", "ping")
