@@ -21,6 +21,8 @@ import os
 import re
 import stat
 
+from omnitron.errors import OmnitronError
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -36,6 +38,7 @@ __all__ = [
     "lookup_remote",
     "remotes_path",
     "save_remotes",
+    "write_private_file",
 ]
 
 FILE_NAME = "remotes.toml"
@@ -47,7 +50,7 @@ MAX_FILE = 1024 * 1024
 MAX_TOKEN = 16384
 
 
-class RemotesError(Exception):
+class RemotesError(OmnitronError, ValueError):
     """A bad alias, URL or fingerprint, or a remotes file that cannot be used."""
 
 
@@ -293,10 +296,14 @@ def render_remotes(remotes: Iterable[Remote]) -> str:
 
 
 def save_remotes(home: str, remotes: Iterable[Remote]) -> None:
-    """Write the remotes file: a 0600 temporary file, fsync, rename, fsync the directory."""
-    path = remotes_path(home)
+    """Write the remotes file atomically, mode 0600 (see :func:`write_private_file`)."""
     os.makedirs(home, mode=0o700, exist_ok=True)
-    data = render_remotes(remotes).encode("utf-8")
+    write_private_file(remotes_path(home), render_remotes(remotes).encode("utf-8"))
+
+
+def write_private_file(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data``: a 0600 temporary file beside it (not following
+    links), fsync, rename, fsync the directory. Standard library only."""
     temporary = f"{path}.{os.getpid()}.tmp"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
@@ -309,7 +316,7 @@ def save_remotes(home: str, remotes: Iterable[Remote]) -> None:
         if os.path.lexists(temporary):
             os.unlink(temporary)
         raise
-    directory = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
+    directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(directory)
     finally:

@@ -311,20 +311,11 @@ def pin_certificate(path: str, where: str, fingerprint: str) -> None:
     """Record ``fingerprint`` for ``where`` in the known-hosts file (0600, atomic)."""
     known = read_known_hosts(path)
     known[where] = fingerprint
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.writelines(f"{name} {value}\n" for name, value in sorted(known.items()))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    from omnitron.remotes import write_private_file
+
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    text = "".join(f"{name} {value}\n" for name, value in sorted(known.items()))
+    write_private_file(path, text.encode("utf-8"))
 
 
 def check_pin(
