@@ -67,6 +67,7 @@ async def connect_url(
     if scheme != "tls":
         raise ValueError(f"URL {url!r}: connect_url speaks unix:// and tls:// only")
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    stream: trio.SSLStream[trio.SocketStream] | None = None
     with trio.move_on_after(connect_timeout) as scope:
         try:
             tcp = await trio.open_tcp_stream(host, port)
@@ -89,8 +90,9 @@ async def connect_url(
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
-    if scope.cancelled_caught:
-        await trio.aclose_forcefully(stream)
+    if scope.cancelled_caught or stream is None:
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
         raise RpcTimeout(f"connecting to tls://{where} took longer than {connect_timeout:g}s")
     async with open_client(
         stream, limits=limits, error_types=error_types, address=f"tls://{where}"
