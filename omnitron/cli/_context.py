@@ -119,6 +119,11 @@ class Target:
         self.token = token
         self.fingerprint = fingerprint
 
+    @property
+    def alias(self) -> str | None:
+        """The alias, or ``None`` for ``--url``."""
+        return None if self.label == self.url else self.label
+
 
 class Cli:
     """What the global options decided, shared by every command.
@@ -261,7 +266,7 @@ class Cli:
                 timeout=timeout,
             )
         except RpcError as exc:
-            raise remote_failure(exc, target.url) from None
+            raise remote_failure(exc, target.url, target.alias) from None
 
     def open_async(self) -> Any:
         """An async context manager: a Trio client of the daemon (``logs --follow``).
@@ -322,14 +327,22 @@ def _check_url(url: str) -> str:
     return url
 
 
-def remote_failure(exc: RpcError, url: str) -> CliError:
-    """The one-line error for a failure to reach, or log in to, a remote daemon."""
+def remote_failure(exc: RpcError, url: str, alias: str | None = None) -> CliError:
+    """The one-line error for a failure to reach, or log in to, a remote daemon
+    (``alias``: how to re-pin its certificate is added under a pin failure)."""
     from omnitron.rpc._errors import DaemonNotRunning
+    from omnitron.rpc.sync_client import CertificateMismatch, UnknownCertificate
 
     if isinstance(exc, DaemonNotRunning):
         # Not "start it with `omnitron up`": the daemon is on another machine.
         return CliError(f"cannot reach the daemon at {url}: {exc.reason}")
-    return rpc_failure(exc)
+    failure = rpc_failure(exc)
+    if alias is not None and isinstance(exc, CertificateMismatch | UnknownCertificate):
+        failure.details += (
+            f"for the alias, pin it with `omnitron remote add {alias} {url} "
+            "--token-file FILE --fingerprint SHA256:... --replace`",
+        )
+    return failure
 
 
 def _read_token(path: str) -> str:

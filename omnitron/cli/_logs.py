@@ -113,7 +113,9 @@ def _follow(cli: Cli, params: dict[str, Any], show: Any) -> None:
     try:
         trio.run(run)
     except RpcError as exc:
-        raise (rpc_failure(exc) if target is None else remote_failure(exc, target.url)) from None
+        if target is None:
+            raise rpc_failure(exc) from None
+        raise remote_failure(exc, target.url, target.alias) from None
 
 
 def flush(cli: Cli, apps: tuple[str, ...]) -> None:

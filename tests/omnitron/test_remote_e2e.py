@@ -242,6 +242,7 @@ def test_a_different_certificate_is_refused(fleet: Fleet) -> None:
         assert changed.returncode == 1, changed.stderr
         assert f"presents {b.fingerprint}" in changed.stderr
         assert f"but {a.fingerprint} is pinned" in changed.stderr
+        assert f"pin it with `omnitron remote add moved {b.url} --token-file FILE" in changed.stderr
         assert "Traceback" not in changed.stderr
     fanned = client.run("-r", "moved,moved2", "status")
     assert fanned.returncode == 1  # moved2 is unknown: nothing runs
