@@ -29,6 +29,8 @@ __all__ = [
     "QUERY_TIMEOUT",
     "Cli",
     "CliError",
+    "Target",
+    "remote_failure",
     "pass_cli",
     "resolve_home",
     "rpc_failure",
@@ -43,8 +45,6 @@ QUERY_TIMEOUT = 10.0
 """Default seconds to wait for a reply to a query (status, list, inspect...)."""
 ACTION_TIMEOUT = 120.0
 """Default seconds to wait for an action (start, stop, restart, scale, reload) to finish."""
-
-HOME_ENV = "OMNITRON_HOME"
 
 
 class CliError(click.ClickException):
@@ -71,15 +71,10 @@ class CliError(click.ClickException):
 
 
 def resolve_home(value: str | None, environ: Mapping[str, str] | None = None) -> str:
-    """The daemon home: ``--home``, else ``$OMNITRON_HOME``, else ``~/.omnitron``.
+    """The daemon home: ``--home``, else ``$OMNITRON_HOME``, else ``~/.omnitron``."""
+    from omnitron.remotes import default_home
 
-    Normalised exactly as :class:`omnitron.state.Home` does (``~`` expanded, made
-    absolute, symbolic links kept), without importing it: that package pulls in
-    Trio, which would cost more than the whole ``omnitron status`` budget.
-    """
-    env = os.environ if environ is None else environ
-    raw = value or env.get(HOME_ENV, "") or "~/.omnitron"
-    return os.path.abspath(os.path.expanduser(raw))
+    return default_home(value, environ)
 
 
 def rpc_failure(exc: RpcError) -> CliError:
@@ -106,6 +101,30 @@ def rpc_failure(exc: RpcError) -> CliError:
     return CliError(str(exc))
 
 
+class Target:
+    """A remote daemon: where it is, the token to log in with, the pin to expect.
+
+    Attributes:
+        label: The alias, or the URL given with ``--url``.
+        url: ``tls://HOST:PORT``.
+        token: The token, or ``None`` (then only ``daemon.ping`` answers).
+        fingerprint: The pinned fingerprint, else the one in ``known_hosts`` is used.
+    """
+
+    __slots__ = ("fingerprint", "label", "token", "url")
+
+    def __init__(self, label: str, url: str, token: str | None, fingerprint: str | None) -> None:
+        self.label = label
+        self.url = url
+        self.token = token
+        self.fingerprint = fingerprint
+
+    @property
+    def alias(self) -> str | None:
+        """The alias, or ``None`` for ``--url``."""
+        return None if self.label == self.url else self.label
+
+
 class Cli:
     """What the global options decided, shared by every command.
 
@@ -114,9 +133,21 @@ class Cli:
         home: The daemon's home directory, absolute.
         timeout: ``--timeout``: seconds to wait for each reply, or ``None`` for the
             per-command default (:data:`QUERY_TIMEOUT` / :data:`ACTION_TIMEOUT`).
+        url, token_file, fingerprint: ``--url`` and its options.
+        remote: ``-r/--remote``: one alias, or several separated by commas.
+        all_remotes: ``--all-remotes``: every alias of ``remotes.toml``.
     """
 
-    __slots__ = ("fingerprint", "home", "json", "timeout", "token_file", "url")
+    __slots__ = (
+        "all_remotes",
+        "fingerprint",
+        "home",
+        "json",
+        "remote",
+        "timeout",
+        "token_file",
+        "url",
+    )
 
     def __init__(
         self,
@@ -127,6 +158,8 @@ class Cli:
         url: str | None = None,
         token_file: str | None = None,
         fingerprint: str | None = None,
+        remote: str | None = None,
+        all_remotes: bool = False,
     ) -> None:
         self.json = json
         self.home = home
@@ -134,11 +167,72 @@ class Cli:
         self.url = url
         self.token_file = token_file
         self.fingerprint = fingerprint
+        self.remote = remote
+        self.all_remotes = all_remotes
 
     @property
     def socket_path(self) -> str:
         """The daemon's management socket, ``$OMNITRON_HOME/daemon.sock``."""
         return os.path.join(self.home, "daemon.sock")
+
+    @property
+    def known_hosts(self) -> str:
+        """Pinned certificates of remote daemons, ``$OMNITRON_HOME/known_hosts``."""
+        return os.path.join(self.home, "known_hosts")
+
+    @property
+    def is_remote(self) -> bool:
+        """Whether commands go to another daemon than this home's (``--url``, ``-r``)."""
+        return self.url is not None or self.remote is not None or self.all_remotes
+
+    @property
+    def is_fleet(self) -> bool:
+        """Whether commands go to several daemons (``-r a,b`` or ``--all-remotes``)."""
+        return self.all_remotes or (self.remote is not None and "," in self.remote)
+
+    def aliases(self) -> list[str]:
+        """The aliases named by ``-r`` (each once, in order) or every one (``--all-remotes``).
+
+        Raises:
+            CliError: An empty or malformed list, or no alias at all.
+        """
+        from omnitron.remotes import RemotesError, check_name, load_remotes
+
+        try:
+            if self.all_remotes:
+                names = list(load_remotes(self.home))
+                if not names:
+                    raise CliError(
+                        "--all-remotes: no remotes yet; add one with "
+                        "`omnitron remote add NAME tls://HOST:PORT --token-file FILE`"
+                    )
+                return names
+            given = dict.fromkeys(name.strip() for name in (self.remote or "").split(","))
+            return [check_name(name) for name in given]
+        except RemotesError as exc:
+            raise CliError(f"-r: {exc}", exit_code=EXIT_USAGE) from None
+
+    def target(self, alias: str | None = None) -> Target | None:
+        """The remote daemon of ``alias``, or of ``--url``/``-r``; ``None`` for the local one.
+
+        Raises:
+            CliError: Unknown alias, unusable remotes file, unreadable token file.
+        """
+        from omnitron.remotes import RemotesError, lookup_remote
+
+        if alias is None and self.remote is None:
+            if self.url is None:
+                return None
+            _check_url(self.url)
+            if self.token_file is None:
+                raise CliError("--url needs --token-file FILE (a token from `omnitron auth token`)")
+            return Target(self.url, self.url, _read_token(self.token_file), self.fingerprint)
+        name = alias if alias is not None else self.aliases()[0]
+        try:
+            remote = lookup_remote(self.home, name)
+            return Target(name, remote.url, remote.resolve_token(), remote.fingerprint)
+        except RemotesError as exc:
+            raise CliError(str(exc)) from None
 
     def connect(self, *, timeout: float = QUERY_TIMEOUT) -> SyncClient:
         """A connected client; ``--timeout`` overrides ``timeout``.
@@ -149,51 +243,50 @@ class Cli:
         from omnitron.rpc._errors import RpcError
         from omnitron.rpc.sync_client import connect_unix_sync
 
-        if self.url is not None:
-            return self._connect_url(self.url, timeout=self.timeout or timeout)
+        target = self.target()
+        if target is not None:
+            return self._connect_remote(target, timeout=self.timeout or timeout)
         try:
             return connect_unix_sync(self.socket_path, timeout=self.timeout or timeout)
         except RpcError as exc:
             raise rpc_failure(exc) from None
 
-    def _connect_url(self, url: str, *, timeout: float) -> SyncClient:
+    def _connect_remote(self, target: Target, *, timeout: float) -> SyncClient:
         """A client of a daemon's TLS plane, its certificate pinned, logged in with the token."""
-        from omnitron.rpc._address import parse_url
-        from omnitron.rpc._errors import DaemonNotRunning, RpcError
-        from omnitron.rpc.sync_client import connect_tls_sync
+        from omnitron.rpc._errors import RpcError
+        from omnitron.rpc.sync_client import connect_url_sync
 
         try:
-            scheme, host, port = parse_url(url)
-        except ValueError as exc:
-            raise CliError(str(exc), exit_code=EXIT_USAGE) from None
-        if scheme != "tls":
-            raise CliError(
-                f"--url {url!r}: the CLI connects to tls:// URLs (the TCP plane)",
-                exit_code=EXIT_USAGE,
-            )
-        if self.token_file is None:
-            raise CliError("--url needs --token-file FILE (a token from `omnitron auth token`)")
-        token = _read_token(self.token_file)
-        try:
-            client = connect_tls_sync(
-                host,
-                port,
-                known_hosts=os.path.join(self.home, "known_hosts"),
-                fingerprint=self.fingerprint,
+            return connect_url_sync(
+                target.url,
+                token=target.token,
+                known_hosts=self.known_hosts,
+                fingerprint=target.fingerprint,
                 confirm=_confirm_certificate,
                 timeout=timeout,
             )
-        except DaemonNotRunning as exc:
-            # Not "start it with `omnitron up`": the daemon is on another machine.
-            raise CliError(f"cannot reach the daemon at {url}: {exc.reason}") from None
         except RpcError as exc:
-            raise rpc_failure(exc) from None
-        try:
-            client.call("auth.login", token=token)
-        except RpcError as exc:
-            client.close()
-            raise rpc_failure(exc) from None
-        return client
+            raise remote_failure(exc, target.url, target.alias) from None
+
+    def open_async(self) -> Any:
+        """An async context manager: a Trio client of the daemon (``logs --follow``).
+
+        Raises:
+            CliError: (on entering) as :meth:`connect`.
+        """
+        from omnitron.rpc import connect_unix, connect_url
+
+        target = self.target()
+        if target is None:
+            return connect_unix(self.socket_path)
+        return connect_url(
+            target.url,
+            token=target.token,
+            fingerprint=target.fingerprint,
+            known_hosts=self.known_hosts,
+            confirm=_confirm_certificate,
+            connect_timeout=self.timeout or QUERY_TIMEOUT,
+        )
 
     def call(self, method: str, /, *, timeout: float = QUERY_TIMEOUT, **params: object) -> Any:
         """Call ``method`` on the daemon with named ``params`` and return its result.
@@ -217,6 +310,39 @@ class Cli:
     def note(self, text: str) -> None:
         """Print a diagnostic on stderr (never part of the result)."""
         click.echo(escape(text), err=True)
+
+
+def _check_url(url: str) -> str:
+    from omnitron.rpc._address import parse_url
+
+    try:
+        scheme, _, _ = parse_url(url)
+    except ValueError as exc:
+        raise CliError(str(exc), exit_code=EXIT_USAGE) from None
+    if scheme != "tls":
+        raise CliError(
+            f"--url {url!r}: the CLI connects to tls:// URLs (the TCP plane)",
+            exit_code=EXIT_USAGE,
+        )
+    return url
+
+
+def remote_failure(exc: RpcError, url: str, alias: str | None = None) -> CliError:
+    """The one-line error for a failure to reach, or log in to, a remote daemon
+    (``alias``: how to re-pin its certificate is added under a pin failure)."""
+    from omnitron.rpc._errors import DaemonNotRunning
+    from omnitron.rpc.sync_client import CertificateMismatch, UnknownCertificate
+
+    if isinstance(exc, DaemonNotRunning):
+        # Not "start it with `omnitron up`": the daemon is on another machine.
+        return CliError(f"cannot reach the daemon at {url}: {exc.reason}")
+    failure = rpc_failure(exc)
+    if alias is not None and isinstance(exc, CertificateMismatch | UnknownCertificate):
+        failure.details += (
+            f"for the alias, pin it with `omnitron remote add {alias} {url} "
+            "--token-file FILE --fingerprint SHA256:... --replace`",
+        )
+    return failure
 
 
 def _read_token(path: str) -> str:

@@ -89,10 +89,15 @@ def logs(
 def _follow(cli: Cli, params: dict[str, Any], show: Any) -> None:
     import trio
 
-    from omnitron.rpc import RpcError, connect_unix
+    from omnitron.rpc import RpcError
+
+    from ._context import remote_failure
+
+    opened = cli.open_async()
+    target = cli.target()
 
     async def run() -> None:
-        async with connect_unix(cli.socket_path) as client:
+        async with opened as client:
             reply = await client.call("daemon.logs", follow=True, **params)
             for entry in reply["lines"]:
                 click.echo(show(entry))
@@ -108,7 +113,9 @@ def _follow(cli: Cli, params: dict[str, Any], show: Any) -> None:
     try:
         trio.run(run)
     except RpcError as exc:
-        raise rpc_failure(exc) from None
+        if target is None:
+            raise rpc_failure(exc) from None
+        raise remote_failure(exc, target.url, target.alias) from None
 
 
 def flush(cli: Cli, apps: tuple[str, ...]) -> None:

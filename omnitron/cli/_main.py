@@ -35,6 +35,11 @@ _HOME_HELP = "The daemon's home directory (overrides $OMNITRON_HOME; default ~/.
 _TIMEOUT_HELP = (
     f"Wait at most this long for each reply (default 10; {ACTION_TIMEOUT:g} for actions)."
 )
+_REMOTE_HELP = (
+    "Run the command on the daemon added as ALIAS (`omnitron remote add`); "
+    "several, comma-separated, run it on each at once."
+)
+_ALL_REMOTES_HELP = "Run the command on every remote daemon (`omnitron remote ls`)."
 TROUBLE = frozenset({"crashed", "errored"})
 """App statuses that make ``status`` exit 1."""
 
@@ -49,6 +54,10 @@ def _set_global(ctx: click.Context, param: click.Parameter, value: Any) -> None:
         options.json = True
     elif param.name == "home":
         options.home = resolve_home(value)
+    elif param.name == "remote":
+        options.remote = value
+    elif param.name == "all_remotes":
+        options.all_remotes = True
     else:
         options.timeout = value
 
@@ -78,7 +87,34 @@ class _Command(click.Command):
                 callback=_set_global,
                 expose_value=False,
             ),
+            click.Option(
+                ["-r", "--remote"],
+                metavar="ALIAS[,ALIAS...]",
+                help=_REMOTE_HELP,
+                callback=_set_global,
+                expose_value=False,
+            ),
+            click.Option(
+                ["--all-remotes"],
+                is_flag=True,
+                help=_ALL_REMOTES_HELP,
+                callback=_set_global,
+                expose_value=False,
+            ),
         ]
+
+    def invoke(self, ctx: click.Context) -> Any:
+        options = ctx.find_object(Cli)
+        if options is not None and options.is_remote:
+            from . import _remote
+
+            names = []
+            current: click.Context | None = ctx
+            while current is not None and current.parent is not None:
+                names.append(current.info_name or "")
+                current = current.parent
+            _remote.route(options, " ".join(reversed(names)), ctx.params)
+        return super().invoke(ctx)
 
 
 class _Group(click.Group):
@@ -105,6 +141,8 @@ class _Group(click.Group):
     metavar="SHA256:...",
     help="With --url: the daemon's certificate fingerprint (pinned in HOME/known_hosts).",
 )
+@click.option("-r", "--remote", metavar="ALIAS[,ALIAS...]", help=_REMOTE_HELP)
+@click.option("--all-remotes", is_flag=True, help=_ALL_REMOTES_HELP)
 @click.version_option(__version__, prog_name="omnitron")
 @click.pass_context
 def cli(
@@ -115,6 +153,8 @@ def cli(
     url: str | None,
     token_file: str | None,
     fingerprint: str | None,
+    remote: str | None,
+    all_remotes: bool,
 ) -> None:
     """omnitron: a process supervisor for Python people, built on Trio."""
     if (token_file is not None or fingerprint is not None) and url is None:
@@ -126,6 +166,8 @@ def cli(
         url=url,
         token_file=token_file,
         fingerprint=fingerprint,
+        remote=remote,
+        all_remotes=all_remotes,
     )
 
 
@@ -216,6 +258,10 @@ def up(
 @pass_cli
 def down(cli: Cli, force: bool, wait_timeout: float) -> None:
     """Stop every app gracefully, then the daemon."""
+    if cli.is_remote:
+        from . import _remote
+
+        raise SystemExit(_remote.down(cli, force=force, timeout=wait_timeout))
     from . import _daemon
 
     raise SystemExit(_daemon.down(cli, force=force, timeout=wait_timeout))
@@ -271,7 +317,7 @@ def _status(cli: Cli) -> Any:
 
     from ._context import QUERY_TIMEOUT, rpc_failure
 
-    if cli.url is not None:  # a remote daemon: its state file is not ours to read
+    if cli.is_remote:  # a remote daemon: its state file is not ours to read
         return cli.call("daemon.status")
     try:
         with connect_unix_sync(cli.socket_path, timeout=cli.timeout or QUERY_TIMEOUT) as client:
@@ -404,11 +450,15 @@ def _targets(cli: Cli, apps: tuple[str, ...]) -> list[str]:
     return names
 
 
-def _action(verb: str, key: str, summary: str) -> None:
-    @cli.command(verb, help=summary + " Several APPs are handled one after the other.")
-    @click.argument("apps", metavar="APP...|all", nargs=-1, required=True)
+def _action(verb: str, key: str, summary: str, *options: Any) -> None:
     @pass_cli
-    def command(cli: Cli, apps: tuple[str, ...]) -> None:
+    def command(cli: Cli, apps: tuple[str, ...], rolling: bool = False) -> None:
+        if rolling:  # with -r, the remote module runs it host by host
+            raise CliError(
+                "--rolling restarts one host at a time: it goes with -r HOST,HOST... "
+                "or --all-remotes",
+                exit_code=EXIT_USAGE,
+            )
         names = _targets(cli, apps)
         done: list[str] = []
         lines = []
@@ -419,10 +469,24 @@ def _action(verb: str, key: str, summary: str) -> None:
             lines.append(render.render_actions(verb, name, handled))
         cli.emit({key: done}, lambda _: "\n".join(lines))
 
+    for option in options:
+        command = option(command)
+    command = click.argument("apps", metavar="APP...|all", nargs=-1, required=True)(command)
+    cli.command(verb, help=summary + " Several APPs are handled one after the other.")(command)
+
 
 _action("start", "started", "Start an app (and what it depends on), or all enabled apps.")
 _action("stop", "stopped", "Stop an app (only that app), or all apps (dependents first).")
-_action("restart", "restarted", "Restart an app's processes one by one, or all apps.")
+_action(
+    "restart",
+    "restarted",
+    "Restart an app's processes one by one, or all apps.",
+    click.option(
+        "--rolling",
+        is_flag=True,
+        help="With several remotes: one host at a time, stopping at the first failure.",
+    ),
+)
 
 MAX_INSTANCES = 1024
 
@@ -695,3 +759,75 @@ def auth_ls(cli: Cli) -> None:
     from . import _auth
 
     _auth.list_tokens(cli)
+
+
+# --------------------------------------------------------------------------- remotes
+
+
+@cli.group()
+def remote() -> None:
+    """Remote daemons by alias, for `omnitron -r ALIAS COMMAND` (in HOME/remotes.toml)."""
+
+
+@remote.command("add")
+@click.argument("name")
+@click.argument("url", metavar="tls://HOST:PORT")
+@click.option("--token-file", metavar="FILE", help="Store the token read from FILE.")
+@click.option(
+    "--token-env", metavar="VAR", help="Read the token from $VAR at each use (nothing stored)."
+)
+@click.option(
+    "--fingerprint",
+    metavar="SHA256:...",
+    help="The daemon's certificate fingerprint, as `omnitron up --tcp` printed it.",
+)
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="Connect first: pin the certificate, ping, log in with the token.",
+)
+@click.option("--replace", is_flag=True, help="Replace an alias of the same name.")
+@pass_cli
+def remote_add(
+    cli: Cli,
+    name: str,
+    url: str,
+    token_file: str | None,
+    token_env: str | None,
+    fingerprint: str | None,
+    verify: bool,
+    replace: bool,
+) -> None:
+    """Add the daemon at tls://HOST:PORT as NAME (its TCP plane: `omnitron up --tcp`)."""
+    from . import _remote
+
+    _remote.add(
+        cli,
+        name,
+        url,
+        token_file=token_file,
+        token_env=token_env,
+        fingerprint=fingerprint,
+        verify=verify,
+        replace=replace,
+    )
+
+
+@remote.command("ls")
+@pass_cli
+def remote_ls(cli: Cli) -> None:
+    """The aliases: URL, pinned fingerprint, whether a token is there (never the token)."""
+    from . import _remote
+
+    _remote.list_remotes(cli)
+
+
+@remote.command("rm")
+@click.argument("name")
+@pass_cli
+def remote_rm(cli: Cli, name: str) -> None:
+    """Forget the alias NAME (its certificate pin stays in HOME/known_hosts)."""
+    from . import _remote
+
+    _remote.remove(cli, name)

@@ -16,7 +16,7 @@ import click
 from ._context import ACTION_TIMEOUT, EXIT_USAGE, Cli, CliError
 from ._render import NONE, format_cpu, format_duration, format_size, render_table
 
-__all__ = ["metrics", "render_metrics"]
+__all__ = ["metric_rows", "metrics", "render_metrics"]
 
 HEADERS = (
     "APP",
@@ -80,6 +80,17 @@ def _row(app: str, instance: str, pid: object, figures: Mapping[str, Any]) -> tu
     )
 
 
+def metric_rows(result: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """One row per process, and a total row per app with several processes."""
+    rows: list[tuple[str, ...]] = []
+    for app in result["apps"]:
+        for process in app["processes"]:
+            rows.append(_row(app["name"], str(process["instance"]), process["pid"], process))
+        if len(app["processes"]) > 1:
+            rows.append(_row(app["name"], "total", None, app))
+    return rows
+
+
 def render_metrics(result: Mapping[str, Any]) -> str:
     """The daemon's line, then one row per process and a total row per app with
     several processes."""
@@ -95,12 +106,7 @@ def render_metrics(result: Mapping[str, Any]) -> str:
         f"memory {_size(daemon.get('rss'))}  threads {_count(daemon.get('threads'))}  "
         f"fds {_count(daemon.get('fds'))}  rpc calls {_count(daemon.get('rpc_calls'))}  {state}"
     )
-    rows: list[tuple[str, ...]] = []
-    for app in result["apps"]:
-        for process in app["processes"]:
-            rows.append(_row(app["name"], str(process["instance"]), process["pid"], process))
-        if len(app["processes"]) > 1:
-            rows.append(_row(app["name"], "total", None, app))
+    rows = metric_rows(result)
     if not rows:
         return head + "\nno processes"
     return head + "\n" + render_table(HEADERS, rows)

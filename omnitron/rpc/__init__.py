@@ -2,9 +2,11 @@
 
 Server side: build a :class:`Dispatcher`, register methods with a declared
 :class:`Role`, and serve it with :func:`open_unix_server` / :func:`serve_unix`.
-Client side: :func:`connect_unix` (async, Trio) or
-:func:`omnitron.rpc.sync_client.connect_unix_sync` (blocking, no Trio import: the
-CLI's fast path). Errors travel as ``{"code", "message"}`` maps and are raised as
+Client side: :func:`connect_unix`, :func:`connect_url` (``unix://`` or
+``tls://HOST:PORT``) and :func:`connect_remote` (an alias of ``remotes.toml``),
+async on Trio; or their blocking twins in :mod:`omnitron.rpc.sync_client`
+(``connect_unix_sync``, ``connect_url_sync``, ``connect_remote_sync``: no Trio
+import, the CLI's fast path). Errors travel as ``{"code", "message"}`` maps and are raised as
 :class:`RemoteError` subclasses on the calling side.
 
 Names are imported lazily, so ``import omnitron.rpc.sync_client`` does not pay for
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
     from ._client import Notifications as Notifications
     from ._client import RpcClient as RpcClient
     from ._client import connect_unix as connect_unix
+    from ._connect import connect_remote as connect_remote
+    from ._connect import connect_url as connect_url
     from ._dispatch import Call as Call
     from ._dispatch import Dispatcher as Dispatcher
     from ._dispatch import Handler as Handler
@@ -93,6 +97,8 @@ __all__ = [
     "ParamInfo",
     # calling
     "connect_unix",
+    "connect_url",
+    "connect_remote",
     "RpcClient",
     "Notifications",
     # the wire
@@ -132,6 +138,7 @@ __all__ = [
 
 _HOME = {
     "._client": ("Notifications", "RpcClient", "connect_unix"),
+    "._connect": ("connect_remote", "connect_url"),
     "._dispatch": ("Call", "Dispatcher", "Handler", "MethodInfo", "Peer", "Role"),
     "._errors": (
         "Busy",

@@ -40,6 +40,9 @@ __all__ = [
     "SyncClient",
     "connect_unix_sync",
     "connect_tls_sync",
+    "connect_url_sync",
+    "connect_remote_sync",
+    "check_pin",
     "CertificateMismatch",
     "UnknownCertificate",
     "DEFAULT_TIMEOUT",
@@ -308,20 +311,49 @@ def pin_certificate(path: str, where: str, fingerprint: str) -> None:
     """Record ``fingerprint`` for ``where`` in the known-hosts file (0600, atomic)."""
     known = read_known_hosts(path)
     known[where] = fingerprint
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.writelines(f"{name} {value}\n" for name, value in sorted(known.items()))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    from omnitron.remotes import write_private_file
+
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    text = "".join(f"{name} {value}\n" for name, value in sorted(known.items()))
+    write_private_file(path, text.encode("utf-8"))
+
+
+def check_pin(
+    where: str,
+    presented: str,
+    *,
+    known_hosts: str,
+    fingerprint: str | None = None,
+    confirm: Callable[[str, str], bool] | None = None,
+) -> None:
+    """Accept the certificate ``presented`` by ``where`` (``HOST:PORT``), or raise.
+
+    Expected is ``fingerprint`` if given, else the pin in ``known_hosts``; with
+    neither, ``confirm(where, presented)`` decides (trust on first use). An
+    accepted certificate that is not yet the recorded pin is recorded.
+
+    Raises:
+        CertificateMismatch: ``presented`` is not the expected fingerprint.
+        UnknownCertificate: Nothing expected and not confirmed.
+    """
+    known = read_known_hosts(known_hosts).get(where)
+    expected = fingerprint or known
+    if expected is not None and presented != expected:
+        source = "--fingerprint" if fingerprint else f"{known_hosts}"
+        raise CertificateMismatch(
+            f"the certificate of {where} has changed: it presents {presented}, "
+            f"but {expected} is pinned ({source}). Someone may be intercepting the "
+            "connection; if the daemon's certificate really changed, pass the new "
+            "fingerprint with --fingerprint"
+        )
+    if expected is None and (confirm is None or not confirm(where, presented)):
+        raise UnknownCertificate(
+            f"the certificate of {where} is not known: it presents {presented}; "
+            "if that is the fingerprint the daemon printed, pass it with --fingerprint",
+            presented,
+        )
+    if known != presented:
+        pin_certificate(known_hosts, where, presented)
 
 
 def connect_tls_sync(
@@ -376,28 +408,104 @@ def connect_tls_sync(
         raise connect_error(f"tls://{where}", exc) from None
     try:
         der = sock.getpeercert(binary_form=True)
-        presented = fingerprint_of_der(der or b"")
-        known = read_known_hosts(known_hosts).get(where)
-        expected = fingerprint or known
-        if expected is not None and presented != expected:
-            source = "--fingerprint" if fingerprint else f"{known_hosts}"
-            raise CertificateMismatch(
-                f"the certificate of {where} has changed: it presents {presented}, "
-                f"but {expected} is pinned ({source}). Someone may be intercepting the "
-                "connection; if the daemon's certificate really changed, pass the new "
-                "fingerprint with --fingerprint"
-            )
-        if expected is None and (confirm is None or not confirm(where, presented)):
-            raise UnknownCertificate(
-                f"the certificate of {where} is not known: it presents {presented}; "
-                "if that is the fingerprint the daemon printed, pass it with --fingerprint",
-                presented,
-            )
-        if known != presented:
-            pin_certificate(known_hosts, where, presented)
+        check_pin(
+            where,
+            fingerprint_of_der(der or b""),
+            known_hosts=known_hosts,
+            fingerprint=fingerprint,
+            confirm=confirm,
+        )
     except BaseException:
         sock.close()
         raise
     return SyncClient(
         sock, timeout=timeout, limits=limits, error_types=error_types, address=f"tls://{where}"
+    )
+
+
+# --------------------------------------------------------------------------- URLs and aliases
+
+
+def connect_url_sync(
+    url: str,
+    *,
+    token: str | None = None,
+    fingerprint: str | None = None,
+    known_hosts: str | None = None,
+    confirm: Callable[[str, str], bool] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    limits: Limits = DEFAULT_LIMITS,
+    error_types: Iterable[type[RemoteError]] = (),
+) -> SyncClient:
+    """A client of the daemon at ``url``, logged in with ``token`` if given.
+
+    ``unix:///PATH/daemon.sock`` is a local daemon's socket; ``tls://HOST:PORT`` a
+    daemon's TCP plane, its certificate checked as :func:`connect_tls_sync` does
+    (``known_hosts`` defaults to ``$OMNITRON_HOME/known_hosts``).
+
+    Raises:
+        ValueError: ``url`` is malformed or of another scheme.
+        RpcError: As :func:`connect_unix_sync` / :func:`connect_tls_sync`; a
+            refused token as :class:`~omnitron.rpc.Unauthenticated`.
+    """
+    from omnitron.remotes import default_home
+
+    from ._address import parse_url
+
+    if url.startswith("unix://"):
+        client = connect_unix_sync(
+            url.removeprefix("unix://"), timeout=timeout, limits=limits, error_types=error_types
+        )
+    else:
+        scheme, host, port = parse_url(url)
+        if scheme != "tls":
+            raise ValueError(f"URL {url!r}: the blocking client speaks unix:// and tls:// only")
+        client = connect_tls_sync(
+            host,
+            port,
+            known_hosts=known_hosts or os.path.join(default_home(), "known_hosts"),
+            fingerprint=fingerprint,
+            confirm=confirm,
+            timeout=timeout,
+            limits=limits,
+            error_types=error_types,
+        )
+    if token is not None:
+        try:
+            client.call("auth.login", token=token)
+        except BaseException:
+            client.close()
+            raise
+    return client
+
+
+def connect_remote_sync(
+    name: str,
+    *,
+    home: str | None = None,
+    confirm: Callable[[str, str], bool] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    limits: Limits = DEFAULT_LIMITS,
+    error_types: Iterable[type[RemoteError]] = (),
+) -> SyncClient:
+    """A logged-in client of the daemon known as ``name`` in ``home``'s ``remotes.toml``
+    (added with ``omnitron remote add``; ``home`` defaults to ``$OMNITRON_HOME``).
+
+    Raises:
+        RemotesError: No such alias, an unusable remotes file, or its token unset.
+        RpcError: As :func:`connect_url_sync`.
+    """
+    from omnitron.remotes import default_home, lookup_remote
+
+    home = home or default_home()
+    remote = lookup_remote(home, name)
+    return connect_url_sync(
+        remote.url,
+        token=remote.resolve_token(),
+        fingerprint=remote.fingerprint,
+        known_hosts=os.path.join(home, "known_hosts"),
+        confirm=confirm,
+        timeout=timeout,
+        limits=limits,
+        error_types=error_types,
     )

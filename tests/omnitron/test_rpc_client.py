@@ -648,7 +648,7 @@ def test_public_api_is_pinned() -> None:
         "Dispatcher", "Handler", "Role", "Call", "Peer", "MethodInfo", "NotificationStream",
         "serve_unix", "open_unix_server", "RpcServer", "ServerOptions", "ServerStatistics",
         "Name", "Text", "Len", "Range", "Match", "ParamInfo",
-        "connect_unix", "RpcClient", "Notifications",
+        "connect_unix", "connect_url", "connect_remote", "RpcClient", "Notifications",
         "Limits", "Encoded", "NAME_MAX", "TEXT_MAX", "Request", "Response", "Notification",
         "ErrorInfo", "Message",
         "ErrorCode", "RpcError", "ProtocolError", "RemoteError", "InvalidRequest",
