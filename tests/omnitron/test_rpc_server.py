@@ -269,6 +269,64 @@ async def test_pipelined_requests_are_answered_out_of_order(sock_path: Path) -> 
         assert await raw.receive() == [1, 1, None, 1]
 
 
+class CountingStream(trio.abc.Stream):
+    """A real stream that records the size of every ``send_all``."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.writes: list[int] = []
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(len(data))
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class CountingListener(trio.abc.Listener[CountingStream]):
+    def __init__(self, inner: trio.SocketListener) -> None:
+        self.inner = inner
+        self.streams: list[CountingStream] = []
+
+    async def accept(self) -> CountingStream:
+        stream = CountingStream(await self.inner.accept())
+        self.streams.append(stream)
+        return stream
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_replies_decided_together_leave_in_one_write() -> None:
+    """32 requests in one read: their replies are written with one ``send_all``."""
+
+    async def admit(stream: trio.abc.Stream) -> Peer:
+        await trio.lowlevel.checkpoint()
+        return Peer(transport="test", role=Role.ADMIN)
+
+    [tcp] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    listener = CountingListener(tcp)
+    server = RpcServer(make_dispatcher(), authenticate=admit, options=FAST)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, [listener])
+        stream = await trio.open_tcp_stream("127.0.0.1", tcp.socket.getsockname()[1])
+        raw = Raw(stream)
+        _OPEN.append(raw)
+        await raw.send_bytes(b"".join(msgpack.packb([0, i, "daemon.ping", []]) for i in range(32)))
+        replies = [await raw.receive() for _ in range(32)]
+        assert sorted(reply[1] for reply in replies) == list(range(32))
+        [served] = listener.streams
+        assert len(served.writes) == 1, served.writes
+        nursery.cancel_scope.cancel()
+
+
 async def test_unknown_method_keeps_the_connection_open(server: RpcServer, sock_path: Path) -> None:
     raw = await Raw.connect(sock_path)
     _, msgid, error, _ = await raw.call(1, "nope.nothing")
