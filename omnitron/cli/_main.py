@@ -165,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     "--tls-cert", metavar="FILE", help="Serve this certificate (PEM) instead of the daemon's own."
 )
 @click.option("--tls-key", metavar="FILE", help="The private key (PEM) of --tls-cert.")
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1, 65536),
+    metavar="N",
+    help="Connections each of --tcp and --http serves at once (default 256).",
+)
 @click.option("--daemonized", is_flag=True, hidden=True)
 @pass_cli
 def up(
@@ -178,6 +184,7 @@ def up(
     http: str | None,
     tls_cert: str | None,
     tls_key: str | None,
+    max_connections: int | None,
     daemonized: bool,
 ) -> None:
     """Start the daemon and its apps (detached unless --foreground).
@@ -197,7 +204,13 @@ def up(
         reset_state=reset_state,
         wait_timeout=wait_timeout,
         daemonized=daemonized,
-        planes=_auth.plane_argv(tcp=tcp, http=http, tls_cert=tls_cert, tls_key=tls_key),
+        planes=_auth.plane_argv(
+            tcp=tcp,
+            http=http,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            max_connections=max_connections,
+        ),
     )
     raise SystemExit(code)
 

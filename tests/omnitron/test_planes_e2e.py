@@ -136,6 +136,8 @@ def test_bad_plane_options_are_refused_before_starting(cli: Omnitron) -> None:
         (["--tcp", "127.0.0.1:notaport"], "port must be a number"),
         (["--tcp", "127.0.0.1:1", "--tls-cert", "x.pem"], "must be given together"),
         (["--tls-cert", "a", "--tls-key", "b"], "need --tcp or --http"),
+        (["--max-connections", "5"], "--max-connections needs --tcp or --http"),
+        (["--tcp", "127.0.0.1:1", "--max-connections", "0"], "0 is not in the range"),
     ):
         result = cli.run("up", *args)
         assert result.returncode == 2, result.stderr

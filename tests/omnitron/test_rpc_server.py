@@ -7,6 +7,7 @@ Sockets live in a short ``/tmp`` directory (AF_UNIX paths stop at 107 bytes).
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import os
 import shutil
@@ -1066,3 +1067,38 @@ async def test_a_full_trusted_plane_evicts_the_idlest_connection(sock_path: Path
         assert (await second.call(2, "daemon.ping"))[3] == {"pong": True}
         await trio.testing.wait_all_tasks_blocked()
         assert srv.statistics().connections == 2
+
+
+async def test_a_flood_beyond_the_cap_is_closed_at_once_once_rejections_pile_up(
+    tmp_path: Path,
+) -> None:
+    """RP-18: telling a newcomer BUSY over TLS holds a descriptor until its handshake
+    ends (up to a second); beyond ``max_rejecting`` such newcomers, the next is closed
+    at once, so a flood holds at most ``capacity + max_rejecting`` descriptors."""
+    from omnitron.rpc._tls import ensure_self_signed, serve_tls, server_context
+
+    options = ServerOptions(
+        max_connections=4, reserved_connections=0, max_rejecting=1, idle_timeout=None
+    )
+    context = server_context(ensure_self_signed(tmp_path))
+    async with trio.open_nursery() as nursery:
+        server: RpcServer = await nursery.start(
+            functools.partial(
+                serve_tls, "127.0.0.1", 0, make_dispatcher(), context, options=options
+            )
+        )
+        port = int(server.address.rsplit(":", 1)[1])
+        held = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(4)]
+        # The fifth says nothing: the server waits for its TLS hello to say BUSY.
+        rejecting = await trio.open_tcp_stream("127.0.0.1", port)
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.statistics().rejected_busy == 1
+        started = trio.current_time()
+        closed = await trio.open_tcp_stream("127.0.0.1", port)
+        with trio.fail_after(WAIT):
+            assert await closed.receive_some(1) == b""
+        assert trio.current_time() - started < 0.5
+        assert server.statistics().rejected_silently == 1
+        for stream in [*held, rejecting, closed]:
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
