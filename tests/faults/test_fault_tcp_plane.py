@@ -16,6 +16,7 @@ measured by ``benchmarks/planes.py --flood``).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -37,46 +38,19 @@ pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
 ]
 
-FLOOD = r"""
-import asyncio, json, sys
-host, port, total, concurrency, hold = (
-    sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-)
-counts = {"connected": 0, "failed": 0, "closed_by_server": 0, "held": 0}
 
-async def one(slots):
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
-    except (OSError, asyncio.TimeoutError):
-        counts["failed"] += 1
-        slots.release()
-        return
-    counts["connected"] += 1
-    try:
-        if await asyncio.wait_for(reader.read(1), hold) == b"":
-            counts["closed_by_server"] += 1
-    except asyncio.TimeoutError:
-        counts["held"] += 1
-    except OSError:
-        counts["closed_by_server"] += 1
-    finally:
-        writer.close()
-        slots.release()
+def _flood_script() -> str:
+    """The flood of ``benchmarks/planes.py --flood``, which measures the same thing."""
+    path = Path(__file__).parents[2] / "benchmarks" / "planes.py"
+    spec = importlib.util.spec_from_file_location("bench_planes", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(module.FLOOD)
 
-async def main():
-    slots = asyncio.Semaphore(concurrency)
-    tasks = []
-    for n in range(total):
-        await slots.acquire()
-        tasks.append(asyncio.create_task(one(slots)))
-        if n == concurrency:
-            print("flooding", flush=True)
-    await asyncio.gather(*tasks)
-    print(json.dumps(counts), flush=True)
 
-asyncio.run(main())
-"""
-
+FLOOD = _flood_script()
 CONNECTS = 10_000
 CONCURRENCY = 1_000
 CAP = 256

@@ -54,19 +54,11 @@ SAMPLE = {
 EXPECTED = prometheus_text(SAMPLE)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
 class Plane:
-    def __init__(self, port: int, authority: TokenAuthority, clock: Clock) -> None:
+    def __init__(self, port: int, authority: TokenAuthority) -> None:
         self.port = port
         self.authority = authority
-        self.clock = clock
+        self.offset = 0.0  # seconds added to the daemon's clock
 
         self._ids: dict[str, str] = {}
 
@@ -81,8 +73,8 @@ class Plane:
 
 @contextlib.asynccontextmanager
 async def http_plane(home: Path, *, metrics: bool = True) -> AsyncIterator[Plane]:
-    clock = Clock()
-    authority = TokenAuthority(home, clock=clock)
+    plane: Plane | None = None
+    authority = TokenAuthority(home, clock=lambda: time.time() + (plane.offset if plane else 0))
     dispatcher = Dispatcher()
 
     async def daemon_metrics(call: Call, *, format: str = "json") -> object:
@@ -100,8 +92,9 @@ async def http_plane(home: Path, *, metrics: bool = True) -> AsyncIterator[Plane
             functools.partial(serve_websocket_plane, "127.0.0.1", 0, dispatcher, context=None)
         )
         port = int(server.address.rsplit(":", 1)[1].split("/")[0])
+        plane = Plane(port, authority)
         try:
-            yield Plane(port, authority, clock)
+            yield plane
         finally:
             nursery.cancel_scope.cancel()
 
@@ -191,7 +184,7 @@ async def test_every_refused_token_gets_the_same_401_and_leaks_nothing(tmp_path:
         }
         with structlog.testing.capture_logs() as logs:
             replies = {name: await http_request(plane.port, headers=h) for name, h in cases.items()}
-            plane.clock.offset = 60.0  # past expiry and the 30 s leeway
+            plane.offset = 60.0  # past expiry and the 30 s leeway
             replies["expired"] = await http_request(plane.port, headers=bearer(expiring))
         for name, reply in replies.items():
             assert reply.status == 401, name
@@ -203,7 +196,7 @@ async def test_every_refused_token_gets_the_same_401_and_leaks_nothing(tmp_path:
         assert {"revoked", "expired", "bad signature", "malformed"} <= reasons
         assert all(revoked not in repr(e) and other not in repr(e) for e in logs)
         # Still served afterwards, and a token revoked now is refused on the next scrape.
-        plane.clock.offset = 0.0
+        plane.offset = 0.0
         assert (await http_request(plane.port, headers=bearer(viewer))).status == 200
         plane.revoke(viewer)
         assert (await http_request(plane.port, headers=bearer(viewer))).status == 401
