@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 @click.option(
     "--http",
     metavar="HOST:PORT",
-    help="Also serve the WebSocket plane at /rpc (ws:// on loopback, else wss://).",
+    help="Also serve the WebSocket plane at /rpc and /metrics (ws:// on loopback, else wss://).",
 )
 @click.option(
     "--tls-cert", metavar="FILE", help="Serve this certificate (PEM) instead of the daemon's own."
