@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import shutil
+import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from omnitron.rpc import Dispatcher, InvalidParams, Role
 from omnitron.rpc._auth import FailureBackoff, TokenAuthority, register_auth_methods
 from omnitron.rpc._dispatch import Call
 from omnitron.rpc._server import RpcServer
+from omnitron.rpc._tls import client_context, ensure_self_signed, server_context
 from omnitron.rpc._ws import open_ws_client, serve_websocket_plane
 
 pytestmark = pytest.mark.slow
@@ -72,7 +74,9 @@ class Plane:
 
 
 @contextlib.asynccontextmanager
-async def http_plane(home: Path, *, metrics: bool = True) -> AsyncIterator[Plane]:
+async def http_plane(
+    home: Path, *, metrics: bool = True, context: ssl.SSLContext | None = None
+) -> AsyncIterator[Plane]:
     plane: Plane | None = None
     authority = TokenAuthority(home, clock=lambda: time.time() + (plane.offset if plane else 0))
     dispatcher = Dispatcher()
@@ -89,7 +93,7 @@ async def http_plane(home: Path, *, metrics: bool = True) -> AsyncIterator[Plane
     register_auth_methods(dispatcher, lambda: authority, FailureBackoff(free=1000))
     async with trio.open_nursery() as nursery:
         server: RpcServer = await nursery.start(
-            functools.partial(serve_websocket_plane, "127.0.0.1", 0, dispatcher, context=None)
+            functools.partial(serve_websocket_plane, "127.0.0.1", 0, dispatcher, context=context)
         )
         port = int(server.address.rsplit(":", 1)[1].split("/")[0])
         plane = Plane(port, authority)
@@ -113,10 +117,13 @@ async def http_request(
     method: str = "GET",
     headers: Sequence[tuple[str, str]] = (),
     host: str | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> Reply:
-    """One HTTP/1.1 request with h11 over a Trio socket; the whole reply."""
+    """One HTTP/1.1 request with h11 over a Trio socket (TLS with ``tls``); the whole reply."""
     connection = h11.Connection(h11.CLIENT)
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    stream: trio.abc.Stream = await trio.open_tcp_stream("127.0.0.1", port)
+    if tls is not None:
+        stream = trio.SSLStream(stream, tls, server_hostname=None)
     async with stream:
         request = h11.Request(
             method=method,
@@ -252,6 +259,17 @@ async def test_an_oversized_or_malformed_request_is_refused_and_the_plane_stays_
         # The WebSocket endpoint on the same port still works (the head is replayed).
         async with open_ws_client("127.0.0.1", plane.port, token=token) as client:
             assert await client.call("daemon.ping") == {"pong": True}
+
+
+async def test_metrics_over_https_with_the_daemons_certificate(tmp_path: Path) -> None:
+    """A plane on a non-loopback address is TLS only; /metrics is served over it alike."""
+    context = server_context(ensure_self_signed(tmp_path))
+    async with http_plane(tmp_path, context=context) as plane:
+        tls = client_context()
+        reply = await http_request(plane.port, headers=bearer(plane.token()), tls=tls)
+        assert reply.status == 200
+        assert reply.body.decode() == EXPECTED
+        assert (await http_request(plane.port, tls=tls)).status == 401
 
 
 async def test_a_daemon_without_metrics_answers_404_after_authenticating(tmp_path: Path) -> None:
