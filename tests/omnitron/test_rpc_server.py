@@ -319,9 +319,11 @@ async def test_replies_decided_together_leave_in_one_write() -> None:
         await nursery.start(server.serve, [listener])
         stream = await trio.open_tcp_stream("127.0.0.1", tcp.socket.getsockname()[1])
         raw = Raw(stream)
-        _OPEN.append(raw)
-        await raw.send_bytes(b"".join(msgpack.packb([0, i, "daemon.ping", []]) for i in range(32)))
-        replies = [await raw.receive() for _ in range(32)]
+        async with stream:
+            await raw.send_bytes(
+                b"".join(msgpack.packb([0, i, "daemon.ping", []]) for i in range(32))
+            )
+            replies = [await raw.receive() for _ in range(32)]
         assert sorted(reply[1] for reply in replies) == list(range(32))
         [served] = listener.streams
         assert len(served.writes) == 1, served.writes
