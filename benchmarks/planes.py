@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/planes.py [--seconds 2] [--repeats 3] [--depth 32] [--json out.json]
+    python benchmarks/planes.py --flood [--json out.json]
 
 One server subprocess serves one dispatcher (``daemon.ping``, the token methods
 and ``bench.noop``, a viewer method) on three planes at once: the Unix socket
@@ -22,6 +23,11 @@ window client
 async RpcClient
     ``omnitron.rpc``'s Trio client (``open_tls_client``, ``open_ws_client``),
     whose own per-call cost is part of the result. Unix, TLS and WebSocket.
+
+With ``--flood`` (FAULTS RP-18), another process makes 10,000 TCP connections to
+the TLS plane, at most 1,000 open at once (:data:`FLOOD`), while this process
+times ``daemon.ping`` on fresh Unix socket connections: the figures during the
+flood are compared with the same probes before it (the floor).
 
 Each table gives, per plane, the median calls/s over the repeats, the p50/p99
 latency of the calls of the median run, and the ratio to the Unix socket's rate
@@ -87,6 +93,97 @@ async def main(home):
 
 trio.run(main, sys.argv[1])
 """
+
+
+FLOOD = r"""
+import asyncio, json, sys
+host, port, total, concurrency, hold = (
+    sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+)
+counts = {"connected": 0, "failed": 0, "closed_by_server": 0, "held": 0}
+
+async def one(slots):
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+    except (OSError, asyncio.TimeoutError):
+        counts["failed"] += 1
+        slots.release()
+        return
+    counts["connected"] += 1
+    try:
+        if await asyncio.wait_for(reader.read(1), hold) == b"":
+            counts["closed_by_server"] += 1
+    except asyncio.TimeoutError:
+        counts["held"] += 1
+    except OSError:
+        counts["closed_by_server"] += 1
+    finally:
+        writer.close()
+        slots.release()
+
+async def main():
+    slots = asyncio.Semaphore(concurrency)
+    tasks = []
+    for n in range(total):
+        await slots.acquire()
+        tasks.append(asyncio.create_task(one(slots)))
+        if n == concurrency:
+            print("flooding", flush=True)
+    await asyncio.gather(*tasks)
+    print(json.dumps(counts), flush=True)
+
+asyncio.run(main())
+"""
+"""A connection flood: ``python -c FLOOD HOST PORT TOTAL CONCURRENCY HOLD`` connects
+TOTAL times, at most CONCURRENCY open at once, each held until the server closes it
+or for HOLD seconds; prints ``flooding`` once CONCURRENCY are open, then the counts
+as JSON."""
+
+
+def unix_ping(path: str) -> float:
+    """Seconds to connect to the Unix socket and get ``daemon.ping`` answered."""
+    import msgpack
+
+    started = time.perf_counter()
+    with raw_unix(path) as sock:
+        sock.settimeout(30.0)
+        sock.sendall(msgpack.packb([0, 1, "daemon.ping", []]))
+        unpacker = msgpack.Unpacker()
+        while next(unpacker, None) is None:
+            data = sock.recv(4096)
+            if not data:
+                raise RuntimeError("the server closed the connection")
+            unpacker.feed(data)
+    return time.perf_counter() - started
+
+
+def flood_run(path: str, tls_port: int, probes: int) -> dict[str, Any]:
+    """Unix socket pings before and during a 10,000-connect flood of the TLS plane."""
+    alone = [unix_ping(path) for _ in range(probes)]
+    flood = subprocess.Popen(
+        [sys.executable, "-c", FLOOD, "127.0.0.1", str(tls_port), "10000", "1000", "2.0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert flood.stdout is not None
+    flood.stdout.readline()
+    during = []
+    while flood.poll() is None:
+        during.append(unix_ping(path))
+    counts = json.loads(flood.stdout.readline())
+    flood.stdout.close()
+    print(f"flood of 10,000 connects, 1,000 at a time: {counts}")
+    print(f"  {'unix ping':<14} {'probes':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    report: dict[str, Any] = {"flood": counts}
+    for name, samples in (("before flood", alone), ("during flood", during)):
+        p50, p99 = percentile(samples, 0.5) * 1e3, percentile(samples, 0.99) * 1e3
+        worst = max(samples) * 1e3
+        print(f"  {name:<14} {len(samples):>7} {p50:>8.2f} {p99:>8.2f} {worst:>8.2f}")
+        report[name] = {"probes": len(samples), "p50_ms": p50, "p99_ms": p99, "max_ms": worst}
+    within = sum(sample < 0.2 for sample in during) / len(during)
+    print(f"  during the flood, {within:.1%} of the pings answered within 200 ms")
+    report["share_within_200ms"] = within
+    return report
 
 
 def window_client(sock: socket.socket, seconds: float, window: int) -> tuple[float, list[float]]:
@@ -212,6 +309,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--depth", type=int, default=32)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--flood", action="store_true", help="RP-18: Unix pings during a flood")
+    parser.add_argument("--probes", type=int, default=200)
     args = parser.parse_args()
 
     from omnitron.rpc._client import connect_unix
@@ -227,6 +326,15 @@ def main() -> None:
         try:
             assert server.stdout is not None
             _, tls_port, ws_port, fingerprint, token = server.stdout.readline().split()
+            if args.flood:
+                load_before = os.getloadavg()
+                report = flood_run(os.path.join(home, "s.sock"), int(tls_port), args.probes)
+                load_after = os.getloadavg()
+                print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
+                if args.json is not None:
+                    report |= {"load_before": load_before, "load_after": load_after}
+                    args.json.write_text(json.dumps(report, indent=2))
+                return
             planes: dict[str, Callable[[], AbstractAsyncContextManager[Any]]] = {
                 "unix": lambda: connect_unix(os.path.join(home, "s.sock")),
                 "tls": lambda: open_tls_client(

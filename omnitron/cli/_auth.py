@@ -18,9 +18,15 @@ __all__ = ["issue", "list_tokens", "note_planes", "plane_argv", "revoke"]
 
 
 def plane_argv(
-    *, tcp: str | None, http: str | None, tls_cert: str | None, tls_key: str | None
+    *,
+    tcp: str | None,
+    http: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    max_connections: int | None = None,
 ) -> list[str]:
-    """The daemon's arguments for ``up --tcp/--http/--tls-cert/--tls-key`` (checked here)."""
+    """The daemon's arguments for ``up --tcp/--http/--tls-cert/--tls-key/--max-connections``
+    (checked here)."""
     from omnitron.rpc._address import DEFAULT_HTTP_PORT, DEFAULT_TCP_PORT, parse_host_port
 
     argv: list[str] = []
@@ -41,6 +47,10 @@ def plane_argv(
         if not argv:
             raise CliError("--tls-cert/--tls-key need --tcp or --http", exit_code=EXIT_USAGE)
         argv += ["--tls-cert", os.path.abspath(tls_cert), "--tls-key", os.path.abspath(tls_key)]
+    if max_connections is not None:
+        if not argv:
+            raise CliError("--max-connections needs --tcp or --http", exit_code=EXIT_USAGE)
+        argv += ["--max-connections", str(max_connections)]
     return argv
 
 

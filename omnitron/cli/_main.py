@@ -202,12 +202,18 @@ def main(argv: list[str] | None = None) -> int:
 @click.option(
     "--http",
     metavar="HOST:PORT",
-    help="Also serve the WebSocket plane at /rpc (ws:// on loopback, else wss://).",
+    help="Also serve the WebSocket plane at /rpc and /metrics (ws:// on loopback, else wss://).",
 )
 @click.option(
     "--tls-cert", metavar="FILE", help="Serve this certificate (PEM) instead of the daemon's own."
 )
 @click.option("--tls-key", metavar="FILE", help="The private key (PEM) of --tls-cert.")
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1, 65536),
+    metavar="N",
+    help="Connections each of --tcp and --http serves at once (default 256).",
+)
 @click.option("--daemonized", is_flag=True, hidden=True)
 @pass_cli
 def up(
@@ -221,6 +227,7 @@ def up(
     http: str | None,
     tls_cert: str | None,
     tls_key: str | None,
+    max_connections: int | None,
     daemonized: bool,
 ) -> None:
     """Start the daemon and its apps (detached unless --foreground).
@@ -240,7 +247,13 @@ def up(
         reset_state=reset_state,
         wait_timeout=wait_timeout,
         daemonized=daemonized,
-        planes=_auth.plane_argv(tcp=tcp, http=http, tls_cert=tls_cert, tls_key=tls_key),
+        planes=_auth.plane_argv(
+            tcp=tcp,
+            http=http,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            max_connections=max_connections,
+        ),
     )
     raise SystemExit(code)
 

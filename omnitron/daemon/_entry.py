@@ -101,7 +101,7 @@ def _usage(message: str) -> int:
     print(
         "usage: python -m omnitron.daemon --home PATH --config PATH [--stack NAME] "
         "[--reset-state] [--echo] [--ready-fd N] [--tcp HOST:PORT] [--http HOST:PORT] "
-        "[--tls-cert FILE --tls-key FILE]",
+        "[--tls-cert FILE --tls-key FILE] [--max-connections N]",
         file=sys.stderr,
     )
     return 2
@@ -119,6 +119,7 @@ def _parse(argv: Sequence[str]) -> dict[str, object] | str:
         "--http": "http",
         "--tls-cert": "tls_cert",
         "--tls-key": "tls_key",
+        "--max-connections": "max_connections",
     }
     flags = {"--reset-state": "reset_state", "--echo": "echo"}
     args = list(argv)
@@ -145,6 +146,11 @@ def _parse(argv: Sequence[str]) -> dict[str, object] | str:
         if not text.isdigit():
             return f"--ready-fd must be a file descriptor number, got {text!r}"
         values["ready_fd"] = int(text)
+    if "max_connections" in values:
+        text = str(values["max_connections"])
+        if not text.isdigit() or int(text) < 1:
+            return f"--max-connections must be a positive number, got {text!r}"
+        values["max_connections"] = int(text)
     return values
 
 
@@ -185,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import trio
 
-    from omnitron.rpc._planes import PlaneConfig
+    from omnitron.rpc._planes import DEFAULT_MAX_CONNECTIONS, PlaneConfig
     from supervision._groups import collapse
 
     from ._main import DaemonOptions, Progress, run_daemon
@@ -203,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             http=_text(parsed.get("http")),
             tls_cert=_path(parsed.get("tls_cert")),
             tls_key=_path(parsed.get("tls_key")),
+            max_connections=int(str(parsed.get("max_connections", DEFAULT_MAX_CONNECTIONS))),
         ),
         progress=progress,
     )

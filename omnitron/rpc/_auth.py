@@ -60,6 +60,12 @@ MAX_TOKEN_BYTES: Final = 8192
 """Tokens longer than this are rejected before decoding (AU-10)."""
 LEEWAY: Final = 30
 """Seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat`` (AU-05)."""
+REFUSAL_DELAY: Final = 0.1
+"""Seconds a login refused by the backoff waits before its reply (at most the backoff's
+remainder): a client retrying in a loop then costs the daemon ten refusals a second
+per connection, not as many as it can send."""
+REFUSAL_LOG_INTERVAL: Final = 1.0
+"""Seconds between two ``auth_refused`` lines about one peer (the line counts them)."""
 _ROLES: Final = {"viewer": Role.VIEWER, "operator": Role.OPERATOR, "admin": Role.ADMIN}
 _JTI: Final = re.compile(r"[0-9a-f]{32}")
 _SUBJECT: Final = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
@@ -379,6 +385,8 @@ class FailureBackoff:
         self._max_peers = max_peers
         self._clock = clock
         self._peers: dict[str, tuple[int, float]] = {}
+        # Per peer: refusals not logged yet, and when the last line was logged.
+        self._refusals: dict[str, tuple[int, float]] = {}
 
     def blocked_for(self, peer: str) -> float:
         """Seconds before ``peer`` may try again (0 when it may now)."""
@@ -400,6 +408,26 @@ class FailureBackoff:
 
     def succeeded(self, peer: str) -> None:
         self._peers.pop(peer, None)
+        self._refusals.pop(peer, None)
+
+    def refused(self, peer: str) -> int:
+        """Count a login refused during ``peer``'s backoff; how many to log now.
+
+        The first refusal of a peer is reported at once, later ones at most once
+        per :data:`REFUSAL_LOG_INTERVAL` as a count: a flood of bad logins must not
+        turn into a flood of log writes. Returns 0 when nothing is to be logged.
+        """
+        now = self._clock()
+        count, logged_at = self._refusals.pop(peer, (0, -math.inf))
+        count += 1
+        if now - logged_at >= REFUSAL_LOG_INTERVAL:
+            self._refusals[peer] = (0, now)
+        else:
+            self._refusals[peer] = (count, logged_at)
+            count = 0
+        while len(self._refusals) > self._max_peers:
+            del self._refusals[next(iter(self._refusals))]
+        return count
 
 
 def register_auth_methods(
@@ -427,7 +455,18 @@ def register_auth_methods(
         address = peer.address or peer.transport
         wait = failures.blocked_for(address)
         if wait > 0:
-            log.warning("auth_refused", transport=peer.transport, peer=address, reason="backoff")
+            # Refused before anything is parsed or verified; the reply waits a little,
+            # so that a client retrying in a loop cannot make the daemon spin on it.
+            count = failures.refused(address)
+            if count:
+                log.warning(
+                    "auth_refused",
+                    transport=peer.transport,
+                    peer=address,
+                    reason="backoff",
+                    count=count,
+                )
+            await trio.sleep(min(wait, REFUSAL_DELAY))
             raise Unauthenticated(
                 f"too many failed logins from this address; retry in {math.ceil(wait)}s",
                 data={"reason": "backoff"},

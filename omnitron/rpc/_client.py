@@ -90,7 +90,7 @@ class RpcClient:
     replies may arrive in any order.
 
     Args:
-        stream: A connected stream (Unix socket today).
+        stream: A connected stream (Unix socket, TLS, WebSocket).
         limits: Decoder limits applied to everything the server sends.
         error_types: Domain error classes to raise for their codes.
         notification_buffer: Pending server-push notifications kept.
@@ -112,7 +112,11 @@ class RpcClient:
         self._address = address
         self._pending: dict[int, _Pending] = {}
         self._next_msgid = 0
-        self._send_lock = trio.Lock()
+        # Requests waiting to be written, and whether a caller is writing them: the
+        # first caller to find no write in progress writes every request queued
+        # meanwhile in one send_all (one TLS record and system call per batch).
+        self._outbox: list[bytes] = []
+        self._writing = False
         self._failure: Callable[[], Exception] | None = None
         self._reader_scope = trio.CancelScope()
         self._notifications = Notifications(notification_buffer)
@@ -137,8 +141,10 @@ class RpcClient:
             ConnectionLost: The connection closed before the reply.
             TypeError: A param value cannot be encoded.
 
-        Cancellation: abandons the wait; a late reply is ignored. Cancelling while
-        the request is partly written closes the connection (it cannot be resumed).
+        Cancellation: abandons the wait; a late reply is ignored. Requests queued
+        together are written together, by one of their callers: cancelling that
+        caller while the batch is partly written closes the connection (it cannot
+        be resumed), failing the other calls of the batch with ``ConnectionLost``.
         """
         if self._failure is not None:
             raise self._failure()
@@ -149,10 +155,8 @@ class RpcClient:
         pending = _Pending()
         self._pending[msgid] = pending
         try:
-            async with self._send_lock:
-                if self._failure is not None:
-                    raise self._failure()
-                broken = await self._send(frame)
+            self._outbox.append(frame)
+            broken = await self._flush() if not self._writing else False
             if broken:
                 # The server may have hung up with a reason (BUSY, TIMEOUT, ...) that
                 # the reader is about to deliver; that beats a bare "connection lost".
@@ -169,15 +173,22 @@ class RpcClient:
             raise pending.response.error.to_exception(self._domain)
         return pending.response.result
 
-    async def _send(self, frame: bytes) -> bool:
-        """Write one request; ``True`` if the peer has gone away."""
+    async def _flush(self) -> bool:
+        """Write the queued requests until none is left; ``True`` if the peer has gone away."""
+        self._writing = True
         sent = broken = False
         try:
-            await self._stream.send_all(frame)
+            # Let the other callers woken in this tick queue their requests first.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            while self._outbox and self._failure is None:
+                frames, self._outbox = self._outbox, []
+                await self._stream.send_all(frames[0] if len(frames) == 1 else b"".join(frames))
             sent = True
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             broken = True
         finally:
+            self._writing = False
+            self._outbox.clear()
             if not sent and not broken:
                 # Cancelled part-way: the stream may hold half a request now.
                 self._fail(

@@ -319,14 +319,24 @@ class InsecureSocketPath(RpcError, PermissionError):
 
 
 class SocketPathTooLong(RpcError, ValueError):
-    """The Unix socket path exceeds the kernel's limit (107 bytes on Linux)."""
+    """The Unix socket path exceeds the kernel's limit (107 bytes on Linux).
+
+    Raised by the client and the server of the socket, and by
+    :meth:`omnitron.state.Home.ensure` before anything is created (it re-exports
+    this class).
+
+    Attributes:
+        path: The socket path.
+        length: Its length in bytes.
+    """
 
     def __init__(self, path: str, length: int, limit: int) -> None:
         super().__init__(
-            f"socket path is {length} bytes, more than the {limit} a Unix socket allows: "
-            f"{path}; use a shorter OMNITRON_HOME"
+            f"socket path {path} is {length} bytes long, but a Unix socket allows at most "
+            f"{limit}; set OMNITRON_HOME to a shorter directory"
         )
         self.path = path
+        self.length = length
 
 
 def connect_error(path: str, exc: OSError) -> RpcError:

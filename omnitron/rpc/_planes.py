@@ -25,9 +25,12 @@ if TYPE_CHECKING:
     from ._auth import TokenAuthority
     from ._dispatch import Dispatcher
 
-__all__ = ["PlaneConfig", "PlaneError", "start_network_planes"]
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "PlaneConfig", "PlaneError", "start_network_planes"]
 
 log = structlog.get_logger()
+
+DEFAULT_MAX_CONNECTIONS = 256
+"""Connections each network plane serves at once (``--max-connections``; RP-18)."""
 
 
 class PlaneError(RpcError):
@@ -36,12 +39,14 @@ class PlaneError(RpcError):
 
 @attrs.frozen(kw_only=True)
 class PlaneConfig:
-    """The ``--tcp``/``--http``/``--tls-cert``/``--tls-key`` options of ``omnitron up``."""
+    """The ``--tcp``/``--http``/``--tls-cert``/``--tls-key``/``--max-connections`` options
+    of ``omnitron up``."""
 
     tcp: str | None = None
     http: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     @property
     def any(self) -> bool:
@@ -57,6 +62,8 @@ class PlaneConfig:
             raise PlaneError("--tls-cert and --tls-key must be given together")
         if self.tls_cert is not None and not self.any:
             raise PlaneError("--tls-cert/--tls-key need --tcp or --http")
+        if not 1 <= self.max_connections <= 65536:
+            raise PlaneError(f"--max-connections must be 1 to 65536, got {self.max_connections}")
         try:
             tcp = (
                 None
@@ -114,10 +121,13 @@ async def start_network_planes(
             cert=str(identity.cert),
             created=identity.created,
         )
+    options = attrs.evolve(_tls.NETWORK_OPTIONS, max_connections=config.max_connections)
     addresses = []
     if tcp is not None:
         assert context is not None
-        server = await nursery.start(_tls.serve_tls, tcp[0], tcp[1], dispatcher, context)
+        server = await nursery.start(
+            functools.partial(_tls.serve_tls, tcp[0], tcp[1], dispatcher, context, options=options)
+        )
         addresses.append(f"listening on {server.address}")
     if http is not None:
         from . import _ws
@@ -125,7 +135,12 @@ async def start_network_planes(
         ws_context = None if is_loopback(http[0]) else context
         server = await nursery.start(
             functools.partial(
-                _ws.serve_websocket_plane, http[0], http[1], dispatcher, context=ws_context
+                _ws.serve_websocket_plane,
+                http[0],
+                http[1],
+                dispatcher,
+                context=ws_context,
+                options=options,
             )
         )
         addresses.append(f"listening on {server.address}")

@@ -8,10 +8,12 @@ the same way later.
 What a connection guarantees (FAULTS.md RP rows):
 
 - a global connection cap: beyond it a newcomer gets one ``BUSY`` frame and is
-  closed (RP-18); on a trusted plane (``evict_idle``) the longest-idle connection
-  is closed to admit it instead, and when every connection is busy a small
-  reserve beyond the cap still admits newcomers for the few methods an operator
-  needs in a storm (``daemon.status``, ``daemon.shutdown``, ``daemon.ping``);
+  closed (RP-18), or, while ``max_rejecting`` newcomers are already being told so,
+  is closed at once (a flood holds a bounded number of descriptors); on a trusted
+  plane (``evict_idle``) the longest-idle connection is closed to admit it
+  instead, and when every connection is busy a small reserve beyond the cap still
+  admits newcomers for the few methods an operator needs in a storm
+  (``daemon.status``, ``daemon.shutdown``, ``daemon.ping``);
 - a per-connection in-flight cap with pipelining: requests run concurrently up to
   the cap and may be answered out of order; past it the connection is simply not
   read until a slot frees (back-pressure, RP-19);
@@ -104,6 +106,10 @@ class ServerOptions:
             within 1 s and is closed once idle for 1 s, and any newcomer may evict
             it while it is idle: a storm cannot keep it.
         reserved_methods: What a reserve connection may call.
+        max_rejecting: Newcomers being told ``BUSY`` at once (each holds a descriptor
+            for up to a second, a TLS handshake included); beyond it, a newcomer over
+            the cap is closed at once without a word, so a connection flood holds at
+            most ``capacity + max_rejecting`` descriptors.
         max_inflight: Concurrent calls per connection (pipelining depth).
         max_streams: Notification streams per connection.
         stream_capacity: Default pending items per stream before drop-oldest.
@@ -120,6 +126,7 @@ class ServerOptions:
     evict_idle: bool = False
     reserved_connections: int = attrs.field(default=1, validator=_count)
     reserved_methods: frozenset[str] = RESERVED_METHODS
+    max_rejecting: int = attrs.field(default=32, validator=_positive)
     max_inflight: int = attrs.field(default=32, validator=_positive)
     max_streams: int = attrs.field(default=16, validator=_positive)
     stream_capacity: int = attrs.field(default=1024, validator=_positive)
@@ -140,6 +147,7 @@ class ServerStatistics:
     accepted: int
     rejected_busy: int
     rejected_auth: int
+    rejected_silently: int
     protocol_errors: int
     deadline_closes: int
     send_timeouts: int
@@ -153,6 +161,7 @@ class _Counters:
     accepted: int = 0
     rejected_busy: int = 0
     rejected_auth: int = 0
+    rejected_silently: int = 0
     protocol_errors: int = 0
     deadline_closes: int = 0
     send_timeouts: int = 0
@@ -213,6 +222,7 @@ class RpcServer:
         self._idle: dict[_Connection, None] = {}
         self._slots_taken = 0
         self._reserve_taken = 0
+        self._rejecting = 0
         self._counters = _Counters()
 
     @property
@@ -232,6 +242,7 @@ class RpcServer:
             accepted=self._counters.accepted,
             rejected_busy=self._counters.rejected_busy,
             rejected_auth=self._counters.rejected_auth,
+            rejected_silently=self._counters.rejected_silently,
             protocol_errors=self._counters.protocol_errors,
             deadline_closes=self._counters.deadline_closes,
             send_timeouts=self._counters.send_timeouts,
@@ -360,13 +371,21 @@ class RpcServer:
         accepted_at = trio.current_time()
         slot = self._admit()
         if slot is None:
+            if self._rejecting >= min(self._options.max_rejecting, max(1, self.capacity // 4)):
+                # A flood: telling each newcomer why would hold a descriptor (and, over
+                # TLS, a handshake) per newcomer; close it at once instead.
+                self._counters.rejected_silently += 1
+                await trio.aclose_forcefully(stream)
+                return
             self._counters.rejected_busy += 1
+            self._rejecting += 1
             try:
                 await self._reject(
                     stream,
                     Busy(f"too many connections (limit {self.capacity}); try again later"),
                 )
             finally:
+                self._rejecting -= 1
                 await trio.aclose_forcefully(stream)
             return
         connection: _Connection | None = None

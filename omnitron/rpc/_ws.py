@@ -5,7 +5,13 @@ A client sends one or more whole msgpack-rpc messages per binary WebSocket messa
 on the other planes); the server's replies likewise. Text messages close the
 connection (1003).
 
-The upgrade is checked before anything else (AU-18): the path must be ``/rpc``;
+Plain HTTP requests on the same port are answered by :mod:`._http`: ``GET
+/metrics`` with a bearer token serves the Prometheus exposition; anything else
+gets 404. The request head is read first (at most 8 KiB) and replayed into the
+WebSocket handshake when it asks for an upgrade.
+
+Host and Origin are checked before anything else (AU-18), for an upgrade and for
+plain HTTP alike; an upgrade's path must be ``/rpc``;
 ``Host`` must be exactly one of the allowed hosts (the bound ``host:port`` and, on
 loopback, ``localhost:PORT``/``127.0.0.1:PORT``/``[::1]:PORT``); a browser's
 ``Origin``, if sent, must be exactly ``http(s)://`` + an allowed host. Anything else
@@ -26,10 +32,12 @@ import ssl
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import attrs
 import structlog
 import trio
 import trio_websocket
 
+from . import _http
 from ._client import RpcClient, open_client
 from ._dispatch import Dispatcher, Peer, Role
 from ._server import RpcServer, ServerOptions
@@ -112,6 +120,16 @@ def _header(request: WebSocketRequest, name: bytes) -> list[str]:
     return [v.decode("latin-1") for k, v in request.headers if k.lower() == name]
 
 
+def _host_origin_refusal(
+    host: str | None, sent_origins: list[str], allowed: frozenset[str], origins: frozenset[str]
+) -> str | None:
+    if not isinstance(host, str) or host.lower() not in allowed:
+        return "host not allowed"
+    if len(sent_origins) > 1 or (sent_origins and sent_origins[0].lower() not in origins):
+        return "origin not allowed"
+    return None
+
+
 def _refusal(
     request: WebSocketRequest, allowed: frozenset[str], origins: frozenset[str]
 ) -> str | None:
@@ -120,37 +138,38 @@ def _refusal(
     # wsproto takes Host out of the headers (h11 has refused a request without
     # exactly one); the request event keeps it.
     host = getattr(getattr(request, "_event", None), "host", None)
-    if not isinstance(host, str) or host.lower() not in allowed:
-        return "host not allowed"
-    sent_origins = _header(request, b"origin")
-    if len(sent_origins) > 1 or (sent_origins and sent_origins[0].lower() not in origins):
-        return "origin not allowed"
-    return None
+    return _host_origin_refusal(host, _header(request, b"origin"), allowed, origins)
 
 
-async def _upgrade(
-    stream: trio.abc.Stream,
-    allowed: frozenset[str],
-    origins: frozenset[str],
-    secure: bool,
-    send: trio.MemorySendChannel[_WsStream],
-    limit: trio.Semaphore,
-) -> None:
-    """One connection: upgrade within the deadline, then live until the server closes it."""
+@attrs.frozen(kw_only=True)
+class _Gate:
+    """What every new connection of one plane is checked against and handed to."""
+
+    allowed: frozenset[str]
+    origins: frozenset[str]
+    secure: bool
+    dispatcher: Dispatcher
+    send: trio.MemorySendChannel[_WsStream]
+    limit: trio.Semaphore
+
+
+async def _upgrade(stream: trio.abc.Stream, gate: _Gate) -> None:
+    """One connection: upgrade (or answer one HTTP request) within the deadline, then
+    live until the server closes it."""
     address = peer_address(stream)
     try:
         async with trio.open_nursery() as nursery:
             ws: _WsStream | None = None
             try:
                 with trio.move_on_after(HANDSHAKE_DEADLINE):
-                    ws = await _handshake(nursery, stream, allowed, origins, secure, address)
+                    ws = await _handshake(nursery, stream, gate, address)
             finally:
-                limit.release()
+                gate.limit.release()
             if ws is None:
                 nursery.cancel_scope.cancel()
                 return
             try:
-                await send.send(ws)
+                await gate.send.send(ws)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 await ws.aclose()
                 return
@@ -161,25 +180,42 @@ async def _upgrade(
 
 
 async def _handshake(
-    nursery: trio.Nursery,
-    stream: trio.abc.Stream,
-    allowed: frozenset[str],
-    origins: frozenset[str],
-    secure: bool,
-    address: str | None,
+    nursery: trio.Nursery, stream: trio.abc.Stream, gate: _Gate, address: str | None
 ) -> _WsStream | None:
     try:
         if isinstance(stream, trio.SSLStream):
             await stream.do_handshake()
+        head = await _http.read_request_head(stream)
+        if head is None:
+            return None
+        if not head.is_upgrade:
+            reason = _host_origin_refusal(
+                head.host, head.header("origin"), gate.allowed, gate.origins
+            )
+            if reason is not None:
+                log.warning("http_request_refused", peer=address, reason=reason)
+                await _http.respond(head.connection, stream, 403, f"forbidden: {reason}\n")
+                return None
+            await _http.serve_http_request(
+                stream,
+                head,
+                dispatcher=gate.dispatcher,
+                transport="https" if gate.secure else "http",
+                address=address,
+            )
+            return None
         request = await trio_websocket.wrap_server_stream(
-            nursery, stream, message_queue_size=4, max_message_size=MAX_MESSAGE
+            nursery,
+            _http.ReplayStream(stream, head.raw),
+            message_queue_size=4,
+            max_message_size=MAX_MESSAGE,
         )
-        reason = _refusal(request, allowed, origins)
+        reason = _refusal(request, gate.allowed, gate.origins)
         if reason is not None:
             log.warning("ws_upgrade_refused", peer=address, reason=reason)
             await request.reject(403, body=f"forbidden: {reason}\n".encode())
             return None
-        return _WsStream(await request.accept(), address, secure)
+        return _WsStream(await request.accept(), address, gate.secure)
     except (trio.BrokenResourceError, trio_websocket.ConnectionClosed, OSError):
         return None
 
@@ -248,16 +284,21 @@ async def serve_websocket_plane(
     )
     send, receive = trio.open_memory_channel[_WsStream](0)
     server = RpcServer(dispatcher, authenticate=_ws_authenticate, options=options, address=address)
-    limit = trio.Semaphore(MAX_HANDSHAKES)
+    gate = _Gate(
+        allowed=allowed,
+        origins=allowed_origins,
+        secure=context is not None,
+        dispatcher=dispatcher,
+        send=send,
+        limit=trio.Semaphore(MAX_HANDSHAKES),
+    )
     log.info("rpc_listening", address=address, transport="ws")
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, [_WsListener(receive)])
         task_status.started(server)
         async with trio.open_nursery() as accepting:
             for listener in listeners:
-                accepting.start_soon(
-                    _accept_loop, listener, allowed, allowed_origins, context, send, limit
-                )
+                accepting.start_soon(_accept_loop, listener, gate)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -270,14 +311,7 @@ def _is_loopback_ip(text: str) -> bool:
         return False
 
 
-async def _accept_loop(
-    listener: trio.abc.Listener[Any],
-    allowed: frozenset[str],
-    origins: frozenset[str],
-    context: ssl.SSLContext | None,
-    send: trio.MemorySendChannel[_WsStream],
-    limit: trio.Semaphore,
-) -> NoReturn:
+async def _accept_loop(listener: trio.abc.Listener[Any], gate: _Gate) -> NoReturn:
     async with listener, trio.open_nursery() as connections:
         while True:
             try:
@@ -287,10 +321,8 @@ async def _accept_loop(
                 await trio.sleep(0.1)
                 continue
             try:
-                limit.acquire_nowait()
+                gate.limit.acquire_nowait()
             except trio.WouldBlock:
                 await trio.aclose_forcefully(stream)
                 continue
-            connections.start_soon(
-                _upgrade, stream, allowed, origins, context is not None, send, limit
-            )
+            connections.start_soon(_upgrade, stream, gate)

@@ -1,16 +1,19 @@
 """Every exception the :mod:`omnitron.state` package raises.
 
 Each error derives from :class:`StateError` (an :class:`~omnitron.errors.OmnitronError`)
-and from the builtin that fits, so callers can catch either; the exception is
-:class:`SocketInUse`, which is :mod:`omnitron.rpc`'s (the socket belongs to it) and
-is only re-exported here. Messages are one
+and from the builtin that fits, so callers can catch either; the exceptions are
+:class:`SocketInUse` and :class:`SocketPathTooLong`, which are :mod:`omnitron.rpc`'s
+(the socket belongs to it) and are only re-exported here. Messages are one
 line, name the path involved and say what to do about it.
 """
 
 from __future__ import annotations
 
 from ..errors import OmnitronError
-from ..rpc._errors import SocketInUse as SocketInUse  # the socket's error is the RPC layer's
+
+# The socket's errors are the RPC layer's.
+from ..rpc._errors import SocketInUse as SocketInUse
+from ..rpc._errors import SocketPathTooLong as SocketPathTooLong
 
 
 class StateError(OmnitronError):
@@ -45,10 +48,6 @@ class UnsafeHome(_MessageOSError, PermissionError):
     Raised for a home that is a symbolic link, owned by another uid, or group- or
     world-writable, and for lock or state files that are symbolic links.
     """
-
-
-class SocketPathTooLong(StateError, ValueError):
-    """``$OMNITRON_HOME/daemon.sock`` does not fit in an ``AF_UNIX`` address."""
 
 
 class DaemonAlreadyRunning(StateError, RuntimeError):

@@ -111,10 +111,7 @@ class Home:
         """
         size = len(os.fsencode(self.socket_path))
         if size > AF_UNIX_PATH_MAX:
-            raise SocketPathTooLong(
-                f"socket path {self.socket_path} is {size} bytes long, but AF_UNIX allows "
-                f"at most {AF_UNIX_PATH_MAX}; set {ENV_VAR} to a shorter directory"
-            )
+            raise SocketPathTooLong(str(self.socket_path), size, AF_UNIX_PATH_MAX)
 
     def ensure(self) -> None:
         """Create the home (mode 0700) with ``logs/`` and ``tls/``, and check it is private.

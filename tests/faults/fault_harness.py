@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -164,6 +164,7 @@ class Daemon:
         *,
         env: dict[str, str] | None = None,
         wrap: list[str] | None = None,
+        args: Sequence[str] = (),
     ) -> Daemon:
         """Start the daemon in the foreground (in its own session); wait until it answers.
 
@@ -171,13 +172,17 @@ class Daemon:
             config: The config text to write first (else the file as it is).
             env: The daemon's environment (default: ours without ``OMNITRON_*``).
             wrap: A command that execs the rest (``["prlimit", "--nofile=64:64"]``).
+            args: More options of ``up`` (``["--tcp", "127.0.0.1:9700"]``).
         """
         if config is not None:
             self.write_config(config)
         assert self.proc is None or self.proc.poll() is not None, "a daemon is already running"
         with self.output.open("ab") as sink:
             self.proc = subprocess.Popen(
-                [*(wrap or []), *self.argv("up", "--foreground", "--config", str(self.config))],
+                [
+                    *(wrap or []),
+                    *self.argv("up", "--foreground", "--config", str(self.config), *args),
+                ],
                 cwd=self.project,
                 env=env if env is not None else clean_env(),
                 stdout=sink,

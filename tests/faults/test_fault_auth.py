@@ -18,6 +18,8 @@ import json
 import os
 import ssl
 import stat
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import AsyncIterator
@@ -28,6 +30,7 @@ import jwt
 import pytest
 import structlog
 import trio
+import trio.testing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_fault_roles import DECLARED, PARAMS, Untouchable
@@ -36,10 +39,13 @@ from omnitron.daemon._service import DaemonService, build_dispatcher
 from omnitron.rpc import ErrorCode, Forbidden, NotFound, RemoteError, Role, Unauthenticated
 from omnitron.rpc._auth import (
     MAX_TOKEN_BYTES,
+    REFUSAL_DELAY,
     FailureBackoff,
     TokenAuthority,
     register_auth_methods,
 )
+from omnitron.rpc._dispatch import Dispatcher, Peer
+from omnitron.rpc._protocol import Request
 from omnitron.rpc._server import RpcServer, ServerOptions
 from omnitron.rpc._tls import ensure_self_signed, open_tls_client, serve_tls, server_context
 from omnitron.rpc.sync_client import (
@@ -467,6 +473,49 @@ def test_failure_backoff_grows_per_peer_and_clears_on_success() -> None:
     assert backoff.blocked_for("10.0.0.1") == 0.0
 
 
+class _Host:
+    def set_peer(self, peer: Peer) -> None:
+        self.peer = peer
+
+    def open_stream(self, method: str, *, capacity: int | None) -> Any:
+        raise AssertionError("not used")
+
+    def start_soon(self, async_fn: Any, *args: object) -> None:
+        raise AssertionError("not used")
+
+
+async def test_a_login_refused_by_the_backoff_waits_and_is_logged_as_a_count(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """AU-21: a client retrying in a loop gets ten refusals a second per connection,
+    and one log line per second per address, however fast it sends."""
+    authority = TokenAuthority(tmp_path)
+    dispatcher = Dispatcher()
+    backoff = FailureBackoff(free=1, first=30.0, clock=trio.current_time)
+    register_auth_methods(dispatcher, lambda: authority, backoff)
+    peer = Peer(transport="tls", role=Role.ANONYMOUS, address="10.0.0.9")
+
+    async def login() -> Any:
+        request = Request(msgid=1, method="auth.login", params={"token": "bad.token.x"})
+        reply = await dispatcher.dispatch(request, peer=peer, host=_Host())
+        assert reply.error is not None
+        return reply.error.data["reason"]
+
+    with structlog.testing.capture_logs() as logs:
+        assert [await login(), await login()] == ["malformed", "malformed"]
+        started = trio.current_time()
+        reasons = [await login() for _ in range(25)]
+        assert reasons == ["backoff"] * 25
+        assert trio.current_time() - started == pytest.approx(25 * REFUSAL_DELAY)
+    refused = [e for e in logs if e["event"] == "auth_refused"]
+    # The first at once; then one line per second, counting the refusals since.
+    counts = [e["count"] for e in refused]
+    assert len(counts) == 3
+    assert counts[0] == 1
+    assert all(10 <= count <= 11 for count in counts[1:])  # 0.1 s steps on a float clock
+    assert all(e["peer"] == "10.0.0.9" for e in refused)
+
+
 async def test_repeated_bad_logins_are_refused_without_verifying_then_audited(
     tmp_path: Path,
 ) -> None:
@@ -482,7 +531,9 @@ async def test_repeated_bad_logins_are_refused_without_verifying_then_audited(
             # Even a good token waits out the backoff from this address.
             assert (await login_error(plane, good)).data == {"reason": "backoff"}
         failed = [e for e in logs if e["event"] in {"auth_failed", "auth_refused"}]
-        assert len(failed) == 9
+        # Six failures, then the three refusals of the same second as one line.
+        assert [e["event"] for e in failed] == ["auth_failed"] * 6 + ["auth_refused"]
+        assert failed[-1]["count"] == 1
         assert all(e["peer"] == "127.0.0.1" for e in failed)
         assert all("bad.token.here" not in repr(e) and good not in repr(e) for e in logs)
 
@@ -532,51 +583,84 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+ATTACKER = r"""
+import sys, trio
+from omnitron.rpc import Unauthenticated
+from omnitron.rpc._tls import open_tls_client
+
+port, fingerprint, token = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+connections, attempts = int(sys.argv[4]), int(sys.argv[5])
+
+async def attack():
+    async with open_tls_client("127.0.0.1", port, fingerprint=fingerprint) as bad:
+        for _ in range(attempts):
+            try:
+                await bad.call("auth.login", token=token)
+            except Unauthenticated:
+                pass
+
+async def main():
+    print("ready", flush=True)
+    await trio.wrap_file(sys.stdin).readline()
+    async with trio.open_nursery() as nursery:
+        for _ in range(connections):
+            nursery.start_soon(attack)
+
+trio.run(main)
+"""
+
+
 async def test_500_bad_logins_from_one_peer_barely_slow_a_legitimate_client(
     tmp_path: Path,
 ) -> None:
     """AU-21: the p99 of a logged-in client's calls, alone and under 500 bad logins.
 
-    Client and attacker share this process with the server, so the attacker's own
-    work counts against the client too: the bound is loose (the target is 2x).
+    The attacker is another process (ten TLS connections of one address, 50 logins
+    each with a well-signed token that was never issued), so what slows the client
+    is the server's work for the attack, not the attacker's own. The bound is
+    loose (the target is 2x; the figures are in docs/security.md).
     """
-    calls = 300
-
     async with serving(tmp_path) as plane, plane.client(plane.token()) as client:
 
-        async def measure() -> list[float]:
-            samples = []
-            for _ in range(calls):
+        async def measure(samples: list[float], until: trio.Event | None = None) -> None:
+            while len(samples) < 300 or (until is not None and not until.is_set()):
                 started = time.perf_counter()
                 with contextlib.suppress(NotFound):
                     await client.call("daemon.graph")
                 samples.append(time.perf_counter() - started)
-            return samples
 
         forged = plane.forge(sub="x", jti="cd" * 16)  # well signed, never issued
-
-        async def attack(attempts: int, done: trio.Event) -> None:
-            async with plane.client() as bad:
-                for _ in range(attempts):
-                    with contextlib.suppress(Unauthenticated):
-                        await bad.call("auth.login", token=forged)
-            done.set()
-
-        await measure()  # warm-up
-        alone = await measure()
-        finished = [trio.Event() for _ in range(10)]
-        async with trio.open_nursery() as nursery:
-            for done in finished:
-                nursery.start_soon(attack, 50, done)
-            attacked = await measure()
-            for done in finished:
-                await done.wait()
-        alone_again = await measure()
+        alone: list[float] = []
+        await measure([])  # warm-up
+        await measure(alone)
+        attacked: list[float] = []
+        done = trio.Event()
+        argv = [sys.executable, "-c", ATTACKER, str(plane.port), plane.fingerprint, forged]
+        async with trio.open_nursery() as outer:
+            attacker: trio.Process = await outer.start(
+                functools.partial(
+                    trio.run_process,
+                    [*argv, "10", "50"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                )
+            )
+            assert attacker.stdin is not None
+            assert attacker.stdout is not None
+            with trio.fail_after(60):
+                assert (await attacker.stdout.receive_some(64)).strip() == b"ready"
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(measure, attacked, done)
+                    await attacker.stdin.send_all(b"go\n")
+                    assert await attacker.wait() == 0
+                    done.set()
+        alone_again: list[float] = []
+        await measure(alone_again)
     base = min(percentile(alone, 0.99), percentile(alone_again, 0.99))
     under = percentile(attacked, 0.99)
     print(
         f"p99 alone {base * 1e3:.2f} ms, under 500 bad logins {under * 1e3:.2f} ms "
-        f"({under / base:.2f}x); p50 {percentile(alone, 0.5) * 1e3:.2f} / "
-        f"{percentile(attacked, 0.5) * 1e3:.2f} ms"
+        f"({under / base:.2f}x, {len(attacked)} calls); p50 {percentile(alone, 0.5) * 1e3:.2f}"
+        f" / {percentile(attacked, 0.5) * 1e3:.2f} ms"
     )
     assert under <= 10 * base + 0.010

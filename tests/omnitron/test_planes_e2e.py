@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 from test_cli_e2e import Omnitron
 
 from omnitron.rpc._ws import open_ws_client
@@ -135,6 +136,8 @@ def test_bad_plane_options_are_refused_before_starting(cli: Omnitron) -> None:
         (["--tcp", "127.0.0.1:notaport"], "port must be a number"),
         (["--tcp", "127.0.0.1:1", "--tls-cert", "x.pem"], "must be given together"),
         (["--tls-cert", "a", "--tls-key", "b"], "need --tcp or --http"),
+        (["--max-connections", "5"], "--max-connections needs --tcp or --http"),
+        (["--tcp", "127.0.0.1:1", "--max-connections", "0"], "0 is not in the range"),
     ):
         result = cli.run("up", *args)
         assert result.returncode == 2, result.stderr
@@ -149,3 +152,39 @@ def test_bad_plane_options_are_refused_before_starting(cli: Omnitron) -> None:
     unreachable = cli.run("--url", nobody, "--token-file", str(token), "status")
     assert unreachable.returncode == 1
     assert f"cannot reach the daemon at {nobody}: nothing is listening" in unreachable.stderr
+
+
+def test_prometheus_scrapes_metrics_over_the_http_plane(cli: Omnitron, tmp_path: Path) -> None:
+    """``/metrics`` serves what ``metrics --prometheus`` prints, to a viewer token only."""
+    http = free_port()
+    cli.ok("up", "--http", f"127.0.0.1:{http}")
+    token = cli.ok("auth", "token", "--role", "viewer", "--subject", "prometheus").stdout.strip()
+    url = f"http://127.0.0.1:{http}/metrics"
+
+    def curl(*headers: str) -> tuple[str, str]:
+        argv = ["curl", "--silent", "--max-time", "20", "--write-out", "\n%{http_code}"]
+        for header in headers:
+            argv += ["--header", header]
+        out = subprocess.run(
+            [*argv, url], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+        body, _, status = out.rpartition("\n")
+        return body, status
+
+    def shape(text: str) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+        """Every sample's name and labels (values move between two scrapes)."""
+        return {
+            (sample.name, tuple(sorted(sample.labels.items())))
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    body, status = curl(f"Authorization: Bearer {token}")
+    assert status == "200", body
+    printed = cli.ok("metrics", "--prometheus").stdout
+    assert shape(body) == shape(printed)
+    assert ("omnitron_process_restarts_total", (("app", "web"), ("instance", "0"))) in shape(body)
+    body, status = curl()
+    assert (body.strip(), status) == ("unauthorized", "401")
+    body, status = curl("Authorization: Bearer " + token[:-4] + "AAAA")
+    assert (body.strip(), status) == ("unauthorized", "401")

@@ -13,9 +13,10 @@ import pytest
 import trio
 import trio_websocket
 
-from omnitron.rpc import Dispatcher, Forbidden, Role, Unauthenticated, _ws
+from omnitron.rpc import Busy, Dispatcher, Forbidden, Role, Unauthenticated, _ws
 from omnitron.rpc._auth import TokenAuthority, register_auth_methods
 from omnitron.rpc._dispatch import Call
+from omnitron.rpc._planes import PlaneConfig, PlaneError, start_network_planes
 from omnitron.rpc._server import RpcServer
 from omnitron.rpc._ws import MAX_MESSAGE, open_ws_client, serve_websocket_plane
 
@@ -178,3 +179,32 @@ async def test_a_stalled_upgrade_is_dropped(
             with trio.fail_after(10):
                 assert await stream.receive_some(4096) == b""
             assert trio.current_time() - started >= 0.4
+
+
+async def test_max_connections_caps_the_plane(tmp_path: Path) -> None:
+    """``--max-connections``: one connection, the one-connection reserve, then BUSY."""
+    dispatcher, authority = dispatcher_for(tmp_path)
+    async with trio.open_nursery() as nursery:
+        [line] = await start_network_planes(
+            nursery,
+            PlaneConfig(http="127.0.0.1:0", max_connections=1),
+            home=tmp_path,
+            dispatcher=dispatcher,
+            authority=lambda: authority,
+        )
+        port = int(line.rsplit(":", 1)[1].split("/")[0])
+        async with (
+            open_ws_client("127.0.0.1", port) as first,
+            open_ws_client("127.0.0.1", port) as reserve,
+        ):
+            assert await first.call("daemon.ping") == {"pong": True}
+            assert await reserve.call("daemon.ping") == {"pong": True}
+            async with open_ws_client("127.0.0.1", port) as third:
+                with pytest.raises(Busy, match=r"too many connections \(limit 1\)"):
+                    await third.call("daemon.ping")
+        nursery.cancel_scope.cancel()
+
+
+def test_max_connections_is_checked() -> None:
+    with pytest.raises(PlaneError, match="--max-connections must be 1 to 65536, got 0"):
+        PlaneConfig(http="127.0.0.1:9800", max_connections=0).check()

@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 import pytest
 import trio
+import trio.testing
 
 import omnitron.rpc
 from omnitron.errors import OmnitronError
@@ -625,6 +626,64 @@ async def test_async_client_prefers_the_parting_error_to_a_broken_pipe(sock_path
             assert outcome == []
             nursery.start_soon(client._run_reader)  # now the BUSY frame is read
         assert [type(e) for e in outcome] == [Busy]
+
+
+async def test_requests_queued_together_leave_in_one_write(server: object, sock_path: Path) -> None:
+    """32 concurrent calls cost one ``send_all`` (one TLS record on the TLS plane)."""
+    from test_rpc_server import CountingStream
+
+    stream = CountingStream(await trio.open_unix_socket(os.fspath(sock_path)))
+    async with omnitron.rpc._client.open_client(stream) as client:
+        results: list[object] = []
+
+        async def ping() -> None:
+            results.append(await client.call("daemon.ping"))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(32):
+                nursery.start_soon(ping)
+        assert results == [{"pong": True}] * 32
+        assert len(stream.writes) == 1, stream.writes
+        # Later calls still go out (the writer's turn was released).
+        assert await client.call("daemon.ping") == {"pong": True}
+        assert len(stream.writes) == 2
+
+
+async def test_a_writer_cancelled_mid_write_fails_the_queued_calls(
+    server: object, sock_path: Path
+) -> None:
+    """Requests queued behind a cut-off write are never sent: their calls fail at once."""
+    from test_rpc_server import CountingStream
+
+    class Stuck(CountingStream):
+        async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+            self.writes.append(len(data))
+            await trio.sleep_forever()  # a peer that stopped reading
+
+    stream = Stuck(await trio.open_unix_socket(os.fspath(sock_path)))
+    async with omnitron.rpc._client.open_client(stream) as client:
+        lost: list[str] = []
+
+        async def writer(scope: trio.CancelScope) -> None:
+            with scope:
+                await client.call("daemon.ping")
+
+        async def queued() -> None:
+            with pytest.raises(ConnectionLost, match="cut off mid-write") as info:
+                await client.call("daemon.ping")
+            lost.append(str(info.value))
+
+        async with trio.open_nursery() as nursery:
+            scope = trio.CancelScope()
+            nursery.start_soon(writer, scope)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(queued)
+            nursery.start_soon(queued)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(stream.writes) == 1  # the others wait behind the writer
+            scope.cancel()
+        assert len(lost) == 2
+        assert client.closed
 
 
 def test_the_sync_client_imports_neither_trio_nor_attrs() -> None:

@@ -7,6 +7,7 @@ Sockets live in a short ``/tmp`` directory (AF_UNIX paths stop at 107 bytes).
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import os
 import shutil
@@ -267,6 +268,66 @@ async def test_pipelined_requests_are_answered_out_of_order(sock_path: Path) -> 
         assert await raw.receive() == [1, 2, None, "fast"]  # the second, first
         gate.release.set()
         assert await raw.receive() == [1, 1, None, 1]
+
+
+class CountingStream(trio.abc.Stream):
+    """A real stream that records the size of every ``send_all``."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.writes: list[int] = []
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(len(data))
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class CountingListener(trio.abc.Listener[CountingStream]):
+    def __init__(self, inner: trio.SocketListener) -> None:
+        self.inner = inner
+        self.streams: list[CountingStream] = []
+
+    async def accept(self) -> CountingStream:
+        stream = CountingStream(await self.inner.accept())
+        self.streams.append(stream)
+        return stream
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_replies_decided_together_leave_in_one_write() -> None:
+    """32 requests in one read: their replies are written with one ``send_all``."""
+
+    async def admit(stream: trio.abc.Stream) -> Peer:
+        await trio.lowlevel.checkpoint()
+        return Peer(transport="test", role=Role.ADMIN)
+
+    [tcp] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    listener = CountingListener(tcp)
+    server = RpcServer(make_dispatcher(), authenticate=admit, options=FAST)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, [listener])
+        stream = await trio.open_tcp_stream("127.0.0.1", tcp.socket.getsockname()[1])
+        raw = Raw(stream)
+        async with stream:
+            await raw.send_bytes(
+                b"".join(msgpack.packb([0, i, "daemon.ping", []]) for i in range(32))
+            )
+            replies = [await raw.receive() for _ in range(32)]
+        assert sorted(reply[1] for reply in replies) == list(range(32))
+        [served] = listener.streams
+        assert len(served.writes) == 1, served.writes
+        nursery.cancel_scope.cancel()
 
 
 async def test_unknown_method_keeps_the_connection_open(server: RpcServer, sock_path: Path) -> None:
@@ -1008,3 +1069,38 @@ async def test_a_full_trusted_plane_evicts_the_idlest_connection(sock_path: Path
         assert (await second.call(2, "daemon.ping"))[3] == {"pong": True}
         await trio.testing.wait_all_tasks_blocked()
         assert srv.statistics().connections == 2
+
+
+async def test_a_flood_beyond_the_cap_is_closed_at_once_once_rejections_pile_up(
+    tmp_path: Path,
+) -> None:
+    """RP-18: telling a newcomer BUSY over TLS holds a descriptor until its handshake
+    ends (up to a second); beyond ``max_rejecting`` such newcomers, the next is closed
+    at once, so a flood holds at most ``capacity + max_rejecting`` descriptors."""
+    from omnitron.rpc._tls import ensure_self_signed, serve_tls, server_context
+
+    options = ServerOptions(
+        max_connections=4, reserved_connections=0, max_rejecting=1, idle_timeout=None
+    )
+    context = server_context(ensure_self_signed(tmp_path))
+    async with trio.open_nursery() as nursery:
+        server: RpcServer = await nursery.start(
+            functools.partial(
+                serve_tls, "127.0.0.1", 0, make_dispatcher(), context, options=options
+            )
+        )
+        port = int(server.address.rsplit(":", 1)[1])
+        held = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(4)]
+        # The fifth says nothing: the server waits for its TLS hello to say BUSY.
+        rejecting = await trio.open_tcp_stream("127.0.0.1", port)
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.statistics().rejected_busy == 1
+        started = trio.current_time()
+        closed = await trio.open_tcp_stream("127.0.0.1", port)
+        with trio.fail_after(WAIT):
+            assert await closed.receive_some(1) == b""
+        assert trio.current_time() - started < 0.5
+        assert server.statistics().rejected_silently == 1
+        for stream in [*held, rejecting, closed]:
+            await stream.aclose()
+        nursery.cancel_scope.cancel()

@@ -80,7 +80,6 @@ def test_testing_exports() -> None:
     [
         (HomeUnavailable, OSError),
         (UnsafeHome, PermissionError),
-        (SocketPathTooLong, ValueError),
         (DaemonAlreadyRunning, RuntimeError),
         (CorruptStateFile, ValueError),
         (NewerStateSchema, ValueError),
@@ -108,6 +107,24 @@ def test_socket_in_use_is_the_rpc_layers_one_class() -> None:
     assert err.path == "/h/daemon.sock"
     assert str(SocketInUse("/s")) == (
         "another server is already listening on /s; refusing to replace it"
+    )
+
+
+def test_socket_path_too_long_is_the_rpc_layers_one_class() -> None:
+    """One definition: the home check and the socket client raise the same class."""
+    import omnitron.rpc
+    from omnitron.rpc import _errors
+
+    assert SocketPathTooLong is omnitron.rpc.SocketPathTooLong is _errors.SocketPathTooLong
+    assert issubclass(SocketPathTooLong, omnitron.rpc.RpcError)
+    assert issubclass(SocketPathTooLong, ValueError)
+    assert not issubclass(SocketPathTooLong, StateError)
+    err = SocketPathTooLong("/h/daemon.sock", 108, 107)
+    assert err.path == "/h/daemon.sock"
+    assert err.length == 108
+    assert str(err) == (
+        "socket path /h/daemon.sock is 108 bytes long, but a Unix socket allows at most 107; "
+        "set OMNITRON_HOME to a shorter directory"
     )
 
 
