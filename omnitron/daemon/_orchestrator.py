@@ -52,6 +52,7 @@ from ._records import (
     remember,
     resource_restart,
 )
+from ._sockets import AppSockets, SocketsUnavailable
 from ._tree import TreeBuilder, secret_references
 
 if TYPE_CHECKING:
@@ -121,8 +122,15 @@ class Orchestrator:
         self._subreaper = subreaper
         self._leaf = leaf
         self._secrets = secrets
+        self.sockets = AppSockets()
+        """The apps' listening sockets (``sockets``), bound as each app starts."""
         self._builder = TreeBuilder(
-            ecosystem, home=home, sink=logs.sink, leaf=leaf, secrets=secrets
+            ecosystem,
+            home=home,
+            sink=logs.sink,
+            leaf=leaf,
+            secrets=secrets,
+            sockets=self.sockets.listen,
         )
         self._group_mode = self._builder.group_mode
         self.apps: dict[str, AppRecord] = {
@@ -161,6 +169,8 @@ class Orchestrator:
         self.apps[new.name] = new
         if note and new.events and (not old.events or new.events[-1] is not old.events[-1]):
             self.logs.event(new.name, new.events[-1])
+        if new.crashed and not old.crashed:
+            self.sockets.close(new.name)  # given up on: clients are refused, not queued
         critical = new.crashed and not old.crashed and new.config.critical
         if critical and self.stop_reason is None:
             self.stop_reason = f"critical app {new.name!r} crashed: {new.last_error}"
@@ -251,25 +261,28 @@ class Orchestrator:
         Cancellation: the tree stops, apps in reverse dependency order.
         """
         task_status.started()
-        while True:
-            self._building = True
-            try:
-                await self._run_tree()
-            except SupervisorGaveUp as exc:
-                self._root_gave_up(str(exc))
-            except BaseExceptionGroup as group:
-                gave_up, rest = group.split(SupervisorGaveUp)
-                if rest is not None:
-                    raise
-                assert gave_up is not None
-                self._root_gave_up(str(gave_up.exceptions[0]))
-            finally:
-                self._root = None
-                self._building = False
-                self._ready = trio.Event()
-            # The root gave up: wait until an operator asks for something to run.
-            await self._restart_requested.wait()
-            self._restart_requested = trio.Event()
+        try:
+            while True:
+                self._building = True
+                try:
+                    await self._run_tree()
+                except SupervisorGaveUp as exc:
+                    self._root_gave_up(str(exc))
+                except BaseExceptionGroup as group:
+                    gave_up, rest = group.split(SupervisorGaveUp)
+                    if rest is not None:
+                        raise
+                    assert gave_up is not None
+                    self._root_gave_up(str(gave_up.exceptions[0]))
+                finally:
+                    self._root = None
+                    self._building = False
+                    self._ready = trio.Event()
+                # The root gave up: wait until an operator asks for something to run.
+                await self._restart_requested.wait()
+                self._restart_requested = trio.Event()
+        finally:
+            self.sockets.close_all()  # the tree has stopped: no process uses them
 
     def _wanted(self) -> list[str]:
         return [
@@ -285,6 +298,7 @@ class Orchestrator:
             for name in self._wanted():
                 record = self.apps[name]
                 try:
+                    await self.sockets.bind(record.config)
                     pools.append(self._builder.app(record.config, record.instances))
                 except UnsupportedApp as exc:
                     self._give_up_on(name, str(exc))
@@ -470,9 +484,15 @@ class Orchestrator:
                 return False
             record = self.apps[name]
             spec = None
-            if info is not None and secret_references(record.config):
-                # Secrets are read at every start: a new pool, not the stopped one's
-                # specs (one waiting for its restart delay is restarted as it is).
+            try:
+                await self.sockets.bind(record.config)
+            except SocketsUnavailable as exc:
+                self._give_up_on(name, str(exc))
+                raise AppStartFailed(f"{name} failed to start: {exc}", app=name) from None
+            if info is not None and (secret_references(record.config) or record.config.sockets):
+                # Secrets are read at every start, and sockets closed at every stop:
+                # a new pool, not the stopped one's specs (one waiting for its
+                # restart delay is restarted as it is).
                 with contextlib.suppress(ChildRunning):
                     with contextlib.suppress(ChildNotFound):
                         await root.delete_child(name)
@@ -533,6 +553,8 @@ class Orchestrator:
                         stopped.append(name)  # its start had not reached the tree yet
                 else:
                     stopped.append(name)
+            if self._stopped(name):  # (not started again meanwhile)
+                self.sockets.close(name)
             self._remember(name, EventKind.STOPPED)
         return stopped
 
@@ -909,6 +931,7 @@ class Orchestrator:
             places=self._builder.places,
             leaf=self._leaf,
             secrets=self._secrets,
+            sockets=self.sockets.listen,
         )
         changed = [c.name for c in diff.changed]
         apps: dict[str, AppRecord] = {}

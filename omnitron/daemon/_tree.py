@@ -32,6 +32,7 @@ from supervision import (
     Intensity,
     InvalidSpec,
     InvalidSpecType,
+    Listen,
     Output,
     ProcessChild,
     Ready,
@@ -166,6 +167,8 @@ class TreeBuilder:
             tests in virtual time, with :mod:`supervision.testing`'s fake child).
         secrets: Where ``secret:NAME`` env values are resolved, each time a process
             spec is built (``None``: an app that uses a secret cannot start).
+        sockets: ``sockets(app)`` gives the daemon-owned listening sockets every
+            process of ``app`` is handed (see :mod:`._sockets`); none by default.
     """
 
     def __init__(
@@ -177,8 +180,10 @@ class TreeBuilder:
         places: dict[tuple[str, ...], Place] | None = None,
         leaf: Callable[[AppConfig, int], Any] | None = None,
         secrets: SecretStore | None = None,
+        sockets: Callable[[str], tuple[Listen, ...]] = lambda app: (),
     ) -> None:
         self.ecosystem = ecosystem
+        self.sockets = sockets
         self.home = home
         self._sink = sink
         self.secrets = secrets
@@ -291,6 +296,7 @@ class TreeBuilder:
             stop_timeout=app.stop_timeout,
             stdout=Output.lines(self._sink(app.name, index, "out")),
             stderr=Output.lines(self._sink(app.name, index, "err")),
+            listen=self.sockets(app.name),
         )
 
     def _resolve_secrets(self, app: AppConfig) -> dict[str, str]:
