@@ -16,7 +16,7 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -560,8 +560,16 @@ class Orchestrator:
 
     async def restart(self, target: str) -> list[str]:
         """Restart running apps instance by instance; start stopped ones."""
+        return await self._each_pool(target, self._restart_pool)
+
+    async def _each_pool(
+        self, target: str, act: Callable[[str, Supervisor], Awaitable[bool]]
+    ) -> list[str]:
+        """``act(name, pool)`` on each running app of ``target``; a stopped app named
+        explicitly is started (``"all"`` skips apps stopped on purpose). Returns the
+        names acted on (or started)."""
         names = self.names(target)
-        restarted: list[str] = []
+        done: list[str] = []
         await self.wait_ready()  # the tree must exist to find the pools
         for name in names:
             record = self.apps.get(name)
@@ -572,11 +580,11 @@ class Orchestrator:
                 if target == "all" and record.desired is DesiredStatus.STOPPED:
                     continue
                 if await self._start_one(name):
-                    restarted.append(name)
+                    done.append(name)
                 continue
-            if await self._restart_pool(name, pool):
-                restarted.append(name)
-        return restarted
+            if await act(name, pool):
+                done.append(name)
+        return done
 
     async def _restart_pool(self, name: str, pool: Supervisor) -> bool:
         async with self._lock(name):
@@ -752,23 +760,7 @@ class Orchestrator:
                 missed ``startup_timeout``): that reload stops there, the process
                 it was to replace and every later one keep running untouched.
         """
-        names = self.names(target)
-        reloaded: list[str] = []
-        await self.wait_ready()  # the tree must exist to find the pools
-        for name in names:
-            record = self.apps.get(name)
-            if record is None:
-                continue
-            pool = self.pool(name)
-            if pool is None:
-                if target == "all" and record.desired is DesiredStatus.STOPPED:
-                    continue
-                if await self._start_one(name):
-                    reloaded.append(name)
-                continue
-            if await self._reload_pool(name, pool):
-                reloaded.append(name)
-        return reloaded
+        return await self._each_pool(target, self._reload_pool)
 
     async def _reload_pool(self, name: str, pool: Supervisor) -> bool:
         async with self._lock(name):
