@@ -463,7 +463,7 @@ def _targets(cli: Cli, apps: tuple[str, ...]) -> list[str]:
     return names
 
 
-def _action(verb: str, key: str, summary: str, *options: Any) -> None:
+def _action(verb: str, key: str, summary: str, *options: Any, method: str | None = None) -> None:
     @pass_cli
     def command(cli: Cli, apps: tuple[str, ...], rolling: bool = False) -> None:
         if rolling:  # with -r, the remote module runs it host by host
@@ -476,7 +476,7 @@ def _action(verb: str, key: str, summary: str, *options: Any) -> None:
         done: list[str] = []
         lines = []
         for name in names:
-            result = _act(cli, f"daemon.{verb}_app", name=name)
+            result = _act(cli, method or f"daemon.{verb}_app", name=name)
             handled = result.get(key) or []
             done += [n for n in handled if n not in done]
             lines.append(render.render_actions(verb, name, handled))
@@ -499,6 +499,13 @@ _action(
         is_flag=True,
         help="With several remotes: one host at a time, stopping at the first failure.",
     ),
+)
+_action(
+    "reload",
+    "reloaded",
+    "Replace an app's processes with zero downtime (each new one ready before its old "
+    "one stops), or those of all running apps.",
+    method="daemon.reload",
 )
 
 MAX_INSTANCES = 1024

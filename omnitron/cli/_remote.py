@@ -29,9 +29,19 @@ LOCAL_ONLY = frozenset(
     {"up", "kill", "check", "startup systemd", "remote add", "remote ls", "remote rm"}
 )
 """Commands about this machine: refused with ``-r``/``--url``."""
-FLEET_COMMANDS = ("ping", "status", "list", "start", "stop", "restart", "reset", "metrics")
+FLEET_COMMANDS = (
+    "ping",
+    "status",
+    "list",
+    "start",
+    "stop",
+    "restart",
+    "reload",
+    "reset",
+    "metrics",
+)
 """Commands that run on several daemons at once."""
-_VERBS = {"start": "started", "stop": "stopped", "restart": "restarted"}
+_VERBS = {"start": "started", "stop": "stopped", "restart": "restarted", "reload": "reloaded"}
 
 
 def route(cli: Cli, name: str, params: Mapping[str, Any]) -> None:
@@ -406,7 +416,7 @@ def _job(name: str, params: Mapping[str, Any]) -> tuple[Job, float]:
     if params.get("rolling") and name != "restart":
         raise CliError("--rolling goes with restart only", exit_code=EXIT_USAGE)
     key = "reset" if name == "reset" else _VERBS[name]
-    method = "daemon.reset" if name == "reset" else f"daemon.{name}_app"
+    method = {"reset": "daemon.reset", "reload": "daemon.reload"}.get(name, f"daemon.{name}_app")
 
     async def act(client: Any) -> Any:
         if len(names) > 1:
@@ -506,6 +516,7 @@ _RENDER: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "start": _render_actions("started"),
     "stop": _render_actions("stopped"),
     "restart": _render_actions("restarted"),
+    "reload": _render_actions("reloaded"),
     "reset": _render_actions("reset"),
     "metrics": _render_metrics,
 }

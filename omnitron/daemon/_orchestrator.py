@@ -17,7 +17,7 @@ import functools
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,7 @@ from ._records import (
     remember,
     resource_restart,
 )
+from ._sockets import AppSockets, SocketsUnavailable
 from ._tree import TreeBuilder, secret_references
 
 if TYPE_CHECKING:
@@ -124,8 +125,15 @@ class Orchestrator:
         self._subreaper = subreaper
         self._leaf = leaf
         self._secrets = secrets
+        self.sockets = AppSockets()
+        """The apps' listening sockets (``sockets``), bound as each app starts."""
         self._builder = TreeBuilder(
-            ecosystem, home=home, sink=logs.sink, leaf=leaf, secrets=secrets
+            ecosystem,
+            home=home,
+            sink=logs.sink,
+            leaf=leaf,
+            secrets=secrets,
+            sockets=self.sockets.listen,
         )
         self._group_mode = self._builder.group_mode
         self.apps: dict[str, AppRecord] = {
@@ -145,6 +153,12 @@ class Orchestrator:
         self._starting: dict[str, trio.CancelScope] = {}  # starts in progress, by app
         self._shutting_down = False
         self._reloading = trio.Lock()
+        # Zero-downtime reload: the child that is process ``index`` of an app now,
+        # when it is not the pool's first one (a successor took over), and the
+        # events of successors still starting, held until they take over.
+        self._current: dict[tuple[str, int], str] = {}
+        self._incoming: dict[tuple[str, ...], list[ev.Event]] = {}
+        self._successors = 0
         self.started_at = time.time()
         self.health = HealthMonitor(self._stop_unhealthy)
         self._event_listeners: list[Callable[[str, AppEvent], bool]] = []
@@ -162,6 +176,8 @@ class Orchestrator:
             if note:
                 self.logs.event(new.name, new.events[-1])
             self._publish(new.name, new.events[-1])
+        if new.crashed and not old.crashed:
+            self.sockets.close(new.name)  # given up on: clients are refused, not queued
         critical = new.crashed and not old.crashed and new.config.critical
         if critical and self.stop_reason is None:
             self.stop_reason = f"critical app {new.name!r} crashed: {new.last_error}"
@@ -188,18 +204,31 @@ class Orchestrator:
         place = self._builder.places.get(event.path)
         if place is None:
             return
+        if place.instance is None and isinstance(event, ev.ChildStarted):
+            # A pool starts from its spec: its processes have their first names.
+            for key in [k for k in self._current if k[0] == place.app]:
+                del self._current[key]
+        elif place.instance is not None and event.path[-1] != self._child(
+            place.app, place.instance
+        ):
+            held = self._incoming.get(event.path)
+            if held is not None:
+                held.append(event)  # a successor still starting: applied if it takes over
+            return  # else a process replaced by a reload: its end changes nothing
         old = self.apps.get(place.app)
         if old is None:
             return
-        new = apply(old, event, place.instance, group_mode=self._group_mode)
-        if new is old:
-            return
-        if place.instance is not None and isinstance(event, ev.ChildStarted):
-            process = new.processes[place.instance]
-            identified = attrs.evolve(process, identity=_identity(event.pid))
-            new = attrs.evolve(new, processes={**new.processes, place.instance: identified})
+        new = self._applied(old, event, place.instance)
         self._commit(old, new, note=True)
         self._probe_hook(new, event, place.instance)
+
+    def _applied(self, record: AppRecord, event: ev.Event, instance: int | None) -> AppRecord:
+        new = apply(record, event, instance, group_mode=self._group_mode)
+        if new is not record and instance is not None and isinstance(event, ev.ChildStarted):
+            process = new.processes[instance]
+            identified = attrs.evolve(process, identity=_identity(event.pid))
+            new = attrs.evolve(new, processes={**new.processes, instance: identified})
+        return new
 
     # ------------------------------------------------------------------ health and events
 
@@ -277,11 +306,14 @@ class Orchestrator:
 
         Cancellation: the tree stops, apps in reverse dependency order.
         """
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.health.run)
-            task_status.started()
-            await self._run_trees()
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.health.run)
+                task_status.started()
+                await self._run_trees()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.sockets.close_all()  # the tree has stopped: no process uses them
 
     async def _run_trees(self) -> None:
         while True:
@@ -318,6 +350,7 @@ class Orchestrator:
             for name in self._wanted():
                 record = self.apps[name]
                 try:
+                    await self.sockets.bind(record.config)
                     pools.append(self._builder.app(record.config, record.instances))
                 except UnsupportedApp as exc:
                     self._give_up_on(name, str(exc))
@@ -434,6 +467,10 @@ class Orchestrator:
         self.record(target)
         return [target]
 
+    def _child(self, name: str, index: int) -> str:
+        """The name, in its app's pool, of the child that is process ``index`` now."""
+        return self._current.get((name, index)) or TreeBuilder.instance_name(index)
+
     def _lock(self, name: str) -> trio.Lock:
         lock = self._locks.get(name)
         if lock is None:
@@ -499,9 +536,15 @@ class Orchestrator:
                 return False
             record = self.apps[name]
             spec = None
-            if info is not None and secret_references(record.config):
-                # Secrets are read at every start: a new pool, not the stopped one's
-                # specs (one waiting for its restart delay is restarted as it is).
+            try:
+                await self.sockets.bind(record.config)
+            except SocketsUnavailable as exc:
+                self._give_up_on(name, str(exc))
+                raise AppStartFailed(f"{name} failed to start: {exc}", app=name) from None
+            if info is not None and (secret_references(record.config) or record.config.sockets):
+                # Secrets are read at every start, and sockets closed at every stop:
+                # a new pool, not the stopped one's specs (one waiting for its
+                # restart delay is restarted as it is).
                 with contextlib.suppress(ChildRunning):
                     with contextlib.suppress(ChildNotFound):
                         await root.delete_child(name)
@@ -562,13 +605,23 @@ class Orchestrator:
                         stopped.append(name)  # its start had not reached the tree yet
                 else:
                     stopped.append(name)
+            if self._stopped(name):  # (not started again meanwhile)
+                self.sockets.close(name)
             self._remember(name, EventKind.STOPPED)
         return stopped
 
     async def restart(self, target: str) -> list[str]:
         """Restart running apps instance by instance; start stopped ones."""
+        return await self._each_pool(target, self._restart_pool)
+
+    async def _each_pool(
+        self, target: str, act: Callable[[str, Supervisor], Awaitable[bool]]
+    ) -> list[str]:
+        """``act(name, pool)`` on each running app of ``target``; a stopped app named
+        explicitly is started (``"all"`` skips apps stopped on purpose). Returns the
+        names acted on (or started)."""
         names = self.names(target)
-        restarted: list[str] = []
+        done: list[str] = []
         await self.wait_ready()  # the tree must exist to find the pools
         for name in names:
             record = self.apps.get(name)
@@ -579,11 +632,11 @@ class Orchestrator:
                 if target == "all" and record.desired is DesiredStatus.STOPPED:
                     continue
                 if await self._start_one(name):
-                    restarted.append(name)
+                    done.append(name)
                 continue
-            if await self._restart_pool(name, pool):
-                restarted.append(name)
-        return restarted
+            if await act(name, pool):
+                done.append(name)
+        return done
 
     async def _restart_pool(self, name: str, pool: Supervisor) -> bool:
         async with self._lock(name):
@@ -593,7 +646,7 @@ class Orchestrator:
                     if fresh:  # secrets are read at every start: a new spec
                         await self._replace_instance(name, pool, index)
                     else:
-                        await pool.restart_child(TreeBuilder.instance_name(index))
+                        await pool.restart_child(self._child(name, index))
                 except _GONE as exc:
                     if self._stopped(name) or not isinstance(exc, StartFailure):
                         return False  # stopped (or scaled down) meanwhile
@@ -644,7 +697,7 @@ class Orchestrator:
                 note=True,
             )
             try:
-                await pool.restart_child(TreeBuilder.instance_name(index))
+                await pool.restart_child(self._child(name, index))
             except _GONE:
                 return False
             return True
@@ -657,8 +710,10 @@ class Orchestrator:
             StartFailure: The new process did not come up.
         """
         spec = self._builder.instance(self.apps[name].config, index)
-        await pool.terminate_child(spec.name)
-        await pool.delete_child(spec.name)
+        running = self._child(name, index)
+        await pool.terminate_child(running)
+        await pool.delete_child(running)
+        self._current.pop((name, index), None)
         await pool.start_child(spec)
 
     async def scale(self, name: str, instances: int) -> int:
@@ -713,10 +768,11 @@ class Orchestrator:
         return previous
 
     async def _remove_instance(self, name: str, pool: Supervisor, index: int) -> None:
-        child = TreeBuilder.instance_name(index)
+        child = self._child(name, index)
         await pool.terminate_child(child)
         with contextlib.suppress(ChildNotFound):
             await pool.delete_child(child)
+        self._current.pop((name, index), None)
         self._update(name, functools.partial(_without_process, index=index))
 
     async def _new_instance_exit(self, name: str, indexes: range) -> tuple[int, str] | None:
@@ -735,6 +791,96 @@ class Orchestrator:
                         return index, process.last_exit or "exited"
                 await trio.sleep(SCALE_POLL)
         return None
+
+    async def reload(self, target: str) -> list[str]:
+        """Replace the processes of an app (or of all running apps) with zero downtime.
+
+        Each process is replaced in turn by a new one started beside it, from a
+        newly built spec (the config in force, secrets read again); only once the
+        new one is ready is the old one stopped, gracefully. So a pool of N keeps
+        N ready processes throughout (N + 1 for a moment), and a single process
+        keeps serving until its successor is ready. With ``sockets`` in the
+        config, old and new processes accept on the same daemon-owned sockets.
+
+        A stopped app named explicitly is started; ``"all"`` skips stopped apps.
+
+        Returns:
+            The names reloaded (or started).
+
+        Raises:
+            AppStartFailed: A new process did not become ready (it exited, or
+                missed ``startup_timeout``): that reload stops there, the process
+                it was to replace and every later one keep running untouched.
+        """
+        return await self._each_pool(target, self._reload_pool)
+
+    async def _reload_pool(self, name: str, pool: Supervisor) -> bool:
+        async with self._lock(name):
+            for index in range(self.apps[name].instances):
+                if self._stopped(name) or not await self._succeed(name, pool, index):
+                    return False  # stopped (or removed) meanwhile
+            self._remember(name, EventKind.RELOADED)
+            return True
+
+    async def _succeed(self, name: str, pool: Supervisor, index: int) -> bool:
+        """Start a successor of process ``index`` beside it; once it is ready, it
+        becomes process ``index`` and the old one is stopped.
+
+        Until the switch, the successor's events are held (the records still show
+        the old process); at the switch they are applied in order, and from then
+        on nothing the old process does changes the records (its stop, a late
+        exit: PL-10), since its name is no longer the instance's.
+
+        Returns:
+            ``False`` when the app was stopped meanwhile.
+
+        Raises:
+            AppStartFailed: The successor did not become ready (the old one stays).
+        """
+        self._successors += 1
+        successor = TreeBuilder.successor_name(index, self._successors)
+        spec = self._builder.instance(self.apps[name].config, index, child=successor)
+        path = (*pool.path, successor)
+        self._incoming[path] = []
+        try:
+            await pool.start_child(spec)
+        except _GONE as exc:
+            self._incoming.pop(path, None)
+            self._builder.places.pop(path, None)
+            if self._stopped(name) or not isinstance(exc, StartFailure):
+                return False
+            reason = exc.reason
+            error = f"instance {index}: reload: {reason}"
+            self._update(name, functools.partial(attrs.evolve, last_error=error))
+            self._remember(name, EventKind.RELOAD_FAILED, instance=index, reason=reason)
+            raise AppStartFailed(
+                f"{name}: the new instance {index} did not become ready ({reason}); the "
+                "reload stopped there: the running instances were kept and keep serving",
+                app=name,
+            ) from None
+        except BaseException:
+            # Cancelled while it started: take it down, the old one stays.
+            self._incoming.pop(path, None)
+            with trio.CancelScope(shield=True), contextlib.suppress(*_GONE):
+                await pool.terminate_child(successor)
+            raise
+        predecessor = self._child(name, index)
+        # The switch: the successor's events so far are applied at once (the
+        # records go from the old process online to the new one online).
+        self._current[(name, index)] = successor
+        old = new = self.apps[name]
+        held = self._incoming.pop(path)
+        for event in held:
+            new = self._applied(new, event, index)
+        self._commit(old, new, note=True)
+        for event in held:  # health probes follow the successor from now on
+            self._probe_hook(new, event, index)
+        with contextlib.suppress(ChildNotFound):
+            await pool.terminate_child(predecessor)
+            await pool.delete_child(predecessor)
+        if predecessor != TreeBuilder.instance_name(index):
+            self._builder.places.pop((*pool.path, predecessor), None)
+        return True
 
     def reset(self, target: str) -> list[str]:
         """Set the restart counters of an app (or all apps) and its processes to zero.
@@ -832,6 +978,7 @@ class Orchestrator:
             places=self._builder.places,
             leaf=self._leaf,
             secrets=self._secrets,
+            sockets=self.sockets.listen,
         )
         changed = [c.name for c in diff.changed]
         apps: dict[str, AppRecord] = {}

@@ -32,6 +32,7 @@ from supervision import (
     Intensity,
     InvalidSpec,
     InvalidSpecType,
+    Listen,
     Output,
     ProcessChild,
     Ready,
@@ -166,6 +167,8 @@ class TreeBuilder:
             tests in virtual time, with :mod:`supervision.testing`'s fake child).
         secrets: Where ``secret:NAME`` env values are resolved, each time a process
             spec is built (``None``: an app that uses a secret cannot start).
+        sockets: ``sockets(app)`` gives the daemon-owned listening sockets every
+            process of ``app`` is handed (see :mod:`._sockets`); none by default.
     """
 
     def __init__(
@@ -177,8 +180,10 @@ class TreeBuilder:
         places: dict[tuple[str, ...], Place] | None = None,
         leaf: Callable[[AppConfig, int], Any] | None = None,
         secrets: SecretStore | None = None,
+        sockets: Callable[[str], tuple[Listen, ...]] = lambda app: (),
     ) -> None:
         self.ecosystem = ecosystem
+        self.sockets = sockets
         self.home = home
         self._sink = sink
         self.secrets = secrets
@@ -253,16 +258,26 @@ class TreeBuilder:
         """The name of process ``index`` in its app's pool."""
         return str(index)
 
-    def instance(self, app: AppConfig, index: int) -> ChildSpec:
+    @staticmethod
+    def successor_name(index: int, generation: int) -> str:
+        """The name of the process that replaces process ``index`` in a reload: a
+        new child beside the running one (``0~3``), shown as instance ``index``."""
+        return f"{index}~{generation}"
+
+    def instance(self, app: AppConfig, index: int, *, child: str | None = None) -> ChildSpec:
         """Process ``index`` of ``app``'s pool, its secrets resolved now.
+
+        ``child`` names it in the pool (default :meth:`instance_name`; a reload
+        names the new process with :meth:`successor_name`): whatever its name, the
+        path maps to instance ``index`` in :attr:`places`.
 
         Raises:
             SecretsUnavailable: A secret it references cannot be resolved.
         """
-        child = self._process(app, index) if self._leaf is None else self._leaf(app, index)
-        name = self.instance_name(index)
+        process = self._process(app, index) if self._leaf is None else self._leaf(app, index)
+        name = self.instance_name(index) if child is None else child
         self.places[(self.ecosystem.project, app.name, name)] = Place(app.name, index)
-        return ChildSpec(name, child, restart=_RESTART[app.restart])
+        return ChildSpec(name, process, restart=_RESTART[app.restart])
 
     def _process(self, app: AppConfig, index: int) -> ProcessChild:
         assert app.command is not None
@@ -281,6 +296,7 @@ class TreeBuilder:
             stop_timeout=app.stop_timeout,
             stdout=Output.lines(self._sink(app.name, index, "out")),
             stderr=Output.lines(self._sink(app.name, index, "err")),
+            listen=self.sockets(app.name),
         )
 
     def _resolve_secrets(self, app: AppConfig) -> dict[str, str]:
