@@ -379,7 +379,8 @@ def _find_cycle(access: Mapping[str, Sequence[str]]) -> list[str] | None:
 def start_order(processes: Sequence[Process]) -> list[str]:
     """Process names ordered so that every process starts after those it accesses.
 
-    Among processes free to start, the definition order is kept. Names a process
+    Each next process is the first one, in definition order, whose providers
+    are all placed. Names a process
     accesses that are not in ``processes`` are ignored (validation reports them).
 
     Raises:
@@ -389,12 +390,13 @@ def start_order(processes: Sequence[Process]) -> list[str]:
     pending = {p.name: [a for a in p.topology.access if a in names] for p in processes}
     order: list[str] = []
     while pending:
-        ready = [n for n in names if n in pending and all(a in order for a in pending[n])]
-        if not ready:
+        ready = next(
+            (n for n in names if n in pending and all(a in order for a in pending[n])), None
+        )
+        if ready is None:
             raise ValueError(f"topology cycle among {', '.join(sorted(pending))}")
-        for name in ready:
-            order.append(name)
-            del pending[name]
+        order.append(ready)
+        del pending[ready]
     return order
 
 

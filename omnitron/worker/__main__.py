@@ -26,6 +26,10 @@ def main(argv: list[str]) -> int:
         sys.stdout.write(json.dumps(answer, default=str) + "\n")
         sys.stdout.flush()
         return code
+    if len(argv) == 3 and argv[0] == "serve":
+        from ._serve import main as serve_main
+
+        return serve_main(argv[1], argv[2])
     sys.stderr.write(USAGE)
     return 2
 
