@@ -38,6 +38,7 @@ __all__ = [
     "describe_environ",
     "describe_sync",
     "interpreter",
+    "read_answer",
     "read_description",
 ]
 
@@ -70,10 +71,14 @@ class WorkerProcess:
 
 @attrs.frozen
 class WorkerSlot:
-    """Which worker a flat instance index of an app stands for: ``index`` of ``process``."""
+    """Which worker a flat instance index of an app stands for: ``index`` of ``process``.
+
+    ``socket`` is where that worker listens, once the daemon built its process.
+    """
 
     process: str
     index: int
+    socket: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -166,35 +171,53 @@ def read_description(
         doc = json.loads(stdout.decode("utf-8", "replace") or "null")
     except ValueError:
         doc = None
-    if isinstance(doc, dict):
-        check: Callable[[Mapping[str, Any]], str | None]
-        if check_identity is None:
-            from omnitron._system import check_identity as worker_check
+    if returncode not in (0, 2) or not isinstance(doc, dict):
+        lines = [line for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+        last = lines[-1].strip() if lines else f"exit status {returncode}"
+        raise BootstrapInvalid(
+            [_issue(app, index, f"cannot be described with {interpreter(app)}: {last}")]
+        )
+    return read_answer(app, index, doc, check_identity=check_identity)
 
-            check = worker_check
-        else:
-            check = check_identity
-        mismatch = check(doc)
-        if mismatch is not None:
-            where = "python" if app.python else "bootstrap"
-            raise BootstrapInvalid([_issue(app, index, mismatch, where=where)], identity=True)
-    if returncode == 2 and isinstance(doc, dict) and isinstance(doc.get("errors"), list):
+
+def read_answer(
+    app: AppConfig,
+    index: int,
+    doc: Mapping[str, Any],
+    *,
+    check_identity: Callable[[Mapping[str, Any]], str | None] | None = None,
+) -> WorkerSystem:
+    """The system in ``describe``'s JSON answer ``doc`` (see :func:`read_description`).
+
+    Raises:
+        BootstrapInvalid: The identity check failed (``identity`` is set), or the
+            answer lists errors, or holds no system.
+    """
+    check: Callable[[Mapping[str, Any]], str | None]
+    if check_identity is None:
+        from omnitron._system import check_identity as worker_check
+
+        check = worker_check
+    else:
+        check = check_identity
+    mismatch = check(doc)
+    if mismatch is not None:
+        where = "python" if app.python else "bootstrap"
+        raise BootstrapInvalid([_issue(app, index, mismatch, where=where)], identity=True)
+    errors = doc.get("errors")
+    if isinstance(errors, list):
         issues = [
             _issue(
                 app,
                 index,
                 f"{e.get('path')}: {e.get('message')}" if e.get("path") else str(e.get("message")),
             )
-            for e in doc["errors"]
+            for e in errors
             if isinstance(e, dict)
         ]
         raise BootstrapInvalid(issues or [_issue(app, index, "invalid (no detail given)")])
-    if returncode != 0 or not isinstance(doc, dict) or not isinstance(doc.get("system"), dict):
-        lines = [line for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
-        last = lines[-1].strip() if lines else f"exit status {returncode}"
-        raise BootstrapInvalid(
-            [_issue(app, index, f"cannot be described with {interpreter(app)}: {last}")]
-        )
+    if not isinstance(doc.get("system"), dict):
+        raise BootstrapInvalid([_issue(app, index, "described without a system")])
     system = doc["system"]
     shared = {str(k): str(v) for k, v in (system.get("env") or {}).items()}
     entries = {
@@ -246,7 +269,7 @@ def describe_sync(
                 describe_command(app),
                 capture_output=True,
                 timeout=within,
-                cwd=app.cwd,
+                cwd=bootstrap_dir(app),
                 env=describe_environ(app),
                 check=False,
             )
@@ -265,6 +288,12 @@ def describe_sync(
     if issues:
         raise BootstrapInvalid(issues)
     return systems, mismatches
+
+
+def bootstrap_dir(app: AppConfig) -> str:
+    """Where ``describe`` runs: the bootstrap file's directory."""
+    assert app.bootstrap is not None
+    return os.fspath(app.bootstrap.parent)
 
 
 def describe_environ(app: AppConfig) -> dict[str, str]:

@@ -16,13 +16,11 @@ no longer offer it to the next call.
 from __future__ import annotations
 
 import collections
-import importlib
+import contextlib
 import itertools
 import math
-import os
 import re
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Annotated, Any
 
 import attrs
@@ -35,10 +33,9 @@ from ..config._bootstrap import (
     BootstrapInvalid,
     WorkerSlot,
     WorkerSystem,
-    cannot_run,
-    describe_command,
     describe_environ,
-    read_description,
+    interpreter,
+    read_answer,
 )
 from ..config._errors import ConfigIssue
 from ..rpc import (
@@ -55,6 +52,7 @@ from ..rpc import (
 from ..state import AppStatus
 from ._errors import AppNotFound, DaemonBusy, RequestRefused
 from ._records import AppRecord
+from ._workers import WorkerCallError, WorkerClient, open_worker_client
 
 __all__ = [
     "EXEC_ERRORS",
@@ -136,27 +134,18 @@ async def describe_app(
 
     Cancellation: the describing process is killed.
     """
+    from ._workers import DescribeError, describe_bootstrap
+
+    assert app.bootstrap is not None
     try:
-        with trio.fail_after(within):
-            done = await trio.run_process(
-                describe_command(app),
-                capture_stdout=True,
-                capture_stderr=True,
-                check=False,
-                cwd=os.fspath(app.cwd),
-                env=describe_environ(app),
-                stdin=None,
-            )
-    except trio.TooSlowError:
-        issue = ConfigIssue(
-            file=app.bootstrap,
-            path=f"apps[{index}].bootstrap",
-            message=f"not described within {within:g}s",
+        answer = await describe_bootstrap(
+            interpreter(app), app.bootstrap, within, env=describe_environ(app)
         )
+    except DescribeError as exc:
+        where = "python" if app.python else "bootstrap"
+        issue = ConfigIssue(file=app.bootstrap, path=f"apps[{index}].{where}", message=str(exc))
         raise BootstrapInvalid([issue]) from None
-    except OSError as exc:
-        raise BootstrapInvalid([cannot_run(app, index, exc)]) from None
-    return read_description(app, index, done.returncode, done.stdout, done.stderr)
+    return read_answer(app, index, answer)
 
 
 async def describe_ecosystem(
@@ -203,19 +192,20 @@ class ExecResult:
         }
 
 
-def _worker_api() -> tuple[Callable[[Path], Any], Any]:
-    """``open_worker_client`` and ``WorkerCallError`` of the worker runtime's client."""
-    workers = importlib.import_module("omnitron.daemon._workers")
-    return workers.open_worker_client, workers.WorkerCallError
-
-
 class _Link:
     """One open connection to a worker, held open by a task of the router."""
 
-    def __init__(self, client: Any, services: frozenset[str], scope: trio.CancelScope) -> None:
+    def __init__(self, client: WorkerClient, services: frozenset[str], scope: trio.CancelScope):
         self.client = client
         self.services = services
         self.scope = scope
+
+
+_Key = tuple[str, int, int]
+"""``(app, instance, pid)``: one process of an app (a reload gives an instance a new pid)."""
+
+RETRY_CODES = frozenset({"WORKER_UNREACHABLE", "UNAVAILABLE"})
+"""Worker errors that mean the call never ran there: it is offered to the next worker."""
 
 
 class Router:
@@ -223,32 +213,30 @@ class Router:
 
     Args:
         apps: Returns the live records (the orchestrator's ``apps``): the only
-            source of which instance is online, and of its pid.
+            source of which instance is online, its pid and its socket.
         systems: The described bootstrap of each module-worker app.
-        socket_of: ``socket_of(app, worker)``: the worker's socket path.
         connect: Opens a client of a worker's socket (an async context manager);
-            the worker runtime's ``open_worker_client`` by default.
+            :func:`~omnitron.daemon._workers.open_worker_client` by default.
     """
 
     def __init__(
         self,
         apps: Callable[[], Mapping[str, AppRecord]],
         systems: Mapping[str, WorkerSystem],
-        socket_of: Callable[[str, WorkerSlot], Path],
         *,
-        connect: Callable[[Path], Any] | None = None,
+        connect: Callable[[str], contextlib.AbstractAsyncContextManager[WorkerClient]]
+        | None = None,
     ) -> None:
         self._apps = apps
         self._systems = systems
-        self._socket_of = socket_of
-        self._connect = connect
+        self._connect = connect or open_worker_client
         self._nursery: trio.Nursery | None = None
-        self._links: dict[tuple[str, int, int], _Link] = {}
-        self._opening: dict[tuple[str, int, int], trio.Lock] = {}
+        self._links: dict[_Key, _Link] = {}
+        self._opening: dict[_Key, trio.Lock] = {}
         self._turn: dict[tuple[str, str], itertools.count[int]] = {}
-        self._inflight: collections.Counter[tuple[str, int]] = collections.Counter()
-        self._idle: dict[tuple[str, int], trio.Event] = {}
-        self._draining: set[tuple[str, int, int]] = set()
+        self._inflight: collections.Counter[_Key] = collections.Counter()
+        self._idle: dict[_Key, trio.Event] = {}
+        self._draining: set[_Key] = set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the connections to the workers until cancelled."""
@@ -259,10 +247,10 @@ class Router:
 
     # -------------------------------------------------------------- choosing
 
-    def _online(self, record: AppRecord, process: str) -> list[tuple[int, int]]:
-        """``(instance, pid)`` of each online, not draining worker of ``process``."""
+    def _online(self, record: AppRecord, process: str) -> list[tuple[int, int, WorkerSlot]]:
+        """``(instance, pid, worker)`` of each online, not draining worker of ``process``."""
         return [
-            (p.instance, p.pid)
+            (p.instance, p.pid, p.worker)
             for p in sorted(record.processes.values(), key=lambda p: p.instance)
             if p.worker is not None
             and p.worker.process == process
@@ -272,76 +260,78 @@ class Router:
         ]
 
     def _forget_gone(self, record: AppRecord) -> None:
+        """Close the connections to processes of ``record`` that are not in it any more."""
         live = {(record.name, p.instance, p.pid) for p in record.processes.values() if p.pid}
         for key in [k for k in self._links if k[0] == record.name and k not in live]:
             self._links.pop(key).scope.cancel()
+        self._draining = {k for k in self._draining if k[0] != record.name or k in live}
 
     async def _link(self, app: str, index: int, pid: int, worker: WorkerSlot) -> _Link:
+        """The open connection to that process (opened on first use).
+
+        Raises:
+            WorkerCallError: ``WORKER_UNREACHABLE``: nothing answered.
+        """
         key = (app, index, pid)
         link = self._links.get(key)
-        if link is not None:
+        if link is not None and not link.client.closed:
             return link
         lock = self._opening.setdefault(key, trio.Lock())
         async with lock:
             link = self._links.get(key)
-            if link is None:
+            if link is None or link.client.closed:
                 if self._nursery is None:
                     raise DaemonBusy("the router is not running yet")
-                link = await self._nursery.start(self._hold, self._socket_of(app, worker))
+                assert worker.socket is not None
+                link = await self._nursery.start(self._hold, worker.socket)
                 self._links[key] = link
             self._opening.pop(key, None)
             return link
 
-    async def _hold(self, path: Path, *, task_status: trio.TaskStatus[_Link]) -> None:
+    async def _hold(self, path: str, *, task_status: trio.TaskStatus[_Link]) -> None:
         """Connect to the worker at ``path``, learn its services, and keep the
-        connection open until :attr:`_Link.scope` is cancelled.
+        connection open until :attr:`_Link.scope` is cancelled or it closes.
 
         Raises:
-            ConnectionError: Nothing answered there within :data:`CONNECT_TIMEOUT`.
+            WorkerCallError: ``WORKER_UNREACHABLE``: nothing answered in time.
         """
-        open_client, call_error = _worker_api()
-        connect = self._connect or open_client
         started = False
         with trio.CancelScope(deadline=trio.current_time() + CONNECT_TIMEOUT) as scope:
             try:
-                async with connect(path) as client:
-                    services = await client.call("worker", "services", [], {}, CONNECT_TIMEOUT)
+                async with self._connect(path) as client:
+                    services = await client.builtin("services", timeout=CONNECT_TIMEOUT)
                     scope.deadline = math.inf
                     started = True
                     task_status.started(_Link(client, frozenset(services), scope))
                     await trio.sleep_forever()
-            except call_error as exc:
-                if started:
-                    return  # it went away: the next call finds it offline or reconnects
-                raise ConnectionError(f"worker at {path}: {exc}") from None
+            except WorkerCallError:
+                if not started:
+                    raise
         if not started:
-            raise ConnectionError(f"worker at {path} did not answer within {CONNECT_TIMEOUT:g}s")
+            raise WorkerCallError(
+                "WORKER_UNREACHABLE", f"the worker at {path} did not answer in time"
+            )
 
     async def _serving(self, record: AppRecord, system: WorkerSystem, service: str) -> str:
-        """The process entry of ``record``'s app that serves ``service``."""
+        """The process entry of ``record``'s app that serves ``service``, from the
+        services its online workers report (each asked once per process)."""
         known: dict[str, frozenset[str]] = {}
         for process in system.processes:
-            for index, pid in self._online(record, process.name):
+            for index, pid, worker in self._online(record, process.name):
                 link = self._links.get((record.name, index, pid))
-                if link is not None:
-                    known[process.name] = link.services
-                    break
-        for process in system.processes:
-            if process.name in known:
-                continue
-            for index, pid in self._online(record, process.name):
-                worker = record.processes[index].worker
-                assert worker is not None
-                try:
-                    known[process.name] = (
-                        await self._link(record.name, index, pid, worker)
-                    ).services
-                    break
-                except (OSError, trio.TooSlowError, RemoteError) as exc:
-                    log.warning(
-                        "worker_unreachable", app=record.name, instance=index, error=str(exc)
-                    )
-        for process in system.processes:
+                if link is None:
+                    try:
+                        link = await self._link(record.name, index, pid, worker)
+                    except WorkerCallError as exc:
+                        log.warning(
+                            "worker_unreachable",
+                            app=record.name,
+                            instance=index,
+                            error=exc.message,
+                        )
+                        continue
+                known[process.name] = link.services
+                break
             if service in known.get(process.name, ()):
                 return process.name
         offered = sorted({s for services in known.values() for s in services})
@@ -454,35 +444,40 @@ class Router:
         kwargs: dict[str, Any],
         within: float,
     ) -> ExecResult:
+        """Call the next online worker of ``process``; one that turns out to be
+        unreachable or stopping (the call did not run there) passes it on."""
         turn = self._turn.setdefault((app, process), itertools.count())
-        record = self._apps()[app]
-        candidates = self._online(record, process)
+        candidates = self._online(self._apps()[app], process)
         if not candidates:
             raise DaemonBusy(f"app {app!r}: no online worker of process {process!r}; try again")
         start = next(turn)
+        last: WorkerCallError | None = None
         for offset in range(len(candidates)):
-            index, pid = candidates[(start + offset) % len(candidates)]
+            index, pid, worker = candidates[(start + offset) % len(candidates)]
             if (app, index, pid) in self._draining:
                 continue
-            worker = record.processes[index].worker
-            assert worker is not None
             try:
                 link = await self._link(app, index, pid, worker)
-            except (OSError, trio.TooSlowError) as exc:
-                # Nothing was sent: the next instance may take it.
-                log.warning("worker_unreachable", app=app, instance=index, error=str(exc))
+                result = await self._send(
+                    (app, index, pid), link, service, method, args, kwargs, within
+                )
+            except WorkerCallError as exc:
+                if exc.code not in RETRY_CODES:
+                    raise _remote(exc, index, pid) from None
+                log.info("worker_passed_on", app=app, instance=index, pid=pid, code=exc.code)
+                last = exc
                 continue
-            result = await self._send(app, index, pid, link, service, method, args, kwargs, within)
             return ExecResult(result=result, process=process, instance=worker.index, pid=pid)
+        assert last is not None or not candidates
         raise DaemonBusy(
-            f"app {app!r}: no worker of process {process!r} could be reached; try again"
+            f"app {app!r}: no worker of process {process!r} took the call"
+            + (f" ({last.message})" if last is not None else "")
+            + "; try again"
         )
 
     async def _send(
         self,
-        app: str,
-        index: int,
-        pid: int,
+        key: _Key,
         link: _Link,
         service: str,
         method: str,
@@ -490,22 +485,13 @@ class Router:
         kwargs: dict[str, Any],
         within: float,
     ) -> Any:
-        _, call_error = _worker_api()
-        key = (app, index)
         self._inflight[key] += 1
         try:
-            with trio.move_on_after(within + REPLY_GRACE):
-                return await link.client.call(service, method, args, kwargs, within)
-            raise RemoteTimeout(
-                f"{service}.{method} did not answer within {within:g}s",
-                data={"instance": index, "pid": pid},
-            )
-        except call_error as exc:
-            cls = _BY_CODE.get(exc.code, AppError)
-            data = {"type": exc.type, "traceback": exc.traceback, "instance": index, "pid": pid}
+            return await link.client.call(service, method, args, kwargs, timeout=within)
+        except WorkerCallError as exc:
             if exc.code == "WORKER_EXITED":
-                self._links.pop((app, index, pid), link).scope.cancel()
-            raise cls(exc.message, data={k: v for k, v in data.items() if v is not None}) from None
+                self._links.pop(key, link).scope.cancel()
+            raise
         finally:
             self._inflight[key] -= 1
             if self._inflight[key] <= 0:
@@ -516,31 +502,34 @@ class Router:
 
     # -------------------------------------------------------------- draining
 
-    async def drain(self, app: str, index: int, *, within: float = DRAIN_TIMEOUT) -> bool:
-        """Send no more calls to the process now running instance ``index`` of ``app``
-        and wait (at most ``within`` seconds) until its calls in flight are answered.
+    async def drain(self, app: str, index: int, pid: int, *, within: float = DRAIN_TIMEOUT) -> bool:
+        """Send no more calls to process ``pid`` (instance ``index`` of ``app``) and
+        wait, at most ``within`` seconds, until its calls in flight are answered.
 
-        Only that process is taken out of rotation: the next one started as the same
-        instance (a new pid) takes calls as soon as it is online.
+        Call it before stopping a process that another one replaced: the calls it
+        is running end normally, and no new one reaches it.
 
         Returns:
             Whether its calls in flight ended in time.
         """
-        record = self._apps().get(app)
-        process = None if record is None else record.processes.get(index)
-        if process is not None and process.pid is not None:
-            self._draining.add((app, index, process.pid))
-        key = (app, index)
+        key = (app, index, pid)
+        self._draining.add(key)
         with trio.move_on_after(within):
             while self._inflight.get(key):
-                event = self._idle.setdefault(key, trio.Event())
-                await event.wait()
+                await self._idle.setdefault(key, trio.Event()).wait()
             return True
         return False
 
     def in_flight(self, app: str) -> int:
         """How many calls to ``app``'s workers are waiting for their answer."""
-        return sum(count for (name, _), count in self._inflight.items() if name == app)
+        return sum(count for (name, _, _), count in self._inflight.items() if name == app)
+
+
+def _remote(exc: WorkerCallError, index: int, pid: int) -> RemoteError:
+    """The control plane's error for a worker's ``exc`` (type and traceback in ``data``)."""
+    cls = _BY_CODE.get(exc.code, AppError)
+    data = {"type": exc.type, "traceback": exc.traceback, "instance": index, "pid": pid}
+    return cls(exc.message, data={k: v for k, v in data.items() if v is not None})
 
 
 # ---------------------------------------------------------------------- the workers' socket

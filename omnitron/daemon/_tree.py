@@ -19,7 +19,6 @@ across apps, within the limits of ``[supervision]``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from collections.abc import Callable
@@ -271,22 +270,36 @@ class TreeBuilder:
         """The name of process ``index`` in its app's pool."""
         return str(index)
 
-    def instance(self, app: AppConfig, index: int) -> ChildSpec:
+    @staticmethod
+    def successor_name(index: int, generation: int) -> str:
+        """The name of the process that replaces process ``index`` in a reload: a
+        new child beside the running one (``0~3``), shown as instance ``index``."""
+        return f"{index}~{generation}"
+
+    def instance(self, app: AppConfig, index: int, *, child: str | None = None) -> ChildSpec:
         """Process ``index`` of ``app``'s pool, its secrets resolved now.
+
+        ``child`` names it in the pool (default :meth:`instance_name`; a reload
+        names the new process with :meth:`successor_name`): whatever its name, the
+        path maps to instance ``index`` in :attr:`places`.
 
         Raises:
             SecretsUnavailable: A secret it references cannot be resolved.
         """
+        name = self.instance_name(index) if child is None else child
         worker = self.worker_slot(app, index)
+        if worker is not None:
+            worker = attrs.evolve(
+                worker, socket=os.fspath(self.socket_path(app.name, worker, name))
+            )
         if self._leaf is not None:
-            child = self._leaf(app, index)
+            process = self._leaf(app, index)
         elif worker is not None:
-            child = self._worker(app, index, worker)
+            process = self._worker(app, index, worker)
         else:
-            child = self._process(app, index)
-        name = self.instance_name(index)
+            process = self._process(app, index)
         self.places[(self.ecosystem.project, app.name, name)] = Place(app.name, index, worker)
-        return ChildSpec(name, child, restart=_RESTART[app.restart])
+        return ChildSpec(name, process, restart=_RESTART[app.restart])
 
     def _process(self, app: AppConfig, index: int) -> ProcessChild:
         assert app.command is not None
@@ -329,19 +342,22 @@ class TreeBuilder:
         """The daemon's socket for workers' calls to other processes: ``HOME/run/router.sock``."""
         return self.home / "run" / "router.sock"
 
-    def socket_path(self, app: str, worker: WorkerSlot) -> Path:
-        """Where ``worker`` of ``app`` serves the daemon: ``HOME/run/APP/PROCESS.I.sock``,
-        or a hashed name under ``HOME/run`` when that would be too long for a Unix
-        socket.
+    def socket_path(self, app: str, worker: WorkerSlot, child: str | None = None) -> Path:
+        """Where ``worker`` of ``app`` serves the daemon: ``HOME/run/APP/PROCESS.I.sock``
+        (``PROCESS.I~G.sock`` for the process that replaces it in a reload, so
+        both serve side by side), or a hashed name under ``HOME/run`` when that
+        would be too long for a Unix socket.
 
         Raises:
             UnsupportedApp: Even the short form is too long (a very deep home).
         """
         run = self.home / "run"
-        path = run / app / f"{worker.process}.{worker.index}.sock"
+        generation = (child or "").partition("~")[2]
+        stem = f"{worker.process}.{worker.index}" + (f"~{generation}" if generation else "")
+        path = run / app / f"{stem}.sock"
         if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
             return path
-        digest = hashlib.blake2s(f"{app}/{worker.process}/{worker.index}".encode(), digest_size=8)
+        digest = hashlib.blake2s(f"{app}/{stem}".encode(), digest_size=8)
         path = run / f"w{digest.hexdigest()}.sock"
         if len(os.fsencode(path)) > MAX_SOCKET_PATH:
             raise UnsupportedApp(
@@ -352,11 +368,11 @@ class TreeBuilder:
 
     def _worker(self, app: AppConfig, index: int, worker: WorkerSlot) -> ProcessChild:
         assert app.bootstrap is not None
+        assert worker.socket is not None
         process = self.systems[app.name].process(worker.process)
-        socket = self.socket_path(app.name, worker)
+        socket = Path(worker.socket)
+        # The worker removes a stale socket file (one left by a killed worker) itself.
         socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            socket.unlink()  # left by a worker that was killed
         env = {
             **app.env,
             **process.env,
@@ -364,6 +380,7 @@ class TreeBuilder:
             **marker_environ(self.home, app.name, index),
             ENV_WORKER_SOCKET: os.fspath(socket),
             ENV_ROUTER_SOCKET: os.fspath(self.router_socket),
+            "OMNITRON_STOP_TIMEOUT": f"{app.stop_timeout:g}",
             "PYTHONUNBUFFERED": "1",
         }
         argv = [process.python or interpreter(app), "-m", "omnitron.worker", "serve"]

@@ -55,9 +55,16 @@ def test_one_child_per_worker_providers_first(tmp_path: Path) -> None:
     assert isinstance(pool, SupervisorSpec)
     assert [c.name for c in pool.children] == ["0", "1", "2"]
     home = tmp_path / "home"
-    assert tree.places[("p", "shop", "0")] == Place("shop", 0, WorkerSlot("users", 0))
-    assert tree.places[("p", "shop", "1")] == Place("shop", 1, WorkerSlot("users", 1))
-    assert tree.places[("p", "shop", "2")] == Place("shop", 2, WorkerSlot("billing", 0))
+    run = home / "run" / "shop"
+    assert tree.places[("p", "shop", "0")] == Place(
+        "shop", 0, WorkerSlot("users", 0, str(run / "users.0.sock"))
+    )
+    assert tree.places[("p", "shop", "1")] == Place(
+        "shop", 1, WorkerSlot("users", 1, str(run / "users.1.sock"))
+    )
+    assert tree.places[("p", "shop", "2")] == Place(
+        "shop", 2, WorkerSlot("billing", 0, str(run / "billing.0.sock"))
+    )
     for index, child in enumerate(c.child for c in pool.children):
         assert isinstance(child, ProcessChild)
         slot = SYSTEM.slots[index]
@@ -80,7 +87,20 @@ def test_one_child_per_worker_providers_first(tmp_path: Path) -> None:
         assert child.env["OMNITRON_APP"] == "shop"
         assert child.env["LOG"] == "1"
         assert child.env.get("CURRENCY") == ("EUR" if slot.process == "billing" else None)
+        assert child.env["OMNITRON_STOP_TIMEOUT"] == "3"
     assert (home / "run" / "shop").stat().st_mode & 0o777 == 0o700
+
+
+def test_the_successor_of_a_worker_in_a_reload_listens_beside_it(tmp_path: Path) -> None:
+    tree, app = builder(tmp_path)
+    first = tree.instance(app, 1)
+    successor = tree.instance(app, 1, child=TreeBuilder.successor_name(1, 7))
+    sockets = [tree.places[("p", "shop", spec.name)].worker for spec in (first, successor)]
+    run = tmp_path / "home" / "run" / "shop"
+    assert [w.socket if w else None for w in sockets] == [
+        str(run / "users.1.sock"),
+        str(run / "users.1~7.sock"),
+    ]
 
 
 def test_a_process_with_its_own_interpreter_runs_it(tmp_path: Path) -> None:
