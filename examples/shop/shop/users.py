@@ -44,6 +44,7 @@ class Users:
     @public
     async def sleep(self, seconds: float) -> float:
         """Wait ``seconds`` (to see timeouts and draining)."""
+        print(f"sleeping {seconds}s in pid {os.getpid()}", flush=True)
         await trio.sleep(seconds)
         return seconds
 
