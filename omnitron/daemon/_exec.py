@@ -237,6 +237,11 @@ class Router:
         self._inflight: collections.Counter[_Key] = collections.Counter()
         self._idle: dict[_Key, trio.Event] = {}
         self._draining: set[_Key] = set()
+        self._drains = 0  # changes each time a process starts draining
+        # Per-call work done once per record (records are immutable: a new one is a change).
+        self._candidates: dict[tuple[str, str], tuple[AppRecord, int, list[Any]]] = {}
+        self._seen: dict[str, AppRecord] = {}
+        self._served: dict[tuple[str, str], tuple[WorkerSystem, str]] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the connections to the workers until cancelled."""
@@ -248,8 +253,13 @@ class Router:
     # -------------------------------------------------------------- choosing
 
     def _online(self, record: AppRecord, process: str) -> list[tuple[int, int, WorkerSlot]]:
-        """``(instance, pid, worker)`` of each online, not draining worker of ``process``."""
-        return [
+        """``(instance, pid, worker)`` of each online, not draining worker of ``process``
+        (computed once per record and drain: records are immutable)."""
+        key = (record.name, process)
+        cached = self._candidates.get(key)
+        if cached is not None and cached[0] is record and cached[1] == self._drains:
+            return cached[2]
+        online = [
             (p.instance, p.pid, p.worker)
             for p in sorted(record.processes.values(), key=lambda p: p.instance)
             if p.worker is not None
@@ -258,12 +268,20 @@ class Router:
             and p.pid is not None
             and (record.name, p.instance, p.pid) not in self._draining
         ]
+        self._candidates[key] = (record, self._drains, online)
+        return online
 
     def _forget_gone(self, record: AppRecord) -> None:
         """Close the connections to processes of ``record`` that are not in it any more."""
+        if self._seen.get(record.name) is record:
+            return
+        self._seen[record.name] = record
         live = {(record.name, p.instance, p.pid) for p in record.processes.values() if p.pid}
-        for key in [k for k in self._links if k[0] == record.name and k not in live]:
+        gone = [k for k in self._links if k[0] == record.name and k not in live]
+        for key in gone:
             self._links.pop(key).scope.cancel()
+        if gone:  # replaced processes may serve other services
+            self._served = {k: v for k, v in self._served.items() if k[0] != record.name}
         self._draining = {k for k in self._draining if k[0] != record.name or k in live}
 
     async def _link(self, app: str, index: int, pid: int, worker: WorkerSlot) -> _Link:
@@ -315,6 +333,9 @@ class Router:
     async def _serving(self, record: AppRecord, system: WorkerSystem, service: str) -> str:
         """The process entry of ``record``'s app that serves ``service``, from the
         services its online workers report (each asked once per process)."""
+        cached = self._served.get((record.name, service))
+        if cached is not None and cached[0] is system:
+            return cached[1]
         known: dict[str, frozenset[str]] = {}
         for process in system.processes:
             for index, pid, worker in self._online(record, process.name):
@@ -333,6 +354,7 @@ class Router:
                 known[process.name] = link.services
                 break
             if service in known.get(process.name, ()):
+                self._served[(record.name, service)] = (system, process.name)
                 return process.name
         offered = sorted({s for services in known.values() for s in services})
         raise MethodNotFound(
@@ -514,6 +536,7 @@ class Router:
         """
         key = (app, index, pid)
         self._draining.add(key)
+        self._drains += 1
         with trio.move_on_after(within):
             while self._inflight.get(key):
                 await self._idle.setdefault(key, trio.Event()).wait()
