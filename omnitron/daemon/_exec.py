@@ -356,6 +356,8 @@ class Router:
             if service in known.get(process.name, ()):
                 self._served[(record.name, service)] = (system, process.name)
                 return process.name
+        if not known:
+            raise DaemonBusy(f"app {record.name!r} has no online worker; try again")
         offered = sorted({s for services in known.values() for s in services})
         raise MethodNotFound(
             f"app {record.name!r} has no service {service!r} "
