@@ -326,3 +326,53 @@ def test_exec_loses_no_call_during_a_reload_of_a_three_worker_pool(omnitron: Omn
     assert set(answered) & before  # the old workers served during the reload
     assert set(answered) & after  # and the new ones after it
     assert len(answered) > 50
+
+
+# --------------------------------------------------------------------------- roles, audit
+
+
+def test_exec_is_an_operator_call_and_is_audited(omnitron: Omnitron, tmp_path: Path) -> None:
+    """AU-23 / AU-25 over the TLS plane: a viewer is refused, an operator's call and
+    the refusal each leave one audit record naming the app, never the arguments."""
+    from test_planes_e2e import free_port
+
+    tcp = free_port()
+    started = shop(omnitron, users=1).ok("up", "--tcp", f"127.0.0.1:{tcp}")
+    fingerprint = re.search(r"certificate fingerprint: (SHA256:\S+)", started.stderr)
+    assert fingerprint, started.stderr
+    tokens = {}
+    for role in ("viewer", "operator"):
+        path = tmp_path / f"{role}.token"
+        path.write_text(omnitron.ok("auth", "token", "--role", role, "--subject", role).stdout)
+        tokens[role] = path
+    remote = ["--url", f"tls://127.0.0.1:{tcp}", "--fingerprint", fingerprint.group(1)]
+
+    refused = omnitron.run(
+        *remote, "--token-file", str(tokens["viewer"]), "exec", "shop", "users", "find_by_id", "u_1"
+    )
+    assert refused.returncode == 1
+    assert "method daemon.exec requires role operator" in refused.stderr
+    allowed = omnitron.run(
+        *remote,
+        "--token-file",
+        str(tokens["operator"]),
+        "exec",
+        "shop",
+        "users",
+        "find_by_id",
+        "u_2",
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout)["name"] == "Grace"
+
+    log = (Path(omnitron.home) / "logs" / "daemon.log").read_text()
+    audits = [
+        line for line in log.splitlines() if "event='audit'" in line and "daemon.exec" in line
+    ]
+    assert len(audits) == 2, audits
+    assert "subject='viewer'" in audits[0]
+    assert "result='FORBIDDEN'" in audits[0]
+    assert "subject='operator'" in audits[1]
+    assert "result='ok'" in audits[1]
+    assert all("target='shop'" in a for a in audits)
+    assert not any("u_1" in a or "u_2" in a for a in audits)  # never the arguments
