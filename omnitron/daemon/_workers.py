@@ -16,6 +16,7 @@ PAYLOAD_TOO_LARGE the arguments exceed the frame limit (nothing was sent)
 WORKER_EXITED  the connection closed before the reply (the worker died)
 UNAVAILABLE    the worker is stopping
 WORKER_UNREACHABLE nothing answers on the worker's socket
+PROTOCOL_MISMATCH the worker speaks another worker protocol (on connecting)
 ============== =============================================================
 
 :func:`describe_bootstrap` runs ``python -m omnitron.worker describe`` with an
@@ -35,6 +36,7 @@ from typing import Any, Final
 
 import trio
 
+from .._system import check_identity
 from ..errors import OmnitronError
 from ..rpc import ConnectionLost, ProtocolError, RemoteError, RpcClient
 from ..rpc._client import open_client
@@ -52,6 +54,8 @@ __all__ = [
 TIMEOUT_GRACE: Final = 1.0
 """Seconds the client waits past ``timeout`` for the worker's own TIMEOUT reply
 before giving up on its own (a blocking sync method cannot be cancelled)."""
+HELLO_TIMEOUT: Final = 10.0
+"""Seconds the worker has to answer ``worker.hello`` when a client connects."""
 DESCRIBE_OUTPUT_MAX: Final = 1 << 20
 """Bytes of ``describe`` output read; more is an error."""
 STDERR_TAIL: Final = 4096
@@ -112,6 +116,8 @@ class WorkerClient:
     def __init__(self, rpc: RpcClient, path: str) -> None:
         self._rpc = rpc
         self.path = path
+        self.identity: dict[str, Any] = {}
+        """The worker's ``worker.hello`` answer, read when the connection opened."""
 
     @property
     def closed(self) -> bool:
@@ -196,8 +202,13 @@ class WorkerClient:
 async def open_worker_client(path: str | os.PathLike[str]) -> AsyncIterator[WorkerClient]:
     """Connect to the worker listening on ``path``; closed when the block exits.
 
+    Opening calls ``worker.hello`` (kept as :attr:`WorkerClient.identity`) and
+    checks the worker's protocol with :func:`omnitron._system.check_identity`.
+
     Raises:
-        WorkerCallError: ``WORKER_UNREACHABLE`` if nothing answers on ``path``.
+        WorkerCallError: ``WORKER_UNREACHABLE`` if nothing answers on ``path``;
+            ``PROTOCOL_MISMATCH`` (the message names both versions and the
+            worker's interpreter); or the hello call's own failure.
     """
     text = check_socket_path(path)
     try:
@@ -208,7 +219,14 @@ async def open_worker_client(path: str | os.PathLike[str]) -> AsyncIterator[Work
             "WORKER_UNREACHABLE", f"cannot connect to the worker at {text}: {reason}"
         ) from None
     async with open_client(stream, address=text) as rpc:
-        yield WorkerClient(rpc, text)
+        client = WorkerClient(rpc, text)
+        # The first request also meets the worker's hello deadline, and a worker
+        # speaking another protocol is refused before any call goes to it.
+        client.identity = await client.hello(timeout=HELLO_TIMEOUT)
+        problem = check_identity(client.identity)
+        if problem is not None:
+            raise WorkerCallError("PROTOCOL_MISMATCH", problem)
+        yield client
 
 
 async def _read_bounded(stream: trio.abc.ReceiveStream, limit: int) -> tuple[bytes, bool]:

@@ -68,6 +68,21 @@ def _unwrap(attribute: object) -> object:
     return attribute
 
 
+def _signature(function: Callable[..., Any]) -> inspect.Signature:
+    """The signature with string annotations evaluated where they resolve (for display)."""
+    try:
+        return inspect.signature(function, eval_str=True)
+    except Exception:
+        return inspect.signature(function)
+
+
+def _mark(raw: object, function: object, mark: str) -> object:
+    """A decorator's mark, whether it was put on the function or on its
+    ``staticmethod``/``classmethod`` wrapper (decorators applied in either order)."""
+    value = getattr(raw, mark, None)
+    return value if value is not None else getattr(function, mark, None)
+
+
 def _class_members(cls: type) -> dict[str, object]:
     """The class's own and inherited attributes, the most derived definition winning."""
     members: dict[str, object] = {}
@@ -116,7 +131,7 @@ def discover(module: ModuleType) -> Discovered:
         for attr_name, raw in _class_members(cls).items():
             function = _unwrap(raw)
             bound = None
-            if getattr(function, PUBLIC_MARK, False) is True:
+            if _mark(raw, function, PUBLIC_MARK) is True:
                 if not METHOD_NAME.fullmatch(attr_name):
                     raise DiscoveryError(
                         f"{cls.__qualname__}.{attr_name}: a @public method name is a "
@@ -132,11 +147,11 @@ def discover(module: ModuleType) -> Discovered:
                     service=service_name,
                     name=attr_name,
                     function=bound,
-                    signature=inspect.signature(bound),
+                    signature=_signature(bound),
                     is_async=inspect.iscoroutinefunction(bound),
                 )
                 methods[method.full_name] = method
-            kind = getattr(function, LIFECYCLE_MARK, None)
+            kind = _mark(raw, function, LIFECYCLE_MARK)
             if kind in steps:
                 bound = bound or getattr(instance, attr_name)
                 label = f"{service_name}.{attr_name}"

@@ -56,7 +56,7 @@ from ..rpc._unix import serve_unix
 from ..rpc._wire import DEFAULT_LIMITS
 from ._api import WorkerInfo, set_current_worker
 from ._bootstrap import BootstrapError, load_bootstrap
-from ._discover import Discovered, DiscoveryError, PublicMethod, Step, discover
+from ._discover import Discovered, PublicMethod, Step, discover
 
 __all__ = [
     "AppError",
@@ -418,10 +418,6 @@ def _stop_timeout() -> float:
     return value if math.isfinite(value) and value > 0 else DEFAULT_STOP_TIMEOUT
 
 
-class _StartupFailed(Exception):
-    pass
-
-
 async def run_worker(worker: Worker, socket_path: str) -> int:
     """Start, serve until SIGTERM/SIGINT, stop; the exit code."""
     stop = trio.Event()
@@ -451,7 +447,7 @@ async def _serve_until_stopped(
             module = importlib.import_module(worker.process.module)
             worker.found = discover(module)
             await worker.run_steps(worker.found.on_start, "on_start", strict=True)
-        except (Exception, DiscoveryError) as exc:
+        except Exception as exc:  # DiscoveryError, ImportError, a hook's or step's error
             _report(f"process {worker.process.name} failed to start", exc)
             return 1
     if stop.is_set():

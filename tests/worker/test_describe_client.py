@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import trio
 from conftest import BOOTSTRAP
 
+from omnitron import __version__
 from omnitron._system import PROTOCOL_VERSION, check_identity
 from omnitron.daemon._workers import DescribeError, describe_bootstrap
 
@@ -82,3 +84,15 @@ async def test_describe_output_is_bounded(tmp_path: Path) -> None:
     python = _script(tmp_path, "exec head -c 3000000 /dev/zero\n")
     with trio.fail_after(30), pytest.raises(DescribeError, match="printed more than 1048576"):
         await describe_bootstrap(python, BOOTSTRAP, 30)
+
+
+async def test_a_worker_speaking_another_protocol_is_named(tmp_path: Path) -> None:
+    answer = {"protocol": 99, "omnitron": "9.0.0", "python": "/opt/app/.venv/bin/python"}
+    python = _script(tmp_path, f"echo '{json.dumps(answer)}'\n")
+    described = await describe_bootstrap(python, BOOTSTRAP, 30)
+    message = check_identity(described)
+    assert message is not None
+    assert "9.0.0" in message
+    assert "worker protocol 99" in message
+    assert "/opt/app/.venv/bin/python" in message
+    assert f"this daemon's omnitron is {__version__}" in message

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import msgpack
@@ -18,6 +21,7 @@ from conftest import BOOTSTRAP, PROJECT, running_worker
 from omnitron import __version__
 from omnitron._system import PROTOCOL_VERSION, check_identity
 from omnitron.daemon._workers import WorkerCallError, open_worker_client
+from omnitron.rpc import Call, Dispatcher, Role, open_unix_server
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +39,8 @@ async def test_hello_services_and_identity() -> None:
             "instance": 3,
         }
         assert check_identity(hello) is None
+        assert client.identity == hello
+        assert stat.S_IMODE(os.stat(worker.socket).st_mode) == 0o600
         services = await client.builtin("services")
         assert list(services) == ["calc"]
         assert "async add(a: int, b: int = 0, *, scale: int = 1) -> int" in services["calc"]
@@ -161,6 +167,19 @@ async def test_a_hanging_call_times_out_and_the_next_succeeds() -> None:
         assert await client.call("calc", "add", [2], {"b": 2}) == 4
 
 
+async def test_a_blocked_sync_method_times_out_on_the_client_side() -> None:
+    async with running_worker() as worker, open_worker_client(worker.socket) as client:
+        # A sync method cannot be cancelled in the worker: the client gives up at
+        # timeout + TIMEOUT_GRACE on its own, and the connection stays usable.
+        with trio.fail_after(30), pytest.raises(WorkerCallError) as info:
+            await client.call("calc", "block", [3], timeout=0.2)
+        assert info.value.code == "TIMEOUT"
+        assert "the worker is blocked" in info.value.message
+        assert not client.closed
+        with trio.fail_after(30):
+            assert await client.call("calc", "add", [7], timeout=20) == 7
+
+
 async def test_calls_are_pipelined_on_one_connection() -> None:
     results: list[int] = []
     async with running_worker() as worker, open_worker_client(worker.socket) as client:
@@ -208,6 +227,7 @@ async def test_sigterm_drains_calls_and_runs_the_stop_steps_in_order() -> None:
         assert worker.events() == [
             "system.before_start",
             "process.before_start",
+            "module.on_start",
             "calc.on_start",
             "process.after_start",
             "system.after_start",
@@ -226,7 +246,7 @@ async def test_sigterm_drains_calls_and_runs_the_stop_steps_in_order() -> None:
                 code = await worker.process.wait()
         assert code == 0
         assert replies == ["done"]  # the in-flight call finished and was answered
-        assert worker.events()[5:] == [
+        assert worker.events()[6:] == [
             "system.before_stop",
             "process.before_stop",
             "calc.slow done",
@@ -370,3 +390,34 @@ async def test_a_third_party_msgpack_rpc_client_calls_a_worker(tmp_path: Path) -
     assert out["error"]["data"]["type"] == "ValueError"
     assert "Traceback" in out["error"]["data"]["traceback"]
     assert out["unknown"]["code"] == "METHOD_NOT_FOUND"
+
+
+async def test_connecting_to_a_worker_of_another_protocol_is_refused(tmp_path: Path) -> None:
+    dispatcher = Dispatcher(ping=False)
+
+    async def hello(call: Call) -> dict[str, object]:
+        await trio.lowlevel.checkpoint()
+        return {"protocol": 99, "omnitron": "9.0.0", "python": "/old/venv/bin/python"}
+
+    dispatcher.register("worker.hello", hello, role=Role.OPERATOR)
+    directory = Path(tempfile.mkdtemp(prefix="ow-", dir="/tmp"))  # mode 0700
+    try:
+        path = str(directory / "old.sock")
+        async with open_unix_server(path, dispatcher):
+            with pytest.raises(WorkerCallError) as info:
+                async with open_worker_client(path):
+                    raise AssertionError("the client must not be handed out")
+        assert info.value.code == "PROTOCOL_MISMATCH"
+        assert "9.0.0" in info.value.message
+        assert "/old/venv/bin/python" in info.value.message
+        assert f"this daemon's omnitron is {__version__}" in info.value.message
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_connecting_where_nothing_listens(tmp_path: Path) -> None:
+    with pytest.raises(WorkerCallError) as info:
+        async with open_worker_client(tmp_path / "none.sock"):
+            pass
+    assert info.value.code == "WORKER_UNREACHABLE"
+    assert str(tmp_path / "none.sock") in info.value.message

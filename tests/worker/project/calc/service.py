@@ -1,11 +1,18 @@
 """The calc service: sync and async methods, failures, hangs, big values."""
 
 import os
+import time
 
 import trio
 
 from calc.hooks import record
 from omnitron.worker import health_check, on_start, on_stop, public, service
+
+
+@on_start
+def module_started() -> None:
+    """A module-level step: runs before the services' own."""
+    record("module.on_start")
 
 
 @service("calc")
@@ -61,6 +68,12 @@ class Calc:
             self.all_here.set()
         await self.all_here.wait()
         return self.arrived
+
+    @public
+    def block(self, seconds: float) -> str:
+        """A sync method that blocks the worker's loop (what not to do)."""
+        time.sleep(seconds)
+        return "unblocked"
 
     @public
     def big(self, size: int) -> str:
