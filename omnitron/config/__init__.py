@@ -35,6 +35,7 @@ from ._model import ReadyConfig as ReadyConfig
 from ._model import ReadyKind as ReadyKind
 from ._model import Restart as Restart
 from ._model import RestartPolicy as RestartPolicy
+from ._model import SocketConfig as SocketConfig
 from ._model import StackAppOverride as StackAppOverride
 from ._model import StackConfig as StackConfig
 from ._model import Strategy as Strategy
@@ -68,6 +69,7 @@ __all__ = [
     "RestartPolicy",
     "ReadyConfig",
     "HealthConfig",
+    "SocketConfig",
     "WatchConfig",
     "StackConfig",
     "StackAppOverride",

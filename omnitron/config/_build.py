@@ -7,6 +7,9 @@ its line. Only when nothing is wrong are the records returned.
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +55,9 @@ from ._model import (
     MetricsConfig,
     MonitoringConfig,
     ReadyConfig,
+    ReadyKind,
     RestartPolicy,
+    SocketConfig,
     StackAppOverride,
     StackConfig,
     Strategy,
@@ -228,6 +233,102 @@ def build_ready(ctx: BuildContext, path: Path_, value: object) -> ReadyConfig:
     return ReadyConfig.notify(read(ctx, raw, sub, "watchdog", p_duration(positive=True), None))
 
 
+_SOCKET_NAME = re.compile(r"[A-Za-z0-9_.-]{1,255}")
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+_UNIX_PATH_MAX = 107
+
+
+def _socket_name(value: object) -> str:
+    if not isinstance(value, str) or not _SOCKET_NAME.fullmatch(value):
+        raise Invalid(
+            f"invalid socket name {short(str(value))}: letters, digits, '_', '.', '-' "
+            "(1 to 255), as LISTEN_FDNAMES allows"
+        )
+    return value
+
+
+def _socket_host(value: object) -> str:
+    host = p_text(value, limit=255)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOST_NAME.fullmatch(host):
+            raise Invalid(f"not an IP address or a host name: {short(host)}") from None
+    return host
+
+
+def build_sockets(ctx: BuildContext, path: Path_, value: object) -> tuple[SocketConfig, ...]:
+    """``sockets = [{ name = "http", port = 8000, host = "127.0.0.1" }, { name, path }]``."""
+    if not isinstance(value, list | tuple):
+        ctx.error(path, f"expected an array of tables, got {describe(value)}")
+        return ()
+    sockets: list[SocketConfig] = []
+    first: dict[str, int] = {}
+    for index, raw in enumerate(value):
+        sub = (*path, index)
+        table = open_table(ctx, SocketConfig, sub, raw)
+        if not isinstance(raw, Mapping):
+            continue
+        if table.get("name") is None:
+            ctx.error(sub, "missing required key 'name'")
+        name = read(ctx, table, sub, "name", _socket_name, "")
+        if name in first:
+            ctx.error((*sub, "name"), f"duplicate socket name {name!r} (also [{first[name]}])")
+        elif name:
+            first[name] = index
+        kinds = [key for key in ("port", "path") if table.get(key) is not None]
+        if len(kinds) != 1:
+            ctx.error(sub, "set exactly one of port (a TCP socket) or path (a Unix socket)")
+            continue
+        if table.get("host") is not None and kinds != ["port"]:
+            ctx.error((*sub, "host"), "only allowed with port")
+        backlog = read(ctx, table, sub, "backlog", p_int(1, 65535), 511)
+        if kinds == ["port"]:
+            port = read(ctx, table, sub, "port", p_port, 0)
+            host = read(ctx, table, sub, "host", _socket_host, "127.0.0.1")
+            sockets.append(SocketConfig(name=name, port=port, host=host, backlog=backlog))
+            continue
+        try:
+            where = resolve(ctx, table["path"])
+        except Invalid as exc:
+            ctx.error((*sub, "path"), exc.message)
+            continue
+        if len(os.fsencode(where)) > _UNIX_PATH_MAX:
+            ctx.error(
+                (*sub, "path"),
+                f"{where} is longer than the {_UNIX_PATH_MAX} bytes a Unix socket path allows",
+            )
+            continue
+        sockets.append(SocketConfig(name=name, path=where, backlog=backlog))
+    return tuple(sockets)
+
+
+def check_sockets(ctx: BuildContext, apps: Sequence[tuple[int, AppConfig]]) -> None:
+    """No address bound twice (by two apps, or twice by one); no ``ready`` probe of
+    a port the daemon itself listens on (it would answer at once)."""
+    owners: dict[str, tuple[str, Path_]] = {}
+    for index, app in apps:
+        for position, sock in enumerate(app.sockets):
+            address = sock.describe()
+            where: Path_ = ("apps", index, "sockets", position)
+            owner = owners.get(address)
+            if owner is not None:
+                other = "this app" if owner[0] == app.name else f"app {owner[0]!r}"
+                ctx.error(
+                    where, f"{address} is already a socket of {other} ({render_path(owner[1])})"
+                )
+            else:
+                owners[address] = (app.name, where)
+            if app.ready.kind is ReadyKind.TCP and sock.port == app.ready.port:
+                ctx.warn(
+                    ("apps", index, "ready"),
+                    f"probes port {sock.port}, on which the daemon itself listens (socket "
+                    f'{sock.name!r}): it answers at once; use ready = "notify" instead',
+                )
+
+
 def build_health(
     ctx: BuildContext, path: Path_, value: object, defaults: HealthCheckConfig
 ) -> HealthConfig | None:
@@ -361,8 +462,14 @@ def build_app(
         if table.get("ready") is not None
         else ReadyConfig()
     )
+    sockets = (
+        build_sockets(ctx, (*path, "sockets"), table["sockets"])
+        if table.get("sockets") is not None
+        else ()
+    )
     app = AppConfig(
         **{**values, "name": name or ""},
+        sockets=sockets,
         command=command,
         bootstrap=bootstrap,
         env=env,
@@ -515,6 +622,7 @@ def build_ecosystem(
             if app is not None:
                 named.append((index, app))
     check_graph(ctx, named)
+    check_sockets(ctx, named)
     apps_by_name = {app.name: app for _, app in reversed(named)}
     stacks: dict[str, StackConfig] = {}
     raw_stacks = root.get("stacks")

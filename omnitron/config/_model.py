@@ -53,6 +53,7 @@ __all__ = [
     "ReadyKind",
     "Restart",
     "RestartPolicy",
+    "SocketConfig",
     "StackAppOverride",
     "StackConfig",
     "Strategy",
@@ -287,6 +288,27 @@ class WatchConfig:
 
 
 @attrs.frozen(kw_only=True)
+class SocketConfig:
+    """A listening socket the daemon binds for an app and hands to every one of its
+    processes (socket activation: ``LISTEN_FDS``): TCP on ``host:port``, or a Unix
+    socket at ``path`` (absolute). Exactly one of ``port`` and ``path`` is set.
+    """
+
+    name: str = attrs.field(metadata=key())
+    port: int | None = attrs.field(default=None, metadata=key())
+    host: str | None = attrs.field(default=None, metadata=key())
+    path: Path | None = attrs.field(default=None, metadata=key())
+    backlog: int = attrs.field(default=511, metadata=key())
+
+    def describe(self) -> str:
+        """``tcp 127.0.0.1:8000`` or ``unix /run/web.sock``."""
+        if self.path is not None:
+            return f"unix {self.path}"
+        host = self.host or "127.0.0.1"
+        return f"tcp {f'[{host}]' if ':' in host else host}:{self.port}"
+
+
+@attrs.frozen(kw_only=True)
 class AppConfig:
     """One ``[[apps]]`` entry.
 
@@ -319,6 +341,8 @@ class AppConfig:
     enabled: bool = attrs.field(default=True, metadata=key(p_bool))
     max_memory: int | None = attrs.field(default=None, metadata=key(p_size))
     """Restart a process whose RSS exceeds this many bytes in two consecutive samples."""
+    sockets: tuple[SocketConfig, ...] = attrs.field(default=(), metadata=key())
+    """Listening sockets the daemon owns and passes to every process (fds 3, 4, ...)."""
 
     @property
     def mode(self) -> Literal["classic", "bootstrap"]:

@@ -54,6 +54,7 @@ from ._records import (
     remember,
     resource_restart,
 )
+from ._sockets import AppSockets, SocketsUnavailable
 from ._tree import TreeBuilder, secret_references
 
 if TYPE_CHECKING:
@@ -125,8 +126,16 @@ class Orchestrator:
         self._secrets = secrets
         self.systems: dict[str, WorkerSystem] = {}
         """The described bootstrap of each module-worker app (described at its start)."""
+        self.sockets = AppSockets()
+        """The apps' listening sockets (``sockets``), bound as each app starts."""
         self._builder = TreeBuilder(
-            ecosystem, home=home, sink=logs.sink, leaf=leaf, secrets=secrets, systems=self.systems
+            ecosystem,
+            home=home,
+            sink=logs.sink,
+            leaf=leaf,
+            secrets=secrets,
+            sockets=self.sockets.listen,
+            systems=self.systems,
         )
         self.router = Router(lambda: self.apps, self.systems)
         """Carries ``exec`` calls to module-worker apps (run it in the daemon's nursery)."""
@@ -172,6 +181,8 @@ class Orchestrator:
         self.apps[new.name] = new
         if note and new.events and (not old.events or new.events[-1] is not old.events[-1]):
             self.logs.event(new.name, new.events[-1])
+        if new.crashed and not old.crashed:
+            self.sockets.close(new.name)  # given up on: clients are refused, not queued
         critical = new.crashed and not old.crashed and new.config.critical
         if critical and self.stop_reason is None:
             self.stop_reason = f"critical app {new.name!r} crashed: {new.last_error}"
@@ -270,25 +281,28 @@ class Orchestrator:
         Cancellation: the tree stops, apps in reverse dependency order.
         """
         task_status.started()
-        while True:
-            self._building = True
-            try:
-                await self._run_tree()
-            except SupervisorGaveUp as exc:
-                self._root_gave_up(str(exc))
-            except BaseExceptionGroup as group:
-                gave_up, rest = group.split(SupervisorGaveUp)
-                if rest is not None:
-                    raise
-                assert gave_up is not None
-                self._root_gave_up(str(gave_up.exceptions[0]))
-            finally:
-                self._root = None
-                self._building = False
-                self._ready = trio.Event()
-            # The root gave up: wait until an operator asks for something to run.
-            await self._restart_requested.wait()
-            self._restart_requested = trio.Event()
+        try:
+            while True:
+                self._building = True
+                try:
+                    await self._run_tree()
+                except SupervisorGaveUp as exc:
+                    self._root_gave_up(str(exc))
+                except BaseExceptionGroup as group:
+                    gave_up, rest = group.split(SupervisorGaveUp)
+                    if rest is not None:
+                        raise
+                    assert gave_up is not None
+                    self._root_gave_up(str(gave_up.exceptions[0]))
+                finally:
+                    self._root = None
+                    self._building = False
+                    self._ready = trio.Event()
+                # The root gave up: wait until an operator asks for something to run.
+                await self._restart_requested.wait()
+                self._restart_requested = trio.Event()
+        finally:
+            self.sockets.close_all()  # the tree has stopped: no process uses them
 
     def _wanted(self) -> list[str]:
         return [
@@ -305,6 +319,7 @@ class Orchestrator:
                 try:
                     await self._describe(name)
                     record = self.apps[name]
+                    await self.sockets.bind(record.config)
                     pools.append(self._builder.app(record.config, record.instances))
                 except UnsupportedApp as exc:
                     self._give_up_on(name, str(exc))
@@ -490,10 +505,17 @@ class Orchestrator:
                 return False
             record = self.apps[name]
             spec = None
-            if info is not None and (secret_references(record.config) or record.config.bootstrap):
-                # Secrets are read, and a bootstrap described, at every start: a new
-                # pool, not the stopped one's specs (one waiting for its restart
-                # delay is restarted as it is).
+            try:
+                await self.sockets.bind(record.config)
+            except SocketsUnavailable as exc:
+                self._give_up_on(name, str(exc))
+                raise AppStartFailed(f"{name} failed to start: {exc}", app=name) from None
+            if info is not None and (
+                secret_references(record.config) or record.config.sockets or record.config.bootstrap
+            ):
+                # Secrets are read, a bootstrap described, at every start, and
+                # sockets closed at every stop: a new pool, not the stopped one's
+                # specs (one waiting for its restart delay is restarted as it is).
                 with contextlib.suppress(ChildRunning):
                     with contextlib.suppress(ChildNotFound):
                         await root.delete_child(name)
@@ -575,6 +597,8 @@ class Orchestrator:
                         stopped.append(name)  # its start had not reached the tree yet
                 else:
                     stopped.append(name)
+            if self._stopped(name):  # (not started again meanwhile)
+                self.sockets.close(name)
             self._remember(name, EventKind.STOPPED)
         return stopped
 
@@ -961,6 +985,7 @@ class Orchestrator:
             places=self._builder.places,
             leaf=self._leaf,
             secrets=self._secrets,
+            sockets=self.sockets.listen,
             systems=self.systems,
         )
         changed = [c.name for c in diff.changed]

@@ -33,6 +33,7 @@ from supervision import (
     Intensity,
     InvalidSpec,
     InvalidSpecType,
+    Listen,
     Output,
     ProcessChild,
     Ready,
@@ -179,6 +180,8 @@ class TreeBuilder:
             tests in virtual time, with :mod:`supervision.testing`'s fake child).
         secrets: Where ``secret:NAME`` env values are resolved, each time a process
             spec is built (``None``: an app that uses a secret cannot start).
+        sockets: ``sockets(app)`` gives the daemon-owned listening sockets every
+            process of ``app`` is handed (see :mod:`._sockets`); none by default.
         systems: The described bootstrap of each module-worker app (kept up to date
             by the orchestrator, which describes an app before it builds its pool).
     """
@@ -192,9 +195,11 @@ class TreeBuilder:
         places: dict[tuple[str, ...], Place] | None = None,
         leaf: Callable[[AppConfig, int], Any] | None = None,
         secrets: SecretStore | None = None,
+        sockets: Callable[[str], tuple[Listen, ...]] = lambda app: (),
         systems: dict[str, WorkerSystem] | None = None,
     ) -> None:
         self.ecosystem = ecosystem
+        self.sockets = sockets
         self.systems: dict[str, WorkerSystem] = {} if systems is None else systems
         self.home = home
         self._sink = sink
@@ -318,6 +323,7 @@ class TreeBuilder:
             stop_timeout=app.stop_timeout,
             stdout=Output.lines(self._sink(app.name, index, "out")),
             stderr=Output.lines(self._sink(app.name, index, "err")),
+            listen=self.sockets(app.name),
         )
 
     def worker_slot(self, app: AppConfig, index: int) -> WorkerSlot | None:

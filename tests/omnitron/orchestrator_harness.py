@@ -25,13 +25,15 @@ async def open_orchestrator(
     *,
     leaf: Callable[[AppConfig, int], Any] | None = None,
     on_change: Callable[[], None] = lambda: None,
+    **sections: Any,
 ) -> AsyncIterator[tuple[Orchestrator, DaemonService]]:
     """Run ``apps`` (config dicts) until the block ends, then stop them all.
 
     ``leaf`` replaces each process (see ``TreeBuilder``); ``on_change`` is called at
-    every change of the records.
+    every change of the records; ``sections`` are more of the config
+    (``supervision={...}``).
     """
-    ecosystem = define_ecosystem(project="test", apps=apps, base_dir=tmp_path)
+    ecosystem = define_ecosystem(project="test", apps=apps, base_dir=tmp_path, **sections)
     orchestrator = Orchestrator(
         ecosystem,
         home=tmp_path,

@@ -378,6 +378,7 @@ PUBLIC = [
     "RestartPolicy",
     "ReadyConfig",
     "HealthConfig",
+    "SocketConfig",
     "WatchConfig",
     "StackConfig",
     "StackAppOverride",

@@ -86,7 +86,7 @@ def test_every_problem_is_reported_at_once_with_lines(tmp_path: Path) -> None:
         "5: supervision.window: must be > 0",
         "8: apps[0].exec_mdoe: unknown key (allowed: name, command, bootstrap, python, cwd, env, "
         "depends_on, instances, ready, startup_timeout, stop_timeout, stop_signal, critical, "
-        "restart, restart_policy, health, watch, enabled, max_memory)",
+        "restart, restart_policy, health, watch, enabled, max_memory, sockets)",
         "10: apps[0].instances: expected an integer, got a string ('max')",
         "11: apps[0].stop_timeout: invalid duration 'abc': write numbers with units "
         "(ms, s, m, h, d), e.g. '30s', '1h30m'",
