@@ -65,13 +65,13 @@ def render_exec_error(error: dict[str, Any], *, verbose: bool) -> tuple[str, lis
 
 def exec_call(
     cli: Cli,
+    *,
     app: str,
     service: str,
     method: str,
     args: tuple[str, ...],
     kw: tuple[str, ...],
-    *,
-    timeout: float | None,
+    call_timeout: float | None,
     verbose: bool,
 ) -> None:
     """Call ``service.method`` on ``app`` and print its result (or its error)."""
@@ -86,9 +86,9 @@ def exec_call(
         "args": [parse_arg(a) for a in args],
         "kwargs": parse_kwargs(kw),
     }
-    if timeout is not None:
-        params["timeout"] = timeout
-    wait = (timeout or 30.0) + EXIT_SLACK
+    if call_timeout is not None:
+        params["timeout"] = call_timeout
+    wait = (call_timeout or 30.0) + EXIT_SLACK
     with cli.connect(timeout=wait) as client:
         try:
             result = client.call("daemon.exec", **params)

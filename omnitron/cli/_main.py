@@ -486,16 +486,7 @@ def scale(cli: Cli, app: str, count: tuple[str, int]) -> None:
 )
 @click.option("--verbose", "-v", is_flag=True, help="On an error, show the worker's traceback.")
 @pass_cli
-def exec_(
-    cli: Cli,
-    app: str,
-    service: str,
-    method: str,
-    args: tuple[str, ...],
-    kw: tuple[str, ...],
-    call_timeout: float | None,
-    verbose: bool,
-) -> None:
+def exec_(cli: Cli, /, **options: Any) -> None:
     """Call METHOD of SERVICE in module-worker app APP; print the result as JSON.
 
     Each ARG is JSON when it parses (42, true, '{"a": 1}'), else a string.
@@ -504,7 +495,7 @@ def exec_(
     """
     from . import _exec
 
-    _exec.exec_call(cli, app, service, method, args, kw, timeout=call_timeout, verbose=verbose)
+    _exec.exec_call(cli, **options)
 
 
 # --------------------------------------------------------------------------- reset, signal

@@ -59,6 +59,10 @@ __all__ = [
     "EXEC_TIMEOUT",
     "MAX_EXEC_TIMEOUT",
     "AppError",
+    "CallArgs",
+    "CallKwargs",
+    "CallName",
+    "CallTimeout",
     "ExecArgsInvalid",
     "ExecResult",
     "Router",
@@ -109,6 +113,12 @@ class WorkerExited(RemoteError):
 EXEC_ERRORS = (AppError, ExecArgsInvalid, WorkerExited)
 """The domain error codes of ``daemon.exec`` (the others are the standard
 ``METHOD_NOT_FOUND`` and ``TIMEOUT``)."""
+
+# The params of daemon.exec and router.call (names are checked by the router).
+CallName = Annotated[str, Len(max=128)]
+CallArgs = Annotated[list[object], Len(max=256)]
+CallKwargs = Annotated[dict[str, object], Len(max=256)]
+CallTimeout = Annotated[float, Range(gt=0, le=MAX_EXEC_TIMEOUT)]
 
 _BY_CODE: dict[str, type[RemoteError]] = {
     "METHOD_NOT_FOUND": MethodNotFound,
@@ -572,11 +582,11 @@ def build_worker_dispatcher(router: Router) -> Dispatcher:
     async def call(
         call: Call,
         *,
-        service: Annotated[str, Len(max=128)],
-        method: Annotated[str, Len(max=128)],
-        args: Annotated[list[object], Len(max=256)] = [],  # noqa: B006 - never mutated
-        kwargs: Annotated[dict[str, object], Len(max=256)] = {},  # noqa: B006 - never mutated
-        timeout: Annotated[float, Range(gt=0, le=MAX_EXEC_TIMEOUT)] = EXEC_TIMEOUT,  # noqa: ASYNC109 - the documented param
+        service: CallName,
+        method: CallName,
+        args: CallArgs = [],  # noqa: B006 - never mutated
+        kwargs: CallKwargs = {},  # noqa: B006 - never mutated
+        timeout: CallTimeout = EXEC_TIMEOUT,  # noqa: ASYNC109 - the documented param
     ) -> dict[str, Any]:
         """Call a public method of a service this worker's process accesses."""
         done = await router.call_from(call.peer.pid, service, method, args, kwargs, within=timeout)

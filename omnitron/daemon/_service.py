@@ -30,7 +30,15 @@ from ..config import ConfigError, Ecosystem, load_config, secret_reference
 from ..rpc import Call, Dispatcher, Encoded, Handler, InvalidParams, Len, Name, Range, Role
 from ..rpc._auth import TokenAuthority, register_auth_methods
 from ._errors import DOMAIN_ERRORS, AppStartFailed, ConfigInvalid, RequestRefused
-from ._exec import EXEC_ERRORS, EXEC_TIMEOUT, MAX_EXEC_TIMEOUT, describe_ecosystem
+from ._exec import (
+    EXEC_ERRORS,
+    EXEC_TIMEOUT,
+    CallArgs,
+    CallKwargs,
+    CallName,
+    CallTimeout,
+    describe_ecosystem,
+)
 from ._logs import LogLine
 from ._metrics import FIELDS, CountingDispatcher, Sampler, aggregate, figures, prometheus_text
 from ._orchestrator import AppRecord, Orchestrator
@@ -598,11 +606,11 @@ def build_dispatcher(
         call: Call,
         *,
         app: AppName,
-        service: Annotated[str, Len(max=128)],
-        method: Annotated[str, Len(max=128)],
-        args: Annotated[list[object], Len(max=256)] = [],  # noqa: B006 - never mutated
-        kwargs: Annotated[dict[str, object], Len(max=256)] = {},  # noqa: B006 - never mutated
-        timeout: Annotated[float, Range(gt=0, le=MAX_EXEC_TIMEOUT)] = EXEC_TIMEOUT,  # noqa: ASYNC109 - the documented param
+        service: CallName,
+        method: CallName,
+        args: CallArgs = [],  # noqa: B006 - never mutated
+        kwargs: CallKwargs = {},  # noqa: B006 - never mutated
+        timeout: CallTimeout = EXEC_TIMEOUT,  # noqa: ASYNC109 - the documented param
     ) -> dict[str, Any]:
         """Call a public method of a module-worker app's service (round-robin)."""
         done = await orch.router.call(app, service, method, args, kwargs, within=timeout)
