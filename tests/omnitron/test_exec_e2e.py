@@ -153,6 +153,15 @@ def test_exec_round_trips_with_args_and_structured_errors(omnitron: Omnitron) ->
     code, report, _ = exec_json(omnitron, "users", "find_by_id", "1", "2")
     assert (code, report["error"]["code"]) == (1, "INVALID_ARGS")
 
+    # A bootstrap broken since is a config error at reload-config; nothing changes.
+    pids = {p["pid"] for p in omnitron.apps()["shop"]["processes"]}
+    boot = omnitron.project / "bootstrap.py"
+    boot.write_text(boot.read_text().replace('module="shop.billing", ', ""))
+    refused = omnitron.run("reload-config")
+    assert refused.returncode == 2
+    assert f"{boot}: apps[0].bootstrap: processes[0].module: is required" in refused.stderr
+    assert {p["pid"] for p in omnitron.apps()["shop"]["processes"]} == pids
+
 
 def test_only_public_methods_are_reachable_and_a_hanging_one_times_out(
     omnitron: Omnitron,
