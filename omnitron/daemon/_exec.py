@@ -52,7 +52,13 @@ from ..rpc import (
 from ..state import AppStatus
 from ._errors import AppNotFound, DaemonBusy, RequestRefused
 from ._records import AppRecord
-from ._workers import WorkerCallError, WorkerClient, open_worker_client
+from ._workers import (
+    DescribeError,
+    WorkerCallError,
+    WorkerClient,
+    describe_bootstrap,
+    open_worker_client,
+)
 
 __all__ = [
     "EXEC_ERRORS",
@@ -144,8 +150,6 @@ async def describe_app(
 
     Cancellation: the describing process is killed.
     """
-    from ._workers import DescribeError, describe_bootstrap
-
     assert app.bootstrap is not None
     try:
         answer = await describe_bootstrap(
