@@ -16,6 +16,7 @@ import click
 
 from omnitron import __version__
 
+from . import _observe
 from . import _render as render
 from ._context import (
     ACTION_TIMEOUT,
@@ -575,6 +576,11 @@ def check(cli: Cli, config: str | None, stack: str | None) -> None:
         raise _config.config_failure(exc) from None
     _config.warn(cli, ecosystem)
     cli.emit(_config.summary(ecosystem, systems), render.render_check)
+
+
+# --------------------------------------------------------------------------- observe
+
+_observe.register(cli)
 
 
 @cli.group()

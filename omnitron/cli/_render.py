@@ -358,11 +358,34 @@ def render_inspect(app: Mapping[str, Any]) -> str:
     if exits:
         lines += ["", "last exits"]
         lines += _fields(((f"instance {k}", v) for k, v in exits.items()), "  ")
+    lines += _health_lines(app.get("health"), app.get("dependencies_health") or {})
     events = app.get("recent_events") or []
     if events:
         lines += ["", "recent events"]
         lines += [f"  {render_event(event)}" for event in events]
     return "\n".join(lines)
+
+
+def _health_lines(health: object, dependencies: Mapping[str, Any]) -> list[str]:
+    """The ``health`` section of ``inspect``: the probe, each process, the dependencies'."""
+    lines: list[str] = []
+    if not isinstance(health, dict):
+        health = {}
+    probe = health.get("probe")
+    if probe:
+        target = probe.get("target")
+        target = " ".join(map(str, target)) if isinstance(target, list) else target
+        lines += ["", "health", f"  probe  {escape(probe.get('kind'))} {escape(target)}"]
+        for p in health.get("processes") or []:
+            failure = f", last failure: {p['last_failure']}" if p.get("last_failure") else ""
+            lines.append(
+                f"  instance {p.get('instance')}  {p.get('status')} "
+                f"({p.get('failures', 0)} consecutive failures{escape(failure)})"
+            )
+    if dependencies:
+        lines += ["", "dependencies' health"]
+        lines += _fields(dependencies.items(), "  ")
+    return lines
 
 
 def render_event(event: object) -> str:

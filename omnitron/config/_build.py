@@ -333,14 +333,17 @@ def build_health(
     ctx: BuildContext, path: Path_, value: object, defaults: HealthCheckConfig
 ) -> HealthConfig | None:
     table = open_table(ctx, HealthConfig, path, value)
-    probes = [key for key in ("http", "tcp") if table.get(key) is not None]
+    probes = [key for key in ("http", "tcp", "command") if table.get(key) is not None]
     if len(probes) != 1 and isinstance(value, Mapping):
-        ctx.error(path, "set exactly one of http (a URL) or tcp (a port)")
+        ctx.error(path, "set exactly one of http (a URL), tcp (a port) or command (an argv)")
     if table.get("host") is not None and probes != ["tcp"]:
         ctx.error((*path, "host"), "only allowed with tcp")
     return HealthConfig(
         **read_keys(ctx, HealthConfig, path, table, attrs.asdict(defaults, recurse=False)),
         host=read(ctx, table, path, "host", _host, "127.0.0.1") if probes == ["tcp"] else None,
+        command=build_command(ctx, (*path, "command"), table["command"])
+        if probes == ["command"]
+        else None,
     )
 
 

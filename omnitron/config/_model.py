@@ -82,7 +82,6 @@ DEFAULT_WATCH_IGNORE: tuple[str, ...] = (
 
 # Why a key is accepted but has no effect yet (the ``inert`` marker of :func:`key`).
 # The change that builds one deletes its marker(s), and with them the warning.
-_NO_HEALTH_CHECKS = "the daemon runs no health checks yet"
 _NO_WATCHING = "the daemon does not watch files yet"
 
 _POSITIVE = p_duration(positive=True)
@@ -184,9 +183,7 @@ class MetricsConfig:
 class MonitoringConfig:
     """``[monitoring]``."""
 
-    health_check: HealthCheckConfig = attrs.field(
-        default=HealthCheckConfig(), metadata=key(inert=_NO_HEALTH_CHECKS)
-    )
+    health_check: HealthCheckConfig = attrs.field(default=HealthCheckConfig(), metadata=key())
     metrics: MetricsConfig = attrs.field(default=MetricsConfig(), metadata=key())
 
 
@@ -261,15 +258,19 @@ class ReadyConfig:
 
 @attrs.frozen(kw_only=True)
 class HealthConfig:
-    """An app's periodic health probe: exactly one of ``http`` (URL) or ``tcp`` (port,
-    on ``host``, default ``127.0.0.1``).
+    """An app's periodic liveness probe: exactly one of ``http`` (URL), ``tcp`` (port,
+    on ``host``, default ``127.0.0.1``) or ``command`` (an argv run in the app's
+    ``cwd``; exit 0 is healthy).
 
-    ``retries`` consecutive failures mark the app unhealthy.
+    The first probe runs ``start_period`` seconds after the process is ready;
+    ``retries`` consecutive failures restart the process through its supervisor.
     """
 
     http: str | None = attrs.field(default=None, metadata=key(p_url))
     tcp: int | None = attrs.field(default=None, metadata=key(p_port))
+    command: tuple[str, ...] | None = attrs.field(default=None, metadata=key())
     host: str | None = attrs.field(default=None, metadata=key())
+    start_period: float = attrs.field(default=0.0, metadata=key(_DURATION))
     interval: float = attrs.field(default=15.0, metadata=key(_POSITIVE))
     timeout: float = attrs.field(default=5.0, metadata=key(_POSITIVE))
     retries: int = attrs.field(default=3, metadata=key(p_int(1, 1000)))
@@ -336,7 +337,7 @@ class AppConfig:
     critical: bool = attrs.field(default=False, metadata=key(p_bool))
     restart: Restart = attrs.field(default=Restart.PERMANENT, metadata=key(p_enum(Restart)))
     restart_policy: RestartPolicy = attrs.field(default=RestartPolicy(), metadata=key())
-    health: HealthConfig | None = attrs.field(default=None, metadata=key(inert=_NO_HEALTH_CHECKS))
+    health: HealthConfig | None = attrs.field(default=None, metadata=key())
     watch: WatchConfig | None = attrs.field(default=None, metadata=key(inert=_NO_WATCHING))
     enabled: bool = attrs.field(default=True, metadata=key(p_bool))
     max_memory: int | None = attrs.field(default=None, metadata=key(p_size))

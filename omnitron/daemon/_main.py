@@ -334,6 +334,13 @@ async def _announce_ready(orchestrator: Orchestrator, progress: Progress) -> Non
     notify("READY=1\nSTATUS=apps started")
 
 
+RELOAD_SETTLE = 0.2
+"""Quiet time after the last SIGHUP before a reload starts: a burst is one reload."""
+
+RELOAD_SETTLE_MAX = 2.0
+"""Longest a reload waits for SIGHUPs to stop arriving (a steady stream still reloads)."""
+
+
 async def _handle_signals(
     signals: AsyncIterator[int],
     shutdown: _Shutdown,
@@ -343,12 +350,24 @@ async def _handle_signals(
     reloading = False
     again = False
 
+    async def settle() -> None:
+        # Wait for RELOAD_SETTLE of quiet (at most RELOAD_SETTLE_MAX): however the
+        # scheduler spreads a burst of SIGHUPs over time, it starts one reload.
+        nonlocal again
+        with trio.move_on_after(RELOAD_SETTLE_MAX):
+            while True:
+                again = False
+                await trio.sleep(RELOAD_SETTLE)
+                if not again:
+                    return
+        again = False
+
     async def reload() -> None:
         # One reload at a time; SIGHUPs that arrive meanwhile make one more.
         nonlocal reloading, again
         try:
             while True:
-                again = False
+                await settle()
                 try:
                     result = await service.reload_config(dry_run=False)
                 except Exception as exc:  # a bad config leaves everything as it was

@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,7 @@ from ..config._bootstrap import BootstrapInvalid, WorkerSlot, WorkerSystem
 from ..state import AppMode, AppState, DaemonState, DesiredStatus, ProcessIdentity, ProcessState
 from ._errors import AppNotFound, AppStartFailed, DaemonBusy, RequestRefused, UnsupportedApp
 from ._exec import Router, describe_app
+from ._health import HealthMonitor
 from ._logs import LogCollector
 from ._records import (
     AppEvent,
@@ -50,6 +52,7 @@ from ._records import (
     ProcessRecord,
     apply,
     give_up,
+    health_failed,
     intend,
     remember,
     resource_restart,
@@ -164,6 +167,8 @@ class Orchestrator:
         self._incoming: dict[tuple[str, ...], list[ev.Event]] = {}
         self._successors = 0
         self.started_at = time.time()
+        self.health = HealthMonitor(self._stop_unhealthy)
+        self._event_listeners: list[Callable[[str, AppEvent], bool]] = []
         self.stop_reason: str | None = None
         """Why the daemon stops on its own (a critical app crashed), for the state file."""
 
@@ -179,8 +184,10 @@ class Orchestrator:
         if new is old:
             return
         self.apps[new.name] = new
-        if note and new.events and (not old.events or new.events[-1] is not old.events[-1]):
-            self.logs.event(new.name, new.events[-1])
+        if new.events and (not old.events or new.events[-1] is not old.events[-1]):
+            if note:
+                self.logs.event(new.name, new.events[-1])
+            self._publish(new.name, new.events[-1])
         if new.crashed and not old.crashed:
             self.sockets.close(new.name)  # given up on: clients are refused, not queued
         critical = new.crashed and not old.crashed and new.config.critical
@@ -223,7 +230,9 @@ class Orchestrator:
         old = self.apps.get(place.app)
         if old is None:
             return
-        self._commit(old, self._applied(old, event, place.instance, place.worker), note=True)
+        new = self._applied(old, event, place.instance, place.worker)
+        self._commit(old, new, note=True)
+        self._probe_hook(new, event, place.instance)
 
     def _applied(
         self,
@@ -238,6 +247,43 @@ class Orchestrator:
             identified = attrs.evolve(process, identity=_identity(event.pid), worker=worker)
             new = attrs.evolve(new, processes={**new.processes, instance: identified})
         return new
+
+    # ------------------------------------------------------------------ health and events
+
+    def _probe_hook(self, record: AppRecord, event: ev.Event, instance: int | None) -> None:
+        """Probe a process from when it is ready until it exits or stops."""
+        if instance is None:
+            if isinstance(event, ev.ChildStopped | ev.ChildExited):
+                self.health.forget(record.name)
+            return
+        if isinstance(event, ev.ChildReady):
+            pid = record.processes[instance].pid
+            if pid is not None:
+                self.health.watch(record.config, instance, pid)
+        elif isinstance(event, ev.ChildStarted | ev.ChildExited | ev.ChildStopped):
+            self.health.unwatch(record.name, instance)
+
+    async def _stop_unhealthy(self, name: str, instance: int, pid: int, reason: str) -> None:
+        """Record the failed probe and stop the process; its supervisor restarts it
+        as after any crash (counted toward the restart intensity)."""
+        record = self.apps.get(name)
+        process = record.processes.get(instance) if record is not None else None
+        if record is None or process is None or process.pid != pid:
+            return  # gone meanwhile
+        log.warning("health_failed", app=name, instance=instance, pid=pid, reason=reason)
+        now = time.time()
+        self._update(name, lambda r: health_failed(r, instance, reason, now), note=True)
+        config = record.config
+        await _terminate(process.identity, config.stop_signal, config.stop_timeout)
+
+    def subscribe(self, listener: Callable[[str, AppEvent], bool]) -> None:
+        """Call ``listener(app, event)`` for every new event, synchronously, until it
+        returns ``False``. It must not block (queue and return)."""
+        self._event_listeners.append(listener)
+
+    def _publish(self, name: str, event: AppEvent) -> None:
+        if self._event_listeners:
+            self._event_listeners = [f for f in self._event_listeners if f(name, event)]
 
     # ------------------------------------------------------------------ running
 
@@ -280,29 +326,35 @@ class Orchestrator:
 
         Cancellation: the tree stops, apps in reverse dependency order.
         """
-        task_status.started()
         try:
-            while True:
-                self._building = True
-                try:
-                    await self._run_tree()
-                except SupervisorGaveUp as exc:
-                    self._root_gave_up(str(exc))
-                except BaseExceptionGroup as group:
-                    gave_up, rest = group.split(SupervisorGaveUp)
-                    if rest is not None:
-                        raise
-                    assert gave_up is not None
-                    self._root_gave_up(str(gave_up.exceptions[0]))
-                finally:
-                    self._root = None
-                    self._building = False
-                    self._ready = trio.Event()
-                # The root gave up: wait until an operator asks for something to run.
-                await self._restart_requested.wait()
-                self._restart_requested = trio.Event()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.health.run)
+                task_status.started()
+                await self._run_trees()
+                nursery.cancel_scope.cancel()
         finally:
             self.sockets.close_all()  # the tree has stopped: no process uses them
+
+    async def _run_trees(self) -> None:
+        while True:
+            self._building = True
+            try:
+                await self._run_tree()
+            except SupervisorGaveUp as exc:
+                self._root_gave_up(str(exc))
+            except BaseExceptionGroup as group:
+                gave_up, rest = group.split(SupervisorGaveUp)
+                if rest is not None:
+                    raise
+                assert gave_up is not None
+                self._root_gave_up(str(gave_up.exceptions[0]))
+            finally:
+                self._root = None
+                self._building = False
+                self._ready = trio.Event()
+            # The root gave up: wait until an operator asks for something to run.
+            await self._restart_requested.wait()
+            self._restart_requested = trio.Event()
 
     def _wanted(self) -> list[str]:
         return [
@@ -604,8 +656,16 @@ class Orchestrator:
 
     async def restart(self, target: str) -> list[str]:
         """Restart running apps instance by instance; start stopped ones."""
+        return await self._each_pool(target, self._restart_pool)
+
+    async def _each_pool(
+        self, target: str, act: Callable[[str, Supervisor], Awaitable[bool]]
+    ) -> list[str]:
+        """``act(name, pool)`` on each running app of ``target``; a stopped app named
+        explicitly is started (``"all"`` skips apps stopped on purpose). Returns the
+        names acted on (or started)."""
         names = self.names(target)
-        restarted: list[str] = []
+        done: list[str] = []
         await self.wait_ready()  # the tree must exist to find the pools
         for name in names:
             record = self.apps.get(name)
@@ -616,11 +676,11 @@ class Orchestrator:
                 if target == "all" and record.desired is DesiredStatus.STOPPED:
                     continue
                 if await self._start_one(name):
-                    restarted.append(name)
+                    done.append(name)
                 continue
-            if await self._restart_pool(name, pool):
-                restarted.append(name)
-        return restarted
+            if await act(name, pool):
+                done.append(name)
+        return done
 
     async def _restart_pool(self, name: str, pool: Supervisor) -> bool:
         async with self._lock(name):
@@ -800,23 +860,7 @@ class Orchestrator:
                 missed ``startup_timeout``): that reload stops there, the process
                 it was to replace and every later one keep running untouched.
         """
-        names = self.names(target)
-        reloaded: list[str] = []
-        await self.wait_ready()  # the tree must exist to find the pools
-        for name in names:
-            record = self.apps.get(name)
-            if record is None:
-                continue
-            pool = self.pool(name)
-            if pool is None:
-                if target == "all" and record.desired is DesiredStatus.STOPPED:
-                    continue
-                if await self._start_one(name):
-                    reloaded.append(name)
-                continue
-            if await self._reload_pool(name, pool):
-                reloaded.append(name)
-        return reloaded
+        return await self._each_pool(target, self._reload_pool)
 
     async def _reload_pool(self, name: str, pool: Supervisor) -> bool:
         async with self._lock(name):
@@ -875,9 +919,12 @@ class Orchestrator:
         self._current[(name, index)] = successor
         old = new = self.apps[name]
         place = self._builder.places.get(path)
-        for event in self._incoming.pop(path):
+        held = self._incoming.pop(path)
+        for event in held:
             new = self._applied(new, event, index, place.worker if place else None)
         self._commit(old, new, note=True)
+        for event in held:  # health probes follow the successor from now on
+            self._probe_hook(new, event, index)
         if previous is not None and previous.pid is not None and previous.worker is not None:
             # exec calls go to the successor from now on; those the old worker is
             # running end before it is stopped.
@@ -1013,6 +1060,34 @@ class Orchestrator:
                 await self.start(app.name)
         self._on_change()
         return diff
+
+
+async def _terminate(
+    identity: ProcessIdentity | None, stop_signal: signal.Signals, stop_timeout: float
+) -> None:
+    """Send ``stop_signal`` to the process ``identity`` names, then SIGKILL after
+    ``stop_timeout`` seconds if it still runs. Through a pidfd checked against the
+    identity first, so a recycled pid is never signalled; a process gone is done."""
+    if identity is None:
+        return
+    try:
+        fd = os.pidfd_open(identity.pid)
+    except OSError:
+        return  # gone already
+    try:
+        if not identity.is_running():
+            return
+        try:
+            signal.pidfd_send_signal(fd, stop_signal)
+        except ProcessLookupError:
+            return
+        with trio.move_on_after(stop_timeout):
+            await trio.lowlevel.wait_readable(fd)  # readable once it has exited
+            return
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+    finally:
+        os.close(fd)
 
 
 def _without_restarts(record: AppRecord) -> AppRecord:

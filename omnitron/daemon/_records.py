@@ -35,6 +35,7 @@ __all__ = [
     "ProcessRecord",
     "apply",
     "give_up",
+    "health_failed",
     "intend",
     "remember",
     "resource_restart",
@@ -80,6 +81,9 @@ class EventKind(enum.Enum):
     RELOAD_FAILED = "reload_failed"
     """A reload stopped at a new process that did not become ready (``instance``,
     ``reason``); the running processes were kept."""
+    HEALTH_FAILED = "health_failed"
+    """A process failed its health probe ``retries`` times in a row and is restarted
+    (``instance``, ``pid``, ``reason``: the last failure)."""
     MEMORY_RESTART = "memory_restart"
     """A process was restarted for exceeding the app's ``max_memory`` (``instance``,
     ``pid``, ``reason``)."""
@@ -146,6 +150,8 @@ class ProcessRecord:
             recycled pid later); set by the orchestrator, not by :func:`apply`.
         worker: For a module-worker app, the process entry and index within it
             that this process runs; set by the orchestrator from the tree's places.
+        health_failure: Why its health probe had it stopped, until it exits (the
+            exit's reason then names it).
     """
 
     instance: int
@@ -156,6 +162,7 @@ class ProcessRecord:
     last_exit: str | None = None
     identity: ProcessIdentity | None = None
     worker: WorkerSlot | None = None
+    health_failure: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -242,6 +249,24 @@ def give_up(record: AppRecord, reason: str, time: float) -> AppRecord:
     return remember(crashed, AppEvent(time=time, kind=EventKind.CRASHED, reason=reason))
 
 
+def health_failed(record: AppRecord, instance: int, reason: str, time: float) -> AppRecord:
+    """Process ``instance`` failed its health probe (``reason``) and is being stopped."""
+    old = record.processes.get(instance)
+    if old is None or old.pid is None:
+        return record
+    failure = f"health check failed: {reason}"
+    process = attrs.evolve(old, health_failure=failure)
+    updated = attrs.evolve(
+        record,
+        processes={**record.processes, instance: process},
+        last_error=f"instance {instance}: {failure}",
+    )
+    event = AppEvent(
+        time=time, kind=EventKind.HEALTH_FAILED, instance=instance, pid=old.pid, reason=reason
+    )
+    return remember(updated, event)
+
+
 def resource_restart(
     record: AppRecord, index: int, kind: EventKind, reason: str, time: float
 ) -> AppRecord:
@@ -317,7 +342,12 @@ def _apply_process(record: AppRecord, index: int, event: ev.Event) -> AppRecord:
     match event:
         case ev.ChildStarted():
             new = attrs.evolve(
-                old, pid=event.pid, status=AppStatus.STARTING, ready_at=None, identity=None
+                old,
+                pid=event.pid,
+                status=AppStatus.STARTING,
+                ready_at=None,
+                identity=None,
+                health_failure=None,
             )
         case ev.ChildReady():
             pid = event.pid if event.pid is not None else old.pid
@@ -325,22 +355,26 @@ def _apply_process(record: AppRecord, index: int, event: ev.Event) -> AppRecord:
             note = AppEvent(time=event.timestamp, kind=EventKind.ONLINE, instance=index, pid=pid)
         case ev.ChildExited():
             normal = event.exit.normal
+            reason = event.exit.reason
+            if old.health_failure is not None:
+                reason = f"{old.health_failure}; {reason}"
             new = attrs.evolve(
                 old,
                 pid=None,
                 ready_at=None,
                 identity=None,
                 status=AppStatus.STOPPED if normal else AppStatus.ERRORED,
-                last_exit=event.exit.reason,
+                last_exit=reason,
+                health_failure=None,
             )
             if not normal:
-                last_error = f"instance {index}: {event.exit.reason}"
+                last_error = f"instance {index}: {reason}"
             note = AppEvent(
                 time=event.timestamp,
                 kind=EventKind.EXITED,
                 instance=index,
                 pid=event.pid,
-                reason=event.exit.reason,
+                reason=reason,
             )
         case ev.ChildRestarting():
             # Errored until it runs again if it crashed; starting if it exited

@@ -328,8 +328,51 @@ class DaemonService:
         }
         app["recent_events"] = [event.to_wire() for event in record.events]
         app["log_file"] = str(self.orchestrator.logs.path_for(name))
+        app["health"] = self.health_of(record)
+        app["dependencies_health"] = {
+            dep: _health_status(self.health_of(self.orchestrator.apps[dep]))
+            for dep in config.depends_on
+            if dep in self.orchestrator.apps
+        }
         app["logs"] = self.orchestrator.logs.stats(name)
         return app
+
+    # ------------------------------------------------------------------ health and events
+
+    def health_of(self, record: AppRecord) -> dict[str, Any]:
+        """An app's probe (``None`` without one) and what it found per live process."""
+        config = record.config.health
+        probe: dict[str, Any] | None = None
+        if config is not None:
+            target: Any = config.http or (
+                f"{config.host}:{config.tcp}" if config.tcp is not None else config.command
+            )
+            probe = {
+                "kind": "http" if config.http else "tcp" if config.tcp is not None else "command",
+                "target": list(target) if isinstance(target, tuple) else target,
+                "interval": config.interval,
+                "timeout": config.timeout,
+                "retries": config.retries,
+                "start_period": config.start_period,
+            }
+        live = {p.instance for p in record.processes.values() if p.pid is not None}
+        processes = [
+            state
+            for state in self.orchestrator.health.report(record.name)
+            if state["instance"] in live
+        ]
+        return {"name": record.name, "probe": probe, "processes": processes}
+
+    def health(self, name: str | None) -> list[dict[str, Any]]:
+        """``health_of`` every app (or ``name``), in start order."""
+        records = [self.orchestrator.record(name)] if name else self.orchestrator.apps.values()
+        return [self.health_of(record) for record in records]
+
+    def recent_events(self, name: str | None) -> list[dict[str, Any]]:
+        """The recent events of every app (or ``name``), oldest first, each with ``app``."""
+        records = [self.orchestrator.record(name)] if name else self.orchestrator.apps.values()
+        events = [{"app": r.name, **e.to_wire()} for r in records for e in r.events]
+        return sorted(events, key=lambda e: e["time"])
 
     def env(self, name: str, *, reveal: bool) -> dict[str, str]:
         # A ``secret:NAME`` reference is shown as such, to everyone: the value it
@@ -477,6 +520,56 @@ class DaemonService:
 
     def shutdown(self) -> None:
         self._request_shutdown()
+
+
+def _health_status(health: dict[str, Any]) -> str:
+    """One word for an app's health: ``none`` (no probe), or its worst process's status."""
+    if health["probe"] is None:
+        return "none"
+    statuses = {p["status"] for p in health["processes"]}
+    for status in ("unhealthy", "failing", "starting", "healthy"):
+        if status in statuses:
+            return status
+    return "unknown"
+
+
+EVENT_BUFFER = 1000
+"""Events queued per ``events.subscribe`` stream; a slower reader loses the oldest
+and receives an ``rpc.dropped`` notice saying how many."""
+
+
+def _events_methods(service: DaemonService) -> dict[str, Handler]:
+    """``daemon.health``, ``daemon.events`` and ``events.subscribe`` (viewer)."""
+
+    async def health(call: Call, *, name: AppName | None = None) -> list[dict[str, Any]]:
+        """Each app's probe and, per process, status, last result, latency and failures."""
+        await trio.lowlevel.checkpoint()
+        return service.health(name)
+
+    async def events(call: Call, *, name: AppName | None = None) -> list[dict[str, Any]]:
+        """The recent lifecycle events of every app (or one), oldest first."""
+        await trio.lowlevel.checkpoint()
+        return service.recent_events(name)
+
+    async def subscribe(call: Call, *, name: AppName | None = None) -> dict[str, Any]:
+        """Stream every new lifecycle event (of ``name``, or all apps) as ``events.event``
+        notifications ``{app, time, kind, ...}`` until the connection ends."""
+        if name is not None:
+            service.orchestrator.record(name)
+        stream = call.open_stream("events.event", capacity=EVENT_BUFFER)
+
+        def deliver(app: str, event: Any) -> bool:
+            if stream.closed:
+                return False
+            if name is None or app == name:
+                stream.send_nowait({"app": app, **event.to_wire()})
+            return True
+
+        service.orchestrator.subscribe(deliver)
+        await trio.lowlevel.checkpoint()
+        return {"stream": stream.id}
+
+    return {"daemon.health": health, "daemon.events": events, "events.subscribe": subscribe}
 
 
 def parse_signal(text: str) -> int:
@@ -665,6 +758,7 @@ def build_dispatcher(
         "daemon.inspect": inspect,
         "daemon.env": env,
         "daemon.graph": graph,
+        **_events_methods(service),
     }
     operator: dict[str, Handler] = {
         "daemon.start_app": start_app,

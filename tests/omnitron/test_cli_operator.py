@@ -182,42 +182,35 @@ def _line_of(path: Path, text: str) -> int:
 def test_check_up_and_reload_warn_about_keys_without_effect(omnitron: Omnitron) -> None:
     config = omnitron.write_config(
         BASIC.replace('project = "e2e"\n', 'project = "e2e"\n[logging]\nmax_files = 3\n')
-        + app_toml("probed", health="{ tcp = 9 }")
+        + app_toml("watched", watch="true")
     )
-    health = (
-        f"warning: {config}:{_line_of(config, 'health =')}: apps[3].health: "
-        "has no effect yet: the daemon runs no health checks yet"
+    watch = (
+        f"warning: {config}:{_line_of(config, 'watch = true')}: apps[3].watch: "
+        "has no effect yet: the daemon does not watch files yet"
     )
 
     check = omnitron.ok("check")
-    assert check.stderr.splitlines() == [health]  # max_files is acted on: no warning
+    assert check.stderr.splitlines() == [watch]  # max_files is acted on: no warning
     assert "has no effect" not in check.stdout
     report = json.loads(omnitron.ok("check", "--json").stdout)
     assert report["warnings"] == []
     assert [(issue["path"], issue["line"]) for issue in report["inert"]] == [
-        ("apps[3].health", _line_of(config, "health =")),
+        ("apps[3].watch", _line_of(config, "watch = true")),
     ]
-    assert report["inert"][0]["text"] == health.removeprefix("warning: ")
+    assert report["inert"][0]["text"] == watch.removeprefix("warning: ")
 
     up = omnitron.up()
-    assert health in up.stderr.splitlines()
-    omnitron.wait_online("probed")
+    assert watch in up.stderr.splitlines()
+    omnitron.wait_online("watched")
 
-    omnitron.write_config(config.read_text() + app_toml("watched", watch="true"))
-    watch = (
-        f"warning: {config}:{_line_of(config, 'watch = true')}: apps[4].watch: "
-        "has no effect yet: the daemon does not watch files yet"
-    )
+    omnitron.write_config(config.read_text() + app_toml("probed", health='{ command = ["true"] }'))
     dry = omnitron.run("reload-config", "--dry-run", "--json")
     assert dry.returncode == 0, dry
-    assert dry.stderr.splitlines() == [health, watch]
-    assert json.loads(dry.stdout)["warnings"] == [
-        line.removeprefix("warning: ") for line in (health, watch)
-    ]
+    assert dry.stderr.splitlines() == [watch]  # health is acted on: no warning
+    assert json.loads(dry.stdout)["warnings"] == [watch.removeprefix("warning: ")]
     applied = omnitron.run("reload-config")
     assert applied.returncode == 0, applied
-    assert applied.stderr.splitlines() == [health, watch]
-    omnitron.wait_online("watched")
+    assert applied.stderr.splitlines() == [watch]
 
 
 def test_a_config_without_such_keys_warns_about_nothing(omnitron: Omnitron) -> None:

@@ -132,9 +132,6 @@ def test_keys_not_acted_on_yet_are_named_with_file_and_line(tmp_path: Path) -> N
     ecosystem = load_config(config, environ={})
     assert ecosystem.warnings == ()  # a key not acted on is not a problem of the config
     assert [str(issue) for issue in ecosystem.inert] == [
-        f"{config}:5: monitoring.health_check: has no effect yet: the daemon runs no "
-        "health checks yet",
-        f"{config}:16: apps[0].health: has no effect yet: the daemon runs no health checks yet",
         f"{config}:17: apps[0].watch: has no effect yet: the daemon does not watch files yet",
         f"{config}:24: stacks.dev.watch: has no effect yet: the daemon does not watch files yet",
         f"{config}:25: stacks.dev.overrides.api.watch: has no effect yet: the daemon does not "

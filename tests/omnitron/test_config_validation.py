@@ -585,9 +585,12 @@ def test_health_defaults_come_from_monitoring(tmp_path: Path) -> None:
     [
         (
             {"http": "http://x/", "tcp": 1},
-            "apps[0].health: set exactly one of http (a URL) or tcp (a port)",
+            "apps[0].health: set exactly one of http (a URL), tcp (a port) or command (an argv)",
         ),
-        ({"interval": "1s"}, "apps[0].health: set exactly one of http (a URL) or tcp (a port)"),
+        (
+            {"interval": "1s"},
+            "apps[0].health: set exactly one of http (a URL), tcp (a port) or command (an argv)",
+        ),
         ({"tcp": 1, "retries": 0}, "apps[0].health.retries: must be >= 1, got 0"),
         ({"http": "http://x/", "host": "y"}, "apps[0].health.host: only allowed with tcp"),
     ],

@@ -304,3 +304,20 @@ async def test_a_stopped_pool_gets_its_sockets_again_in_group_mode(tmp_path: Pat
         assert (await get(port))[0] == 200
         assert await orchestrator.reload("web") == ["web"]
         assert (await get(port))[0] == 200
+
+
+async def test_health_probes_follow_the_new_processes(tmp_path: Path) -> None:
+    port = free_port()
+    app = web(port, 2, health={"http": f"http://127.0.0.1:{port}/", "interval": "200ms"})
+    async with open_orchestrator(tmp_path, [app]) as (orchestrator, _):
+        await until(lambda: online(orchestrator, 2))
+        states = orchestrator.health.states
+        await until(
+            lambda: (
+                {states[("web", i)].pid for i in (0, 1) if ("web", i) in states}
+                == set(pids(orchestrator).values())
+            )
+        )
+        assert await orchestrator.reload("web") == ["web"]
+        after = pids(orchestrator)
+        assert {i: states[("web", i)].pid for i in (0, 1)} == after

@@ -99,7 +99,12 @@ async def _clients(path: Path, count: int, mode: str) -> int:
         )
         assert process.stdout is not None
         assert process.stdin is not None
-        assert await process.stdout.receive_some(16) == b"ready\n"
+        said = b""
+        while not said.endswith(b"\n"):  # a pipe may hand over a line in pieces
+            chunk = await process.stdout.receive_some(16)
+            assert chunk, f"the client exited before it was ready (said {said!r})"
+            said += chunk
+        assert said == b"ready\n"
         await trio.testing.wait_all_tasks_blocked()
         rss = psutil.Process().memory_info().rss
         await process.stdin.aclose()
