@@ -42,6 +42,7 @@ DECLARED = {
     "daemon.reset": Role.OPERATOR,
     "daemon.signal": Role.OPERATOR,
     "daemon.flush_logs": Role.OPERATOR,
+    "daemon.exec": Role.OPERATOR,
     "daemon.reload_config": Role.ADMIN,
     "daemon.shutdown": Role.ADMIN,
     "daemon.set_metrics_enabled": Role.ADMIN,
@@ -66,6 +67,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "secret.remove": {"name": "db"},
     "daemon.reset": {"name": "web"},
     "daemon.signal": {"name": "web", "signal": "HUP"},
+    "daemon.exec": {"app": "web", "service": "users", "method": "ping", "args": [1]},
 }
 
 

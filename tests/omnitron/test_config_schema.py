@@ -133,8 +133,6 @@ def test_keys_not_acted_on_yet_are_named_with_file_and_line(tmp_path: Path) -> N
     assert ecosystem.warnings == ()  # a key not acted on is not a problem of the config
     assert [str(issue) for issue in ecosystem.inert] == [
         f"{config}:17: apps[0].watch: has no effect yet: the daemon does not watch files yet",
-        f"{config}:21: apps[1].bootstrap: has no effect yet: module-worker mode is not built "
-        "yet; this app cannot be started",
         f"{config}:24: stacks.dev.watch: has no effect yet: the daemon does not watch files yet",
         f"{config}:25: stacks.dev.overrides.api.watch: has no effect yet: the daemon does not "
         "watch files yet",
