@@ -135,12 +135,8 @@ def test_keys_not_acted_on_yet_are_named_with_file_and_line(tmp_path: Path) -> N
         f"{config}:5: monitoring.health_check: has no effect yet: the daemon runs no "
         "health checks yet",
         f"{config}:16: apps[0].health: has no effect yet: the daemon runs no health checks yet",
-        f"{config}:17: apps[0].watch: has no effect yet: the daemon does not watch files yet",
         f"{config}:21: apps[1].bootstrap: has no effect yet: module-worker mode is not built "
         "yet; this app cannot be started",
-        f"{config}:24: stacks.dev.watch: has no effect yet: the daemon does not watch files yet",
-        f"{config}:25: stacks.dev.overrides.api.watch: has no effect yet: the daemon does not "
-        "watch files yet",
     ]
     # Applying a stack keeps them; they never take part in equality.
     assert ecosystem.with_stack("dev").inert == ecosystem.inert
@@ -158,8 +154,11 @@ def test_keys_in_effect_give_no_such_warning(tmp_path: Path) -> None:
             name = "api"
             command = ["x"]
             restart_policy = { max_restarts = 2 }
+            watch = { directory = ".", ignore = ["*.tmp"], debounce = "100ms" }
             [stacks.dev]
             log_level = "info"
+            watch = true
+            overrides.api = { watch = false }
             """
         )
     )
@@ -172,11 +171,12 @@ def test_a_python_config_reports_them_at_its_define_ecosystem_line(tmp_path: Pat
         "from omnitron.config import define_ecosystem\n"
         "\n"
         "ecosystem = define_ecosystem(\n"
-        '    apps=[{"name": "api", "command": ["x"], "watch": True}],\n'
+        '    supervision={"strategy": "one_for_all"},\n'
+        '    apps=[{"name": "api", "command": ["x"], "restart_policy": {"max_restarts": 9}}],\n'
         ")\n"
     )
     [issue] = load_config(config, environ={}).inert
-    assert (issue.line, issue.path) == (3, "apps[0].watch")
+    assert (issue.line, issue.path) == (3, "apps[0].restart_policy")
 
 
 def test_an_invalid_config_is_still_only_its_errors(tmp_path: Path) -> None:

@@ -1,0 +1,440 @@
+"""Hot reload: the ignore rules, the debounce (virtual time, around an injected
+change stream), the watchers' bookkeeping, and the real ``watchfiles`` source on
+real files (real time, generous caps)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from omnitron.config import DEFAULT_WATCH_IGNORE, AppConfig, WatchConfig
+from omnitron.daemon._errors import AppNotFound
+from omnitron.daemon._watch import IgnoreFilter, Watching, debounced, file_changes
+
+# --------------------------------------------------------------------------- ignore rules
+
+
+@pytest.mark.parametrize(
+    "relative",
+    [
+        ".git/index",
+        "pkg/__pycache__/mod.cpython-311.pyc",
+        "mod.pyc",
+        ".venv/lib/python3.11/site-packages/x.py",
+        "venv/bin/python",
+        "logs/app.log",
+        "server.log",
+        ".mod.py.swp",
+        ".mod.py.swo",
+        "4913",
+        "mod.py~",
+        ".#mod.py",
+        "#mod.py#",
+        "node_modules/a/index.js",
+    ],
+)
+def test_the_default_patterns_ignore_tooling_files(tmp_path: Path, relative: str) -> None:
+    keep = IgnoreFilter(tmp_path, DEFAULT_WATCH_IGNORE)
+    assert not keep(str(tmp_path / relative))
+
+
+@pytest.mark.parametrize("relative", ["app.py", "pkg/mod.py", "templates/index.html", "gitx"])
+def test_source_files_count(tmp_path: Path, relative: str) -> None:
+    assert IgnoreFilter(tmp_path, DEFAULT_WATCH_IGNORE)(str(tmp_path / relative))
+
+
+def test_an_apps_own_patterns_and_path_patterns(tmp_path: Path) -> None:
+    keep = IgnoreFilter(tmp_path, (*DEFAULT_WATCH_IGNORE, "*.tmp", "build/*", "data/cache"))
+    assert not keep(str(tmp_path / "x.tmp"))
+    assert not keep(str(tmp_path / "build" / "out.py"))
+    assert not keep(str(tmp_path / "data" / "cache" / "deep" / "f.json"))
+    assert keep(str(tmp_path / "data" / "real.json"))
+    assert keep(str(tmp_path / "src" / "build" / "x.py"))  # "build/*" is anchored
+
+
+def test_the_home_and_the_log_directory_are_never_watched(tmp_path: Path) -> None:
+    home = tmp_path / "run" / ".omni"
+    keep = IgnoreFilter(tmp_path, (), exclude=[home, tmp_path / "out"])
+    assert not keep(str(home / "state.json"))
+    assert not keep(str(tmp_path / "out" / "api.log.1"))
+    assert keep(str(tmp_path / "run" / "app.py"))
+
+
+# --------------------------------------------------------------------------- debounce
+
+
+async def test_a_burst_is_one_change_after_the_quiet_period(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    send, receive = trio.open_memory_channel[set[str]](16)
+    acted: list[tuple[float, set[str]]] = []
+
+    async def act(paths: set[str]) -> None:
+        acted.append((trio.current_time(), paths))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(debounced, receive, 0.3, act)
+        for path, at in (("a.py", 0.0), ("b.py", 0.1), ("a.py", 0.35)):
+            await trio.sleep_until(at)
+            await send.send({path})
+        await trio.sleep_until(2.0)
+        await send.send({"c.py"})
+        await trio.sleep_until(5.0)
+        await send.aclose()
+    # 0.3 s of quiet after the change at 0.35, then after the lone change at 2.0.
+    assert acted == [(0.35 + 0.3, {"a.py", "b.py"}), (2.0 + 0.3, {"c.py"})]
+
+
+async def test_changes_during_a_reload_make_one_more_reload(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    send, receive = trio.open_memory_channel[set[str]](16)
+    acted: list[tuple[float, set[str]]] = []
+
+    async def slow_reload(paths: set[str]) -> None:
+        acted.append((trio.current_time(), paths))
+        await trio.sleep(5.0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(debounced, receive, 0.5, slow_reload)
+        await send.send({"a.py"})
+        for at, path in ((1.0, "b.py"), (2.0, "c.py"), (3.0, "b.py")):
+            await trio.sleep_until(at)
+            await send.send({path})
+        await trio.sleep_until(20.0)
+        await send.aclose()
+    # The first at 0.5; b and c (sent while it ran) once it is done at 5.5, each
+    # batch already queued: the quiet period starts from the last one read.
+    assert [paths for _, paths in acted] == [{"a.py"}, {"b.py", "c.py"}]
+    assert acted[0][0] == 0.5
+    assert acted[1][0] == 0.5 + 5.0 + 0.5
+
+
+async def test_a_closed_stream_acts_on_what_it_had(autojump_clock: trio.testing.MockClock) -> None:
+    send, receive = trio.open_memory_channel[set[str]](16)
+    acted: list[set[str]] = []
+
+    async def act(paths: set[str]) -> None:
+        acted.append(paths)
+
+    await send.send({"a.py"})
+    await send.aclose()
+    await debounced(receive, 10.0, act)
+    assert acted == [{"a.py"}]
+    assert trio.current_time() == 0.0
+
+
+# --------------------------------------------------------------------------- watchers
+
+
+class FakeSource:
+    """An injected change stream: the test pushes batches per watched directory."""
+
+    def __init__(self) -> None:
+        self.sends: dict[Path, trio.MemorySendChannel[set[str]]] = {}
+        self.keeps: dict[Path, Callable[[str], bool]] = {}
+        self.started = trio.Event()
+        self.fail: dict[Path, Exception] = {}
+
+    async def __call__(
+        self,
+        directory: Path,
+        keep: Callable[[str], bool],
+        send: trio.MemorySendChannel[set[str]],
+    ) -> None:
+        if directory in self.fail:
+            raise self.fail[directory]
+        self.sends[directory] = send
+        self.keeps[directory] = keep
+        self.started.set()
+        try:
+            await trio.sleep_forever()
+        finally:
+            del self.sends[directory]
+
+    async def change(self, directory: Path, *paths: str) -> None:
+        kept = {str(directory / p) for p in paths if self.keeps[directory](str(directory / p))}
+        if kept:
+            await self.sends[directory].send(kept)
+
+
+def _apps(tmp_path: Path, **watch: WatchConfig | None) -> dict[str, AppConfig]:
+    apps = {}
+    for name in ("api", "worker"):
+        cwd = tmp_path / name
+        cwd.mkdir(exist_ok=True)
+        apps[name] = AppConfig(name=name, command=("x",), cwd=cwd, watch=watch.get(name))
+    return apps
+
+
+async def test_a_change_reloads_the_app_and_is_recorded(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    api = WatchConfig(directory=tmp_path / "api", ignore=DEFAULT_WATCH_IGNORE, debounce=0.2)
+    apps = _apps(tmp_path, api=api)
+    source = FakeSource()
+    reloads: list[tuple[str, set[str], float]] = []
+    notes: list[tuple[str, str]] = []
+
+    async def reload(app: str, paths: set[str]) -> None:
+        reloads.append((app, paths, trio.current_time()))
+
+    watching = Watching(
+        lambda: apps, reload, source=source, note=lambda app, text: notes.append((app, text))
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watching.run)
+        await source.started.wait()
+        assert list(watching.watched()) == ["api"]
+        start = trio.current_time()
+        await source.change(tmp_path / "api", "app.py", "__pycache__/app.cpython-311.pyc")
+        await trio.sleep(1.0)
+        nursery.cancel_scope.cancel()
+    assert reloads == [("api", {str(tmp_path / "api" / "app.py")}, start + 0.2)]
+    [api_status, worker_status] = watching.status()
+    assert api_status["watching"] is True
+    assert api_status["directory"] == str(tmp_path / "api")
+    assert (api_status["changes"], api_status["reloads"], api_status["failures"]) == (1, 1, 0)
+    assert api_status["last_result"] == "reloaded"
+    assert api_status["last_paths"] == [str(tmp_path / "api" / "app.py")]
+    assert worker_status["watching"] is False
+    assert notes == [("api", "watch: app.py changed; reloading")]
+
+
+async def test_a_failed_reload_is_reported_and_watching_goes_on(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    apps = _apps(tmp_path, api=WatchConfig(directory=tmp_path / "api", debounce=0.1))
+    source = FakeSource()
+    outcomes = [RuntimeError("api: the new process exited with code 1 before it was ready"), None]
+    notes: list[str] = []
+
+    async def reload(app: str, paths: set[str]) -> None:
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise ExceptionGroup("in a nursery", [outcome])
+
+    watching = Watching(
+        lambda: apps, reload, source=source, note=lambda app, text: notes.append(text)
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watching.run)
+        await source.started.wait()
+        await source.change(tmp_path / "api", "app.py")
+        await trio.sleep(1.0)
+        [status] = watching.status("api")
+        assert (status["failures"], status["last_result"]) == (1, "failed")
+        assert status["last_error"] == "api: the new process exited with code 1 before it was ready"
+        assert status["watching"] is True
+        await source.change(tmp_path / "api", "app.py")
+        await trio.sleep(1.0)
+        nursery.cancel_scope.cancel()
+    [status] = watching.status("api")
+    assert (status["reloads"], status["failures"], status["last_result"]) == (1, 1, "reloaded")
+    assert status["last_error"] is None
+    assert notes[1] == (
+        "watch: reload failed, the running processes were kept: "
+        "api: the new process exited with code 1 before it was ready"
+    )
+
+
+async def test_an_app_that_should_not_run_is_not_reloaded(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    apps = _apps(tmp_path, api=WatchConfig(directory=tmp_path / "api", debounce=0.1))
+    source = FakeSource()
+    reloads: list[str] = []
+
+    async def reload(app: str, paths: set[str]) -> None:
+        reloads.append(app)
+
+    watching = Watching(lambda: apps, reload, source=source, running=lambda app: False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watching.run)
+        await source.started.wait()
+        await source.change(tmp_path / "api", "app.py")
+        await trio.sleep(1.0)
+        nursery.cancel_scope.cancel()
+    assert reloads == []
+    assert watching.status("api")[0]["last_result"] == "skipped"
+
+
+async def test_on_and_off_switch_watchers_at_run_time(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    apps = _apps(tmp_path, api=WatchConfig(directory=tmp_path / "api"))
+    source = FakeSource()
+
+    async def reload(app: str, paths: set[str]) -> None:
+        await trio.lowlevel.checkpoint()
+
+    watching = Watching(lambda: apps, reload, source=source)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watching.run)
+        await trio.sleep(0.1)
+        assert set(source.sends) == {tmp_path / "api"}
+        # An app without a watch config is watched in its cwd, with the defaults.
+        assert watching.turn_on("worker") == ["worker"]
+        assert watching.turn_on("worker") == []
+        await trio.sleep(0.1)
+        assert set(source.sends) == {tmp_path / "api", tmp_path / "worker"}
+        assert watching.status("worker")[0]["debounce"] == 0.3
+        assert watching.turn_off() == ["api", "worker"]
+        await trio.sleep(0.1)
+        assert source.sends == {}
+        assert [s["watching"] for s in watching.status()] == [False, False]
+        assert watching.turn_on() == ["api", "worker"]
+        await trio.sleep(0.1)
+        assert set(source.sends) == {tmp_path / "api", tmp_path / "worker"}
+        assert watching.turn_off("api") == ["api"]
+        await trio.sleep(0.1)
+        assert set(source.sends) == {tmp_path / "worker"}
+        with pytest.raises(AppNotFound):
+            watching.turn_on("nope")
+        with pytest.raises(AppNotFound):
+            watching.status("nope")
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_up_flag_decides_for_every_app(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    apps = _apps(tmp_path, api=WatchConfig(directory=tmp_path / "api"))
+
+    async def reload(app: str, paths: set[str]) -> None:
+        await trio.lowlevel.checkpoint()
+
+    for enabled, expected in ((True, ["api", "worker"]), (False, []), (None, ["api"])):
+        watching = Watching(lambda: apps, reload, source=FakeSource(), enabled=enabled)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(watching.run)
+            assert list(watching.watched()) == expected
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_config_change_restarts_or_stops_a_watcher(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    apps = _apps(tmp_path, api=WatchConfig(directory=tmp_path / "api"))
+    source = FakeSource()
+
+    async def reload(app: str, paths: set[str]) -> None:
+        await trio.lowlevel.checkpoint()
+
+    watching = Watching(lambda: apps, reload, source=source)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watching.run)
+        await trio.sleep(0.1)
+        other = tmp_path / "api" / "src"
+        other.mkdir()
+        apps["api"] = AppConfig(
+            name="api", command=("x",), cwd=tmp_path / "api", watch=WatchConfig(directory=other)
+        )
+        watching.refresh()
+        await trio.sleep(0.1)
+        assert set(source.sends) == {other}
+        del apps["api"]
+        watching.refresh()
+        await trio.sleep(0.1)
+        assert source.sends == {}
+        assert [s["app"] for s in watching.status()] == ["worker"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_directory_that_cannot_be_watched_stops_only_its_watcher(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    apps = _apps(
+        tmp_path,
+        api=WatchConfig(directory=tmp_path / "api"),
+        worker=WatchConfig(directory=tmp_path / "worker"),
+    )
+    source = FakeSource()
+    source.fail[tmp_path / "api"] = OSError(28, "inotify watch limit reached")
+    notes: list[str] = []
+
+    async def reload(app: str, paths: set[str]) -> None:
+        await trio.lowlevel.checkpoint()
+
+    watching = Watching(lambda: apps, reload, source=source, note=lambda a, t: notes.append(t))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watching.run)
+        await trio.sleep(0.1)
+        assert list(watching.watched()) == ["worker"]
+        [status] = watching.status("api")
+        assert status["watching"] is False
+        assert status["last_error"] == "watching stopped: [Errno 28] inotify watch limit reached"
+        assert notes == [
+            f"watch: stopped watching {tmp_path / 'api'}: [Errno 28] inotify watch limit reached"
+        ]
+        del source.fail[tmp_path / "api"]
+        assert watching.turn_on("api") == ["api"]  # tried again on request
+        await trio.sleep(0.1)
+        assert set(source.sends) == {tmp_path / "api", tmp_path / "worker"}
+        nursery.cancel_scope.cancel()
+
+
+# --------------------------------------------------------------------------- real files
+
+
+@pytest.mark.slow
+async def test_the_real_source_reports_changes_and_skips_ignored_files(tmp_path: Path) -> None:
+    send, receive = trio.open_memory_channel[set[str]](16)
+    keep = IgnoreFilter(tmp_path, DEFAULT_WATCH_IGNORE)
+    (tmp_path / "__pycache__").mkdir()
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(file_changes, tmp_path, keep, send)
+            # The watch is set up in the thread: write until the first batch comes.
+            seen: set[str] = set()
+            while str(tmp_path / "app.py") not in seen:
+                (tmp_path / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"x")
+                (tmp_path / "app.py").write_text("print('v2')\n")
+                with trio.move_on_after(0.5):
+                    seen |= await receive.receive()
+            assert seen == {str(tmp_path / "app.py")}
+            nursery.cancel_scope.cancel()
+
+
+def _in_watchfiles() -> list[int]:
+    """The threads running ``watchfiles`` code now."""
+    found = []
+    for ident, frame in sys._current_frames().items():
+        stack = []
+        while frame is not None:
+            stack.append(frame.f_code.co_filename)
+            frame = frame.f_back  # type: ignore[assignment]
+        if any(f"{os.sep}watchfiles{os.sep}" in name for name in stack):
+            found.append(ident)
+    return found
+
+
+@pytest.mark.slow
+async def test_the_real_source_stops_at_once_when_cancelled(tmp_path: Path) -> None:
+    """``watchfiles.awatch`` would take its Rust timeout (5 s) to notice; this takes
+    one step (50 ms), and its thread has left ``watchfiles`` when the cancel returns."""
+    send, _receive = trio.open_memory_channel[set[str]](16)
+    keep = IgnoreFilter(tmp_path, ())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(file_changes, tmp_path, keep, send)
+        with trio.fail_after(20):
+            # A thread's state, not a task's: nothing to wait on but a look.
+            while not _in_watchfiles():  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        start = trio.current_time()
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() - start < 2.0
+    assert _in_watchfiles() == []
+
+
+@pytest.mark.slow
+async def test_the_real_source_fails_on_a_missing_directory(tmp_path: Path) -> None:
+    send, _receive = trio.open_memory_channel[set[str]](16)
+    with trio.fail_after(20), pytest.raises(FileNotFoundError):
+        await file_changes(tmp_path / "gone", IgnoreFilter(tmp_path, ()), send)
