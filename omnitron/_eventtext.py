@@ -51,10 +51,12 @@ def describe(event: Mapping[str, Any]) -> str:
         return _process(event, f"restarting in {_delay(event)}")
     if kind == "stopped":
         return _stopped(event)
-    if kind in ("started", "restarted"):
+    if kind in ("started", "restarted", "reloaded"):
         return str(kind)
     if kind == "restart_failed":
         return f"restart failed: instance {event.get('instance', '?')}: {reason}"
+    if kind == "reload_failed":
+        return f"reload failed: instance {event.get('instance', '?')}: {reason}; old kept"
     if kind == "scaled":
         return f"scaled {event.get('previous')} -> {event.get('instances')}"
     if kind == "failed":

@@ -21,7 +21,7 @@ from typing import Any, Final
 import attrs
 import trio
 
-from ._spec import Listen, ListenTcp, ListenUnix
+from ._spec import Listen, ListenSocket, ListenTcp, ListenUnix
 
 __all__ = ["LISTEN_FDS_START", "ListenSet", "describe_listen", "open_listen_set"]
 
@@ -38,6 +38,8 @@ def describe_listen(spec: Listen) -> str:
         return f"tcp {host}:{spec.port}"
     if isinstance(spec, ListenUnix):
         return f"unix {spec.path}"
+    if isinstance(spec, ListenSocket):
+        return f"socket {spec.name or 'unknown'}"
     return repr(spec)
 
 
@@ -47,6 +49,7 @@ class _Bound:
     sock: socket.socket = attrs.field(eq=False)
     address: Any
     inode: tuple[int, int] | None  # (st_dev, st_ino) of a Unix socket file we created
+    owned: bool = True  # False: the caller's socket (Listen.socket), never closed here
 
 
 class ListenSet:
@@ -100,12 +103,15 @@ class ListenSet:
     def close(self) -> None:
         """Close every socket and remove the Unix socket files this set created.
 
-        Idempotent. A socket file replaced by someone else since is left alone.
+        Idempotent. A socket file replaced by someone else since is left alone, and
+        a socket given with :meth:`Listen.socket` stays open (its owner closes it).
         """
         if self._closed:
             return
         self._closed = True
         for b in self._bound:
+            if not b.owned:
+                continue
             b.sock.close()
             if isinstance(b.spec, ListenUnix) and b.inode is not None:
                 _unlink_if_same(b.spec.path, b.inode)
@@ -151,6 +157,9 @@ async def _open_one(spec: Listen) -> _Bound:
         return await _open_tcp(spec)
     if isinstance(spec, ListenUnix):
         return await _open_unix(spec)
+    if isinstance(spec, ListenSocket):
+        await trio.lowlevel.checkpoint()
+        return _given(spec)
     raise TypeError(f"unsupported listening socket spec: {spec!r}")
 
 
@@ -184,6 +193,19 @@ async def _open_unix(spec: ListenUnix) -> _Bound:
         sock.close()
         raise
     return _Bound(spec=spec, sock=sock, address=spec.path, inode=(st.st_dev, st.st_ino))
+
+
+def _given(spec: ListenSocket) -> _Bound:
+    """A caller's socket, as it is: it must still be open and listening."""
+    sock = spec.sock
+    if sock.fileno() < 0:
+        raise OSError(errno.EBADF, "the socket was closed by its owner")
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        raise OSError(errno.EINVAL, "the socket is not listening")
+    address = sock.getsockname()
+    if isinstance(address, tuple):
+        address = address[:2]
+    return _Bound(spec=spec, sock=sock, address=address, inode=None, owned=False)
 
 
 def _remove_stale_unix_socket(path: str) -> None:

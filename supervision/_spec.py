@@ -7,6 +7,7 @@ import inspect
 import math
 import re
 import signal as _signal
+import socket as _socket
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -405,6 +406,17 @@ class Listen:
         """A Unix stream listening socket at ``path`` (a stale socket file is replaced)."""
         return ListenUnix(path=path, name=name, backlog=backlog)
 
+    @staticmethod
+    def socket(sock: _socket.socket, *, name: str | None = None) -> ListenSocket:
+        """A stream socket already bound and listening, owned by the caller.
+
+        The supervisor passes it like the others but never opens nor closes it, so
+        one socket can be shared by several children (the instances of a pool, an
+        old and a new process during a replacement). The caller keeps it open for
+        as long as a child may start with it.
+        """
+        return ListenSocket(sock=sock, name=name)
+
 
 _FDNAME = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
 
@@ -442,6 +454,24 @@ class ListenUnix(Listen):
         if len(self.path.encode()) > 107:
             raise _fail(ListenUnix, "path", "is longer than the 107 bytes AF_UNIX allows")
         _check_listen_common(ListenUnix, self.name, self.backlog)
+
+
+@attrs.frozen
+class ListenSocket(Listen):
+    kind: ClassVar[str] = "socket"
+    sock: _socket.socket
+    name: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.sock, _socket.socket):
+            raise InvalidSpecType(
+                f"ListenSocket.sock: expected a socket.socket, got {type(self.sock).__name__}"
+            )
+        if self.sock.fileno() < 0:
+            raise _fail(ListenSocket, "sock", "is closed")
+        if self.sock.type != _socket.SOCK_STREAM:
+            raise _fail(ListenSocket, "sock", "must be a stream (SOCK_STREAM) socket")
+        _check_listen_common(ListenSocket, self.name, 1)
 
 
 # --------------------------------------------------------------------------- leaves
@@ -631,7 +661,8 @@ class ProcessChild:
         for i, sock in enumerate(self.listen):
             if not isinstance(sock, Listen) or type(sock) is Listen:
                 raise InvalidSpecType(
-                    f"ProcessChild.listen[{i}]: expected Listen.tcp(...) or Listen.unix(...)"
+                    f"ProcessChild.listen[{i}]: expected Listen.tcp(...), Listen.unix(...) "
+                    "or Listen.socket(...)"
                 )
         for code in self.success_exit_codes:
             if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code <= 255:

@@ -403,7 +403,7 @@ def _targets(cli: Cli, apps: tuple[str, ...]) -> list[str]:
     return names
 
 
-def _action(verb: str, key: str, summary: str) -> None:
+def _action(verb: str, key: str, summary: str, method: str | None = None) -> None:
     @cli.command(verb, help=summary + " Several APPs are handled one after the other.")
     @click.argument("apps", metavar="APP...|all", nargs=-1, required=True)
     @pass_cli
@@ -412,7 +412,7 @@ def _action(verb: str, key: str, summary: str) -> None:
         done: list[str] = []
         lines = []
         for name in names:
-            result = _act(cli, f"daemon.{verb}_app", name=name)
+            result = _act(cli, method or f"daemon.{verb}_app", name=name)
             handled = result.get(key) or []
             done += [n for n in handled if n not in done]
             lines.append(render.render_actions(verb, name, handled))
@@ -422,6 +422,13 @@ def _action(verb: str, key: str, summary: str) -> None:
 _action("start", "started", "Start an app (and what it depends on), or all enabled apps.")
 _action("stop", "stopped", "Stop an app (only that app), or all apps (dependents first).")
 _action("restart", "restarted", "Restart an app's processes one by one, or all apps.")
+_action(
+    "reload",
+    "reloaded",
+    "Replace an app's processes with zero downtime (each new one ready before its old "
+    "one stops), or those of all running apps.",
+    method="daemon.reload",
+)
 
 MAX_INSTANCES = 1024
 

@@ -241,8 +241,13 @@ def render_status(status: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- actions
 
 
-_PAST = {"start": "started", "stop": "stopped", "restart": "restarted"}
-_ALREADY = {"start": "already running", "stop": "already stopped", "restart": "not running"}
+_PAST = {"start": "started", "stop": "stopped", "restart": "restarted", "reload": "reloaded"}
+_ALREADY = {
+    "start": "already running",
+    "stop": "already stopped",
+    "restart": "not running",
+    "reload": "not running",
+}
 
 
 def render_actions(verb: str, target: str, names: Sequence[str]) -> str:

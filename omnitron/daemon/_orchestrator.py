@@ -142,6 +142,12 @@ class Orchestrator:
         self._starting: dict[str, trio.CancelScope] = {}  # starts in progress, by app
         self._shutting_down = False
         self._reloading = trio.Lock()
+        # Zero-downtime reload: the child that is process ``index`` of an app now,
+        # when it is not the pool's first one (a successor took over), and the
+        # events of successors still starting, held until they take over.
+        self._current: dict[tuple[str, int], str] = {}
+        self._incoming: dict[tuple[str, ...], list[ev.Event]] = {}
+        self._successors = 0
         self.started_at = time.time()
         self.stop_reason: str | None = None
         """Why the daemon stops on its own (a critical app crashed), for the state file."""
@@ -181,17 +187,29 @@ class Orchestrator:
         place = self._builder.places.get(event.path)
         if place is None:
             return
+        if place.instance is None and isinstance(event, ev.ChildStarted):
+            # A pool starts from its spec: its processes have their first names.
+            for key in [k for k in self._current if k[0] == place.app]:
+                del self._current[key]
+        elif place.instance is not None and event.path[-1] != self._child(
+            place.app, place.instance
+        ):
+            held = self._incoming.get(event.path)
+            if held is not None:
+                held.append(event)  # a successor still starting: applied if it takes over
+            return  # else a process replaced by a reload: its end changes nothing
         old = self.apps.get(place.app)
         if old is None:
             return
-        new = apply(old, event, place.instance, group_mode=self._group_mode)
-        if new is old:
-            return
-        if place.instance is not None and isinstance(event, ev.ChildStarted):
-            process = new.processes[place.instance]
+        self._commit(old, self._applied(old, event, place.instance), note=True)
+
+    def _applied(self, record: AppRecord, event: ev.Event, instance: int | None) -> AppRecord:
+        new = apply(record, event, instance, group_mode=self._group_mode)
+        if new is not record and instance is not None and isinstance(event, ev.ChildStarted):
+            process = new.processes[instance]
             identified = attrs.evolve(process, identity=_identity(event.pid))
-            new = attrs.evolve(new, processes={**new.processes, place.instance: identified})
-        self._commit(old, new, note=True)
+            new = attrs.evolve(new, processes={**new.processes, instance: identified})
+        return new
 
     # ------------------------------------------------------------------ running
 
@@ -383,6 +401,10 @@ class Orchestrator:
         self.record(target)
         return [target]
 
+    def _child(self, name: str, index: int) -> str:
+        """The name, in its app's pool, of the child that is process ``index`` now."""
+        return self._current.get((name, index)) or TreeBuilder.instance_name(index)
+
     def _lock(self, name: str) -> trio.Lock:
         lock = self._locks.get(name)
         if lock is None:
@@ -542,7 +564,7 @@ class Orchestrator:
                     if fresh:  # secrets are read at every start: a new spec
                         await self._replace_instance(name, pool, index)
                     else:
-                        await pool.restart_child(TreeBuilder.instance_name(index))
+                        await pool.restart_child(self._child(name, index))
                 except _GONE as exc:
                     if self._stopped(name) or not isinstance(exc, StartFailure):
                         return False  # stopped (or scaled down) meanwhile
@@ -593,7 +615,7 @@ class Orchestrator:
                 note=True,
             )
             try:
-                await pool.restart_child(TreeBuilder.instance_name(index))
+                await pool.restart_child(self._child(name, index))
             except _GONE:
                 return False
             return True
@@ -606,8 +628,10 @@ class Orchestrator:
             StartFailure: The new process did not come up.
         """
         spec = self._builder.instance(self.apps[name].config, index)
-        await pool.terminate_child(spec.name)
-        await pool.delete_child(spec.name)
+        running = self._child(name, index)
+        await pool.terminate_child(running)
+        await pool.delete_child(running)
+        self._current.pop((name, index), None)
         await pool.start_child(spec)
 
     async def scale(self, name: str, instances: int) -> int:
@@ -662,10 +686,11 @@ class Orchestrator:
         return previous
 
     async def _remove_instance(self, name: str, pool: Supervisor, index: int) -> None:
-        child = TreeBuilder.instance_name(index)
+        child = self._child(name, index)
         await pool.terminate_child(child)
         with contextlib.suppress(ChildNotFound):
             await pool.delete_child(child)
+        self._current.pop((name, index), None)
         self._update(name, functools.partial(_without_process, index=index))
 
     async def _new_instance_exit(self, name: str, indexes: range) -> tuple[int, str] | None:
@@ -684,6 +709,109 @@ class Orchestrator:
                         return index, process.last_exit or "exited"
                 await trio.sleep(SCALE_POLL)
         return None
+
+    async def reload(self, target: str) -> list[str]:
+        """Replace the processes of an app (or of all running apps) with zero downtime.
+
+        Each process is replaced in turn by a new one started beside it, from a
+        newly built spec (the config in force, secrets read again); only once the
+        new one is ready is the old one stopped, gracefully. So a pool of N keeps
+        N ready processes throughout (N + 1 for a moment), and a single process
+        keeps serving until its successor is ready. With ``sockets`` in the
+        config, old and new processes accept on the same daemon-owned sockets.
+
+        A stopped app named explicitly is started; ``"all"`` skips stopped apps.
+
+        Returns:
+            The names reloaded (or started).
+
+        Raises:
+            AppStartFailed: A new process did not become ready (it exited, or
+                missed ``startup_timeout``): that reload stops there, the process
+                it was to replace and every later one keep running untouched.
+        """
+        names = self.names(target)
+        reloaded: list[str] = []
+        await self.wait_ready()  # the tree must exist to find the pools
+        for name in names:
+            record = self.apps.get(name)
+            if record is None:
+                continue
+            pool = self.pool(name)
+            if pool is None:
+                if target == "all" and record.desired is DesiredStatus.STOPPED:
+                    continue
+                if await self._start_one(name):
+                    reloaded.append(name)
+                continue
+            if await self._reload_pool(name, pool):
+                reloaded.append(name)
+        return reloaded
+
+    async def _reload_pool(self, name: str, pool: Supervisor) -> bool:
+        async with self._lock(name):
+            for index in range(self.apps[name].instances):
+                if self._stopped(name) or not await self._succeed(name, pool, index):
+                    return False  # stopped (or removed) meanwhile
+            self._remember(name, EventKind.RELOADED)
+            return True
+
+    async def _succeed(self, name: str, pool: Supervisor, index: int) -> bool:
+        """Start a successor of process ``index`` beside it; once it is ready, it
+        becomes process ``index`` and the old one is stopped.
+
+        Until the switch, the successor's events are held (the records still show
+        the old process); at the switch they are applied in order, and from then
+        on nothing the old process does changes the records (its stop, a late
+        exit: PL-10), since its name is no longer the instance's.
+
+        Returns:
+            ``False`` when the app was stopped meanwhile.
+
+        Raises:
+            AppStartFailed: The successor did not become ready (the old one stays).
+        """
+        self._successors += 1
+        successor = TreeBuilder.successor_name(index, self._successors)
+        spec = self._builder.instance(self.apps[name].config, index, child=successor)
+        path = (*pool.path, successor)
+        self._incoming[path] = []
+        try:
+            await pool.start_child(spec)
+        except _GONE as exc:
+            self._incoming.pop(path, None)
+            self._builder.places.pop(path, None)
+            if self._stopped(name) or not isinstance(exc, StartFailure):
+                return False
+            reason = exc.reason
+            error = f"instance {index}: reload: {reason}"
+            self._update(name, functools.partial(attrs.evolve, last_error=error))
+            self._remember(name, EventKind.RELOAD_FAILED, instance=index, reason=reason)
+            raise AppStartFailed(
+                f"{name}: the new instance {index} did not become ready ({reason}); the "
+                "reload stopped there: the running instances were kept and keep serving",
+                app=name,
+            ) from None
+        except BaseException:
+            # Cancelled while it started: take it down, the old one stays.
+            self._incoming.pop(path, None)
+            with trio.CancelScope(shield=True), contextlib.suppress(*_GONE):
+                await pool.terminate_child(successor)
+            raise
+        predecessor = self._child(name, index)
+        # The switch: the successor's events so far are applied at once (the
+        # records go from the old process online to the new one online).
+        self._current[(name, index)] = successor
+        old = new = self.apps[name]
+        for event in self._incoming.pop(path):
+            new = self._applied(new, event, index)
+        self._commit(old, new, note=True)
+        with contextlib.suppress(ChildNotFound):
+            await pool.terminate_child(predecessor)
+            await pool.delete_child(predecessor)
+        if predecessor != TreeBuilder.instance_name(index):
+            self._builder.places.pop((*pool.path, predecessor), None)
+        return True
 
     def reset(self, target: str) -> list[str]:
         """Set the restart counters of an app (or all apps) and its processes to zero.

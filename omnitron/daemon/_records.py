@@ -73,6 +73,12 @@ class EventKind(enum.Enum):
     ``one_for_all`` / ``rest_for_one``)."""
     CRASHED = "crashed"
     """The app was given up on (``reason``)."""
+    RELOADED = "reloaded"
+    """The operator reloaded the app: each process replaced by a new one that was
+    ready before the old one stopped."""
+    RELOAD_FAILED = "reload_failed"
+    """A reload stopped at a new process that did not become ready (``instance``,
+    ``reason``); the running processes were kept."""
     MEMORY_RESTART = "memory_restart"
     """A process was restarted for exceeding the app's ``max_memory`` (``instance``,
     ``pid``, ``reason``)."""

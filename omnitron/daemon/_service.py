@@ -541,6 +541,13 @@ def build_dispatcher(
         await service.persisted()
         return {"restarted": restarted}
 
+    async def reload(call: Call, *, name: Target) -> dict[str, Any]:
+        """Replace an app's processes with zero downtime (each new one ready before
+        its old one stops), or those of all running apps."""
+        reloaded = await explained(orch.reload(name))
+        await service.persisted()
+        return {"reloaded": reloaded}
+
     async def start_all(call: Call) -> dict[str, Any]:
         """Start every enabled app."""
         started = await explained(orch.start("all"))
@@ -637,6 +644,7 @@ def build_dispatcher(
         "daemon.start_all": start_all,
         "daemon.stop_all": stop_all,
         "daemon.restart_all": restart_all,
+        "daemon.reload": reload,
         "daemon.scale": scale,
         "daemon.reset": reset,
         "daemon.signal": signal_app,

@@ -253,16 +253,26 @@ class TreeBuilder:
         """The name of process ``index`` in its app's pool."""
         return str(index)
 
-    def instance(self, app: AppConfig, index: int) -> ChildSpec:
+    @staticmethod
+    def successor_name(index: int, generation: int) -> str:
+        """The name of the process that replaces process ``index`` in a reload: a
+        new child beside the running one (``0~3``), shown as instance ``index``."""
+        return f"{index}~{generation}"
+
+    def instance(self, app: AppConfig, index: int, *, child: str | None = None) -> ChildSpec:
         """Process ``index`` of ``app``'s pool, its secrets resolved now.
+
+        ``child`` names it in the pool (default :meth:`instance_name`; a reload
+        names the new process with :meth:`successor_name`): whatever its name, the
+        path maps to instance ``index`` in :attr:`places`.
 
         Raises:
             SecretsUnavailable: A secret it references cannot be resolved.
         """
-        child = self._process(app, index) if self._leaf is None else self._leaf(app, index)
-        name = self.instance_name(index)
+        process = self._process(app, index) if self._leaf is None else self._leaf(app, index)
+        name = self.instance_name(index) if child is None else child
         self.places[(self.ecosystem.project, app.name, name)] = Place(app.name, index)
-        return ChildSpec(name, child, restart=_RESTART[app.restart])
+        return ChildSpec(name, process, restart=_RESTART[app.restart])
 
     def _process(self, app: AppConfig, index: int) -> ProcessChild:
         assert app.command is not None

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from supervision._errors import StartFailure
+from supervision._errors import InvalidSpec, InvalidSpecType, StartFailure
 from supervision._spec import Listen, Output, ProcessChild, Ready
 
 
@@ -183,3 +183,65 @@ async def test_aclose_releases_the_port(slots) -> None:
     await slot.runner.aclose()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((host, port), timeout=5).close()
+
+
+async def test_a_shared_socket_reaches_two_children_and_outlives_them(slots, child, lines) -> None:
+    # Listen.socket: the caller's socket, passed to every child as it is and never
+    # closed by the supervisor (the daemon shares one socket between a pool's
+    # processes, and between an old and a new process during a reload).
+    with socket.socket() as shared:
+        shared.bind(("127.0.0.1", 0))
+        shared.listen()
+        address = list(shared.getsockname())
+        outs = [lines(), lines()]
+        runners = []
+        for index, out in enumerate(outs):
+            spec = ProcessChild(
+                child("listen_fds"),
+                listen=[Listen.socket(shared, name="http")],
+                stdout=Output.lines(out),
+            )
+            slot = slots.new(spec, name=f"child{index}")
+            await slot.start()
+            assert (await slot.exited()).code == 0
+            await slot.runner.aclose()  # closes what it owns: not this socket
+            runners.append(slot.runner)
+        reports = [json.loads(out.lines[0]) for out in outs]
+        assert [r["names"] for r in reports] == ["http", "http"]
+        assert [r["addresses"] for r in reports] == [[address], [address]]
+        assert all(r["pid_matches"] and r["listen_fds"] == 1 for r in reports)
+        assert runners[0].listen_addresses == (tuple(address),)
+        assert shared.fileno() >= 0
+        with socket.create_connection(tuple(address), timeout=5):
+            pass  # still listening: the owner decides when it closes
+
+
+async def test_a_shared_socket_closed_by_its_owner_is_a_start_failure(slots) -> None:
+    shared = socket.socket()
+    shared.bind(("127.0.0.1", 0))
+    shared.listen()
+    spec = ProcessChild(["sleep", "3600"], listen=[Listen.socket(shared, name="http")])
+    shared.close()
+    slot = slots.new(spec)
+    with pytest.raises(StartFailure) as info:
+        await slot.start()
+    assert info.value.reason == (
+        "cannot open listening socket: socket http: the socket was closed by its owner"
+    )
+    assert slot.spawned == []
+
+
+def test_listen_socket_spec_is_checked() -> None:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as datagram,
+        pytest.raises(InvalidSpec, match="SOCK_STREAM"),
+    ):
+        Listen.socket(datagram)
+    closed = socket.socket()
+    closed.close()
+    with pytest.raises(InvalidSpec, match="is closed"):
+        Listen.socket(closed)
+    with pytest.raises(InvalidSpecType, match=r"socket\.socket"):
+        Listen.socket(3)  # type: ignore[arg-type]
+    with socket.socket() as sock, pytest.raises(InvalidSpec, match="name"):
+        Listen.socket(sock, name="a b")
