@@ -165,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     "--tls-cert", metavar="FILE", help="Serve this certificate (PEM) instead of the daemon's own."
 )
 @click.option("--tls-key", metavar="FILE", help="The private key (PEM) of --tls-cert.")
+@click.option(
+    "--watch/--no-watch",
+    "watch",
+    default=None,
+    help="Reload every app when its files change / watch none (default: the config's).",
+)
 @click.option("--daemonized", is_flag=True, hidden=True)
 @pass_cli
 def up(
@@ -178,6 +184,7 @@ def up(
     http: str | None,
     tls_cert: str | None,
     tls_key: str | None,
+    watch: bool | None,
     daemonized: bool,
 ) -> None:
     """Start the daemon and its apps (detached unless --foreground).
@@ -198,6 +205,7 @@ def up(
         wait_timeout=wait_timeout,
         daemonized=daemonized,
         planes=_auth.plane_argv(tcp=tcp, http=http, tls_cert=tls_cert, tls_key=tls_key),
+        watch=watch,
     )
     raise SystemExit(code)
 
@@ -514,6 +522,44 @@ def reload_config(cli: Cli, dry_run: bool) -> None:
     for warning in result.get("warnings") or ():
         cli.note(f"warning: {warning}")
     cli.emit(result, render.render_reload)
+
+
+# --------------------------------------------------------------------------- watch
+
+
+@cli.group()
+def watch() -> None:
+    """Hot reload in development: reload an app (zero downtime) when its files change."""
+
+
+@watch.command("on")
+@click.argument("app", required=False)
+@pass_cli
+def watch_on(cli: Cli, app: str | None) -> None:
+    """Watch APP's files (its `watch` settings, or its cwd), or every app's."""
+    from . import _watch
+
+    _watch.switch(cli, app, on=True)
+
+
+@watch.command("off")
+@click.argument("app", required=False)
+@pass_cli
+def watch_off(cli: Cli, app: str | None) -> None:
+    """Stop watching APP's files, or every app's."""
+    from . import _watch
+
+    _watch.switch(cli, app, on=False)
+
+
+@watch.command("status")
+@click.argument("app", required=False)
+@pass_cli
+def watch_status(cli: Cli, app: str | None) -> None:
+    """What is watched, and each app's last change and reload."""
+    from . import _watch
+
+    _watch.status(cli, app)
 
 
 # --------------------------------------------------------------------------- config

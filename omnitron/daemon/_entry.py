@@ -101,7 +101,7 @@ def _usage(message: str) -> int:
     print(
         "usage: python -m omnitron.daemon --home PATH --config PATH [--stack NAME] "
         "[--reset-state] [--echo] [--ready-fd N] [--tcp HOST:PORT] [--http HOST:PORT] "
-        "[--tls-cert FILE --tls-key FILE]",
+        "[--tls-cert FILE --tls-key FILE] [--watch|--no-watch]",
         file=sys.stderr,
     )
     return 2
@@ -109,7 +109,12 @@ def _usage(message: str) -> int:
 
 def _parse(argv: Sequence[str]) -> dict[str, object] | str:
     """The options, or the reason ``argv`` is not valid (argparse costs memory here)."""
-    values: dict[str, object] = {"stack": None, "reset_state": False, "echo": False}
+    values: dict[str, object] = {
+        "stack": None,
+        "reset_state": False,
+        "echo": False,
+        "watch": None,
+    }
     valued = {
         "--home": "home",
         "--config": "config",
@@ -135,6 +140,8 @@ def _parse(argv: Sequence[str]) -> dict[str, object] | str:
             values[valued[key]] = value
         elif arg in flags:
             values[flags[arg]] = True
+        elif arg in ("--watch", "--no-watch"):
+            values["watch"] = arg == "--watch"
         else:
             return f"unexpected argument {arg!r}"
     for required in ("home", "config"):
@@ -204,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls_cert=_path(parsed.get("tls_cert")),
             tls_key=_path(parsed.get("tls_key")),
         ),
+        watch=parsed["watch"] if isinstance(parsed["watch"], bool) else None,
         progress=progress,
     )
     try:

@@ -32,6 +32,7 @@ import structlog
 import trio
 
 from ..config import AppConfig, WatchConfig
+from ..rpc import Call, Dispatcher, Handler, Name, Role
 from ._errors import AppNotFound
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "Watching",
     "debounced",
     "file_changes",
+    "register_watch_methods",
 ]
 
 log = structlog.get_logger("omnitron.watch")
@@ -226,7 +228,9 @@ class WatchRecord:
         last_paths: Up to :data:`SHOWN_PATHS` of the paths it changed.
         last_result: ``"reloaded"``, ``"failed"``, ``"skipped"`` (app not running) or
             ``None`` (nothing changed yet).
-        last_error: Why the last reload failed, or why watching stopped.
+        last_error: Why the last reload failed (``None`` once one succeeds).
+        watch_error: Why watching stopped by itself (the directory vanished, the
+            inotify watch limit); cleared when the app is watched again.
     """
 
     app: str
@@ -240,6 +244,7 @@ class WatchRecord:
     last_paths: tuple[str, ...] = ()
     last_result: str | None = None
     last_error: str | None = None
+    watch_error: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         data = attrs.asdict(self)
@@ -266,7 +271,8 @@ class Watching:
         enabled: ``True``: watch every app (its ``watch`` settings, or its ``cwd``);
             ``False``: none; ``None``: those with a ``watch`` config
             (``up --watch`` / ``--no-watch`` / neither).
-        exclude: Directories never watched for changes (the home, the logs).
+        exclude: Returns the directories whose changes never count (the home, the
+            logs), read when a watcher starts.
         source: Where changes come from (:func:`file_changes`; tests inject theirs).
         note: Writes a line into an app's log.
     """
@@ -278,7 +284,7 @@ class Watching:
         *,
         running: Callable[[str], bool] = lambda app: True,
         enabled: bool | None = None,
-        exclude: Iterable[Path] = (),
+        exclude: Callable[[], Iterable[Path]] = tuple,
         source: ChangeSource = file_changes,
         note: Callable[[str, str], None] = lambda app, text: None,
     ) -> None:
@@ -287,12 +293,13 @@ class Watching:
         self._running_app = running
         self._enabled = enabled
         self._overrides: dict[str, bool] = {}
-        self._exclude = tuple(exclude)
+        self._exclude = exclude
         self._source = source
         self._note = note
         self._nursery: trio.Nursery | None = None
         self._tasks: dict[str, _Running] = {}
         self._records: dict[str, WatchRecord] = {}
+        self._stopped = False
 
     # ------------------------------------------------------------------ choice
 
@@ -341,8 +348,11 @@ class Watching:
     # ------------------------------------------------------------------ running
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the watchers until cancelled (every watcher thread has ended then)."""
+        """Run the watchers until cancelled or :meth:`stop` (every watcher thread has
+        ended when it returns)."""
         async with trio.open_nursery() as nursery:
+            if self._stopped:
+                return
             self._nursery = nursery
             try:
                 self.refresh()
@@ -351,6 +361,16 @@ class Watching:
             finally:
                 self._nursery = None
                 self._tasks.clear()
+                for name, record in self._records.items():
+                    if record.watching:
+                        self._records[name] = attrs.evolve(record, watching=False)
+
+    def stop(self) -> None:
+        """Stop every watcher for good (the daemon is shutting down: no reload may
+        start now)."""
+        self._stopped = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     def refresh(self) -> None:
         """Start, stop or restart watchers to match the apps and the switches
@@ -378,7 +398,7 @@ class Watching:
                 watching=True,
                 directory=str(watch.directory),
                 debounce=watch.debounce,
-                last_error=None,
+                watch_error=None,
             )
             self._nursery.start_soon(self._watch, name, running)
 
@@ -388,7 +408,7 @@ class Watching:
 
     async def _watch(self, app: str, running: _Running) -> None:
         config = running.config
-        keep = IgnoreFilter(config.directory, config.ignore, self._exclude)
+        keep = IgnoreFilter(config.directory, config.ignore, self._exclude())
         with running.scope:
             log.info("watch_started", app=app, directory=str(config.directory))
             try:
@@ -404,7 +424,7 @@ class Watching:
                 self._note(app, f"watch: stopped watching {config.directory}: {reason}")
                 if self._tasks.get(app) is running:
                     del self._tasks[app]
-                    self._set(app, watching=False, last_error=f"watching stopped: {reason}")
+                    self._set(app, watching=False, watch_error=reason)
             finally:
                 log.info("watch_stopped", app=app)
 
@@ -460,7 +480,9 @@ MAX_REASON = 2000
 
 def _reason(exc: BaseException) -> str:
     exc = _single(exc)
-    text = str(exc).strip() or type(exc).__name__
+    # A daemon error's own message, without the " (CODE)" its str() adds.
+    message = getattr(exc, "message", None)
+    text = (message if isinstance(message, str) else str(exc)).strip() or type(exc).__name__
     if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in text:
         text = f"{text}: {exc.filename}"
     return text[:MAX_REASON]
@@ -473,3 +495,32 @@ def _describe(paths: set[str]) -> str:
     shown = ", ".join(names[:3])
     more = f" and {len(names) - 3} more" if len(names) > 3 else ""
     return f"{len(names)} files ({shown}{more})"
+
+
+def register_watch_methods(dispatcher: Dispatcher, watching: Watching) -> None:
+    """``daemon.watch_on`` / ``daemon.watch_off`` (operator), ``daemon.watch_status``
+    (viewer)."""
+
+    async def watch_on(call: Call, *, app: Name | None = None) -> dict[str, Any]:
+        """Reload an app (or every app) when its files change: its ``watch`` settings,
+        or its ``cwd``."""
+        await trio.lowlevel.checkpoint()
+        return {"changed": watching.turn_on(app), "apps": watching.status(app)}
+
+    async def watch_off(call: Call, *, app: Name | None = None) -> dict[str, Any]:
+        """Stop watching an app's files (or every app's)."""
+        await trio.lowlevel.checkpoint()
+        return {"changed": watching.turn_off(app), "apps": watching.status(app)}
+
+    async def watch_status(call: Call, *, app: Name | None = None) -> dict[str, Any]:
+        """What is watched, and the last change and reload of each app."""
+        await trio.lowlevel.checkpoint()
+        return {"apps": watching.status(app)}
+
+    methods: dict[str, tuple[Handler, Role]] = {
+        "daemon.watch_on": (watch_on, Role.OPERATOR),
+        "daemon.watch_off": (watch_off, Role.OPERATOR),
+        "daemon.watch_status": (watch_status, Role.VIEWER),
+    }
+    for method, (handler, role) in methods.items():
+        dispatcher.register(method, handler, role=role)

@@ -28,6 +28,7 @@ DECLARED = {
     "daemon.graph": Role.VIEWER,
     "daemon.metrics": Role.VIEWER,
     "daemon.logs": Role.VIEWER,
+    "daemon.watch_status": Role.VIEWER,
     "daemon.start_app": Role.OPERATOR,
     "daemon.stop_app": Role.OPERATOR,
     "daemon.restart_app": Role.OPERATOR,
@@ -39,6 +40,8 @@ DECLARED = {
     "daemon.reset": Role.OPERATOR,
     "daemon.signal": Role.OPERATOR,
     "daemon.flush_logs": Role.OPERATOR,
+    "daemon.watch_on": Role.OPERATOR,
+    "daemon.watch_off": Role.OPERATOR,
     "daemon.reload_config": Role.ADMIN,
     "daemon.shutdown": Role.ADMIN,
     "daemon.set_metrics_enabled": Role.ADMIN,
@@ -62,6 +65,9 @@ PARAMS: dict[str, dict[str, Any]] = {
     "secret.remove": {"name": "db"},
     "daemon.reset": {"name": "web"},
     "daemon.signal": {"name": "web", "signal": "HUP"},
+    "daemon.watch_on": {"app": "web"},
+    "daemon.watch_off": {"app": "web"},
+    "daemon.watch_status": {"app": "web"},
 }
 
 

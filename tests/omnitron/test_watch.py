@@ -195,9 +195,9 @@ async def test_a_change_reloads_the_app_and_is_recorded(
         start = trio.current_time()
         await source.change(tmp_path / "api", "app.py", "__pycache__/app.cpython-311.pyc")
         await trio.sleep(1.0)
+        [api_status, worker_status] = watching.status()
         nursery.cancel_scope.cancel()
     assert reloads == [("api", {str(tmp_path / "api" / "app.py")}, start + 0.2)]
-    [api_status, worker_status] = watching.status()
     assert api_status["watching"] is True
     assert api_status["directory"] == str(tmp_path / "api")
     assert (api_status["changes"], api_status["reloads"], api_status["failures"]) == (1, 1, 0)
@@ -205,6 +205,7 @@ async def test_a_change_reloads_the_app_and_is_recorded(
     assert api_status["last_paths"] == [str(tmp_path / "api" / "app.py")]
     assert worker_status["watching"] is False
     assert notes == [("api", "watch: app.py changed; reloading")]
+    assert [s["watching"] for s in watching.status()] == [False, False]  # run() ended
 
 
 async def test_a_failed_reload_is_reported_and_watching_goes_on(
@@ -369,13 +370,14 @@ async def test_a_directory_that_cannot_be_watched_stops_only_its_watcher(
         assert list(watching.watched()) == ["worker"]
         [status] = watching.status("api")
         assert status["watching"] is False
-        assert status["last_error"] == "watching stopped: [Errno 28] inotify watch limit reached"
+        assert status["watch_error"] == "[Errno 28] inotify watch limit reached"
         assert notes == [
             f"watch: stopped watching {tmp_path / 'api'}: [Errno 28] inotify watch limit reached"
         ]
         del source.fail[tmp_path / "api"]
         assert watching.turn_on("api") == ["api"]  # tried again on request
         await trio.sleep(0.1)
+        assert watching.status("api")[0]["watch_error"] is None
         assert set(source.sends) == {tmp_path / "api", tmp_path / "worker"}
         nursery.cancel_scope.cancel()
 
@@ -438,3 +440,57 @@ async def test_the_real_source_fails_on_a_missing_directory(tmp_path: Path) -> N
     send, _receive = trio.open_memory_channel[set[str]](16)
     with trio.fail_after(20), pytest.raises(FileNotFoundError):
         await file_changes(tmp_path / "gone", IgnoreFilter(tmp_path, ()), send)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def test_the_status_table_and_its_details() -> None:
+    from omnitron.cli._watch import render_switch, render_watch_status
+
+    result = {
+        "apps": [
+            {
+                "app": "api",
+                "watching": True,
+                "directory": "/srv/shop",
+                "debounce": 0.3,
+                "changes": 3,
+                "reloads": 2,
+                "failures": 1,
+                "last_change": 1000.0,
+                "last_paths": ["/srv/shop/api.py"],
+                "last_result": "failed",
+                "last_error": "api: instance 0 failed to start (exited with code 1)",
+                "watch_error": None,
+            },
+            {
+                "app": "cache",
+                "watching": False,
+                "directory": None,
+                "debounce": None,
+                "changes": 0,
+                "reloads": 0,
+                "failures": 0,
+                "last_change": None,
+                "last_paths": [],
+                "last_result": None,
+                "last_error": None,
+                "watch_error": "[Errno 2] No such file or directory: '/srv/cache'",
+            },
+        ]
+    }
+    assert render_watch_status(result, now=1090.0).splitlines() == [
+        "APP    WATCHING  DIRECTORY  DEBOUNCE  CHANGES  RELOADS  FAILED  LAST",
+        "api    yes       /srv/shop  0.3s      3        2        1       failed 1m ago",
+        "cache  no        -          -         0        0        0       -",
+        "api: changed: /srv/shop/api.py",
+        "api: error: api: instance 0 failed to start (exited with code 1)",
+        "cache: watching stopped: [Errno 2] No such file or directory: '/srv/cache'",
+    ]
+    switched = render_switch({"changed": ["api"], **result}, on=True).splitlines()
+    assert switched[0] == "watching: api"
+    assert render_switch({"changed": [], **result}, on=False).startswith(
+        "nothing changed: not watched\nAPP"
+    )
+    assert render_watch_status({"apps": []}) == "no apps"
