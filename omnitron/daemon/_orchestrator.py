@@ -910,7 +910,8 @@ class Orchestrator:
             leaf=self._leaf,
             secrets=self._secrets,
         )
-        changed = [c.name for c in diff.changed]
+        # A change of ``watch`` only is the watcher's business: the app runs on.
+        changed = [c.name for c in diff.changed if not c.only("watch")]
         apps: dict[str, AppRecord] = {}
         for app in new.start_order():  # the records in the new start order
             record = self.apps.get(app.name)
