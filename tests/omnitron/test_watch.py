@@ -4,10 +4,12 @@ real files (real time, generous caps)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -139,7 +141,6 @@ class FakeSource:
     def __init__(self) -> None:
         self.sends: dict[Path, trio.MemorySendChannel[set[str]]] = {}
         self.keeps: dict[Path, Callable[[str], bool]] = {}
-        self.started = trio.Event()
         self.fail: dict[Path, Exception] = {}
 
     async def __call__(
@@ -152,7 +153,6 @@ class FakeSource:
             raise self.fail[directory]
         self.sends[directory] = send
         self.keeps[directory] = keep
-        self.started.set()
         try:
             await trio.sleep_forever()
         finally:
@@ -173,75 +173,94 @@ def _apps(tmp_path: Path, **watch: WatchConfig | None) -> dict[str, AppConfig]:
     return apps
 
 
+class Harness:
+    """A running :class:`Watching` over an injected source, recording what it does."""
+
+    def __init__(self, watching: Watching, source: FakeSource) -> None:
+        self.watching = watching
+        self.source = source
+        self.reloads: list[tuple[str, set[str], float]] = []
+        self.notes: list[tuple[str, str]] = []
+        self.failures: list[Exception | None] = []
+        """Outcomes of the next reloads: an exception to raise, ``None`` to succeed."""
+
+    async def reload(self, app: str, paths: set[str]) -> None:
+        await trio.lowlevel.checkpoint()
+        self.reloads.append((app, paths, trio.current_time()))
+        failure = self.failures.pop(0) if self.failures else None
+        if failure is not None:
+            raise ExceptionGroup("in a nursery", [failure])
+
+
+@contextlib.asynccontextmanager
+async def open_watching(
+    apps: dict[str, AppConfig], *, fail: dict[Path, Exception] | None = None, **options: Any
+) -> AsyncIterator[Harness]:
+    """Run a :class:`Watching` of ``apps`` until the block ends (virtual time);
+    ``fail``: the directories whose source raises at once."""
+    source = FakeSource()
+    source.fail.update(fail or {})
+    harness: Harness
+    watching = Watching(
+        lambda: apps,
+        lambda app, paths: harness.reload(app, paths),
+        source=source,
+        note=lambda app, text: harness.notes.append((app, text)),
+        **options,
+    )
+    harness = Harness(watching, source)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watching.run)
+        await trio.sleep(0.1)  # the watchers started
+        yield harness
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_change_reloads_the_app_and_is_recorded(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     api = WatchConfig(directory=tmp_path / "api", ignore=DEFAULT_WATCH_IGNORE, debounce=0.2)
-    apps = _apps(tmp_path, api=api)
-    source = FakeSource()
-    reloads: list[tuple[str, set[str], float]] = []
-    notes: list[tuple[str, str]] = []
-
-    async def reload(app: str, paths: set[str]) -> None:
-        reloads.append((app, paths, trio.current_time()))
-
-    watching = Watching(
-        lambda: apps, reload, source=source, note=lambda app, text: notes.append((app, text))
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(watching.run)
-        await source.started.wait()
-        assert list(watching.watched()) == ["api"]
+    async with open_watching(_apps(tmp_path, api=api)) as harness:
+        assert list(harness.watching.watched()) == ["api"]
         start = trio.current_time()
-        await source.change(tmp_path / "api", "app.py", "__pycache__/app.cpython-311.pyc")
+        await harness.source.change(tmp_path / "api", "app.py", "__pycache__/app.cpython-311.pyc")
         await trio.sleep(1.0)
-        [api_status, worker_status] = watching.status()
-        nursery.cancel_scope.cancel()
-    assert reloads == [("api", {str(tmp_path / "api" / "app.py")}, start + 0.2)]
+        [api_status, worker_status] = harness.watching.status()
+    assert harness.reloads == [("api", {str(tmp_path / "api" / "app.py")}, start + 0.2)]
     assert api_status["watching"] is True
     assert api_status["directory"] == str(tmp_path / "api")
     assert (api_status["changes"], api_status["reloads"], api_status["failures"]) == (1, 1, 0)
     assert api_status["last_result"] == "reloaded"
     assert api_status["last_paths"] == [str(tmp_path / "api" / "app.py")]
     assert worker_status["watching"] is False
-    assert notes == [("api", "watch: app.py changed; reloading")]
-    assert [s["watching"] for s in watching.status()] == [False, False]  # run() ended
+    assert harness.notes == [("api", "watch: app.py changed; reloading")]
+    assert [s["watching"] for s in harness.watching.status()] == [False, False]  # run() ended
 
 
 async def test_a_failed_reload_is_reported_and_watching_goes_on(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     apps = _apps(tmp_path, api=WatchConfig(directory=tmp_path / "api", debounce=0.1))
-    source = FakeSource()
-    outcomes = [RuntimeError("api: the new process exited with code 1 before it was ready"), None]
-    notes: list[str] = []
-
-    async def reload(app: str, paths: set[str]) -> None:
-        outcome = outcomes.pop(0)
-        if outcome is not None:
-            raise ExceptionGroup("in a nursery", [outcome])
-
-    watching = Watching(
-        lambda: apps, reload, source=source, note=lambda app, text: notes.append(text)
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(watching.run)
-        await source.started.wait()
-        await source.change(tmp_path / "api", "app.py")
+    async with open_watching(apps) as harness:
+        error = "api: the new process exited with code 1 before it was ready"
+        harness.failures = [RuntimeError(error), None]
+        await harness.source.change(tmp_path / "api", "app.py")
         await trio.sleep(1.0)
-        [status] = watching.status("api")
-        assert (status["failures"], status["last_result"]) == (1, "failed")
-        assert status["last_error"] == "api: the new process exited with code 1 before it was ready"
+        [status] = harness.watching.status("api")
+        assert (status["failures"], status["last_result"], status["last_error"]) == (
+            1,
+            "failed",
+            error,
+        )
         assert status["watching"] is True
-        await source.change(tmp_path / "api", "app.py")
+        await harness.source.change(tmp_path / "api", "app.py")
         await trio.sleep(1.0)
-        nursery.cancel_scope.cancel()
-    [status] = watching.status("api")
+    [status] = harness.watching.status("api")
     assert (status["reloads"], status["failures"], status["last_result"]) == (1, 1, "reloaded")
     assert status["last_error"] is None
-    assert notes[1] == (
-        "watch: reload failed, the running processes were kept: "
-        "api: the new process exited with code 1 before it was ready"
+    assert harness.notes[1] == (
+        "api",
+        f"watch: reload failed, the running processes were kept: {error}",
     )
 
 
@@ -249,103 +268,73 @@ async def test_an_app_that_should_not_run_is_not_reloaded(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     apps = _apps(tmp_path, api=WatchConfig(directory=tmp_path / "api", debounce=0.1))
-    source = FakeSource()
-    reloads: list[str] = []
-
-    async def reload(app: str, paths: set[str]) -> None:
-        reloads.append(app)
-
-    watching = Watching(lambda: apps, reload, source=source, running=lambda app: False)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(watching.run)
-        await source.started.wait()
-        await source.change(tmp_path / "api", "app.py")
+    async with open_watching(apps, running=lambda app: False) as harness:
+        await harness.source.change(tmp_path / "api", "app.py")
         await trio.sleep(1.0)
-        nursery.cancel_scope.cancel()
-    assert reloads == []
-    assert watching.status("api")[0]["last_result"] == "skipped"
+    assert harness.reloads == []
+    assert harness.watching.status("api")[0]["last_result"] == "skipped"
 
 
 async def test_on_and_off_switch_watchers_at_run_time(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    apps = _apps(tmp_path, api=WatchConfig(directory=tmp_path / "api"))
-    source = FakeSource()
-
-    async def reload(app: str, paths: set[str]) -> None:
-        await trio.lowlevel.checkpoint()
-
-    watching = Watching(lambda: apps, reload, source=source)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(watching.run)
-        await trio.sleep(0.1)
-        assert set(source.sends) == {tmp_path / "api"}
+    async with open_watching(_apps(tmp_path, api=WatchConfig(directory=tmp_path / "api"))) as h:
+        watching, sends = h.watching, h.source.sends
+        assert set(sends) == {tmp_path / "api"}
         # An app without a watch config is watched in its cwd, with the defaults.
         assert watching.turn_on("worker") == ["worker"]
         assert watching.turn_on("worker") == []
         await trio.sleep(0.1)
-        assert set(source.sends) == {tmp_path / "api", tmp_path / "worker"}
+        assert set(sends) == {tmp_path / "api", tmp_path / "worker"}
         assert watching.status("worker")[0]["debounce"] == 0.3
         assert watching.turn_off() == ["api", "worker"]
         await trio.sleep(0.1)
-        assert source.sends == {}
+        assert sends == {}
         assert [s["watching"] for s in watching.status()] == [False, False]
         assert watching.turn_on() == ["api", "worker"]
         await trio.sleep(0.1)
-        assert set(source.sends) == {tmp_path / "api", tmp_path / "worker"}
+        assert set(sends) == {tmp_path / "api", tmp_path / "worker"}
         assert watching.turn_off("api") == ["api"]
         await trio.sleep(0.1)
-        assert set(source.sends) == {tmp_path / "worker"}
+        assert set(sends) == {tmp_path / "worker"}
         with pytest.raises(AppNotFound):
             watching.turn_on("nope")
         with pytest.raises(AppNotFound):
             watching.status("nope")
-        nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize(
+    ("enabled", "expected"), [(True, ["api", "worker"]), (False, []), (None, ["api"])]
+)
 async def test_the_up_flag_decides_for_every_app(
-    tmp_path: Path, autojump_clock: trio.testing.MockClock
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    enabled: bool | None,
+    expected: list[str],
 ) -> None:
     apps = _apps(tmp_path, api=WatchConfig(directory=tmp_path / "api"))
-
-    async def reload(app: str, paths: set[str]) -> None:
-        await trio.lowlevel.checkpoint()
-
-    for enabled, expected in ((True, ["api", "worker"]), (False, []), (None, ["api"])):
-        watching = Watching(lambda: apps, reload, source=FakeSource(), enabled=enabled)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(watching.run)
-            assert list(watching.watched()) == expected
-            nursery.cancel_scope.cancel()
+    async with open_watching(apps, enabled=enabled) as harness:
+        assert list(harness.watching.watched()) == expected
 
 
 async def test_a_config_change_restarts_or_stops_a_watcher(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     apps = _apps(tmp_path, api=WatchConfig(directory=tmp_path / "api"))
-    source = FakeSource()
-
-    async def reload(app: str, paths: set[str]) -> None:
-        await trio.lowlevel.checkpoint()
-
-    watching = Watching(lambda: apps, reload, source=source)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(watching.run)
-        await trio.sleep(0.1)
+    async with open_watching(apps) as harness:
         other = tmp_path / "api" / "src"
         other.mkdir()
         apps["api"] = AppConfig(
             name="api", command=("x",), cwd=tmp_path / "api", watch=WatchConfig(directory=other)
         )
-        watching.refresh()
+        harness.watching.refresh()
         await trio.sleep(0.1)
-        assert set(source.sends) == {other}
+        assert set(harness.source.sends) == {other}
         del apps["api"]
-        watching.refresh()
+        harness.watching.refresh()
         await trio.sleep(0.1)
-        assert source.sends == {}
-        assert [s["app"] for s in watching.status()] == ["worker"]
-        nursery.cancel_scope.cancel()
+        assert harness.source.sends == {}
+        assert [s["app"] for s in harness.watching.status()] == ["worker"]
 
 
 async def test_a_directory_that_cannot_be_watched_stops_only_its_watcher(
@@ -356,30 +345,25 @@ async def test_a_directory_that_cannot_be_watched_stops_only_its_watcher(
         api=WatchConfig(directory=tmp_path / "api"),
         worker=WatchConfig(directory=tmp_path / "worker"),
     )
-    source = FakeSource()
-    source.fail[tmp_path / "api"] = OSError(28, "inotify watch limit reached")
-    notes: list[str] = []
-
-    async def reload(app: str, paths: set[str]) -> None:
-        await trio.lowlevel.checkpoint()
-
-    watching = Watching(lambda: apps, reload, source=source, note=lambda a, t: notes.append(t))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(watching.run)
-        await trio.sleep(0.1)
-        assert list(watching.watched()) == ["worker"]
-        [status] = watching.status("api")
+    limit = OSError(28, "inotify watch limit reached")
+    async with open_watching(apps, fail={tmp_path / "api": limit}) as harness:
+        # The api watcher failed as it started (the harness waits for that).
+        assert list(harness.watching.watched()) == ["worker"]
+        [status] = harness.watching.status("api")
         assert status["watching"] is False
         assert status["watch_error"] == "[Errno 28] inotify watch limit reached"
-        assert notes == [
-            f"watch: stopped watching {tmp_path / 'api'}: [Errno 28] inotify watch limit reached"
+        assert harness.notes == [
+            (
+                "api",
+                f"watch: stopped watching {tmp_path / 'api'}: "
+                "[Errno 28] inotify watch limit reached",
+            )
         ]
-        del source.fail[tmp_path / "api"]
-        assert watching.turn_on("api") == ["api"]  # tried again on request
+        del harness.source.fail[tmp_path / "api"]
+        assert harness.watching.turn_on("api") == ["api"]  # tried again on request
         await trio.sleep(0.1)
-        assert watching.status("api")[0]["watch_error"] is None
-        assert set(source.sends) == {tmp_path / "api", tmp_path / "worker"}
-        nursery.cancel_scope.cancel()
+        assert harness.watching.status("api")[0]["watch_error"] is None
+        assert set(harness.source.sends) == {tmp_path / "api", tmp_path / "worker"}
 
 
 # --------------------------------------------------------------------------- real files
