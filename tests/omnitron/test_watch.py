@@ -478,3 +478,17 @@ def test_the_status_table_and_its_details() -> None:
         "nothing changed: not watched\nAPP"
     )
     assert render_watch_status({"apps": []}) == "no apps"
+
+
+def test_watchfiles_stays_off_the_cli_and_an_idle_daemon() -> None:
+    """Only a watcher that starts imports ``watchfiles`` (and ``anyio`` with it)."""
+    import subprocess
+
+    code = (
+        "import sys, omnitron.cli._main, omnitron.cli._watch, omnitron.daemon._main; "
+        "print(sorted(m for m in ('watchfiles', 'anyio') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
