@@ -19,6 +19,7 @@ daemon that watches nothing pays for it.
 
 from __future__ import annotations
 
+import enum
 import fnmatch
 import os
 import threading
@@ -38,6 +39,7 @@ from ._errors import AppNotFound
 __all__ = [
     "ChangeSource",
     "IgnoreFilter",
+    "Outcome",
     "WatchRecord",
     "Watching",
     "debounced",
@@ -212,6 +214,16 @@ async def debounced(
             return
 
 
+class Outcome(enum.Enum):
+    """What the last debounced change of an app's files did."""
+
+    RELOADED = "reloaded"
+    FAILED = "failed"
+    """The new processes did not become ready; the old ones kept serving."""
+    SKIPPED = "skipped"
+    """The app was not meant to run: watching never starts an app."""
+
+
 @attrs.frozen(kw_only=True)
 class WatchRecord:
     """What ``watch status`` shows for one app.
@@ -226,8 +238,7 @@ class WatchRecord:
         failures: Reloads that failed (the old processes kept serving).
         last_change: Wall-clock time of the last debounced change.
         last_paths: Up to :data:`SHOWN_PATHS` of the paths it changed.
-        last_result: ``"reloaded"``, ``"failed"``, ``"skipped"`` (app not running) or
-            ``None`` (nothing changed yet).
+        last_result: What the last change did (``None``: nothing changed yet).
         last_error: Why the last reload failed (``None`` once one succeeds).
         watch_error: Why watching stopped by itself (the directory vanished, the
             inotify watch limit); cleared when the app is watched again.
@@ -242,13 +253,14 @@ class WatchRecord:
     failures: int = 0
     last_change: float | None = None
     last_paths: tuple[str, ...] = ()
-    last_result: str | None = None
+    last_result: Outcome | None = None
     last_error: str | None = None
     watch_error: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         data = attrs.asdict(self)
         data["last_paths"] = list(self.last_paths)
+        data["last_result"] = None if self.last_result is None else self.last_result.value
         return data
 
 
@@ -441,7 +453,7 @@ class Watching:
         )
         what = _describe(paths)
         if not self._running_app(app):
-            self._set(app, last_result="skipped", last_error=None)
+            self._set(app, last_result=Outcome.SKIPPED, last_error=None)
             self._note(app, f"watch: {what} changed; not running, so not reloaded")
             return
         self._note(app, f"watch: {what} changed; reloading")
@@ -452,13 +464,11 @@ class Watching:
             reason = _reason(exc)
             log.warning("watch_reload_failed", app=app, error=reason)
             self._note(app, f"watch: reload failed, the running processes were kept: {reason}")
-            self._set(
-                app, failures=self._get(app).failures + 1, last_result="failed", last_error=reason
-            )
+            failures = self._get(app).failures + 1
+            self._set(app, failures=failures, last_result=Outcome.FAILED, last_error=reason)
         else:
-            self._set(
-                app, reloads=self._get(app).reloads + 1, last_result="reloaded", last_error=None
-            )
+            reloads = self._get(app).reloads + 1
+            self._set(app, reloads=reloads, last_result=Outcome.RELOADED, last_error=None)
 
     def _get(self, app: str) -> WatchRecord:
         return self._records.get(app) or WatchRecord(app=app)
