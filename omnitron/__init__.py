@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "define_ecosystem"]
+__all__ = ["Process", "__version__", "define_ecosystem", "define_system"]
 
 if TYPE_CHECKING:
+    from ._system import Process as Process
+    from ._system import define_system as define_system
     from .config import define_ecosystem as define_ecosystem
 
 
@@ -22,4 +24,8 @@ def __getattr__(name: str) -> Any:
         from .config import define_ecosystem
 
         return define_ecosystem
+    if name in ("define_system", "Process"):
+        from . import _system
+
+        return getattr(_system, name)
     raise AttributeError(f"module 'omnitron' has no attribute {name!r}")

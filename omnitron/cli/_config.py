@@ -12,27 +12,48 @@ from typing import TYPE_CHECKING, Any
 from ._context import EXIT_USAGE, CliError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from omnitron.config import ConfigError, ConfigIssue, Ecosystem
+    from omnitron.config._bootstrap import WorkerSystem
 
     from ._context import Cli
 
-__all__ = ["config_failure", "issue_record", "load", "summary", "warn"]
+__all__ = ["config_failure", "issue_record", "load", "load_systems", "summary", "warn"]
 
 
 def load(path: str | None, *, stack: str | None = None) -> Ecosystem:
-    """The validated ecosystem from ``path`` or, without one, found from the cwd upward.
+    """The validated ecosystem from ``path`` or, without one, found from the cwd upward,
+    its bootstraps described (see :func:`load_systems`).
 
     Raises:
-        ConfigError: Not found, unreadable, invalid, or an unknown stack; every
-            problem is listed in ``issues``.
+        ConfigError: Not found, unreadable, invalid, an unknown stack, or an
+            invalid bootstrap; every problem is listed in ``issues``.
     """
+    return load_systems(path, stack=stack)[0]
+
+
+def load_systems(
+    path: str | None, *, stack: str | None = None
+) -> tuple[Ecosystem, dict[str, WorkerSystem]]:
+    """:func:`load`, and the system each bootstrap app defines.
+
+    Each bootstrap is described by the app's own interpreter; a worker whose
+    omnitron speaks another protocol is a warning (that app will not start).
+    """
+    import attrs
+
     from omnitron.config import find_config, load_config
+    from omnitron.config._bootstrap import describe_sync
 
     source = Path(os.path.abspath(path)) if path else find_config()
     ecosystem = load_config(source)
     if stack is not None:
         ecosystem = ecosystem.with_stack(stack)
-    return ecosystem
+    systems, mismatches = describe_sync(ecosystem)
+    if mismatches:
+        ecosystem = attrs.evolve(ecosystem, warnings=(*ecosystem.warnings, *mismatches))
+    return ecosystem, systems
 
 
 def config_failure(exc: ConfigError) -> CliError:
@@ -67,8 +88,12 @@ def warn(cli: Cli, ecosystem: Ecosystem) -> None:
         cli.note(f"warning: {warning}")
 
 
-def summary(ecosystem: Ecosystem) -> dict[str, Any]:
-    """What ``omnitron check`` reports: the file, the settings that matter, the start order."""
+def summary(
+    ecosystem: Ecosystem, systems: Mapping[str, WorkerSystem] | None = None
+) -> dict[str, Any]:
+    """What ``omnitron check`` reports: the file, the settings that matter, the start
+    order, and each bootstrap app's processes in their start order."""
+    systems = systems or {}
     return {
         "config": None if ecosystem.source is None else str(ecosystem.source),
         "ok": True,
@@ -83,9 +108,23 @@ def summary(ecosystem: Ecosystem) -> dict[str, Any]:
                 "depends_on": list(app.depends_on),
                 "critical": app.critical,
                 "enabled": app.enabled,
+                **({"processes": _processes(systems[app.name])} if app.name in systems else {}),
             }
             for app in ecosystem.start_order()
         ],
         "warnings": [str(warning) for warning in ecosystem.warnings],
         "inert": [issue_record(issue) for issue in ecosystem.inert],
     }
+
+
+def _processes(system: WorkerSystem) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": p.name,
+            "module": p.module,
+            "instances": p.instances,
+            "expose": p.expose,
+            "access": list(p.access),
+        }
+        for p in system.processes
+    ]

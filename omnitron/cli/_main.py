@@ -477,6 +477,44 @@ def scale(cli: Cli, app: str, count: tuple[str, int]) -> None:
     cli.emit(result, render.render_scale)
 
 
+# --------------------------------------------------------------------------- exec
+
+
+@cli.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("app")
+@click.argument("service")
+@click.argument("method")
+@click.argument("args", metavar="[ARG]...", nargs=-1)
+@click.option("--kw", multiple=True, metavar="KEY=VALUE", help="A named argument (repeatable).")
+@click.option(
+    "--call-timeout",
+    type=_SECONDS,
+    metavar="SECONDS",
+    help="How long the method may run (default 30; the daemon answers TIMEOUT after it).",
+)
+@click.option("--verbose", "-v", is_flag=True, help="On an error, show the worker's traceback.")
+@pass_cli
+def exec_(
+    cli: Cli,
+    app: str,
+    service: str,
+    method: str,
+    args: tuple[str, ...],
+    kw: tuple[str, ...],
+    call_timeout: float | None,
+    verbose: bool,
+) -> None:
+    """Call METHOD of SERVICE in module-worker app APP; print the result as JSON.
+
+    Each ARG is JSON when it parses (42, true, '{"a": 1}'), else a string.
+    Calls go round-robin to the online workers that serve SERVICE. Exits 1 when
+    the method raised (TYPE: message), timed out or its worker exited.
+    """
+    from . import _exec
+
+    _exec.exec_call(cli, app, service, method, args, kw, timeout=call_timeout, verbose=verbose)
+
+
 # --------------------------------------------------------------------------- reset, signal
 
 
@@ -579,7 +617,7 @@ def check(cli: Cli, config: str | None, stack: str | None) -> None:
     from . import _config
 
     try:
-        ecosystem = _config.load(config, stack=stack)
+        ecosystem, systems = _config.load_systems(config, stack=stack)
     except ConfigError as exc:
         if cli.json:
             files = [str(issue.file) for issue in exc.issues if issue.file is not None]
@@ -591,7 +629,7 @@ def check(cli: Cli, config: str | None, stack: str | None) -> None:
             click.echo(render.render_json(report))
         raise _config.config_failure(exc) from None
     _config.warn(cli, ecosystem)
-    cli.emit(_config.summary(ecosystem), render.render_check)
+    cli.emit(_config.summary(ecosystem, systems), render.render_check)
 
 
 @cli.group()

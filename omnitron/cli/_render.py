@@ -460,6 +460,14 @@ def render_check(report: Mapping[str, Any]) -> str:
                 notes.append("disabled")
             suffix = f"  ({'; '.join(notes)})" if notes else ""
             lines.append(f"  {str(i).rjust(width)}. {escape(app.get('name', '?'))}{suffix}")
+            for process in app.get("processes") or ():  # a module-worker app's, in start order
+                about = [escape(process.get("module", "?"))]
+                if process.get("instances", 1) != 1:
+                    about.append(f"x{process['instances']}")
+                if process.get("access"):
+                    about.append("after " + ", ".join(escape(a) for a in process["access"]))
+                name = escape(process.get("name", "?"))
+                lines.append(f"  {' ' * width}  - {name}  ({'; '.join(about)})")
     return "\n".join(lines)
 
 

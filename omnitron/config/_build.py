@@ -318,6 +318,12 @@ def build_app(
         )
     elif not has_command and not has_bootstrap:
         ctx.error(path, "missing command (any program) or bootstrap (a module-worker file)")
+    if table.get("python") is not None and not has_bootstrap:
+        ctx.error(
+            (*path, "python"),
+            "applies to module-worker apps (bootstrap) only; a classic app names its "
+            "interpreter in its command",
+        )
     command = build_command(ctx, (*path, "command"), table["command"]) if has_command else None
     bootstrap = (
         build_bootstrap(ctx, (*path, "bootstrap"), table["bootstrap"]) if has_bootstrap else None

@@ -371,6 +371,23 @@ def inside_project(ctx: BuildContext, path: Path) -> bool:
     return real.is_relative_to(os.path.realpath(ctx.base_dir))
 
 
+def p_interpreter(ctx: BuildContext) -> Callable[[object], str]:
+    """A Python interpreter: a bare name looked up on ``PATH`` when used
+    (``python3.12``), or a path resolved against the config directory without
+    following symbolic links (a virtualenv's ``bin/python`` is one)."""
+
+    def parse(value: object) -> str:
+        text = p_text(value)
+        if "/" not in text:
+            return text
+        path = resolve(ctx, text)
+        if not path.is_file() or not os.access(path, os.X_OK):
+            raise Invalid(f"not an executable file: {path}")
+        return str(path)
+
+    return parse
+
+
 def p_directory(ctx: BuildContext) -> Callable[[object], Path]:
     def parse(value: object) -> Path:
         path = resolve(ctx, value)

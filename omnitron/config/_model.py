@@ -29,6 +29,7 @@ from ._fields import (
     p_enum,
     p_factor,
     p_int,
+    p_interpreter,
     p_name,
     p_port,
     p_signal,
@@ -89,7 +90,6 @@ DEFAULT_WATCH_IGNORE: tuple[str, ...] = (
 # Why a key is accepted but has no effect yet (the ``inert`` marker of :func:`key`).
 # The change that builds one deletes its marker(s), and with them the warning.
 _NO_HEALTH_CHECKS = "the daemon runs no health checks yet"
-_NO_MODULE_WORKERS = "module-worker mode is not built yet; this app cannot be started"
 
 _POSITIVE = p_duration(positive=True)
 _DURATION = p_duration(positive=False)
@@ -305,7 +305,10 @@ class AppConfig:
 
     name: str = attrs.field(metadata=key(p_name("app")))
     command: tuple[str, ...] | None = attrs.field(default=None, metadata=key())
-    bootstrap: Path | None = attrs.field(default=None, metadata=key(inert=_NO_MODULE_WORKERS))
+    bootstrap: Path | None = attrs.field(default=None, metadata=key())
+    python: str | None = attrs.field(default=None, metadata=key(per_build=p_interpreter))
+    """The interpreter of a bootstrap app's workers (a virtualenv's ``bin/python``);
+    ``None``: the daemon's own."""
     cwd: Path = attrs.field(metadata=key(per_build=p_directory))
     env: Mapping[str, str] = attrs.field(
         factory=dict, converter=_frozen_map, repr=_env_repr, metadata=key()

@@ -24,17 +24,20 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 import structlog
 import trio
 
 from ..config import DaemonDeath, load_config
-from ..rpc import ServerOptions, serve_unix
+from ..rpc import ServerOptions, SocketPathTooLong, serve_unix
 from ..rpc._auth import TokenAuthority
 from ..rpc._planes import PlaneConfig, start_network_planes
+from ..rpc._unix import check_socket_path
 from ..state import Home, StateStore, load_state, open_persistence, open_pid_lock
 from ._errors import DaemonBusy
+from ._exec import build_worker_dispatcher
 from ._leftovers import find_leftovers, terminate_leftovers
 from ._logging import configure_logging
 from ._logs import LogCollector
@@ -246,6 +249,8 @@ async def run_daemon(options: DaemonOptions) -> int:
                 ):
                     print(f"omnitron: {address}", file=sys.stderr, flush=True)
                 nursery.start_soon(_handle_signals, signals, shutdown, service, orchestrator)
+                await nursery.start(orchestrator.router.run)
+                await nursery.start(_serve_workers, orchestrator)
                 await nursery.start(orchestrator.run)
                 await nursery.start(service.watching.run)
                 progress.say("listening", os.getpid())
@@ -263,6 +268,27 @@ async def run_daemon(options: DaemonOptions) -> int:
         # The daemon log has it too, but whoever started us reads stderr first.
         print(f"omnitron: daemon stopped: {shutdown.reason}", file=sys.stderr)
     return shutdown.exit_code
+
+
+async def _serve_workers(
+    orchestrator: Orchestrator, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve the workers' socket (``router.call``), in ``HOME/run`` (0700).
+
+    A home too deep for that socket path loses only this: workers cannot call
+    each other (``exec`` still works); the daemon says so and runs on.
+    """
+    path = orchestrator.router_socket
+    try:
+        check_socket_path(path)
+    except SocketPathTooLong as exc:
+        log.warning("router_socket_unavailable", reason=str(exc))
+        task_status.started()
+        return
+    await trio.to_thread.run_sync(
+        functools.partial(path.parent.mkdir, mode=0o700, parents=True, exist_ok=True)
+    )
+    await serve_unix(path, build_worker_dispatcher(orchestrator.router), task_status=task_status)
 
 
 def _token_authority(home: Path) -> Callable[[], TokenAuthority]:

@@ -38,8 +38,10 @@ from supervision import (
 from supervision import events as ev
 
 from ..config import AppConfig, Ecosystem, EcosystemDiff, diff_ecosystems
+from ..config._bootstrap import BootstrapInvalid, WorkerSlot, WorkerSystem
 from ..state import AppMode, AppState, DaemonState, DesiredStatus, ProcessIdentity, ProcessState
 from ._errors import AppNotFound, AppStartFailed, DaemonBusy, RequestRefused, UnsupportedApp
+from ._exec import Router, describe_app
 from ._logs import LogCollector
 from ._records import (
     AppEvent,
@@ -121,9 +123,13 @@ class Orchestrator:
         self._subreaper = subreaper
         self._leaf = leaf
         self._secrets = secrets
+        self.systems: dict[str, WorkerSystem] = {}
+        """The described bootstrap of each module-worker app (described at its start)."""
         self._builder = TreeBuilder(
-            ecosystem, home=home, sink=logs.sink, leaf=leaf, secrets=secrets
+            ecosystem, home=home, sink=logs.sink, leaf=leaf, secrets=secrets, systems=self.systems
         )
+        self.router = Router(lambda: self.apps, self.systems)
+        """Carries ``exec`` calls to module-worker apps (run it in the daemon's nursery)."""
         self._group_mode = self._builder.group_mode
         self.apps: dict[str, AppRecord] = {
             app.name: AppRecord(
@@ -151,6 +157,11 @@ class Orchestrator:
         self.started_at = time.time()
         self.stop_reason: str | None = None
         """Why the daemon stops on its own (a critical app crashed), for the state file."""
+
+    @property
+    def router_socket(self) -> Path:
+        """Where workers call the services their process accesses."""
+        return self._builder.router_socket
 
     # ------------------------------------------------------------------ records
 
@@ -201,13 +212,19 @@ class Orchestrator:
         old = self.apps.get(place.app)
         if old is None:
             return
-        self._commit(old, self._applied(old, event, place.instance), note=True)
+        self._commit(old, self._applied(old, event, place.instance, place.worker), note=True)
 
-    def _applied(self, record: AppRecord, event: ev.Event, instance: int | None) -> AppRecord:
+    def _applied(
+        self,
+        record: AppRecord,
+        event: ev.Event,
+        instance: int | None,
+        worker: WorkerSlot | None = None,
+    ) -> AppRecord:
         new = apply(record, event, instance, group_mode=self._group_mode)
         if new is not record and instance is not None and isinstance(event, ev.ChildStarted):
             process = new.processes[instance]
-            identified = attrs.evolve(process, identity=_identity(event.pid))
+            identified = attrs.evolve(process, identity=_identity(event.pid), worker=worker)
             new = attrs.evolve(new, processes={**new.processes, instance: identified})
         return new
 
@@ -237,6 +254,8 @@ class Orchestrator:
             record = self.apps.get(app.name)
             if record is None or app.config_instances != record.config.instances:
                 continue
+            if record.config.bootstrap is not None:
+                continue  # counted from its bootstrap at each start
             if app.instances != record.instances and 1 <= app.instances <= 1024:
                 self.apps[app.name] = attrs.evolve(record, instances=app.instances)
 
@@ -283,8 +302,9 @@ class Orchestrator:
         if self._group_mode:
             # The apps form one group: the root starts them as its own children.
             for name in self._wanted():
-                record = self.apps[name]
                 try:
+                    await self._describe(name)
+                    record = self.apps[name]
                     pools.append(self._builder.app(record.config, record.instances))
                 except UnsupportedApp as exc:
                     self._give_up_on(name, str(exc))
@@ -470,15 +490,18 @@ class Orchestrator:
                 return False
             record = self.apps[name]
             spec = None
-            if info is not None and secret_references(record.config):
-                # Secrets are read at every start: a new pool, not the stopped one's
-                # specs (one waiting for its restart delay is restarted as it is).
+            if info is not None and (secret_references(record.config) or record.config.bootstrap):
+                # Secrets are read, and a bootstrap described, at every start: a new
+                # pool, not the stopped one's specs (one waiting for its restart
+                # delay is restarted as it is).
                 with contextlib.suppress(ChildRunning):
                     with contextlib.suppress(ChildNotFound):
                         await root.delete_child(name)
                     info = None
             if info is None:  # not in the tree: its pool is built now (a stopped one is reused)
                 try:
+                    await self._describe(name)
+                    record = self.apps[name]
                     spec = self._builder.app(record.config, record.instances)
                 except UnsupportedApp as exc:
                     self._give_up_on(name, str(exc))
@@ -511,6 +534,25 @@ class Orchestrator:
             if not launch or was_crashed:
                 self._remember(name, EventKind.STARTED)
             return True
+
+    async def _describe(self, name: str) -> None:
+        """Describe app ``name``'s bootstrap (if it has one) before its pool is built:
+        the file may have changed since the last start.
+
+        Raises:
+            UnsupportedApp: The bootstrap cannot run (the message has every problem,
+                or the worker's protocol mismatch, naming both versions).
+        """
+        config = self.apps[name].config
+        if config.bootstrap is None:
+            return
+        index = next(i for i, app in enumerate(self.ecosystem.apps) if app.name == name)
+        try:
+            system = await describe_app(config, index)
+        except BootstrapInvalid as exc:
+            raise UnsupportedApp(f"app {name!r} cannot start: {exc}") from None
+        self.systems[name] = system
+        self._update(name, lambda record: attrs.evolve(record, instances=system.size))
 
     async def stop(self, target: str) -> list[str]:
         """Stop an app or all apps (dependents first); returns the names stopped.
@@ -646,7 +688,11 @@ class Orchestrator:
         """
         if not 1 <= instances <= 1024:
             raise RequestRefused(f"instances must be within 1..1024, got {instances}")
-        self.record(name)
+        if self.record(name).config.bootstrap is not None:
+            raise RequestRefused(
+                f"{name} is a module-worker app: its processes' instances are set in its "
+                "bootstrap (Process(..., instances=N)), then `omnitron restart` it"
+            )
         async with self._lock(name):
             record = self.record(name)
             previous = record.instances
@@ -799,13 +845,19 @@ class Orchestrator:
                 await pool.terminate_child(successor)
             raise
         predecessor = self._child(name, index)
+        previous = self.apps[name].processes.get(index)
         # The switch: the successor's events so far are applied at once (the
         # records go from the old process online to the new one online).
         self._current[(name, index)] = successor
         old = new = self.apps[name]
+        place = self._builder.places.get(path)
         for event in self._incoming.pop(path):
-            new = self._applied(new, event, index)
+            new = self._applied(new, event, index, place.worker if place else None)
         self._commit(old, new, note=True)
+        if previous is not None and previous.pid is not None and previous.worker is not None:
+            # exec calls go to the successor from now on; those the old worker is
+            # running end before it is stopped.
+            await self.router.drain(name, index, previous.pid, within=new.config.stop_timeout)
         with contextlib.suppress(ChildNotFound):
             await pool.terminate_child(predecessor)
             await pool.delete_child(predecessor)
@@ -909,6 +961,7 @@ class Orchestrator:
             places=self._builder.places,
             leaf=self._leaf,
             secrets=self._secrets,
+            systems=self.systems,
         )
         # A change of ``watch`` only is the watcher's business: the app runs on.
         changed = [c.name for c in diff.changed if not c.only("watch")]

@@ -24,6 +24,7 @@ from supervision import events as ev
 
 from .._eventtext import describe
 from ..config import AppConfig
+from ..config._bootstrap import WorkerSlot
 from ..state import AppStatus, DesiredStatus, ProcessIdentity
 
 __all__ = [
@@ -143,6 +144,8 @@ class ProcessRecord:
         last_exit: How its last run ended, one line.
         identity: Who ``pid`` is, taken when it was spawned (to tell it from a
             recycled pid later); set by the orchestrator, not by :func:`apply`.
+        worker: For a module-worker app, the process entry and index within it
+            that this process runs; set by the orchestrator from the tree's places.
     """
 
     instance: int
@@ -152,6 +155,7 @@ class ProcessRecord:
     ready_at: float | None = None
     last_exit: str | None = None
     identity: ProcessIdentity | None = None
+    worker: WorkerSlot | None = None
 
 
 @attrs.frozen(kw_only=True)

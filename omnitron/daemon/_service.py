@@ -31,6 +31,7 @@ from ..rpc import Call, Dispatcher, Encoded, Handler, InvalidParams, Len, Name, 
 from ..rpc._auth import TokenAuthority, register_auth_methods
 from ..state import DesiredStatus
 from ._errors import DOMAIN_ERRORS, AppStartFailed, ConfigInvalid, RequestRefused
+from ._exec import EXEC_ERRORS, EXEC_TIMEOUT, MAX_EXEC_TIMEOUT, describe_ecosystem
 from ._logs import LogLine
 from ._metrics import FIELDS, CountingDispatcher, Sampler, aggregate, figures, prometheus_text
 from ._orchestrator import AppRecord, Orchestrator
@@ -89,9 +90,10 @@ class _View:
         for process in sorted(record.processes.values(), key=lambda p: p.instance):
             cpu, memory = samples.get(process.pid or -1, (0.0, 0))
             running = process.ready_at is not None and process.pid
+            worker = process.worker  # a module-worker app: its process entry's name
             entry = {
-                "name": record.name,
-                "instance": process.instance,
+                "name": record.name if worker is None else worker.process,
+                "instance": process.instance if worker is None else worker.index,
                 "pid": process.pid,
                 "status": process.status.value,
                 "restarts": process.restarts,
@@ -448,6 +450,11 @@ class DaemonService:
 
     async def reload_config(self, *, dry_run: bool) -> dict[str, Any]:
         new = await self.load_new_config()
+        # A bootstrap is part of the config: an invalid one leaves the old config in
+        # force (CF-07). A worker of another protocol only fails its own app.
+        _, problems, mismatches = await describe_ecosystem(new)
+        if problems:
+            raise ConfigInvalid(f"the config was not applied: {ConfigError(problems)}")
         if dry_run:
             diff = self.orchestrator.plan_reload(new)
         else:
@@ -464,7 +471,7 @@ class DaemonService:
             "changed": {c.name: [str(f) for f in c.changes] for c in diff.changed},
             "settings": [str(s) for s in diff.settings],
             "summary": str(diff),
-            "warnings": [str(issue) for issue in (*new.warnings, *new.inert)],
+            "warnings": [str(issue) for issue in (*new.warnings, *mismatches, *new.inert)],
         }
 
     def shutdown(self) -> None:
@@ -517,7 +524,7 @@ def build_dispatcher(
     service: DaemonService, *, authority: Callable[[], TokenAuthority] | None = None
 ) -> Dispatcher:
     """The management plane's methods, each with its role."""
-    dispatcher = CountingDispatcher(error_types=DOMAIN_ERRORS)
+    dispatcher = CountingDispatcher(error_types=(*DOMAIN_ERRORS, *EXEC_ERRORS))
     service.dispatcher = dispatcher
     orch = service.orchestrator
 
@@ -619,6 +626,20 @@ def build_dispatcher(
         await trio.lowlevel.checkpoint()
         return {"signal": signals.Signals(signum).name, "sent": sent}
 
+    async def exec_method(
+        call: Call,
+        *,
+        app: AppName,
+        service: Annotated[str, Len(max=128)],
+        method: Annotated[str, Len(max=128)],
+        args: Annotated[list[object], Len(max=256)] = [],  # noqa: B006 - never mutated
+        kwargs: Annotated[dict[str, object], Len(max=256)] = {},  # noqa: B006 - never mutated
+        timeout: Annotated[float, Range(gt=0, le=MAX_EXEC_TIMEOUT)] = EXEC_TIMEOUT,  # noqa: ASYNC109 - the documented param
+    ) -> dict[str, Any]:
+        """Call a public method of a module-worker app's service (round-robin)."""
+        done = await orch.router.call(app, service, method, args, kwargs, within=timeout)
+        return done.to_wire()
+
     async def reload_config(call: Call, *, dry_run: bool = False) -> dict[str, Any]:
         """Re-read the config file and apply the difference (or only show it)."""
         result = await service.reload_config(dry_run=dry_run)
@@ -680,6 +701,7 @@ def build_dispatcher(
         "daemon.scale": scale,
         "daemon.reset": reset,
         "daemon.signal": signal_app,
+        "daemon.exec": exec_method,
     }
     admin: dict[str, Handler] = {"daemon.reload_config": reload_config, "daemon.shutdown": shutdown}
     for role, methods in ((Role.VIEWER, viewer), (Role.OPERATOR, operator), (Role.ADMIN, admin)):

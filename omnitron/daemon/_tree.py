@@ -19,6 +19,7 @@ across apps, within the limits of ``[supervision]``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,7 @@ from supervision import (
 from ..config import AppConfig, Ecosystem, ReadyKind, secret_reference
 from ..config import Restart as ConfigRestart
 from ..config import Strategy as ConfigStrategy
+from ..config._bootstrap import WorkerSlot, WorkerSystem, interpreter
 from ._errors import RequestRefused, UnsupportedApp
 
 if TYPE_CHECKING:
@@ -52,6 +54,8 @@ __all__ = [
     "ENV_APP",
     "ENV_HOME",
     "ENV_INSTANCE",
+    "ENV_ROUTER_SOCKET",
+    "ENV_WORKER_SOCKET",
     "Place",
     "SecretsUnavailable",
     "TreeBuilder",
@@ -64,6 +68,14 @@ __all__ = [
 ENV_HOME = "OMNITRON_HOME"
 ENV_APP = "OMNITRON_APP"
 ENV_INSTANCE = "OMNITRON_INSTANCE"
+#: Where a worker of a module-worker app serves its methods to the daemon.
+ENV_WORKER_SOCKET = "OMNITRON_WORKER_SOCKET"
+
+#: Where a worker calls the services its process accesses (through the daemon).
+ENV_ROUTER_SOCKET = "OMNITRON_ROUTER_SOCKET"
+
+#: ``sockaddr_un.sun_path`` holds 108 bytes with the terminating NUL.
+MAX_SOCKET_PATH = 107
 
 #: The root never gives up in one_for_one mode: its children are temporary.
 _UNBOUNDED = Intensity(max_restarts=1_000_000, window=1.0)
@@ -95,10 +107,11 @@ def marker_environ(home: str | os.PathLike[str], app: str, instance: int) -> dic
 @attrs.frozen
 class Place:
     """What a path of the tree is: an app's pool (``instance`` is ``None``) or one
-    of its processes."""
+    of its processes (``worker``: which worker of a module-worker app it runs)."""
 
     app: str
     instance: int | None = None
+    worker: WorkerSlot | None = None
 
 
 def _ready(app: AppConfig) -> Ready:
@@ -166,6 +179,8 @@ class TreeBuilder:
             tests in virtual time, with :mod:`supervision.testing`'s fake child).
         secrets: Where ``secret:NAME`` env values are resolved, each time a process
             spec is built (``None``: an app that uses a secret cannot start).
+        systems: The described bootstrap of each module-worker app (kept up to date
+            by the orchestrator, which describes an app before it builds its pool).
     """
 
     def __init__(
@@ -177,8 +192,10 @@ class TreeBuilder:
         places: dict[tuple[str, ...], Place] | None = None,
         leaf: Callable[[AppConfig, int], Any] | None = None,
         secrets: SecretStore | None = None,
+        systems: dict[str, WorkerSystem] | None = None,
     ) -> None:
         self.ecosystem = ecosystem
+        self.systems: dict[str, WorkerSystem] = {} if systems is None else systems
         self.home = home
         self._sink = sink
         self.secrets = secrets
@@ -213,14 +230,14 @@ class TreeBuilder:
     def app(self, app: AppConfig, instances: int) -> ChildSpec:
         """The pool subtree of one app, as a child of the root.
 
+        For a module-worker app, ``instances`` is the number of its workers (see
+        :attr:`WorkerSystem.slots`), in topology order.
+
         Raises:
-            UnsupportedApp: The app cannot be run (e.g. module-worker mode).
+            UnsupportedApp: The app cannot be run (a bootstrap not described).
         """
-        if app.command is None:
-            raise UnsupportedApp(
-                f"app {app.name!r} uses module-worker mode (bootstrap), which this "
-                "daemon version does not run yet"
-            )
+        if app.bootstrap is not None and app.name not in self.systems:
+            raise UnsupportedApp(f"app {app.name!r}: its bootstrap has not been described")
         policy = app.restart_policy
         if self.group_mode:
             # Any crash is a crash of the app: the root applies the strategy.
@@ -269,9 +286,19 @@ class TreeBuilder:
         Raises:
             SecretsUnavailable: A secret it references cannot be resolved.
         """
-        process = self._process(app, index) if self._leaf is None else self._leaf(app, index)
         name = self.instance_name(index) if child is None else child
-        self.places[(self.ecosystem.project, app.name, name)] = Place(app.name, index)
+        worker = self.worker_slot(app, index)
+        if worker is not None:
+            worker = attrs.evolve(
+                worker, socket=os.fspath(self.socket_path(app.name, worker, name))
+            )
+        if self._leaf is not None:
+            process = self._leaf(app, index)
+        elif worker is not None:
+            process = self._worker(app, index, worker)
+        else:
+            process = self._process(app, index)
+        self.places[(self.ecosystem.project, app.name, name)] = Place(app.name, index, worker)
         return ChildSpec(name, process, restart=_RESTART[app.restart])
 
     def _process(self, app: AppConfig, index: int) -> ProcessChild:
@@ -286,6 +313,82 @@ class TreeBuilder:
             env=env,
             cwd=os.fspath(app.cwd),
             ready=_ready(app),
+            startup_timeout=app.startup_timeout,
+            stop_signal=app.stop_signal,
+            stop_timeout=app.stop_timeout,
+            stdout=Output.lines(self._sink(app.name, index, "out")),
+            stderr=Output.lines(self._sink(app.name, index, "err")),
+        )
+
+    def worker_slot(self, app: AppConfig, index: int) -> WorkerSlot | None:
+        """The worker that process ``index`` of a module-worker app runs (``None`` for
+        a classic app).
+
+        Raises:
+            UnsupportedApp: Not a worker of the app as described (scaled beyond it).
+        """
+        if app.bootstrap is None:
+            return None
+        slots = self.systems[app.name].slots
+        if not 0 <= index < len(slots):
+            raise UnsupportedApp(
+                f"app {app.name!r} runs {len(slots)} workers (its bootstrap's instances); "
+                f"there is no instance {index}"
+            )
+        return slots[index]
+
+    @property
+    def router_socket(self) -> Path:
+        """The daemon's socket for workers' calls to other processes: ``HOME/run/router.sock``."""
+        return self.home / "run" / "router.sock"
+
+    def socket_path(self, app: str, worker: WorkerSlot, child: str | None = None) -> Path:
+        """Where ``worker`` of ``app`` serves the daemon: ``HOME/run/APP/PROCESS.I.sock``
+        (``PROCESS.I~G.sock`` for the process that replaces it in a reload, so
+        both serve side by side), or a hashed name under ``HOME/run`` when that
+        would be too long for a Unix socket.
+
+        Raises:
+            UnsupportedApp: Even the short form is too long (a very deep home).
+        """
+        run = self.home / "run"
+        generation = (child or "").partition("~")[2]
+        stem = f"{worker.process}.{worker.index}" + (f"~{generation}" if generation else "")
+        path = run / app / f"{stem}.sock"
+        if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+            return path
+        digest = hashlib.blake2s(f"{app}/{stem}".encode(), digest_size=8)
+        path = run / f"w{digest.hexdigest()}.sock"
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            raise UnsupportedApp(
+                f"app {app!r}: the worker socket path {path} is longer than "
+                f"{MAX_SOCKET_PATH} bytes; use a shorter OMNITRON_HOME"
+            )
+        return path
+
+    def _worker(self, app: AppConfig, index: int, worker: WorkerSlot) -> ProcessChild:
+        assert app.bootstrap is not None
+        assert worker.socket is not None
+        process = self.systems[app.name].process(worker.process)
+        socket = Path(worker.socket)
+        # The worker removes a stale socket file (one left by a killed worker) itself.
+        socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        env = {
+            **app.env,
+            **process.env,
+            **self._resolve_secrets(app),
+            **marker_environ(self.home, app.name, index),
+            ENV_WORKER_SOCKET: os.fspath(socket),
+            ENV_ROUTER_SOCKET: os.fspath(self.router_socket),
+            "OMNITRON_STOP_TIMEOUT": f"{app.stop_timeout:g}",
+            "PYTHONUNBUFFERED": "1",
+        }
+        argv = [process.python or interpreter(app), "-m", "omnitron.worker", "serve"]
+        return ProcessChild(
+            [*argv, os.fspath(app.bootstrap), worker.process],
+            env=env,
+            cwd=os.fspath(app.cwd),
+            ready=Ready.notify(),
             startup_timeout=app.startup_timeout,
             stop_signal=app.stop_signal,
             stop_timeout=app.stop_timeout,

@@ -338,7 +338,8 @@ class Dispatcher:
 
 def _audit(method: str, peer: Peer, params: object, outcome: str) -> None:
     """One structured audit line: who, what, which target, result; never other params."""
-    target = params.get("name") if isinstance(params, Mapping) else None
+    # The app a call is about: ``name`` for most methods, ``app`` for ``daemon.exec``.
+    target = params.get("name", params.get("app")) if isinstance(params, Mapping) else None
     log.info(
         "audit",
         method=method,

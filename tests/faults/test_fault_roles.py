@@ -42,6 +42,7 @@ DECLARED = {
     "daemon.flush_logs": Role.OPERATOR,
     "daemon.watch_on": Role.OPERATOR,
     "daemon.watch_off": Role.OPERATOR,
+    "daemon.exec": Role.OPERATOR,
     "daemon.reload_config": Role.ADMIN,
     "daemon.shutdown": Role.ADMIN,
     "daemon.set_metrics_enabled": Role.ADMIN,
@@ -68,6 +69,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "daemon.watch_on": {"app": "web"},
     "daemon.watch_off": {"app": "web"},
     "daemon.watch_status": {"app": "web"},
+    "daemon.exec": {"app": "web", "service": "users", "method": "ping", "args": [1]},
 }
 
 

@@ -84,7 +84,7 @@ def test_every_problem_is_reported_at_once_with_lines(tmp_path: Path) -> None:
         "3: supervision.strategy: unknown value 'one_for_al'; did you mean 'one_for_all'?",
         "4: supervision.max_restarts: must be >= 0, got -1",
         "5: supervision.window: must be > 0",
-        "8: apps[0].exec_mdoe: unknown key (allowed: name, command, bootstrap, cwd, env, "
+        "8: apps[0].exec_mdoe: unknown key (allowed: name, command, bootstrap, python, cwd, env, "
         "depends_on, instances, ready, startup_timeout, stop_timeout, stop_signal, critical, "
         "restart, restart_policy, health, watch, enabled, max_memory)",
         "10: apps[0].instances: expected an integer, got a string ('max')",

@@ -1,0 +1,1 @@
+"""The example shop: a users service and a billing service (see ../bootstrap.py)."""
