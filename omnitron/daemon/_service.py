@@ -36,7 +36,7 @@ from ._logs import LogLine
 from ._metrics import FIELDS, CountingDispatcher, Sampler, aggregate, figures, prometheus_text
 from ._orchestrator import AppRecord, Orchestrator
 from ._secrets import SecretStore, register_secret_methods
-from ._watch import Watching, register_watch_methods
+from ._watch import Watching, importers, register_watch_methods
 
 __all__ = ["DaemonService", "Persistence", "Sampler", "build_dispatcher"]
 
@@ -491,7 +491,15 @@ def _watching(service: DaemonService, enabled: bool | None) -> Watching:
         return [service.home] if logs is None else [service.home, logs]
 
     async def reload(app: str, paths: set[str]) -> None:
-        await orch.reload(app)
+        # A module-worker app: only the workers importing a changed module.
+        record = orch.apps.get(app)
+        indexes = None if record is None else await importers(record, paths)
+        if indexes is None:
+            await orch.reload(app)
+            return
+        names = [_worker_name(record, i) for i in sorted(indexes)] if record else []
+        orch.logs.note(app, f"watch: reloading only {', '.join(names) or 'nothing'}")
+        await orch.reload_processes(app, indexes)
 
     return Watching(
         lambda: {record.name: record.config for record in orch.apps.values()},
@@ -501,6 +509,12 @@ def _watching(service: DaemonService, enabled: bool | None) -> Watching:
         exclude=exclude,
         note=lambda app, text: orch.logs.note(app, text),
     )
+
+
+def _worker_name(record: AppRecord, index: int) -> str:
+    """``users[1]``: process entry and index of a module-worker app's instance."""
+    worker = record.processes[index].worker
+    return f"instance {index}" if worker is None else f"{worker.process}[{worker.index}]"
 
 
 def parse_signal(text: str) -> int:

@@ -19,6 +19,7 @@ daemon that watches nothing pays for it.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import fnmatch
 import os
@@ -26,15 +27,20 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import structlog
 import trio
 
 from ..config import AppConfig, WatchConfig
+from ..errors import OmnitronError
 from ..rpc import Call, Dispatcher, Handler, Name, Role
 from ._errors import AppNotFound
+
+if TYPE_CHECKING:
+    from ._records import AppRecord
+    from ._workers import WorkerClient
 
 __all__ = [
     "ChangeSource",
@@ -44,6 +50,7 @@ __all__ = [
     "Watching",
     "debounced",
     "file_changes",
+    "importers",
     "register_watch_methods",
 ]
 
@@ -505,6 +512,67 @@ def _describe(paths: set[str]) -> str:
     shown = ", ".join(names[:3])
     more = f" and {len(names) - 3} more" if len(names) > 3 else ""
     return f"{len(names)} files ({shown}{more})"
+
+
+# ---------------------------------------------------------------------- module workers
+
+IMPORTED_FILES_TIMEOUT = 5.0
+"""Seconds a worker has to say which files it imported."""
+
+Connect = Callable[[str], contextlib.AbstractAsyncContextManager["WorkerClient"]]
+
+
+def _resolved(paths: Iterable[str], more: Iterable[Path]) -> tuple[set[str], list[str]]:
+    return {os.path.realpath(p) for p in paths}, [os.path.realpath(p) for p in more]
+
+
+async def importers(
+    record: AppRecord, paths: set[str], *, connect: Connect | None = None
+) -> set[int] | None:
+    """The instances of a module-worker app to reload for a change of ``paths``:
+    those whose worker imported one of them (``worker.imported_files``).
+
+    ``None`` means the whole app: the bootstrap changed, a changed file was
+    imported by no worker (data, a template, a module not imported yet: it may
+    matter at the next start of any of them), or a running worker could not
+    say what it imported.
+
+    Args:
+        record: The app (its processes carry their worker's socket).
+        paths: The changed files (absolute).
+        connect: Opens a client of a worker's socket (tests inject theirs).
+    """
+    bootstrap = record.config.bootstrap
+    if bootstrap is None:
+        return None
+    # The workers report resolved paths (symbolic links followed); lstat calls.
+    changed, [main] = await trio.to_thread.run_sync(_resolved, paths, [bootstrap])
+    if main in changed:
+        return None
+    if connect is None:
+        from ._workers import open_worker_client
+
+        connect = open_worker_client
+    affected: set[int] = set()
+    covered: set[str] = set()
+    for index, process in sorted(record.processes.items()):
+        worker = process.worker
+        if worker is None or worker.socket is None or process.pid is None:
+            continue  # not running now: its next start imports the new files anyway
+        try:
+            with trio.fail_after(IMPORTED_FILES_TIMEOUT):
+                async with connect(worker.socket) as client:
+                    files = set(await client.builtin("imported_files"))
+        except (OSError, trio.TooSlowError, OmnitronError) as exc:
+            log.warning("watch_imports_unknown", app=record.name, instance=index, error=str(exc))
+            return None
+        hit = changed & files
+        covered |= hit
+        if hit:
+            affected.add(index)
+    if covered != changed:
+        return None
+    return affected
 
 
 def register_watch_methods(dispatcher: Dispatcher, watching: Watching) -> None:

@@ -16,8 +16,11 @@ import trio
 import trio.testing
 
 from omnitron.config import DEFAULT_WATCH_IGNORE, AppConfig, WatchConfig
+from omnitron.config._bootstrap import WorkerSlot
 from omnitron.daemon._errors import AppNotFound
-from omnitron.daemon._watch import IgnoreFilter, Watching, debounced, file_changes
+from omnitron.daemon._records import AppRecord, ProcessRecord
+from omnitron.daemon._watch import IgnoreFilter, Watching, debounced, file_changes, importers
+from omnitron.daemon._workers import WorkerCallError
 
 # --------------------------------------------------------------------------- ignore rules
 
@@ -492,3 +495,85 @@ def test_watchfiles_stays_off_the_cli_and_an_idle_daemon() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- module workers
+
+
+class FakeWorkers:
+    """``connect`` for :func:`importers`: each socket's imported files, or a failure."""
+
+    def __init__(self, imported: dict[str, list[str] | Exception]) -> None:
+        self.imported = imported
+        self.asked: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def connect(self, path: str) -> AsyncIterator[Any]:
+        self.asked.append(path)
+        answer = self.imported[path]
+        if isinstance(answer, Exception):
+            raise answer
+
+        class Client:
+            async def builtin(self, name: str) -> list[str]:
+                assert name == "imported_files"
+                await trio.lowlevel.checkpoint()
+                assert not isinstance(answer, Exception)
+                return answer
+
+        yield Client()
+
+
+def _shop(tmp_path: Path) -> AppRecord:
+    (tmp_path / "shop").mkdir()
+    for name in ("bootstrap.py", "shop/users.py", "shop/billing.py", "shop/common.py"):
+        (tmp_path / name).write_text("")
+    config = AppConfig(name="shop", bootstrap=tmp_path / "bootstrap.py", cwd=tmp_path)
+    slots = [
+        WorkerSlot("users", 0, "u0"),
+        WorkerSlot("users", 1, "u1"),
+        WorkerSlot("billing", 0, "b0"),
+    ]
+    processes = {
+        i: ProcessRecord(instance=i, pid=100 + i, worker=slot) for i, slot in enumerate(slots)
+    }
+    return AppRecord(config=config, instances=3, processes=processes)
+
+
+async def test_only_the_workers_importing_a_module_are_reloaded(tmp_path: Path) -> None:
+    record = _shop(tmp_path)
+    users, billing, common = (
+        str(tmp_path / "shop" / f"{m}.py") for m in ("users", "billing", "common")
+    )
+    workers = FakeWorkers({"u0": [users, common], "u1": [users, common], "b0": [billing, common]})
+    assert await importers(record, {billing}, connect=workers.connect) == {2}
+    assert await importers(record, {users}, connect=workers.connect) == {0, 1}
+    assert await importers(record, {common, billing}, connect=workers.connect) == {0, 1, 2}
+    # Through a symbolic link to the project: the workers report resolved paths.
+    link = tmp_path.parent / f"{tmp_path.name}-link"
+    link.symlink_to(tmp_path)
+    assert await importers(
+        record, {str(link / "shop" / "billing.py")}, connect=workers.connect
+    ) == {2}
+
+
+async def test_the_whole_app_when_the_imports_do_not_tell(tmp_path: Path) -> None:
+    record = _shop(tmp_path)
+    users = str(tmp_path / "shop" / "users.py")
+    workers = FakeWorkers({"u0": [users], "u1": [users], "b0": []})
+    # The bootstrap, and a file nobody imported (data, a module not imported yet).
+    assert (
+        await importers(record, {str(tmp_path / "bootstrap.py")}, connect=workers.connect) is None
+    )
+    assert workers.asked == []
+    assert (
+        await importers(record, {str(tmp_path / "shop" / "new.py")}, connect=workers.connect)
+        is None
+    )
+    # A worker that cannot say.
+    gone = WorkerCallError("WORKER_UNREACHABLE", "cannot connect")
+    workers = FakeWorkers({"u0": [users], "u1": gone, "b0": []})
+    assert await importers(record, {users}, connect=workers.connect) is None
+    # A classic app: always the whole app.
+    classic = AppRecord(config=AppConfig(name="api", command=("x",), cwd=tmp_path), instances=1)
+    assert await importers(classic, {users}, connect=workers.connect) is None
