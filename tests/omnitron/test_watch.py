@@ -577,3 +577,14 @@ async def test_the_whole_app_when_the_imports_do_not_tell(tmp_path: Path) -> Non
     # A classic app: always the whole app.
     classic = AppRecord(config=AppConfig(name="api", command=("x",), cwd=tmp_path), instances=1)
     assert await importers(classic, {users}, connect=workers.connect) is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"), [([], None), (["--watch"], True), (["--no-watch"], False)]
+)
+def test_the_daemon_entry_takes_the_up_flag(flags: list[str], expected: bool | None) -> None:
+    from omnitron.daemon._entry import _parse
+
+    parsed = _parse(["--home", "/h", "--config", "/c.toml", *flags])
+    assert isinstance(parsed, dict)
+    assert parsed["watch"] is expected
