@@ -110,6 +110,7 @@ def up(
     wait_timeout: float,
     daemonized: bool,
     planes: list[str] | None = None,
+    watch: bool | None = None,
 ) -> int:
     """Validate the config, then run the daemon (``exec``) or launch it detached.
 
@@ -135,6 +136,8 @@ def up(
 
     _refuse_other_config(cli, source)
     argv = _daemon_argv(cli, source, stack=stack, reset_state=reset_state) + (planes or [])
+    if watch is not None:
+        argv.append("--watch" if watch else "--no-watch")
     if foreground:
         if not daemonized:
             argv.append("--echo")

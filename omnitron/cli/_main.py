@@ -214,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     metavar="N",
     help="Connections each of --tcp and --http serves at once (default 256).",
 )
+@click.option(
+    "--watch/--no-watch",
+    "watch",
+    default=None,
+    help="Reload every app when its files change / watch none (default: the config's).",
+)
 @click.option("--daemonized", is_flag=True, hidden=True)
 @pass_cli
 def up(
@@ -228,6 +234,7 @@ def up(
     tls_cert: str | None,
     tls_key: str | None,
     max_connections: int | None,
+    watch: bool | None,
     daemonized: bool,
 ) -> None:
     """Start the daemon and its apps (detached unless --foreground).
@@ -254,6 +261,7 @@ def up(
             tls_key=tls_key,
             max_connections=max_connections,
         ),
+        watch=watch,
     )
     raise SystemExit(code)
 
@@ -621,6 +629,44 @@ def reload_config(cli: Cli, dry_run: bool) -> None:
     for warning in result.get("warnings") or ():
         cli.note(f"warning: {warning}")
     cli.emit(result, render.render_reload)
+
+
+# --------------------------------------------------------------------------- watch
+
+
+@cli.group()
+def watch() -> None:
+    """Hot reload in development: reload an app (zero downtime) when its files change."""
+
+
+@watch.command("on")
+@click.argument("app", required=False)
+@pass_cli
+def watch_on(cli: Cli, app: str | None) -> None:
+    """Watch APP's files (its `watch` settings, or its cwd), or every app's."""
+    from . import _watch
+
+    _watch.switch(cli, app, on=True)
+
+
+@watch.command("off")
+@click.argument("app", required=False)
+@pass_cli
+def watch_off(cli: Cli, app: str | None) -> None:
+    """Stop watching APP's files, or every app's."""
+    from . import _watch
+
+    _watch.switch(cli, app, on=False)
+
+
+@watch.command("status")
+@click.argument("app", required=False)
+@pass_cli
+def watch_status(cli: Cli, app: str | None) -> None:
+    """What is watched, and each app's last change and reload."""
+    from . import _watch
+
+    _watch.status(cli, app)
 
 
 # --------------------------------------------------------------------------- config

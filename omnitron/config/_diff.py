@@ -41,6 +41,10 @@ class AppChange:
     name: str
     changes: tuple[FieldChange, ...]
 
+    def only(self, key: str) -> bool:
+        """Whether every change is of the app's ``key`` (``watch``, ``watch.debounce``)."""
+        return all(c.path == key or c.path.startswith(key + ".") for c in self.changes)
+
 
 @attrs.frozen
 class EcosystemDiff:

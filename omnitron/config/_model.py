@@ -61,7 +61,9 @@ __all__ = [
     "WatchConfig",
 ]
 
-# Always ignored by the watcher; an app's ``watch.ignore`` adds to these.
+# Always ignored by the watcher; an app's ``watch.ignore`` adds to these. Editors'
+# swap, backup and lock files: vim (``*.swp``, ``*.swo``, ``*.swx``, ``4913``, ``*~``),
+# emacs (``.#*``, ``#*#``).
 DEFAULT_WATCH_IGNORE: tuple[str, ...] = (
     ".git",
     ".hg",
@@ -69,8 +71,14 @@ DEFAULT_WATCH_IGNORE: tuple[str, ...] = (
     "*.pyc",
     "*.pyo",
     "*.swp",
+    "*.swo",
+    "*.swx",
+    "4913",
     "*~",
+    ".#*",
+    "#*#",
     "*.log",
+    "logs",
     ".venv",
     "venv",
     "node_modules",
@@ -80,9 +88,9 @@ DEFAULT_WATCH_IGNORE: tuple[str, ...] = (
 )
 
 
-# Why a key is accepted but has no effect yet (the ``inert`` marker of :func:`key`).
-# The change that builds one deletes its marker(s), and with them the warning.
-_NO_WATCHING = "the daemon does not watch files yet"
+# A key accepted before it is built carries an ``inert`` marker of :func:`key` (why it
+# has no effect yet); the change that builds it deletes the marker and the warning.
+# Every key of this version is built.
 
 _POSITIVE = p_duration(positive=True)
 _DURATION = p_duration(positive=False)
@@ -278,9 +286,10 @@ class HealthConfig:
 
 @attrs.frozen(kw_only=True)
 class WatchConfig:
-    """Restart an app when files under ``directory`` change (development).
+    """Reload an app when files under ``directory`` change (development).
 
-    ``ignore`` holds :data:`DEFAULT_WATCH_IGNORE` followed by the app's own patterns.
+    ``ignore`` holds :data:`DEFAULT_WATCH_IGNORE` followed by the app's own patterns;
+    ``debounce`` is the quiet time (seconds) after the last change before the reload.
     """
 
     directory: Path = attrs.field(metadata=key(per_build=p_directory))
@@ -338,7 +347,7 @@ class AppConfig:
     restart: Restart = attrs.field(default=Restart.PERMANENT, metadata=key(p_enum(Restart)))
     restart_policy: RestartPolicy = attrs.field(default=RestartPolicy(), metadata=key())
     health: HealthConfig | None = attrs.field(default=None, metadata=key())
-    watch: WatchConfig | None = attrs.field(default=None, metadata=key(inert=_NO_WATCHING))
+    watch: WatchConfig | None = attrs.field(default=None, metadata=key())
     enabled: bool = attrs.field(default=True, metadata=key(p_bool))
     max_memory: int | None = attrs.field(default=None, metadata=key(p_size))
     """Restart a process whose RSS exceeds this many bytes in two consecutive samples."""
@@ -357,7 +366,7 @@ class StackAppOverride:
 
     instances: int | None = attrs.field(default=None, metadata=key(p_int(1, MAX_INSTANCES)))
     enabled: bool | None = attrs.field(default=None, metadata=key(p_bool))
-    watch: bool | None = attrs.field(default=None, metadata=key(p_bool, inert=_NO_WATCHING))
+    watch: bool | None = attrs.field(default=None, metadata=key(p_bool))
     env: Mapping[str, str] = attrs.field(
         factory=dict, converter=_frozen_map, repr=_env_repr, metadata=key()
     )
@@ -381,7 +390,7 @@ class StackConfig:
     env: Mapping[str, str] = attrs.field(
         factory=dict, converter=_frozen_map, repr=_env_repr, metadata=key()
     )
-    watch: bool | None = attrs.field(default=None, metadata=key(p_bool, inert=_NO_WATCHING))
+    watch: bool | None = attrs.field(default=None, metadata=key(p_bool))
     log_level: LogLevel | None = attrs.field(default=None, metadata=key(p_enum(LogLevel)))
     overrides: Mapping[str, StackAppOverride] = attrs.field(
         factory=dict, converter=_frozen_map, metadata=key()

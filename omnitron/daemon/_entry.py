@@ -101,7 +101,7 @@ def _usage(message: str) -> int:
     print(
         "usage: python -m omnitron.daemon --home PATH --config PATH [--stack NAME] "
         "[--reset-state] [--echo] [--ready-fd N] [--tcp HOST:PORT] [--http HOST:PORT] "
-        "[--tls-cert FILE --tls-key FILE] [--max-connections N]",
+        "[--tls-cert FILE --tls-key FILE] [--max-connections N] [--watch|--no-watch]",
         file=sys.stderr,
     )
     return 2
@@ -109,7 +109,12 @@ def _usage(message: str) -> int:
 
 def _parse(argv: Sequence[str]) -> dict[str, object] | str:
     """The options, or the reason ``argv`` is not valid (argparse costs memory here)."""
-    values: dict[str, object] = {"stack": None, "reset_state": False, "echo": False}
+    values: dict[str, object] = {
+        "stack": None,
+        "reset_state": False,
+        "echo": False,
+        "watch": None,
+    }
     valued = {
         "--home": "home",
         "--config": "config",
@@ -136,6 +141,8 @@ def _parse(argv: Sequence[str]) -> dict[str, object] | str:
             values[valued[key]] = value
         elif arg in flags:
             values[flags[arg]] = True
+        elif arg in ("--watch", "--no-watch"):
+            values["watch"] = arg == "--watch"
         else:
             return f"unexpected argument {arg!r}"
     for required in ("home", "config"):
@@ -211,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls_key=_path(parsed.get("tls_key")),
             max_connections=int(str(parsed.get("max_connections", DEFAULT_MAX_CONNECTIONS))),
         ),
+        watch=parsed["watch"] if isinstance(parsed["watch"], bool) else None,
         progress=progress,
     )
     try:

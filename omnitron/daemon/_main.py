@@ -72,6 +72,8 @@ class DaemonOptions:
         subreaper: Become a child subreaper (Linux) to catch escaped grandchildren.
         reset_state: Move ``state.json`` aside and start from the config alone.
         planes: The TCP (TLS) and WebSocket planes to serve besides the Unix socket.
+        watch: Hot reload: ``True`` watches every app, ``False`` none, ``None`` the
+            apps with a ``watch`` config (``up --watch`` / ``--no-watch`` / neither).
     """
 
     home: Path
@@ -81,6 +83,7 @@ class DaemonOptions:
     subreaper: bool = True
     reset_state: bool = False
     planes: PlaneConfig = attrs.field(factory=PlaneConfig)
+    watch: bool | None = None
     progress: Progress | None = attrs.field(default=None, eq=False)
 
 
@@ -214,6 +217,7 @@ async def run_daemon(options: DaemonOptions) -> int:
                 "logs": logs.degraded or "ok",
             },
             secrets=secrets,
+            watch=options.watch,
         )
         authority = _token_authority(home.path)
         dispatcher = build_dispatcher(service, authority=authority)
@@ -248,6 +252,7 @@ async def run_daemon(options: DaemonOptions) -> int:
                 await nursery.start(orchestrator.router.run)
                 await nursery.start(_serve_workers, orchestrator)
                 await nursery.start(orchestrator.run)
+                await nursery.start(service.watching.run)
                 progress.say("listening", os.getpid())
                 nursery.start_soon(_announce_ready, orchestrator, progress)
                 log.info("daemon_ready", socket=str(home.socket_path))
@@ -255,6 +260,7 @@ async def run_daemon(options: DaemonOptions) -> int:
                 await shutdown.requested.wait()
                 log.info("daemon_stopping", reason=shutdown.reason)
                 notify("STOPPING=1")
+                service.watching.stop()  # no reload starts while the apps stop
                 await orchestrator.stop_everything()
                 nursery.cancel_scope.cancel()  # then the state is written a last time
         log.info("daemon_stopped", exit_code=shutdown.exit_code, reason=shutdown.reason)

@@ -862,6 +862,37 @@ class Orchestrator:
         """
         return await self._each_pool(target, self._reload_pool)
 
+    async def reload_processes(self, name: str, indexes: Iterable[int]) -> list[int]:
+        """Replace only processes ``indexes`` of app ``name``, as :meth:`reload` does
+        (each successor ready before its predecessor stops); the others run on.
+
+        Hot reload of a module-worker app uses it for the workers that import a
+        changed module. An app not running is left alone.
+
+        Returns:
+            The indexes replaced.
+
+        Raises:
+            AppStartFailed: A new process did not become ready (that one and the
+                later ones keep their old process).
+        """
+        self.record(name)
+        await self.wait_ready()
+        pool = self.pool(name)
+        replaced: list[int] = []
+        if pool is None:
+            return replaced
+        async with self._lock(name):
+            for index in sorted(set(indexes)):
+                if index >= self.apps[name].instances:
+                    continue  # scaled down meanwhile
+                if self._stopped(name) or not await self._succeed(name, pool, index):
+                    break  # stopped (or removed) meanwhile
+                replaced.append(index)
+            if replaced:
+                self._remember(name, EventKind.RELOADED)
+        return replaced
+
     async def _reload_pool(self, name: str, pool: Supervisor) -> bool:
         async with self._lock(name):
             for index in range(self.apps[name].instances):
@@ -1035,7 +1066,8 @@ class Orchestrator:
             sockets=self.sockets.listen,
             systems=self.systems,
         )
-        changed = [c.name for c in diff.changed]
+        # A change of ``watch`` only is the watcher's business: the app runs on.
+        changed = [c.name for c in diff.changed if not c.only("watch")]
         apps: dict[str, AppRecord] = {}
         for app in new.start_order():  # the records in the new start order
             record = self.apps.get(app.name)

@@ -29,6 +29,7 @@ from .._logtail import stderr_tail
 from ..config import ConfigError, Ecosystem, load_config, secret_reference
 from ..rpc import Call, Dispatcher, Encoded, Handler, InvalidParams, Len, Name, Range, Role
 from ..rpc._auth import TokenAuthority, register_auth_methods
+from ..state import DesiredStatus
 from ._errors import DOMAIN_ERRORS, AppStartFailed, ConfigInvalid, RequestRefused
 from ._exec import (
     EXEC_ERRORS,
@@ -43,6 +44,7 @@ from ._logs import LogLine
 from ._metrics import FIELDS, CountingDispatcher, Sampler, aggregate, figures, prometheus_text
 from ._orchestrator import AppRecord, Orchestrator
 from ._secrets import SecretStore, register_secret_methods
+from ._watch import Watching, importers, register_watch_methods
 
 __all__ = ["DaemonService", "Persistence", "Sampler", "build_dispatcher"]
 
@@ -146,6 +148,7 @@ class DaemonService:
         sample_interval: Seconds between two samples of CPU and memory; ``None``:
             ``[monitoring] metrics.interval``.
         secrets: The secret store (``secret.*`` methods); one for ``home`` by default.
+        watch: ``up --watch`` (``True``), ``--no-watch`` (``False``) or neither.
     """
 
     def __init__(
@@ -160,6 +163,7 @@ class DaemonService:
         health: Callable[[], dict[str, Any]] = dict,
         sample_interval: float | None = None,
         secrets: SecretStore | None = None,
+        watch: bool | None = None,
     ) -> None:
         self.orchestrator = orchestrator
         self.home = home
@@ -185,6 +189,8 @@ class DaemonService:
         self._listing: _Listing | None = None
         self._status_reply: tuple[dict[str, Any], list[dict[str, Any]], Encoded] | None = None
         self._started = time.monotonic()
+        self.watching = _watching(self, watch)
+        """Hot reload: its :meth:`~Watching.run` is a task of the daemon's nursery."""
 
     def _pids(self) -> list[int]:
         return [
@@ -508,6 +514,7 @@ class DaemonService:
             diff = await self.orchestrator.apply_reload(new)
             metrics = new.monitoring.metrics
             self.sampler.configure(interval=metrics.interval, retention=metrics.retention)
+            self.watching.refresh()
         return {
             "applied": not dry_run,
             "added": [a.name for a in diff.added],
@@ -570,6 +577,45 @@ def _events_methods(service: DaemonService) -> dict[str, Handler]:
         return {"stream": stream.id}
 
     return {"daemon.health": health, "daemon.events": events, "events.subscribe": subscribe}
+
+
+def _watching(service: DaemonService, enabled: bool | None) -> Watching:
+    """The watchers of ``service``'s apps: a change reloads the app (zero downtime)."""
+    orch = service.orchestrator
+
+    def running(app: str) -> bool:
+        record = orch.apps.get(app)
+        return record is not None and record.desired is DesiredStatus.RUNNING
+
+    def exclude() -> list[Path]:
+        logs = orch.ecosystem.logging.directory
+        return [service.home] if logs is None else [service.home, logs]
+
+    async def reload(app: str, paths: set[str]) -> None:
+        # A module-worker app: only the workers importing a changed module.
+        record = orch.apps.get(app)
+        indexes = None if record is None else await importers(record, paths)
+        if indexes is None:
+            await orch.reload(app)
+            return
+        names = [_worker_name(record, i) for i in sorted(indexes)] if record else []
+        orch.logs.note(app, f"watch: reloading only {', '.join(names) or 'nothing'}")
+        await orch.reload_processes(app, indexes)
+
+    return Watching(
+        lambda: {record.name: record.config for record in orch.apps.values()},
+        reload,
+        running=running,
+        enabled=enabled,
+        exclude=exclude,
+        note=lambda app, text: orch.logs.note(app, text),
+    )
+
+
+def _worker_name(record: AppRecord, index: int) -> str:
+    """``users[1]``: process entry and index of a module-worker app's instance."""
+    worker = record.processes[index].worker
+    return f"instance {index}" if worker is None else f"{worker.process}[{worker.index}]"
 
 
 def parse_signal(text: str) -> int:
@@ -779,6 +825,7 @@ def build_dispatcher(
             dispatcher.register(name, handler, role=role)
     register_secret_methods(dispatcher, service.secrets)
     register_log_methods(dispatcher, service)
+    register_watch_methods(dispatcher, service.watching)
     if authority is not None:
         register_auth_methods(dispatcher, authority)
     return dispatcher

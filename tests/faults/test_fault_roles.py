@@ -31,6 +31,7 @@ DECLARED = {
     "events.subscribe": Role.VIEWER,
     "daemon.metrics": Role.VIEWER,
     "daemon.logs": Role.VIEWER,
+    "daemon.watch_status": Role.VIEWER,
     "daemon.start_app": Role.OPERATOR,
     "daemon.stop_app": Role.OPERATOR,
     "daemon.restart_app": Role.OPERATOR,
@@ -42,6 +43,8 @@ DECLARED = {
     "daemon.reset": Role.OPERATOR,
     "daemon.signal": Role.OPERATOR,
     "daemon.flush_logs": Role.OPERATOR,
+    "daemon.watch_on": Role.OPERATOR,
+    "daemon.watch_off": Role.OPERATOR,
     "daemon.exec": Role.OPERATOR,
     "daemon.reload_config": Role.ADMIN,
     "daemon.shutdown": Role.ADMIN,
@@ -67,6 +70,9 @@ PARAMS: dict[str, dict[str, Any]] = {
     "secret.remove": {"name": "db"},
     "daemon.reset": {"name": "web"},
     "daemon.signal": {"name": "web", "signal": "HUP"},
+    "daemon.watch_on": {"app": "web"},
+    "daemon.watch_off": {"app": "web"},
+    "daemon.watch_status": {"app": "web"},
     "daemon.exec": {"app": "web", "service": "users", "method": "ping", "args": [1]},
 }
 

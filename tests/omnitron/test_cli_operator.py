@@ -180,37 +180,48 @@ def _line_of(path: Path, text: str) -> int:
 
 
 def test_check_up_and_reload_warn_about_keys_without_effect(omnitron: Omnitron) -> None:
+    # Under one_for_all the root's limits apply to every app: an app's own
+    # restart_policy is accepted but has no effect.
     config = omnitron.write_config(
-        BASIC.replace('project = "e2e"\n', 'project = "e2e"\n[logging]\nmax_files = 3\n')
-        + app_toml("watched", watch="true")
+        BASIC.replace(
+            'project = "e2e"\n',
+            'project = "e2e"\n[supervision]\nstrategy = "one_for_all"\n[logging]\nmax_files = 3\n',
+        )
     )
-    watch = (
-        f"warning: {config}:{_line_of(config, 'watch = true')}: apps[3].watch: "
-        "has no effect yet: the daemon does not watch files yet"
+    policy = (
+        f"warning: {config}:{_line_of(config, 'restart_policy =')}: apps[0].restart_policy: "
+        "has no effect with strategy 'one_for_all': the root's [supervision] limits and "
+        "backoff apply to every app"
     )
 
     check = omnitron.ok("check")
-    assert check.stderr.splitlines() == [watch]  # max_files is acted on: no warning
+    assert check.stderr.splitlines() == [policy]  # max_files is acted on: no warning
     assert "has no effect" not in check.stdout
     report = json.loads(omnitron.ok("check", "--json").stdout)
     assert report["warnings"] == []
     assert [(issue["path"], issue["line"]) for issue in report["inert"]] == [
-        ("apps[3].watch", _line_of(config, "watch = true")),
+        ("apps[0].restart_policy", _line_of(config, "restart_policy =")),
     ]
-    assert report["inert"][0]["text"] == watch.removeprefix("warning: ")
+    assert report["inert"][0]["text"] == policy.removeprefix("warning: ")
 
     up = omnitron.up()
-    assert watch in up.stderr.splitlines()
-    omnitron.wait_online("watched")
+    assert policy in up.stderr.splitlines()
+    omnitron.wait_online("sleeper")
 
-    omnitron.write_config(config.read_text() + app_toml("probed", health='{ command = ["true"] }'))
+    # health and watch are acted on: no warning of their own.
+    omnitron.write_config(
+        config.read_text()
+        + app_toml("probed", health='{ command = ["true"] }')
+        + app_toml("watched", watch="true")
+    )
     dry = omnitron.run("reload-config", "--dry-run", "--json")
     assert dry.returncode == 0, dry
-    assert dry.stderr.splitlines() == [watch]  # health is acted on: no warning
-    assert json.loads(dry.stdout)["warnings"] == [watch.removeprefix("warning: ")]
+    assert dry.stderr.splitlines() == [policy]
+    assert json.loads(dry.stdout)["warnings"] == [policy.removeprefix("warning: ")]
     applied = omnitron.run("reload-config")
     assert applied.returncode == 0, applied
-    assert applied.stderr.splitlines() == [watch]
+    assert applied.stderr.splitlines() == [policy]
+    omnitron.wait_online("watched")
 
 
 def test_a_config_without_such_keys_warns_about_nothing(omnitron: Omnitron) -> None:

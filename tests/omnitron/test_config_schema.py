@@ -125,18 +125,14 @@ INERT_TOML = """\
 """
 
 
-def test_keys_not_acted_on_yet_are_named_with_file_and_line(tmp_path: Path) -> None:
+def test_keys_once_inert_are_all_acted_on_now(tmp_path: Path) -> None:
     (tmp_path / "worker.py").write_text("")
     config = tmp_path / "omnitron.toml"
     config.write_text(textwrap.dedent(INERT_TOML))
     ecosystem = load_config(config, environ={})
     assert ecosystem.warnings == ()  # a key not acted on is not a problem of the config
-    assert [str(issue) for issue in ecosystem.inert] == [
-        f"{config}:17: apps[0].watch: has no effect yet: the daemon does not watch files yet",
-        f"{config}:24: stacks.dev.watch: has no effect yet: the daemon does not watch files yet",
-        f"{config}:25: stacks.dev.overrides.api.watch: has no effect yet: the daemon does not "
-        "watch files yet",
-    ]
+    # Every key of this version is acted on (health, watch, bootstrap): none is named.
+    assert [str(issue) for issue in ecosystem.inert] == []
     # Applying a stack keeps them; they never take part in equality.
     assert ecosystem.with_stack("dev").inert == ecosystem.inert
     assert attrs.evolve(ecosystem, inert=()) == ecosystem
@@ -153,8 +149,11 @@ def test_keys_in_effect_give_no_such_warning(tmp_path: Path) -> None:
             name = "api"
             command = ["x"]
             restart_policy = { max_restarts = 2 }
+            watch = { directory = ".", ignore = ["*.tmp"], debounce = "100ms" }
             [stacks.dev]
             log_level = "info"
+            watch = true
+            overrides.api = { watch = false }
             """
         )
     )
@@ -167,11 +166,12 @@ def test_a_python_config_reports_them_at_its_define_ecosystem_line(tmp_path: Pat
         "from omnitron.config import define_ecosystem\n"
         "\n"
         "ecosystem = define_ecosystem(\n"
-        '    apps=[{"name": "api", "command": ["x"], "watch": True}],\n'
+        '    supervision={"strategy": "one_for_all"},\n'
+        '    apps=[{"name": "api", "command": ["x"], "restart_policy": {"max_restarts": 9}}],\n'
         ")\n"
     )
     [issue] = load_config(config, environ={}).inert
-    assert (issue.line, issue.path) == (3, "apps[0].watch")
+    assert (issue.line, issue.path) == (3, "apps[0].restart_policy")
 
 
 def test_an_invalid_config_is_still_only_its_errors(tmp_path: Path) -> None:
