@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 NOT_IN_THE_DAEMON = (
     "click",
@@ -20,8 +21,27 @@ NOT_IN_THE_DAEMON = (
     "_ssl",
     "idna",
     "_hashlib",
+    "rich",
+    "greenlet",
+    "gzip",
+    "difflib",
 )
 """Modules the daemon process must not load: the CLI, and the ones it defers or blocks."""
+
+NOT_WITHOUT_A_PLANE = (
+    *NOT_IN_THE_DAEMON,
+    "cryptography",
+    "jwt",
+    "prometheus_client",
+    "bz2",
+    "lzma",
+    "uuid",
+    "omnitron.rpc._tls",
+    "omnitron.rpc._ws",
+    "trio_websocket",
+)
+"""Nor, once running with no TCP or WebSocket plane, what only planes, tokens and
+exposition need."""
 
 
 LOADED = """\
@@ -34,10 +54,10 @@ def loaded(name):
 """
 
 
-def run_python(code: str) -> dict[str, object]:
+def run_python(code: str, *args: str) -> dict[str, object]:
     """Run ``code`` after :data:`LOADED` in a fresh interpreter; its last line as JSON."""
     result = subprocess.run(
-        [sys.executable, "-c", LOADED + textwrap.dedent(code)],
+        [sys.executable, "-c", LOADED + textwrap.dedent(code), *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -92,7 +112,7 @@ def test_a_deferred_module_loads_on_first_use() -> None:
         """
     )
     assert found == {
-        "deferred": ["asyncio", "ssl", "idna"],
+        "deferred": ["asyncio", "ssl", "idna", "bz2", "lzma", "uuid", "gzip", "difflib"],
         "before": False,
         "after": True,
         "same_class": True,
@@ -146,3 +166,49 @@ def test_bad_arguments_are_a_usage_error() -> None:
     )
     assert result.returncode == 2
     assert result.stderr.splitlines()[0] == "omnitron: unexpected argument '--bogus'"
+
+
+RUN_DAEMON = """\
+import os, sys, threading, time
+from omnitron.daemon import _entry
+
+home, config = sys.argv[1], sys.argv[2]
+
+
+def report() -> None:
+    # Once the apps are started (the log says so), list what is loaded and stop.
+    log = os.path.join(home, "logs", "daemon.log")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with open(log) as f:
+                if "apps_started" in f.read():
+                    break
+        except FileNotFoundError:
+            pass
+        time.sleep(0.05)
+    names = sorted(name for name in list(sys.modules) if loaded(name))
+    with open(os.path.join(home, "modules.json"), "w") as f:
+        json.dump(names, f)
+    os.kill(os.getpid(), 15)
+
+
+threading.Thread(target=report, daemon=True).start()
+code = _entry.main(["--home", home, "--config", config])
+print(json.dumps({"code": code}))
+"""
+
+
+def test_a_running_daemon_without_planes_loads_no_crypto_tls_or_exposition(tmp_path: Path) -> None:
+    # The import closure of the daemon process itself, after start-up with an app,
+    # the metrics sampler and the control socket running: planes, tokens and the
+    # Prometheus exposition load only when configured or asked for.
+    home = tmp_path / "h"
+    config = tmp_path / "apps.toml"
+    config.write_text('[[apps]]\nname = "a"\ncommand = ["sleep", "3600"]\n')
+    found = run_python(RUN_DAEMON, str(home), str(config))
+    assert found == {"code": 0}
+    modules = set(json.loads((home / "modules.json").read_text()))
+    assert "trio" in modules  # it did run
+    assert "omnitron.daemon._main" in modules
+    assert sorted(modules & set(NOT_WITHOUT_A_PLANE)) == []
