@@ -5,7 +5,8 @@ Start-up order matters and each step has one job:
 1. load and validate the config (a bad config starts nothing: exit code 2);
 2. take the home's pid lock (one daemon per home);
 3. load ``state.json`` (intent: which apps should run, how many instances);
-4. terminate what a dead predecessor left behind (found by env markers);
+4. terminate what a dead predecessor left behind (found by env markers; only
+   when it may have: see :func:`may_have_leftovers`);
 5. start the persistence task, the log collector, the control socket;
 6. launch the apps in the background (the socket answers while they start);
 7. tell systemd ``READY=1`` once the apps are started.
@@ -35,7 +36,7 @@ from ..rpc._auth import TokenAuthority
 from ..rpc._planes import PlaneConfig, start_network_planes
 from ..state import Home, StateStore, load_state, open_persistence, open_pid_lock
 from ._errors import DaemonBusy
-from ._leftovers import find_leftovers, terminate_leftovers
+from ._leftovers import find_leftovers, may_have_leftovers, terminate_leftovers
 from ._logging import configure_logging
 from ._logs import LogCollector
 from ._orchestrator import Orchestrator
@@ -163,7 +164,7 @@ async def run_daemon(options: DaemonOptions) -> int:
     )
     logs_dir = ecosystem.logging.directory or home.logs_dir
 
-    async with open_pid_lock(home):
+    async with open_pid_lock(home) as lock:
         log.info(
             "daemon_starting",
             pid=os.getpid(),
@@ -176,7 +177,10 @@ async def run_daemon(options: DaemonOptions) -> int:
         loaded = await trio.to_thread.run_sync(lambda: load_state(home, reset=options.reset_state))
         for message in loaded.warnings:
             log.warning("state_warning", message=str(message))
-        await _clean_up_after_predecessor(home)
+        if may_have_leftovers(
+            lock_reclaimed=lock.reclaimed, loaded=loaded, reset=options.reset_state
+        ):
+            await _clean_up_after_predecessor(home)
 
         shutdown = _Shutdown()
         store = StateStore(home, loaded, min_write_interval=MIN_WRITE_INTERVAL)
