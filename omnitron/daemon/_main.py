@@ -56,6 +56,10 @@ EXIT_CRITICAL = 3
 """Exit code of a daemon that shut down because a critical app crashed."""
 MIN_WRITE_INTERVAL = 0.05
 """Seconds between two writes of the state file while changes keep coming."""
+LAUNCH_WRITE_HOLD = 5.0
+"""Seconds, at most, the state file waits while the apps start (one write at the
+end instead of one per interval with every start so far: a full snapshot each);
+a reply that needs its change on disk still gets it written at once."""
 
 
 @attrs.frozen(kw_only=True)
@@ -246,9 +250,10 @@ async def run_daemon(options: DaemonOptions) -> int:
                 ):
                     print(f"omnitron: {address}", file=sys.stderr, flush=True)
                 nursery.start_soon(_handle_signals, signals, shutdown, service, orchestrator)
+                store.hold(LAUNCH_WRITE_HOLD)
                 await nursery.start(orchestrator.run)
                 progress.say("listening", os.getpid())
-                nursery.start_soon(_announce_ready, orchestrator, progress)
+                nursery.start_soon(_announce_ready, orchestrator, progress, store.release)
                 log.info("daemon_ready", socket=str(home.socket_path))
 
                 await shutdown.requested.wait()
@@ -295,11 +300,14 @@ async def _clean_up_after_predecessor(home: Home) -> None:
     )
 
 
-async def _announce_ready(orchestrator: Orchestrator, progress: Progress) -> None:
+async def _announce_ready(
+    orchestrator: Orchestrator, progress: Progress, launched: Callable[[], None]
+) -> None:
     """Tell systemd (and ``up``) we are ready once the apps are started, or after a minute.
 
     The socket already answers; capping the wait keeps a slow app from tripping
     systemd's start timeout (90 s by default) and failing the whole unit.
+    ``launched`` is called first (the state file's writes resume).
     """
     try:
         await orchestrator.wait_launched(within=60)
@@ -307,6 +315,7 @@ async def _announce_ready(orchestrator: Orchestrator, progress: Progress) -> Non
         notify("READY=1\nSTATUS=control socket up; some apps are still starting")
         return
     finally:
+        launched()
         progress.say("started")
         progress.close()
     notify("READY=1\nSTATUS=apps started")

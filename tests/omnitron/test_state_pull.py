@@ -127,3 +127,60 @@ async def test_an_error_in_the_block_comes_out_as_itself(
     with pytest.raises(KeyError):
         async with open_persistence(store, Source().snapshot):
             raise KeyError("boom")
+
+
+async def test_a_hold_delays_the_writes_of_a_burst_until_released(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store, _fs, mem = make(min_write_interval=0.05)
+    source = Source()
+    async with open_persistence(store, source.snapshot):
+        store.hold(5.0)
+        for n in range(100):  # the daemon starting 100 apps over a second
+            source.change(f"app{n}", store)
+            await trio.sleep(0.01)
+        assert store.statistics().writes == 0
+        assert source.taken == 0  # not even a snapshot
+        store.release()
+        await trio.sleep(0.01)
+        assert store.statistics().writes == 1
+        assert len(mem.decode(HOME.state_file)[1].apps) == 100
+
+
+async def test_a_hold_ends_by_itself(autojump_clock: trio.testing.MockClock) -> None:
+    store, _fs, mem = make(min_write_interval=0.05)
+    source = Source()
+    async with open_persistence(store, source.snapshot):
+        store.hold(2.0)
+        source.change("api", store)
+        await trio.sleep(1.99)
+        assert store.statistics().writes == 0
+        await trio.sleep(0.02)
+        assert store.statistics().writes == 1
+        assert [a.name for a in mem.decode(HOME.state_file)[1].apps] == ["api"]
+
+
+async def test_a_flush_during_a_hold_writes_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store, _fs, mem = make(min_write_interval=0.05)
+    source = Source()
+    async with open_persistence(store, source.snapshot):
+        store.hold(60.0)
+        source.change("api", store)
+        await trio.sleep(0.5)
+        before = trio.current_time()
+        source.change("web", store)
+        await store.flush()  # a reply that must be durable does not wait for the hold
+        assert trio.current_time() - before < 0.1
+        assert [a.name for a in mem.decode(HOME.state_file)[1].apps] == ["api", "web"]
+        # The hold goes on for the changes after it.
+        source.change("db", store)
+        await trio.sleep(1.0)
+        assert store.statistics().writes == 1
+
+
+async def test_a_negative_hold_is_refused() -> None:
+    store, _fs, _mem = make()
+    with pytest.raises(ValueError, match="seconds"):
+        store.hold(-1.0)
