@@ -54,10 +54,10 @@ def loaded(name):
 """
 
 
-def run_python(code: str, *args: str) -> dict[str, object]:
+def run_python(code: str) -> dict[str, object]:
     """Run ``code`` after :data:`LOADED` in a fresh interpreter; its last line as JSON."""
     result = subprocess.run(
-        [sys.executable, "-c", LOADED + textwrap.dedent(code), *args],
+        [sys.executable, "-c", LOADED + textwrap.dedent(code)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -169,24 +169,20 @@ def test_bad_arguments_are_a_usage_error() -> None:
 
 
 RUN_DAEMON = """\
-import os, sys, threading, time
+import os, threading
 from omnitron.daemon import _entry
 
 home, config = sys.argv[1], sys.argv[2]
+progress, ready = os.pipe()
 
 
 def report() -> None:
-    # Once the apps are started (the log says so), list what is loaded and stop.
-    log = os.path.join(home, "logs", "daemon.log")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with open(log) as f:
-                if "apps_started" in f.read():
-                    break
-        except FileNotFoundError:
-            pass
-        time.sleep(0.05)
+    # "@started" on the progress pipe: the apps are started. Then list what is
+    # loaded and stop the daemon as systemd would.
+    with os.fdopen(progress, "rb") as lines:
+        for line in lines:
+            if line.startswith(b"@started"):
+                break
     names = sorted(name for name in list(sys.modules) if loaded(name))
     with open(os.path.join(home, "modules.json"), "w") as f:
         json.dump(names, f)
@@ -194,8 +190,9 @@ def report() -> None:
 
 
 threading.Thread(target=report, daemon=True).start()
-code = _entry.main(["--home", home, "--config", config])
-print(json.dumps({"code": code}))
+code = _entry.main(["--home", home, "--config", config, "--ready-fd", str(ready)])
+with open(os.path.join(home, "exit.json"), "w") as f:  # stdout went to logs/daemon.out
+    json.dump({"code": code}, f)
 """
 
 
@@ -206,8 +203,15 @@ def test_a_running_daemon_without_planes_loads_no_crypto_tls_or_exposition(tmp_p
     home = tmp_path / "h"
     config = tmp_path / "apps.toml"
     config.write_text('[[apps]]\nname = "a"\ncommand = ["sleep", "3600"]\n')
-    found = run_python(RUN_DAEMON, str(home), str(config))
-    assert found == {"code": 0}
+    result = subprocess.run(
+        [sys.executable, "-c", LOADED + RUN_DAEMON, str(home), str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads((home / "exit.json").read_text()) == {"code": 0}
     modules = set(json.loads((home / "modules.json").read_text()))
     assert "trio" in modules  # it did run
     assert "omnitron.daemon._main" in modules
