@@ -16,8 +16,9 @@ to. The sentinel blocks reading it, costing nothing:
 
 No per-child mechanism is involved (``PR_SET_PDEATHSIG`` would cost each spawn
 its vfork fast path), and the sentinel's idle cost is one sleeping ``/bin/sh``
-(about 1 MiB resident, against 8.5 MiB for a bare Python interpreter): Python
-is started only once there is work to do. Its command line reads
+(1.7 MiB resident, 0.1 MiB of it its own, against 8.5 and 2.7 MiB for a bare
+Python interpreter): Python is started only once there is work to do. Its
+command line reads
 ``/bin/sh -c ... omnitron-sentinel PYTHON HOME``.
 """
 
