@@ -5,7 +5,9 @@ Virtual time with the in-memory disk, as in ``test_state_store.py``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -129,13 +131,24 @@ async def test_an_error_in_the_block_comes_out_as_itself(
             raise KeyError("boom")
 
 
-async def test_a_hold_delays_the_writes_of_a_burst_until_released(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+@contextlib.asynccontextmanager
+async def held(seconds: float) -> AsyncIterator[tuple[StateStore, Source, MemoryFileSystem]]:
+    """A running store writing at most every 50 ms, held for ``seconds`` from the start."""
     store, _fs, mem = make(min_write_interval=0.05)
     source = Source()
     async with open_persistence(store, source.snapshot):
-        store.hold(5.0)
+        store.hold(seconds)
+        yield store, source, mem
+
+
+def names_on_disk(mem: MemoryFileSystem) -> list[str]:
+    return [app.name for app in mem.decode(HOME.state_file)[1].apps]
+
+
+async def test_a_hold_delays_the_writes_of_a_burst_until_released(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with held(5.0) as (store, source, mem):
         for n in range(100):  # the daemon starting 100 apps over a second
             source.change(f"app{n}", store)
             await trio.sleep(0.01)
@@ -144,36 +157,30 @@ async def test_a_hold_delays_the_writes_of_a_burst_until_released(
         store.release()
         await trio.sleep(0.01)
         assert store.statistics().writes == 1
-        assert len(mem.decode(HOME.state_file)[1].apps) == 100
+        assert len(names_on_disk(mem)) == 100
 
 
 async def test_a_hold_ends_by_itself(autojump_clock: trio.testing.MockClock) -> None:
-    store, _fs, mem = make(min_write_interval=0.05)
-    source = Source()
-    async with open_persistence(store, source.snapshot):
-        store.hold(2.0)
+    async with held(2.0) as (store, source, mem):
         source.change("api", store)
         await trio.sleep(1.99)
         assert store.statistics().writes == 0
         await trio.sleep(0.02)
         assert store.statistics().writes == 1
-        assert [a.name for a in mem.decode(HOME.state_file)[1].apps] == ["api"]
+        assert names_on_disk(mem) == ["api"]
 
 
 async def test_a_flush_during_a_hold_writes_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    store, _fs, mem = make(min_write_interval=0.05)
-    source = Source()
-    async with open_persistence(store, source.snapshot):
-        store.hold(60.0)
+    async with held(60.0) as (store, source, mem):
         source.change("api", store)
         await trio.sleep(0.5)
         before = trio.current_time()
         source.change("web", store)
         await store.flush()  # a reply that must be durable does not wait for the hold
         assert trio.current_time() - before < 0.1
-        assert [a.name for a in mem.decode(HOME.state_file)[1].apps] == ["api", "web"]
+        assert names_on_disk(mem) == ["api", "web"]
         # The hold goes on for the changes after it.
         source.change("db", store)
         await trio.sleep(1.0)
