@@ -25,6 +25,7 @@ from ._procfs import TerminateReport as TerminateReport
 from ._procfs import descendants as descendants
 from ._procfs import find_marked as find_marked
 from ._procfs import kill_processes as kill_processes
+from ._procfs import process_children as process_children
 from ._procfs import terminate_processes as terminate_processes
 from ._pubsub import Subscription as Subscription
 from ._spec import AutoShutdown as AutoShutdown
@@ -79,6 +80,7 @@ __all__ = [
     "find_marked",
     "terminate_processes",
     "kill_processes",
+    "process_children",
     "TerminateReport",
     # errors
     "SupervisionError",

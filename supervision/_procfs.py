@@ -38,6 +38,7 @@ __all__ = [
     "descendants",
     "find_marked",
     "kill_processes",
+    "process_children",
     "terminate_processes",
 ]
 
@@ -282,6 +283,22 @@ class ProcessIdentity:
         """Whether this very process is still alive (same pid, start time and boot)."""
         entry = _read_stat(self.pid)
         return entry is not None and not entry.zombie and self.matches(entry)
+
+
+def process_children() -> dict[int, list[int]]:
+    """The direct children of every live process: ``{parent pid: [child pid, ...]}``.
+
+    One read of each ``/proc/<pid>/stat`` (processes without a parent, such as
+    init, are under none). Zombies are included: they are still their parent's
+    children. A snapshot: processes come and go while it is read.
+
+    Blocking: reads ``/proc`` (run it with ``trio.to_thread.run_sync`` in a loop).
+    """
+    children: dict[int, list[int]] = {}
+    for pid, entry in _process_table().items():
+        if entry.ppid:
+            children.setdefault(entry.ppid, []).append(pid)
+    return children
 
 
 def descendants(pid: int) -> list[ProcessIdentity]:

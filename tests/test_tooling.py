@@ -135,6 +135,20 @@ def test_daemon_benchmark_rpc_clients_against_the_echo_server(
     with daemon_bench.echo_server(tmp_path) as path:
         sequential = daemon_bench.rate_sequential(path, 0.2)
         pipelined = daemon_bench.rate_raw_window(path, 0.2, window=4)
+        skipped = daemon_bench.rate_raw_window(path, 0.2, window=4, decode=False)
     assert sequential["calls"] > 0
     assert pipelined["calls"] > 0
     assert pipelined["per_s"] > 0
+    assert skipped["calls"] > 0
+
+
+def test_the_benchmark_counts_replies_without_decoding_them(daemon_bench: ModuleType) -> None:
+    import msgpack
+
+    replies = [msgpack.packb([1, i, None, {"apps": [{"name": "a"}] * 50}]) for i in (1, 300, 70000)]
+    data = b"".join(replies)
+    assert daemon_bench._ok_replies(data) == (3, len(data))
+    assert daemon_bench._ok_replies(data[:-1]) == (2, len(data) - len(replies[-1]))
+    error = msgpack.packb([1, 5, {"code": "BUSY", "message": "full"}, None])
+    with pytest.raises(daemon_bench.BenchmarkError, match="BUSY"):
+        daemon_bench._ok_replies(replies[0] + error)

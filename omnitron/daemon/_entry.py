@@ -9,12 +9,21 @@ Before anything imports Trio, standard modules the daemon never uses are
 replaced by stand-ins that import the real module on first use: ``ssl`` (Trio's
 TLS streams and the library's HTTPS readiness check import it at import time),
 ``asyncio`` (structlog's ``stdlib`` module imports it for its async logger
-methods) and ``idna`` (Trio, for host names of TCP connections). And ``hashlib``
-uses CPython's own hash functions instead of OpenSSL's (``_hashlib``), as a
-Python built without OpenSSL does: the daemon hashes one small state file per
-write, and mapping OpenSSL's ``libcrypto`` for that costs 3.5 MiB of resident
-memory. Together, about 6.5 MiB and 40 modules less; TLS, when a feature needs
-it, still works (``ssl`` loads ``libssl`` and ``libcrypto`` itself).
+methods), ``idna`` (Trio, for host names of TCP connections), ``bz2`` and
+``lzma`` (``shutil``, imported by Trio), ``uuid`` (structlog's deprecated
+``threadlocal``), ``gzip`` (compressed log rotation) and ``difflib`` ("did you
+mean" hints of bad requests).
+And ``hashlib`` uses CPython's own hash functions instead of OpenSSL's
+(``_hashlib``), as a Python built without OpenSSL does: the daemon hashes one
+small state file per write, and mapping OpenSSL's ``libcrypto`` for that costs
+3.5 MiB of resident memory. TLS, when a plane needs it, still works (``ssl``
+loads ``libssl`` and ``libcrypto`` itself).
+
+structlog's ``dev`` module, which structlog always imports, imports ``rich``
+(and ``colorama``, ``better_exceptions``) when installed, for the console
+renderer's tracebacks: about 5 MiB and 70 modules. The daemon renders its log
+with ``KeyValueRenderer`` and never uses them, so they are blocked, as is
+``greenlet`` (structlog's deprecated ``threadlocal`` probes it).
 
 Detached start-up (``--ready-fd N``): the daemon's stdout and stderr start on a
 pipe read by ``omnitron up``. Once the home is usable the daemon appends its
@@ -46,10 +55,19 @@ from pathlib import Path
 
 __all__ = ["BLOCKED_MODULES", "DEFERRED_MODULES", "defer_unused_modules", "main"]
 
-DEFERRED_MODULES = ("asyncio", "ssl", "idna")
-"""Modules imported by the daemon's dependencies but used on no daemon path."""
-BLOCKED_MODULES = ("_hashlib",)
-"""Optional accelerators whose absence the standard library handles (see above)."""
+DEFERRED_MODULES = (
+    "asyncio",
+    "ssl",
+    "idna",
+    "bz2",
+    "lzma",
+    "uuid",
+    "gzip",
+    "difflib",
+)
+"""Modules imported by the daemon's dependencies but used on no common daemon path."""
+BLOCKED_MODULES = ("_hashlib", "rich", "colorama", "better_exceptions", "greenlet")
+"""Optional modules whose absence the standard library and structlog handle (see above)."""
 
 _load_lock = threading.Lock()
 

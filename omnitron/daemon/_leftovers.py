@@ -36,6 +36,7 @@ import attrs
 
 from supervision import ProcessIdentity, TerminateReport, find_marked, terminate_processes
 
+from ..state import LoadResult, StateSource
 from ._tree import ENV_APP, ENV_HOME, ENV_INSTANCE, _home_marker, marker_environ
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "TerminateReport",
     "find_leftovers",
     "marker_environ",
+    "may_have_leftovers",
     "terminate_leftovers",
 ]
 
@@ -85,6 +87,23 @@ class Leftover:
     def identity(self) -> ProcessIdentity:
         """The process's identity, comparable with a ``ProcessIdentity.of`` taken later."""
         return ProcessIdentity(pid=self.pid, start_time=self.create_time, boot_id=self.boot_id)
+
+
+def may_have_leftovers(*, lock_reclaimed: bool, loaded: LoadResult, reset: bool) -> bool:
+    """Whether the previous daemon of this home may have left processes behind.
+
+    The scan (:func:`find_leftovers`) reads every process on the machine, so a
+    daemon skips it when its predecessor provably stopped its apps: the pid file
+    was released (every stop short of dying removes it), ``state.json`` was read
+    as written (not the backup, not moved aside, no problem found) and records no
+    running process. Anything else (a reclaimed pid file, a pid in the state, a
+    state that could not be trusted or was reset) scans.
+    """
+    if lock_reclaimed or reset:
+        return True
+    if loaded.source is StateSource.BACKUP or loaded.warnings or loaded.moved_aside:
+        return True
+    return any(process.pid is not None for app in loaded.state.apps for process in app.processes)
 
 
 def find_leftovers(

@@ -5,7 +5,8 @@ Start-up order matters and each step has one job:
 1. load and validate the config (a bad config starts nothing: exit code 2);
 2. take the home's pid lock (one daemon per home);
 3. load ``state.json`` (intent: which apps should run, how many instances);
-4. terminate what a dead predecessor left behind (found by env markers);
+4. terminate what a dead predecessor left behind (found by env markers; only
+   when it may have: see :func:`may_have_leftovers`);
 5. start the persistence task, the log collector, the control socket;
 6. launch the apps in the background (the socket answers while they start);
 7. tell systemd ``READY=1`` once the apps are started.
@@ -38,7 +39,7 @@ from ..rpc._unix import check_socket_path
 from ..state import Home, StateStore, load_state, open_persistence, open_pid_lock
 from ._errors import DaemonBusy
 from ._exec import build_worker_dispatcher
-from ._leftovers import find_leftovers, terminate_leftovers
+from ._leftovers import find_leftovers, may_have_leftovers, terminate_leftovers
 from ._logging import configure_logging
 from ._logs import LogCollector
 from ._orchestrator import Orchestrator
@@ -58,6 +59,10 @@ EXIT_CRITICAL = 3
 """Exit code of a daemon that shut down because a critical app crashed."""
 MIN_WRITE_INTERVAL = 0.05
 """Seconds between two writes of the state file while changes keep coming."""
+LAUNCH_WRITE_HOLD = 5.0
+"""Seconds, at most, the state file waits while the apps start (one write at the
+end instead of one per interval with every start so far: a full snapshot each);
+a reply that needs its change on disk still gets it written at once."""
 
 
 @attrs.frozen(kw_only=True)
@@ -169,7 +174,7 @@ async def run_daemon(options: DaemonOptions) -> int:
     )
     logs_dir = ecosystem.logging.directory or home.logs_dir
 
-    async with open_pid_lock(home):
+    async with open_pid_lock(home) as lock:
         log.info(
             "daemon_starting",
             pid=os.getpid(),
@@ -182,7 +187,10 @@ async def run_daemon(options: DaemonOptions) -> int:
         loaded = await trio.to_thread.run_sync(lambda: load_state(home, reset=options.reset_state))
         for message in loaded.warnings:
             log.warning("state_warning", message=str(message))
-        await _clean_up_after_predecessor(home)
+        if may_have_leftovers(
+            lock_reclaimed=lock.reclaimed, loaded=loaded, reset=options.reset_state
+        ):
+            await _clean_up_after_predecessor(home)
 
         shutdown = _Shutdown()
         store = StateStore(home, loaded, min_write_interval=MIN_WRITE_INTERVAL)
@@ -251,10 +259,11 @@ async def run_daemon(options: DaemonOptions) -> int:
                 nursery.start_soon(_handle_signals, signals, shutdown, service, orchestrator)
                 await nursery.start(orchestrator.router.run)
                 await nursery.start(_serve_workers, orchestrator)
+                store.hold(LAUNCH_WRITE_HOLD)
                 await nursery.start(orchestrator.run)
                 await nursery.start(service.watching.run)
                 progress.say("listening", os.getpid())
-                nursery.start_soon(_announce_ready, orchestrator, progress)
+                nursery.start_soon(_announce_ready, orchestrator, progress, store.release)
                 log.info("daemon_ready", socket=str(home.socket_path))
 
                 await shutdown.requested.wait()
@@ -323,11 +332,14 @@ async def _clean_up_after_predecessor(home: Home) -> None:
     )
 
 
-async def _announce_ready(orchestrator: Orchestrator, progress: Progress) -> None:
+async def _announce_ready(
+    orchestrator: Orchestrator, progress: Progress, launched: Callable[[], None]
+) -> None:
     """Tell systemd (and ``up``) we are ready once the apps are started, or after a minute.
 
     The socket already answers; capping the wait keeps a slow app from tripping
     systemd's start timeout (90 s by default) and failing the whole unit.
+    ``launched`` is called first (the state file's writes resume).
     """
     try:
         await orchestrator.wait_launched(within=60)
@@ -335,6 +347,7 @@ async def _announce_ready(orchestrator: Orchestrator, progress: Progress) -> Non
         notify("READY=1\nSTATUS=control socket up; some apps are still starting")
         return
     finally:
+        launched()
         progress.say("started")
         progress.close()
     notify("READY=1\nSTATUS=apps started")

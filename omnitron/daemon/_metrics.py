@@ -26,7 +26,7 @@ import psutil
 import structlog
 import trio
 
-from supervision._procfs import _process_table
+from supervision import process_children
 
 from ..rpc import Dispatcher
 
@@ -158,11 +158,7 @@ class _Probe:
     def _children() -> dict[int, list[int]]:
         """``{ppid: [pid, ...]}`` of every process (one read of each /proc/PID/stat,
         by the library's procfs reader: several times cheaper than psutil's)."""
-        children: dict[int, list[int]] = {}
-        for pid, entry in _process_table().items():
-            if entry.ppid:
-                children.setdefault(entry.ppid, []).append(pid)
-        return children
+        return process_children()
 
     def _one(
         self, pid: int, now: float, seen: set[int], *, full: bool, uss: bool

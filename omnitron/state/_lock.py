@@ -172,12 +172,25 @@ class PidLock:
         path: The pid file.
         identity: The identity written into the file (this process).
         since: When the lock was taken (ISO 8601, UTC).
+        reclaimed: The file was there, not empty: an earlier daemon did not
+            release its lock (it was killed, or its machine went down), so it may
+            have left processes behind. ``False`` when there was no file: every
+            daemon that stops, by any path short of dying, removes it.
     """
 
-    def __init__(self, path: Path, fd: int, identity: ProcessIdentity, since: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        fd: int,
+        identity: ProcessIdentity,
+        since: str,
+        *,
+        reclaimed: bool = False,
+    ) -> None:
         self.path = path
         self.identity = identity
         self.since = since
+        self.reclaimed = reclaimed
         self._fd: int | None = fd
 
     @property
@@ -318,7 +331,8 @@ def _lock_opened(path: Path, fd: int, decided: Callable[[], None] | None) -> Pid
         )
     if decided is not None:
         decided()
-    stale = _parse_record(_read_fd(fd))
+    previous = _read_fd(fd)
+    stale = _parse_record(previous)
     identity = ProcessIdentity.current()
     since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     record = _format_record(identity, since)
@@ -341,7 +355,7 @@ def _lock_opened(path: Path, fd: int, decided: Callable[[], None] | None) -> Pid
             stale_pid_alive=old.is_running(),
         )
     _log.info("pid_lock_acquired", path=str(path), pid=identity.pid)
-    return PidLock(path, fd, identity, since)
+    return PidLock(path, fd, identity, since, reclaimed=bool(previous.strip()))
 
 
 @contextlib.asynccontextmanager

@@ -33,6 +33,12 @@ file behind, is logged and counted, turns :meth:`StateStore.health` to
 with the newest snapshot; the first write that succeeds clears it (PC-06,
 PC-07). Every ``flush_interval`` seconds without a write, the latest state is
 written again (the baseline flush).
+
+A burst whose intermediate states nobody needs on disk (the daemon starting its
+apps: each start changes the state, and a full snapshot per write makes the
+burst quadratic) can be held: :meth:`StateStore.hold` delays the writes of
+changes until :meth:`StateStore.release` or a deadline, while a ``flush()``
+(a reply waiting for durability) still writes at once.
 """
 
 from __future__ import annotations
@@ -222,6 +228,8 @@ class StateStore:
         self._finished = False
         self._last_write_at = -math.inf  # baseline flush timer; set when the task starts
         self._last_write_end = -math.inf  # min_write_interval timer
+        self._held_until = -math.inf  # hold(): changes wait until then, unless flushed
+        self._flushing = 0  # flush() calls waiting: they lift a hold
         self._retry_at: float | None = None
         self._failures = 0
         self._reason: str | None = None
@@ -310,6 +318,23 @@ class StateStore:
         self._latest_refused = False
         self._wake.set()
 
+    def hold(self, seconds: float) -> None:
+        """Write no change for up to ``seconds``, or until :meth:`release`.
+
+        For a burst of changes whose intermediate states are of no use on disk
+        (the daemon starting its apps). Changes still mark the state dirty; a
+        :meth:`flush` lifts the hold for its write, so a reply still means durable;
+        the baseline flush, retries and the final write are not affected.
+        """
+        seconds = _non_negative("seconds", seconds)
+        self._held_until = trio.current_time() + seconds
+        self._wake.set()
+
+    def release(self) -> None:
+        """End a :meth:`hold`: a pending change is written as usual from now on."""
+        self._held_until = -math.inf
+        self._wake.set()
+
     async def flush(self) -> None:
         """Return once every change announced so far is on disk.
 
@@ -318,8 +343,15 @@ class StateStore:
         waits for the retry that succeeds: put a deadline around it.
         """
         target = self._changes
-        while not (self._settled >= target or self._read_only_reason is not None or self._finished):
-            await self._idle.wait()
+        self._flushing += 1
+        self._wake.set()
+        try:
+            while not (
+                self._settled >= target or self._read_only_reason is not None or self._finished
+            ):
+                await self._idle.wait()
+        finally:
+            self._flushing -= 1
 
     async def wait_idle(self) -> None:
         """Wait until every snapshot sent so far is written (or refused, or read-only).
@@ -400,6 +432,8 @@ class StateStore:
                 due = self._retry_at
             elif self._dirty:
                 due = max(now, self._last_write_end + self._min_write_interval)
+                if not self._flushing:
+                    due = max(due, self._held_until)
             elif self._latest_refused:
                 due = math.inf
             else:

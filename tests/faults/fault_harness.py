@@ -98,12 +98,16 @@ def marked(home: str, *, apps_only: bool = False) -> list[psutil.Process]:
 
 
 def sentinels(home: str) -> list[psutil.Process]:
-    """The waiting sentinel of ``home``'s daemon (an interpreter run with ``-S``)."""
+    """The waiting sentinel of ``home``'s daemon (a shell named ``omnitron-sentinel``)."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
             cmdline = proc.info["cmdline"] or []
-            if "-S" in cmdline and home in cmdline and proc.status() != psutil.STATUS_ZOMBIE:
+            if (
+                "omnitron-sentinel" in cmdline
+                and home in cmdline
+                and proc.status() != psutil.STATUS_ZOMBIE
+            ):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue

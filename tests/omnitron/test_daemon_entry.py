@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 NOT_IN_THE_DAEMON = (
     "click",
@@ -20,8 +21,27 @@ NOT_IN_THE_DAEMON = (
     "_ssl",
     "idna",
     "_hashlib",
+    "rich",
+    "greenlet",
+    "gzip",
+    "difflib",
 )
 """Modules the daemon process must not load: the CLI, and the ones it defers or blocks."""
+
+NOT_WITHOUT_A_PLANE = (
+    *NOT_IN_THE_DAEMON,
+    "cryptography",
+    "jwt",
+    "prometheus_client",
+    "bz2",
+    "lzma",
+    "uuid",
+    "omnitron.rpc._tls",
+    "omnitron.rpc._ws",
+    "trio_websocket",
+)
+"""Nor, once running with no TCP or WebSocket plane, what only planes, tokens and
+exposition need."""
 
 
 LOADED = """\
@@ -92,7 +112,7 @@ def test_a_deferred_module_loads_on_first_use() -> None:
         """
     )
     assert found == {
-        "deferred": ["asyncio", "ssl", "idna"],
+        "deferred": ["asyncio", "ssl", "idna", "bz2", "lzma", "uuid", "gzip", "difflib"],
         "before": False,
         "after": True,
         "same_class": True,
@@ -146,3 +166,53 @@ def test_bad_arguments_are_a_usage_error() -> None:
     )
     assert result.returncode == 2
     assert result.stderr.splitlines()[0] == "omnitron: unexpected argument '--bogus'"
+
+
+RUN_DAEMON = """\
+import os, threading
+from omnitron.daemon import _entry
+
+home, config = sys.argv[1], sys.argv[2]
+progress, ready = os.pipe()
+
+
+def report() -> None:
+    # "@started" on the progress pipe: the apps are started. Then list what is
+    # loaded and stop the daemon as systemd would.
+    with os.fdopen(progress, "rb") as lines:
+        for line in lines:
+            if line.startswith(b"@started"):
+                break
+    names = sorted(name for name in list(sys.modules) if loaded(name))
+    with open(os.path.join(home, "modules.json"), "w") as f:
+        json.dump(names, f)
+    os.kill(os.getpid(), 15)
+
+
+threading.Thread(target=report, daemon=True).start()
+code = _entry.main(["--home", home, "--config", config, "--ready-fd", str(ready)])
+with open(os.path.join(home, "exit.json"), "w") as f:  # stdout went to logs/daemon.out
+    json.dump({"code": code}, f)
+"""
+
+
+def test_a_running_daemon_without_planes_loads_no_crypto_tls_or_exposition(tmp_path: Path) -> None:
+    # The import closure of the daemon process itself, after start-up with an app,
+    # the metrics sampler and the control socket running: planes, tokens and the
+    # Prometheus exposition load only when configured or asked for.
+    home = tmp_path / "h"
+    config = tmp_path / "apps.toml"
+    config.write_text('[[apps]]\nname = "a"\ncommand = ["sleep", "3600"]\n')
+    result = subprocess.run(
+        [sys.executable, "-c", LOADED + RUN_DAEMON, str(home), str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads((home / "exit.json").read_text()) == {"code": 0}
+    modules = set(json.loads((home / "modules.json").read_text()))
+    assert "trio" in modules  # it did run
+    assert "omnitron.daemon._main" in modules
+    assert sorted(modules & set(NOT_WITHOUT_A_PLANE)) == []

@@ -26,10 +26,19 @@ from omnitron.daemon._leftovers import (
     TerminateReport,
     find_leftovers,
     marker_environ,
+    may_have_leftovers,
     terminate_leftovers,
 )
 from omnitron.daemon._tree import ENV_APP, ENV_HOME, ENV_INSTANCE
-from omnitron.state import Home, ProcessIdentity
+from omnitron.state import (
+    AppState,
+    DaemonState,
+    Home,
+    LoadResult,
+    ProcessIdentity,
+    ProcessState,
+    StateSource,
+)
 from supervision import _procfs
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -451,3 +460,37 @@ async def test_a_process_that_cannot_be_killed_is_reported_escaped(
     assert report == TerminateReport(escaped=(worker.pid,))
     assert not report.complete
     assert _running(worker)
+
+
+# --------------------------------------------------------------------------- when to scan
+
+
+def _loaded(*pids: int | None, **fields: object) -> LoadResult:
+    processes = [
+        ProcessState(name="web", instance=i, pid=pid, start_time=1.0 if pid else None)
+        for i, pid in enumerate(pids)
+    ]
+    state = DaemonState(apps=[AppState(name="web", processes=processes)])
+    options: dict[str, Any] = {"source": StateSource.PRIMARY, **fields}
+    return LoadResult(state=state, generation=3, **options)
+
+
+def test_after_a_clean_stop_there_is_nothing_to_scan_for() -> None:
+    assert not may_have_leftovers(lock_reclaimed=False, loaded=_loaded(None, None), reset=False)
+    assert not may_have_leftovers(lock_reclaimed=False, loaded=LoadResult(), reset=False)
+
+
+@pytest.mark.parametrize(
+    ("reclaimed", "loaded", "reset"),
+    [
+        (True, _loaded(None), False),  # the pid file was not released: the daemon died
+        (False, _loaded(None, 4242), False),  # the state records a running process
+        (False, _loaded(None), True),  # --reset-state: the record was set aside
+        (False, _loaded(None, source=StateSource.BACKUP), False),
+        (False, _loaded(None, warnings=("state.json is corrupt",)), False),
+        (False, _loaded(None, moved_aside=(Path("state.json.corrupt"),)), False),
+    ],
+    ids=["pid file reclaimed", "pid in state", "reset", "backup", "warnings", "moved aside"],
+)
+def test_anything_but_a_clean_stop_scans(reclaimed: bool, loaded: LoadResult, reset: bool) -> None:
+    assert may_have_leftovers(lock_reclaimed=reclaimed, loaded=loaded, reset=reset)

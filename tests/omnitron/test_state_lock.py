@@ -140,6 +140,28 @@ def test_stale_file_of_a_dead_daemon_is_reclaimed(home: Home) -> None:
         assert stale["stale_pid"] == pid
         assert stale["stale_pid_alive"] is False
         assert stale["log_level"] == "warning"
+        assert lock.reclaimed  # the next daemon looks for what it left behind
+    finally:
+        lock.release()
+
+
+def test_a_lock_released_by_its_holder_is_not_reclaimed_by_the_next(home: Home) -> None:
+    first = acquire_pid_lock(home)
+    assert not first.reclaimed  # no file before
+    first.release()
+    second = acquire_pid_lock(home)
+    try:
+        assert not second.reclaimed
+    finally:
+        second.release()
+
+
+def test_an_unreadable_record_still_counts_as_reclaimed(home: Home) -> None:
+    # Not our format, but a file was left: the safe reading is "not released".
+    home.pid_file.write_text("garbage\n")
+    lock = acquire_pid_lock(home)
+    try:
+        assert lock.reclaimed
     finally:
         lock.release()
 

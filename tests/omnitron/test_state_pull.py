@@ -5,7 +5,9 @@ Virtual time with the in-memory disk, as in ``test_state_store.py``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -127,3 +129,65 @@ async def test_an_error_in_the_block_comes_out_as_itself(
     with pytest.raises(KeyError):
         async with open_persistence(store, Source().snapshot):
             raise KeyError("boom")
+
+
+@contextlib.asynccontextmanager
+async def held(seconds: float) -> AsyncIterator[tuple[StateStore, Source, MemoryFileSystem]]:
+    """A running store writing at most every 50 ms, held for ``seconds`` from the start."""
+    store, _fs, mem = make(min_write_interval=0.05)
+    source = Source()
+    async with open_persistence(store, source.snapshot):
+        store.hold(seconds)
+        yield store, source, mem
+
+
+def names_on_disk(mem: MemoryFileSystem) -> list[str]:
+    return [app.name for app in mem.decode(HOME.state_file)[1].apps]
+
+
+async def test_a_hold_delays_the_writes_of_a_burst_until_released(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with held(5.0) as (store, source, mem):
+        for n in range(100):  # the daemon starting 100 apps over a second
+            source.change(f"app{n}", store)
+            await trio.sleep(0.01)
+        assert store.statistics().writes == 0
+        assert source.taken == 0  # not even a snapshot
+        store.release()
+        await trio.sleep(0.01)
+        assert store.statistics().writes == 1
+        assert len(names_on_disk(mem)) == 100
+
+
+async def test_a_hold_ends_by_itself(autojump_clock: trio.testing.MockClock) -> None:
+    async with held(2.0) as (store, source, mem):
+        source.change("api", store)
+        await trio.sleep(1.99)
+        assert store.statistics().writes == 0
+        await trio.sleep(0.02)
+        assert store.statistics().writes == 1
+        assert names_on_disk(mem) == ["api"]
+
+
+async def test_a_flush_during_a_hold_writes_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with held(60.0) as (store, source, mem):
+        source.change("api", store)
+        await trio.sleep(0.5)
+        before = trio.current_time()
+        source.change("web", store)
+        await store.flush()  # a reply that must be durable does not wait for the hold
+        assert trio.current_time() - before < 0.1
+        assert names_on_disk(mem) == ["api", "web"]
+        # The hold goes on for the changes after it.
+        source.change("db", store)
+        await trio.sleep(1.0)
+        assert store.statistics().writes == 1
+
+
+async def test_a_negative_hold_is_refused() -> None:
+    store, _fs, _mem = make()
+    with pytest.raises(ValueError, match="seconds"):
+        store.hold(-1.0)

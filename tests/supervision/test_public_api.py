@@ -46,6 +46,7 @@ SUPERVISION = [
     "ProcessIdentity",
     "PinnedProcess",
     "descendants",
+    "process_children",
     "MarkedProcess",
     "find_marked",
     "terminate_processes",
