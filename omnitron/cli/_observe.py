@@ -81,6 +81,14 @@ def render_health(apps: Sequence[Mapping[str, Any]]) -> str:
         )
     if unprobed:
         lines.append("no health probe: " + ", ".join(escape(n) for n in unprobed))
+    for app in apps:
+        logs = app.get("logs") or {}
+        if logs.get("write_errors"):
+            now = f"failing: {escape(logs['error'])}" if logs.get("error") else "writing again"
+            lines.append(
+                f"logs of {escape(app.get('name'))}: {logs['write_errors']} write errors, "
+                f"{logs.get('lost_lines', 0)} lines lost, {now}"
+            )
     return "\n".join(lines) if lines else "no apps"
 
 
