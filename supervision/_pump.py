@@ -14,6 +14,8 @@ __all__: list[str] = []
 _log = logging.getLogger("supervision.process")
 
 _PUMP_CHUNK: Final = 32768
+_LINES_PER_STEP: Final = 256
+"""Lines delivered between two checkpoints (a few hundred microseconds of sink calls)."""
 
 
 def _utf8_cut(data: bytearray, limit: int) -> int:
@@ -70,18 +72,30 @@ class _LinePump:
                     if not chunk:
                         break
                     buffer += chunk
-                    start = 0
+                    start = lines = 0
                     while (end := buffer.find(b"\n", start)) >= 0:
                         self._deliver_line(buffer[start:end])
                         start = end + 1
+                        lines += 1
+                        if lines % _LINES_PER_STEP == 0:
+                            # Let other tasks run: a read of short lines is thousands
+                            # of sink calls, and ten floods would hold the loop for
+                            # one read each before a timer could fire (FAULTS RX-08).
+                            del buffer[:start]
+                            start = 0
+                            await trio.lowlevel.checkpoint()
                     del buffer[:start]
                     while len(buffer) > self._max:
                         cut = _utf8_cut(buffer, self._max)
                         self._deliver(buffer[:cut], piece=True)
                         del buffer[:cut]
         finally:
-            if buffer:
-                self._deliver_line(buffer)
+            # Stopped between two steps, the buffer may hold several lines.
+            *complete, last = bytes(buffer).split(b"\n")
+            for line in complete:
+                self._deliver_line(bytearray(line))
+            if last:
+                self._deliver_line(bytearray(last))
             self._stream.close()
             self.done.set()
 

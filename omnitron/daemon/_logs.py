@@ -76,6 +76,8 @@ DEFAULT_RATE = 64 * MiB
 DEFAULT_BURST = 128 * MiB
 #: Lines per app kept in memory for ``omnitron logs``.
 DEFAULT_RING = 1000
+#: While an app is over its rate, seconds between two refills of its bucket.
+SUPPRESS_RECHECK = 0.001
 #: How often the writer drains buffers when lines keep arriving.
 FLUSH_INTERVAL = 0.1
 #: Longest wait between two attempts to start a writer thread.
@@ -117,6 +119,22 @@ def _escape(line: str) -> str:
     if line.isprintable():
         return line
     return "".join(ch if ch.isprintable() or ch == "\t" else f"\\x{ord(ch):02x}" for ch in line)
+
+
+_CONTROLS = bytes(range(32)).replace(b"\n", b"") + b"\x7f"
+
+
+def _clean(batch: str) -> str:
+    """``batch`` (whole lines) with every line kept on one line and free of terminal
+    escapes (:func:`_escape`). One pass over the batch finds the usual case, a batch
+    of plain ASCII, in C; only a batch with a control or a non-ASCII character is
+    looked at line by line."""
+    if batch.isascii():
+        data = batch.encode("ascii")
+        if len(data.translate(None, _CONTROLS)) == len(data):
+            return batch
+    *lines, rest = batch.split("\n")  # only "\n" ends a line here; rest is ""
+    return "".join(_escape(line) + "\n" for line in lines) + rest
 
 
 class _Clock:
@@ -179,25 +197,32 @@ class _AppLog:
         self.ring: collections.deque[LogLine] = collections.deque(maxlen=ring)
 
     def allow(self, size: int) -> bool:
-        """Take ``size`` bytes from the bucket; ``False`` (and counted) if over the rate."""
+        """Refill the bucket; whether it holds ``size`` bytes (if not, the line is counted
+        as suppressed). The caller takes the bytes."""
+        now = self._monotonic()
+        if now - self.refilled < SUPPRESS_RECHECK and self.suppressed:
+            # Suppressing: look at the clock again only now and then (a flood's
+            # lines arrive microseconds apart; the bucket would hold a few bytes).
+            self.suppressed += 1
+            self.suppressed_total += 1
+            return False
+        self.tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)
+        self.refilled = now
         if self.tokens < size:
-            now = self._monotonic()
-            self.tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)
-            self.refilled = now
-            if self.tokens < size:
-                self.suppressed += 1
-                self.suppressed_total += 1
-                return False
-        self.tokens -= size
+            self.suppressed += 1
+            self.suppressed_total += 1
+            return False
         return True
 
     def push(self, text: str) -> None:
         if self.suppressed:
-            count, self.suppressed = self.suppressed, 0
-            self._append(
-                f"{_timestamp()} omnitron[-] sys | suppressed {count} lines (rate limit)\n"
-            )
+            self.mark_suppressed()
         self._append(text)
+
+    def mark_suppressed(self) -> None:
+        """Buffer the ``suppressed N lines`` marker of the lines suppressed so far."""
+        count, self.suppressed = self.suppressed, 0
+        self._append(f"{_timestamp()} omnitron[-] sys | suppressed {count} lines (rate limit)\n")
 
     def _append(self, text: str) -> None:
         self.lines.append(text)
@@ -327,15 +352,29 @@ class LogCollector:
         followers = self._followers
         clock = _clock
         now_of = time.time
+        append = entry.lines.append  # the deque is emptied in place, never replaced
+        ring = entry.ring.append
 
         def deliver(line: str) -> None:
-            text = _escape(line)
-            if not entry.allow(len(text) + LINE_OVERHEAD):
+            # The hot path of every line read: the rate first (a suppressed line costs
+            # a comparison or two), then the buffer append inlined.
+            size = len(line) + LINE_OVERHEAD
+            if entry.tokens < size and not entry.allow(size):
                 return
+            entry.tokens -= size
             now = now_of()
-            entry.push(f"{clock.stamp(now)}{tag}{text}\n")
+            if entry.suppressed:
+                entry.mark_suppressed()
+            # Escaped for the file by the writer thread, a batch at a time (``_clean``);
+            # the ring and followers get the text as read (``logs`` escapes on display).
+            text = line
+            formatted = f"{clock.stamp(now)}{tag}{text}\n"
+            append(formatted)
+            entry.size += len(formatted) + LINE_OVERHEAD
+            if entry.size > entry.buffer_bytes or entry.buffer_lines is not None:
+                entry._trim()
             record = LogLine(now, app, instance, stream, text)
-            entry.ring.append(record)
+            ring(record)
             if followers:
                 self._tell(record)
             self._wakeup.set()
@@ -528,7 +567,7 @@ class LogCollector:
                     *lines,
                 ]
             try:
-                self._append(entry.path, "".join(lines).encode("utf-8", "replace"))
+                self._append(entry.path, _clean("".join(lines)).encode("utf-8", "replace"))
             except OSError as exc:
                 # A full or read-only disk loses these lines, never the daemon nor the
                 # app: counted, marked in the file at the next write that succeeds.
