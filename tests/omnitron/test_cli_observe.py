@@ -240,3 +240,93 @@ def test_monit_shows_the_apps_live_in_a_terminal_and_q_quits(omnitron: Omnitron)
             proc.kill()
             proc.wait()
         os.close(master)
+
+
+# Prints its name and a counter every 50 ms.
+TALKER = (
+    "import sys, time\nn = 0\nwhile True:\n"
+    "    print(f'{sys.argv[1]} says {n}', flush=True)\n    n += 1\n    time.sleep(0.05)\n"
+)
+
+
+def test_monit_draws_cpu_history_and_shows_the_selected_apps_log_tail(
+    omnitron: Omnitron,
+) -> None:
+    """The sparkline column fills from the daemon's samples; j/k and the arrow keys move
+    the selection, and the pane under the table shows that app's last lines."""
+    talkers = "".join(
+        "[[apps]]\n"
+        f'name = "{name}"\n'
+        f'command = [{toml_string(sys.executable)}, "-c", {toml_string(TALKER)}, "{name}"]\n'
+        for name in ("alpha", "beta")
+    )
+    omnitron.write_config('project = "obs"\n[monitoring.metrics]\ninterval = "200ms"\n\n' + talkers)
+    omnitron.up()
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    env = {**omnitron.env(), "TERM": "xterm-256color"}
+    proc = subprocess.Popen(
+        omnitron.argv("monit", "--interval", "0.2"),
+        cwd=omnitron.project,
+        env=env,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+    )
+    os.close(slave)
+    screen = b""
+
+    def read_until(predicate: Callable[[bytes], bool]) -> None:
+        nonlocal screen
+        deadline = time.monotonic() + CLI_TIMEOUT
+        while not predicate(screen):
+            assert time.monotonic() < deadline, screen.decode(errors="replace")[-3000:]
+            if select.select([master], [], [], 0.5)[0]:
+                screen += os.read(master, 65536)
+
+    def fresh(marker: bytes) -> Callable[[bytes], bool]:
+        """True once ``marker`` appears after what has been read so far."""
+        start = len(screen)
+        return lambda s: marker in s[start:]
+
+    try:
+        read_until(lambda s: b"log tail \xc2\xb7 alpha" in s and b"alpha says" in s)
+        assert b"CPU HISTORY" in screen
+        # Several samples drawn: a run of bars (the lowest ones for idle talkers).
+        read_until(lambda s: any(bar * 4 in s for bar in (b"\xe2\x96\x81", b"\xe2\x96\x82")))
+        os.write(master, b"j")
+        read_until(fresh(b"log tail \xc2\xb7 beta"))
+        read_until(fresh(b"beta says"))
+        os.write(master, b"\x1b[A")  # arrow up
+        read_until(fresh(b"log tail \xc2\xb7 alpha"))
+        os.write(master, b"\x1b[B")  # arrow down
+        read_until(fresh(b"log tail \xc2\xb7 beta"))
+        os.write(master, b"k")
+        read_until(fresh(b"log tail \xc2\xb7 alpha"))
+        os.write(master, b"q")
+        assert proc.wait(timeout=CLI_TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+
+
+def test_a_sparkline_scales_to_the_busiest_sample() -> None:
+    from omnitron.cli._monit import keys, sparkline
+
+    assert sparkline([]) == ""
+    assert sparkline([0, 50, 100]) == "▁▅█"
+    assert sparkline([0, 200]) == "▁█"  # two cores' worth: scaled to the largest
+    assert keys("j\x1b[Ak\x1bOBq") == ["j", "\x1b[A", "k", "\x1bOB", "q"]
+
+
+def test_only_monit_imports_rich() -> None:
+    code = (
+        "import sys\n"
+        "import omnitron.cli._main, omnitron.cli._observe, omnitron.cli._monit\n"
+        "print('rich' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
