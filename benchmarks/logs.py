@@ -245,6 +245,7 @@ def flood(args: argparse.Namespace) -> None:
     command = json.dumps(["nice", "-n", "19", sys.executable, "-c", FLOOD_CHILD])
     ticker = (
         '[[apps]]\nname = "ticker"\ncommand = ["sh", "-c", "sleep 0.2; exit 3"]\n'
+        "enabled = false\n"
         'restart_policy = { max_restarts = 1000000, window = "1s", '
         'backoff = { initial = "300ms", max = "300ms", factor = 1 } }\n\n'
     )
@@ -265,6 +266,7 @@ def flood(args: argparse.Namespace) -> None:
                 before = client.call("daemon.metrics")["daemon"]["loop_lag_histogram"]
                 rss_before = daemon.memory_info().rss
                 cpu_before = sum(daemon.cpu_times()[:2])
+                client.call("daemon.start_app", name="ticker")
                 started = time.time()
                 for name in names:
                     client.call("daemon.start_app", name=name)

@@ -104,7 +104,8 @@ class _View:
         for header in ("APP", "INSTANCE", "PID", "STATUS", "CPU", "CPU HISTORY", "MEMORY"):
             table.add_column(header, no_wrap=True)
         table.add_column("RESTARTS", no_wrap=True)
-        table.add_column("LAST EVENT", overflow="ellipsis", no_wrap=True)
+        # The other columns keep their natural width; this one takes what is left.
+        table.add_column("LAST EVENT", overflow="ellipsis", no_wrap=True, ratio=1)
         colours = {"online": "green", "crashed": "red", "errored": "red", "stopped": "dim"}
         for app in status.get("apps") or []:
             name = str(app.get("name"))
@@ -133,6 +134,7 @@ class _View:
             instance = "-" if entry.get("instance") is None else entry["instance"]
             lines.append(f"[{instance}] {entry.get('output')} | ", style="dim")
             lines.append(escape(entry.get("line", "")) + "\n")
+        lines.rstrip()
         if not tail:
             lines.append("(no lines yet)", style="dim")
         pane = Panel(lines, title=f"log tail · {self.selected}", title_align="left")
