@@ -32,9 +32,11 @@ as fast as they can for ``--seconds`` under the default per-app rate limit, at
 machine; their pipes stay full all the same), beside a crash-looping app whose
 restart delay is 300 ms. Reported: MB/s drained (kept + suppressed) and kept,
 lines suppressed, the daemon's CPU and peak RSS, its heartbeat's loop lag during
-the flood (p50, p99, max over the recent beats; the histogram's p99 bucket), and
-how late the crash-looper's restarts came (timer start to the new process
-online, so a spawn included).
+the flood (p50, p99, max over the recent beats; the histogram's p99 bucket),
+the floor of that lag (the same heartbeat in a bare Trio process running beside
+the daemon: what the machine's scheduler alone costs), and how late the
+crash-looper's restarts came (timer start to the new process online, so a spawn
+included).
 """
 
 from __future__ import annotations
@@ -67,6 +69,23 @@ sys.stdout.flush()
 sys.stderr.write(f"{start!r} {time.time()!r}\\n")
 sys.stderr.flush()
 time.sleep(3600)
+"""
+
+# The floor of the loop-lag figures: the same heartbeat (100 ms sleeps, lateness
+# recorded) in a bare Trio process beside the daemon, for the flood's duration.
+FLOOR_HEARTBEAT = """
+import json, math, sys, trio
+async def main(seconds):
+    lags = []
+    end = trio.current_time() + seconds
+    while trio.current_time() < end:
+        deadline = trio.current_time() + 0.1
+        await trio.sleep_until(deadline)
+        lags.append(max(0.0, trio.current_time() - deadline))
+    lags.sort()
+    pick = lambda f: lags[min(len(lags) - 1, math.ceil(f * len(lags)) - 1)]
+    print(json.dumps({"p50": pick(0.5), "p99": pick(0.99), "max": lags[-1], "beats": len(lags)}))
+trio.run(main, float(sys.argv[1]))
 """
 
 FLOOD_CHILD = """
@@ -267,6 +286,11 @@ def flood(args: argparse.Namespace) -> None:
                 rss_before = daemon.memory_info().rss
                 cpu_before = sum(daemon.cpu_times()[:2])
                 client.call("daemon.start_app", name="ticker")
+                floor = subprocess.Popen(
+                    [sys.executable, "-c", FLOOR_HEARTBEAT, str(args.seconds)],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
                 started = time.time()
                 for name in names:
                     client.call("daemon.start_app", name=name)
@@ -275,6 +299,7 @@ def flood(args: argparse.Namespace) -> None:
                     peak = max(peak, daemon.memory_info().rss)
                     time.sleep(0.1)
                 metrics = client.call("daemon.metrics")["daemon"]
+                floor_lag = json.loads(floor.communicate(timeout=60)[0])
                 elapsed = time.time() - started
                 cpu = sum(daemon.cpu_times()[:2]) - cpu_before
                 stats = [client.call("daemon.inspect", name=name)["logs"] for name in names]
@@ -310,6 +335,10 @@ def flood(args: argparse.Namespace) -> None:
             key: round(1000 * metrics[f"loop_lag_{key}"], 1) for key in ("p50", "p99", "max")
         },
         "loop_lag_beats": sum(during),
+        "floor_loop_lag_ms": {
+            key: round(1000 * floor_lag[key], 1) for key in ("p50", "p99", "max")
+        },
+        "floor_beats": floor_lag["beats"],
         "loop_lag_p99_bucket": _p99_bucket(after["buckets"], during),
         "restart_lateness_ms": {
             "count": len(lateness),

@@ -45,7 +45,7 @@ import gzip
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -82,6 +82,8 @@ SUPPRESS_RECHECK = 0.001
 FLUSH_INTERVAL = 0.1
 #: Longest wait between two attempts to start a writer thread.
 MAX_RETRY_DELAY = 5.0
+#: Characters joined, checked and encoded at once by the writer thread.
+WRITE_SLICE = 256 * 1024
 #: Compression level of rotated files (fast: the writer thread waits for it).
 GZIP_LEVEL = 3
 
@@ -566,12 +568,18 @@ class LogCollector:
                     f"(log write failed: {entry.last_error})\n",
                     *lines,
                 ]
+            written = 0
             try:
-                self._append(entry.path, _clean("".join(lines)).encode("utf-8", "replace"))
+                for part in _slices(lines):
+                    self._append(entry.path, _clean("".join(part)).encode("utf-8", "replace"))
+                    written += len(part)
             except OSError as exc:
                 # A full or read-only disk loses these lines, never the daemon nor the
                 # app: counted, marked in the file at the next write that succeeds.
-                lost = len(lines) - (1 if entry.lost else 0)
+                marker_pending = entry.lost and not written
+                if not marker_pending:
+                    entry.lost = 0  # the marker reached the file
+                lost = len(lines) - written - (1 if marker_pending else 0)
                 entry.lost += lost
                 entry.lost_total += lost
                 entry.write_errors += 1
@@ -655,6 +663,23 @@ class LogCollector:
                     shutil.copyfileobj(source, packed, 1 << 20)
             os.rename(partial, f"{first}.gz")
             os.unlink(first)
+
+
+def _slices(lines: list[str]) -> Iterator[list[str]]:
+    """``lines`` in runs of about :data:`WRITE_SLICE` characters.
+
+    The writer thread holds the GIL through each ``join``, escape check and
+    ``encode``: on a batch of megabytes that would stall the event loop for tens
+    of milliseconds; on a slice, for well under one.
+    """
+    start, size = 0, 0
+    for index, line in enumerate(lines):
+        size += len(line)
+        if size >= WRITE_SLICE:
+            yield lines[start : index + 1]
+            start, size = index + 1, 0
+    if start < len(lines):
+        yield lines[start:]
 
 
 def _open(path: Path) -> int:

@@ -147,16 +147,23 @@ def test_the_active_log_file_removed_or_moved_is_started_again(daemon: Daemon, h
 # --------------------------------------------------------------------------- PC-18
 
 
-def test_a_removed_log_directory_is_created_again(daemon: Daemon) -> None:
-    """PC-18: ``rm -rf`` of the log directory while the app writes: recreated, 0700."""
-    directory = daemon.project / "applogs"
+def start_counter_in(daemon: Daemon, directory: Path) -> Path:
+    """Start a daemon whose ``[logging] directory`` is ``directory`` with the ``w``
+    counter; return ``w``'s log once it has lines."""
     daemon.start(
-        'project = "pc18"\n\n[logging]\ndirectory = "applogs"\n\n'
+        f'project = "pc18"\n\n[logging]\ndirectory = "{directory.name}"\n\n'
         + python_app("w", COUNTER, "0.01")
     )
     daemon.wait_online("w")
     log = directory / "w.log"
-    wait_for(lambda: log.exists() and len(seqs(log.read_text())) >= 10, "lines in applogs")
+    wait_for(lambda: log.exists() and len(seqs(log.read_text())) >= 10, "lines in the log")
+    return log
+
+
+def test_a_removed_log_directory_is_created_again(daemon: Daemon) -> None:
+    """PC-18: ``rm -rf`` of the log directory while the app writes: recreated, 0700."""
+    directory = daemon.project / "applogs"
+    log = start_counter_in(daemon, directory)
     shutil.rmtree(directory)
     wait_for(lambda: log.exists() and len(seqs(log.read_text())) >= 10, "applogs made again")
     assert os.stat(directory).st_mode & 0o777 == 0o700
@@ -171,13 +178,7 @@ def test_a_read_only_log_directory_is_counted_shown_and_survived(daemon: Daemon)
     file resumes with a ``lines lost`` marker and the trouble is cleared."""
     directory = daemon.project / "applogs"
     with tmpfs(directory, "4m"):
-        daemon.start(
-            'project = "pc18"\n\n[logging]\ndirectory = "applogs"\n\n'
-            + python_app("w", COUNTER, "0.01")
-        )
-        daemon.wait_online("w")
-        log = directory / "w.log"
-        wait_for(lambda: log.exists() and len(seqs(log.read_text())) >= 10, "lines in applogs")
+        log = start_counter_in(daemon, directory)
         pid = daemon.apps()["w"]["processes"][0]["pid"]
         subprocess.run(["mount", "-o", "remount,ro", str(directory)], check=True)
         try:
