@@ -32,6 +32,12 @@ HEADERS = (
 )
 
 
+def _lag(value: object) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return NONE
+    return f"{value * 1000:.1f}ms"
+
+
 def metrics(cli: Cli, app: str | None, *, prometheus: bool, enable: bool | None) -> None:
     """Print the metrics of every app (or of ``app``); or turn sampling on or off."""
     if enable is not None:
@@ -104,7 +110,9 @@ def render_metrics(result: Mapping[str, Any]) -> str:
     head = (
         f"daemon pid {daemon['pid']}  cpu {format_cpu(daemon.get('cpu'))}  "
         f"memory {_size(daemon.get('rss'))}  threads {_count(daemon.get('threads'))}  "
-        f"fds {_count(daemon.get('fds'))}  rpc calls {_count(daemon.get('rpc_calls'))}  {state}"
+        f"fds {_count(daemon.get('fds'))}  rpc calls {_count(daemon.get('rpc_calls'))}  "
+        f"loop lag p99 {_lag(daemon.get('loop_lag_p99'))} max {_lag(daemon.get('loop_lag_max'))}  "
+        f"{state}"
     )
     rows = metric_rows(result)
     if not rows:

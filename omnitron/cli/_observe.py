@@ -1,18 +1,18 @@
-"""``omnitron health``, ``omnitron events`` and ``omnitron monit``.
+"""``omnitron health`` and ``omnitron events`` (and the registration of ``monit``).
 
-Importing this module costs click only: Trio, the async client and ``rich`` are
-imported inside the commands that need them.
+Importing this module costs click only: Trio and the async client are imported
+inside the commands that need them; ``monit`` lives in :mod:`._monit`.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import click
 
 from ._context import Cli, pass_cli, rpc_failure
+from ._monit import monit
 from ._render import NONE, escape, render_event, render_table
 
 __all__ = ["register", "render_health"]
@@ -81,6 +81,14 @@ def render_health(apps: Sequence[Mapping[str, Any]]) -> str:
         )
     if unprobed:
         lines.append("no health probe: " + ", ".join(escape(n) for n in unprobed))
+    for app in apps:
+        logs = app.get("logs") or {}
+        if logs.get("write_errors"):
+            now = f"failing: {escape(logs['error'])}" if logs.get("error") else "writing again"
+            lines.append(
+                f"logs of {escape(app.get('name'))}: {logs['write_errors']} write errors, "
+                f"{logs.get('lost_lines', 0)} lines lost, {now}"
+            )
     return "\n".join(lines) if lines else "no apps"
 
 
@@ -171,121 +179,6 @@ def events(cli: Cli, app: str | None, follow: bool, lines: int) -> None:
         return
     except RpcError as exc:
         raise rpc_failure(exc) from None
-
-
-# --------------------------------------------------------------------------- monit
-
-MONIT_INTERVAL = 1.0
-"""Seconds between two refreshes of ``monit``."""
-
-
-def _monit_table(status: Mapping[str, Any], recent: Sequence[Mapping[str, Any]]) -> Any:
-    from rich.table import Table
-
-    from ._render import format_cpu, format_size
-
-    last: dict[str, str] = {}
-    for event in recent:
-        last[str(event.get("app"))] = render_event(dict(event))
-    daemon = status.get("daemon") or {}
-    table = Table(
-        title=f"omnitron monit · daemon pid {daemon.get('pid')} · q or Ctrl-C to quit",
-        expand=True,
-    )
-    for header in ("APP", "INSTANCE", "PID", "STATUS", "CPU", "MEMORY", "RESTARTS"):
-        table.add_column(header, no_wrap=True)
-    table.add_column("LAST EVENT", overflow="ellipsis", no_wrap=True)
-    colours = {"online": "green", "crashed": "red", "errored": "red", "stopped": "dim"}
-    for app in status.get("apps") or []:
-        name = str(app.get("name"))
-        processes = app.get("processes") or [{}]
-        for index, p in enumerate(processes):
-            state = str(p.get("status", app.get("status", NONE)))
-            running = p.get("pid") is not None
-            table.add_row(
-                name if index == 0 else "",
-                str(p.get("instance", NONE)),
-                str(p.get("pid") or NONE),
-                f"[{colours.get(state, 'yellow')}]{state}[/]",
-                format_cpu(p.get("cpu")) if running else NONE,
-                format_size(p.get("memory")) if running else NONE,
-                str(p.get("restarts", app.get("restarts", 0))),
-                last.get(name, "") if index == 0 else "",
-            )
-    return table
-
-
-def _wait_for_key(timeout: float) -> str | None:
-    """A key pressed within ``timeout`` seconds (stdin a terminal), else ``None``."""
-    import os
-    import select
-    import sys
-
-    if not sys.stdin.isatty():
-        select.select([], [], [], timeout)
-        return None
-    ready, _, _ = select.select([sys.stdin], [], [], timeout)
-    if not ready:
-        return None
-    return os.read(sys.stdin.fileno(), 32).decode("utf-8", "replace")
-
-
-def _monit(cli: Cli, interval: float) -> None:
-    import sys
-
-    from rich.console import Console
-    from rich.live import Live
-
-    from omnitron.rpc._errors import RpcError
-
-    raw: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
-    if sys.stdin.isatty():
-        raw = _cbreak(sys.stdin.fileno())
-    with cli.connect() as client, raw:
-        try:
-            table = _monit_table(client.call("daemon.status"), client.call("daemon.events"))
-            with Live(table, console=Console(), auto_refresh=False, screen=False) as live:
-                while True:
-                    key = _wait_for_key(interval)
-                    if key is not None and "q" in key.lower():
-                        return
-                    status = client.call("daemon.status")
-                    live.update(_monit_table(status, client.call("daemon.events")), refresh=True)
-        except RpcError as exc:
-            raise rpc_failure(exc) from None
-
-
-@contextlib.contextmanager
-def _cbreak(fd: int) -> Iterator[None]:
-    """Keys arrive one by one, unechoed; Ctrl-C still interrupts. Restored on exit."""
-    import termios
-    import tty
-
-    saved = termios.tcgetattr(fd)
-    try:
-        tty.setcbreak(fd)
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-
-@click.option(
-    "--interval",
-    type=click.FloatRange(min=0.1),
-    default=MONIT_INTERVAL,
-    show_default=True,
-    help="Seconds between refreshes.",
-)
-@pass_cli
-def monit(cli: Cli, interval: float) -> None:
-    """A live table of apps, instances, status, cpu, memory, restarts and last event.
-
-    Refreshes in place; q or Ctrl-C quits.
-    """
-    try:
-        _monit(cli, interval)
-    except KeyboardInterrupt:
-        return
 
 
 # --------------------------------------------------------------------------- register

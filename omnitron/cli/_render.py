@@ -226,6 +226,11 @@ def render_daemon_line(daemon: Mapping[str, Any]) -> str:
     persistence = daemon.get("persistence")
     if persistence and persistence != "ok":
         parts.append(f"persistence: {escape(persistence)}")
+    logs = daemon.get("logs")
+    if logs and logs != "ok":
+        parts.append(f"logs: {escape(logs)} ({daemon.get('log_write_errors', 0)} write errors)")
+    if daemon.get("daemon_log_errors"):
+        parts.append(f"daemon log: {daemon['daemon_log_errors']} records not written")
     return " · ".join(parts)
 
 
@@ -359,11 +364,30 @@ def render_inspect(app: Mapping[str, Any]) -> str:
         lines += ["", "last exits"]
         lines += _fields(((f"instance {k}", v) for k, v in exits.items()), "  ")
     lines += _health_lines(app.get("health"), app.get("dependencies_health") or {})
+    lines += _log_lines(app.get("logs"))
     events = app.get("recent_events") or []
     if events:
         lines += ["", "recent events"]
         lines += [f"  {render_event(event)}" for event in events]
     return "\n".join(lines)
+
+
+def _log_lines(logs: object) -> list[str]:
+    """The ``logs`` section of ``inspect``: what was not kept, and a failing file."""
+    if not isinstance(logs, dict):
+        return []
+    lines = ["", "logs"]
+    lines += _fields(
+        [
+            ("suppressed lines", logs.get("suppressed_lines", 0)),
+            ("dropped lines", logs.get("dropped_lines", 0)),
+            ("write errors", logs.get("write_errors", 0)),
+            ("lost lines", logs.get("lost_lines", 0)),
+            ("error", logs.get("error")),
+        ],
+        indent="  ",
+    )
+    return lines
 
 
 def _health_lines(health: object, dependencies: Mapping[str, Any]) -> list[str]:

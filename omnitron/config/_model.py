@@ -204,6 +204,10 @@ class LoggingConfig:
         max_files: Rotated files kept per app (0: none, the file is restarted).
         compress: Gzip rotated files (``<app>.log.1.gz``).
         directory: Where app logs go; ``None`` means ``$OMNITRON_HOME/logs``.
+        rate: Bytes per second of output kept per app; lines past it are
+            suppressed, with a ``suppressed N lines`` marker.
+        burst: Bytes an app may write at once above ``rate``.
+        buffer: Bytes buffered per app while the disk is slower than the app.
     """
 
     level: LogLevel = attrs.field(default=LogLevel.INFO, metadata=key(p_enum(LogLevel)))
@@ -211,6 +215,9 @@ class LoggingConfig:
     max_files: int = attrs.field(default=10, metadata=key(p_int(0, 1000)))
     compress: bool = attrs.field(default=True, metadata=key(p_bool))
     directory: Path | None = attrs.field(default=None, metadata=key())
+    rate: int = attrs.field(default=64 * 1024 * 1024, metadata=key(p_size))
+    burst: int = attrs.field(default=128 * 1024 * 1024, metadata=key(p_size))
+    buffer: int = attrs.field(default=64 * 1024 * 1024, metadata=key(p_size))
 
 
 @attrs.frozen(kw_only=True)

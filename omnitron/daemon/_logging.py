@@ -18,8 +18,13 @@ from ._safefile import SafeFileHandler, check_log_directory
 __all__ = ["configure_logging"]
 
 
-def configure_logging(log_file: Path, *, level: str = "info", echo: bool = False) -> None:
-    """Send every log record to ``log_file`` (and to stderr when ``echo``)."""
+def configure_logging(
+    log_file: Path, *, level: str = "info", echo: bool = False
+) -> SafeFileHandler:
+    """Send every log record to ``log_file`` (and to stderr when ``echo``).
+
+    Returns the file's handler: its ``failures`` counts the records it could not write.
+    """
     numeric = getattr(logging, level.upper(), logging.INFO)
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -57,3 +62,4 @@ def configure_logging(log_file: Path, *, level: str = "info", echo: bool = False
         stream.setFormatter(formatter)
         root.addHandler(stream)
     root.setLevel(numeric)
+    return file_handler

@@ -21,6 +21,13 @@ between two lines: no line is split, lost or written twice across a rotation.
 Each app also keeps its last ``ring`` lines in memory for ``omnitron logs``, and
 followers (``logs --follow``) are handed each line as it is read.
 
+A write the disk refuses (full, read-only, the directory removed) never stops the
+daemon nor the app: the daemon keeps draining the pipes, the lines of that write
+are lost and counted (``write_errors``, ``lost_lines`` in :meth:`LogCollector.stats`),
+the next write that succeeds starts with a ``N lines lost (log write failed: ...)``
+marker, and :attr:`LogCollector.degraded` names the app and the error meanwhile. A
+removed log directory is created again (0700) on the next write.
+
 Files are opened the safe way (:mod:`._safefile`): never through a symbolic link,
 never a file of another user, never in a directory others can write unless it is
 sticky. When no thread can be started for a write (a full pids cgroup), the lines
@@ -32,12 +39,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import functools
 import gzip
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -68,10 +76,14 @@ DEFAULT_RATE = 64 * MiB
 DEFAULT_BURST = 128 * MiB
 #: Lines per app kept in memory for ``omnitron logs``.
 DEFAULT_RING = 1000
+#: While an app is over its rate, seconds between two refills of its bucket.
+SUPPRESS_RECHECK = 0.001
 #: How often the writer drains buffers when lines keep arriving.
 FLUSH_INTERVAL = 0.1
 #: Longest wait between two attempts to start a writer thread.
 MAX_RETRY_DELAY = 5.0
+#: Characters joined, checked and encoded at once by the writer thread.
+WRITE_SLICE = 256 * 1024
 #: Compression level of rotated files (fast: the writer thread waits for it).
 GZIP_LEVEL = 3
 
@@ -109,6 +121,22 @@ def _escape(line: str) -> str:
     if line.isprintable():
         return line
     return "".join(ch if ch.isprintable() or ch == "\t" else f"\\x{ord(ch):02x}" for ch in line)
+
+
+_CONTROLS = bytes(range(32)).replace(b"\n", b"") + b"\x7f"
+
+
+def _clean(batch: str) -> str:
+    """``batch`` (whole lines) with every line kept on one line and free of terminal
+    escapes (:func:`_escape`). One pass over the batch finds the usual case, a batch
+    of plain ASCII, in C; only a batch with a control or a non-ASCII character is
+    looked at line by line."""
+    if batch.isascii():
+        data = batch.encode("ascii")
+        if len(data.translate(None, _CONTROLS)) == len(data):
+            return batch
+    *lines, rest = batch.split("\n")  # only "\n" ends a line here; rest is ""
+    return "".join(_escape(line) + "\n" for line in lines) + rest
 
 
 class _Clock:
@@ -163,28 +191,40 @@ class _AppLog:
         self.suppressed = 0  # since the last marker (rate limit)
         self.dropped_total = 0
         self.suppressed_total = 0
+        # Writes the disk refused: counted, and their lines, by the writer thread.
+        self.write_errors = 0
+        self.lost = 0  # since the last marker
+        self.lost_total = 0
+        self.last_error: str | None = None
         self.ring: collections.deque[LogLine] = collections.deque(maxlen=ring)
 
     def allow(self, size: int) -> bool:
-        """Take ``size`` bytes from the bucket; ``False`` (and counted) if over the rate."""
+        """Refill the bucket; whether it holds ``size`` bytes (if not, the line is counted
+        as suppressed). The caller takes the bytes."""
+        now = self._monotonic()
+        if now - self.refilled < SUPPRESS_RECHECK and self.suppressed:
+            # Suppressing: look at the clock again only now and then (a flood's
+            # lines arrive microseconds apart; the bucket would hold a few bytes).
+            self.suppressed += 1
+            self.suppressed_total += 1
+            return False
+        self.tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)
+        self.refilled = now
         if self.tokens < size:
-            now = self._monotonic()
-            self.tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)
-            self.refilled = now
-            if self.tokens < size:
-                self.suppressed += 1
-                self.suppressed_total += 1
-                return False
-        self.tokens -= size
+            self.suppressed += 1
+            self.suppressed_total += 1
+            return False
         return True
 
     def push(self, text: str) -> None:
         if self.suppressed:
-            count, self.suppressed = self.suppressed, 0
-            self._append(
-                f"{_timestamp()} omnitron[-] sys | suppressed {count} lines (rate limit)\n"
-            )
+            self.mark_suppressed()
         self._append(text)
+
+    def mark_suppressed(self) -> None:
+        """Buffer the ``suppressed N lines`` marker of the lines suppressed so far."""
+        count, self.suppressed = self.suppressed, 0
+        self._append(f"{_timestamp()} omnitron[-] sys | suppressed {count} lines (rate limit)\n")
 
     def _append(self, text: str) -> None:
         self.lines.append(text)
@@ -283,7 +323,19 @@ class LogCollector:
         self.write_errors = 0
         self.thread_failures = 0
         self.rotations = 0
-        self.degraded: str | None = None
+        self._no_thread: str | None = None
+        self._failing: dict[str, str] = {}  # app: why its last write failed
+
+    @property
+    def degraded(self) -> str | None:
+        """Why writing is impaired now (no thread, or an app's file refusing writes)."""
+        if self._no_thread is not None:
+            return self._no_thread
+        if self._failing:
+            app, error = next(iter(self._failing.items()))
+            more = f" (and {len(self._failing) - 1} more apps)" if len(self._failing) > 1 else ""
+            return f"log writes failing: {app}: {error}{more}"
+        return None
 
     def path_for(self, app: str) -> Path:
         """The log file of ``app``."""
@@ -302,15 +354,29 @@ class LogCollector:
         followers = self._followers
         clock = _clock
         now_of = time.time
+        append = entry.lines.append  # the deque is emptied in place, never replaced
+        ring = entry.ring.append
 
         def deliver(line: str) -> None:
-            text = _escape(line)
-            if not entry.allow(len(text) + LINE_OVERHEAD):
+            # The hot path of every line read: the rate first (a suppressed line costs
+            # a comparison or two), then the buffer append inlined.
+            size = len(line) + LINE_OVERHEAD
+            if entry.tokens < size and not entry.allow(size):
                 return
+            entry.tokens -= size
             now = now_of()
-            entry.push(f"{clock.stamp(now)}{tag}{text}\n")
+            if entry.suppressed:
+                entry.mark_suppressed()
+            # Escaped for the file by the writer thread, a batch at a time (``_clean``);
+            # the ring and followers get the text as read (``logs`` escapes on display).
+            text = line
+            formatted = f"{clock.stamp(now)}{tag}{text}\n"
+            append(formatted)
+            entry.size += len(formatted) + LINE_OVERHEAD
+            if entry.size > entry.buffer_bytes or entry.buffer_lines is not None:
+                entry._trim()
             record = LogLine(now, app, instance, stream, text)
-            entry.ring.append(record)
+            ring(record)
             if followers:
                 self._tell(record)
             self._wakeup.set()
@@ -372,6 +438,10 @@ class LogCollector:
             "buffered_bytes": entry.size if entry else 0,
             "suppressed_lines": entry.suppressed_total if entry else 0,
             "dropped_lines": entry.dropped_total if entry else 0,
+            "write_errors": entry.write_errors if entry else 0,
+            "lost_lines": entry.lost_total if entry else 0,
+            "error": self._failing.get(app),
+            "followers": len(self._followers),  # ``logs --follow`` streams (of any app)
         }
 
     def add_follower(self, follower: Callable[[LogLine], None]) -> Callable[[], None]:
@@ -433,13 +503,13 @@ class LogCollector:
                 for entry, lines in batches:
                     entry.put_back(lines)
                 self.thread_failures += 1
-                if self.degraded is None:
+                if self._no_thread is None:
                     log.error("log_writer_degraded", error=str(exc), failures=self.thread_failures)
-                self.degraded = f"cannot start a thread to write logs: {exc}"
+                self._no_thread = f"cannot start a thread to write logs: {exc}"
                 return False
-        if self.degraded is not None:
+        if self._no_thread is not None:
             log.warning("log_writer_recovered", failures=self.thread_failures)
-            self.degraded = None
+            self._no_thread = None
         return True
 
     async def empty(self, apps: list[str]) -> list[str]:
@@ -491,24 +561,48 @@ class LogCollector:
 
     def _write(self, batches: list[tuple[_AppLog, list[str]]]) -> None:
         for entry, lines in batches:
+            app = entry.path.name.removesuffix(".log")
+            if entry.lost:
+                lines = [
+                    f"{_timestamp()} omnitron[-] sys | {entry.lost} lines lost "
+                    f"(log write failed: {entry.last_error})\n",
+                    *lines,
+                ]
+            written = 0
             try:
-                self._append(entry.path, "".join(lines).encode("utf-8", "replace"))
-            except UnsafeLogPath as exc:
-                # Never write through a planted link; say so once per file.
-                self.write_errors += 1
-                if entry.path not in self._refused:
-                    self._refused.add(entry.path)
-                    log.error("log_file_refused", path=str(entry.path), error=str(exc))
+                for part in _slices(lines):
+                    self._append(entry.path, _clean("".join(part)).encode("utf-8", "replace"))
+                    written += len(part)
             except OSError as exc:
-                # A full or read-only disk loses these lines, never the daemon.
+                # A full or read-only disk loses these lines, never the daemon nor the
+                # app: counted, marked in the file at the next write that succeeds.
+                marker_pending = entry.lost and not written
+                if not marker_pending:
+                    entry.lost = 0  # the marker reached the file
+                lost = len(lines) - written - (1 if marker_pending else 0)
+                entry.lost += lost
+                entry.lost_total += lost
+                entry.write_errors += 1
                 self.write_errors += 1
-                log.warning(
-                    "log_write_failed", path=str(entry.path), error=str(exc), lines=len(lines)
-                )
+                error = str(exc) if isinstance(exc, UnsafeLogPath) else _describe(exc)
+                entry.last_error = error
+                first = app not in self._failing
+                self._failing[app] = error
+                if isinstance(exc, UnsafeLogPath):
+                    # Never write through a planted link; say so once per file.
+                    if entry.path not in self._refused:
+                        self._refused.add(entry.path)
+                        log.error("log_file_refused", path=str(entry.path), error=error)
+                elif first:  # once per failing streak: the daemon log may be on that disk
+                    log.warning("log_write_failed", path=str(entry.path), error=error, lines=lost)
+            else:
+                entry.lost = 0
+                if self._failing.pop(app, None) is not None:
+                    log.warning("log_write_recovered", path=str(entry.path))
 
     def _append(self, path: Path, data: bytes) -> None:
         """Append ``data`` (whole lines) to ``path``, rotating between lines at ``max_size``."""
-        fd = open_for_append(path)
+        fd = _open(path)
         try:
             size = os.fstat(fd).st_size
             offset, end = 0, len(data)
@@ -523,7 +617,7 @@ class LogCollector:
                             os.close(fd)
                             fd = -1
                             self._rotate(path)
-                            fd = open_for_append(path)
+                            fd = _open(path)
                             size = 0
                             continue
                         # One line longer than max_size: it gets a file of its own.
@@ -535,7 +629,7 @@ class LogCollector:
                     os.close(fd)
                     fd = -1
                     self._rotate(path)
-                    fd = open_for_append(path)
+                    fd = _open(path)
                     size = 0
         finally:
             if fd >= 0:
@@ -569,6 +663,40 @@ class LogCollector:
                     shutil.copyfileobj(source, packed, 1 << 20)
             os.rename(partial, f"{first}.gz")
             os.unlink(first)
+
+
+def _slices(lines: list[str]) -> Iterator[list[str]]:
+    """``lines`` in runs of about :data:`WRITE_SLICE` characters.
+
+    The writer thread holds the GIL through each ``join``, escape check and
+    ``encode``: on a batch of megabytes that would stall the event loop for tens
+    of milliseconds; on a slice, for well under one.
+    """
+    start, size = 0, 0
+    for index, line in enumerate(lines):
+        size += len(line)
+        if size >= WRITE_SLICE:
+            yield lines[start : index + 1]
+            start, size = index + 1, 0
+    if start < len(lines):
+        yield lines[start:]
+
+
+def _open(path: Path) -> int:
+    """:func:`open_for_append`, creating the directory again (0700) if it was removed."""
+    try:
+        return open_for_append(path)
+    except FileNotFoundError:
+        check_log_directory(path.parent)  # raises a clear error if it cannot be made
+        return open_for_append(path)
+
+
+def _describe(exc: OSError) -> str:
+    """``"No space left on device (ENOSPC)"``: the system's words and the errno's name."""
+    if exc.errno is None:
+        return str(exc)
+    name = errno.errorcode.get(exc.errno, str(exc.errno))
+    return f"{exc.strerror or os.strerror(exc.errno)} ({name})"
 
 
 def _write_all(fd: int, view: memoryview) -> None:

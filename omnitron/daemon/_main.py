@@ -169,7 +169,7 @@ async def run_daemon(options: DaemonOptions) -> int:
     home.check_socket_path()
     progress = options.progress or Progress(None)
     progress.redirect_output(home.logs_dir / "daemon.out")
-    configure_logging(
+    daemon_log = configure_logging(
         home.logs_dir / "daemon.log", level=ecosystem.logging.level.value, echo=options.echo
     )
     logs_dir = ecosystem.logging.directory or home.logs_dir
@@ -199,6 +199,9 @@ async def run_daemon(options: DaemonOptions) -> int:
             max_size=ecosystem.logging.max_size,
             max_files=ecosystem.logging.max_files,
             compress=ecosystem.logging.compress,
+            rate=ecosystem.logging.rate,
+            burst=ecosystem.logging.burst,
+            buffer_bytes=ecosystem.logging.buffer,
         )
         # Takes OMNITRON_SECRETS_PASSPHRASE out of the environment apps inherit.
         secrets = SecretStore.from_environ(home.path)
@@ -223,6 +226,7 @@ async def run_daemon(options: DaemonOptions) -> int:
             health=lambda: {
                 "log_write_errors": logs.write_errors,
                 "logs": logs.degraded or "ok",
+                "daemon_log_errors": daemon_log.failures,
             },
             secrets=secrets,
             watch=options.watch,

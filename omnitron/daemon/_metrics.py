@@ -15,6 +15,8 @@ nobody scrapes never loads it.
 from __future__ import annotations
 
 import array
+import bisect
+import collections
 import contextlib
 import math
 import os
@@ -32,7 +34,9 @@ from ..rpc import Dispatcher
 
 __all__ = [
     "FIELDS",
+    "LAG_BUCKETS",
     "CountingDispatcher",
+    "LoopLag",
     "Ring",
     "Sampler",
     "prometheus_text",
@@ -197,6 +201,68 @@ class _Probe:
         return (cpu, cpu_seconds, rss, uss_bytes, threads, fds)
 
 
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+"""Upper bounds (seconds) of the loop-lag histogram's buckets (``+Inf`` is implied)."""
+
+
+class LoopLag:
+    """A heartbeat: a task that sleeps ``period`` and records how late it wakes up.
+
+    Its lateness is the event loop's lag at that moment (a callback that holds the
+    loop, a slow ``/proc`` read on it, a flood of lines...). Kept two ways, both of
+    fixed size: the last ``window`` lateness values (for p99 and max over the last
+    minute or so) and a cumulative histogram over :data:`LAG_BUCKETS` since start
+    (for Prometheus). Ten wake-ups a second by default: a few microseconds of CPU
+    each.
+    """
+
+    def __init__(self, *, period: float = 0.1, window: int = 600) -> None:
+        self.period = period
+        self.recent: collections.deque[float] = collections.deque(maxlen=window)
+        self.buckets = [0] * (len(LAG_BUCKETS) + 1)  # the last one: above every bound
+        self.count = 0
+        self.total = 0.0
+        self.last: float | None = None
+
+    def record(self, lag: float) -> None:
+        self.recent.append(lag)
+        self.buckets[bisect.bisect_left(LAG_BUCKETS, lag)] += 1
+        self.count += 1
+        self.total += lag
+        self.last = lag
+
+    async def run(self) -> None:
+        """Beat until cancelled."""
+        while True:
+            deadline = trio.current_time() + self.period
+            await trio.sleep_until(deadline)
+            self.record(max(0.0, trio.current_time() - deadline))
+
+    def percentile(self, fraction: float) -> float | None:
+        """The lateness below which ``fraction`` of the recent beats fall."""
+        if not self.recent:
+            return None
+        ordered = sorted(self.recent)
+        return ordered[min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1)]
+
+    def summary(self) -> dict[str, Any]:
+        """The figures ``daemon.metrics`` gives in its ``daemon`` section."""
+        p50, p99 = self.percentile(0.5), self.percentile(0.99)
+        return {
+            "loop_lag": None if self.last is None else round(self.last, 6),
+            "loop_lag_p50": None if p50 is None else round(p50, 6),
+            "loop_lag_p99": None if p99 is None else round(p99, 6),
+            "loop_lag_max": round(max(self.recent), 6) if self.recent else None,
+            "loop_lag_window": len(self.recent),
+            "loop_lag_histogram": {
+                "buckets": list(LAG_BUCKETS),
+                "counts": list(self.buckets),
+                "count": self.count,
+                "sum": round(self.total, 6),
+            },
+        }
+
+
 class Sampler:
     """CPU and memory of the managed processes, sampled periodically off the event loop.
 
@@ -246,6 +312,8 @@ class Sampler:
         """When the last sample was taken (wall clock)."""
         self.loop_lag: float | None = None
         """Seconds the event loop was late to wake the sampler at its last interval."""
+        self.lag = LoopLag()
+        """The heartbeat (run beside the sampling, whether sampling is on or off)."""
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
 
@@ -282,6 +350,7 @@ class Sampler:
             self.configure(interval=settings.interval, retention=settings.retention)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self.lag.run)
             task_status.started()
             try:
                 await self._loop()
@@ -381,11 +450,17 @@ def prometheus_text(metrics: Mapping[str, Any]) -> str:
     """A ``daemon.metrics`` result in the Prometheus text exposition format (0.0.4).
 
     Per process (labels ``app``, ``instance``): CPU seconds, RSS, restarts, up,
-    uptime, ready. Per daemon: its RSS, CPU seconds, RPC calls, the state file's
-    generation, failed samples, event loop lag.
+    uptime, ready, and for a probed process its health (``omnitron_process_healthy``
+    1/0, and ``omnitron_process_health_status`` 1 for its current ``status`` label).
+    Per daemon: its RSS, CPU seconds, RPC calls, the state file's generation, failed
+    samples, event loop lag (the heartbeat's histogram, and its recent p99 and max).
     """
     from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
 
     labels = ["app", "instance"]
     cpu = CounterMetricFamily(
@@ -411,6 +486,16 @@ def prometheus_text(metrics: Mapping[str, Any]) -> str:
     uptime = GaugeMetricFamily(
         "omnitron_process_uptime_seconds", "Seconds since the process became ready", labels=labels
     )
+    healthy = GaugeMetricFamily(
+        "omnitron_process_healthy",
+        "1 while the process's health probe passes (probed processes only)",
+        labels=labels,
+    )
+    health_status = GaugeMetricFamily(
+        "omnitron_process_health_status",
+        "1 for the current status of the process's health probe",
+        labels=[*labels, "status"],
+    )
     for app in metrics.get("apps", ()):
         for process in app["processes"]:
             values = [app["name"], str(process["instance"])]
@@ -424,8 +509,22 @@ def prometheus_text(metrics: Mapping[str, Any]) -> str:
             up.add_metric(values, 1 if process["pid"] is not None else 0)
             ready.add_metric(values, 1 if process["status"] == "online" else 0)
             uptime.add_metric(values, process["uptime"])
+            status = process.get("health")
+            if status is not None:
+                healthy.add_metric(values, 1 if status == "healthy" else 0)
+                health_status.add_metric([*values, status], 1)
     daemon = metrics["daemon"]
-    families: list[Any] = [cpu, rss, tree_rss, restarts, up, ready, uptime]
+    families: list[Any] = [
+        cpu,
+        rss,
+        tree_rss,
+        restarts,
+        up,
+        ready,
+        uptime,
+        healthy,
+        health_status,
+    ]
     for name, text, value, kind in (
         ("omnitron_daemon_resident_memory_bytes", "Resident memory of the daemon", "rss", "g"),
         ("omnitron_daemon_cpu_seconds", "CPU time used by the daemon", "cpu_seconds", "c"),
@@ -438,9 +537,15 @@ def prometheus_text(metrics: Mapping[str, Any]) -> str:
         ),
         ("omnitron_daemon_sampling_failures", "Samples that could not be taken", "failures", "c"),
         (
-            "omnitron_daemon_loop_lag_seconds",
-            "Event loop lateness at the last sample",
-            "loop_lag",
+            "omnitron_daemon_loop_lag_p99_seconds",
+            "99th percentile of the event loop's lag over the recent heartbeats",
+            "loop_lag_p99",
+            "g",
+        ),
+        (
+            "omnitron_daemon_loop_lag_max_seconds",
+            "Largest event loop lag over the recent heartbeats",
+            "loop_lag_max",
             "g",
         ),
     ):
@@ -449,6 +554,19 @@ def prometheus_text(metrics: Mapping[str, Any]) -> str:
         family = (CounterMetricFamily if kind == "c" else GaugeMetricFamily)(name, text)
         family.add_metric([], daemon[value])
         families.append(family)
+    histogram = daemon.get("loop_lag_histogram")
+    if histogram:
+        lag = HistogramMetricFamily(
+            "omnitron_daemon_loop_lag_seconds",
+            "How late the daemon's heartbeat woke up: the event loop's lag",
+        )
+        cumulative, buckets = 0, []
+        bounds = [*histogram["buckets"], math.inf]
+        for bound, count in zip(bounds, histogram["counts"], strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), cumulative))
+        lag.add_metric([], buckets, sum_value=histogram["sum"])
+        families.append(lag)
 
     class _Collector:
         def collect(self) -> list[Any]:

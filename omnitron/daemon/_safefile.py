@@ -13,11 +13,14 @@ app output there. So:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import logging
+import logging.handlers
 import os
 import stat
+import sys
 from pathlib import Path
 
 __all__ = ["UnsafeLogPath", "SafeFileHandler", "check_log_directory", "open_for_append"]
@@ -86,13 +89,42 @@ def open_for_append(path: Path) -> int:
     return fd
 
 
-class SafeFileHandler(logging.FileHandler):
-    """A ``logging.FileHandler`` that opens its file with :func:`open_for_append`."""
+class SafeFileHandler(logging.handlers.WatchedFileHandler):
+    """A file handler that opens its file with :func:`open_for_append`.
+
+    Like ``WatchedFileHandler``, it opens the file again when it was removed or
+    moved (``rm daemon.log``: the next record starts a new file). A record it cannot
+    write (a full disk, a read-only one) is counted in :attr:`failures`, never raised:
+    the first failure of a streak is said once on stderr, the rest only counted
+    (FAULTS PC-21).
+    """
 
     def __init__(self, filename: Path) -> None:
         super().__init__(filename, mode="a", encoding="utf-8", delay=False)
+        self.failures = 0
+        self.failing = False
 
     def _open(self) -> io.TextIOWrapper:
         stream = open(open_for_append(Path(self.baseFilename)), "a", encoding="utf-8")  # noqa: SIM115
         assert isinstance(stream, io.TextIOWrapper)
         return stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        failures = self.failures
+        super().emit(record)  # calls handleError on any failure
+        if self.failures == failures:
+            self.failing = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.failures += 1
+        if self.failing:
+            return
+        self.failing = True
+        error = sys.exc_info()[1]
+        with contextlib.suppress(Exception):
+            print(
+                f"omnitron: cannot write {self.baseFilename}: {error} "
+                "(the daemon goes on; records are counted, not written)",
+                file=sys.stderr,
+                flush=True,
+            )

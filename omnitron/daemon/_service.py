@@ -367,7 +367,14 @@ class DaemonService:
             for state in self.orchestrator.health.report(record.name)
             if state["instance"] in live
         ]
-        return {"name": record.name, "probe": probe, "processes": processes}
+        logs = self.orchestrator.logs.stats(record.name)
+        return {
+            "name": record.name,
+            "probe": probe,
+            "processes": processes,
+            # Log trouble is health trouble an operator must see (FAULTS PC-18).
+            "logs": {key: logs[key] for key in ("write_errors", "lost_lines", "error")},
+        }
 
     def health(self, name: str | None) -> list[dict[str, Any]]:
         """``health_of`` every app (or ``name``), in start order."""
@@ -409,6 +416,9 @@ class DaemonService:
         apps = []
         for record in records if records is not None else self.orchestrator.apps.values():
             processes = []
+            probed = {
+                s["instance"]: s["status"] for s in self.orchestrator.health.report(record.name)
+            }
             for process in sorted(record.processes.values(), key=lambda p: p.instance):
                 pid = process.pid
                 entry: dict[str, Any] = {
@@ -416,6 +426,8 @@ class DaemonService:
                     "pid": pid,
                     "status": process.status.value,
                     "restarts": process.restarts,
+                    # The probe's verdict ("starting", "healthy", ...); None without one.
+                    "health": probed.get(process.instance) if pid else None,
                     "uptime": round(max(0.0, now - process.ready_at), 3)
                     if process.ready_at is not None and pid
                     else 0.0,
@@ -442,7 +454,7 @@ class DaemonService:
             "rpc_calls": self.dispatcher.calls if self.dispatcher is not None else None,
             "generation": generation if isinstance(generation, int) else None,
             "failures": sampler.failures,
-            "loop_lag": None if sampler.loop_lag is None else round(sampler.loop_lag, 6),
+            **sampler.lag.summary(),  # the heartbeat's loop lag: last, p50, p99, max
         }
         return {
             "enabled": sampler.enabled,

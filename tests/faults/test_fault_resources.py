@@ -135,6 +135,9 @@ def test_a_managed_process_holds_only_its_own_descriptors(daemon: Daemon) -> Non
     passed = {"plain": {0, 1, 2}, "ready_fd": {0, 1, 2, 3}, "after": {0, 1, 2}, "notify": {0, 1, 2}}
     for name, expected in passed.items():
         [pid] = pids_of(apps[name])
+        # Each ends as `sleep`: "notify" is online at READY=1, a moment before it
+        # closes its notify socket and execs.
+        wait_for(lambda pid=pid: psutil.Process(pid).name() == "sleep", f"{name} as sleep")
         fds = descriptors(pid)
         assert set(fds) == expected, (name, fds)
         assert fds[0] == os.devnull

@@ -194,39 +194,52 @@ def test_a_subscriber_that_never_reads_does_not_slow_supervision(omnitron: Omnit
         stalled.close()
 
 
-def test_monit_shows_the_apps_live_in_a_terminal_and_q_quits(omnitron: Omnitron) -> None:
-    omnitron.write_config('project = "obs"\n\n' + app_toml("sleeper") + app_toml("second"))
-    omnitron.up()
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 140, 0, 0))
-    env = {**omnitron.env(), "TERM": "xterm-256color"}
-    proc = subprocess.Popen(
-        omnitron.argv("monit", "--interval", "0.2"),
-        cwd=omnitron.project,
-        env=env,
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        start_new_session=True,
-    )
-    os.close(slave)
-    screen = b""
+class Terminal:
+    """``omnitron monit`` in a pseudo-terminal of ``rows`` x ``cols``; ``screen`` is
+    every byte it wrote so far."""
 
-    def read_until(predicate: Callable[[bytes], bool]) -> None:
-        nonlocal screen
+    def __init__(self, omnitron: Omnitron, rows: int, cols: int) -> None:
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        env = {**omnitron.env(), "TERM": "xterm-256color"}
+        self.proc = subprocess.Popen(
+            omnitron.argv("monit", "--interval", "0.2"),
+            cwd=omnitron.project,
+            env=env,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+        )
+        os.close(slave)
+        self.screen = b""
+
+    def read_until(self, predicate: Callable[[bytes], bool]) -> None:
         deadline = time.monotonic() + CLI_TIMEOUT
-        while not predicate(screen):
-            assert time.monotonic() < deadline, screen.decode(errors="replace")
-            if select.select([master], [], [], 0.5)[0]:
+        while not predicate(self.screen):
+            assert time.monotonic() < deadline, self.screen.decode(errors="replace")[-3000:]
+            if select.select([self.master], [], [], 0.5)[0]:
                 try:
-                    screen += os.read(master, 65536)
+                    self.screen += os.read(self.master, 65536)
                 except OSError:  # the terminal closed: monit exited
                     return
 
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)
+
+
+def test_monit_shows_the_apps_live_in_a_terminal_and_q_quits(omnitron: Omnitron) -> None:
+    omnitron.write_config('project = "obs"\n\n' + app_toml("sleeper") + app_toml("second"))
+    omnitron.up()
+    terminal = Terminal(omnitron, 30, 140)
+    proc, master, read_until = terminal.proc, terminal.master, terminal.read_until
     try:
         read_until(lambda s: b"sleeper" in s and b"second" in s and b"online" in s)
-        assert b"omnitron monit" in screen
-        assert b"RESTARTS" in screen
+        assert b"omnitron monit" in terminal.screen
+        assert b"RESTARTS" in terminal.screen
         # It refreshes in place: the restarted process's new pid shows up.
         old = {p["pid"] for p in omnitron.apps()["second"]["processes"]}
         omnitron.ok("restart", "second")
@@ -236,7 +249,71 @@ def test_monit_shows_the_apps_live_in_a_terminal_and_q_quits(omnitron: Omnitron)
         os.write(master, b"q")
         assert proc.wait(timeout=CLI_TIMEOUT) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
+        terminal.close()
+
+
+# Prints its name and a counter every 50 ms.
+TALKER = (
+    "import sys, time\nn = 0\nwhile True:\n"
+    "    print(f'{sys.argv[1]} says {n}', flush=True)\n    n += 1\n    time.sleep(0.05)\n"
+)
+
+
+def test_monit_draws_cpu_history_and_shows_the_selected_apps_log_tail(
+    omnitron: Omnitron,
+) -> None:
+    """The sparkline column fills from the daemon's samples; j/k and the arrow keys move
+    the selection, and the pane under the table shows that app's last lines."""
+    talkers = "".join(
+        "[[apps]]\n"
+        f'name = "{name}"\n'
+        f'command = [{toml_string(sys.executable)}, "-c", {toml_string(TALKER)}, "{name}"]\n'
+        for name in ("alpha", "beta")
+    )
+    omnitron.write_config('project = "obs"\n[monitoring.metrics]\ninterval = "200ms"\n\n' + talkers)
+    omnitron.up()
+    terminal = Terminal(omnitron, 40, 160)
+    master, read_until = terminal.master, terminal.read_until
+
+    def fresh(marker: bytes) -> Callable[[bytes], bool]:
+        """True once ``marker`` appears after what has been read so far."""
+        start = len(terminal.screen)
+        return lambda s: marker in s[start:]
+
+    try:
+        read_until(lambda s: b"log tail \xc2\xb7 alpha" in s and b"alpha says" in s)
+        assert b"CPU HISTORY" in terminal.screen
+        # Several samples drawn: a run of bars (the lowest ones for idle talkers).
+        read_until(lambda s: any(bar * 4 in s for bar in (b"\xe2\x96\x81", b"\xe2\x96\x82")))
+        os.write(master, b"j")
+        read_until(fresh(b"log tail \xc2\xb7 beta"))
+        read_until(fresh(b"beta says"))
+        os.write(master, b"\x1b[A")  # arrow up
+        read_until(fresh(b"log tail \xc2\xb7 alpha"))
+        os.write(master, b"\x1b[B")  # arrow down
+        read_until(fresh(b"log tail \xc2\xb7 beta"))
+        os.write(master, b"k")
+        read_until(fresh(b"log tail \xc2\xb7 alpha"))
+        os.write(master, b"q")
+        assert terminal.proc.wait(timeout=CLI_TIMEOUT) == 0
+    finally:
+        terminal.close()
+
+
+def test_a_sparkline_scales_to_the_busiest_sample() -> None:
+    from omnitron.cli._monit import keys, sparkline
+
+    assert sparkline([]) == ""
+    assert sparkline([0, 50, 100]) == "▁▅█"
+    assert sparkline([0, 200]) == "▁█"  # two cores' worth: scaled to the largest
+    assert keys("j\x1b[Ak\x1bOBq") == ["j", "\x1b[A", "k", "\x1bOB", "q"]
+
+
+def test_only_monit_imports_rich() -> None:
+    code = (
+        "import sys\n"
+        "import omnitron.cli._main, omnitron.cli._observe, omnitron.cli._monit\n"
+        "print('rich' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

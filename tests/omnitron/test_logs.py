@@ -176,3 +176,17 @@ async def test_a_failing_follower_is_dropped_and_the_line_still_kept(logs: Path)
     sink("two")
     assert [line.text for line in collector.tail("web")] == ["one", "two"]
     assert [line.text for line in seen] == ["one", "two"]
+
+
+def test_lines_reach_the_file_on_one_line_without_terminal_escapes() -> None:
+    """Controls are written as ``\\xNN`` (a tab stays); the ring keeps the text as read."""
+    from omnitron.daemon._logs import _clean
+
+    plain = "2026 a[0] out | plain ascii\n2026 a[0] out | é unicode\n"
+    assert _clean(plain) == plain
+    dirty = "t | red \x1b[31mRED\x1b[0m\rback\n" + "t | tab\there\n" + "t | c1 \x9b2J bidi \u202e\n"
+    assert _clean(dirty) == (
+        "t | red \\x1b[31mRED\\x1b[0m\\x0dback\n"
+        + "t | tab\there\n"
+        + "t | c1 \\x9b2J bidi \\x202e\n"
+    )

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_cli_e2e import SLEEP, Omnitron, app_toml, home, omnitron, wait_for  # noqa: F401 - fixtures
 
 from omnitron._eventtext import describe
-from omnitron.daemon._metrics import FIELDS, Ring, Sampler
+from omnitron.daemon._metrics import FIELDS, LoopLag, Ring, Sampler, prometheus_text
 from omnitron.state import AppStatus
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -75,6 +75,67 @@ async def test_sampling_follows_the_interval_and_the_switch(
         assert sampler.taken == 7  # at once again, then 10 s later
         assert sampler.capacity == 2
         nursery.cancel_scope.cancel()
+
+
+async def test_the_heartbeat_measures_how_late_the_loop_wakes_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A task holding the loop for 0.3 s (virtual) shows up as one late beat."""
+    lag = LoopLag(period=0.1, window=50)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lag.run)
+        await trio.sleep(2.05)
+        assert lag.count == 20
+        assert lag.summary()["loop_lag_max"] == 0.0  # virtual time is never late
+        # Hold the loop: the clock moves on 0.25 s while nothing else runs; the
+        # heartbeat was due 0.05 s after this moment, so it wakes 0.2 s late.
+        autojump_clock.jump(0.25)
+        await trio.sleep(1.0)
+        nursery.cancel_scope.cancel()
+    summary = lag.summary()
+    assert summary["loop_lag_max"] == pytest.approx(0.2, abs=1e-6)
+    assert summary["loop_lag_p50"] == 0.0
+    assert summary["loop_lag_window"] == lag.count > 25
+    histogram = summary["loop_lag_histogram"]
+    assert sum(histogram["counts"]) == histogram["count"]
+    assert histogram["counts"][histogram["buckets"].index(0.25)] == 1  # 0.1 < 0.21 <= 0.25
+    assert histogram["counts"][0] == lag.count - 1
+
+
+def test_prometheus_text_parses_with_health_and_lag() -> None:
+    lag = LoopLag()
+    for value in (0.0005, 0.002, 0.03, 0.7, 9.0):
+        lag.record(value)
+    process = {"instance": 0, "pid": 7, "status": "online", "restarts": 2, "uptime": 3.0}
+    metrics = {
+        "daemon": {"rss": 1, **lag.summary()},
+        "apps": [
+            {
+                "name": "web",
+                "processes": [
+                    {**process, "health": "unhealthy"},
+                    {**process, "instance": 1, "health": None},
+                ],
+            }
+        ],
+    }
+    families = {f.name: f for f in text_string_to_metric_families(prometheus_text(metrics))}
+    [healthy] = families["omnitron_process_healthy"].samples
+    assert (healthy.labels, healthy.value) == ({"app": "web", "instance": "0"}, 0.0)
+    [status] = families["omnitron_process_health_status"].samples
+    assert status.labels["status"] == "unhealthy"
+    buckets = {
+        s.labels["le"]: s.value
+        for s in families["omnitron_daemon_loop_lag_seconds"].samples
+        if s.name.endswith("_bucket")
+    }
+    assert buckets["0.001"] == 1
+    assert buckets["0.005"] == 2
+    assert buckets["0.05"] == 3
+    assert buckets["1.0"] == 4
+    assert buckets["+Inf"] == 5
+    [max_lag] = families["omnitron_daemon_loop_lag_max_seconds"].samples
+    assert max_lag.value == 9.0
 
 
 async def until(check: Callable[[], bool], what: str) -> None:
@@ -171,7 +232,12 @@ def test_the_metrics_command_shows_a_busy_child_and_speaks_prometheus(
     omnitron.write_config(
         'project = "m"\n[monitoring.metrics]\ninterval = "500ms"\n'
         + app_toml("busy", BUSY)
-        + app_toml("idle", SLEEP, instances="2")
+        + app_toml(
+            "idle",
+            SLEEP,
+            instances="2",
+            health='{ command = ["true"], interval = "200ms", start_period = "0s" }',
+        )
     )
     omnitron.up()
 
@@ -179,6 +245,12 @@ def test_the_metrics_command_shows_a_busy_child_and_speaks_prometheus(
         result = omnitron.json("metrics", "busy")
         [process] = result["apps"][0]["processes"]
         return result if result["samples"] >= 3 and process["cpu"] > 10 else None
+
+    def idle_healthy() -> bool:
+        processes = omnitron.json("metrics", "idle")["apps"][0]["processes"]
+        return [p["health"] for p in processes] == ["healthy", "healthy"]
+
+    wait_for(idle_healthy, "idle's probes passing", timeout=WAIT)
 
     result = wait_for(busy_sampled, "busy sampled at high cpu", timeout=WAIT)
     assert result["interval"] == 0.5
@@ -215,8 +287,33 @@ def test_the_metrics_command_shows_a_busy_child_and_speaks_prometheus(
     assert calls.value >= 3
     [generation] = families["omnitron_daemon_persistence_generation"].samples
     assert generation.value >= 1
-    [lag] = families["omnitron_daemon_loop_lag_seconds"].samples
-    assert 0 <= lag.value < 5
+    # Health: only the probed processes, a 1 for their current status.
+    healthy = {
+        (s.labels["app"], s.labels["instance"]): s.value
+        for s in families["omnitron_process_healthy"].samples
+    }
+    assert healthy == {("idle", "0"): 1.0, ("idle", "1"): 1.0}
+    statuses = families["omnitron_process_health_status"].samples
+    assert {(s.labels["instance"], s.labels["status"], s.value) for s in statuses} == {
+        ("0", "healthy", 1.0),
+        ("1", "healthy", 1.0),
+    }
+    ready = {s.labels["app"]: s.value for s in families["omnitron_process_ready"].samples}
+    assert ready == {"busy": 1.0, "idle": 1.0}
+    # Loop lag: the heartbeat's histogram (cumulative buckets) and its recent p99.
+    lag = families["omnitron_daemon_loop_lag_seconds"]
+    assert lag.type == "histogram"
+    buckets = [s for s in lag.samples if s.name.endswith("_bucket")]
+    assert buckets[-1].labels["le"] == "+Inf"
+    counts = [s.value for s in buckets]
+    assert counts == sorted(counts)
+    [count] = [s.value for s in lag.samples if s.name.endswith("_count")]
+    assert count == counts[-1] >= 10  # ten beats a second, the daemon is seconds old
+    [p99] = families["omnitron_daemon_loop_lag_p99_seconds"].samples
+    assert 0 <= p99.value < 5
+    daemon = omnitron.json("metrics")["daemon"]
+    assert daemon["loop_lag_window"] >= 10
+    assert 0 <= daemon["loop_lag_p50"] <= daemon["loop_lag_p99"] <= daemon["loop_lag_max"]
 
     assert omnitron.ok("metrics", "--disable").stdout.strip() == "metrics sampling off"
     off = omnitron.json("metrics")
