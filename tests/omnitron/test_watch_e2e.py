@@ -48,7 +48,9 @@ def _project(omnitron: Omnitron, *, watch: str | None) -> tuple[Path, Path]:
     src.mkdir()
     script = src / "app.py"
     script.write_text(APP.format(version=1))
-    events = omnitron.project / "events.txt"
+    # Outside the project: `up --watch` watches the whole project, and an app that
+    # writes into a directory it is watched in reloads itself on every start.
+    events = omnitron.project.parent / "events.txt"
     events.write_text("")
     fields = {
         "name": toml_string("web"),
