@@ -24,10 +24,8 @@ from ._errors import (
     check_domain_error_types,
 )
 from ._protocol import ErrorInfo, Notification, Response, decode_server_message
-from ._stream import DROPPED_METHOD
-from ._unix import open_unix_stream
-from ._util import collapse_single_exception_group
-from ._wire import DEFAULT_LIMITS, Limits
+from ._util import collapse_single_exception_group, open_unix_stream
+from ._wire import DEFAULT_LIMITS, DROPPED_METHOD, Limits
 
 __all__ = ["RpcClient", "Notifications", "connect_unix"]
 

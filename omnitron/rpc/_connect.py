@@ -60,8 +60,7 @@ async def connect_url(
     from omnitron.remotes import default_home
 
     from ._address import fingerprint_of_der, parse_url
-    from ._tls import client_context
-    from .sync_client import check_pin
+    from .sync_client import check_pin, client_context
 
     scheme, host, port = parse_url(url)
     if scheme != "tls":

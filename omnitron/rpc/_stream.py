@@ -9,14 +9,9 @@ import structlog
 import trio
 
 from . import _wire
+from ._wire import CLOSED_METHOD, DROPPED_METHOD
 
 __all__ = ["NotificationStream", "DROPPED_METHOD", "CLOSED_METHOD"]
-
-DROPPED_METHOD = "rpc.dropped"
-"""Notification sent in place of items a slow subscriber lost: ``{stream, method, dropped}``."""
-
-CLOSED_METHOD = "rpc.closed"
-"""Notification sent after the last item of a stream the server closed: ``{stream}``."""
 
 log = structlog.get_logger()
 

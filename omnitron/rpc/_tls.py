@@ -33,6 +33,7 @@ from ._auth import ensure_private_directory, write_private_file
 from ._client import RpcClient, open_client
 from ._dispatch import Dispatcher, Peer, Role
 from ._server import RpcServer, ServerOptions
+from .sync_client import CertificateMismatch, client_context
 
 __all__ = [
     "TlsIdentity",
@@ -186,15 +187,6 @@ async def serve_tls(
     await server.serve(tls_listeners, task_status=task_status)
 
 
-def client_context() -> ssl.SSLContext:
-    """TLS 1.2+ without CA checks: the caller checks the pinned fingerprint."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 @contextlib.asynccontextmanager
 async def open_tls_client(
     host: str, port: int, *, fingerprint: str, token: str | None = None
@@ -207,8 +199,6 @@ async def open_tls_client(
         CertificateMismatch: The server presented another certificate.
         Unauthenticated: The token was refused.
     """
-    from .sync_client import CertificateMismatch
-
     tcp = await trio.open_tcp_stream(host, port)
     stream = trio.SSLStream(tcp, client_context(), server_hostname=None)
     try:

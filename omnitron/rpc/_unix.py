@@ -28,12 +28,9 @@ from ._errors import (
     Forbidden,
     InsecureSocketPath,
     SocketInUse,
-    SocketPathTooLong,
-    connect_error,
 )
 from ._server import Authenticator, RpcServer, ServerOptions
-from ._util import collapse_single_exception_group
-from ._wire import UNIX_PATH_MAX
+from ._util import check_socket_path, collapse_single_exception_group, open_unix_stream
 
 __all__ = [
     "serve_unix",
@@ -47,19 +44,6 @@ log = structlog.get_logger()
 
 _UCRED: Final = struct.Struct("3i")
 _STALE_PROBE_TIMEOUT: Final = 1.0
-
-
-def check_socket_path(path: str | os.PathLike[str]) -> str:
-    """Return ``path`` as a string, checking it fits in ``sun_path``.
-
-    Raises:
-        SocketPathTooLong: The encoded path is longer than 107 bytes.
-    """
-    text = os.fspath(path)
-    length = len(os.fsencode(text))
-    if length > UNIX_PATH_MAX:
-        raise SocketPathTooLong(text, length, UNIX_PATH_MAX)
-    return text
 
 
 def _parent_directory(path: str) -> str:
@@ -247,18 +231,3 @@ async def open_unix_server(
                 yield server
             finally:
                 nursery.cancel_scope.cancel()
-
-
-async def open_unix_stream(path: str | os.PathLike[str]) -> trio.SocketStream:
-    """Connect to a daemon's Unix socket.
-
-    Raises:
-        SocketPathTooLong: ``path`` does not fit in ``sun_path``.
-        DaemonNotRunning: The socket does not exist or nothing listens on it.
-        DaemonUnreachable: Connecting failed otherwise (permissions, backlog).
-    """
-    text = check_socket_path(path)
-    try:
-        return await trio.open_unix_socket(text)
-    except OSError as exc:
-        raise connect_error(text, exc) from None

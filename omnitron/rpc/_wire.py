@@ -47,6 +47,8 @@ __all__ = [
     "NAME_MAX",
     "TEXT_MAX",
     "UNIX_PATH_MAX",
+    "DROPPED_METHOD",
+    "CLOSED_METHOD",
     "Limits",
     "DEFAULT_LIMITS",
     "Encoded",
@@ -79,6 +81,12 @@ TEXT_MAX: Final = 4096
 
 UNIX_PATH_MAX: Final = 107
 """Longest AF_UNIX path Linux accepts (``sun_path`` is 108 bytes with the NUL)."""
+
+DROPPED_METHOD: Final = "rpc.dropped"
+"""Notification sent in place of items a slow subscriber lost: ``{stream, method, dropped}``."""
+
+CLOSED_METHOD: Final = "rpc.closed"
+"""Notification sent after the last item of a stream the server closed: ``{stream}``."""
 
 _ARRAY_HEADERS: Final = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
 

@@ -33,6 +33,7 @@ from ._wire import DEFAULT_LIMITS, Limits
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # no typing import at run time: this module is the CLI fast path
+    import ssl
     from collections.abc import Callable, Iterable
     from typing import Any
 
@@ -356,6 +357,20 @@ def check_pin(
         pin_certificate(known_hosts, where, presented)
 
 
+def client_context() -> ssl.SSLContext:
+    """TLS 1.2+ without CA checks: the caller checks the pinned fingerprint.
+
+    ``ssl`` is imported on the first call, so the Unix-socket fast path never loads it.
+    """
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def connect_tls_sync(
     host: str,
     port: int,
@@ -386,11 +401,8 @@ def connect_tls_sync(
 
     shown = f"[{host}]" if ":" in host else host
     where = f"{shown}:{port}"
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
     # Trust comes from the pinned fingerprint, checked below, not from a CA.
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+    context = client_context()
     try:
         raw = socket.create_connection((host, port), timeout=timeout)
     except TimeoutError:
