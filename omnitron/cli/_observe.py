@@ -125,7 +125,7 @@ def _key(event: Mapping[str, Any]) -> tuple[Any, ...]:
 
 async def _follow(cli: Cli, app: str | None, lines: int) -> None:
     from omnitron.rpc import connect_unix
-    from omnitron.rpc._stream import CLOSED_METHOD, DROPPED_METHOD
+    from omnitron.rpc._wire import CLOSED_METHOD, DROPPED_METHOD
 
     async with connect_unix(cli.socket_path) as client:
         await client.call("events.subscribe", name=app)
