@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
 import sys
 import time
 import zlib
@@ -96,7 +97,7 @@ def _follow(cli: Cli, params: dict[str, Any], show: Any) -> None:
     opened = cli.open_async()
     target = cli.target()
 
-    async def run() -> None:
+    async def follow() -> None:
         async with opened as client:
             reply = await client.call("daemon.logs", follow=True, **params)
             for entry in reply["lines"]:
@@ -109,6 +110,21 @@ def _follow(cli: Cli, params: dict[str, Any], show: Any) -> None:
                 elif note.method == "rpc.dropped":
                     cli.note(f"omnitron: {note.params.get('dropped')} lines not shown (too slow)")
         cli.note("omnitron: the daemon closed the connection (stopped)")
+
+    async def run() -> None:
+        # Ctrl-C cancels the follow (the connection is closed at once) rather than
+        # raising KeyboardInterrupt wherever the main task happens to be.
+        with trio.open_signal_receiver(signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def on_interrupt() -> None:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+                        return
+
+                nursery.start_soon(on_interrupt)
+                await follow()
+                nursery.cancel_scope.cancel()
 
     try:
         trio.run(run)

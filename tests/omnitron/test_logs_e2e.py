@@ -177,7 +177,12 @@ def test_follow_stops_quietly_on_ctrl_c(omnitron: Omnitron) -> None:
     assert follower.stdout is not None
     wait_for(lambda: "hello from" in follower.stdout.readline(), "a line", timeout=30)
     follower.send_signal(signal.SIGINT)
-    _, err = follower.communicate(timeout=CLI_TIMEOUT)
+    try:
+        _, err = follower.communicate(timeout=CLI_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        follower.kill()  # never leave it behind for the tests that count children
+        follower.communicate()
+        raise
     assert follower.returncode == 0
     assert "Traceback" not in err
 
