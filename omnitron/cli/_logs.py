@@ -114,6 +114,7 @@ def _follow(cli: Cli, params: dict[str, Any], show: Any) -> None:
     async def run() -> None:
         # Ctrl-C cancels the follow (the connection is closed at once) rather than
         # raising KeyboardInterrupt wherever the main task happens to be.
+        failure: Exception | None = None
         with trio.open_signal_receiver(signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
 
@@ -123,8 +124,13 @@ def _follow(cli: Cli, params: dict[str, Any], show: Any) -> None:
                         return
 
                 nursery.start_soon(on_interrupt)
-                await follow()
+                try:
+                    await follow()
+                except Exception as exc:  # raised as itself, not in an exception group
+                    failure = exc
                 nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
 
     try:
         trio.run(run)
