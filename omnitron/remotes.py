@@ -21,6 +21,7 @@ import os
 import re
 import stat
 
+from omnitron._privatefile import write_private_file
 from omnitron.errors import OmnitronError
 
 TYPE_CHECKING = False
@@ -299,25 +300,3 @@ def save_remotes(home: str, remotes: Iterable[Remote]) -> None:
     """Write the remotes file atomically, mode 0600 (see :func:`write_private_file`)."""
     os.makedirs(home, mode=0o700, exist_ok=True)
     write_private_file(remotes_path(home), render_remotes(remotes).encode("utf-8"))
-
-
-def write_private_file(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data``: a 0600 temporary file beside it (not following
-    links), fsync, rename, fsync the directory. Standard library only."""
-    temporary = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.lexists(temporary):
-            os.unlink(temporary)
-        raise
-    directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

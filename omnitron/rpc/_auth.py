@@ -17,7 +17,6 @@ connection checks it (:meth:`TokenAuthority.check`).
 from __future__ import annotations
 
 import base64
-import contextlib
 import functools
 import json
 import math
@@ -32,6 +31,7 @@ from typing import Annotated, Any, Final, Literal
 import attrs
 import structlog
 
+from .._privatefile import write_private_file
 from ._address import MAX_TTL, parse_ttl
 from ._dispatch import Call, Dispatcher, Peer, Role
 from ._errors import NotFound, Unauthenticated
@@ -70,32 +70,6 @@ _ROLES: Final = {"viewer": Role.VIEWER, "operator": Role.OPERATOR, "admin": Role
 _JTI: Final = re.compile(r"[0-9a-f]{32}")
 _SUBJECT: Final = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
 TokenId = Annotated[str, Match(r"[0-9a-f]{32}", "a token id (32 hex digits)")]
-
-
-def write_private_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, mode 0600 from the first byte.
-
-    A temporary file in the same directory is written, fsynced and renamed over
-    ``path``; the directory is fsynced after the rename.
-    """
-    directory = path.parent
-    temporary = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def ensure_private_directory(path: Path) -> Path:

@@ -312,7 +312,7 @@ def pin_certificate(path: str, where: str, fingerprint: str) -> None:
     """Record ``fingerprint`` for ``where`` in the known-hosts file (0600, atomic)."""
     known = read_known_hosts(path)
     known[where] = fingerprint
-    from omnitron.remotes import write_private_file
+    from omnitron._privatefile import write_private_file
 
     os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
     text = "".join(f"{name} {value}\n" for name, value in sorted(known.items()))
