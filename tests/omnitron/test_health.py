@@ -106,13 +106,15 @@ async def test_a_hung_app_is_detected_and_restarted(tmp_path: Path, mode: str, p
             )
         first_pid = orchestrator.apps["api"].processes[0].pid
         (tmp_path / "hang").write_text("")
+
+        def replaced() -> bool:
+            process = orchestrator.apps["api"].processes.get(0)
+            return bool(process and process.pid not in (None, first_pid) and process.ready_at)
+
         with trio.fail_after(HANG_WITHIN):
-            while True:
-                record = orchestrator.apps["api"]
-                process = record.processes.get(0)
-                if process and process.pid not in (None, first_pid) and process.ready_at:
-                    break
-                await trio.sleep(0.05)
+            await until(replaced)
+        record = orchestrator.apps["api"]
+        process = record.processes[0]
         kinds = [e.kind for e in record.events]
         assert EventKind.HEALTH_FAILED in kinds
         failed = next(e for e in record.events if e.kind is EventKind.HEALTH_FAILED)
