@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import os
+import socket
 import ssl
 import stat
 import subprocess
@@ -412,6 +413,27 @@ async def test_a_certificate_with_another_fingerprint_is_refused(tmp_path: Path)
             await trio.to_thread.run_sync(connect)
         with pytest.raises(CertificateMismatch):
             await trio.to_thread.run_sync(functools.partial(connect, fingerprint=other))
+
+
+async def test_the_blocking_tls_client_sends_each_request_at_once(tmp_path: Path) -> None:
+    """With Nagle's algorithm on, ``auth.login`` right after the handshake waited for
+    the server's delayed ACK: about 40 ms on Linux, a third of ``-r ALIAS status``."""
+    async with serving(tmp_path) as plane:
+        client = await trio.to_thread.run_sync(
+            functools.partial(
+                connect_tls_sync,
+                "127.0.0.1",
+                plane.port,
+                known_hosts=str(tmp_path / "known_hosts"),
+                fingerprint=plane.fingerprint,
+                timeout=5.0,
+            )
+        )
+        with client:
+            assert client._sock is not None
+            assert client._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            login = functools.partial(client.call, "auth.login", token=plane.token())
+            assert (await trio.to_thread.run_sync(login))["role"] == "viewer"
 
 
 async def test_plaintext_old_tls_and_stalled_handshakes_fail_fast(tmp_path: Path) -> None:
