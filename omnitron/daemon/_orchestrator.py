@@ -78,6 +78,11 @@ def _identity(pid: int | None) -> ProcessIdentity | None:
         return None
 
 
+class BootstrapUnusable(UnsupportedApp):
+    """A module-worker app cannot be started as configured: its bootstrap is
+    invalid, or its workers' omnitron speaks another protocol (status ``errored``)."""
+
+
 SCALE_SETTLE = 1.0
 """Seconds each instance added by ``scale`` must stay up for the scale to hold."""
 SCALE_POLL = 0.02
@@ -208,9 +213,9 @@ class Orchestrator:
         event = AppEvent(time=time.time(), kind=kind, **fields)
         self._update(name, lambda record: remember(record, event))
 
-    def _give_up_on(self, name: str, reason: str) -> None:
+    def _give_up_on(self, name: str, reason: str, *, errored: bool = False) -> None:
         now = time.time()
-        self._update(name, lambda record: give_up(record, reason, now), note=True)
+        self._update(name, lambda record: give_up(record, reason, now, errored=errored), note=True)
 
     def _observe(self, event: ev.Event) -> None:
         place = self._builder.places.get(event.path)
@@ -374,7 +379,7 @@ class Orchestrator:
                     await self.sockets.bind(record.config)
                     pools.append(self._builder.app(record.config, record.instances))
                 except UnsupportedApp as exc:
-                    self._give_up_on(name, str(exc))
+                    self._give_up_on(name, str(exc), errored=isinstance(exc, BootstrapUnusable))
         root_spec = self._builder.root(pools)
         async with trio.open_nursery() as nursery:
             root = await nursery.start(
@@ -578,7 +583,7 @@ class Orchestrator:
                     record = self.apps[name]
                     spec = self._builder.app(record.config, record.instances)
                 except UnsupportedApp as exc:
-                    self._give_up_on(name, str(exc))
+                    self._give_up_on(name, str(exc), errored=isinstance(exc, BootstrapUnusable))
                     raise RequestRefused(str(exc)) from None
             if self._stopped(name):
                 return False  # stopped while this call waited for the tree
@@ -624,7 +629,7 @@ class Orchestrator:
         try:
             system = await describe_app(config, index)
         except BootstrapInvalid as exc:
-            raise UnsupportedApp(f"app {name!r} cannot start: {exc}") from None
+            raise BootstrapUnusable(f"app {name!r} cannot start: {exc}") from None
         self.systems[name] = system
         self._update(name, lambda record: attrs.evolve(record, instances=system.size))
 
