@@ -101,7 +101,8 @@ class _View:
             worker = process.worker  # a module-worker app: its process entry's name
             entry = {
                 "name": record.name if worker is None else worker.process,
-                "instance": process.instance if worker is None else worker.index,
+                # The app-wide number, as in logs, inspect, events and OMNITRON_INSTANCE.
+                "instance": process.instance,
                 "pid": process.pid,
                 "status": process.status.value,
                 "restarts": process.restarts,

@@ -101,7 +101,7 @@ def test_exec_round_trips_with_args_and_structured_errors(omnitron: Omnitron) ->
     assert [(p["name"], p["instance"]) for p in app["processes"]] == [
         ("users", 0),
         ("users", 1),
-        ("billing", 0),
+        ("billing", 2),  # instances are numbered across the app
     ]
     # Topology order: both users workers were online before billing started.
     events = omnitron.json("inspect", "shop")["recent_events"]
