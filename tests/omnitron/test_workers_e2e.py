@@ -130,3 +130,20 @@ def test_a_reload_with_a_broken_bootstrap_keeps_the_running_workers(
     assert "RuntimeError: half saved" in reload.stderr
     [app] = omnitron.wait_online("shop").values()
     assert {p["pid"] for p in app["processes"]} == before
+
+
+def test_access_by_service_name_as_in_spec(omnitron: Omnitron) -> None:
+    # The users service is served by a process named otherwise; billing names the
+    # service in its access, as SPEC's example does.
+    shop(omnitron)
+    boot = omnitron.project / "bootstrap.py"
+    boot.write_text(boot.read_text().replace('name="users"', 'name="accounts"'))
+    assert 'access": ["users"]' in boot.read_text()
+    check = omnitron.ok("check")
+    assert "billing  (shop.billing; after accounts)" in check.stdout
+    omnitron.up()
+    [app] = omnitron.wait_online("shop").values()
+    assert entries(app) == [("accounts", 0), ("accounts", 1), ("billing", 2)]
+    # billing's call to the users service is allowed: its access names it.
+    charged = json.loads(omnitron.ok("exec", "shop", "billing", "charge", "u_1", "7").stdout)
+    assert (charged["name"], charged["cents"]) == ("Ada", 7)
