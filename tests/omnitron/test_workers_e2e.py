@@ -9,12 +9,17 @@ The real CLI in a subprocess, a real daemon, real worker processes (the harness 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli_e2e import Omnitron, home, omnitron, wait_for
+import trio
+from test_cli_e2e import CLI_TIMEOUT, Omnitron, home, omnitron, wait_for
 from test_exec_e2e import shop, worker_pids
+
+from omnitron.rpc import RemoteError, connect_unix
 
 __all__ = ["home", "omnitron"]  # fixtures used here
 
@@ -147,3 +152,58 @@ def test_access_by_service_name_as_in_spec(omnitron: Omnitron) -> None:
     # billing's call to the users service is allowed: its access names it.
     charged = json.loads(omnitron.ok("exec", "shop", "billing", "charge", "u_1", "7").stdout)
     assert (charged["name"], charged["cents"]) == ("Ada", 7)
+
+
+def test_no_call_fails_while_a_reload_changes_the_process_list(omnitron: Omnitron) -> None:
+    """users 2 -> 3 moves billing from instance 2 to 3: the new billing worker is
+    ready before the old one is replaced, and users never drops below two."""
+    shop(omnitron).up()
+    omnitron.wait_online("shop")
+    set_bootstrap(omnitron, users=3)
+    socket_path = Path(omnitron.home) / "daemon.sock"
+    answered: dict[str, int] = {"users": 0, "billing": 0}
+    failures: list[str] = []
+
+    async def main() -> subprocess.CompletedProcess[bytes]:
+        done = trio.Event()
+
+        async def load(service: str, method: str, args: list[str]) -> None:
+            async with connect_unix(socket_path) as client:
+                while not done.is_set():
+                    try:
+                        await client.call(
+                            "daemon.exec",
+                            app="shop",
+                            service=service,
+                            method=method,
+                            args=args,
+                            timeout=10.0,
+                        )
+                    except RemoteError as exc:
+                        failures.append(f"{service}: {exc.code}: {exc.message}")
+                    else:
+                        answered[service] += 1
+
+        async with trio.open_nursery() as nursery:
+            calls = (("users", "whoami", []), ("users", "count", []), ("billing", "total", ["u_1"]))
+            for service, method, args in calls:
+                nursery.start_soon(load, service, method, args)
+            with trio.fail_after(CLI_TIMEOUT):
+                reload = await trio.run_process(
+                    omnitron.argv("reload", "shop"),
+                    cwd=omnitron.project,
+                    env=omnitron.env(),
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )
+            done.set()
+        return reload
+
+    reload = trio.run(main)
+    assert reload.returncode == 0, reload.stderr
+    assert failures == []
+    assert answered["users"] > 20
+    assert answered["billing"] > 10
+    [app] = omnitron.wait_online("shop").values()
+    assert entries(app) == [("users", 0), ("users", 1), ("users", 2), ("billing", 3)]
