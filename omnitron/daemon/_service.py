@@ -626,9 +626,10 @@ def _watching(service: DaemonService, enabled: bool | None) -> Watching:
 
 
 def _worker_name(record: AppRecord, index: int) -> str:
-    """``users[1]``: process entry and index of a module-worker app's instance."""
+    """``users (instance 1)``: a module-worker app's process entry and the app-wide
+    instance number (as ``status``, ``logs`` and ``inspect`` number it)."""
     worker = record.processes[index].worker
-    return f"instance {index}" if worker is None else f"{worker.process}[{worker.index}]"
+    return f"instance {index}" if worker is None else f"{worker.process} (instance {index})"
 
 
 def parse_signal(text: str) -> int:
