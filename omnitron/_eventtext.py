@@ -63,6 +63,8 @@ def describe(event: Mapping[str, Any]) -> str:
         return f"app failed: {reason}"
     if kind == "crashed":
         return f"app crashed: {reason}"
+    if kind == "errored":
+        return f"app cannot start as configured: {reason}"
     if kind == "health_failed":
         return _process(event, f"health check failed (pid {event.get('pid')}): {reason}")
     if kind == "memory_restart":

@@ -22,6 +22,7 @@ import attrs
 
 from . import __version__
 from .errors import SystemDefinitionError
+from .worker._api import SERVICE_NAME
 
 __all__ = [
     "HOOK_NAMES",
@@ -69,8 +70,12 @@ class Topology:
 
     Attributes:
         expose: Its services may be accessed by other processes of the system.
-        access: Names of the processes (of this system) whose services it calls.
-            They start before it; a cycle is an error.
+        access: What it calls: names of processes of this system, or names of
+            services that a process of this system serves (``"users"`` for a
+            process whose module has ``@service("users")``). A name that is not a
+            process's is a service's: ``describe`` finds the process serving it
+            (:meth:`System.resolve_access`). The processes it accesses start
+            before it; a cycle is an error.
     """
 
     expose: bool = False
@@ -163,6 +168,70 @@ class System:
     def start_order(self) -> list[str]:
         """Process names with providers before their consumers (see :func:`start_order`)."""
         return start_order(self.processes)
+
+    def service_access(self) -> list[tuple[int, int, str]]:
+        """``(process index, access position, name)`` of each ``access`` entry that
+        names a service, not a process (to be resolved with :meth:`resolve_access`)."""
+        names = {p.name for p in self.processes}
+        return [
+            (index, position, target)
+            for index, process in enumerate(self.processes)
+            for position, target in enumerate(process.topology.access)
+            if target not in names
+        ]
+
+    def resolve_access(self, services: Mapping[str, Iterable[str]]) -> System:
+        """This system with every ``access`` entry naming a process: a service name
+        is replaced by the process that serves it.
+
+        Args:
+            services: The service names each process's module defines, by process.
+
+        Raises:
+            SystemDefinitionError: A service no process serves, or more than one
+                does, or one that the accessing process serves itself, or whose
+                process does not expose it; or a cycle once resolved.
+        """
+        serving: dict[str, list[str]] = {}
+        for process in self.processes:
+            for service in services.get(process.name, ()):
+                serving.setdefault(service, []).append(process.name)
+        names = {p.name for p in self.processes}
+        issues = _Issues()
+        resolved: list[Process] = []
+        for index, process in enumerate(self.processes):
+            access: list[str] = []
+            for position, target in enumerate(process.topology.access):
+                path = f"processes[{index}].topology.access[{position}]"
+                providers = [target] if target in names else serving.get(target, [])
+                if not providers:
+                    known = ", ".join(sorted(serving)) or "none"
+                    issues.add(
+                        path,
+                        f"no process or service named {target!r} in this system "
+                        f"(processes: {', '.join(sorted(names))}; services: {known})",
+                    )
+                elif len(providers) > 1:
+                    issues.add(
+                        path,
+                        f"service {target!r} is served by processes {', '.join(providers)}; "
+                        "name the process to access instead",
+                    )
+                elif providers[0] == process.name and target != process.name:
+                    issues.add(
+                        path,
+                        f"service {target!r} is served by process {process.name!r} itself; "
+                        "a process calls its own services directly",
+                    )
+                elif providers[0] not in access:
+                    access.append(providers[0])
+            topology = attrs.evolve(process.topology, access=tuple(access))
+            resolved.append(attrs.evolve(process, topology=topology))
+        if not issues.items:
+            _check_access(issues, resolved, resolved, by_service=True)
+        if issues.items:
+            raise SystemDefinitionError(issues.items)
+        return attrs.evolve(self, processes=tuple(resolved))
 
     def to_json(self) -> dict[str, object]:
         """The JSON form printed by ``python -m omnitron.worker describe``."""
@@ -461,7 +530,17 @@ def define_system(
     )
 
 
-def _check_access(issues: _Issues, entries: Sequence[object], checked: list[Process]) -> None:
+def _check_access(
+    issues: _Issues,
+    entries: Sequence[object],
+    checked: Sequence[Process],
+    *,
+    by_service: bool = False,
+) -> None:
+    """Check each process's ``access``: a process it names exists, exposes its
+    services and is not itself; no cycle. A name that is no process's but could be
+    a service's is left for :meth:`System.resolve_access` (``by_service``: the
+    names were resolved from service names, and the messages say so)."""
     by_name = {p.name: p for p in checked}
     index_of = {
         entry.name: index
@@ -476,12 +555,19 @@ def _check_access(issues: _Issues, entries: Sequence[object], checked: list[Proc
             if target == process.name:
                 issues.add(path, f"process {target!r} cannot access itself")
             elif provider is None:
+                if SERVICE_NAME.fullmatch(target):
+                    continue  # a service's name: resolved when described
                 known = ", ".join(sorted(by_name)) or "none"
-                issues.add(path, f"no process named {target!r} in this system (known: {known})")
-            elif not provider.topology.expose:
                 issues.add(
                     path,
-                    f"process {target!r} does not expose its services; "
+                    f"no process named {target!r} in this system (known: {known}), and "
+                    "it is not a service name either (a lower-case identifier)",
+                )
+            elif not provider.topology.expose:
+                served = " (it serves a service named here)" if by_service else ""
+                issues.add(
+                    path,
+                    f"process {target!r}{served} does not expose its services; "
                     'give it topology={"expose": True}',
                 )
     graph = {

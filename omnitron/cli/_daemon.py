@@ -356,7 +356,8 @@ def unsettled_apps(status: dict[str, Any]) -> tuple[list[str], float]:
     """The apps of a ``daemon.status`` reply that have not settled, as ``name (status)``,
     and how long to wait before asking again.
 
-    Settled: crashed (given up on), stopped (on purpose, or done), or online with
+    Settled: crashed or errored with no process left (given up on), stopped (on
+    purpose, or done), or online with
     every process up for :data:`FIRST_UPTIME` (:data:`STABLE_UPTIME` once the app
     has restarted). A crash-looping app passes through ``online`` between its
     exits, and ``errored`` is only the moment between an exit and its restart:
@@ -369,6 +370,10 @@ def unsettled_apps(status: dict[str, Any]) -> tuple[list[str], float]:
         state = app.get("status")
         if state in ("crashed", "stopped"):
             continue
+        if state == "errored" and all(
+            p.get("status") == "stopped" for p in app.get("processes") or ()
+        ):
+            continue  # cannot be started as configured: given up on
         if state == "online":
             needed = STABLE_UPTIME if app.get("restarts") else FIRST_UPTIME
             uptimes = [p.get("uptime", 0.0) for p in app.get("processes") or () if p.get("pid")]

@@ -37,6 +37,7 @@ __all__ = [
     "describe_command",
     "describe_environ",
     "describe_sync",
+    "inert_for_workers",
     "interpreter",
     "read_answer",
     "read_description",
@@ -127,6 +128,27 @@ class BootstrapInvalid(ConfigError):
     def __init__(self, issues: Sequence[ConfigIssue], *, identity: bool = False) -> None:
         super().__init__(issues)
         self.identity = identity
+
+
+_INERT_FOR_WORKERS: dict[str, str] = {
+    "instances": (
+        "on a module-worker app: each process's number of workers is its "
+        "Process(..., instances=N) in the bootstrap"
+    ),
+    "ready": (
+        "on a module-worker app: its workers report ready themselves once they serve (sd_notify)"
+    ),
+    "sockets": (
+        "on a module-worker app: its workers serve the daemon on their own sockets "
+        "and are not handed listening sockets"
+    ),
+}
+
+
+def inert_for_workers(table: Mapping[str, object]) -> list[tuple[str, str]]:
+    """``(key, why)`` for each key set in a module-worker app's table that does
+    nothing there (``instances``, ``ready``, ``sockets``): config warnings."""
+    return [(key, why) for key, why in _INERT_FOR_WORKERS.items() if table.get(key) is not None]
 
 
 def interpreter(app: AppConfig) -> str:

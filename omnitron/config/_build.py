@@ -428,6 +428,11 @@ def build_app(
             "applies to module-worker apps (bootstrap) only; a classic app names its "
             "interpreter in its command",
         )
+    if has_bootstrap and not has_command:
+        from ._bootstrap import inert_for_workers
+
+        for key_name, reason in inert_for_workers(table):
+            ctx.note_inert((*path, key_name), reason, yet=False)
     command = build_command(ctx, (*path, "command"), table["command"]) if has_command else None
     bootstrap = (
         build_bootstrap(ctx, (*path, "bootstrap"), table["bootstrap"]) if has_bootstrap else None

@@ -94,7 +94,7 @@ if TYPE_CHECKING:
     from ._records import AppEvent
 
 #: Events the daemon log records as warnings (the rest are info).
-_WARNING_EVENTS = frozenset({"exited", "restart_failed", "failed", "crashed"})
+_WARNING_EVENTS = frozenset({"exited", "restart_failed", "failed", "crashed", "errored"})
 
 
 class LogLine(NamedTuple):

@@ -78,6 +78,11 @@ def _identity(pid: int | None) -> ProcessIdentity | None:
         return None
 
 
+class BootstrapUnusable(UnsupportedApp):
+    """A module-worker app cannot be started as configured: its bootstrap is
+    invalid, or its workers' omnitron speaks another protocol (status ``errored``)."""
+
+
 SCALE_SETTLE = 1.0
 """Seconds each instance added by ``scale`` must stay up for the scale to hold."""
 SCALE_POLL = 0.02
@@ -208,9 +213,9 @@ class Orchestrator:
         event = AppEvent(time=time.time(), kind=kind, **fields)
         self._update(name, lambda record: remember(record, event))
 
-    def _give_up_on(self, name: str, reason: str) -> None:
+    def _give_up_on(self, name: str, reason: str, *, errored: bool = False) -> None:
         now = time.time()
-        self._update(name, lambda record: give_up(record, reason, now), note=True)
+        self._update(name, lambda record: give_up(record, reason, now, errored=errored), note=True)
 
     def _observe(self, event: ev.Event) -> None:
         place = self._builder.places.get(event.path)
@@ -374,7 +379,7 @@ class Orchestrator:
                     await self.sockets.bind(record.config)
                     pools.append(self._builder.app(record.config, record.instances))
                 except UnsupportedApp as exc:
-                    self._give_up_on(name, str(exc))
+                    self._give_up_on(name, str(exc), errored=isinstance(exc, BootstrapUnusable))
         root_spec = self._builder.root(pools)
         async with trio.open_nursery() as nursery:
             root = await nursery.start(
@@ -578,7 +583,7 @@ class Orchestrator:
                     record = self.apps[name]
                     spec = self._builder.app(record.config, record.instances)
                 except UnsupportedApp as exc:
-                    self._give_up_on(name, str(exc))
+                    self._give_up_on(name, str(exc), errored=isinstance(exc, BootstrapUnusable))
                     raise RequestRefused(str(exc)) from None
             if self._stopped(name):
                 return False  # stopped while this call waited for the tree
@@ -624,7 +629,7 @@ class Orchestrator:
         try:
             system = await describe_app(config, index)
         except BootstrapInvalid as exc:
-            raise UnsupportedApp(f"app {name!r} cannot start: {exc}") from None
+            raise BootstrapUnusable(f"app {name!r} cannot start: {exc}") from None
         self.systems[name] = system
         self._update(name, lambda record: attrs.evolve(record, instances=system.size))
 
@@ -774,8 +779,10 @@ class Orchestrator:
             raise RequestRefused(f"instances must be within 1..1024, got {instances}")
         if self.record(name).config.bootstrap is not None:
             raise RequestRefused(
-                f"{name} is a module-worker app: its processes' instances are set in its "
-                "bootstrap (Process(..., instances=N)), then `omnitron restart` it"
+                f"{name} is a module-worker app: `scale` sets one count for the whole app, "
+                "but each of its processes has its own (Process(..., instances=N) in its "
+                f"bootstrap); change that, then `omnitron reload {name}` applies it with no "
+                "downtime"
             )
         async with self._lock(name):
             record = self.record(name)
@@ -895,11 +902,69 @@ class Orchestrator:
 
     async def _reload_pool(self, name: str, pool: Supervisor) -> bool:
         async with self._lock(name):
+            if self.apps[name].config.bootstrap is not None:
+                return await self._reload_workers(name, pool)
             for index in range(self.apps[name].instances):
                 if self._stopped(name) or not await self._succeed(name, pool, index):
                     return False  # stopped (or removed) meanwhile
             self._remember(name, EventKind.RELOADED)
             return True
+
+    async def _reload_workers(self, name: str, pool: Supervisor) -> bool:
+        """Reload a module-worker app from its bootstrap described again: workers
+        added to the process list start first (beside the running ones), then each
+        running index is replaced by the worker it now stands for, then the workers
+        beyond the new count stop. No process entry loses its last worker meanwhile.
+
+        Raises:
+            AppStartFailed: The bootstrap cannot run now, or an added worker did not
+                become ready (nothing was changed: the running workers were kept), or
+                a successor did not (as :meth:`_succeed`).
+        """
+        config = self.apps[name].config
+        index = next(i for i, app in enumerate(self.ecosystem.apps) if app.name == name)
+        try:
+            system = await describe_app(config, index)
+        except BootstrapInvalid as exc:
+            raise AppStartFailed(
+                f"{name}: not reloaded, the running workers were kept: {exc}", app=name
+            ) from None
+        old_system, previous = self.systems.get(name), self.apps[name].instances
+        self.systems[name] = system
+        self._update(name, lambda r: attrs.evolve(r, instances=system.size))
+        added = previous
+        try:
+            for added in range(previous, system.size):
+                # A generation of its own: the worker it stands for may still run
+                # at another index (on that slot's socket) until it is replaced.
+                self._successors += 1
+                child = TreeBuilder.successor_name(added, self._successors)
+                self._current[(name, added)] = child
+                await pool.start_child(self._builder.instance(config, added, child=child))
+        except _GONE as exc:
+            for undo in reversed(range(previous, added + 1)):
+                with contextlib.suppress(*_GONE):
+                    await self._remove_instance(name, pool, undo)
+                self._update(name, functools.partial(_without_process, index=undo))
+            if old_system is not None:
+                self.systems[name] = old_system
+            self._update(name, lambda r: attrs.evolve(r, instances=previous))
+            if self._stopped(name) or not isinstance(exc, StartFailure):
+                return False
+            self._remember(name, EventKind.RELOAD_FAILED, instance=added, reason=exc.reason)
+            raise AppStartFailed(
+                f"{name}: the new worker {added} did not become ready ({exc.reason}); "
+                "not reloaded, the running workers were kept",
+                app=name,
+            ) from None
+        for replaced in range(min(previous, system.size)):
+            if self._stopped(name) or not await self._succeed(name, pool, replaced):
+                return False
+        for extra in reversed(range(system.size, previous)):
+            with contextlib.suppress(*_GONE):
+                await self._remove_instance(name, pool, extra)
+        self._remember(name, EventKind.RELOADED)
+        return True
 
     async def _succeed(self, name: str, pool: Supervisor, index: int) -> bool:
         """Start a successor of process ``index`` beside it; once it is ready, it

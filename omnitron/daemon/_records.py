@@ -75,6 +75,10 @@ class EventKind(enum.Enum):
     ``one_for_all`` / ``rest_for_one``)."""
     CRASHED = "crashed"
     """The app was given up on (``reason``)."""
+    ERRORED = "errored"
+    """The app cannot be started as configured (``reason``: e.g. its workers'
+    omnitron speaks another protocol) and is not tried again until the operator
+    starts it."""
     RELOADED = "reloaded"
     """The operator reloaded the app: each process replaced by a new one that was
     ready before the old one stopped."""
@@ -174,6 +178,9 @@ class AppRecord:
         instances: How many processes it should have (the config's, or a ``scale``).
         desired: The operator's intent (persisted).
         crashed: It exceeded its restart limit (or cannot run) and was given up on.
+        errored: It was given up on because it cannot be started as configured
+            (:func:`give_up` with ``errored``): its status is ``errored``, not
+            ``crashed``.
         restarts: Restarts of its processes (and of the app as a whole), all together.
         last_error: The last failure, one line.
         processes: Its processes by instance (never mutated: each change is a new dict).
@@ -184,6 +191,7 @@ class AppRecord:
     instances: int
     desired: DesiredStatus = DesiredStatus.RUNNING
     crashed: bool = False
+    errored: bool = False
     restarts: int = 0
     last_error: str | None = None
     processes: dict[int, ProcessRecord] = attrs.field(factory=dict)
@@ -196,7 +204,7 @@ class AppRecord:
     @property
     def status(self) -> AppStatus:
         if self.crashed:
-            return AppStatus.CRASHED
+            return AppStatus.ERRORED if self.errored else AppStatus.CRASHED
         if not self.processes:
             if self.desired is DesiredStatus.STOPPED:
                 return AppStatus.STOPPED
@@ -224,8 +232,8 @@ def remember(record: AppRecord, event: AppEvent) -> AppRecord:
 def intend(record: AppRecord, desired: DesiredStatus) -> AppRecord:
     """The operator asked for ``desired``: a crashed app is given a fresh start."""
     if desired is DesiredStatus.RUNNING and record.crashed:
-        return attrs.evolve(record, desired=desired, crashed=False, last_error=None)
-    return attrs.evolve(record, desired=desired, crashed=False)
+        return attrs.evolve(record, desired=desired, crashed=False, errored=False, last_error=None)
+    return attrs.evolve(record, desired=desired, crashed=False, errored=False)
 
 
 def _down(process: ProcessRecord) -> ProcessRecord:
@@ -238,15 +246,21 @@ def _all_down(record: AppRecord) -> dict[int, ProcessRecord]:
     return {index: _down(process) for index, process in record.processes.items()}
 
 
-def give_up(record: AppRecord, reason: str, time: float) -> AppRecord:
+def give_up(record: AppRecord, reason: str, time: float, *, errored: bool = False) -> AppRecord:
     """The app is given up on: ``crashed``, every process down, ``reason`` recorded.
 
-    An app already given up on is returned unchanged.
+    With ``errored`` it is given up on because it cannot be started as configured
+    (not because it crashed too often): its status is ``errored``, and the event
+    recorded is :attr:`EventKind.ERRORED`. An app already given up on is returned
+    unchanged.
     """
     if record.crashed:
         return record
-    crashed = attrs.evolve(record, crashed=True, last_error=reason, processes=_all_down(record))
-    return remember(crashed, AppEvent(time=time, kind=EventKind.CRASHED, reason=reason))
+    crashed = attrs.evolve(
+        record, crashed=True, errored=errored, last_error=reason, processes=_all_down(record)
+    )
+    kind = EventKind.ERRORED if errored else EventKind.CRASHED
+    return remember(crashed, AppEvent(time=time, kind=kind, reason=reason))
 
 
 def health_failed(record: AppRecord, instance: int, reason: str, time: float) -> AppRecord:

@@ -101,7 +101,8 @@ class _View:
             worker = process.worker  # a module-worker app: its process entry's name
             entry = {
                 "name": record.name if worker is None else worker.process,
-                "instance": process.instance if worker is None else worker.index,
+                # The app-wide number, as in logs, inspect, events and OMNITRON_INSTANCE.
+                "instance": process.instance,
                 "pid": process.pid,
                 "status": process.status.value,
                 "restarts": process.restarts,
@@ -625,9 +626,10 @@ def _watching(service: DaemonService, enabled: bool | None) -> Watching:
 
 
 def _worker_name(record: AppRecord, index: int) -> str:
-    """``users[1]``: process entry and index of a module-worker app's instance."""
+    """``users (instance 1)``: a module-worker app's process entry and the app-wide
+    instance number (as ``status``, ``logs`` and ``inspect`` number it)."""
     worker = record.processes[index].worker
-    return f"instance {index}" if worker is None else f"{worker.process}[{worker.index}]"
+    return f"instance {index}" if worker is None else f"{worker.process} (instance {index})"
 
 
 def parse_signal(text: str) -> int:

@@ -8,6 +8,7 @@ bind a module-level ``system`` made by ``define_system``.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.util
 import os
 import sys
@@ -19,7 +20,7 @@ from .. import __version__
 from .._system import PROTOCOL_VERSION, System
 from ..errors import SystemDefinitionError
 
-__all__ = ["BootstrapError", "describe", "identity", "load_bootstrap"]
+__all__ = ["BootstrapError", "describe", "identity", "load_bootstrap", "resolve_access"]
 
 BOOTSTRAP_MODULE: Final = "__omnitron_bootstrap__"
 
@@ -102,11 +103,61 @@ def load_bootstrap(path: str | os.PathLike[str]) -> System:
     return system
 
 
+def _services(system: System, bootstrap: Path) -> dict[str, list[str]]:
+    """The service names of each process's module, imported for it (only when an
+    ``access`` entry names a service rather than a process).
+
+    Raises:
+        BootstrapError: A module fails to import (with the exception and ``file:line``).
+    """
+    from ._discover import service_names
+
+    services: dict[str, list[str]] = {}
+    issues: list[tuple[str, str]] = []
+    for index, process in enumerate(system.processes):
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                module = importlib.import_module(process.module)
+        except Exception as exc:
+            text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            issues.append(
+                (
+                    f"processes[{index}].module",
+                    "imported to find the services named in topology access, and it "
+                    f"failed: {text} ({_where(exc, bootstrap)}); name processes in access "
+                    "to avoid the import",
+                )
+            )
+            continue
+        services[process.name] = service_names(module)
+    if issues:
+        raise BootstrapError(issues)
+    return services
+
+
+def resolve_access(system: System, path: str | os.PathLike[str]) -> System:
+    """``system`` with its service names in ``access`` replaced by the processes
+    serving them (the process modules are imported only if there are any).
+
+    Raises:
+        BootstrapError: A module fails to import, or a name cannot be resolved.
+    """
+    if not system.service_access():
+        return system
+    try:
+        return system.resolve_access(_services(system, Path(path).absolute()))
+    except SystemDefinitionError as exc:
+        raise BootstrapError(list(exc.issues)) from None
+
+
 def describe(path: str | os.PathLike[str]) -> tuple[int, dict[str, object]]:
-    """The ``describe`` answer and exit code: 0 with ``system``, 2 with ``errors``."""
+    """The ``describe`` answer and exit code: 0 with ``system``, 2 with ``errors``.
+
+    ``access`` entries naming services are resolved to the processes serving them.
+    """
     answer = identity()
     try:
-        system = load_bootstrap(path)
+        system = resolve_access(load_bootstrap(path), path)
     except BootstrapError as exc:
         answer["errors"] = [{"path": p, "message": m} for p, m in exc.issues]
         return 2, answer

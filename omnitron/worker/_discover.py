@@ -16,7 +16,7 @@ import attrs
 
 from ._api import LIFECYCLE_MARK, METHOD_NAME, PUBLIC_MARK, SERVICE_MARK
 
-__all__ = ["DiscoveryError", "Discovered", "PublicMethod", "discover"]
+__all__ = ["DiscoveryError", "Discovered", "PublicMethod", "discover", "service_names"]
 
 
 class DiscoveryError(Exception):
@@ -91,6 +91,18 @@ def _class_members(cls: type) -> dict[str, object]:
             continue
         members.update(vars(klass))
     return members
+
+
+def service_names(module: ModuleType) -> list[str]:
+    """The names of the ``@service`` classes defined or imported in ``module``, as
+    :func:`discover` finds them, without making their instances."""
+    names: list[str] = []
+    for attribute in list(vars(module).values()):
+        if isinstance(attribute, type):
+            name = attribute.__dict__.get(SERVICE_MARK)
+            if isinstance(name, str) and name not in names:
+                names.append(name)
+    return names
 
 
 def discover(module: ModuleType) -> Discovered:

@@ -53,3 +53,12 @@ def test_transient_states_are_not_an_answer(state: str) -> None:
 
 def test_no_apps_is_settled() -> None:
     assert unsettled_apps({"apps": []}) == ([], 0.0)
+
+
+def test_errored_with_no_process_left_is_settled() -> None:
+    # Given up on at once: it cannot be started as configured.
+    never_ran = {"name": "a", "status": "errored", "restarts": 0, "processes": []}
+    assert unsettled_apps({"apps": [never_ran]}) == ([], 0.0)
+    down = app("a", "stopped", 0.0)
+    given_up = {**down, "status": "errored"}
+    assert unsettled_apps({"apps": [given_up]}) == ([], 0.0)

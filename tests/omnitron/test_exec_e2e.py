@@ -101,7 +101,7 @@ def test_exec_round_trips_with_args_and_structured_errors(omnitron: Omnitron) ->
     assert [(p["name"], p["instance"]) for p in app["processes"]] == [
         ("users", 0),
         ("users", 1),
-        ("billing", 0),
+        ("billing", 2),  # instances are numbered across the app
     ]
     # Topology order: both users workers were online before billing started.
     events = omnitron.json("inspect", "shop")["recent_events"]
@@ -269,7 +269,7 @@ def test_a_worker_of_another_protocol_is_errored_without_a_restart_loop(
     warning = [line for line in up.stderr.splitlines() if "speaks worker protocol 2" in line]
     assert warning, up.stderr
     [app] = omnitron.status()["apps"]
-    assert app["status"] == "crashed"
+    assert app["status"] == "errored"  # it cannot start as configured
     for text in ("is 0.0.9 and speaks worker protocol 2", "is 0.1.0 and speaks worker protocol 1"):
         assert text in app["last_error"]
     assert sys.executable in app["last_error"]  # the worker's interpreter
@@ -277,7 +277,9 @@ def test_a_worker_of_another_protocol_is_errored_without_a_restart_loop(
     assert app["restarts"] == 0
     assert app["processes"] == []
     assert [p for p in marked(omnitron.home, apps_only=True)] == []
-    assert omnitron.status()["apps"][0]["status"] == "crashed"
+    assert omnitron.status()["apps"][0]["status"] == "errored"
+    inspected = json.loads(omnitron.run("--json", "inspect", "shop").stdout)
+    assert inspected["recent_events"][-1]["kind"] == "errored"
 
 
 # --------------------------------------------------------------------------- reload

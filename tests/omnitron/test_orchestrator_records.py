@@ -360,6 +360,33 @@ def test_operator_transitions(config: AppConfig) -> None:
     assert noted.events[-1].describe() == "scaled 1 -> 3"
 
 
+def test_an_app_that_cannot_start_as_configured_is_errored_not_crashed(
+    config: AppConfig,
+) -> None:
+    up = feed(AppRecord(config=config, instances=1), [started(0, 100, t=1), ready(0, 100, t=2)])
+    record = give_up(up, "speaks worker protocol 2", 5.0, errored=True)
+    assert (record.crashed, record.errored, record.status) == (True, True, AppStatus.ERRORED)
+    assert record.last_error == "speaks worker protocol 2"
+    assert record.processes[0].status is AppStatus.STOPPED
+    assert record.events[-1] == AppEvent(
+        time=5.0, kind=EventKind.ERRORED, reason="speaks worker protocol 2"
+    )
+    assert record.events[-1].describe() == (
+        "app cannot start as configured: speaks worker protocol 2"
+    )
+    assert give_up(record, "again", 6.0) is record
+    # An operator's start gives it a fresh start; a later crash is a crash.
+    running = intend(record, DesiredStatus.RUNNING)
+    assert (running.crashed, running.errored, running.status) == (
+        False,
+        False,
+        AppStatus.STOPPED,  # its processes are down until the new start spawns them
+    )
+    assert give_up(running, "limit", 7.0).status is AppStatus.CRASHED
+    stopped_ = intend(record, DesiredStatus.STOPPED)
+    assert (stopped_.errored, stopped_.status) == (False, AppStatus.STOPPED)
+
+
 def test_the_wire_form_of_an_event() -> None:
     assert AppEvent(time=1.5, kind=EventKind.ONLINE, instance=0, pid=9).to_wire() == {
         "time": 1.5,

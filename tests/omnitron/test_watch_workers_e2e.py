@@ -58,7 +58,7 @@ def test_a_module_reloads_its_importers_and_the_bootstrap_the_app(omnitron: Omni
     assert second["users"] == first["users"]
     wait_for(lambda: _status(omnitron)["reloads"] == 1, "the reload recorded")
     logs = omnitron.ok("logs", "shop", "--lines", "500").stdout
-    assert "watch: reloading only billing[0]" in logs
+    assert "watch: reloading only billing (instance 2)" in logs
 
     # A broken users.py: the new users worker fails; the old ones keep serving.
     users = omnitron.project / "shop" / "users.py"

@@ -146,3 +146,81 @@ def test_usage_error_exits_2() -> None:
     )
     assert done.returncode == 2
     assert "usage: python -m omnitron.worker describe BOOTSTRAP_FILE" in done.stderr
+
+
+SPEC_BOOTSTRAP = """
+    from omnitron import define_system, Process
+    system = define_system(name="shop", version="1.0", processes=[
+        Process(name="billing", module="shop.billing", topology={"access": ["users"]}),
+        Process(name="http", module="shop.http", instances=2, topology={"expose": True}),
+    ])
+    """
+
+
+def spec_project(tmp_path: Path, http: str) -> Path:
+    """SPEC's layout: ``billing`` accesses the ``users`` service of process ``http``."""
+    (tmp_path / "shop").mkdir()
+    write(tmp_path, "", "shop/__init__.py")
+    write(tmp_path, http, "shop/http.py")
+    write(
+        tmp_path,
+        """
+        from omnitron.worker import public, service
+        print("billing imported")
+        @service("billing")
+        class Billing:
+            @public
+            async def total(self) -> int:
+                return 0
+        """,
+        "shop/billing.py",
+    )
+    return write(tmp_path, SPEC_BOOTSTRAP)
+
+
+USERS = """
+    from omnitron.worker import public, service
+    @service("users")
+    class Users:
+        def __init__(self) -> None:
+            raise AssertionError("describing never makes a service's instance")
+        @public
+        async def find_by_id(self, uid: str) -> dict:
+            return {"id": uid}
+    """
+
+
+def test_describe_resolves_a_service_named_in_access_to_its_process(tmp_path: Path) -> None:
+    code, answer, stderr = describe(spec_project(tmp_path, USERS))
+    assert code == 0, answer
+    system = answer["system"]
+    assert isinstance(system, dict)
+    assert system["start_order"] == ["http", "billing"]
+    assert system["processes"][0]["topology"] == {"expose": False, "access": ["http"]}
+    assert "billing imported" in stderr  # the modules' output stays off stdout
+
+
+def test_describe_reports_a_service_name_no_process_serves(tmp_path: Path) -> None:
+    http = USERS.replace('@service("users")', '@service("accounts")')
+    code, answer, _ = describe(spec_project(tmp_path, http))
+    assert code == 2
+    assert answer["errors"] == [
+        {
+            "path": "processes[0].topology.access[0]",
+            "message": "no process or service named 'users' in this system "
+            "(processes: billing, http; services: accounts, billing)",
+        }
+    ]
+
+
+def test_describe_reports_a_module_imported_for_its_services_that_fails(
+    tmp_path: Path,
+) -> None:
+    code, answer, _ = describe(spec_project(tmp_path, "import no_such_module\n"))
+    assert code == 2
+    [error] = answer["errors"]  # type: ignore[misc]
+    assert error["path"] == "processes[1].module"
+    assert error["message"].startswith(
+        "imported to find the services named in topology access, and it failed: "
+        f"ModuleNotFoundError: No module named 'no_such_module' ({tmp_path}/shop/http.py:1)"
+    )

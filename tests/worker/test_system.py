@@ -68,9 +68,10 @@ def _ok(**overrides: Any) -> dict[str, Any]:
             "must be an integer",
         ),
         (
-            {"processes": [Process(name="a", module="m", topology={"access": ["ghost"]})]},
+            {"processes": [Process(name="a", module="m", topology={"access": ["Ghost"]})]},
             "processes[0].topology.access[0]",
-            "no process named 'ghost'",
+            "no process named 'Ghost' in this system (known: a), and it is not a service "
+            "name either",
         ),
         (
             {
@@ -253,3 +254,98 @@ def test_lazy_exports_do_not_load_the_worker_definitions_early() -> None:
         "assert 'omnitron._system' in sys.modules; assert 'trio' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------ access by service name
+
+
+def spec_system() -> System:
+    """SPEC's example: ``billing`` accesses the ``users`` service, served by ``http``."""
+    return define_system(
+        "shop",
+        "1.0",
+        [
+            Process(name="billing", module="shop.billing", topology={"access": ["users"]}),
+            Process(name="http", module="shop.http", instances=2, topology={"expose": True}),
+        ],
+    )
+
+
+def test_access_may_name_a_service_resolved_to_the_process_serving_it() -> None:
+    system = spec_system()
+    assert system.service_access() == [(0, 0, "users")]
+    resolved = system.resolve_access({"billing": ["billing"], "http": ["users", "orders"]})
+    assert resolved.process("billing").topology == Topology(access=("http",))
+    assert resolved.start_order() == ["http", "billing"]
+    assert resolved.service_access() == []
+    # A name that is a process's stays that process's, whatever serves a service so named.
+    both = define_system(
+        "shop",
+        "1",
+        [
+            Process(name="users", module="m", topology={"expose": True}),
+            Process(name="b", module="n", topology={"access": ["users"]}),
+        ],
+    )
+    assert both.service_access() == []
+    assert both.resolve_access({"b": ["users"]}) == both
+
+
+@pytest.mark.parametrize(
+    ("services", "expose", "message"),
+    [
+        (
+            {"http": ["orders"]},
+            True,
+            "no process or service named 'users' in this system "
+            "(processes: billing, http; services: orders)",
+        ),
+        (
+            {"http": ["users"], "billing": ["users"]},
+            True,
+            "service 'users' is served by processes billing, http; name the process",
+        ),
+        (
+            {"billing": ["users"]},
+            True,
+            "service 'users' is served by process 'billing' itself",
+        ),
+        (
+            {"http": ["users"]},
+            False,
+            "process 'http' (it serves a service named here) does not expose its services",
+        ),
+    ],
+)
+def test_a_service_name_that_cannot_be_resolved_is_an_error(
+    services: dict[str, list[str]], expose: bool, message: str
+) -> None:
+    system = define_system(
+        "shop",
+        "1.0",
+        [
+            Process(name="billing", module="shop.billing", topology={"access": ["users"]}),
+            Process(name="http", module="shop.http", topology={"expose": expose}),
+        ],
+    )
+    with pytest.raises(SystemDefinitionError) as info:
+        system.resolve_access(services)
+    [(path, text)] = info.value.issues
+    assert path == "processes[0].topology.access[0]"
+    assert text.startswith(message), text
+
+
+def test_a_cycle_through_a_service_name_is_rejected() -> None:
+    system = define_system(
+        "shop",
+        "1",
+        [
+            Process(name="a", module="m", topology={"expose": True, "access": ["beta"]}),
+            Process(name="b", module="n", topology={"expose": True, "access": ["a"]}),
+        ],
+    )
+    with pytest.raises(SystemDefinitionError) as info:
+        system.resolve_access({"b": ["beta"]})
+    assert list(info.value.issues) == [
+        ("processes[0].topology.access", "topology cycle: a -> b -> a")
+    ]
