@@ -8,11 +8,13 @@ ignored, and an ignored signal survives ``exec``, so a child inheriting it
 could never be stopped by it.
 
 The common case uses :class:`subprocess.Popen` (CPython uses ``vfork``; it
-resets SIGPIPE and SIGXFSZ, which Python itself ignores). Children that need
-file descriptors at fixed numbers (listening sockets at 3..., ``Ready.fd(n)``),
-and every child while this process ignores another signal or blocks one, use
-:func:`os.posix_spawn` with file actions and signal attributes, which run no
-Python code between fork and exec.
+resets SIGPIPE and SIGXFSZ, which Python itself ignores); signals this process
+ignores are caught by a no-op handler for the instant of the spawn, so that
+``exec`` resets them. Children that need file descriptors at fixed numbers
+(listening sockets at 3..., ``Ready.fd(n)``), and every child while the
+spawning thread blocks a signal (or is not the main thread while a signal is
+ignored), use :func:`os.posix_spawn` with file actions and signal attributes,
+which run no Python code between fork and exec.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import importlib
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Final
 
 from ._errors import SpawnError
@@ -36,7 +39,7 @@ _SHELL: Final = "/bin/sh"
 _RESETTABLE: Final = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 # What Popen resets by itself (restore_signals): Python ignores these at start-up.
 _POPEN_RESETS: Final = frozenset({signal.SIGPIPE, signal.SIGXFSZ})
-_CHECKED: Final = tuple(sorted(_RESETTABLE - _POPEN_RESETS))
+_CHECKED: Final[tuple[int, ...]] = tuple(sorted(_RESETTABLE - _POPEN_RESETS))
 # signal.getsignal converts every answer to an enum (about 1 us a call here); the
 # C function answers the plain number in well under a tenth of that.
 _getsignal: Callable[[int], object] = getattr(
@@ -45,17 +48,41 @@ _getsignal: Callable[[int], object] = getattr(
 _IGNORED: Final = int(signal.SIG_IGN)
 
 
-def _inherited_signal_state_is_clean() -> bool:
-    """Whether a vfork child of this thread would start with default signals.
+def _ignored_signals() -> list[int] | None:
+    """The signals to stop ignoring around a ``Popen``, or ``None`` if it cannot do.
 
-    False when this thread blocks a signal, or this process ignores a signal
-    Popen does not reset (``nohup`` ignores SIGHUP, a background job SIGINT and
-    SIGQUIT). Caught signals are no concern: ``exec`` resets handlers.
+    A vfork child starts with this thread's signal mask and this process's
+    ignored signals (``nohup`` ignores SIGHUP, a background job SIGINT and
+    SIGQUIT); caught signals are no concern, ``exec`` resets them. ``None``
+    when this thread blocks a signal, or when a signal is ignored and this is
+    not the main thread (only it may change a disposition).
     """
     if signal.pthread_sigmask(signal.SIG_BLOCK, ()):
-        return False
+        return None
     getsignal = _getsignal
-    return not any(getsignal(sig) == _IGNORED for sig in _CHECKED)
+    ignored = [sig for sig in _CHECKED if getsignal(sig) == _IGNORED]
+    if ignored and threading.current_thread() is not threading.main_thread():
+        return None
+    return ignored
+
+
+def _discard(signum: int, frame: object) -> None:
+    """Catches an ignored signal for the instant of a spawn: still ignored here,
+    and reset to its default by the child's ``exec``."""
+
+
+@contextlib.contextmanager
+def _caught(signals: Sequence[int]) -> Iterator[None]:
+    """Turn ignored ``signals`` into caught-and-discarded ones for the block."""
+    changed: list[int] = []
+    try:
+        for sig in signals:
+            signal.signal(sig, _discard)
+            changed.append(sig)
+        yield
+    finally:
+        for sig in changed:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _inheritable_fds() -> list[int]:
@@ -215,17 +242,19 @@ def spawn_child(
     Raises:
         OSError: The OS refused (see :func:`_spawn_error` for the message).
     """
-    if not extra_fds and _inherited_signal_state_is_clean():
-        popen = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=cwd,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,
-            close_fds=True,
-        )
+    ignored = None if extra_fds else _ignored_signals()
+    if ignored is not None:
+        with _caught(ignored):
+            popen = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=cwd,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+                close_fds=True,
+            )
         # The runner reaps this pid itself (pidfd, then waitpid by pid). A
         # returncode keeps Popen from ever waiting on it (its __del__ would
         # otherwise queue it for subprocess._cleanup(), which could reap it)

@@ -294,8 +294,8 @@ async def test_closed_runner_refuses_to_run(slots, child) -> None:
 
 # --------------------------------------------------------------------------- signal dispositions
 
-# A parent launched by nohup or as a background job: SIGHUP and SIGINT ignored,
-# SIGUSR1 blocked. It spawns `sleep` three ways (Popen, Popen with a cwd, and
+# A parent launched by nohup or as a background job: SIGHUP and SIGINT ignored
+# (and SIGUSR1 blocked, given "block"). It spawns `sleep` three ways (Popen, Popen with a cwd, and
 # posix_spawn with an fd placed at 3), prints their pids, waits for its stdin to
 # close, then kills and reaps them.
 _IGNORING_PARENT = """
@@ -304,7 +304,8 @@ from supervision._spawn import spawn_child
 
 signal.signal(signal.SIGHUP, signal.SIG_IGN)
 signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+if sys.argv[1] == "block":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
 null = os.open(os.devnull, os.O_RDWR)
 ways = {"plain": ({}, None), "cwd": ({}, "/"), "fds": ({3: null}, None)}
 pids = {
@@ -339,9 +340,10 @@ def _bit(sig: int) -> int:
 _SETTABLE = sum(_bit(s) for s in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
 
 
-def test_children_start_with_default_signals_whatever_the_parent_ignores() -> None:
+@pytest.mark.parametrize("mask", ["block", "no-block"])
+def test_children_start_with_default_signals_whatever_the_parent_ignores(mask: str) -> None:
     with subprocess.Popen(
-        [sys.executable, "-c", _IGNORING_PARENT],
+        [sys.executable, "-c", _IGNORING_PARENT, mask],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -352,9 +354,10 @@ def test_children_start_with_default_signals_whatever_the_parent_ignores() -> No
             pids: dict[str, int] = json.loads(parent.stdout.readline())
             assert set(pids) == {"plain", "cwd", "fds"}
             parent_masks = _signal_masks(parent.pid)
-            # The parent really is in the state a nohup'ed supervisor is in.
+            # The parent really is in the state a nohup'ed supervisor is in, still.
             assert parent_masks["SigIgn"] & _bit(signal.SIGHUP)
             assert parent_masks["SigIgn"] & _bit(signal.SIGINT)
+            assert bool(parent_masks["SigBlk"] & _bit(signal.SIGUSR1)) == (mask == "block")
             deadline = time.monotonic() + TIMEOUT
             for way, pid in pids.items():
                 # The placement path may pass through a shell first: wait for the exec.
