@@ -424,8 +424,9 @@ class ProcessRunner:
             if child.reaped:
                 gen.check.settle(child.pid)
             self._status_text = gen.check.status_text or self._status_text
-            with trio.CancelScope(shield=True):
-                await self._drain(gen)
+            if gen.pumps:  # no scope to set up on the restart path without output pipes
+                with trio.CancelScope(shield=True):
+                    await self._drain(gen)
             child.stop_watching()
             nursery.cancel_scope.cancel()
 

@@ -1,21 +1,32 @@
 """Spawning a child process: ``Popen`` (vfork) or ``posix_spawn`` with fd placements.
 
 Children are started synchronously in the Trio thread, each in a new session
-(its pid is its process group and session id). The common case uses
-:class:`subprocess.Popen` (CPython uses ``vfork``). Children that need file
-descriptors at fixed numbers (listening sockets at 3..., ``Ready.fd(n)``) use
-:func:`os.posix_spawn` with file actions, which places them in the child
-without running Python code between fork and exec.
+(its pid is its process group and session id), with every signal at its
+default disposition and an empty signal mask, as systemd starts services: a
+supervisor launched with ``nohup`` or as a background job has SIGHUP or SIGINT
+ignored, and an ignored signal survives ``exec``, so a child inheriting it
+could never be stopped by it.
+
+The common case uses :class:`subprocess.Popen` (CPython uses ``vfork``; it
+resets SIGPIPE and SIGXFSZ, which Python itself ignores); signals this process
+ignores are caught by a no-op handler for the instant of the spawn, so that
+``exec`` resets them. Children that need file descriptors at fixed numbers
+(listening sockets at 3..., ``Ready.fd(n)``), and every child while the
+spawning thread blocks a signal (or is not the main thread while a signal is
+ignored), use :func:`os.posix_spawn` with file actions and signal attributes,
+which run no Python code between fork and exec.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import os
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Final
 
 from ._errors import SpawnError
@@ -23,6 +34,55 @@ from ._errors import SpawnError
 __all__: list[str] = []
 
 _SHELL: Final = "/bin/sh"
+
+# Every signal a child may have a disposition for (SIGKILL and SIGSTOP have none).
+_RESETTABLE: Final = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
+# What Popen resets by itself (restore_signals): Python ignores these at start-up.
+_POPEN_RESETS: Final = frozenset({signal.SIGPIPE, signal.SIGXFSZ})
+_CHECKED: Final[tuple[int, ...]] = tuple(sorted(_RESETTABLE - _POPEN_RESETS))
+# signal.getsignal converts every answer to an enum (about 1 us a call here); the
+# C function answers the plain number in well under a tenth of that.
+_getsignal: Callable[[int], object] = getattr(
+    importlib.import_module("_signal"), "getsignal", signal.getsignal
+)
+_IGNORED: Final = int(signal.SIG_IGN)
+
+
+def _ignored_signals() -> list[int] | None:
+    """The signals to stop ignoring around a ``Popen``, or ``None`` if it cannot do.
+
+    A vfork child starts with this thread's signal mask and this process's
+    ignored signals (``nohup`` ignores SIGHUP, a background job SIGINT and
+    SIGQUIT); caught signals are no concern, ``exec`` resets them. ``None``
+    when this thread blocks a signal, or when a signal is ignored and this is
+    not the main thread (only it may change a disposition).
+    """
+    if signal.pthread_sigmask(signal.SIG_BLOCK, ()):
+        return None
+    getsignal = _getsignal
+    ignored = [sig for sig in _CHECKED if getsignal(sig) == _IGNORED]
+    if ignored and threading.current_thread() is not threading.main_thread():
+        return None
+    return ignored
+
+
+def _discard(signum: int, frame: object) -> None:
+    """Catches an ignored signal for the instant of a spawn: still ignored here,
+    and reset to its default by the child's ``exec``."""
+
+
+@contextlib.contextmanager
+def _caught(signals: Sequence[int]) -> Iterator[None]:
+    """Turn ignored ``signals`` into caught-and-discarded ones for the block."""
+    changed: list[int] = []
+    try:
+        for sig in signals:
+            signal.signal(sig, _discard)
+            changed.append(sig)
+        yield
+    finally:
+        for sig in changed:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _inheritable_fds() -> list[int]:
@@ -176,22 +236,25 @@ def spawn_child(
 
     ``stdout``/``stderr`` of ``None`` are inherited. ``extra_fds`` maps fd
     numbers in the child to fds here; ``listen_pid`` sets ``LISTEN_PID`` in the
-    child (socket activation).
+    child (socket activation). The child starts with every signal at its
+    default disposition and none blocked, whatever this process ignores.
 
     Raises:
         OSError: The OS refused (see :func:`_spawn_error` for the message).
     """
-    if not extra_fds:
-        popen = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=cwd,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,
-            close_fds=True,
-        )
+    ignored = None if extra_fds else _ignored_signals()
+    if ignored is not None:
+        with _caught(ignored):
+            popen = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=cwd,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,
+                close_fds=True,
+            )
         # The runner reaps this pid itself (pidfd, then waitpid by pid). A
         # returncode keeps Popen from ever waiting on it (its __del__ would
         # otherwise queue it for subprocess._cleanup(), which could reap it)
@@ -215,6 +278,6 @@ def spawn_child(
         env,
         file_actions=_file_actions(placements),
         setsid=True,
-        setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+        setsigdef=_RESETTABLE,
         setsigmask=(),
     )

@@ -492,9 +492,14 @@ class _Engine:
                     self._begin_start(due)
                     continue
                 # Only the wait is bounded by the next restart's deadline: handling a
-                # message is never cut short by another child's timer.
-                with trio.move_on_at(self._next_deadline()):
+                # message is never cut short by another child's timer. Without a
+                # restart pending (a storm's immediate restarts), no scope is set up.
+                deadline = self._next_deadline()
+                if deadline == math.inf:
                     message = await self._inbox.receive()
+                else:
+                    with trio.move_on_at(deadline):
+                        message = await self._inbox.receive()
                 if message is None:
                     continue
             await self._handle(message)

@@ -3,19 +3,73 @@
 Configured once, by the daemon, at start-up (libraries only get loggers). Both
 structlog events and the standard ``logging`` records of the supervision library
 end up in the same file, one ``key=value`` line each.
+
+:func:`log_event` writes the same line for the events the daemon logs on every
+restart of an app, rendered directly instead of through structlog's and the
+standard library's processor chains (a crash storm logs three per restart).
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from ._safefile import SafeFileHandler, check_log_directory
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "log_event"]
+
+_KEY_ORDER = ["timestamp", "level", "event"]
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_UTC = datetime.UTC
+
+
+class _Formatter(structlog.stdlib.ProcessorFormatter):
+    """The daemon log's formatter; a record :func:`log_event` rendered passes as is."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = getattr(record, "omnitron_line", None)
+        return line if isinstance(line, str) else super().format(record)
+
+
+def log_event(logger: Any, level: str, event: str, **fields: Any) -> None:
+    """Log ``event`` with ``fields`` at ``level`` as ``logger.<level>(event, **fields)`` would.
+
+    While the root logger writes only through :func:`configure_logging`'s
+    handlers, the line (``timestamp=... level=... event=... key=repr(value)...``,
+    context variables first among the fields, as the key-value renderer orders
+    them) is rendered here and handed to those handlers as one record;
+    otherwise (not configured, or a test capturing logs) it goes through ``logger``.
+    """
+    numeric = _LEVELS.get(level)
+    root = logging.getLogger()
+    handlers = root.handlers
+    if (
+        numeric is None
+        or not handlers
+        or any(not isinstance(h.formatter, _Formatter) for h in handlers)
+    ):
+        getattr(logger, level)(event, **fields)
+        return
+    if not root.isEnabledFor(numeric):
+        return
+    stamp = datetime.datetime.now(tz=_UTC).isoformat().replace("+00:00", "Z")
+    items = {**structlog.contextvars.get_contextvars(), **fields}
+    for key in _KEY_ORDER:
+        items.pop(key, None)
+    line = " ".join(
+        [
+            f"timestamp={stamp!r} level={level!r} event={event!r}",
+            *[f"{key}={value!r}" for key, value in items.items()],
+        ]
+    )
+    record = logging.LogRecord("omnitron", numeric, __file__, 0, line, None, None)
+    record.omnitron_line = line
+    root.handle(record)
 
 
 def configure_logging(
@@ -40,7 +94,7 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
+    formatter = _Formatter(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,

@@ -52,6 +52,7 @@ from typing import Any, NamedTuple
 import structlog
 import trio
 
+from ._logging import log_event
 from ._safefile import UnsafeLogPath, check_log_directory, open_for_append
 
 __all__ = [
@@ -406,7 +407,7 @@ class LogCollector:
         kind = fields.pop("kind")
         level = "warning" if kind in _WARNING_EVENTS else "info"
         try:
-            getattr(log, level)(f"app_{kind}", app=app, **fields)
+            log_event(log, level, f"app_{kind}", app=app, **fields)
         except Exception:  # a failing daemon log never reaches supervision (PC-21)
             self.write_errors += 1
 

@@ -7,6 +7,9 @@ import json
 import os
 import resource
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from supervision._spawn import _spawn_error
 from supervision._spec import Listen, Output, ProcessChild, Ready
 
 CHILDREN = Path(__file__).resolve().parent.parent / "fixtures" / "children"
+TIMEOUT = 10.0
 
 # --------------------------------------------------------------------------- errors (PL-01..04)
 
@@ -286,3 +290,83 @@ async def test_closed_runner_refuses_to_run(slots, child) -> None:
     await slot.runner.aclose()
     with pytest.raises(RuntimeError, match="closed"):
         await slot.runner.run(lambda pid: None)
+
+
+# --------------------------------------------------------------------------- signal dispositions
+
+# A parent launched by nohup or as a background job: SIGHUP and SIGINT ignored
+# (and SIGUSR1 blocked, given "block"). It spawns `sleep` three ways (Popen, Popen with a cwd, and
+# posix_spawn with an fd placed at 3), prints their pids, waits for its stdin to
+# close, then kills and reaps them.
+_IGNORING_PARENT = """
+import json, os, signal, sys
+from supervision._spawn import spawn_child
+
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+if sys.argv[1] == "block":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+null = os.open(os.devnull, os.O_RDWR)
+ways = {"plain": ({}, None), "cwd": ({}, "/"), "fds": ({3: null}, None)}
+pids = {
+    way: spawn_child(
+        ["sleep", "30"], env=dict(os.environ), cwd=cwd, stdin=null, stdout=null,
+        stderr=null, extra_fds=fds, listen_pid=False,
+    )
+    for way, (fds, cwd) in ways.items()
+}
+print(json.dumps(pids), flush=True)
+sys.stdin.read()
+for pid in pids.values():
+    os.killpg(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+"""
+
+
+def _signal_masks(pid: int | str) -> dict[str, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("SigIgn", "SigBlk"):
+            fields[key] = int(value.strip(), 16)
+    return fields
+
+
+def _bit(sig: int) -> int:
+    return 1 << (sig - 1)
+
+
+# Every signal a process can set a disposition for (glibc keeps 32 and 33 to itself).
+_SETTABLE = sum(_bit(s) for s in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
+
+
+@pytest.mark.parametrize("mask", ["block", "no-block"])
+def test_children_start_with_default_signals_whatever_the_parent_ignores(mask: str) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", _IGNORING_PARENT, mask],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as parent:
+        assert parent.stdin is not None
+        assert parent.stdout is not None
+        try:
+            pids: dict[str, int] = json.loads(parent.stdout.readline())
+            assert set(pids) == {"plain", "cwd", "fds"}
+            parent_masks = _signal_masks(parent.pid)
+            # The parent really is in the state a nohup'ed supervisor is in, still.
+            assert parent_masks["SigIgn"] & _bit(signal.SIGHUP)
+            assert parent_masks["SigIgn"] & _bit(signal.SIGINT)
+            assert bool(parent_masks["SigBlk"] & _bit(signal.SIGUSR1)) == (mask == "block")
+            deadline = time.monotonic() + TIMEOUT
+            for way, pid in pids.items():
+                # The placement path may pass through a shell first: wait for the exec.
+                while Path(f"/proc/{pid}/comm").read_text().strip() != "sleep":
+                    assert time.monotonic() < deadline, f"{way}: sleep never ran"
+                    time.sleep(0.01)
+                masks = _signal_masks(pid)
+                assert masks["SigIgn"] & _SETTABLE == 0, (way, hex(masks["SigIgn"]))
+                assert masks["SigBlk"] == 0, (way, hex(masks["SigBlk"]))
+        finally:
+            parent.stdin.close()
+            parent.wait(timeout=TIMEOUT)

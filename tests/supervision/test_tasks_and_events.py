@@ -25,6 +25,7 @@ from supervision import (
     ChildState,
     Intensity,
     ProcessChild,
+    Ready,
     Restart,
     StartFailure,
     Subscription,
@@ -557,3 +558,28 @@ async def test_fake_killed_by_its_stop_signal_is_a_normal_exit() -> None:
         await trio.sleep(10)
         restarts = {info.name: info.restarts for info in sup.which_children()}
     assert restarts == {"term": 0, "usr1": 1}
+
+
+async def test_a_subscriber_that_never_reads_does_not_hold_back_real_restarts() -> None:
+    # A crash loop of a real process: a subscription of 2 events nobody reads
+    # loses its oldest events while the restarts go on at the reader's pace.
+    child = ProcessChild(["/bin/sh", "-c", "exit 1"], ready=Ready.on_spawn())
+    spec = SupervisorSpec(
+        name="root", backoff=Backoff.none(), intensity=Intensity(max_restarts=10**6, window=1.0)
+    )
+    with trio.fail_after(30):
+        async with open_supervisor(spec) as sup:
+            stalled = sup.subscribe(buffer=2)
+            events = sup.subscribe()
+            await sup.start_child(ChildSpec("crashy", child))
+            starts = 0
+            async for event in events:
+                assert not isinstance(event, EventsDropped)
+                if isinstance(event, ChildStarted):
+                    starts += 1
+                    if starts == 30:
+                        break
+            assert stalled.dropped >= 4 * 29 - 2
+            marker = await anext(stalled)
+            assert isinstance(marker, EventsDropped)
+            assert marker.count >= 4 * 29 - 2
