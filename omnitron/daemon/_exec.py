@@ -20,7 +20,7 @@ bytes the worker encoded (:attr:`ExecResult.raw`, spliced into the reply by
 
 from __future__ import annotations
 
-import collections
+import functools
 import itertools
 import re
 from collections.abc import Callable, Mapping
@@ -88,6 +88,8 @@ CONNECT_TIMEOUT = 5.0
 """Seconds to connect to a worker's socket and learn its services."""
 REPLY_GRACE = 1.0
 """How much longer than its timeout the daemon waits for a worker's own ``TIMEOUT``."""
+CHECKED_NAMES_MAX = 4096
+"""Well-formed ``(service, method)`` pairs remembered (so not matched again per call)."""
 DRAIN_TIMEOUT = 30.0
 """Default seconds :meth:`Router.drain` waits for the calls in flight on an instance."""
 
@@ -210,24 +212,15 @@ class ExecResult:
     def to_wire(self) -> Encoded:
         """``{"result", "process", "instance", "pid"}``, the result spliced in as it came."""
         return Encoded(
-            b"".join(
-                (
-                    b"\x84\xa6result",
-                    self.raw,
-                    b"\xa7process",
-                    _packb(self.process),
-                    b"\xa8instance",
-                    _packb(self.instance),
-                    b"\xa3pid",
-                    _packb(self.pid),
-                )
-            )
+            b"\x84\xa6result" + self.raw + _answered_by(self.process, self.instance, self.pid)
         )
 
 
-def _packb(value: object) -> bytes:
-    data: bytes = msgpack.packb(value, use_bin_type=True)
-    return data
+@functools.lru_cache(maxsize=4096)
+def _answered_by(process: str, instance: int, pid: int) -> bytes:
+    """The packed ``process``, ``instance`` and ``pid`` entries of an ``exec`` reply."""
+    data: bytes = msgpack.packb({"process": process, "instance": instance, "pid": pid})
+    return data[1:]  # the entries without the map's header
 
 
 _Key = tuple[str, int, int]
@@ -257,7 +250,8 @@ class Router:
         self._links: dict[_Key, WorkerLink] = {}
         self._opening: dict[_Key, trio.Lock] = {}
         self._turn: dict[tuple[str, str], itertools.count[int]] = {}
-        self._inflight: collections.Counter[_Key] = collections.Counter()
+        self._inflight: dict[_Key, int] = {}
+        self._checked: set[tuple[str, str]] = set()  # (service, method) names found public
         self._idle: dict[_Key, trio.Event] = {}
         self._draining: set[_Key] = set()
         self._drains = 0  # changes each time a process starts draining
@@ -447,11 +441,15 @@ class Router:
             raise RequestRefused(
                 f"timeout must be within (0, {MAX_EXEC_TIMEOUT:g}] seconds, got {within:g}"
             )
-        for what, name in (("service", service), ("method", method)):
-            if not _PUBLIC_NAME.fullmatch(name) or (
-                what == "service" and name in _RESERVED_SERVICES
-            ):
-                raise MethodNotFound(f"no public {what} named {name[:80]!r} in app {app!r}")
+        if (service, method) not in self._checked:
+            for what, name in (("service", service), ("method", method)):
+                if not _PUBLIC_NAME.fullmatch(name) or (
+                    what == "service" and name in _RESERVED_SERVICES
+                ):
+                    raise MethodNotFound(f"no public {what} named {name[:80]!r} in app {app!r}")
+            if len(self._checked) >= CHECKED_NAMES_MAX:
+                self._checked.clear()
+            self._checked.add((service, method))
         system = self._systems.get(app)
         if system is None:
             raise DaemonBusy(f"app {app!r} is not running (its bootstrap has not been described)")
@@ -511,7 +509,7 @@ class Router:
         kwargs: dict[str, Any],
         within: float,
     ) -> bytes:
-        self._inflight[key] += 1
+        self._inflight[key] = self._inflight.get(key, 0) + 1
         try:
             return await link.call_raw(
                 service, method, args, kwargs, timeout=within, grace=REPLY_GRACE

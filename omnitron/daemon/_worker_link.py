@@ -23,8 +23,10 @@ Errors are :class:`~omnitron.daemon._workers.WorkerCallError`, with the codes of
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import struct
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -56,6 +58,37 @@ REQUEST_HEAD: Final = b"\x94\x00"
 """``fixarray(4)``, type 0 (request): then msgid, method, params."""
 RESPONSE_HEAD: Final = b"\x94\x01"
 NIL: Final = 0xC0
+_FLOAT64 = struct.Struct(">Bd")  # msgpack float 64: 0xcb, then the double
+_SCALARS: Final = frozenset({int, float, str, bytes, bool, type(None)})
+FLAT_CHECK_MAX: Final = 64
+"""Arguments up to this many, all scalars, need no structural check (only the size)."""
+
+
+def _msgid_bytes(msgid: int) -> bytes:
+    """A msgid as msgpack uint32 (any uint32 may be sent in that form)."""
+    return b"\xce" + msgid.to_bytes(4, "big")
+
+
+@functools.lru_cache(maxsize=1024)
+def _call_head(name: str) -> bytes:
+    """The method name and the start of the params of a call with arguments."""
+    return _pack(name) + b"\x91\x83\xa4args"
+
+
+@functools.lru_cache(maxsize=1024)
+def _no_args_head(name: str) -> bytes:
+    """The method name and the params of a call without arguments, up to the timeout."""
+    return _pack(name) + b"\x91\x83\xa4args\x90\xa6kwargs\x80\xa7timeout"
+
+
+def _flat(args: list[Any], kwargs: Mapping[str, Any]) -> bool:
+    """Few arguments, all scalars: nothing in them can break a structural limit."""
+    if len(args) + len(kwargs) > FLAT_CHECK_MAX:
+        return False
+    scalars = _SCALARS
+    return all(type(v) in scalars for v in args) and all(
+        type(k) is str and type(v) in scalars for k, v in kwargs.items()
+    )
 
 
 def _pack(value: object) -> bytes:
@@ -155,19 +188,50 @@ class WorkerLink:
         """
         name = f"{service}.{method}"
         msgid = self._allocate_msgid()
-        if args or kwargs:
-            frame = self._checked_request(msgid, name, args, kwargs, timeout)
-        else:
+        if not args and not kwargs:
             frame = b"".join(
                 (
                     REQUEST_HEAD,
-                    _pack(msgid),
-                    _pack(name),
-                    b"\x91\x83\xa4args\x90\xa6kwargs\x80\xa7timeout",
-                    _pack(float(timeout)),
+                    _msgid_bytes(msgid),
+                    _no_args_head(name),
+                    _FLOAT64.pack(0xCB, timeout),
                 )
             )
+        elif _flat(args, kwargs):
+            frame = self._flat_request(msgid, name, args, kwargs, timeout)
+        else:
+            frame = self._checked_request(msgid, name, args, kwargs, timeout)
         return await self._send(msgid, frame, name, timeout + grace)
+
+    def _flat_request(
+        self, msgid: int, name: str, args: list[Any], kwargs: Mapping[str, Any], timeout: float
+    ) -> bytes:
+        try:
+            packed_args = _pack(args)
+            packed_kwargs = _pack(kwargs)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise WorkerCallError(
+                "INVALID_ARGS", f"the arguments of {name} cannot be encoded: {exc}"
+            ) from None
+        frame = b"".join(
+            (
+                REQUEST_HEAD,
+                _msgid_bytes(msgid),
+                _call_head(name),
+                packed_args,
+                b"\xa6kwargs",
+                packed_kwargs,
+                b"\xa7timeout",
+                _FLOAT64.pack(0xCB, timeout),
+            )
+        )
+        if len(frame) > self._limits.max_frame:
+            raise WorkerCallError(
+                "PAYLOAD_TOO_LARGE",
+                f"the call to {name} cannot be sent: message is {len(frame)} bytes, "
+                f"more than max_frame={self._limits.max_frame}",
+            )
+        return frame
 
     def _checked_request(
         self, msgid: int, name: str, args: list[Any], kwargs: Mapping[str, Any], timeout: float
@@ -192,7 +256,7 @@ class WorkerLink:
     async def builtin(self, name: str, *, timeout: float) -> Any:  # noqa: ASYNC109
         """Call the built-in ``worker.NAME``; its decoded answer."""
         msgid = self._allocate_msgid()
-        frame = b"".join((REQUEST_HEAD, _pack(msgid), _pack(f"worker.{name}"), b"\x91\x80"))
+        frame = b"".join((REQUEST_HEAD, _msgid_bytes(msgid), _pack(f"worker.{name}"), b"\x91\x80"))
         raw = await self._send(msgid, frame, f"worker.{name}", timeout)
         try:
             return decode_value(raw, self._limits)
