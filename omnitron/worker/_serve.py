@@ -77,6 +77,7 @@ RESPONSE_HEADROOM: Final = 128
 msgid, nil error) and ``daemon.exec``'s map (``process`` of up to 64 characters,
 ``instance``, ``pid``), which the daemon wraps around the result's bytes as they are."""
 _EXEC_ENVELOPE: Final = {"process": "", "instance": 0, "pid": 0}
+_SCALARS: Final = frozenset({int, float, str, bytes, bool, type(None)})
 TRACEBACK_MAX: Final = 32 * 1024
 """Characters of an application traceback sent back (its tail is kept)."""
 
@@ -356,8 +357,12 @@ def _as_is(value: object) -> object:
 def _encode_result(where: str, result: object) -> Encoded:
     """The result's bytes, checked as it will reach the caller of ``daemon.exec``: one
     map deeper than a direct caller gets it (the daemon forwards it undecoded)."""
-    problem = limit_violation(
-        [RESPONSE, 0, None, {"result": result, **_EXEC_ENVELOPE}], DEFAULT_LIMITS
+    problem = (
+        None
+        if type(result) in _SCALARS  # nothing in it to nest or count
+        else limit_violation(
+            [RESPONSE, 0, None, {"result": result, **_EXEC_ENVELOPE}], DEFAULT_LIMITS
+        )
     )
     if problem is not None:
         raise BadResult(f"the result of {where} cannot be sent: it {problem}")
