@@ -18,8 +18,11 @@ daemon
 Each run is ``--seconds`` long with ``--depth`` calls in flight (throughput), then
 500 calls one at a time (latency: p50, p99). Runs alternate between the two ways;
 the table gives medians over the repeats and the ratio daemon/direct (target:
-the daemon keeps at least 50 % of the direct rate). ``--json FILE`` writes every
-run and the load average before and after.
+the daemon keeps at least 50 % of the direct rate). During the throughput part the
+CPU time (user + system) of each process is read before and after: the table
+also gives the CPU microseconds per call of the client (this process), the
+daemon and the worker, which a busy machine disturbs less than the rates.
+``--json FILE`` writes every run and the load average before and after.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import trio
 
 from omnitron.rpc import RpcClient, connect_unix
@@ -70,6 +74,11 @@ def stop_daemon(home: str) -> None:
     )
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
 class Way:
     """One way of calling ``users.count``."""
 
@@ -83,7 +92,9 @@ class Way:
         await client.call(self.method, **self.params)
 
 
-async def measure(way: Way, seconds: float, depth: int) -> dict[str, float]:
+async def measure(
+    way: Way, seconds: float, depth: int, processes: dict[str, psutil.Process]
+) -> dict[str, float]:
     async with connect_unix(way.path) as client:
         await way.call(client)  # connected, and the daemon's link to the worker open
         done = 0
@@ -95,11 +106,16 @@ async def measure(way: Way, seconds: float, depth: int) -> dict[str, float]:
                 await way.call(client)
                 done += 1
 
+        cpu_before = {name: cpu_seconds(p) for name, p in processes.items()}
         started = time.perf_counter()
         async with trio.open_nursery() as nursery:
             for _ in range(depth):
                 nursery.start_soon(loop)
         rate = done / (time.perf_counter() - started)
+        cpu = {
+            f"cpu_{name}_us": (cpu_seconds(p) - cpu_before[name]) / done * 1e6
+            for name, p in processes.items()
+        }
         latencies = []
         for _ in range(LATENCY_CALLS):
             begin = time.perf_counter()
@@ -110,6 +126,19 @@ async def measure(way: Way, seconds: float, depth: int) -> dict[str, float]:
         "calls_per_s": rate,
         "p50_us": latencies[len(latencies) // 2],
         "p99_us": latencies[int(len(latencies) * 0.99)],
+        **cpu,
+    }
+
+
+async def find_processes(home: str) -> dict[str, psutil.Process]:
+    """The client (this process), the daemon and the ``users`` worker."""
+    async with connect_unix(Path(home) / "daemon.sock") as client:
+        status = await client.call("daemon.status")
+        done = await client.call("daemon.exec", app="shop", service="users", method="count")
+    return {
+        "client": psutil.Process(),
+        "daemon": psutil.Process(status["daemon"]["pid"]),
+        "worker": psutil.Process(done["pid"]),
     }
 
 
@@ -141,9 +170,12 @@ def main() -> None:
                 {"app": "shop", "service": "users", "method": "count"},
             ),
         ]
+        processes = trio.run(find_processes, home)
         for _ in range(options.repeats):
             for way in ways:
-                runs[way.name].append(trio.run(measure, way, options.seconds, options.depth))
+                runs[way.name].append(
+                    trio.run(measure, way, options.seconds, options.depth, processes)
+                )
     finally:
         stop_daemon(home)
         shutil.rmtree(home, ignore_errors=True)
@@ -157,14 +189,20 @@ def main() -> None:
     print(f"load average: {load_before[0]:.1f} before, {load_after[0]:.1f} after")
     print(f"{options.repeats} x {options.seconds:g} s per way, {options.depth} calls in flight")
     print()
-    print("| way | calls/s, median (range) | p50 | p99 | of direct (calls/s) |")
-    print("|---|---|---|---|---|")
+    print(
+        "| way | calls/s, median (range) | p50 | p99 | of direct (calls/s) "
+        "| CPU µs/call: client, daemon, worker |"
+    )
+    print("|---|---|---|---|---|---|")
     for name in ("direct", "daemon"):
         rates = [run["calls_per_s"] for run in runs[name]]
+        cpu = ", ".join(
+            f"{median(name, f'cpu_{who}_us'):,.0f}" for who in ("client", "daemon", "worker")
+        )
         print(
             f"| {name} | {median(name, 'calls_per_s'):,.0f} ({min(rates):,.0f}-{max(rates):,.0f}) "
             f"| {median(name, 'p50_us'):,.0f} µs | {median(name, 'p99_us'):,.0f} µs "
-            f"| {median(name, 'calls_per_s') / direct:.2f} |"
+            f"| {median(name, 'calls_per_s') / direct:.2f} | {cpu} |"
         )
     if options.json:
         Path(options.json).write_text(

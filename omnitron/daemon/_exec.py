@@ -8,22 +8,26 @@ returns its :class:`~omnitron.config._bootstrap.WorkerSystem`.
 that serves the service (asking the workers, ``worker.services``), picks the
 next *online* instance of that entry round-robin (starting, stopping, errored
 and draining instances are skipped), and calls it over the worker's Unix socket
-with a per-call timeout. One connection per live worker is kept open; a worker
-that dies mid-call fails that call at once (``WORKER_EXITED``), and the records
-no longer offer it to the next call.
+with a per-call timeout. One pipelined connection per live worker is kept open
+(:class:`~omnitron.daemon._worker_link.WorkerLink`); a worker that dies mid-call
+fails that call at once (``WORKER_EXITED``), and the records no longer offer it
+to the next call.
+
+The daemon only forwards: the worker's result reaches the caller as the msgpack
+bytes the worker encoded (:attr:`ExecResult.raw`, spliced into the reply by
+:meth:`ExecResult.to_wire`), never decoded and encoded again on the way.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
+import functools
 import itertools
-import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 import attrs
+import msgpack
 import structlog
 import trio
 
@@ -41,6 +45,7 @@ from ..config._errors import ConfigIssue
 from ..rpc import (
     Call,
     Dispatcher,
+    Encoded,
     Forbidden,
     Len,
     MethodNotFound,
@@ -52,13 +57,8 @@ from ..rpc import (
 from ..state import AppStatus
 from ._errors import AppNotFound, DaemonBusy, RequestRefused
 from ._records import AppRecord
-from ._workers import (
-    DescribeError,
-    WorkerCallError,
-    WorkerClient,
-    describe_bootstrap,
-    open_worker_client,
-)
+from ._worker_link import WorkerLink, decode_value, open_link
+from ._workers import DescribeError, WorkerCallError, describe_bootstrap
 
 __all__ = [
     "EXEC_ERRORS",
@@ -88,6 +88,8 @@ CONNECT_TIMEOUT = 5.0
 """Seconds to connect to a worker's socket and learn its services."""
 REPLY_GRACE = 1.0
 """How much longer than its timeout the daemon waits for a worker's own ``TIMEOUT``."""
+CHECKED_NAMES_MAX = 4096
+"""Well-formed ``(service, method)`` pairs remembered (so not matched again per call)."""
 DRAIN_TIMEOUT = 30.0
 """Default seconds :meth:`Router.drain` waits for the calls in flight on an instance."""
 
@@ -190,29 +192,35 @@ async def describe_ecosystem(
 
 @attrs.frozen(kw_only=True)
 class ExecResult:
-    """What an ``exec`` call returned, and which worker answered it."""
+    """What an ``exec`` call returned, and which worker answered it.
 
-    result: Any
+    Attributes:
+        raw: The result as the worker encoded it (one msgpack value, checked by
+            the worker against the frame limits with room for this envelope).
+    """
+
+    raw: bytes
     process: str
     instance: int
     pid: int
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "result": self.result,
-            "process": self.process,
-            "instance": self.instance,
-            "pid": self.pid,
-        }
+    @property
+    def result(self) -> Any:
+        """The result, decoded (under the control plane's limits)."""
+        return decode_value(self.raw)
+
+    def to_wire(self) -> Encoded:
+        """``{"result", "process", "instance", "pid"}``, the result spliced in as it came."""
+        return Encoded(
+            b"\x84\xa6result" + self.raw + _answered_by(self.process, self.instance, self.pid)
+        )
 
 
-class _Link:
-    """One open connection to a worker, held open by a task of the router."""
-
-    def __init__(self, client: WorkerClient, services: frozenset[str], scope: trio.CancelScope):
-        self.client = client
-        self.services = services
-        self.scope = scope
+@functools.lru_cache(maxsize=4096)
+def _answered_by(process: str, instance: int, pid: int) -> bytes:
+    """The packed ``process``, ``instance`` and ``pid`` entries of an ``exec`` reply."""
+    data: bytes = msgpack.packb({"process": process, "instance": instance, "pid": pid})
+    return data[1:]  # the entries without the map's header
 
 
 _Key = tuple[str, int, int]
@@ -229,26 +237,21 @@ class Router:
         apps: Returns the live records (the orchestrator's ``apps``): the only
             source of which instance is online, its pid and its socket.
         systems: The described bootstrap of each module-worker app.
-        connect: Opens a client of a worker's socket (an async context manager);
-            :func:`~omnitron.daemon._workers.open_worker_client` by default.
     """
 
     def __init__(
         self,
         apps: Callable[[], Mapping[str, AppRecord]],
         systems: Mapping[str, WorkerSystem],
-        *,
-        connect: Callable[[str], contextlib.AbstractAsyncContextManager[WorkerClient]]
-        | None = None,
     ) -> None:
         self._apps = apps
         self._systems = systems
-        self._connect = connect or open_worker_client
         self._nursery: trio.Nursery | None = None
-        self._links: dict[_Key, _Link] = {}
+        self._links: dict[_Key, WorkerLink] = {}
         self._opening: dict[_Key, trio.Lock] = {}
         self._turn: dict[tuple[str, str], itertools.count[int]] = {}
-        self._inflight: collections.Counter[_Key] = collections.Counter()
+        self._inflight: dict[_Key, int] = {}
+        self._checked: set[tuple[str, str]] = set()  # (service, method) names found public
         self._idle: dict[_Key, trio.Event] = {}
         self._draining: set[_Key] = set()
         self._drains = 0  # changes each time a process starts draining
@@ -293,56 +296,33 @@ class Router:
         live = {(record.name, p.instance, p.pid) for p in record.processes.values() if p.pid}
         gone = [k for k in self._links if k[0] == record.name and k not in live]
         for key in gone:
-            self._links.pop(key).scope.cancel()
+            self._links.pop(key).close()
         if gone:  # replaced processes may serve other services
             self._served = {k: v for k, v in self._served.items() if k[0] != record.name}
         self._draining = {k for k in self._draining if k[0] != record.name or k in live}
 
-    async def _link(self, app: str, index: int, pid: int, worker: WorkerSlot) -> _Link:
+    async def _link(self, app: str, index: int, pid: int, worker: WorkerSlot) -> WorkerLink:
         """The open connection to that process (opened on first use).
 
         Raises:
-            WorkerCallError: ``WORKER_UNREACHABLE``: nothing answered.
+            WorkerCallError: ``WORKER_UNREACHABLE``: nothing answered;
+                ``PROTOCOL_MISMATCH``: the worker speaks another protocol.
         """
         key = (app, index, pid)
         link = self._links.get(key)
-        if link is not None and not link.client.closed:
+        if link is not None and not link.closed:
             return link
         lock = self._opening.setdefault(key, trio.Lock())
         async with lock:
             link = self._links.get(key)
-            if link is None or link.client.closed:
+            if link is None or link.closed:
                 if self._nursery is None:
                     raise DaemonBusy("the router is not running yet")
                 assert worker.socket is not None
-                link = await self._nursery.start(self._hold, worker.socket)
+                link = await open_link(worker.socket, self._nursery, timeout=CONNECT_TIMEOUT)
                 self._links[key] = link
             self._opening.pop(key, None)
             return link
-
-    async def _hold(self, path: str, *, task_status: trio.TaskStatus[_Link]) -> None:
-        """Connect to the worker at ``path``, learn its services, and keep the
-        connection open until :attr:`_Link.scope` is cancelled or it closes.
-
-        Raises:
-            WorkerCallError: ``WORKER_UNREACHABLE``: nothing answered in time.
-        """
-        started = False
-        with trio.CancelScope(deadline=trio.current_time() + CONNECT_TIMEOUT) as scope:
-            try:
-                async with self._connect(path) as client:
-                    services = await client.builtin("services", timeout=CONNECT_TIMEOUT)
-                    scope.deadline = math.inf
-                    started = True
-                    task_status.started(_Link(client, frozenset(services), scope))
-                    await trio.sleep_forever()
-            except WorkerCallError:
-                if not started:
-                    raise
-        if not started:
-            raise WorkerCallError(
-                "WORKER_UNREACHABLE", f"the worker at {path} did not answer in time"
-            )
 
     async def _serving(self, record: AppRecord, system: WorkerSystem, service: str) -> str:
         """The process entry of ``record``'s app that serves ``service``, from the
@@ -461,11 +441,15 @@ class Router:
             raise RequestRefused(
                 f"timeout must be within (0, {MAX_EXEC_TIMEOUT:g}] seconds, got {within:g}"
             )
-        for what, name in (("service", service), ("method", method)):
-            if not _PUBLIC_NAME.fullmatch(name) or (
-                what == "service" and name in _RESERVED_SERVICES
-            ):
-                raise MethodNotFound(f"no public {what} named {name[:80]!r} in app {app!r}")
+        if (service, method) not in self._checked:
+            for what, name in (("service", service), ("method", method)):
+                if not _PUBLIC_NAME.fullmatch(name) or (
+                    what == "service" and name in _RESERVED_SERVICES
+                ):
+                    raise MethodNotFound(f"no public {what} named {name[:80]!r} in app {app!r}")
+            if len(self._checked) >= CHECKED_NAMES_MAX:
+                self._checked.clear()
+            self._checked.add((service, method))
         system = self._systems.get(app)
         if system is None:
             raise DaemonBusy(f"app {app!r} is not running (its bootstrap has not been described)")
@@ -484,7 +468,9 @@ class Router:
     ) -> ExecResult:
         """Call the next online worker of ``process``; one that turns out to be
         unreachable or stopping (the call did not run there) passes it on."""
-        turn = self._turn.setdefault((app, process), itertools.count())
+        turn = self._turn.get((app, process))
+        if turn is None:
+            turn = self._turn[(app, process)] = itertools.count()
         candidates = self._online(self._apps()[app], process)
         if not candidates:
             raise DaemonBusy(f"app {app!r}: no online worker of process {process!r}; try again")
@@ -496,7 +482,7 @@ class Router:
                 continue
             try:
                 link = await self._link(app, index, pid, worker)
-                result = await self._send(
+                raw = await self._send(
                     (app, index, pid), link, service, method, args, kwargs, within
                 )
             except WorkerCallError as exc:
@@ -505,7 +491,7 @@ class Router:
                 log.info("worker_passed_on", app=app, instance=index, pid=pid, code=exc.code)
                 last = exc
                 continue
-            return ExecResult(result=result, process=process, instance=worker.index, pid=pid)
+            return ExecResult(raw=raw, process=process, instance=worker.index, pid=pid)
         assert last is not None or not candidates
         raise DaemonBusy(
             f"app {app!r}: no worker of process {process!r} took the call"
@@ -516,19 +502,21 @@ class Router:
     async def _send(
         self,
         key: _Key,
-        link: _Link,
+        link: WorkerLink,
         service: str,
         method: str,
         args: list[Any],
         kwargs: dict[str, Any],
         within: float,
-    ) -> Any:
-        self._inflight[key] += 1
+    ) -> bytes:
+        self._inflight[key] = self._inflight.get(key, 0) + 1
         try:
-            return await link.client.call(service, method, args, kwargs, timeout=within)
+            return await link.call_raw(
+                service, method, args, kwargs, timeout=within, grace=REPLY_GRACE
+            )
         except WorkerCallError as exc:
             if exc.code == "WORKER_EXITED":
-                self._links.pop(key, link).scope.cancel()
+                self._links.pop(key, link).close()
             raise
         finally:
             self._inflight[key] -= 1
@@ -591,7 +579,7 @@ def build_worker_dispatcher(router: Router) -> Dispatcher:
         args: CallArgs = [],  # noqa: B006 - never mutated
         kwargs: CallKwargs = {},  # noqa: B006 - never mutated
         timeout: CallTimeout = EXEC_TIMEOUT,  # noqa: ASYNC109 - the documented param
-    ) -> dict[str, Any]:
+    ) -> Encoded:
         """Call a public method of a service this worker's process accesses."""
         done = await router.call_from(call.peer.pid, service, method, args, kwargs, within=timeout)
         return done.to_wire()

@@ -764,7 +764,7 @@ def build_dispatcher(
         args: CallArgs = [],  # noqa: B006 - never mutated
         kwargs: CallKwargs = {},  # noqa: B006 - never mutated
         timeout: CallTimeout = EXEC_TIMEOUT,  # noqa: ASYNC109 - the documented param
-    ) -> dict[str, Any]:
+    ) -> Encoded:
         """Call a public method of a module-worker app's service (round-robin)."""
         done = await orch.router.call(app, service, method, args, kwargs, within=timeout)
         return done.to_wire()

@@ -142,6 +142,18 @@ class ParamSchema:
     method: str
     params: tuple[ParamInfo, ...]
     _validators: Mapping[str, _Validator] = attrs.field(alias="validators", repr=False)
+    # Per param, worked out once: (name, required, validator, path); and the names.
+    _plan: tuple[tuple[str, bool, _Validator, str], ...] = attrs.field(
+        init=False, repr=False, eq=False
+    )
+    _declared: frozenset[str] = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        plan = tuple(
+            (p.name, p.required, self._validators[p.name], f"params.{p.name}") for p in self.params
+        )
+        object.__setattr__(self, "_plan", plan)
+        object.__setattr__(self, "_declared", frozenset(p.name for p in self.params))
 
     def validate(self, raw: Mapping[str, object]) -> dict[str, object]:
         """Check and convert the named arguments of a request.
@@ -151,24 +163,21 @@ class ParamSchema:
                 ``data["param"]`` names the first offending param.
         """
         problems: list[tuple[str, str]] = []
-        declared = {p.name for p in self.params}
+        declared = self._declared
         for key in raw:
             if key not in declared:
                 problems.append((_key_text(key), self._unknown(key)))
         kwargs: dict[str, object] = {}
-        for param in self.params:
-            if param.name not in raw:
-                if param.required:
-                    problems.append(
-                        (param.name, f"params.{param.name}: missing (expected {param.expects})")
-                    )
+        for name, required, validator, path in self._plan:
+            if name not in raw:
+                if required:
+                    expects = next(p.expects for p in self.params if p.name == name)
+                    problems.append((name, f"{path}: missing (expected {expects})"))
                 continue
             try:
-                kwargs[param.name] = self._validators[param.name](
-                    raw[param.name], f"params.{param.name}"
-                )
+                kwargs[name] = validator(raw[name], path)
             except _Invalid as invalid:
-                problems.append((param.name, f"{invalid.path}: {invalid.text}"))
+                problems.append((name, f"{invalid.path}: {invalid.text}"))
         if problems:
             raise InvalidParams(
                 "; ".join(text for _, text in problems), data={"param": problems[0][0]}

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, Final
 
+import msgpack
 import structlog
 import trio
 import trio.testing
@@ -44,7 +45,6 @@ from ..rpc import (
     Call,
     Dispatcher,
     Encoded,
-    ProtocolError,
     Range,
     RemoteError,
     RemoteTimeout,
@@ -53,7 +53,7 @@ from ..rpc import (
     Unavailable,
 )
 from ..rpc._unix import serve_unix
-from ..rpc._wire import DEFAULT_LIMITS
+from ..rpc._wire import DEFAULT_LIMITS, RESPONSE, limit_violation
 from ._api import WorkerInfo, set_current_worker
 from ._bootstrap import BootstrapError, load_bootstrap
 from ._discover import Discovered, PublicMethod, Step, discover
@@ -72,8 +72,12 @@ log = structlog.get_logger()
 DEFAULT_STOP_TIMEOUT: Final = 10.0
 HEALTH_CHECK_TIMEOUT: Final = 10.0
 """Seconds one health check may take before it counts as failed."""
-RESPONSE_HEADROOM: Final = 16
-"""Bytes of a response's envelope around its result (type, msgid, nil error)."""
+RESPONSE_HEADROOM: Final = 128
+"""Bytes around a result on its way to a caller: the response's envelope (type,
+msgid, nil error) and ``daemon.exec``'s map (``process`` of up to 64 characters,
+``instance``, ``pid``), which the daemon wraps around the result's bytes as they are."""
+_EXEC_ENVELOPE: Final = {"process": "", "instance": 0, "pid": 0}
+_SCALARS: Final = frozenset({int, float, str, bytes, bool, type(None)})
 TRACEBACK_MAX: Final = 32 * 1024
 """Characters of an application traceback sent back (its tail is kept)."""
 
@@ -351,10 +355,19 @@ def _as_is(value: object) -> object:
 
 
 def _encode_result(where: str, result: object) -> Encoded:
+    """The result's bytes, checked as it will reach the caller of ``daemon.exec``: one
+    map deeper than a direct caller gets it (the daemon forwards it undecoded)."""
+    problem = (
+        None
+        if type(result) in _SCALARS  # nothing in it to nest or count
+        else limit_violation(
+            [RESPONSE, 0, None, {"result": result, **_EXEC_ENVELOPE}], DEFAULT_LIMITS
+        )
+    )
+    if problem is not None:
+        raise BadResult(f"the result of {where} cannot be sent: it {problem}")
     try:
-        encoded = Encoded.of(result, DEFAULT_LIMITS)
-    except ProtocolError as exc:
-        raise BadResult(f"the result of {where} cannot be sent: it {exc.message}") from None
+        encoded = Encoded(msgpack.packb(result, use_bin_type=True, datetime=False))
     except (TypeError, ValueError, OverflowError) as exc:
         raise BadResult(
             f"the result of {where} cannot be sent ({exc}); return plain values: "

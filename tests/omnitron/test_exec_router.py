@@ -16,6 +16,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgpack
 import pytest
 import trio
 import trio.testing
@@ -24,7 +25,7 @@ from omnitron.config import load_config
 from omnitron.config._bootstrap import WorkerSlot, describe_sync
 from omnitron.daemon._exec import Router
 from omnitron.daemon._records import AppRecord, ProcessRecord
-from omnitron.rpc import MethodNotFound
+from omnitron.rpc import Encoded, MethodNotFound
 from omnitron.state import AppStatus
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux sockets")
@@ -107,6 +108,21 @@ async def whoami(router: Router) -> int:
     pid: int = done.result["pid"]
     assert done.pid == pid
     return pid
+
+
+async def test_the_result_is_forwarded_as_the_workers_bytes(shop: Shop) -> None:
+    done = await shop.router.call("shop", "users", "find_by_id", ["u_1"], {})
+    assert done.raw == msgpack.packb(done.result, use_bin_type=True)
+    assert done.result["id"] == "u_1"
+    reply = done.to_wire()
+    assert isinstance(reply, Encoded)
+    assert reply.data.count(done.raw) == 1  # spliced in, not re-encoded
+    assert msgpack.unpackb(reply.data) == {
+        "result": done.result,
+        "process": "users",
+        "instance": done.instance,
+        "pid": done.pid,
+    }
 
 
 async def test_calls_go_round_robin_and_unknown_names_are_not_looked_up(shop: Shop) -> None:

@@ -80,6 +80,14 @@ class Calc:
         return "x" * size
 
     @public
+    def nest(self, depth: int) -> object:
+        """Lists nested ``depth`` deep: ``[[...[]...]]``."""
+        value: list[object] = []
+        for _ in range(depth - 1):
+            value = [value]
+        return value
+
+    @public
     def unencodable(self) -> object:
         return object()
 
