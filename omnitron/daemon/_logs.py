@@ -16,9 +16,10 @@ Limits, per app (journald style):
   beyond it are not kept (of a read, the first lines that fit are kept); the next
   line kept is preceded by a ``suppressed N lines (rate limit)`` marker, and
   :meth:`LogCollector.stats` counts them (``inspect`` shows it);
-- a **buffer** of ``buffer_bytes`` between two writes: when the disk is slower
-  than the app, the oldest buffered lines are dropped and a marker line says how
-  many. Memory never holds more than the buffer (plus the ring below).
+- a **buffer** of ``buffer_bytes``, the lines being written included: when the
+  disk is slower than the app, the oldest buffered lines are dropped and a marker
+  line says how many. Memory never holds more than the buffer (plus the ring
+  below).
 
 Files are rotated at ``max_size`` bytes (``<app>.log`` -> ``<app>.log.1`` ...,
 ``max_files`` kept, gzip-compressed when ``compress``), by the writer thread
@@ -216,6 +217,9 @@ class _AppLog:
         self.chunks: collections.deque[bytes] = collections.deque()
         self.size = 0  # memory taken by ``chunks``: their bytes plus CHUNK_OVERHEAD each
         self.count = 0  # lines in ``chunks``
+        # Bytes taken by the writer and not written yet: still in memory, so they
+        # count against the buffer (the buffer then drops from ``chunks``).
+        self.writing = 0
         self.buffer_bytes = buffer_bytes
         self.buffer_lines = buffer_lines
         self.rate = rate
@@ -288,7 +292,7 @@ class _AppLog:
         self.chunks.append(data)
         self.size += len(data) + CHUNK_OVERHEAD
         self.count += lines
-        if self.size > self.buffer_bytes or self.buffer_lines is not None:
+        if self.size + self.writing > self.buffer_bytes or self.buffer_lines is not None:
             self._trim()
 
     def remember(self, read: _Read) -> None:
@@ -303,11 +307,12 @@ class _AppLog:
         """Drop the oldest lines until the buffer is within its bounds (whole lines)."""
         limit = self.buffer_lines
         while self.chunks and (
-            self.size > self.buffer_bytes or (limit is not None and self.count > limit)
+            self.size + self.writing > self.buffer_bytes
+            or (limit is not None and self.count > limit)
         ):
             oldest = self.chunks[0]
             lines = oldest.count(b"\n")
-            excess = self.size - self.buffer_bytes  # bytes to drop
+            excess = self.size + self.writing - self.buffer_bytes  # bytes to drop
             cut = oldest.find(b"\n", excess - 1) + 1 if excess > 0 else 0
             if limit is not None and self.count > limit:
                 end = 0
@@ -328,14 +333,17 @@ class _AppLog:
 
     def put_back(self, batch: list[bytes]) -> None:
         """Return a batch that could not be written to the front of the buffer."""
+        self.writing = 0
         self.chunks.extendleft(reversed(batch))
         self.size += sum(len(data) + CHUNK_OVERHEAD for data in batch)
         self.count += sum(data.count(b"\n") for data in batch)
         self._trim()
 
     def take(self) -> list[bytes]:
+        """Everything buffered, with its markers, for the writer (see :attr:`writing`)."""
         batch = list(self.chunks)
         self.chunks.clear()
+        self.writing += self.size
         self.size = self.count = 0
         if self.dropped:
             marker = f"{_timestamp()} omnitron[-] sys | {self.dropped} lines dropped"
@@ -532,7 +540,7 @@ class LogCollector:
         entry = self._apps.get(app)
         return {
             "file": str(self.path_for(app)),
-            "buffered_bytes": entry.size if entry else 0,
+            "buffered_bytes": entry.size + entry.writing if entry else 0,
             "suppressed_lines": entry.suppressed_total if entry else 0,
             "dropped_lines": entry.dropped_total if entry else 0,
             "write_errors": entry.write_errors if entry else 0,
@@ -604,6 +612,9 @@ class LogCollector:
                     log.error("log_writer_degraded", error=str(exc), failures=self.thread_failures)
                 self._no_thread = f"cannot start a thread to write logs: {exc}"
                 return False
+            finally:
+                for entry, _ in batches:
+                    entry.writing = 0
         if self._no_thread is not None:
             log.warning("log_writer_recovered", failures=self.thread_failures)
             self._no_thread = None

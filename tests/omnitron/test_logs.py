@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 from omnitron.daemon._logs import LogCollector, LogLine
 
@@ -252,3 +255,31 @@ async def test_a_read_reaches_the_ring_and_followers_line_by_line(logs: Path) ->
     assert {(record.instance, record.stream) for record in tail} == {(2, "err")}
     await collector.flush()
     assert texts(logs / "web.log") == texts_in_order
+
+
+async def test_lines_being_written_count_against_the_buffer(logs: Path) -> None:
+    release = trio.Event()
+
+    async def slow_disk(write: Callable[..., object], *args: object) -> object:
+        await release.wait()
+        return write(*args)
+
+    collector = LogCollector(logs, buffer_bytes=4000, run_sync=slow_disk)
+    sink = collector.sink("web", 0, "out")
+    first = [f"first {i:02d} " + "x" * 40 for i in range(20)]
+    second = [f"second {i:02d} " + "y" * 40 for i in range(20)]
+    sink(lines_of(*first))  # ~1,800 bytes tagged
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(collector.flush)
+        await trio.testing.wait_all_tasks_blocked()
+        assert collector.stats("web")["buffered_bytes"] > 1500  # taken, not written yet
+        for text in second:  # ~3,000 bytes: alone they would fit
+            sink(line(text))
+        release.set()
+    await collector.flush()
+    got = texts(logs / "web.log")
+    assert got[:20] == first
+    assert got[20].endswith("lines dropped (log buffer full)")
+    dropped = int(got[20].split()[0])
+    assert 0 < dropped < 20
+    assert got[21:] == second[dropped:]
