@@ -30,8 +30,9 @@ Flood (``--flood``, FAULTS RX-06 / RX-08): ``--apps`` children write 1 KiB lines
 as fast as they can for ``--seconds`` under the default per-app rate limit, at
 ``nice 19`` (the writers must not take the daemon's CPU share of a small
 machine; their pipes stay full all the same), beside a crash-looping app whose
-restart delay is 300 ms. Reported: MB/s drained (kept + suppressed) and kept,
-lines suppressed, the daemon's CPU and peak RSS, its heartbeat's loop lag during
+restart delay is 300 ms. Reported: MB/s drained (kept + suppressed + dropped)
+and kept, lines suppressed (rate limit) and dropped (buffer full: the disk
+slower than the pipes), the daemon's CPU and peak RSS, its heartbeat's loop lag during
 the flood (p50, p99, max over the recent beats; the histogram's p99 bucket),
 the floor of that lag (the same heartbeat in a bare Trio process running beside
 the daemon: what the machine's scheduler alone costs), and how late the
@@ -315,6 +316,7 @@ def flood(args: argparse.Namespace) -> None:
     after = metrics["loop_lag_histogram"]
     during = [a - b for a, b in zip(after["counts"], before["counts"], strict=True)]
     suppressed = sum(s["suppressed_lines"] for s in stats)
+    dropped = sum(s["dropped_lines"] for s in stats)
     line = 1016  # "flood NNNNNNNN " + 1000 x + newline
     lateness = []
     for event, following in itertools.pairwise(events):
@@ -329,6 +331,8 @@ def flood(args: argparse.Namespace) -> None:
         "kept_mb_per_s": round(kept_bytes / elapsed / 1e6, 1),
         "suppressed_lines": suppressed,
         "suppressed_mb_per_s": round(suppressed * line / elapsed / 1e6, 1),
+        "dropped_lines": dropped,
+        "dropped_mb_per_s": round(dropped * line / elapsed / 1e6, 1),
         "daemon_cpu_percent": round(100 * cpu / elapsed, 1),
         "daemon_rss_mb": [round(rss_before / 1e6), round(peak / 1e6)],
         "loop_lag_ms": {
@@ -347,7 +351,9 @@ def flood(args: argparse.Namespace) -> None:
         },
         "load": [load_before, os.getloadavg()],
     }
-    result["drained_mb_per_s"] = round(result["kept_mb_per_s"] + result["suppressed_mb_per_s"], 1)
+    result["drained_mb_per_s"] = round(
+        result["kept_mb_per_s"] + result["suppressed_mb_per_s"] + result["dropped_mb_per_s"], 1
+    )
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

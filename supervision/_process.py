@@ -36,7 +36,15 @@ from ._ready import NotifySocket, ReadyCheck, make_ready_check
 from ._runner import RunnerContext, StopReport
 from ._sockets import ListenSet, open_listen_set
 from ._spawn import _spawn_error, spawn_child
-from ._spec import Output, OutputDiscard, OutputInherit, OutputLines, ProcessChild, ReadyNotify
+from ._spec import (
+    Output,
+    OutputBatches,
+    OutputDiscard,
+    OutputInherit,
+    OutputLines,
+    ProcessChild,
+    ReadyNotify,
+)
 
 __all__ = ["ProcessRunner"]
 
@@ -291,7 +299,7 @@ class ProcessRunner:
             return None
         if isinstance(output, OutputDiscard):
             return self._host.devnull
-        if isinstance(output, OutputLines):
+        if isinstance(output, OutputLines | OutputBatches):
             read_end, write_end = os.pipe()
             child_ends.append(write_end)
             pumps.append(_LinePump(read_end, output))

@@ -326,7 +326,7 @@ class ReadyHttp(Ready):
 class Output:
     """Where a process child's stdout or stderr goes.
 
-    Build one with :meth:`inherit`, :meth:`discard` or :meth:`lines`.
+    Build one with :meth:`inherit`, :meth:`discard`, :meth:`lines` or :meth:`batches`.
     """
 
     kind: ClassVar[str] = "output"
@@ -353,6 +353,20 @@ class Output:
         """
         return OutputLines(sink=sink, max_line=max_line)
 
+    @staticmethod
+    def batches(sink: Callable[[bytes], object], *, max_line: int = 65536) -> OutputBatches:
+        """Deliver the output a read at a time: ``sink(data)`` gets the complete lines
+        of each read of the pipe as one ``bytes`` object, each line ending with ``b"\\n"``.
+
+        The bytes are as the child wrote them (not decoded: invalid UTF-8 passes
+        through). Lines longer than ``max_line`` bytes are cut as by :meth:`lines`,
+        each piece but the last ending with ``"…"`` (UTF-8) and its own newline; a last
+        line without a newline is delivered with one added. One call per read instead
+        of one per line: the form for a sink that handles many lines at once (a log
+        file). ``sink`` must not block.
+        """
+        return OutputBatches(sink=sink, max_line=max_line)
+
 
 @attrs.frozen
 class OutputInherit(Output):
@@ -377,6 +391,21 @@ class OutputLines(Output):
             raise InvalidSpecType("OutputLines.max_line: expected an int")
         if self.max_line < 16:
             raise _fail(OutputLines, "max_line", f"must be >= 16, got {self.max_line}")
+
+
+@attrs.frozen
+class OutputBatches(Output):
+    kind: ClassVar[str] = "batches"
+    sink: Callable[[bytes], object] = attrs.field(eq=False)
+    max_line: int = 65536
+
+    def __attrs_post_init__(self) -> None:
+        if not callable(self.sink):
+            raise InvalidSpecType("OutputBatches.sink: must be callable")
+        if isinstance(self.max_line, bool) or not isinstance(self.max_line, int):
+            raise InvalidSpecType("OutputBatches.max_line: expected an int")
+        if self.max_line < 16:
+            raise _fail(OutputBatches, "max_line", f"must be >= 16, got {self.max_line}")
 
 
 # --------------------------------------------------------------------------- sockets

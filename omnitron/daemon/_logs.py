@@ -1,25 +1,33 @@
 """Collects the output of every managed process into one log file per app.
 
-Children never block on their pipes: the library's line delivery calls a sink that
-only appends to a bounded in-memory buffer. One writer task drains the buffers to
-``$OMNITRON_HOME/logs/<app>.log`` off the event loop, many lines per write and
-every app's lines in one thread hop.
+Children never block on their pipes: the library's batch delivery
+(``Output.batches``) hands the sink the complete lines of each read as bytes, and
+the sink only tags them (one C pass: the read's timestamp, app, instance and
+stream before each line) and appends them to a bounded in-memory buffer. One
+writer task drains the buffers to ``$OMNITRON_HOME/logs/<app>.log`` off the event
+loop, many lines per write and every app's lines in one thread hop. The bytes go
+from the pipe to the file without being decoded; the writer thread escapes a
+batch in one C pass when it is plain ASCII (the usual case).
 
 Limits, per app (journald style):
 
 - a **rate**: a token bucket of ``rate`` bytes per second holding at most
-  ``burst`` bytes. Lines beyond it are not kept; the next line kept is preceded by
-  a ``suppressed N lines (rate limit)`` marker, and :meth:`LogCollector.stats`
-  counts them (``inspect`` shows it);
-- a **buffer** of ``buffer_bytes`` between two writes: when the disk is slower
-  than the app, the oldest buffered lines are dropped and a marker line says how
-  many. Memory never holds more than the buffer (plus the ring below).
+  ``burst`` bytes (a line costs its bytes plus :data:`LINE_OVERHEAD`). Lines
+  beyond it are not kept (of a read, the first lines that fit are kept); the next
+  line kept is preceded by a ``suppressed N lines (rate limit)`` marker, and
+  :meth:`LogCollector.stats` counts them (``inspect`` shows it);
+- a **buffer** of ``buffer_bytes``, the lines being written included: when the
+  disk is slower than the app, the oldest buffered lines are dropped and a marker
+  line says how many. Memory never holds more than the buffer (plus the ring
+  below).
 
 Files are rotated at ``max_size`` bytes (``<app>.log`` -> ``<app>.log.1`` ...,
 ``max_files`` kept, gzip-compressed when ``compress``), by the writer thread
 between two lines: no line is split, lost or written twice across a rotation.
-Each app also keeps its last ``ring`` lines in memory for ``omnitron logs``, and
-followers (``logs --follow``) are handed each line as it is read.
+Each app also keeps its last ``ring`` lines in memory for ``omnitron logs`` (the
+reads that hold them, decoded into lines when asked), and followers
+(``logs --follow``) are handed each line as it is read (decoded only while there
+is a follower).
 
 A write the disk refuses (full, read-only, the directory removed) never stops the
 daemon nor the app: the daemon keeps draining the pipes, the lines of that write
@@ -45,7 +53,7 @@ import gzip
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -67,8 +75,10 @@ __all__ = [
 log = structlog.get_logger("omnitron.logs")
 
 MiB = 1024 * 1024
-#: What a buffered line costs beyond its characters (the string object, its slot).
+#: What a line costs the rate limit beyond its bytes.
 LINE_OVERHEAD = 64
+#: What a buffered read costs beyond its bytes (the bytes object, its slot).
+CHUNK_OVERHEAD = 64
 #: Bytes buffered per app between two writes before the oldest lines are dropped.
 DEFAULT_BUFFER_BYTES = 64 * MiB
 #: Sustained bytes per second kept per app; lines beyond it are suppressed.
@@ -83,8 +93,8 @@ SUPPRESS_RECHECK = 0.001
 FLUSH_INTERVAL = 0.1
 #: Longest wait between two attempts to start a writer thread.
 MAX_RETRY_DELAY = 5.0
-#: Characters joined, checked and encoded at once by the writer thread.
-WRITE_SLICE = 256 * 1024
+#: Most buffers one ``writev`` takes (Linux ``IOV_MAX``).
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 #: Compression level of rotated files (fast: the writer thread waits for it).
 GZIP_LEVEL = 3
 
@@ -127,17 +137,28 @@ def _escape(line: str) -> str:
 _CONTROLS = bytes(range(32)).replace(b"\n", b"") + b"\x7f"
 
 
-def _clean(batch: str) -> str:
-    """``batch`` (whole lines) with every line kept on one line and free of terminal
-    escapes (:func:`_escape`). One pass over the batch finds the usual case, a batch
-    of plain ASCII, in C; only a batch with a control or a non-ASCII character is
-    looked at line by line."""
+def _clean(batch: bytes) -> bytes:
+    """``batch`` (whole lines, UTF-8) with every line kept on one line and free of
+    terminal escapes (:func:`_escape`), invalid UTF-8 replaced.
+
+    The usual batch, plain ASCII without a control, is found in two C passes and
+    returned as it is; a batch of valid, printable UTF-8 in a few more; only a batch
+    with a control or a non-printable character is escaped line by line.
+    """
     if batch.isascii():
-        data = batch.encode("ascii")
-        if len(data.translate(None, _CONTROLS)) == len(data):
+        if len(batch.translate(None, _CONTROLS)) == len(batch):
             return batch
-    *lines, rest = batch.split("\n")  # only "\n" ends a line here; rest is ""
-    return "".join(_escape(line) + "\n" for line in lines) + rest
+        text = batch.decode("ascii")
+    else:
+        try:
+            text = batch.decode("utf-8")
+        except UnicodeDecodeError:
+            text = batch.decode("utf-8", "replace")
+        else:
+            if text.replace("\n", "").replace("\t", "").isprintable():
+                return batch
+    *lines, rest = text.split("\n")  # only "\n" ends a line here; rest is ""
+    return ("".join(_escape(line) + "\n" for line in lines) + rest).encode("utf-8")
 
 
 class _Clock:
@@ -166,6 +187,20 @@ def _timestamp() -> str:
     return _clock.stamp(time.time())
 
 
+class _Read(NamedTuple):
+    """Lines of one read as the ring keeps them (split and decoded when asked)."""
+
+    time: float
+    instance: int | None
+    stream: str
+    data: bytes  # whole lines, each ending with a newline, as read
+    lines: int
+
+
+def _line_texts(data: bytes) -> list[str]:
+    return data.decode("utf-8", "replace").split("\n")[:-1]
+
+
 class _AppLog:
     def __init__(
         self,
@@ -179,8 +214,13 @@ class _AppLog:
         monotonic: Callable[[], float],
     ) -> None:
         self.path = path
-        self.lines: collections.deque[str] = collections.deque()
-        self.size = 0  # memory taken by ``lines``: characters plus LINE_OVERHEAD each
+        # Tagged lines waiting for the writer: one ``bytes`` of whole lines per read.
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.size = 0  # memory taken by ``chunks``: their bytes plus CHUNK_OVERHEAD each
+        self.count = 0  # lines in ``chunks``
+        # Bytes taken by the writer and not written yet: still in memory, so they
+        # count against the buffer (the buffer then drops from ``chunks``).
+        self.writing = 0
         self.buffer_bytes = buffer_bytes
         self.buffer_lines = buffer_lines
         self.rate = rate
@@ -197,68 +237,123 @@ class _AppLog:
         self.lost = 0  # since the last marker
         self.lost_total = 0
         self.last_error: str | None = None
-        self.ring: collections.deque[LogLine] = collections.deque(maxlen=ring)
+        self.ring_size = ring
+        self.ring: collections.deque[_Read] = collections.deque()
+        self.ring_lines = 0
 
-    def allow(self, size: int) -> bool:
-        """Refill the bucket; whether it holds ``size`` bytes (if not, the line is counted
-        as suppressed). The caller takes the bytes."""
-        now = self._monotonic()
-        if now - self.refilled < SUPPRESS_RECHECK and self.suppressed:
-            # Suppressing: look at the clock again only now and then (a flood's
-            # lines arrive microseconds apart; the bucket would hold a few bytes).
-            self.suppressed += 1
-            self.suppressed_total += 1
-            return False
-        self.tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)
-        self.refilled = now
-        if self.tokens < size:
-            self.suppressed += 1
-            self.suppressed_total += 1
-            return False
-        return True
+    def admit(self, data: bytes) -> tuple[bytes, int]:
+        """The first lines of ``data`` the bucket holds (refilled if short), and how many.
+
+        The others are counted as suppressed; lines suppressed before and not marked
+        yet get their marker ahead of the lines kept. The caller takes the tokens.
+        """
+        lines = data.count(b"\n")
+        end, kept = len(data), lines
+        if self.tokens < end + LINE_OVERHEAD * lines:
+            now = self._monotonic()
+            if now - self.refilled < SUPPRESS_RECHECK and self.suppressed:
+                # Suppressing: look at the clock again only now and then (a flood's
+                # reads arrive microseconds apart; the bucket would hold a few bytes).
+                self._suppress(lines)
+                return b"", 0
+            self.tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)
+            self.refilled = now
+            budget = self.tokens
+            if end + LINE_OVERHEAD * lines > budget:
+                # Keep the lines that fit: a first guess from the read's mean line, then
+                # back one line at a time (a few steps) until within the budget.
+                guess = int(budget * end / (end + LINE_OVERHEAD * lines))
+                end = data.rfind(b"\n", 0, max(0, guess)) + 1
+                kept = data.count(b"\n", 0, end)
+                while end and end + LINE_OVERHEAD * kept > budget:
+                    end = data.rfind(b"\n", 0, end - 1) + 1
+                    kept -= 1
+        if kept and self.suppressed:
+            self.mark_suppressed()
+        self._suppress(lines - kept)
+        return data[:end], kept
+
+    def _suppress(self, lines: int) -> None:
+        self.suppressed += lines
+        self.suppressed_total += lines
 
     def push(self, text: str) -> None:
         if self.suppressed:
             self.mark_suppressed()
-        self._append(text)
+        self.append(text.encode("utf-8", "replace"), 1)
 
     def mark_suppressed(self) -> None:
         """Buffer the ``suppressed N lines`` marker of the lines suppressed so far."""
         count, self.suppressed = self.suppressed, 0
-        self._append(f"{_timestamp()} omnitron[-] sys | suppressed {count} lines (rate limit)\n")
+        self.append(
+            f"{_timestamp()} omnitron[-] sys | suppressed {count} lines (rate limit)\n".encode(), 1
+        )
 
-    def _append(self, text: str) -> None:
-        self.lines.append(text)
-        self.size += len(text) + LINE_OVERHEAD
-        self._trim()
+    def append(self, data: bytes, lines: int) -> None:
+        self.chunks.append(data)
+        self.size += len(data) + CHUNK_OVERHEAD
+        self.count += lines
+        if self.size + self.writing > self.buffer_bytes or self.buffer_lines is not None:
+            self._trim()
+
+    def remember(self, read: _Read) -> None:
+        """Keep ``read`` in the ring; forget the oldest reads not needed for its size."""
+        ring = self.ring
+        ring.append(read)
+        self.ring_lines += read.lines
+        while self.ring_lines - ring[0].lines >= self.ring_size:
+            self.ring_lines -= ring.popleft().lines
 
     def _trim(self) -> None:
+        """Drop the oldest lines until the buffer is within its bounds (whole lines)."""
         limit = self.buffer_lines
-        while self.size > self.buffer_bytes or (limit is not None and len(self.lines) > limit):
-            self.size -= len(self.lines.popleft()) + LINE_OVERHEAD
-            self.dropped += 1
-            self.dropped_total += 1
+        while self.chunks and (
+            self.size + self.writing > self.buffer_bytes
+            or (limit is not None and self.count > limit)
+        ):
+            oldest = self.chunks[0]
+            lines = oldest.count(b"\n")
+            excess = self.size + self.writing - self.buffer_bytes  # bytes to drop
+            cut = oldest.find(b"\n", excess - 1) + 1 if excess > 0 else 0
+            if limit is not None and self.count > limit:
+                end = 0
+                for _ in range(min(self.count - limit, lines)):  # lines to drop
+                    end = oldest.find(b"\n", end) + 1
+                cut = max(cut, end)
+            if 0 < cut < len(oldest):  # the first lines of the oldest read
+                gone = oldest.count(b"\n", 0, cut)
+                self.chunks[0] = oldest[cut:]
+                self.size -= cut
+            else:
+                gone = lines
+                self.chunks.popleft()
+                self.size -= len(oldest) + CHUNK_OVERHEAD
+            self.count -= gone
+            self.dropped += gone
+            self.dropped_total += gone
 
-    def put_back(self, batch: list[str]) -> None:
+    def put_back(self, batch: list[bytes]) -> None:
         """Return a batch that could not be written to the front of the buffer."""
-        self.lines.extendleft(reversed(batch))
-        self.size += sum(len(line) + LINE_OVERHEAD for line in batch)
+        self.writing = 0
+        self.chunks.extendleft(reversed(batch))
+        self.size += sum(len(data) + CHUNK_OVERHEAD for data in batch)
+        self.count += sum(data.count(b"\n") for data in batch)
         self._trim()
 
-    def take(self) -> list[str]:
-        batch = list(self.lines)
-        self.lines.clear()
-        self.size = 0
+    def take(self) -> list[bytes]:
+        """Everything buffered, with its markers, for the writer (see :attr:`writing`)."""
+        batch = list(self.chunks)
+        self.chunks.clear()
+        self.writing += self.size
+        self.size = self.count = 0
         if self.dropped:
-            stamp = _timestamp()
-            batch.insert(
-                0, f"{stamp} omnitron[-] sys | {self.dropped} lines dropped (log buffer full)\n"
-            )
+            marker = f"{_timestamp()} omnitron[-] sys | {self.dropped} lines dropped"
+            batch.insert(0, f"{marker} (log buffer full)\n".encode())
             self.dropped = 0
         if self.suppressed:
             count, self.suppressed = self.suppressed, 0
             batch.append(
-                f"{_timestamp()} omnitron[-] sys | suppressed {count} lines (rate limit)\n"
+                f"{_timestamp()} omnitron[-] sys | suppressed {count} lines (rate limit)\n".encode()
             )
         return batch
 
@@ -348,38 +443,42 @@ class LogCollector:
             entry = self._apps[app] = self._new_app(self.path_for(app))
         return entry
 
-    def sink(self, app: str, instance: int, stream: str) -> Callable[[str], None]:
-        """A line sink for ``Output.lines``: tags and buffers each line, never blocks."""
+    def sink(self, app: str, instance: int, stream: str) -> Callable[[bytes], None]:
+        """A batch sink for ``Output.batches``: tags and buffers a read's lines, never blocks.
+
+        The sink takes whole lines as bytes (each ending with a newline), any number
+        at once: one call per read of the pipe.
+        """
         entry = self._app(app)
-        tag = f" {app}[{instance}] {stream} | "
+        tag = f" {app}[{instance}] {stream} | ".encode()
         followers = self._followers
         clock = _clock
         now_of = time.time
-        append = entry.lines.append  # the deque is emptied in place, never replaced
-        ring = entry.ring.append
 
-        def deliver(line: str) -> None:
-            # The hot path of every line read: the rate first (a suppressed line costs
-            # a comparison or two), then the buffer append inlined.
-            size = len(line) + LINE_OVERHEAD
-            if entry.tokens < size and not entry.allow(size):
-                return
-            entry.tokens -= size
+        def deliver(data: bytes) -> None:
+            # The hot path of every read: the rate first (only a bucket low enough to
+            # matter, or lines suppressed before, make it count the lines), then the
+            # tagging and the buffer.
+            if entry.suppressed or entry.tokens < len(data) * (LINE_OVERHEAD + 1):
+                data, lines = entry.admit(data)
+                if not lines:
+                    return
             now = now_of()
-            if entry.suppressed:
-                entry.mark_suppressed()
-            # Escaped for the file by the writer thread, a batch at a time (``_clean``);
-            # the ring and followers get the text as read (``logs`` escapes on display).
-            text = line
-            formatted = f"{clock.stamp(now)}{tag}{text}\n"
-            append(formatted)
-            entry.size += len(formatted) + LINE_OVERHEAD
-            if entry.size > entry.buffer_bytes or entry.buffer_lines is not None:
-                entry._trim()
-            record = LogLine(now, app, instance, stream, text)
-            ring(record)
+            # Each line gets the same head (the time of the read) in one C pass, which
+            # also counts them. Escaped for the file by the writer thread, a batch at a
+            # time (``_clean``); the ring and followers get the text as read (``logs``
+            # escapes on display).
+            head = clock.stamp(now).encode() + tag
+            tagged = data.replace(b"\n", b"\n" + head)
+            lines = (len(tagged) - len(data)) // len(head)
+            if not lines:
+                return
+            entry.tokens -= len(data) + LINE_OVERHEAD * lines
+            entry.append(b"".join((head, memoryview(tagged)[: -len(head)])), lines)
+            entry.remember(_Read(now, instance, stream, data, lines))
             if followers:
-                self._tell(record)
+                for text in _line_texts(data):
+                    self._tell(LogLine(now, app, instance, stream, text))
             self._wakeup.set()
 
         return deliver
@@ -390,9 +489,8 @@ class LogCollector:
         now = time.time()
         text = _escape(message)
         entry.push(f"{_clock.stamp(now)} omnitron[-] sys | {text}\n")
-        record = LogLine(now, app, None, "sys", text)
-        entry.ring.append(record)
-        self._tell(record)
+        entry.remember(_Read(now, None, "sys", text.encode("utf-8", "replace") + b"\n", 1))
+        self._tell(LogLine(now, app, None, "sys", text))
         self._wakeup.set()
 
     def event(self, app: str, event: AppEvent) -> None:
@@ -429,14 +527,21 @@ class LogCollector:
     def tail(self, app: str) -> list[LogLine]:
         """The last lines of ``app`` kept in memory, oldest first."""
         entry = self._apps.get(app)
-        return list(entry.ring) if entry is not None else []
+        if entry is None:
+            return []
+        lines = [
+            LogLine(read.time, app, read.instance, read.stream, text)
+            for read in entry.ring
+            for text in _line_texts(read.data)
+        ]
+        return lines[-entry.ring_size :] if entry.ring_size else []
 
     def stats(self, app: str) -> dict[str, Any]:
         """Counters of ``app``'s log, as ``inspect`` shows them."""
         entry = self._apps.get(app)
         return {
             "file": str(self.path_for(app)),
-            "buffered_bytes": entry.size if entry else 0,
+            "buffered_bytes": entry.size + entry.writing if entry else 0,
             "suppressed_lines": entry.suppressed_total if entry else 0,
             "dropped_lines": entry.dropped_total if entry else 0,
             "write_errors": entry.write_errors if entry else 0,
@@ -481,11 +586,11 @@ class LogCollector:
                     # The last chance: write on the loop rather than lose the lines.
                     self._write(self._take_all())
 
-    def _take_all(self) -> list[tuple[_AppLog, list[str]]]:
+    def _take_all(self) -> list[tuple[_AppLog, list[bytes]]]:
         return [
             (entry, entry.take())
             for entry in self._apps.values()
-            if entry.lines or entry.dropped or entry.suppressed
+            if entry.chunks or entry.dropped or entry.suppressed
         ]
 
     async def flush(self) -> bool:
@@ -508,6 +613,9 @@ class LogCollector:
                     log.error("log_writer_degraded", error=str(exc), failures=self.thread_failures)
                 self._no_thread = f"cannot start a thread to write logs: {exc}"
                 return False
+            finally:
+                for entry, _ in batches:
+                    entry.writing = 0
         if self._no_thread is not None:
             log.warning("log_writer_recovered", failures=self.thread_failures)
             self._no_thread = None
@@ -525,6 +633,7 @@ class LogCollector:
                 entry = self._apps.get(app)
                 if entry is not None:
                     entry.ring.clear()
+                    entry.ring_lines = 0
             result: list[str] = await self._run_sync(self._empty, apps)
             return result
 
@@ -560,27 +669,29 @@ class LogCollector:
                 found.append(path.parent / name)
         return found
 
-    def _write(self, batches: list[tuple[_AppLog, list[str]]]) -> None:
-        for entry, lines in batches:
+    def _write(self, batches: list[tuple[_AppLog, list[bytes]]]) -> None:
+        for entry, chunks in batches:
             app = entry.path.name.removesuffix(".log")
+            marker = 0
             if entry.lost:
-                lines = [
+                marker = 1
+                chunks = [
                     f"{_timestamp()} omnitron[-] sys | {entry.lost} lines lost "
-                    f"(log write failed: {entry.last_error})\n",
-                    *lines,
+                    f"(log write failed: {entry.last_error})\n".encode(),
+                    *chunks,
                 ]
-            written = 0
+            # Escaped a read at a time (no copy of a clean one), written in one go.
+            parts = [_clean(data) for data in chunks]
+            done = [0]
             try:
-                for part in _slices(lines):
-                    self._append(entry.path, _clean("".join(part)).encode("utf-8", "replace"))
-                    written += len(part)
+                self._append(entry.path, parts, done)
             except OSError as exc:
                 # A full or read-only disk loses these lines, never the daemon nor the
                 # app: counted, marked in the file at the next write that succeeds.
-                marker_pending = entry.lost and not written
+                marker_pending = marker and not done[0]
                 if not marker_pending:
                     entry.lost = 0  # the marker reached the file
-                lost = len(lines) - written - (1 if marker_pending else 0)
+                lost = sum(data.count(b"\n") for data in parts[done[0] :]) - marker_pending
                 entry.lost += lost
                 entry.lost_total += lost
                 entry.write_errors += 1
@@ -601,37 +712,65 @@ class LogCollector:
                 if self._failing.pop(app, None) is not None:
                     log.warning("log_write_recovered", path=str(entry.path))
 
-    def _append(self, path: Path, data: bytes) -> None:
-        """Append ``data`` (whole lines) to ``path``, rotating between lines at ``max_size``."""
+    def _append(self, path: Path, parts: list[bytes], done: list[int]) -> None:
+        """Append ``parts`` (each whole lines) to ``path``, rotating between lines at
+        ``max_size``; ``done[0]`` counts the parts written whole.
+
+        One open and one ``writev`` for all the parts that fit in the file: every
+        system call gives up the GIL, and taking it back waits for the event loop.
+        """
         fd = _open(path)
+        queued: list[memoryview] = []  # pieces to write, in order
+        ready = 0  # parts whose last piece is queued
+
+        def write_queued() -> None:
+            nonlocal ready
+            _writev_all(fd, queued)
+            queued.clear()
+            done[0] += ready
+            ready = 0
+
         try:
             size = os.fstat(fd).st_size
-            offset, end = 0, len(data)
-            while offset < end:
-                room = self.max_size - size if self.max_size else end - offset
-                if end - offset <= room:
-                    cut = end
-                else:
-                    cut = data.rfind(b"\n", offset, offset + max(room, 0)) + 1
-                    if cut <= offset:
-                        if size > 0:  # the next line does not fit: start a new file
-                            os.close(fd)
-                            fd = -1
-                            self._rotate(path)
-                            fd = _open(path)
-                            size = 0
-                            continue
-                        # One line longer than max_size: it gets a file of its own.
-                        cut = data.find(b"\n", offset) + 1 or end
-                _write_all(fd, memoryview(data)[offset:cut])
-                size += cut - offset
-                offset = cut
-                if self.max_size and size >= self.max_size:
-                    os.close(fd)
-                    fd = -1
-                    self._rotate(path)
-                    fd = _open(path)
-                    size = 0
+            for data in parts:
+                view = memoryview(data)
+                offset, end = 0, len(data)
+                counted = False
+                while offset < end:
+                    room = self.max_size - size if self.max_size else end - offset
+                    if end - offset <= room:
+                        cut = end
+                    else:
+                        cut = data.rfind(b"\n", offset, offset + max(room, 0)) + 1
+                        if cut <= offset:
+                            if size > 0:  # the next line does not fit: start a new file
+                                write_queued()
+                                os.close(fd)
+                                fd = -1
+                                self._rotate(path)
+                                fd = _open(path)
+                                size = 0
+                                continue
+                            # One line longer than max_size: it gets a file of its own.
+                            cut = data.find(b"\n", offset) + 1 or end
+                    queued.append(view[offset:cut])
+                    size += cut - offset
+                    offset = cut
+                    if self.max_size and size >= self.max_size:
+                        if offset == end:
+                            ready += 1
+                            counted = True
+                        write_queued()
+                        os.close(fd)
+                        fd = -1
+                        self._rotate(path)
+                        fd = _open(path)
+                        size = 0
+                if not counted:
+                    ready += 1
+                if len(queued) >= _IOV_MAX:
+                    write_queued()
+            write_queued()
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -666,23 +805,6 @@ class LogCollector:
             os.unlink(first)
 
 
-def _slices(lines: list[str]) -> Iterator[list[str]]:
-    """``lines`` in runs of about :data:`WRITE_SLICE` characters.
-
-    The writer thread holds the GIL through each ``join``, escape check and
-    ``encode``: on a batch of megabytes that would stall the event loop for tens
-    of milliseconds; on a slice, for well under one.
-    """
-    start, size = 0, 0
-    for index, line in enumerate(lines):
-        size += len(line)
-        if size >= WRITE_SLICE:
-            yield lines[start : index + 1]
-            start, size = index + 1, 0
-    if start < len(lines):
-        yield lines[start:]
-
-
 def _open(path: Path) -> int:
     """:func:`open_for_append`, creating the directory again (0700) if it was removed."""
     try:
@@ -700,7 +822,15 @@ def _describe(exc: OSError) -> str:
     return f"{exc.strerror or os.strerror(exc.errno)} ({name})"
 
 
-def _write_all(fd: int, view: memoryview) -> None:
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+def _writev_all(fd: int, views: list[memoryview]) -> None:
+    """Write every byte of ``views`` (at most :data:`_IOV_MAX` at once), in order."""
+    start = 0
+    while start < len(views):
+        batch = views[start : start + _IOV_MAX]
+        written = os.writev(fd, batch)
+        for view in batch:
+            if written < len(view):
+                views[start] = view[written:]
+                break
+            written -= len(view)
+            start += 1

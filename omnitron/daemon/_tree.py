@@ -81,7 +81,7 @@ MAX_SOCKET_PATH = 107
 #: The root never gives up in one_for_one mode: its children are temporary.
 _UNBOUNDED = Intensity(max_restarts=1_000_000, window=1.0)
 
-LineSink = Callable[[str], None]
+LineSink = Callable[[bytes], None]
 
 
 def _home_marker(home: str | os.PathLike[str]) -> str:
@@ -172,7 +172,7 @@ class TreeBuilder:
     Args:
         ecosystem: The validated config.
         home: The daemon's home (put in every child's environment as a marker).
-        sink: ``sink(app, instance, stream)`` returns the line sink of that stream.
+        sink: ``sink(app, instance, stream)`` returns the batch sink of that stream.
         places: A map to extend (a new builder after a reload keeps the paths of
             the specs built before); a new one by default.
         leaf: ``leaf(app, index)`` returns what runs process ``index`` of ``app``
@@ -321,8 +321,8 @@ class TreeBuilder:
             startup_timeout=app.startup_timeout,
             stop_signal=app.stop_signal,
             stop_timeout=app.stop_timeout,
-            stdout=Output.lines(self._sink(app.name, index, "out")),
-            stderr=Output.lines(self._sink(app.name, index, "err")),
+            stdout=Output.batches(self._sink(app.name, index, "out")),
+            stderr=Output.batches(self._sink(app.name, index, "err")),
             listen=self.sockets(app.name),
         )
 
@@ -398,8 +398,8 @@ class TreeBuilder:
             startup_timeout=app.startup_timeout,
             stop_signal=app.stop_signal,
             stop_timeout=app.stop_timeout,
-            stdout=Output.lines(self._sink(app.name, index, "out")),
-            stderr=Output.lines(self._sink(app.name, index, "err")),
+            stdout=Output.batches(self._sink(app.name, index, "out")),
+            stderr=Output.batches(self._sink(app.name, index, "err")),
         )
 
     def _resolve_secrets(self, app: AppConfig) -> dict[str, str]:

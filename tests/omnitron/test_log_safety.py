@@ -26,10 +26,15 @@ from omnitron.daemon._safefile import (
 )
 
 
+def line(text: str) -> bytes:
+    """``text`` as the pump hands it to a batch sink: one whole line of bytes."""
+    return text.encode() + b"\n"
+
+
 async def write_lines(collector: LogCollector, app: str, count: int) -> None:
     sink = collector.sink(app, 0, "out")
     for i in range(count):
-        sink(f"line {i}")
+        sink(line(f"line {i}"))
     await collector.flush()
 
 
@@ -149,7 +154,7 @@ async def test_no_thread_keeps_the_lines_degrades_and_recovers(
     async with trio.open_nursery() as nursery:
         await nursery.start(collector.run)
         for i in range(100):
-            sink(f"line {i}")
+            sink(line(f"line {i}"))
         while calls[0] < 1:  # noqa: ASYNC110 - virtual time
             await trio.sleep(0.01)
         assert collector.degraded is not None
@@ -170,7 +175,7 @@ async def test_with_no_thread_at_shutdown_the_last_lines_are_written_anyway(
     collector = LogCollector(logs, run_sync=run_sync)
     async with trio.open_nursery() as nursery:
         await nursery.start(collector.run)
-        collector.sink("web", 0, "err")("last words")
+        collector.sink("web", 0, "err")(line("last words"))
         await trio.sleep(1)
         nursery.cancel_scope.cancel()
     assert collector.thread_failures >= 1
@@ -184,10 +189,10 @@ async def test_lines_beyond_the_buffer_while_degraded_are_counted_not_kept(
     collector = LogCollector(logs, buffer_lines=10, run_sync=run_sync)
     sink = collector.sink("web", 0, "out")
     for i in range(10):
-        sink(f"early {i}")
+        sink(line(f"early {i}"))
     assert not await collector.flush()
     for i in range(5):
-        sink(f"late {i}")
+        sink(line(f"late {i}"))
     assert await collector.flush()
     lines = (logs / "web.log").read_text().splitlines()
     assert "5 lines dropped (log buffer full)" in lines[0]

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 from omnitron.daemon._logs import LogCollector, LogLine
+
+
+def line(text: str) -> bytes:
+    """``text`` as the pump hands it to a batch sink: one whole line of bytes."""
+    return text.encode() + b"\n"
 
 
 @pytest.fixture
@@ -26,7 +34,7 @@ async def test_the_buffer_is_counted_in_bytes_and_drops_the_oldest(logs: Path) -
     collector = LogCollector(logs, buffer_bytes=1000)
     sink = collector.sink("web", 0, "out")
     for i in range(100):
-        sink(f"line {i:03d} " + "x" * 40)  # ~80 bytes with the prefix
+        sink(line(f"line {i:03d} " + "x" * 40))  # ~80 bytes with the prefix
     await collector.flush()
     lines = texts(logs / "web.log")
     assert lines[0].endswith("lines dropped (log buffer full)")
@@ -42,11 +50,11 @@ async def test_lines_past_the_rate_are_suppressed_with_a_marker_and_counted(logs
     collector = LogCollector(logs, rate=1000, burst=1000, monotonic=lambda: now[0])
     sink = collector.sink("web", 0, "out")
     for i in range(100):
-        sink(f"a {i}")  # each costs its length plus 64: 14 fit in 1000 bytes
+        sink(line(f"a {i}"))  # each costs its length plus 64: 14 fit in 1000 bytes
     kept_first = len(collector.tail("web"))
     assert kept_first == 14
     now[0] = 10.0  # the bucket refills
-    sink("after the pause")
+    sink(line("after the pause"))
     await collector.flush()
     lines = texts(logs / "web.log")
     suppressed = 100 - kept_first
@@ -58,8 +66,8 @@ async def test_lines_past_the_rate_are_suppressed_with_a_marker_and_counted(logs
 async def test_suppressed_lines_with_nothing_after_still_get_their_marker(logs: Path) -> None:
     collector = LogCollector(logs, rate=0.001, burst=100, monotonic=lambda: 0.0)
     sink = collector.sink("web", 0, "out")
-    sink("kept")
-    sink("lost")
+    sink(line("kept"))
+    sink(line("lost"))
     await collector.flush()
     assert texts(logs / "web.log") == ["kept", "suppressed 1 lines (rate limit)"]
 
@@ -84,7 +92,7 @@ async def test_rotation_loses_and_doubles_no_line(logs: Path, compress: bool) ->
     count = 0
     for burst in (1, 700, 3, 2500, 40, 1200):  # batches smaller and larger than a file
         for _ in range(burst):
-            sink(f"n={count:06d} " + "y" * (count % 50))
+            sink(line(f"n={count:06d} " + "y" * (count % 50)))
             count += 1
         await collector.flush()
     assert collector.rotations >= 10
@@ -103,7 +111,7 @@ async def test_rotation_keeps_max_files(logs: Path) -> None:
     collector = LogCollector(logs, max_size=1000, max_files=3, compress=True)
     sink = collector.sink("web", 0, "out")
     for i in range(500):
-        sink(f"n={i:06d}")
+        sink(line(f"n={i:06d}"))
         if i % 50 == 0:
             await collector.flush()
     await collector.flush()
@@ -121,7 +129,7 @@ async def test_the_ring_answers_right_after_a_rotation(logs: Path) -> None:
     collector = LogCollector(logs, max_size=500, max_files=1, ring=5)
     sink = collector.sink("web", 1, "err")
     for i in range(50):
-        sink(f"line {i}")
+        sink(line(f"line {i}"))
     await collector.flush()
     assert collector.rotations >= 1
     tail = collector.tail("web")
@@ -135,10 +143,10 @@ async def test_followers_get_every_line_and_notes(logs: Path) -> None:
     collector = LogCollector(logs)
     seen: list[LogLine] = []
     stop = collector.add_follower(seen.append)
-    collector.sink("web", 0, "out")("hello")
+    collector.sink("web", 0, "out")(line("hello"))
     collector.note("web", "web[0] exited with code 3")
     stop()
-    collector.sink("web", 0, "out")("unseen")
+    collector.sink("web", 0, "out")(line("unseen"))
     assert [(line.stream, line.text) for line in seen] == [
         ("out", "hello"),
         ("sys", "web[0] exited with code 3"),
@@ -151,13 +159,13 @@ async def test_emptying_truncates_the_file_removes_rotated_ones_and_clears_the_r
     collector = LogCollector(logs, max_size=300, max_files=5, compress=False)
     sink = collector.sink("web", 0, "out")
     for i in range(40):
-        sink(f"line {i}")
+        sink(line(f"line {i}"))
     emptied = await collector.empty(["web"])
     assert emptied == [str(logs / "web.log")]
     assert os.listdir(logs) == ["web.log"]
     assert (logs / "web.log").read_bytes() == b""
     assert collector.tail("web") == []
-    sink("after")
+    sink(line("after"))
     await collector.flush()
     assert texts(logs / "web.log") == ["after"]
 
@@ -172,8 +180,8 @@ async def test_a_failing_follower_is_dropped_and_the_line_still_kept(logs: Path)
     collector.add_follower(broken)
     collector.add_follower(seen.append)
     sink = collector.sink("web", 0, "out")
-    sink("one")
-    sink("two")
+    sink(line("one"))
+    sink(line("two"))
     assert [line.text for line in collector.tail("web")] == ["one", "two"]
     assert [line.text for line in seen] == ["one", "two"]
 
@@ -182,11 +190,96 @@ def test_lines_reach_the_file_on_one_line_without_terminal_escapes() -> None:
     """Controls are written as ``\\xNN`` (a tab stays); the ring keeps the text as read."""
     from omnitron.daemon._logs import _clean
 
-    plain = "2026 a[0] out | plain ascii\n2026 a[0] out | é unicode\n"
-    assert _clean(plain) == plain
+    plain = "2026 a[0] out | plain ascii\n2026 a[0] out | é unicode\n".encode()
+    assert _clean(plain) is plain
     dirty = "t | red \x1b[31mRED\x1b[0m\rback\n" + "t | tab\there\n" + "t | c1 \x9b2J bidi \u202e\n"
-    assert _clean(dirty) == (
-        "t | red \\x1b[31mRED\\x1b[0m\\x0dback\n"
-        + "t | tab\there\n"
-        + "t | c1 \\x9b2J bidi \\x202e\n"
+    assert (
+        _clean(dirty.encode())
+        == (
+            "t | red \\x1b[31mRED\\x1b[0m\\x0dback\n"
+            + "t | tab\there\n"
+            + "t | c1 \\x9b2J bidi \\x202e\n"
+        ).encode()
     )
+    assert _clean(b"t | bad \xff\xfe utf-8\n") == "t | bad \ufffd\ufffd utf-8\n".encode()
+
+
+def lines_of(*texts: str) -> bytes:
+    """One read of several whole lines, as the pump hands it over."""
+    return "".join(text + "\n" for text in texts).encode()
+
+
+async def test_a_read_past_the_rate_keeps_its_first_lines_and_counts_the_rest(
+    logs: Path,
+) -> None:
+    now = [0.0]
+    collector = LogCollector(logs, rate=1000, burst=1000, monotonic=lambda: now[0])
+    sink = collector.sink("web", 0, "out")
+    sink(lines_of(*(f"a {i}" for i in range(10))))  # 10 x (4 bytes + 64): 680 fit
+    sink(lines_of(*(f"b {i}" for i in range(10))))  # 4 of these fit in the 320 left
+    now[0] = 10.0
+    sink(line("after the pause"))
+    await collector.flush()
+    got = texts(logs / "web.log")
+    kept = [f"a {i}" for i in range(10)] + [f"b {i}" for i in range(4)]
+    assert got == [*kept, "suppressed 6 lines (rate limit)", "after the pause"]
+    assert collector.stats("web")["suppressed_lines"] == 6
+
+
+async def test_a_full_buffer_drops_the_oldest_lines_of_a_read_not_the_read(logs: Path) -> None:
+    collector = LogCollector(logs, buffer_bytes=2000)
+    sink = collector.sink("web", 0, "out")
+    sink(lines_of(*(f"old {i:03d} " + "x" * 40 for i in range(30))))  # ~2,700 bytes tagged
+    sink(line("new"))
+    await collector.flush()
+    got = texts(logs / "web.log")
+    dropped = int(got[0].split()[0])
+    assert got[0].endswith("lines dropped (log buffer full)")
+    assert 0 < dropped < 30
+    assert got[1:] == [f"old {i:03d} " + "x" * 40 for i in range(dropped, 30)] + ["new"]
+    assert collector.stats("web")["dropped_lines"] == dropped
+
+
+async def test_a_read_reaches_the_ring_and_followers_line_by_line(logs: Path) -> None:
+    collector = LogCollector(logs, ring=5)
+    seen: list[LogLine] = []
+    collector.add_follower(seen.append)
+    sink = collector.sink("web", 2, "err")
+    sink(lines_of(*(f"first {i}" for i in range(4))))
+    sink(b"bad \xff utf-8\n" + lines_of(*(f"second {i}" for i in range(7))))
+    texts_in_order = [f"first {i}" for i in range(4)] + ["bad \ufffd utf-8"]
+    texts_in_order += [f"second {i}" for i in range(7)]
+    assert [record.text for record in seen] == texts_in_order
+    tail = collector.tail("web")
+    assert [record.text for record in tail] == texts_in_order[-5:]
+    assert {(record.instance, record.stream) for record in tail} == {(2, "err")}
+    await collector.flush()
+    assert texts(logs / "web.log") == texts_in_order
+
+
+async def test_lines_being_written_count_against_the_buffer(logs: Path) -> None:
+    release = trio.Event()
+
+    async def slow_disk(write: Callable[..., object], *args: object) -> object:
+        await release.wait()
+        return write(*args)
+
+    collector = LogCollector(logs, buffer_bytes=4000, run_sync=slow_disk)
+    sink = collector.sink("web", 0, "out")
+    first = [f"first {i:02d} " + "x" * 40 for i in range(20)]
+    second = [f"second {i:02d} " + "y" * 40 for i in range(20)]
+    sink(lines_of(*first))  # ~1,800 bytes tagged
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(collector.flush)
+        await trio.testing.wait_all_tasks_blocked()
+        assert collector.stats("web")["buffered_bytes"] > 1500  # taken, not written yet
+        for text in second:  # ~3,000 bytes: alone they would fit
+            sink(line(text))
+        release.set()
+    await collector.flush()
+    got = texts(logs / "web.log")
+    assert got[:20] == first
+    assert got[20].endswith("lines dropped (log buffer full)")
+    dropped = int(got[20].split()[0])
+    assert 0 < dropped < 20
+    assert got[21:] == second[dropped:]

@@ -11,6 +11,7 @@ import time
 import pytest
 import trio
 
+from supervision import InvalidSpec, InvalidSpecType
 from supervision._spec import Output, ProcessChild
 
 
@@ -150,3 +151,49 @@ async def test_output_held_by_an_escaped_descendant_does_not_block_the_exit(
     finally:
         escapee = int((await out.line_starting("escapee ")).split()[1])
         os.kill(escapee, signal.SIGKILL)
+
+
+async def test_batches_hand_each_read_as_whole_lines_of_bytes(slots) -> None:
+    reads: list[bytes] = []
+    count = 100_000
+    spec = ProcessChild(["seq", "1", str(count)], stdout=Output.batches(reads.append))
+    await run_to_exit(slots, spec)
+    assert b"".join(reads) == "".join(f"{i}\n" for i in range(1, count + 1)).encode()
+    assert all(read.endswith(b"\n") for read in reads)
+    # One call per read of the pipe, not one per line.
+    assert len(reads) <= count / 50, len(reads)
+
+
+async def test_batches_keep_the_bytes_and_end_the_last_line(slots, child) -> None:
+    reads: list[bytes] = []
+    await run_to_exit(slots, ProcessChild(child("bad_utf8"), stdout=Output.batches(reads.append)))
+    assert b"".join(reads) == b"ok \xff\xfe bad\n\xc3\xa9t\xc3\xa9\ncut \xc3\n"
+    reads.clear()
+    spec = ProcessChild(["printf", "one\\ntwo"], stdout=Output.batches(reads.append))
+    await run_to_exit(slots, spec)
+    assert b"".join(reads) == b"one\ntwo\n"
+
+
+async def test_batches_cut_long_lines_into_marked_pieces(slots) -> None:
+    reads: list[bytes] = []
+    text = "short\n" + "a" + "é" * 50 + "\nend"
+    code = f"import sys; sys.stdout.write({text!r})"
+    spec = ProcessChild(
+        [sys.executable, "-c", code], stdout=Output.batches(reads.append, max_line=16)
+    )
+    await run_to_exit(slots, spec)
+    lines = b"".join(reads).decode().split("\n")[:-1]
+    assert lines[0] == "short"
+    assert lines[-1] == "end"
+    pieces = lines[1:-1]
+    assert all(p.endswith("…") for p in pieces[:-1])
+    assert not pieces[-1].endswith("…")
+    assert all(len(p.removesuffix("…").encode()) <= 16 for p in pieces)
+    assert "".join(p.removesuffix("…") for p in pieces) == "a" + "é" * 50
+
+
+def test_batches_validate_like_lines() -> None:
+    with pytest.raises(InvalidSpecType, match=r"OutputBatches\.sink: must be callable"):
+        Output.batches("nope")  # type: ignore[arg-type]
+    with pytest.raises(InvalidSpec, match=r"OutputBatches\.max_line: must be >= 16, got 8"):
+        Output.batches(print, max_line=8)
