@@ -40,6 +40,7 @@ from omnitron.rpc import ErrorCode, Forbidden, NotFound, RemoteError, Role, Unau
 from omnitron.rpc._auth import (
     MAX_TOKEN_BYTES,
     REFUSAL_DELAY,
+    REFUSAL_RATE,
     FailureBackoff,
     TokenAuthority,
     register_auth_methods,
@@ -518,6 +519,44 @@ async def test_a_login_refused_by_the_backoff_waits_and_is_logged_as_a_count(
     assert counts[0] == 1
     assert all(10 <= count <= 11 for count in counts[1:])  # 0.1 s steps on a float clock
     assert all(e["peer"] == "10.0.0.9" for e in refused)
+
+
+async def test_refusals_of_one_address_are_spaced_however_many_it_sends_at_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """AU-21: forty logins of one address at once (many connections, or pipelined)
+    during its backoff are answered at most REFUSAL_RATE a second, evenly: the first
+    after REFUSAL_DELAY, each next one 1/REFUSAL_RATE later, none in a burst."""
+    authority = TokenAuthority(tmp_path)
+    dispatcher = Dispatcher()
+    backoff = FailureBackoff(free=0, first=30.0, clock=trio.current_time)
+    register_auth_methods(dispatcher, lambda: authority, backoff)
+    peer = Peer(transport="tls", role=Role.ANONYMOUS, address="10.0.0.9")
+    answered: list[float] = []
+
+    async def login() -> None:
+        request = Request(msgid=1, method="auth.login", params={"token": "bad.token.x"})
+        reply = await dispatcher.dispatch(request, peer=peer, host=_Host())
+        assert reply.error is not None
+        assert reply.error.data["reason"] == "backoff"
+        answered.append(trio.current_time() - started)
+
+    backoff.failed("10.0.0.9")  # now in its backoff
+    started = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for _ in range(40):
+            nursery.start_soon(login)
+    expected = [REFUSAL_DELAY + n / REFUSAL_RATE for n in range(40)]
+    assert answered == pytest.approx(expected)
+    # Another address is not held up by this one's queue.
+    other = Peer(transport="tls", role=Role.ANONYMOUS, address="10.0.0.10")
+    backoff.failed("10.0.0.10")
+    started = trio.current_time()
+    reply = await dispatcher.dispatch(
+        Request(msgid=2, method="auth.login", params={"token": "x"}), peer=other, host=_Host()
+    )
+    assert reply.error is not None
+    assert trio.current_time() - started == pytest.approx(REFUSAL_DELAY)
 
 
 async def test_repeated_bad_logins_are_refused_without_verifying_then_audited(
