@@ -61,11 +61,16 @@ MAX_TOKEN_BYTES: Final = 8192
 LEEWAY: Final = 30
 """Seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat`` (AU-05)."""
 REFUSAL_DELAY: Final = 0.1
-"""Seconds a login refused by the backoff waits before its reply (at most the backoff's
-remainder): a client retrying in a loop then costs the daemon ten refusals a second
-per connection, not as many as it can send."""
+"""Seconds a login refused by the backoff waits, at least, before its reply: a client
+retrying in a loop then costs the daemon ten refusals a second per connection, not as
+many as it can send."""
+REFUSAL_RATE: Final = 100.0
+"""Refusals a second, at most, answered to one address, evenly spaced: beyond it the
+replies wait longer than :data:`REFUSAL_DELAY`, so more connections or pipelined
+logins from one address do not make the daemon refuse faster (nor in bursts)."""
 REFUSAL_LOG_INTERVAL: Final = 1.0
 """Seconds between two ``auth_refused`` lines about one peer (the line counts them)."""
+_BACKOFF: Final = {"reason": "backoff"}
 _ROLES: Final = {"viewer": Role.VIEWER, "operator": Role.OPERATOR, "admin": Role.ADMIN}
 _JTI: Final = re.compile(r"[0-9a-f]{32}")
 _SUBJECT: Final = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
@@ -361,6 +366,8 @@ class FailureBackoff:
         self._peers: dict[str, tuple[int, float]] = {}
         # Per peer: refusals not logged yet, and when the last line was logged.
         self._refusals: dict[str, tuple[int, float]] = {}
+        # Per peer: the earliest time the next refusal may be answered.
+        self._next_reply: dict[str, float] = {}
 
     def blocked_for(self, peer: str) -> float:
         """Seconds before ``peer`` may try again (0 when it may now)."""
@@ -383,6 +390,21 @@ class FailureBackoff:
     def succeeded(self, peer: str) -> None:
         self._peers.pop(peer, None)
         self._refusals.pop(peer, None)
+        self._next_reply.pop(peer, None)
+
+    def reply_delay(self, peer: str) -> float:
+        """Seconds a refusal of ``peer`` waits before its reply.
+
+        :data:`REFUSAL_DELAY`, or longer when the peer's refusals would otherwise be
+        answered more often than :data:`REFUSAL_RATE` a second: each takes the next
+        free slot, ``1 / REFUSAL_RATE`` after the previous one.
+        """
+        now = self._clock()
+        due = max(now + REFUSAL_DELAY, self._next_reply.pop(peer, -math.inf))
+        self._next_reply[peer] = due + 1 / REFUSAL_RATE
+        while len(self._next_reply) > self._max_peers:
+            del self._next_reply[next(iter(self._next_reply))]
+        return due - now
 
     def refused(self, peer: str) -> int:
         """Count a login refused during ``peer``'s backoff; how many to log now.
@@ -421,16 +443,24 @@ def register_auth_methods(
 
     async def login(call: Call, *, token: object) -> dict[str, Any]:
         """Authenticate this connection with a token; later calls run with its role."""
-        await trio.lowlevel.checkpoint()
         peer = call.peer
         if peer.token_id is None and peer.role is not Role.ANONYMOUS:
             # The Unix socket: already admin by OS identity.
+            await trio.lowlevel.checkpoint()
             return {"subject": None, "role": peer.role.label, "expires_at": None}
         address = peer.address or peer.transport
         wait = failures.blocked_for(address)
+        if wait <= 0:
+            await trio.lowlevel.checkpoint()
+            # Checked again after the checkpoint, then nothing awaits until the failure
+            # is counted: concurrent logins of one address cannot slip past the backoff.
+            wait = failures.blocked_for(address)
         if wait > 0:
-            # Refused before anything is parsed or verified; the reply waits a little,
-            # so that a client retrying in a loop cannot make the daemon spin on it.
+            # Refused before anything is parsed or verified, and as cheaply as a call
+            # can be (AU-21): no checkpoint but the delay itself, one log line a second
+            # per address. The reply waits a little, and the address's replies are
+            # spaced out, so that clients retrying in a loop (on many connections, or
+            # pipelined) cannot make the daemon spin on them.
             count = failures.refused(address)
             if count:
                 log.warning(
@@ -440,10 +470,10 @@ def register_auth_methods(
                     reason="backoff",
                     count=count,
                 )
-            await trio.sleep(min(wait, REFUSAL_DELAY))
+            await trio.sleep(failures.reply_delay(address))
             raise Unauthenticated(
                 f"too many failed logins from this address; retry in {math.ceil(wait)}s",
-                data={"reason": "backoff"},
+                data=_BACKOFF,
             )
         authority = get_authority()
         try:

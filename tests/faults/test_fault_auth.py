@@ -41,6 +41,7 @@ from omnitron.rpc import ErrorCode, Forbidden, NotFound, RemoteError, Role, Unau
 from omnitron.rpc._auth import (
     MAX_TOKEN_BYTES,
     REFUSAL_DELAY,
+    REFUSAL_RATE,
     FailureBackoff,
     TokenAuthority,
     register_auth_methods,
@@ -135,7 +136,11 @@ _DROP = object()
 
 @contextlib.asynccontextmanager
 async def serving(
-    home: Path, *, clock: Clock | None = None, options: ServerOptions | None = None
+    home: Path,
+    *,
+    clock: Clock | None = None,
+    options: ServerOptions | None = None,
+    backoff: FailureBackoff | None = None,
 ) -> AsyncIterator[Plane]:
     authority = TokenAuthority(home, clock=clock or Clock())
     plane_home = home
@@ -149,7 +154,7 @@ async def serving(
     )
     # As build_dispatcher(service, authority=...) does, with the backoff in reach.
     dispatcher = build_dispatcher(service)
-    backoff = FailureBackoff()
+    backoff = backoff or FailureBackoff()
     register_auth_methods(dispatcher, lambda: authority, backoff)
     identity = ensure_self_signed(home)
     context = server_context(identity)
@@ -538,6 +543,44 @@ async def test_a_login_refused_by_the_backoff_waits_and_is_logged_as_a_count(
     assert all(e["peer"] == "10.0.0.9" for e in refused)
 
 
+async def test_refusals_of_one_address_are_spaced_however_many_it_sends_at_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """AU-21: forty logins of one address at once (many connections, or pipelined)
+    during its backoff are answered at most REFUSAL_RATE a second, evenly: the first
+    after REFUSAL_DELAY, each next one 1/REFUSAL_RATE later, none in a burst."""
+    authority = TokenAuthority(tmp_path)
+    dispatcher = Dispatcher()
+    backoff = FailureBackoff(free=0, first=30.0, clock=trio.current_time)
+    register_auth_methods(dispatcher, lambda: authority, backoff)
+    peer = Peer(transport="tls", role=Role.ANONYMOUS, address="10.0.0.9")
+    answered: list[float] = []
+
+    async def login() -> None:
+        request = Request(msgid=1, method="auth.login", params={"token": "bad.token.x"})
+        reply = await dispatcher.dispatch(request, peer=peer, host=_Host())
+        assert reply.error is not None
+        assert reply.error.data["reason"] == "backoff"
+        answered.append(trio.current_time() - started)
+
+    backoff.failed("10.0.0.9")  # now in its backoff
+    started = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for _ in range(40):
+            nursery.start_soon(login)
+    expected = [REFUSAL_DELAY + n / REFUSAL_RATE for n in range(40)]
+    assert answered == pytest.approx(expected)
+    # Another address is not held up by this one's queue.
+    other = Peer(transport="tls", role=Role.ANONYMOUS, address="10.0.0.10")
+    backoff.failed("10.0.0.10")
+    started = trio.current_time()
+    reply = await dispatcher.dispatch(
+        Request(msgid=2, method="auth.login", params={"token": "x"}), peer=other, host=_Host()
+    )
+    assert reply.error is not None
+    assert trio.current_time() - started == pytest.approx(REFUSAL_DELAY)
+
+
 async def test_repeated_bad_logins_are_refused_without_verifying_then_audited(
     tmp_path: Path,
 ) -> None:
@@ -558,6 +601,30 @@ async def test_repeated_bad_logins_are_refused_without_verifying_then_audited(
         assert failed[-1]["count"] == 1
         assert all(e["peer"] == "127.0.0.1" for e in failed)
         assert all("bad.token.here" not in repr(e) and good not in repr(e) for e in logs)
+
+
+async def test_concurrent_bad_logins_of_one_address_cannot_slip_past_the_backoff(
+    tmp_path: Path,
+) -> None:
+    """AU-21: ten logins of one address at once: five free failures, the sixth starts
+    the backoff, and the other four are refused unverified (the backoff is checked
+    again after the login's checkpoint, with no await until the failure is counted)."""
+    async with (
+        serving(tmp_path, backoff=FailureBackoff(first=60.0)) as plane,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        clients = [await stack.enter_async_context(plane.client()) for _ in range(10)]
+        reasons: list[str] = []
+
+        async def login(client: Any) -> None:
+            with pytest.raises(Unauthenticated) as caught:
+                await client.call("auth.login", token="bad.token.here")
+            reasons.append(caught.value.data["reason"])
+
+        async with trio.open_nursery() as nursery:
+            for client in clients:
+                nursery.start_soon(login, client)
+    assert sorted(reasons) == ["backoff"] * 4 + ["malformed"] * 6
 
 
 # --------------------------------------------------------------------------- AU-25
@@ -606,20 +673,22 @@ def percentile(samples: list[float], fraction: float) -> float:
 
 
 ATTACKER = r"""
-import sys, trio
+import json, sys, trio
 from omnitron.rpc import Unauthenticated
 from omnitron.rpc._tls import open_tls_client
 
 port, fingerprint, token = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 connections, attempts = int(sys.argv[4]), int(sys.argv[5])
+reasons = {}
 
 async def attack():
     async with open_tls_client("127.0.0.1", port, fingerprint=fingerprint) as bad:
         for _ in range(attempts):
             try:
                 await bad.call("auth.login", token=token)
-            except Unauthenticated:
-                pass
+            except Unauthenticated as exc:
+                reason = exc.data.get("reason")
+                reasons[reason] = reasons.get(reason, 0) + 1
 
 async def main():
     print("ready", flush=True)
@@ -627,6 +696,7 @@ async def main():
     async with trio.open_nursery() as nursery:
         for _ in range(connections):
             nursery.start_soon(attack)
+    print(json.dumps(reasons), flush=True)
 
 trio.run(main)
 """
@@ -638,14 +708,16 @@ async def test_500_bad_logins_from_one_peer_barely_slow_a_legitimate_client(
     """AU-21: the p99 of a logged-in client's calls, alone and under 500 bad logins.
 
     The attacker is another process (ten TLS connections of one address, 50 logins
-    each with a well-signed token that was never issued), so what slows the client
-    is the server's work for the attack, not the attacker's own. The bound is
-    loose (the target is 2x; the figures are in docs/security.md).
+    each with a well-signed token that was never issued). All but a few of the 500
+    are refused by the backoff, unverified; the slowdown bound is loose, a
+    correctness check only: on this shared machine the ratio is measured by
+    ``benchmarks/auth_flood.py`` (rounds, a floor of the same attack on another
+    server process; figures in docs/benchmarks.md and docs/security.md).
     """
     async with serving(tmp_path) as plane, plane.client(plane.token()) as client:
 
         async def measure(samples: list[float], until: trio.Event | None = None) -> None:
-            while len(samples) < 300 or (until is not None and not until.is_set()):
+            while len(samples) < 1000 or (until is not None and not until.is_set()):
                 started = time.perf_counter()
                 with contextlib.suppress(NotFound):
                     await client.call("daemon.graph")
@@ -669,20 +741,29 @@ async def test_500_bad_logins_from_one_peer_barely_slow_a_legitimate_client(
             )
             assert attacker.stdin is not None
             assert attacker.stdout is not None
+            output = b""
             with trio.fail_after(60):
                 assert (await attacker.stdout.receive_some(64)).strip() == b"ready"
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(measure, attacked, done)
                     await attacker.stdin.send_all(b"go\n")
+                    while chunk := await attacker.stdout.receive_some(4096):
+                        output += chunk
                     assert await attacker.wait() == 0
                     done.set()
         alone_again: list[float] = []
         await measure(alone_again)
+    # Every login refused; all but the verified few by the backoff, before any crypto
+    # (5 free failures, then one per backoff period of 0.5 s, 1 s, 2 s...: under 20).
+    reasons = json.loads(output)
+    assert sum(reasons.values()) == 500
+    assert set(reasons) == {"backoff", "unknown token id"}
+    assert reasons["unknown token id"] <= 15
     base = min(percentile(alone, 0.99), percentile(alone_again, 0.99))
     under = percentile(attacked, 0.99)
     print(
         f"p99 alone {base * 1e3:.2f} ms, under 500 bad logins {under * 1e3:.2f} ms "
         f"({under / base:.2f}x, {len(attacked)} calls); p50 {percentile(alone, 0.5) * 1e3:.2f}"
-        f" / {percentile(attacked, 0.5) * 1e3:.2f} ms"
+        f" / {percentile(attacked, 0.5) * 1e3:.2f} ms; refusals {reasons}"
     )
     assert under <= 10 * base + 0.010
