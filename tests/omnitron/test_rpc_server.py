@@ -57,19 +57,22 @@ def sock_dir() -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-@pytest.fixture
-def sock_path(sock_dir: Path) -> Path:
-    return sock_dir / "d.sock"
-
-
 _OPEN: list[Raw] = []
 
 
-@pytest.fixture(autouse=True)
-async def _close_raw_connections() -> AsyncIterator[None]:
-    yield
-    while _OPEN:
-        await _OPEN.pop().aclose()
+@pytest.fixture
+async def sock_path(sock_dir: Path) -> AsyncIterator[Path]:
+    """The server's socket path; the test's :class:`Raw` connections are closed after it.
+
+    An async fixture, not an autouse one: pytest-trio runs only the async fixtures a
+    test names, so an async autouse fixture would silently never run (and every
+    ``Raw`` would stay open until the garbage collector finds it in a later test).
+    """
+    try:
+        yield sock_dir / "d.sock"
+    finally:
+        while _OPEN:
+            await _OPEN.pop().aclose()
 
 
 class Raw:
