@@ -395,15 +395,40 @@ class Orchestrator:
             log.info("apps_started", apps=[n for n in self._wanted() if self.pool(n) is not None])
 
     async def _launch(self, root: Supervisor) -> None:
-        """Add the apps to the root one by one, each ready before the next."""
-        for name in self._wanted():
+        """Add the apps to the root, each once the apps it depends on are ready (or
+        have failed): apps that do not depend on each other start together."""
+
+        async def launch(name: str) -> None:
             if self._shutting_down:
                 return
             record = self.apps.get(name)
             if record is None or record.desired is DesiredStatus.STOPPED or record.crashed:
-                continue  # stopped (or removed) while the apps before it started
+                return  # stopped (or removed) while the apps before it started
             with contextlib.suppress(AppStartFailed, RequestRefused):
                 await self._start_one(name, launch=True)
+
+        await self._in_dependency_order(self._wanted(), launch)
+
+    async def _in_dependency_order(
+        self, names: list[str], act: Callable[[str], Awaitable[None]]
+    ) -> None:
+        """Run ``act(name)`` for every name, each once ``act`` has returned for the
+        names among ``names`` that it depends on; the others run together."""
+        done = {name: trio.Event() for name in names}
+
+        async def one(name: str) -> None:
+            try:
+                record = self.apps.get(name)
+                for dependency in record.config.depends_on if record is not None else ():
+                    if dependency in done:
+                        await done[dependency].wait()
+                await act(name)
+            finally:
+                done[name].set()
+
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(one, name)
 
     def _root_gave_up(self, reason: str) -> None:
         log.error("tree_gave_up", reason=reason)
@@ -514,14 +539,24 @@ class Orchestrator:
     async def start(self, target: str) -> list[str]:
         """Start an app (and the apps it depends on) or all enabled apps."""
         names = [n for n in self.names(target) if target != "all" or self.apps[n].config.enabled]
-        started: list[str] = []
-        failed: list[AppStartFailed] = []
-        for name in self._with_dependencies(names):
+        order = self._with_dependencies(names)
+        outcomes: dict[str, bool | Exception] = {}
+
+        async def start(name: str) -> None:
             try:
-                if await self._start_one(name):
-                    started.append(name)
-            except AppStartFailed as exc:
-                failed.append(exc)
+                outcomes[name] = await self._start_one(name)
+            except Exception as exc:  # reported below, in start order, as it was raised
+                outcomes[name] = exc
+
+        await self._in_dependency_order(order, start)
+        results = [outcomes[name] for name in order if name in outcomes]
+        refused = [
+            o for o in results if isinstance(o, Exception) and not isinstance(o, AppStartFailed)
+        ]
+        if refused:
+            raise refused[0]
+        started = [name for name in order if outcomes.get(name) is True]
+        failed = [o for o in results if isinstance(o, AppStartFailed)]
         if failed:
             done = f" (started: {', '.join(started)})" if started else ""
             message = "; ".join(exc.message for exc in failed) + done

@@ -180,6 +180,7 @@ async def test_commands_answer_while_a_real_app_is_slow(tmp_path: Path) -> None:
             "name": "flaky",
             "command": ["sh", "-c", "exit 1"],
             "restart_policy": {"max_restarts": 5, "backoff": {"initial": "30s", "max": "30s"}},
+            "depends_on": ["slow"],  # held up by slow's start until slow is stopped
         },
     ]
     async with daemon(tmp_path, apps) as (orchestrator, service):

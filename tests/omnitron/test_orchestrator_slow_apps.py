@@ -26,7 +26,7 @@ from omnitron.config import AppConfig
 from omnitron.daemon._orchestrator import Orchestrator
 from omnitron.daemon._service import DaemonService
 from omnitron.state import AppStatus, DesiredStatus
-from supervision.testing import Exit, FakeChild, Hang
+from supervision.testing import Exit, FakeChild, Hang, RunForever
 
 AT_ONCE = 0.5
 """Virtual seconds within which a command must answer (the slow app takes 30)."""
@@ -63,7 +63,8 @@ async def test_commands_answer_while_an_app_never_becomes_ready(
         "slow": FakeChild([Hang()], startup_timeout=30),
         "later": FakeChild(),
     }
-    apps = [app("fast"), app("slow", startup_timeout="30s"), app("later")]
+    # later waits for slow (its dependency); fast depends on nothing and is not held up.
+    apps = [app("fast"), app("slow", startup_timeout="30s"), app("later", depends_on=["slow"])]
     async with running(tmp_path, apps, fakes) as (orchestrator, service):
         await trio.sleep(1)  # fast is up; slow is starting, for 29 s more
         elapsed, status = await timed(service.status())
@@ -77,7 +78,7 @@ async def test_commands_answer_while_an_app_never_becomes_ready(
         assert orchestrator.apps["fast"].status is AppStatus.STOPPED
 
         # stop of the slow app: its start is cancelled at once; it is stopped,
-        # not crashed, and the apps after it are launched.
+        # not crashed, and the apps that depend on it are launched.
         elapsed, stopped = await timed(orchestrator.stop("slow"))
         assert elapsed < AT_ONCE
         assert stopped == ["slow"]
@@ -109,6 +110,67 @@ async def test_a_start_of_another_app_answers_while_one_is_slow(
         assert elapsed < AT_ONCE
         assert started == ["idle"]
         assert orchestrator.apps["idle"].status is AppStatus.ONLINE
+
+
+async def test_independent_apps_start_together_and_dependents_wait(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """At launch an app waits only for the apps it depends on: one listed after a
+    slow app but independent of it comes up at once; a dependent of the slow app
+    starts once the slow app is ready."""
+    fakes = {
+        "slow": FakeChild([Hang()], startup_timeout=30),
+        "free": FakeChild(),
+        "dependent": FakeChild(),
+    }
+    apps = [
+        app("slow", startup_timeout="30s"),
+        app("dependent", depends_on=["slow"]),
+        app("free"),
+    ]
+    async with running(tmp_path, apps, fakes) as (orchestrator, service):
+        await trio.sleep(1)
+        assert statuses(await service.status()) == {
+            "slow": "starting",
+            "dependent": "starting",
+            "free": "online",
+        }
+        assert fakes["dependent"].generation == 0
+        await orchestrator.wait_launched(within=60)  # slow's retry comes up after 30 s
+        assert trio.current_time() > 30
+        assert statuses(await service.status()) == {
+            "slow": "online",
+            "dependent": "online",
+            "free": "online",
+        }
+
+
+async def test_start_all_starts_independent_apps_together(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """``start all`` after ``stop all``: an app independent of a slow one is online at
+    once; the call returns once every app is up, in start order."""
+    # slow: its first start times out, its retry runs; its start after the stop hangs.
+    fakes = {
+        "slow": FakeChild([Hang(), RunForever(), Hang()], startup_timeout=30),
+        "free": FakeChild(),
+    }
+    apps = [app("slow", startup_timeout="30s"), app("free")]
+    async with running(tmp_path, apps, fakes) as (orchestrator, service):
+        await trio.sleep(60)  # slow's first start timed out; its retry came up
+        await orchestrator.wait_launched(within=1)
+        assert sorted(await orchestrator.stop("all")) == ["free", "slow"]
+        result: list[list[str]] = []
+
+        async def start_all() -> None:
+            result.append(await orchestrator.start("all"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(start_all)
+            await trio.sleep(1)
+            assert statuses(await service.status()) == {"slow": "starting", "free": "online"}
+        assert result == [["slow", "free"]]
+        assert statuses(await service.status()) == {"slow": "online", "free": "online"}
 
 
 BACKOFF = {"max_restarts": 5, "window": "600s", "backoff": {"initial": "30s", "max": "30s"}}
@@ -161,7 +223,7 @@ async def test_an_app_stopped_before_its_turn_is_never_launched(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     fakes = {"slow": FakeChild([Hang()], startup_timeout=30), "later": FakeChild()}
-    apps = [app("slow", startup_timeout="30s"), app("later")]
+    apps = [app("slow", startup_timeout="30s"), app("later", depends_on=["slow"])]
     async with running(tmp_path, apps, fakes) as (orchestrator, _):
         await trio.sleep(1)
         elapsed, stopped = await timed(orchestrator.stop("later"))
@@ -184,7 +246,11 @@ async def test_shutdown_during_a_slow_start(
     fakes = {"first": FakeChild(), "slow": FakeChild([Hang()], startup_timeout=30)}
     fakes["later"] = FakeChild()
     crashes: list[str] = []
-    apps = [app("first"), app("slow", startup_timeout="30s", critical=True), app("later")]
+    apps = [
+        app("first"),
+        app("slow", startup_timeout="30s", critical=True),
+        app("later", depends_on=["slow"]),
+    ]
     async with running(tmp_path, apps, fakes) as (orchestrator, _):
         orchestrator._on_critical = crashes.append
         await trio.sleep(1)
