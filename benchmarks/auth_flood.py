@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/auth_flood.py [--rounds 5] [--seconds 5] [--json out.json]
+    python benchmarks/auth_flood.py --depth 32   # each attacking connection pipelines 32 logins
     python benchmarks/auth_flood.py --profile server.prof [--rounds 2]
 
 A server subprocess serves the TLS plane as the daemon does (``serve_tls`` with
@@ -136,6 +137,7 @@ from omnitron.rpc._tls import client_context
 
 port, token, source = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 connections, attempts, hold = int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+depth = int(sys.argv[7])
 refused = {}
 
 async def connection():
@@ -145,12 +147,18 @@ async def connection():
     async with open_client(stream) as client:
         if hold:
             await trio.sleep(hold)
-        for _ in range(attempts):
-            try:
-                await client.call("auth.login", token=token)
-            except Unauthenticated as exc:
-                reason = exc.data.get("reason")
-                refused[reason] = refused.get(reason, 0) + 1
+
+        async def logins(count):
+            for _ in range(count):
+                try:
+                    await client.call("auth.login", token=token)
+                except Unauthenticated as exc:
+                    reason = exc.data.get("reason")
+                    refused[reason] = refused.get(reason, 0) + 1
+
+        async with trio.open_nursery() as pipelined:
+            for lane in range(depth):
+                pipelined.start_soon(logins, attempts // depth + (lane < attempts % depth))
 
 async def main():
     print("ready", flush=True)
@@ -164,10 +172,11 @@ async def main():
 
 trio.run(main)
 """
-"""``python -c ATTACKER PORT TOKEN SOURCE CONNECTIONS ATTEMPTS HOLD``: prints
+"""``python -c ATTACKER PORT TOKEN SOURCE CONNECTIONS ATTEMPTS HOLD DEPTH``: prints
 ``ready``, and on a line on stdin opens CONNECTIONS TLS connections from address
-SOURCE; each holds HOLD seconds, then makes ATTEMPTS logins with TOKEN. Prints its
-CPU seconds, wall seconds and the refusal reasons as JSON."""
+SOURCE; each holds HOLD seconds, then makes ATTEMPTS logins with TOKEN, DEPTH of them
+in flight at once. Prints its CPU seconds, wall seconds and the refusal reasons as
+JSON."""
 
 WINDOWS = ("alone", "hold", "twin", "attack")
 CONNECTIONS, ATTEMPTS = 10, 50
@@ -290,7 +299,13 @@ class Client:
 
 
 def window(
-    client: Client | None, kind: str, seconds: float, server: Server, twin: Server, source: str
+    client: Client | None,
+    kind: str,
+    seconds: float,
+    server: Server,
+    twin: Server,
+    source: str,
+    depth: int = 1,
 ) -> dict[str, Any]:
     """Time back-to-back calls during one window of ``kind``: of ``client``, or of the
     client in the server's process when ``client`` is ``None``."""
@@ -322,6 +337,7 @@ def window(
             str(CONNECTIONS),
             str(0 if kind == "hold" else ATTEMPTS),
             str(seconds if kind == "hold" else 0.0),
+            str(depth),
         ]
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert process.stdin is not None
@@ -357,7 +373,7 @@ def window(
 
 
 def run(
-    server: Server, twin: Server, rounds: int, seconds: float, remote: bool
+    server: Server, twin: Server, rounds: int, seconds: float, remote: bool, depth: int
 ) -> list[dict[str, Any]]:
     client = Client(server) if remote else None
     with contextlib.closing(client.sock) if client is not None else contextlib.nullcontext():
@@ -369,7 +385,7 @@ def run(
             measured = {}
             for kind in order:
                 source = f"127.0.{1 + (kind == 'twin')}.{10 + number}"
-                measured[kind] = window(client, kind, seconds, server, twin, source)
+                measured[kind] = window(client, kind, seconds, server, twin, source, depth)
             results.append(measured)
             report_round(number, measured)
     return results
@@ -399,6 +415,9 @@ def main() -> None:
         default="server",
         help="time a client in the server's process (as the test does) or in this one",
     )
+    parser.add_argument(
+        "--depth", type=int, default=1, help="logins in flight per attacking connection"
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--profile", type=Path, help="cProfile the measured server")
     args = parser.parse_args()
@@ -416,7 +435,9 @@ def main() -> None:
         try:
             twin = Server(twin_home)
             try:
-                results = run(server, twin, args.rounds, args.seconds, args.client == "process")
+                results = run(
+                    server, twin, args.rounds, args.seconds, args.client == "process", args.depth
+                )
             finally:
                 twin.stop()
         finally:
