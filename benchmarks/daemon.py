@@ -44,7 +44,10 @@ storm
     10 s (3 s with ``--quick``): restarts per second (the daemon's restart
     counters), the daemon's CPU, and the latency of ``daemon.status`` seen by a
     separate client polling every 10 ms, next to the same latency with 20 idle
-    apps and to the restart rate of a bare spawn loop.
+    apps, to the restart rate of a bare spawn loop, and to the embedded library
+    alone in a fresh interpreter (the same children, set up as the daemon sets
+    up its apps: ready on spawn, output read as lines; its own CPU and
+    ``ChildStarted`` events).
 cold
     ``omnitron up`` (detached, the real CLI) of 100 apps: launch to the 100th
     ``online`` line of the app logs and to the command's exit (apps settled),
@@ -139,6 +142,57 @@ try:
     trio.run(main)
 except KeyboardInterrupt:  # how the benchmark stops it: the children are stopped by then
     pass
+"""
+
+# The crash storm through the embedded library alone, in a fresh interpreter: N
+# copies of ARGV under one supervisor set up as the storm's daemon sets up its
+# apps (one_for_one, no backoff, a million restarts a second, ready on spawn,
+# output read as lines), counted for SECONDS after WARMUP from the tree's own
+# ChildStarted events; prints one JSON line (restarts, seconds, cpu_seconds of
+# the process while counting).  argv: N, WARMUP, SECONDS, ARGV...
+LIBRARY_STORM = """\
+import json, resource, sys, time
+import trio
+from supervision import (
+    Backoff, ChildSpec, Intensity, Output, ProcessChild, Strategy, SupervisorSpec,
+    open_supervisor,
+)
+from supervision.events import ChildStarted
+
+count, warmup, seconds = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+argv = sys.argv[4:]
+lines = Output.lines(lambda line: None)
+spec = SupervisorSpec(
+    name="lib",
+    strategy=Strategy.ONE_FOR_ONE,
+    intensity=Intensity(max_restarts=10**6, window=1.0),
+    backoff=Backoff.none(),
+    children=[
+        ChildSpec(f"c{i:02d}", ProcessChild(argv, stdout=lines, stderr=lines))
+        for i in range(count)
+    ],
+)
+
+
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def main():
+    async with open_supervisor(spec) as sup:
+        await trio.sleep(warmup)
+        restarts = 0
+        with sup.subscribe() as events:
+            begin, used = time.perf_counter(), cpu()
+            with trio.move_on_after(seconds):
+                async for event in events:
+                    restarts += isinstance(event, ChildStarted)
+            elapsed, used = time.perf_counter() - begin, cpu() - used
+        print(json.dumps({"restarts": restarts, "seconds": elapsed, "cpu_seconds": used}))
+
+
+trio.run(main)
 """
 
 # The cold-start floor: a fresh interpreter that posix_spawns N sleeps (new
@@ -1157,6 +1211,9 @@ def storm_scenario(omnitron: str, workdir: Path, seconds: float) -> dict[str, An
     }
     result["status_during_storm"] = summarize_ms(probe.samples[5:])
 
+    _log(f"  crash storm, embedded library, {seconds:g} s")
+    result["library"] = library_storm(workdir, _storm_argv(argv, STORM_EXIT_MS), seconds)
+
     _log(f"  crash storm, bare spawn loop, {seconds:g} s")
     bench = _load_restart_latency()
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
@@ -1172,10 +1229,38 @@ def storm_scenario(omnitron: str, workdir: Path, seconds: float) -> dict[str, An
         "restarts_per_s": round(floor.rate, 1),
         "cpu_percent": round(floor.cpu_percent, 1),
     }
-    result["daemon"]["of_floor"] = round(
-        result["daemon"]["restarts_per_s"] / result["floor"]["restarts_per_s"], 3
-    )
+    for measured in ("daemon", "library"):
+        result[measured]["of_floor"] = round(
+            result[measured]["restarts_per_s"] / result["floor"]["restarts_per_s"], 3
+        )
     return result
+
+
+def library_storm(workdir: Path, argv: list[str], seconds: float) -> dict[str, Any]:
+    """The crash storm through the embedded library in a fresh interpreter (LIBRARY_STORM)."""
+    home = workdir / "library-storm"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", LIBRARY_STORM, str(STORM_APPS), str(STORM_WARMUP + 0.5),
+             str(seconds), *argv],
+            stdin=subprocess.DEVNULL, capture_output=True, env=_marked_env(home),
+            timeout=DAEMON_TIMEOUT + seconds, check=False,
+        )  # fmt: skip
+    finally:
+        for pid in processes_of_home(home):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace")[-2000:]
+        raise BenchmarkError(f"the library storm exited {done.returncode}:\n{tail}")
+    counted = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    restarts, elapsed, cpu = counted["restarts"], counted["seconds"], counted["cpu_seconds"]
+    return {
+        "restarts": restarts,
+        "restarts_per_s": round(restarts / elapsed, 1),
+        "cpu_percent": round(100 * cpu / elapsed, 1),
+        "cpu_ms_per_restart": round(1e3 * cpu / max(1, restarts), 3),
+    }
 
 
 # --------------------------------------------------------------------------- cold and warm start
@@ -1702,6 +1787,9 @@ def markdown(results: Mapping[str, Any]) -> str:
                 ("bare spawn loop (floor)", f["restarts_per_s"], "100%", f["cpu_percent"], ""),
                 ("daemon", d["restarts_per_s"], f"{d['of_floor']:.0%}", d["cpu_percent"],
                  d["cpu_ms_per_restart"]),
+                *([("embedded library, same children and settings", lib["restarts_per_s"],
+                    f"{lib['of_floor']:.0%}", lib["cpu_percent"], lib["cpu_ms_per_restart"])]
+                  if (lib := st.get("library")) else []),
             ]),
         )  # fmt: skip
         out += [

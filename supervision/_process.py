@@ -432,9 +432,13 @@ class ProcessRunner:
             if child.reaped:
                 gen.check.settle(child.pid)
             self._status_text = gen.check.status_text or self._status_text
-            if gen.pumps:  # no scope to set up on the restart path without output pipes
+            # Output pipes usually reach their end with the child: then no scope
+            # and no timer are set up on the restart path.
+            if any(not pump.done.is_set() for pump in gen.pumps):
                 with trio.CancelScope(shield=True):
                     await self._drain(gen)
+            for pump in gen.pumps:
+                pump.stop()
             child.stop_watching()
             nursery.cancel_scope.cancel()
 
@@ -451,11 +455,10 @@ class ProcessRunner:
                 gen.changed()
 
     async def _drain(self, gen: _Generation) -> None:
+        """Wait (at most ``_DRAIN_TIMEOUT``) until the pumps have read their pipe's end."""
         with trio.move_on_after(_DRAIN_TIMEOUT):
             for pump in gen.pumps:
                 await pump.done.wait()
-        for pump in gen.pumps:
-            pump.stop()
 
     def _exit_status(self, status: int | None) -> ExitStatus:
         if status is None:
