@@ -90,6 +90,7 @@ async def test_worker_errors_are_structured_and_the_link_stays_usable() -> None:
             with pytest.raises(WorkerCallError) as info:
                 await link.call_raw("calc", "block", [2], {}, timeout=0.2, grace=0.3)
             assert info.value.code == "TIMEOUT"
+            assert "calc.block did not answer within 0.5s" in info.value.message
             assert "the worker is blocked" in info.value.message
             assert not link.closed
             assert await call(link, "add", 7) == msgpack.packb(7)
