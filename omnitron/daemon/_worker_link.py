@@ -147,8 +147,9 @@ class WorkerLink:
         """The services the worker serves (``worker.services``)."""
         self._stream = stream
         self._limits = limits
-        # msgid -> (the parked caller, its deadline, the method for messages)
-        self._pending: dict[int, tuple[_Task, float, str]] = {}
+        # msgid -> (the parked caller, its deadline, the method and the seconds it
+        # was given, for messages)
+        self._pending: dict[int, tuple[_Task, float, str, float]] = {}
         self._next_msgid = 0
         self._outbox: list[bytes] = []
         self._writer: _Task | None = None  # set while the writer is parked
@@ -276,7 +277,7 @@ class WorkerLink:
         if self._failure is not None:
             raise self._failure()
         deadline = trio.current_time() + within
-        self._pending[msgid] = (trio.lowlevel.current_task(), deadline, name)
+        self._pending[msgid] = (trio.lowlevel.current_task(), deadline, name, within)
         self._outbox.append(frame)
         writer = self._writer
         if writer is not None:
@@ -329,7 +330,7 @@ class WorkerLink:
             message = template.replace("{name}", "the call")
             self._failure = lambda: WorkerCallError(code, message)
         pending, self._pending = self._pending, {}
-        for task, _, name in pending.values():
+        for task, _, name, _ in pending.values():
             error = WorkerCallError(code, template.replace("{name}", name))
             trio.lowlevel.reschedule(task, outcome.Error(error))
         self._scope.cancel()
@@ -362,9 +363,11 @@ class WorkerLink:
             now = trio.current_time()
             late = [msgid for msgid, entry in self._pending.items() if entry[1] <= now]
             for msgid in late:
-                task, _, name = self._pending.pop(msgid)
+                task, _, name, within = self._pending.pop(msgid)
                 error = WorkerCallError(
-                    "TIMEOUT", f"{name} did not answer in time (the worker is blocked)"
+                    "TIMEOUT",
+                    f"{name} did not answer within {within:g}s, its timeout and a grace "
+                    "(the worker is blocked)",
                 )
                 trio.lowlevel.reschedule(task, outcome.Error(error))
 

@@ -14,7 +14,7 @@ import msgpack
 import pytest
 import trio
 import trio.testing
-from conftest import running_worker
+from conftest import RunningWorker, running_worker
 
 from omnitron.daemon._worker_link import WorkerLink, decode_value, open_link
 from omnitron.daemon._workers import WorkerCallError
@@ -34,126 +34,120 @@ async def call(
     return await link.call_raw("calc", method, list(args), kwargs, timeout=timeout, grace=1.0)
 
 
-async def test_results_arrive_as_the_bytes_the_worker_encoded() -> None:
+@contextlib.asynccontextmanager
+async def worker_link() -> AsyncIterator[tuple[RunningWorker, WorkerLink]]:
+    """A real calc worker and a link to it, closed on exit."""
     async with running_worker() as worker, trio.open_nursery() as nursery:
         with trio.fail_after(WITHIN):
             link = await open_link(worker.socket, nursery, timeout=10)
-            assert link.identity["process"] == "calc"
-            assert "calc" in link.services
-            assert await call(link, "add", 2, b=2) == msgpack.packb(4)
-            value = {"a": [1, 2.5, None, True], "b": b"\x00bin", "c": "é"}
-            raw = await call(link, "echo", value)
-            assert raw == msgpack.packb(value, use_bin_type=True)
-            assert decode_value(raw) == value
-            link.close()
+            yield worker, link
+        link.close()
+
+
+async def test_results_arrive_as_the_bytes_the_worker_encoded() -> None:
+    async with worker_link() as (_worker, link):
+        assert link.identity["process"] == "calc"
+        assert "calc" in link.services
+        assert await call(link, "add", 2, b=2) == msgpack.packb(4)
+        value = {"a": [1, 2.5, None, True], "b": b"\x00bin", "c": "é"}
+        raw = await call(link, "echo", value)
+        assert raw == msgpack.packb(value, use_bin_type=True)
+        assert decode_value(raw) == value
 
 
 async def test_many_calls_are_in_flight_on_one_connection() -> None:
     results: list[bytes] = []
-    async with running_worker() as worker, trio.open_nursery() as nursery:
-        with trio.fail_after(WITHIN):
-            link = await open_link(worker.socket, nursery, timeout=10)
+    async with worker_link() as (_worker, link):
 
-            async def one() -> None:
-                results.append(await call(link, "rendezvous", 20))
+        async def one() -> None:
+            results.append(await call(link, "rendezvous", 20))
 
-            async with trio.open_nursery() as calls:
-                for _ in range(20):
-                    calls.start_soon(one)
-                # The worker answers none until all 20 are in it at the same time.
-                await trio.testing.wait_all_tasks_blocked()
-            assert results == [msgpack.packb(20)] * 20
-            assert link.in_flight == 0
-            link.close()
+        async with trio.open_nursery() as calls:
+            for _ in range(20):
+                calls.start_soon(one)
+            # The worker answers none until all 20 are in it at the same time.
+            await trio.testing.wait_all_tasks_blocked()
+        assert results == [msgpack.packb(20)] * 20
+        assert link.in_flight == 0
 
 
 async def test_worker_errors_are_structured_and_the_link_stays_usable() -> None:
-    async with running_worker() as worker, trio.open_nursery() as nursery:
-        with trio.fail_after(WITHIN):
-            link = await open_link(worker.socket, nursery, timeout=10)
-            with pytest.raises(WorkerCallError) as info:
-                await call(link, "fail", "boom")
-            assert (info.value.code, info.value.type) == ("APP_ERROR", "ValueError")
-            assert "raise ValueError(message)" in (info.value.traceback or "")
-            with pytest.raises(WorkerCallError) as info:
-                await call(link, "add", "x", "y", "z")
-            assert info.value.code == "INVALID_ARGS"
-            with pytest.raises(WorkerCallError) as info:
-                await link.call_raw("calc", "_private", [], {}, timeout=5, grace=1)
-            assert info.value.code == "METHOD_NOT_FOUND"
-            # The worker cancels an async method at its timeout and says so.
-            with pytest.raises(WorkerCallError) as info:
-                await call(link, "hang", timeout=0.3)
-            assert info.value.code == "TIMEOUT"
-            assert "calc.hang" in info.value.message
-            # A blocked sync method: the link gives up at timeout + grace on its own.
-            with pytest.raises(WorkerCallError) as info:
-                await link.call_raw("calc", "block", [2], {}, timeout=0.2, grace=0.3)
-            assert info.value.code == "TIMEOUT"
-            assert "the worker is blocked" in info.value.message
-            assert not link.closed
-            assert await call(link, "add", 7) == msgpack.packb(7)
-            link.close()
+    async with worker_link() as (_worker, link):
+        with pytest.raises(WorkerCallError) as info:
+            await call(link, "fail", "boom")
+        assert (info.value.code, info.value.type) == ("APP_ERROR", "ValueError")
+        assert "raise ValueError(message)" in (info.value.traceback or "")
+        with pytest.raises(WorkerCallError) as info:
+            await call(link, "add", "x", "y", "z")
+        assert info.value.code == "INVALID_ARGS"
+        with pytest.raises(WorkerCallError) as info:
+            await link.call_raw("calc", "_private", [], {}, timeout=5, grace=1)
+        assert info.value.code == "METHOD_NOT_FOUND"
+        # The worker cancels an async method at its timeout and says so.
+        with pytest.raises(WorkerCallError) as info:
+            await call(link, "hang", timeout=0.3)
+        assert info.value.code == "TIMEOUT"
+        assert "calc.hang" in info.value.message
+        # A blocked sync method: the link gives up at timeout + grace on its own.
+        with pytest.raises(WorkerCallError) as info:
+            await link.call_raw("calc", "block", [2], {}, timeout=0.2, grace=0.3)
+        assert info.value.code == "TIMEOUT"
+        assert "calc.block did not answer within 0.5s" in info.value.message
+        assert "the worker is blocked" in info.value.message
+        assert not link.closed
+        assert await call(link, "add", 7) == msgpack.packb(7)
 
 
 async def test_arguments_over_the_limits_are_refused_before_sending() -> None:
-    async with running_worker() as worker, trio.open_nursery() as nursery:
-        with trio.fail_after(WITHIN):
-            link = await open_link(worker.socket, nursery, timeout=10)
-            with pytest.raises(WorkerCallError) as info:
-                await call(link, "echo", "x" * (2 << 20))
-            assert info.value.code == "PAYLOAD_TOO_LARGE"
-            assert "calc.echo" in info.value.message
-            deep: object = []
-            for _ in range(40):
-                deep = [deep]
-            with pytest.raises(WorkerCallError) as info:
-                await call(link, "echo", deep)
-            assert info.value.code == "PAYLOAD_TOO_LARGE"
-            assert "nested deeper" in info.value.message
-            with pytest.raises(WorkerCallError) as info:
-                await call(link, "echo", {1, 2})
-            assert info.value.code == "INVALID_ARGS"
-            assert await call(link, "add", 5) == msgpack.packb(5)
-            link.close()
+    async with worker_link() as (_worker, link):
+        with pytest.raises(WorkerCallError) as info:
+            await call(link, "echo", "x" * (2 << 20))
+        assert info.value.code == "PAYLOAD_TOO_LARGE"
+        assert "calc.echo" in info.value.message
+        deep: object = []
+        for _ in range(40):
+            deep = [deep]
+        with pytest.raises(WorkerCallError) as info:
+            await call(link, "echo", deep)
+        assert info.value.code == "PAYLOAD_TOO_LARGE"
+        assert "nested deeper" in info.value.message
+        with pytest.raises(WorkerCallError) as info:
+            await call(link, "echo", {1, 2})
+        assert info.value.code == "INVALID_ARGS"
+        assert await call(link, "add", 5) == msgpack.packb(5)
 
 
 async def test_a_result_is_checked_with_room_for_the_daemons_envelope() -> None:
     depth = DEFAULT_LIMITS.max_depth
-    async with running_worker() as worker, trio.open_nursery() as nursery:
-        with trio.fail_after(WITHIN):
-            link = await open_link(worker.socket, nursery, timeout=10)
-            # In [1, id, nil, {"result": value, ...}] the value sits at level 3.
-            assert decode_value(await call(link, "nest", depth - 2)) is not None
-            with pytest.raises(WorkerCallError) as info:
-                await call(link, "nest", depth - 1)
-            assert info.value.code == "BAD_RESULT"
-            assert "nested deeper" in info.value.message
-            link.close()
+    async with worker_link() as (_worker, link):
+        # In [1, id, nil, {"result": value, ...}] the value sits at level 3.
+        assert decode_value(await call(link, "nest", depth - 2)) is not None
+        with pytest.raises(WorkerCallError) as info:
+            await call(link, "nest", depth - 1)
+        assert info.value.code == "BAD_RESULT"
+        assert "nested deeper" in info.value.message
 
 
 async def test_a_worker_killed_fails_every_call_in_flight_at_once() -> None:
     failures: list[str] = []
-    async with running_worker() as worker, trio.open_nursery() as nursery:
-        with trio.fail_after(WITHIN):
-            link = await open_link(worker.socket, nursery, timeout=10)
+    async with worker_link() as (worker, link):
 
-            async def hanging() -> None:
-                with pytest.raises(WorkerCallError) as info:
-                    await call(link, "hang")
-                failures.append(info.value.code)
-
-            async with trio.open_nursery() as calls:
-                for _ in range(3):
-                    calls.start_soon(hanging)
-                await trio.testing.wait_all_tasks_blocked()
-                assert link.in_flight == 3
-                worker.kill()
-            assert failures == ["WORKER_EXITED"] * 3
-            assert link.closed
+        async def hanging() -> None:
             with pytest.raises(WorkerCallError) as info:
-                await call(link, "add", 1)
-            assert info.value.code == "WORKER_EXITED"
+                await call(link, "hang")
+            failures.append(info.value.code)
+
+        async with trio.open_nursery() as calls:
+            for _ in range(3):
+                calls.start_soon(hanging)
+            await trio.testing.wait_all_tasks_blocked()
+            assert link.in_flight == 3
+            worker.kill()
+        assert failures == ["WORKER_EXITED"] * 3
+        assert link.closed
+        with pytest.raises(WorkerCallError) as info:
+            await call(link, "add", 1)
+        assert info.value.code == "WORKER_EXITED"
 
 
 async def test_nothing_listening_is_unreachable() -> None:
