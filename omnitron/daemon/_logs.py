@@ -758,6 +758,14 @@ class LogCollector:
             done[0] += ready
             ready = 0
 
+        def next_file() -> None:
+            nonlocal fd
+            write_queued()
+            os.close(fd)
+            fd = -1
+            self._rotate(path)
+            fd = _open(path)
+
         try:
             size = os.fstat(fd).st_size
             for data in parts:
@@ -772,11 +780,7 @@ class LogCollector:
                         cut = data.rfind(b"\n", offset, offset + max(room, 0)) + 1
                         if cut <= offset:
                             if size > 0:  # the next line does not fit: start a new file
-                                write_queued()
-                                os.close(fd)
-                                fd = -1
-                                self._rotate(path)
-                                fd = _open(path)
+                                next_file()
                                 size = 0
                                 continue
                             # One line longer than max_size: it gets a file of its own.
@@ -788,11 +792,7 @@ class LogCollector:
                         if offset == end:
                             ready += 1
                             counted = True
-                        write_queued()
-                        os.close(fd)
-                        fd = -1
-                        self._rotate(path)
-                        fd = _open(path)
+                        next_file()
                         size = 0
                 if not counted:
                     ready += 1
