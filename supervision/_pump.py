@@ -23,6 +23,11 @@ _PIPE_SIZE: Final = 1 << 20
 """Capacity asked for each output pipe (Linux ``F_SETPIPE_SZ``; 1 MiB is the default
 most an unprivileged process may ask): a child writing a burst runs ahead of the
 reader instead of blocking on 64 KiB."""
+_SETTLE: Final = 0.005
+"""After a read that emptied the pipe, seconds the pump lets it fill before the
+next read: a writer of small blocks (8 KiB for Python's buffered stdout) then
+costs one read per few milliseconds instead of one wake-up per block, and the
+pipe holds far more than a writer puts in it meanwhile."""
 _LINES_PER_STEP: Final = 256
 """Lines handed to a per-line sink between two checkpoints (a few hundred
 microseconds of sink calls)."""
@@ -166,6 +171,8 @@ class _LinePump:
                     if not chunk:
                         break
                     await self._deliver(self._cut(chunk))
+                    if len(chunk) < _PUMP_CHUNK:
+                        await trio.sleep(_SETTLE)
         finally:
             # Stopped between two steps, lines may wait; then the unfinished line.
             last = self._rest + b"\n" if self._rest else b""

@@ -378,6 +378,17 @@ class OutputDiscard(Output):
     kind: ClassVar[str] = "discard"
 
 
+def _check_read_output(output: Output, sink: object, max_line: object) -> None:
+    """The checks of an output the supervisor reads (lines or batches)."""
+    name = type(output).__name__
+    if not callable(sink):
+        raise InvalidSpecType(f"{name}.sink: must be callable")
+    if isinstance(max_line, bool) or not isinstance(max_line, int):
+        raise InvalidSpecType(f"{name}.max_line: expected an int")
+    if max_line < 16:
+        raise _fail(type(output), "max_line", f"must be >= 16, got {max_line}")
+
+
 @attrs.frozen
 class OutputLines(Output):
     kind: ClassVar[str] = "lines"
@@ -385,12 +396,7 @@ class OutputLines(Output):
     max_line: int = 65536
 
     def __attrs_post_init__(self) -> None:
-        if not callable(self.sink):
-            raise InvalidSpecType("OutputLines.sink: must be callable")
-        if isinstance(self.max_line, bool) or not isinstance(self.max_line, int):
-            raise InvalidSpecType("OutputLines.max_line: expected an int")
-        if self.max_line < 16:
-            raise _fail(OutputLines, "max_line", f"must be >= 16, got {self.max_line}")
+        _check_read_output(self, self.sink, self.max_line)
 
 
 @attrs.frozen
@@ -400,12 +406,7 @@ class OutputBatches(Output):
     max_line: int = 65536
 
     def __attrs_post_init__(self) -> None:
-        if not callable(self.sink):
-            raise InvalidSpecType("OutputBatches.sink: must be callable")
-        if isinstance(self.max_line, bool) or not isinstance(self.max_line, int):
-            raise InvalidSpecType("OutputBatches.max_line: expected an int")
-        if self.max_line < 16:
-            raise _fail(OutputBatches, "max_line", f"must be >= 16, got {self.max_line}")
+        _check_read_output(self, self.sink, self.max_line)
 
 
 # --------------------------------------------------------------------------- sockets

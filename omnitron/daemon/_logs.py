@@ -6,8 +6,9 @@ the sink only tags them (one C pass: the read's timestamp, app, instance and
 stream before each line) and appends them to a bounded in-memory buffer. One
 writer task drains the buffers to ``$OMNITRON_HOME/logs/<app>.log`` off the event
 loop, many lines per write and every app's lines in one thread hop. The bytes go
-from the pipe to the file without being decoded; the writer thread escapes a
-batch in one C pass when it is plain ASCII (the usual case).
+from the pipe to the file without being decoded: a read of plain ASCII (the usual
+case, found in two C passes) is written as it is; only a read with a control or
+a non-ASCII byte is escaped, by the writer thread.
 
 Limits, per app (journald style):
 
@@ -91,6 +92,9 @@ DEFAULT_RING = 1000
 SUPPRESS_RECHECK = 0.001
 #: How often the writer drains buffers when lines keep arriving.
 FLUSH_INTERVAL = 0.1
+#: Bytes buffered by one app that make the writer start without waiting for the
+#: interval (a burst reaches the file sooner, and the buffer stays far from full).
+EARLY_WRITE = 2 * MiB
 #: Longest wait between two attempts to start a writer thread.
 MAX_RETRY_DELAY = 5.0
 #: Most buffers one ``writev`` takes (Linux ``IOV_MAX``).
@@ -137,6 +141,18 @@ def _escape(line: str) -> str:
 _CONTROLS = bytes(range(32)).replace(b"\n", b"") + b"\x7f"
 
 
+class _Unclean(bytes):
+    """Buffered lines that hold a control or a non-ASCII byte: the writer thread
+    passes them through :func:`_clean`, and writes every other read as it is."""
+
+    __slots__ = ()
+
+
+def _plain(data: bytes) -> bool:
+    """Whether ``data`` is ASCII without a control other than the newline (two C passes)."""
+    return data.isascii() and len(data.translate(None, _CONTROLS)) == len(data)
+
+
 def _clean(batch: bytes) -> bytes:
     """``batch`` (whole lines, UTF-8) with every line kept on one line and free of
     terminal escapes (:func:`_escape`), invalid UTF-8 replaced.
@@ -146,7 +162,7 @@ def _clean(batch: bytes) -> bytes:
     with a control or a non-printable character is escaped line by line.
     """
     if batch.isascii():
-        if len(batch.translate(None, _CONTROLS)) == len(batch):
+        if _plain(batch):
             return batch
         text = batch.decode("ascii")
     else:
@@ -322,7 +338,7 @@ class _AppLog:
                 cut = max(cut, end)
             if 0 < cut < len(oldest):  # the first lines of the oldest read
                 gone = oldest.count(b"\n", 0, cut)
-                self.chunks[0] = oldest[cut:]
+                self.chunks[0] = type(oldest)(oldest[cut:])
                 self.size -= cut
             else:
                 gone = lines
@@ -413,6 +429,7 @@ class LogCollector:
         self._run_sync = run_sync
         self._apps: dict[str, _AppLog] = {}
         self._wakeup = trio.Event()
+        self._early = trio.Event()  # an app has buffered EARLY_WRITE bytes
         self._io = trio.Lock()
         self._refused: set[Path] = set()
         self._followers: set[Callable[[LogLine], None]] = set()
@@ -465,21 +482,27 @@ class LogCollector:
                     return
             now = now_of()
             # Each line gets the same head (the time of the read) in one C pass, which
-            # also counts them. Escaped for the file by the writer thread, a batch at a
-            # time (``_clean``); the ring and followers get the text as read (``logs``
-            # escapes on display).
+            # also counts them. A read with a control is escaped for the file by the
+            # writer thread (``_clean``); the ring and followers get the text as read
+            # (``logs`` escapes on display).
             head = clock.stamp(now).encode() + tag
             tagged = data.replace(b"\n", b"\n" + head)
             lines = (len(tagged) - len(data)) // len(head)
             if not lines:
                 return
             entry.tokens -= len(data) + LINE_OVERHEAD * lines
-            entry.append(b"".join((head, memoryview(tagged)[: -len(head)])), lines)
+            joined = b"".join((head, memoryview(tagged)[: -len(head)]))
+            # Checked here, on the loop, where it costs only its own time: done in the
+            # writer thread, every hand-over of the GIL between the two would wait for
+            # the other thread to be scheduled, which on a busy machine delays timers.
+            entry.append(joined if _plain(data) else _Unclean(joined), lines)
             entry.remember(_Read(now, instance, stream, data, lines))
             if followers:
                 for text in _line_texts(data):
                     self._tell(LogLine(now, app, instance, stream, text))
             self._wakeup.set()
+            if entry.size > EARLY_WRITE:
+                self._early.set()
 
         return deliver
 
@@ -573,13 +596,17 @@ class LogCollector:
             while True:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
+                self._early = trio.Event()
                 if await self.flush():
+                    # Many lines per write: wait for more, unless an app has plenty.
                     delay = FLUSH_INTERVAL
+                    with trio.move_on_after(delay):
+                        await self._early.wait()
                 else:
                     # No thread: keep the lines, try again later, a little later each time.
                     self._wakeup.set()
                     delay = min(delay * 2, MAX_RETRY_DELAY)
-                await trio.sleep(delay)
+                    await trio.sleep(delay)
         finally:
             with trio.CancelScope(shield=True):
                 if not await self.flush():
@@ -676,12 +703,14 @@ class LogCollector:
             if entry.lost:
                 marker = 1
                 chunks = [
-                    f"{_timestamp()} omnitron[-] sys | {entry.lost} lines lost "
-                    f"(log write failed: {entry.last_error})\n".encode(),
+                    _Unclean(
+                        f"{_timestamp()} omnitron[-] sys | {entry.lost} lines lost "
+                        f"(log write failed: {entry.last_error})\n".encode()
+                    ),
                     *chunks,
                 ]
-            # Escaped a read at a time (no copy of a clean one), written in one go.
-            parts = [_clean(data) for data in chunks]
+            # Reads with a control escaped (the others as they are), written in one go.
+            parts = [_clean(data) if type(data) is _Unclean else data for data in chunks]
             done = [0]
             try:
                 self._append(entry.path, parts, done)
@@ -730,6 +759,14 @@ class LogCollector:
             done[0] += ready
             ready = 0
 
+        def next_file() -> None:
+            nonlocal fd
+            write_queued()
+            os.close(fd)
+            fd = -1
+            self._rotate(path)
+            fd = _open(path)
+
         try:
             size = os.fstat(fd).st_size
             for data in parts:
@@ -744,11 +781,7 @@ class LogCollector:
                         cut = data.rfind(b"\n", offset, offset + max(room, 0)) + 1
                         if cut <= offset:
                             if size > 0:  # the next line does not fit: start a new file
-                                write_queued()
-                                os.close(fd)
-                                fd = -1
-                                self._rotate(path)
-                                fd = _open(path)
+                                next_file()
                                 size = 0
                                 continue
                             # One line longer than max_size: it gets a file of its own.
@@ -760,11 +793,7 @@ class LogCollector:
                         if offset == end:
                             ready += 1
                             counted = True
-                        write_queued()
-                        os.close(fd)
-                        fd = -1
-                        self._rotate(path)
-                        fd = _open(path)
+                        next_file()
                         size = 0
                 if not counted:
                     ready += 1

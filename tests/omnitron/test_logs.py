@@ -283,3 +283,20 @@ async def test_lines_being_written_count_against_the_buffer(logs: Path) -> None:
     dropped = int(got[20].split()[0])
     assert 0 < dropped < 20
     assert got[21:] == second[dropped:]
+
+
+async def test_a_read_with_a_control_is_escaped_in_the_file_even_when_trimmed(
+    logs: Path,
+) -> None:
+    collector = LogCollector(logs, buffer_bytes=1200)
+    sink = collector.sink("web", 0, "out")
+    sink(lines_of("plain"))
+    sink(lines_of(*(f"red {i:02d} \x1b[31mRED\x1b[0m" for i in range(20))))  # trimmed
+    sink(lines_of("é ok", "bell \x07"))
+    assert collector.tail("web")[-1].text == "bell \x07"  # the ring keeps what was read
+    await collector.flush()
+    got = texts(logs / "web.log")
+    assert got[0].endswith("lines dropped (log buffer full)")
+    dropped = int(got[0].split()[0])
+    expected = [f"red {i:02d} \\x1b[31mRED\\x1b[0m" for i in range(dropped - 1, 20)]
+    assert got[1:] == [*expected, "é ok", "bell \\x07"]
