@@ -1305,6 +1305,8 @@ def cold_scenario(omnitron: str, workdir: Path, rounds: int) -> dict[str, Any]:
         "up_exit": [],
         "ready": [],
         "daemon_starting": [],
+        "daemon_ready": [],
+        "first_online": [],
     }
     for r in range(rounds):
         rows["floor"].append(spawn_floor_cold(workdir, HUNDRED))
@@ -1317,9 +1319,12 @@ def cold_scenario(omnitron: str, workdir: Path, rounds: int) -> dict[str, Any]:
             rows["up_exit"].append(_spawn_wait(argv, env))
             ready = _last_online_after(daemon, launched_wall, HUNDRED)
             rows["ready"].append(ready - launched_wall)
-            rows["daemon_starting"].append(
-                daemon.daemon_events()["daemon_starting"] - launched_wall
-            )
+            events = daemon.daemon_events()
+            # Where the time goes: the daemon's own steps, and the first app online.
+            rows["daemon_starting"].append(events["daemon_starting"] - launched_wall)
+            rows["daemon_ready"].append(events["daemon_ready"] - launched_wall)
+            first = _last_online_after(daemon, launched_wall, 1)
+            rows["first_online"].append(first - launched_wall)
         finally:
             with contextlib.suppress(subprocess.SubprocessError, BenchmarkError):
                 _cli(omnitron, daemon, "down", "--wait-timeout", "30")
@@ -1329,6 +1334,7 @@ def cold_scenario(omnitron: str, workdir: Path, rounds: int) -> dict[str, Any]:
         result[key + "_ms"] = spread_ms(values)
     result["ready_over_floor"] = round(result["ready_ms"]["p50"] / result["floor_ms"]["p50"], 2)
     result["library_over_floor"] = round(result["library_ms"]["p50"] / result["floor_ms"]["p50"], 2)
+    result["ready_over_library"] = round(result["ready_ms"]["p50"] / result["library_ms"]["p50"], 2)
     return result
 
 
@@ -1882,7 +1888,9 @@ def summary_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str, str, s
         rows.append((
             "cold: `omnitron up` → 100 ready (ms)", f"{c['ready_ms']['p50']:.0f}",
             f"{c['floor_ms']['p50']:.0f} (spawn floor); library {c['library_ms']['p50']:.0f}",
-            f"{c['ready_over_floor']:.2f}", "≤ 400 ms",
+            f"{c['ready_over_floor']:.2f}" + (
+                f" ({c['ready_over_library']:.2f} of library)" if "ready_over_library" in c else ""
+            ), "≤ 400 ms",
         ))  # fmt: skip
         rows.append((
             "cold: `omnitron up` exits, apps settled (ms)", f"{c['up_exit_ms']['p50']:.0f}",
@@ -1928,8 +1936,17 @@ def _start_and_backoff_markdown(results: Mapping[str, Any]) -> list[str]:
                  f"{c['library_over_floor']:.2f}"),
                 ("`omnitron up` → 100th `online` line", _ms(c["ready_ms"]),
                  f"{c['ready_over_floor']:.2f}"),
-                ("`omnitron up` → daemon logs `daemon_starting`", _ms(c["daemon_starting_ms"]),
-                 ""),
+                ("`omnitron up` → daemon logs `daemon_starting` (both interpreters, imports, "
+                 "config loaded, pid lock taken)", _ms(c["daemon_starting_ms"]), ""),
+                *(
+                    (label, _ms(c[key]), "")
+                    for label, key in (
+                        ("`omnitron up` → daemon logs `daemon_ready` (state, logs, sockets; "
+                         "apps launching)", "daemon_ready_ms"),
+                        ("`omnitron up` → first `online` line", "first_online_ms"),
+                    )
+                    if key in c  # not in runs recorded before these were measured
+                ),
                 ("`omnitron up` → it exits (apps settled)", _ms(c["up_exit_ms"]), ""),
             ],
         )  # fmt: skip

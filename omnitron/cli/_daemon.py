@@ -1,10 +1,12 @@
 """``up``, ``down`` and ``kill``: starting and stopping the daemon itself.
 
-``up`` validates the config, then starts the daemon's own entry point,
-``python -m omnitron.daemon`` (never the CLI again): ``up --foreground`` becomes
-it (``exec``); plain ``up`` launches it in a new session and reads its start-up
-steps from a pipe (see :mod:`omnitron.daemon._entry`): the socket is up, the
-tree has started. Then it waits until every app has settled (online, crashed,
+``up`` starts the daemon's own entry point, ``python -m omnitron.daemon`` (never
+the CLI again): ``up --foreground`` validates the config, then becomes it
+(``exec``); plain ``up`` launches it in a new session at once, validates the
+config meanwhile and then tells it to go on (an invalid config withdraws the
+launch: the daemon exits before touching its home), and reads its start-up
+steps from a socket pair (see :mod:`omnitron.daemon._entry`): the socket is up,
+the tree has started. Then it waits until every app has settled (online, crashed,
 or stopped) and prints the app table. ``up`` imports neither Trio nor the state
 package; ``down`` and ``kill`` import the state package (and Trio with it).
 """
@@ -120,6 +122,52 @@ def up(
     Returns:
         The exit code.
     """
+    if not foreground:
+        # The daemon starts (a second interpreter, its imports, its own reading of
+        # the config) while this process validates the config; it touches nothing
+        # until told to go on (see _Launch).
+        source = _locate(config)
+        argv = _full_argv(cli, source, stack, reset_state, planes, watch)
+        launch = _Launch.start(argv, Path(cli.home) / "logs" / "daemon.out")
+        try:
+            _validate(cli, str(source), stack)
+            _refuse_other_config(cli, source)
+        except BaseException:
+            launch.withdraw()
+            raise
+        launch.go()
+        return _detach(cli, launch, argv, timeout=wait_timeout)
+
+    source = _validate(cli, config, stack)
+    _refuse_other_config(cli, source)
+    argv = _full_argv(cli, source, stack, reset_state, planes, watch)
+    if not daemonized:
+        argv.append("--echo")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The same process becomes the daemon: its pid (systemd's MAINPID, a
+    # supervisor's child) and its environment (NOTIFY_SOCKET) stay.
+    os.execv(sys.executable, argv)
+    raise AssertionError("unreachable")  # execv does not return
+
+
+def _locate(config: str | None) -> Path:
+    """The config file: ``config`` made absolute, else found from the cwd upward."""
+    if config is not None:
+        return Path(os.path.abspath(config))
+    from omnitron.config import ConfigError, find_config
+
+    from . import _config
+
+    try:
+        return find_config()
+    except ConfigError as exc:
+        raise _config.config_failure(exc) from None
+
+
+def _validate(cli: Cli, config: str | None, stack: str | None) -> Path:
+    """Load and validate the config (found from the cwd without ``config``), say which
+    file it is and print its warnings; its path."""
     from omnitron.config import ConfigError
 
     from . import _config
@@ -133,20 +181,21 @@ def up(
     count = len(ecosystem.apps)
     cli.note(f"config: {source} ({count} app{'s' if count != 1 else ''})")
     _config.warn(cli, ecosystem)
+    return source
 
-    _refuse_other_config(cli, source)
+
+def _full_argv(
+    cli: Cli,
+    source: Path,
+    stack: str | None,
+    reset_state: bool,
+    planes: list[str] | None,
+    watch: bool | None,
+) -> list[str]:
     argv = _daemon_argv(cli, source, stack=stack, reset_state=reset_state) + (planes or [])
     if watch is not None:
         argv.append("--watch" if watch else "--no-watch")
-    if foreground:
-        if not daemonized:
-            argv.append("--echo")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # The same process becomes the daemon: its pid (systemd's MAINPID, a
-        # supervisor's child) and its environment (NOTIFY_SOCKET) stay.
-        os.execv(sys.executable, argv)
-    return _detach(cli, argv, timeout=wait_timeout)
+    return argv
 
 
 def _refuse_other_config(cli: Cli, source: Path) -> None:
@@ -185,10 +234,53 @@ def _daemon_argv(cli: Cli, source: Path, *, stack: str | None, reset_state: bool
 
 
 class _Launch:
-    """A detached daemon and the pipe it reports its start-up on.
+    """A detached daemon and the socket it reports its start-up on.
 
-    The lines are described in :mod:`omnitron.daemon._entry`.
+    The lines are described in :mod:`omnitron.daemon._entry`. The daemon gets one
+    end of a socket pair (``--ready-fd``): it waits on it for ``go`` (sent by
+    :meth:`go` once the config is valid) before it touches its home, and a launch
+    withdrawn (:meth:`withdraw`: the socket closed) makes it exit untouched.
     """
+
+    @classmethod
+    def start(cls, argv: list[str], out_path: Path) -> _Launch:
+        """Launch ``argv`` in a new session, its output on the socket until it moves."""
+        import socket
+
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)  # systemd talks to `up --foreground` only
+        ours, theirs = (s.detach() for s in socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
+        try:
+            proc = subprocess.Popen(
+                [*argv, "--ready-fd", str(theirs)],
+                stdin=subprocess.DEVNULL,
+                stdout=theirs,  # until the daemon's output moves to logs/daemon.out
+                stderr=theirs,
+                pass_fds=(theirs,),
+                cwd="/",  # hold no directory busy; paths are absolute
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            os.close(ours)
+            raise CliError(f"cannot start the daemon: {exc}") from None
+        finally:
+            os.close(theirs)
+        return cls(proc, ours, out_path)
+
+    def go(self) -> None:
+        """Let the daemon go on (a daemon already gone shows as end of file later)."""
+        with contextlib.suppress(OSError):
+            os.write(self.pipe, b"go\n")
+
+    def withdraw(self) -> None:
+        """Tell the daemon not to go on, and wait for it to exit (it has touched nothing)."""
+        self.close()
+        try:
+            self.proc.wait(timeout=KILL_WAIT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
     def __init__(self, proc: subprocess.Popen[bytes], pipe: int, out_path: Path) -> None:
         self.proc = proc
@@ -264,28 +356,9 @@ class _Launch:
         )
 
 
-def _detach(cli: Cli, argv: list[str], *, timeout: float) -> int:
-    """Launch the daemon in a new session; wait for its socket, then for the apps to settle."""
-    env = dict(os.environ)
-    env.pop("NOTIFY_SOCKET", None)  # systemd talks to `up --foreground`, never to a detached one
-    read_end, write_end = os.pipe()
-    try:
-        proc = subprocess.Popen(
-            [*argv, "--ready-fd", str(write_end)],
-            stdin=subprocess.DEVNULL,
-            stdout=write_end,  # until the daemon's output moves to logs/daemon.out
-            stderr=write_end,
-            pass_fds=(write_end,),
-            cwd="/",  # hold no directory busy; paths are absolute
-            env=env,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        os.close(read_end)
-        raise CliError(f"cannot start the daemon: {exc}") from None
-    finally:
-        os.close(write_end)
-    launch = _Launch(proc, read_end, Path(cli.home) / "logs" / "daemon.out")
+def _detach(cli: Cli, launch: _Launch, argv: list[str], *, timeout: float) -> int:
+    """Wait for the launched daemon's socket, then for the apps to settle."""
+    proc = launch.proc
     try:
         deadline = time.monotonic() + timeout
         while "listening" not in launch.steps:

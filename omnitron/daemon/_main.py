@@ -22,6 +22,7 @@ import contextlib
 import functools
 import os
 import signal
+import stat
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -49,7 +50,7 @@ from ._sentinel import open_sentinel
 from ._service import DaemonService, build_dispatcher
 from ._systemd import notify
 
-__all__ = ["EXIT_CONFIG", "EXIT_CRITICAL", "DaemonOptions", "run_daemon"]
+__all__ = ["EXIT_CONFIG", "EXIT_CRITICAL", "EXIT_WITHDRAWN", "DaemonOptions", "run_daemon"]
 
 log = structlog.get_logger("omnitron.daemon")
 
@@ -57,6 +58,8 @@ EXIT_CONFIG = 2
 """Exit code of a daemon that refused to start because of its config."""
 EXIT_CRITICAL = 3
 """Exit code of a daemon that shut down because a critical app crashed."""
+EXIT_WITHDRAWN = 4
+"""Exit code of a daemon whose launcher withdrew the launch before it touched its home."""
 MIN_WRITE_INTERVAL = 0.05
 """Seconds between two writes of the state file while changes keep coming."""
 LAUNCH_WRITE_HOLD = 5.0
@@ -97,16 +100,47 @@ class Progress:
 
     See :mod:`omnitron.daemon._entry` for the lines. ``Progress(None)`` tells nobody.
     A reader that went away (``up`` interrupted) is not an error: the daemon runs on.
+
+    When the fd is a socket (``omnitron up`` passes one end of a socket pair), the
+    launcher validates the config while this process imports and loads it, and
+    confirms with a ``go`` line: :meth:`confirmed` waits for it before the daemon
+    touches its home. Anything else (``up`` found the config invalid, or was
+    interrupted and closed its end) withdraws the launch.
     """
 
     def __init__(self, fd: int | None) -> None:
         self._fd = fd
+        self._confirm = False
         if fd is not None:
             os.set_inheritable(fd, False)  # never held open by an app: up waits for EOF
+            with contextlib.suppress(OSError):
+                self._confirm = stat.S_ISSOCK(os.fstat(fd).st_mode)
 
     @property
     def active(self) -> bool:
         return self._fd is not None
+
+    async def confirmed(self) -> bool:
+        """Whether the launcher confirmed the launch (at once when it does not confirm)."""
+        fd = self._fd
+        if fd is None or not self._confirm:
+            return True
+        said = b""
+        while not said.endswith(b"\n") and len(said) < 64:
+            await trio.lowlevel.wait_readable(fd)
+            try:
+                chunk = os.read(fd, 64 - len(said))
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            said += chunk
+        if said == b"go\n":
+            return True
+        self.close()
+        return False
 
     def say(self, *words: object) -> None:
         if self._fd is None:
@@ -164,10 +198,12 @@ async def run_daemon(options: DaemonOptions) -> int:
     ecosystem = await trio.to_thread.run_sync(load_config, options.config)
     if options.stack is not None:
         ecosystem = ecosystem.with_stack(options.stack)
+    progress = options.progress or Progress(None)
+    if not await progress.confirmed():
+        return EXIT_WITHDRAWN  # `up` refused the config (and says why) or went away
     home = Home(options.home)
     await trio.to_thread.run_sync(home.ensure)
     home.check_socket_path()
-    progress = options.progress or Progress(None)
     progress.redirect_output(home.logs_dir / "daemon.out")
     daemon_log = configure_logging(
         home.logs_dir / "daemon.log", level=ecosystem.logging.level.value, echo=options.echo

@@ -26,6 +26,7 @@ import structlog
 import trio
 
 from supervision import (
+    ChildInfo,
     ChildNotFound,
     ChildRunning,
     ChildSpec,
@@ -592,7 +593,7 @@ class Orchestrator:
                 self._remember(name, EventKind.STARTED)
                 return True
             root = await self.wait_ready()
-            info = {info.name: info for info in root.which_children()}.get(name)
+            info = _child_info(root, name)
             if info is not None and info.state in (ChildState.RUNNING, ChildState.STARTING):
                 return False
             record = self.apps[name]
@@ -1192,6 +1193,19 @@ class Orchestrator:
                 await self.start(app.name)
         self._on_change()
         return diff
+
+
+def _child_info(root: Supervisor, name: str) -> ChildInfo | None:
+    """Child ``name`` of the root, if it has one.
+
+    Looked up by spec first, which builds nothing: at launch no app is in the tree
+    yet, and a listing of every child for each of N starts costs N² records.
+    """
+    try:
+        root.child_spec(name)
+    except ChildNotFound:
+        return None
+    return next((info for info in root.which_children() if info.name == name), None)
 
 
 async def _terminate(
