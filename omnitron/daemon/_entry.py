@@ -11,8 +11,11 @@ TLS streams and the library's HTTPS readiness check import it at import time),
 ``asyncio`` (structlog's ``stdlib`` module imports it for its async logger
 methods), ``idna`` (Trio, for host names of TCP connections), ``bz2`` and
 ``lzma`` (``shutil``, imported by Trio), ``uuid`` (structlog's deprecated
-``threadlocal``), ``gzip`` (compressed log rotation) and ``difflib`` ("did you
-mean" hints of bad requests).
+``threadlocal``), ``gzip`` (compressed log rotation), ``difflib`` ("did you
+mean" hints of bad requests), ``locale`` (``subprocess``, for its text mode;
+0.5 MiB of tables), ``tokenize`` (``linecache``, to format a traceback),
+``glob`` and ``unicodedata``. A stand-in may load another while it loads (a
+re-entrant lock).
 And ``hashlib`` uses CPython's own hash functions instead of OpenSSL's
 (``_hashlib``), as a Python built without OpenSSL does: the daemon hashes one
 small state file per write, and mapping OpenSSL's ``libcrypto`` for that costs
@@ -64,12 +67,16 @@ DEFERRED_MODULES = (
     "uuid",
     "gzip",
     "difflib",
+    "locale",
+    "tokenize",
+    "glob",
+    "unicodedata",
 )
 """Modules imported by the daemon's dependencies but used on no common daemon path."""
 BLOCKED_MODULES = ("_hashlib", "rich", "colorama", "better_exceptions", "greenlet")
 """Optional modules whose absence the standard library and structlog handle (see above)."""
 
-_load_lock = threading.Lock()
+_load_lock = threading.RLock()
 
 
 class _Deferred(types.ModuleType):

@@ -18,13 +18,13 @@ import array
 import bisect
 import collections
 import contextlib
+import functools
 import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import psutil
 import structlog
 import trio
 
@@ -64,7 +64,7 @@ _CPU, _RSS = FIELDS.index("cpu"), FIELDS.index("rss")
 Sample = tuple[float, ...]
 """One sample: a value per :data:`FIELDS`."""
 
-_GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied)
+_PROCFS = os.path.exists(f"/proc/{os.getpid()}/stat")
 _HAS_SMAPS_ROLLUP = os.path.exists(f"/proc/{os.getpid()}/smaps_rollup")
 
 
@@ -116,8 +116,8 @@ class _Probe:
     """Takes samples in the worker thread; keeps what the next sample needs."""
 
     def __init__(self) -> None:
-        self._procs: dict[int, psutil.Process] = {}
-        self._previous: dict[int, tuple[float, float]] = {}  # pid: (cpu seconds, monotonic)
+        # pid: (cpu seconds, monotonic, start time): a recycled pid starts afresh
+        self._previous: dict[int, tuple[float, float, float]] = {}
 
     def sample(self, pids: list[int], *, uss: bool) -> dict[int, Sample]:
         now_wall, now = time.time(), time.monotonic()
@@ -153,9 +153,8 @@ class _Probe:
                 tree_cpu,
                 float(tree_rss),
             )
-        for pid in [p for p in self._procs if p not in seen]:
-            del self._procs[pid]
-            self._previous.pop(pid, None)
+        for pid in [p for p in self._previous if p not in seen]:
+            del self._previous[pid]
         return result
 
     @staticmethod
@@ -169,36 +168,102 @@ class _Probe:
     ) -> tuple[float, float, int, int, int, int] | None:
         """``(cpu %, cpu seconds, rss, uss, threads, fds)``; ``None`` if it is gone."""
         seen.add(pid)
-        try:
-            proc = self._procs.get(pid)
-            if proc is None:
-                proc = self._procs[pid] = psutil.Process(pid)
-            with proc.oneshot():
-                times = proc.cpu_times()
-                rss = proc.memory_info().rss
-                threads = proc.num_threads() if full else 0
-                try:
-                    fds = proc.num_fds() if full else -1
-                except psutil.AccessDenied:
-                    fds = -1
-                uss_bytes = -1
-                if uss:
-                    with contextlib.suppress(psutil.AccessDenied):
-                        uss_bytes = proc.memory_full_info().uss
-                cpu_seconds = times.user + times.system
-                previous = self._previous.get(pid)
-                if previous is None:  # first sight: the average since it started
-                    elapsed = max(time.time() - proc.create_time(), 1e-3)
-                else:
-                    elapsed = max(now - previous[1], 1e-3)
-                used = cpu_seconds - (previous[0] if previous else 0.0)
-        except _GONE:
-            self._procs.pop(pid, None)
+        read = _read_proc if _PROCFS else _read_psutil
+        figures = read(pid, full=full, uss=uss)
+        if figures is None:
             self._previous.pop(pid, None)
             return None
-        self._previous[pid] = (cpu_seconds, now)
+        cpu_seconds, started, rss, uss_bytes, threads, fds = figures
+        previous = self._previous.get(pid)
+        if previous is not None and previous[2] != started:
+            previous = None  # another process with a recycled pid
+        if previous is None:  # first sight: the average since it started
+            elapsed = max(time.time() - started, 1e-3)
+        else:
+            elapsed = max(now - previous[1], 1e-3)
+        used = cpu_seconds - (previous[0] if previous else 0.0)
+        self._previous[pid] = (cpu_seconds, now, started)
         cpu = max(0.0, 100.0 * used / elapsed)
         return (cpu, cpu_seconds, rss, uss_bytes, threads, fds)
+
+
+_Figures = tuple[float, float, int, int, int, int]
+"""``(cpu seconds, start time (epoch), rss, uss, threads, fds)`` of one process."""
+
+
+@functools.cache
+def _boot_time() -> float:
+    with open("/proc/stat", "rb") as f:
+        for line in f:
+            if line.startswith(b"btime "):
+                return float(line.split()[1])
+    return 0.0  # pragma: no cover - every Linux /proc/stat has btime
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _read_proc(pid: int, *, full: bool, uss: bool) -> _Figures | None:
+    """One process's figures from ``/proc/PID`` (what psutil reads, without loading it:
+    about 3 MiB less resident in the daemon); ``None`` if it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    # Fields 14, 15 (utime, stime), 20 (threads), 22 (start), 24 (rss), counted from 1.
+    cpu_seconds = (int(fields[11]) + int(fields[12])) / _TICKS
+    threads = int(fields[17]) if full else 0
+    started = _boot_time() + int(fields[19]) / _TICKS
+    rss = int(fields[21]) * _PAGE
+    fds = -1
+    if full:
+        with contextlib.suppress(OSError):
+            fds = len(os.listdir(f"/proc/{pid}/fd"))
+    uss_bytes = -1
+    if uss:
+        with contextlib.suppress(OSError):
+            uss_bytes = _private_bytes(pid)
+    return (cpu_seconds, started, rss, uss_bytes, threads, fds)
+
+
+def _private_bytes(pid: int) -> int:
+    """Private_Clean + Private_Dirty (+ Private_Hugetlb) of ``/proc/PID/smaps_rollup``
+    (or of every mapping in ``smaps``): the process's unique set size."""
+    name = "smaps_rollup" if _HAS_SMAPS_ROLLUP else "smaps"
+    total = 0
+    with open(f"/proc/{pid}/{name}", "rb") as f:
+        for line in f:
+            if line.startswith(b"Private_"):
+                total += int(line.split()[1])
+    return total * 1024
+
+
+def _read_psutil(pid: int, *, full: bool, uss: bool) -> _Figures | None:  # pragma: no cover
+    """The same figures through psutil, where there is no ``/proc``."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            times = proc.cpu_times()
+            rss = proc.memory_info().rss
+            threads = proc.num_threads() if full else 0
+            try:
+                fds = proc.num_fds() if full else -1
+            except psutil.AccessDenied:
+                fds = -1
+            uss_bytes = -1
+            if uss:
+                with contextlib.suppress(psutil.AccessDenied):
+                    uss_bytes = proc.memory_full_info().uss
+            return (times.user + times.system, proc.create_time(), rss, uss_bytes, threads, fds)
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return None
 
 
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

@@ -25,6 +25,8 @@ NOT_IN_THE_DAEMON = (
     "greenlet",
     "gzip",
     "difflib",
+    "psutil",
+    "locale",
 )
 """Modules the daemon process must not load: the CLI, and the ones it defers or blocks."""
 
@@ -112,12 +114,48 @@ def test_a_deferred_module_loads_on_first_use() -> None:
         """
     )
     assert found == {
-        "deferred": ["asyncio", "ssl", "idna", "bz2", "lzma", "uuid", "gzip", "difflib"],
+        "deferred": [
+            *("asyncio", "ssl", "idna", "bz2", "lzma", "uuid", "gzip", "difflib"),
+            *("locale", "tokenize", "glob", "unicodedata"),
+        ],
         "before": False,
         "after": True,
         "same_class": True,
         "works": True,
         "context": "SSLContext",
+    }
+
+
+def test_a_stand_in_that_loads_another_while_loading_does_not_deadlock() -> None:
+    # tokenize does ``from token import ...``: with both deferred, loading the real
+    # tokenize reads an attribute of token's stand-in under the loading lock.
+    found = run_python(
+        """
+        import threading
+        from omnitron.daemon import _entry
+        deferred = _entry.defer_unused_modules(("token", "tokenize"))
+        result = {}
+
+        def load():
+            import tokenize
+            result["exact"] = tokenize.EXACT_TOKEN_TYPES["("] == tokenize.LPAR
+
+        thread = threading.Thread(target=load, daemon=True)
+        thread.start()
+        thread.join(20)
+        print(json.dumps({
+            "deferred": deferred,
+            "finished": not thread.is_alive(),
+            **result,
+            "real": loaded("token") and loaded("tokenize"),
+        }))
+        """
+    )
+    assert found == {
+        "deferred": ["token", "tokenize"],
+        "finished": True,
+        "exact": True,
+        "real": True,
     }
 
 

@@ -359,3 +359,34 @@ def test_neither_the_daemon_nor_the_metrics_command_loads_prometheus_client() ->
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout
     assert out.split() == ["False", "True"]
+
+
+def test_the_procfs_reader_agrees_with_psutil_and_skips_zombies_and_the_gone() -> None:
+    # The sampler reads /proc itself (psutil costs the daemon 3 MiB resident):
+    # the same figures as psutil's, for a live process; None for a zombie or a gone pid.
+    import psutil
+
+    from omnitron.daemon._metrics import _read_proc
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        proc = psutil.Process(child.pid)
+        cpu, started, rss, uss, threads, fds = _read_proc(child.pid, full=True, uss=True) or ()
+        times = proc.cpu_times()
+        assert abs(cpu - (times.user + times.system)) < 0.05
+        assert abs(started - proc.create_time()) < 0.05
+        assert abs(rss - proc.memory_info().rss) <= 256 * 1024
+        assert abs(uss - proc.memory_full_info().uss) <= 256 * 1024
+        assert (threads, fds) == (proc.num_threads(), proc.num_fds())
+        assert _read_proc(child.pid, full=False, uss=False) == (cpu, started, rss, -1, 0, -1)
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait()
+    zombie = subprocess.Popen(["true"])
+    os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
+    assert _read_proc(zombie.pid, full=True, uss=True) is None
+    zombie.wait()
+    assert _read_proc(zombie.pid, full=True, uss=True) is None
