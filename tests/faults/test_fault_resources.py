@@ -238,6 +238,9 @@ def test_out_of_descriptors_spawns_back_off_and_recover(daemon: Daemon) -> None:
                 name,
                 ["sleep", "3600"],
                 restart_policy=f'{{ max_restarts = 1000, window = "60s", {FAST_RETRY} }}',
+                # Independent apps start together: the temporary ones take their
+                # descriptors first, so that the permanent ones run out.
+                depends_on="[" + ", ".join(f'"{t}"' for t in temporary) + "]",
             )
             for name in permanent
         ),

@@ -369,9 +369,15 @@ def test_the_procfs_reader_agrees_with_psutil_and_skips_zombies_and_the_gone() -
     from omnitron.daemon._metrics import _read_proc
 
     child = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+        [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
     try:
+        # Compared once it is asleep: while the interpreter starts, its memory grows
+        # between two reads.
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"ready\n"
         proc = psutil.Process(child.pid)
         cpu, started, rss, uss, threads, fds = _read_proc(child.pid, full=True, uss=True) or ()
         times = proc.cpu_times()
@@ -385,6 +391,8 @@ def test_the_procfs_reader_agrees_with_psutil_and_skips_zombies_and_the_gone() -
         assert child.stdin is not None
         child.stdin.close()
         child.wait()
+        assert child.stdout is not None
+        child.stdout.close()
     zombie = subprocess.Popen(["true"])
     os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
     assert _read_proc(zombie.pid, full=True, uss=True) is None
