@@ -296,7 +296,11 @@ class Router:
         live = {(record.name, p.instance, p.pid) for p in record.processes.values() if p.pid}
         gone = [k for k in self._links if k[0] == record.name and k not in live]
         for key in gone:
-            self._links.pop(key).close()
+            # A replaced worker is drained before it is stopped: its calls in flight
+            # finish, and it closes the connection itself when it exits. Only idle
+            # connections are closed here; a busy one goes at a later change.
+            if not self._links[key].in_flight:
+                self._links.pop(key).close()
         if gone:  # replaced processes may serve other services
             self._served = {k: v for k, v in self._served.items() if k[0] != record.name}
         self._draining = {k for k in self._draining if k[0] != record.name or k in live}
@@ -491,7 +495,7 @@ class Router:
                 log.info("worker_passed_on", app=app, instance=index, pid=pid, code=exc.code)
                 last = exc
                 continue
-            return ExecResult(raw=raw, process=process, instance=worker.index, pid=pid)
+            return ExecResult(raw=raw, process=process, instance=index, pid=pid)
         assert last is not None or not candidates
         raise DaemonBusy(
             f"app {app!r}: no worker of process {process!r} took the call"

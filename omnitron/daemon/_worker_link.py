@@ -499,6 +499,9 @@ async def open_link(
                 "WORKER_UNREACHABLE", f"the worker at {text} did not answer in time"
             ) from None
         raise
+    except BaseException:  # cancelled while asking: the link's tasks end too
+        link.close()
+        raise
     return link
 
 

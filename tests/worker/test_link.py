@@ -8,6 +8,9 @@ test writes by hand.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 
 import msgpack
@@ -244,3 +247,31 @@ async def test_a_connection_error_from_the_worker_fails_its_calls_with_that_code
             error = {"code": "TIMEOUT", "message": "idle"}
             await far.send_all(msgpack.packb([1, None, error, None]))
         assert link.closed
+
+
+async def test_a_link_cancelled_while_opening_stops_its_tasks() -> None:
+    directory = tempfile.mkdtemp(prefix="ol-", dir="/tmp")
+    path = os.path.join(directory, "silent.sock")
+    listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    try:
+        await listener.bind(path)
+        listener.listen()
+        with trio.fail_after(WITHIN):
+            # The nursery ends only once the half-opened link's tasks have stopped.
+            async with trio.open_nursery() as nursery:
+                opening = trio.CancelScope()
+
+                async def silent_worker() -> None:
+                    conn, _ = await listener.accept()
+                    with conn:
+                        assert b"worker.hello" in await conn.recv(4096)
+                        opening.cancel()  # the caller gives up while waiting for hello
+                        # The link closes its end: no task of it is left holding it.
+                        assert await conn.recv(4096) == b""
+
+                nursery.start_soon(silent_worker)
+                with opening:
+                    await open_link(path, nursery, timeout=WITHIN)
+    finally:
+        listener.close()
+        shutil.rmtree(directory, ignore_errors=True)
