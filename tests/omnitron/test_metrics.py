@@ -369,9 +369,13 @@ def test_the_procfs_reader_agrees_with_psutil_and_skips_zombies_and_the_gone() -
     from omnitron.daemon._metrics import _read_proc
 
     child = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+        [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
     try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"ready\n"  # started up: its figures hold still
         proc = psutil.Process(child.pid)
         cpu, started, rss, uss, threads, fds = _read_proc(child.pid, full=True, uss=True) or ()
         times = proc.cpu_times()
@@ -383,7 +387,9 @@ def test_the_procfs_reader_agrees_with_psutil_and_skips_zombies_and_the_gone() -
         assert _read_proc(child.pid, full=False, uss=False) == (cpu, started, rss, -1, 0, -1)
     finally:
         assert child.stdin is not None
+        assert child.stdout is not None
         child.stdin.close()
+        child.stdout.close()
         child.wait()
     zombie = subprocess.Popen(["true"])
     os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
