@@ -374,10 +374,8 @@ def test_the_procfs_reader_agrees_with_psutil_and_skips_zombies_and_the_gone() -
         stdout=subprocess.PIPE,
     )
     try:
-        # Compared once it is asleep: while the interpreter starts, its memory grows
-        # between two reads.
         assert child.stdout is not None
-        assert child.stdout.readline() == b"ready\n"
+        assert child.stdout.readline() == b"ready\n"  # started up: its figures hold still
         proc = psutil.Process(child.pid)
         cpu, started, rss, uss, threads, fds = _read_proc(child.pid, full=True, uss=True) or ()
         times = proc.cpu_times()
@@ -389,10 +387,10 @@ def test_the_procfs_reader_agrees_with_psutil_and_skips_zombies_and_the_gone() -
         assert _read_proc(child.pid, full=False, uss=False) == (cpu, started, rss, -1, 0, -1)
     finally:
         assert child.stdin is not None
-        child.stdin.close()
-        child.wait()
         assert child.stdout is not None
+        child.stdin.close()
         child.stdout.close()
+        child.wait()
     zombie = subprocess.Popen(["true"])
     os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
     assert _read_proc(zombie.pid, full=True, uss=True) is None
