@@ -4,8 +4,8 @@
 in a session of its own (so a child that signals its process group can never
 reach the test runner), waits until it answers on ``H/daemon.sock``, and talks to
 it with the synchronous client. The ``daemon`` fixture tears everything down:
-``omnitron --home H kill``, then SIGKILL for anything whose environment says
-``OMNITRON_HOME=H``, then the home is removed.
+SIGKILL for the daemon (as ``omnitron --home H kill`` does, in this process), then
+for anything whose environment says ``OMNITRON_HOME=H``, then the home is removed.
 
 Every wait polls under a deadline (:func:`wait_for`); nothing sleeps to let
 something happen.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +28,8 @@ import psutil
 import pytest
 
 from omnitron.rpc.sync_client import SyncClient, connect_unix_sync
+from omnitron.state import Home, read_lock_info
+from supervision import PinnedProcess
 
 T = TypeVar("T")
 
@@ -279,14 +282,13 @@ class Daemon:
     def close(self) -> None:
         for client in self._clients:
             client.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            subprocess.run(
-                self.argv("kill"),
-                capture_output=True,
-                timeout=CLI_TIMEOUT,
-                env=clean_env(),
-                stdin=subprocess.DEVNULL,
-            )
+        # What `omnitron kill` does, in this process (no interpreter start per test):
+        # the daemon of the pid file (one `up` may have started), then the marked apps.
+        info = read_lock_info(Home(self.home))
+        daemon = PinnedProcess.pin(info.identity) if info is not None and info.alive else None
+        if daemon is not None:
+            with daemon:
+                daemon.send(signal.SIGKILL)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
         if self.proc is not None:

@@ -25,6 +25,11 @@ from typing import Any, TypeVar
 import psutil
 import pytest
 
+from omnitron.rpc import RpcError
+from omnitron.rpc.sync_client import connect_unix_sync
+from omnitron.state import Home, read_lock_info
+from supervision import PinnedProcess
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
@@ -36,7 +41,7 @@ CLI_TIMEOUT = 60.0
 """Seconds any one CLI invocation may take before the test fails (never a hang)."""
 DEADLINE = 20.0
 """Seconds a polled condition may take to become true."""
-POLL = 0.1
+POLL = 0.02
 
 # --------------------------------------------------------------------------- apps
 
@@ -172,11 +177,18 @@ class Omnitron:
     def apps(self) -> dict[str, dict[str, Any]]:
         return {app["name"]: app for app in self.status()["apps"]}
 
+    def call(self, method: str, /, **params: object) -> Any:
+        """One call on the daemon's socket, in this process (for waits: no CLI start per poll)."""
+        with connect_unix_sync(os.path.join(self.home, "daemon.sock"), timeout=CLI_TIMEOUT) as c:
+            return c.call(method, **params)
+
     def wait_apps(
         self, predicate: Callable[[dict[str, dict[str, Any]]], bool], what: str
     ) -> dict[str, dict[str, Any]]:
+        """Poll ``daemon.status`` (what ``--json status`` prints) until ``predicate`` holds."""
+
         def check() -> dict[str, dict[str, Any]] | None:
-            apps = self.apps()
+            apps = {app["name"]: app for app in self.call("daemon.status")["apps"]}
             return apps if predicate(apps) else None
 
         return wait_for(check, what)
@@ -216,7 +228,10 @@ class Omnitron:
 
         def answering() -> bool:
             assert proc.poll() is None, "the foreground daemon exited"
-            return self.run("ping").returncode == 0
+            try:
+                return bool(self.call("daemon.ping"))
+            except RpcError:
+                return False
 
         wait_for(answering, "the daemon answering")
 
@@ -240,25 +255,31 @@ def kill_marked(home: str) -> None:
             proc.kill()
 
 
+def kill_home(home: str) -> None:
+    """SIGKILL everything of ``home`` until nothing is left: its daemon, sentinel and apps.
+
+    What ``omnitron kill`` does, in this process (not an interpreter start per test):
+    the daemon named by the pid file, then every process carrying ``OMNITRON_HOME=<home>``
+    (the :class:`Omnitron` environment sets it, so the daemons the CLI starts carry it too).
+    """
+    info = read_lock_info(Home(home))
+    daemon = PinnedProcess.pin(info.identity) if info is not None and info.alive else None
+    if daemon is not None:  # started without the marker (another environment)
+        with daemon:
+            daemon.send(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while marked(home) and time.monotonic() < deadline:
+        kill_marked(home)
+        time.sleep(POLL)
+
+
 @pytest.fixture
 def home() -> Iterator[str]:
     path = tempfile.mkdtemp(dir="/tmp", prefix="omt-")
     try:
         yield path
     finally:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            env = {k: v for k, v in os.environ.items() if k != "OMNITRON_HOME"}
-            subprocess.run(
-                [sys.executable, "-m", "omnitron", "--home", path, "kill"],
-                capture_output=True,
-                timeout=CLI_TIMEOUT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-            )
-        kill_marked(path)
-        deadline = time.monotonic() + 10
-        while marked(path) and time.monotonic() < deadline:
-            time.sleep(POLL)
+        kill_home(path)
         shutil.rmtree(path, ignore_errors=True)
 
 

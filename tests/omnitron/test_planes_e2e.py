@@ -7,6 +7,7 @@ real trio-websocket client.
 from __future__ import annotations
 
 import re
+import shutil
 import socket
 import stat
 import subprocess
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
-from test_cli_e2e import Omnitron
+from test_cli_e2e import Omnitron, kill_home
 
 from omnitron.rpc._ws import open_ws_client
 
@@ -48,8 +49,8 @@ def cli(tmp_path: Path) -> Iterator[Omnitron]:
     try:
         yield runner
     finally:
-        runner.run("kill")
-        subprocess.run(["rm", "-rf", home], check=False)
+        kill_home(home)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_tls_and_websocket_planes_end_to_end(cli: Omnitron, tmp_path: Path) -> None:

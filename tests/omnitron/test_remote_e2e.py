@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli_e2e import CLI_TIMEOUT, Omnitron, app_toml, wait_for
+from test_cli_e2e import CLI_TIMEOUT, Omnitron, app_toml, kill_home, wait_for
 from test_planes_e2e import free_port
 
 pytestmark = [
@@ -91,9 +92,9 @@ class Fleet:
 
     def close(self) -> None:
         for daemon in self.daemons.values():
-            daemon.runner.run("kill")
-            subprocess.run(["rm", "-rf", daemon.runner.home], check=False)
-        subprocess.run(["rm", "-rf", self.client.home], check=False)
+            kill_home(daemon.runner.home)
+            shutil.rmtree(daemon.runner.home, ignore_errors=True)
+        shutil.rmtree(self.client.home, ignore_errors=True)
 
 
 @pytest.fixture
