@@ -56,7 +56,11 @@ _log = logging.getLogger("supervision.process")
 _PROTOCOL_ENV: Final = frozenset(
     {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
 )
-_DRAIN_TIMEOUT: Final = 0.5
+_DRAIN_IDLE: Final = 0.5
+"""After an exit, seconds without output before the runner stops waiting for its pipes'
+end: a descendant may hold them open."""
+_DRAIN_MAX: Final = 5.0
+"""After an exit, seconds at most spent reading what is left in its pipes."""
 
 
 def _wait_exited_nowait(pid: int) -> None:
@@ -461,10 +465,20 @@ class ProcessRunner:
                 gen.changed()
 
     async def _drain(self, gen: _Generation) -> None:
-        """Wait (at most ``_DRAIN_TIMEOUT``) until the pumps have read their pipe's end."""
-        with trio.move_on_after(_DRAIN_TIMEOUT):
+        """Wait until the pumps have read their pipe's end.
+
+        As long as output still comes (on a loaded machine, reading what a child wrote
+        just before it exited can take seconds), up to ``_DRAIN_MAX``; a pipe that stays
+        silent for ``_DRAIN_IDLE`` is held open by a descendant and not waited for.
+        """
+        with trio.move_on_after(_DRAIN_MAX):
             for pump in gen.pumps:
-                await pump.done.wait()
+                while not pump.done.is_set():
+                    seen = pump.received
+                    with trio.move_on_after(_DRAIN_IDLE):
+                        await pump.done.wait()
+                    if pump.received == seen and not pump.done.is_set():
+                        break
 
     def _exit_status(self, status: int | None) -> ExitStatus:
         if status is None:

@@ -92,6 +92,7 @@ class _LinePump:
         self._sink_failed = False
         self._rest = b""  # the start of a line not ended yet (at most max_line bytes)
         self._pending: list[str] = []  # per-line form: lines read, not yet delivered
+        self.received = 0  # bytes read so far: the drain after an exit watches it move
         self.done = trio.Event()
 
     def _failed(self) -> None:
@@ -170,6 +171,7 @@ class _LinePump:
                         break
                     if not chunk:
                         break
+                    self.received += len(chunk)
                     await self._deliver(self._cut(chunk))
                     if len(chunk) < _PUMP_CHUNK:
                         await trio.sleep(_SETTLE)

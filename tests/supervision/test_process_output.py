@@ -75,6 +75,22 @@ async def test_many_lines_arrive_in_order(slots, child, lines) -> None:
     assert out.lines == [str(n) for n in range(1, 100_001)]
 
 
+async def test_what_an_exited_child_wrote_is_read_however_slow_the_reader(slots, child) -> None:
+    # The drain after an exit waits as long as output still comes: a slow reader (a
+    # sink that blocks 50 ms every 5,000 lines, 1 s in all) loses nothing the child
+    # wrote before it exited. A fixed 0.5 s drain cut this off after about half.
+    got: list[str] = []
+
+    def slow(line: str) -> None:
+        got.append(line)
+        if len(got) % 5000 == 0:
+            time.sleep(0.05)
+
+    await run_to_exit(slots, ProcessChild(child("spew", 100_000), stdout=Output.lines(slow)))
+    assert len(got) == 100_000
+    assert got == [str(n) for n in range(1, 100_001)]
+
+
 async def test_stop_while_spewing(slots, lines) -> None:
     # PL-27: draining a fast pipe never starves other tasks, and stop is bounded.
     out = lines()
