@@ -79,6 +79,38 @@ def _env(home: str, **extra: str) -> dict[str, str]:
     return {**env, "GUARD_HOME": home, **extra}
 
 
+def _run(project: Path, home: str, test_file: str) -> subprocess.CompletedProcess[str]:
+    """An inner session on ``test_file``, to its end."""
+    return subprocess.run(
+        _pytest(project, test_file),
+        cwd=project,
+        env=_env(home),
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _start_hanging(project: Path, home: str) -> subprocess.Popen[bytes]:
+    """An inner session whose test starts a daemon, then hangs (until it is killed)."""
+    inner = subprocess.Popen(
+        _pytest(project, "test_leaky.py"),
+        cwd=project,
+        env=_env(home, GUARD_HANG="1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        _wait(lambda: _app_running(home), "the inner run's daemon to start its app")
+    except BaseException:
+        inner.kill()
+        inner.wait()
+        raise
+    return inner
+
+
 def _daemons(home: str) -> list[psutil.Process]:
     """The live processes of ``home``: its daemon (by argv) and its apps (by marker)."""
     found = []
@@ -112,83 +144,43 @@ def _environ(proc: psutil.Process) -> dict[str, str]:
         return {}
 
 
+def _killed_and_named(result: subprocess.CompletedProcess[str], home: str, title: str) -> None:
+    """The inner session passed, named ``home``'s processes under ``title``, and they are gone."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert title in result.stdout
+    assert f"(home {home})" in result.stdout
+    _wait(lambda: not _daemons(home), f"the processes of {home} to be gone")
+
+
 def test_a_daemon_left_running_is_killed_at_session_end(guard: tuple[Path, str]) -> None:
     project, home = guard
-    result = subprocess.run(
-        _pytest(project, "test_leaky.py"),
-        cwd=project,
-        env=_env(home),
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE,
-        stdin=subprocess.DEVNULL,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = _run(project, home, "test_leaky.py")
     assert (Path(home) / "daemon.started").exists()
-    assert "processes left running by tests (killed)" in result.stdout
-    assert f"(home {home})" in result.stdout
-    _wait(lambda: not _daemons(home), "the leaked daemon to be gone")
+    _killed_and_named(result, home, "processes left running by tests (killed)")
 
 
 def test_a_killed_runs_daemon_and_apps_are_killed_by_the_next_session(
     guard: tuple[Path, str],
 ) -> None:
     project, home = guard
-    inner = subprocess.Popen(
-        _pytest(project, "test_leaky.py"),
-        cwd=project,
-        env=_env(home, GUARD_HANG="1"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        _wait(lambda: _app_running(home), "the inner run's daemon to start its app")
-    finally:
-        inner.kill()  # no session end: nothing of the inner run cleans up
-        inner.wait()
+    inner = _start_hanging(project, home)
+    inner.kill()  # no session end: nothing of the inner run cleans up
+    inner.wait()
     leaked = _daemons(home)
     assert leaked, "the killed run left nothing running"
-    result = subprocess.run(
-        _pytest(project, "test_nothing.py"),
-        cwd=project,
-        env=_env(home),
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE,
-        stdin=subprocess.DEVNULL,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "left by an earlier, killed test run (killed)" in result.stdout
-    assert f"(home {home})" in result.stdout
-    _wait(lambda: not _daemons(home), "the killed run's daemon and app to be gone")
+    result = _run(project, home, "test_nothing.py")
+    _killed_and_named(result, home, "left by an earlier, killed test run (killed)")
 
 
 def test_a_live_sessions_daemon_is_left_alone_until_a_sigterm_ends_that_session(
     guard: tuple[Path, str],
 ) -> None:
     project, home = guard
-    inner = subprocess.Popen(
-        _pytest(project, "test_leaky.py"),
-        cwd=project,
-        env=_env(home, GUARD_HANG="1"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-    )
+    inner = _start_hanging(project, home)
     try:
-        _wait(lambda: _app_running(home), "the inner run's daemon to start its app")
         before = {p.pid for p in _daemons(home)}
         # Another session starts meanwhile: the inner one still runs, so its daemon stays.
-        result = subprocess.run(
-            _pytest(project, "test_nothing.py"),
-            cwd=project,
-            env=_env(home),
-            capture_output=True,
-            text=True,
-            timeout=DEADLINE,
-            stdin=subprocess.DEVNULL,
-        )
+        result = _run(project, home, "test_nothing.py")
         assert result.returncode == 0, result.stdout + result.stderr
         assert "killed" not in result.stdout
         assert {p.pid for p in _daemons(home)} == before
