@@ -29,9 +29,12 @@ with ``KeyValueRenderer`` and never uses them, so they are blocked, as is
 ``greenlet`` (structlog's deprecated ``threadlocal`` probes it).
 
 Detached start-up (``--ready-fd N``): the daemon's stdout and stderr start on a
-pipe read by ``omnitron up``. Once the home is usable the daemon appends its
-output to ``logs/daemon.out`` instead and reports its progress on fd ``N``, one
-line per step, each starting with ``@``:
+pipe read by ``omnitron up``. When fd ``N`` is a socket (``omnitron up`` passes one
+end of a socket pair), the daemon imports and loads the config while ``up``
+validates it, and waits for a ``go`` line on fd ``N`` before it touches its home;
+anything else withdraws the launch (exit code 4, nothing created). Once the home
+is usable the daemon appends its output to ``logs/daemon.out`` instead and reports
+its progress on fd ``N``, one line per step, each starting with ``@``:
 
 ``@output OFFSET``
     Output now goes to ``logs/daemon.out``, from byte ``OFFSET`` on.
