@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import BOOTSTRAP
+from worker_process import BOOTSTRAP
 
 from omnitron import __version__
 from omnitron._system import PROTOCOL_VERSION, check_identity

@@ -17,7 +17,7 @@ import msgpack
 import pytest
 import trio
 import trio.testing
-from conftest import RunningWorker, running_worker
+from worker_process import RunningWorker, running_worker
 
 from omnitron.daemon._worker_link import WorkerLink, decode_value, open_link
 from omnitron.daemon._workers import WorkerCallError

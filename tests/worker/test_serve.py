@@ -16,7 +16,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import trio
-from conftest import BOOTSTRAP, PROJECT, running_worker
+from worker_process import BOOTSTRAP, PROJECT, running_worker
 
 from omnitron import __version__
 from omnitron._system import PROTOCOL_VERSION, check_identity

@@ -1,4 +1,8 @@
-"""Real worker processes on real Unix sockets, for the worker tests."""
+"""Real worker processes on real Unix sockets, for the worker tests.
+
+A plain module the tests import, not a ``conftest``: two directories' conftest
+modules both named ``conftest`` clash when one pytest command collects both.
+"""
 
 from __future__ import annotations
 
