@@ -24,14 +24,13 @@ import atexit
 import contextlib
 import os
 import select
-import socket
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # neither is imported by every command
     import subprocess
+    from pathlib import Path
 
 __all__ = ["KILL_WAIT", "Launch", "daemon_argv", "launch_early", "take_early"]
 
@@ -80,6 +79,7 @@ class Launch:
         Raises:
             LaunchFailed: The interpreter could not be started.
         """
+        import socket
         import subprocess  # not at import: every command imports this module
 
         env = dict(os.environ)
@@ -218,6 +218,8 @@ def launch_early(args: Sequence[str]) -> None:
     options = _parse_up(args)
     if options is None or _early is not None:
         return
+    from pathlib import Path
+
     from omnitron.remotes import default_home
 
     home = default_home(str(options["home"]) if "home" in options else None)

@@ -165,13 +165,15 @@ def test_the_console_entry_costs_other_commands_nothing() -> None:
         from omnitron.cli import _launch
         _launch.launch_early(["status"])
         print(json.dumps({
-            name: name in sys.modules for name in ("click", "subprocess", "omnitron.config")
+            name: name in sys.modules
+            for name in ("click", "subprocess", "socket", "omnitron.config")
         } | {"launched": _launch._early is not None}))
         """
     )
     assert found == {
         "click": False,
         "subprocess": False,
+        "socket": False,
         "omnitron.config": False,
         "launched": False,
     }
