@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from . import _launch
 from ._context import EXIT_FAILURE, Cli, CliError, rpc_failure
 from ._render import escape
 
@@ -125,10 +125,12 @@ def up(
     if not foreground:
         # The daemon starts (a second interpreter, its imports, its own reading of
         # the config) while this process validates the config; it touches nothing
-        # until told to go on (see _Launch).
+        # until told to go on (see omnitron.cli._launch).
         source = _locate(config)
         argv = _full_argv(cli, source, stack, reset_state, planes, watch)
-        launch = _Launch.start(argv, Path(cli.home) / "logs" / "daemon.out")
+        # The console script may have launched this very command line already,
+        # before importing click (see omnitron.cli._launch).
+        launch = _launch.take_early(argv) or _start(argv, Path(cli.home) / "logs" / "daemon.out")
         try:
             _validate(cli, str(source), stack)
             _refuse_other_config(cli, source)
@@ -192,10 +194,9 @@ def _full_argv(
     planes: list[str] | None,
     watch: bool | None,
 ) -> list[str]:
-    argv = _daemon_argv(cli, source, stack=stack, reset_state=reset_state) + (planes or [])
-    if watch is not None:
-        argv.append("--watch" if watch else "--no-watch")
-    return argv
+    return _launch.daemon_argv(
+        cli.home, source, stack=stack, reset_state=reset_state, planes=planes or (), watch=watch
+    )
 
 
 def _refuse_other_config(cli: Cli, source: Path) -> None:
@@ -223,147 +224,52 @@ def _refuse_other_config(cli: Cli, source: Path) -> None:
     )
 
 
-def _daemon_argv(cli: Cli, source: Path, *, stack: str | None, reset_state: bool) -> list[str]:
-    """``python -m omnitron.daemon ...``: the daemon's own entry point, not the CLI again."""
-    argv = [sys.executable, "-m", "omnitron.daemon", "--home", cli.home, "--config", str(source)]
-    if stack is not None:
-        argv += ["--stack", stack]
-    if reset_state:
-        argv.append("--reset-state")
-    return argv
+def _start(argv: list[str], out_path: Path) -> _launch.Launch:
+    try:
+        return _launch.Launch.start(argv, out_path)
+    except _launch.LaunchFailed as exc:
+        raise CliError(f"cannot start the daemon: {exc}") from None
 
 
-class _Launch:
-    """A detached daemon and the socket it reports its start-up on.
-
-    The lines are described in :mod:`omnitron.daemon._entry`. The daemon gets one
-    end of a socket pair (``--ready-fd``): it waits on it for ``go`` (sent by
-    :meth:`go` once the config is valid) before it touches its home, and a launch
-    withdrawn (:meth:`withdraw`: the socket closed) makes it exit untouched.
-    """
-
-    @classmethod
-    def start(cls, argv: list[str], out_path: Path) -> _Launch:
-        """Launch ``argv`` in a new session, its output on the socket until it moves."""
-        import socket
-
-        env = dict(os.environ)
-        env.pop("NOTIFY_SOCKET", None)  # systemd talks to `up --foreground` only
-        ours, theirs = (s.detach() for s in socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
+def _failure(launch: _launch.Launch) -> CliError:
+    """The error for a daemon that exited: its own reason, else its output's tail."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        launch.proc.wait(timeout=KILL_WAIT)
+    code = launch.proc.returncode if launch.proc.returncode is not None else -1
+    lines = list(launch.early)
+    if launch.offset is not None:
         try:
-            proc = subprocess.Popen(
-                [*argv, "--ready-fd", str(theirs)],
-                stdin=subprocess.DEVNULL,
-                stdout=theirs,  # until the daemon's output moves to logs/daemon.out
-                stderr=theirs,
-                pass_fds=(theirs,),
-                cwd="/",  # hold no directory busy; paths are absolute
-                env=env,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            os.close(ours)
-            raise CliError(f"cannot start the daemon: {exc}") from None
-        finally:
-            os.close(theirs)
-        return cls(proc, ours, out_path)
-
-    def go(self) -> None:
-        """Let the daemon go on (a daemon already gone shows as end of file later)."""
-        with contextlib.suppress(OSError):
-            os.write(self.pipe, b"go\n")
-
-    def withdraw(self) -> None:
-        """Tell the daemon not to go on, and wait for it to exit (it has touched nothing)."""
-        self.close()
-        try:
-            self.proc.wait(timeout=KILL_WAIT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def __init__(self, proc: subprocess.Popen[bytes], pipe: int, out_path: Path) -> None:
-        self.proc = proc
-        self.pipe = pipe
-        self.out_path = out_path
-        self.offset: int | None = None  # where its output in daemon.out begins, once moved
-        self.early: list[str] = []  # what it printed before its output moved
-        self.steps: set[str] = set()
-        self.eof = False
-        self._buffer = b""
-
-    def read(self, timeout: float) -> None:
-        """Take in what the daemon has said within ``timeout`` seconds (no more than a line)."""
-        if self.eof:
-            return
-        ready, _, _ = select.select([self.pipe], [], [], max(0.0, timeout))
-        if not ready:
-            return
-        data = os.read(self.pipe, 65536)
-        if not data:
-            self.eof = True
-            os.close(self.pipe)
-            self._line(self._buffer)
-            return
-        *lines, self._buffer = (self._buffer + data).split(b"\n")
-        for line in lines:
-            self._line(line)
-
-    def _line(self, raw: bytes) -> None:
-        line = raw.decode("utf-8", "replace")
-        if not line.startswith("@"):
-            if line.strip():
-                self.early.append(line)
-            return
-        step, _, value = line[1:].partition(" ")
-        self.steps.add(step)
-        if step == "output" and value.isdigit():
-            self.offset = int(value)
-
-    def close(self) -> None:
-        if not self.eof:
-            self.eof = True
-            os.close(self.pipe)
-
-    def failure(self) -> CliError:
-        """The error for a daemon that exited: its own reason, else its output's tail."""
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=KILL_WAIT)
-        code = self.proc.returncode if self.proc.returncode is not None else -1
-        lines = list(self.early)
-        if self.offset is not None:
-            try:
-                with open(self.out_path, "rb") as f:
-                    f.seek(self.offset)
-                    text = f.read()[-16384:].decode("utf-8", "replace")
-            except OSError:
-                text = ""
-            lines += [line for line in text.splitlines() if line.strip()]
-        exit_code = code if code > 0 else EXIT_FAILURE
-        reasons = [line for line in lines if line.startswith("omnitron: ")]
-        if reasons:
-            details = [line.strip() for line in lines if line.startswith("  ")]
-            return CliError(
-                reasons[-1].removeprefix("omnitron: "), exit_code=exit_code, details=details
-            )
-        how = f"exit code {code}" if code >= 0 else f"signal {-code}"
-        for line in lines[-OUTPUT_TAIL:]:
-            click.echo(f"  {escape(line)}", err=True)
+            with open(launch.out_path, "rb") as f:
+                f.seek(launch.offset)
+                text = f.read()[-16384:].decode("utf-8", "replace")
+        except OSError:
+            text = ""
+        lines += [line for line in text.splitlines() if line.strip()]
+    exit_code = code if code > 0 else EXIT_FAILURE
+    reasons = [line for line in lines if line.startswith("omnitron: ")]
+    if reasons:
+        details = [line.strip() for line in lines if line.startswith("  ")]
         return CliError(
-            f"the daemon exited during start-up ({how}); see {self.out_path} and "
-            f"{self.out_path.with_name('daemon.log')}",
-            exit_code=exit_code,
+            reasons[-1].removeprefix("omnitron: "), exit_code=exit_code, details=details
         )
+    how = f"exit code {code}" if code >= 0 else f"signal {-code}"
+    for line in lines[-OUTPUT_TAIL:]:
+        click.echo(f"  {escape(line)}", err=True)
+    return CliError(
+        f"the daemon exited during start-up ({how}); see {launch.out_path} and "
+        f"{launch.out_path.with_name('daemon.log')}",
+        exit_code=exit_code,
+    )
 
 
-def _detach(cli: Cli, launch: _Launch, argv: list[str], *, timeout: float) -> int:
+def _detach(cli: Cli, launch: _launch.Launch, argv: list[str], *, timeout: float) -> int:
     """Wait for the launched daemon's socket, then for the apps to settle."""
     proc = launch.proc
     try:
         deadline = time.monotonic() + timeout
         while "listening" not in launch.steps:
             if launch.eof:
-                raise launch.failure()
+                raise _failure(launch)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise CliError(
@@ -460,7 +366,9 @@ def unsettled_apps(status: dict[str, Any]) -> tuple[list[str], float]:
     return pending, min(wait, STABLE_UPTIME)
 
 
-def _wait_settled(cli: Cli, launch: _Launch, deadline: float) -> tuple[dict[str, Any], list[str]]:
+def _wait_settled(
+    cli: Cli, launch: _launch.Launch, deadline: float
+) -> tuple[dict[str, Any], list[str]]:
     """The first ``daemon.status`` in which every app has settled, else the last one at the
     deadline; with the apps not settled then (empty when settled)."""
     from omnitron.rpc._errors import RpcError
@@ -475,7 +383,7 @@ def _wait_settled(cli: Cli, launch: _Launch, deadline: float) -> tuple[dict[str,
                 # now and then anyway (a tree that gave up at once says nothing).
                 launch.read(min(START_LOOK, max(0.0, deadline - time.monotonic())))
                 if launch.eof and "started" not in launch.steps:
-                    raise launch.failure()  # the pipe closed early: the daemon is exiting
+                    raise _failure(launch)  # the pipe closed early: the daemon is exiting
                 waiting = not launch.eof and "started" not in launch.steps
                 if waiting and time.monotonic() < min(next_look, deadline):
                     continue
@@ -490,7 +398,7 @@ def _wait_settled(cli: Cli, launch: _Launch, deadline: float) -> tuple[dict[str,
                     client.close()
                     client = None
                 if launch.proc.poll() is not None:
-                    raise launch.failure() from None
+                    raise _failure(launch) from None
                 if left <= 0:
                     raise rpc_failure(exc) from None
                 time.sleep(min(SETTLE_POLL, max(0.0, left)))

@@ -14,7 +14,8 @@ methods), ``idna`` (Trio, for host names of TCP connections), ``bz2`` and
 ``threadlocal``), ``gzip`` (compressed log rotation), ``difflib`` ("did you
 mean" hints of bad requests), ``locale`` (``subprocess``, for its text mode;
 0.5 MiB of tables), ``tokenize`` (``linecache``, to format a traceback),
-``glob`` and ``unicodedata``. A stand-in may load another while it loads (a
+``glob``, ``unicodedata`` and ``tempfile`` (``ctypes.util``, imported by Trio
+to name its threads). A stand-in may load another while it loads (a
 re-entrant lock).
 And ``hashlib`` uses CPython's own hash functions instead of OpenSSL's
 (``_hashlib``), as a Python built without OpenSSL does: the daemon hashes one
@@ -22,11 +23,22 @@ small state file per write, and mapping OpenSSL's ``libcrypto`` for that costs
 3.5 MiB of resident memory. TLS, when a plane needs it, still works (``ssl``
 loads ``libssl`` and ``libcrypto`` itself).
 
+attrs keeps the source of every method it generates (``__init__``, ``__eq__``,
+``__repr__``... of each of the ~330 attrs classes of Trio, the supervision
+library and omnitron) in :data:`linecache.cache`, under ``<attrs generated ...>``
+names, for debuggers to step through: 0.6 MiB that the daemon never reads.
+:func:`defer_unused_modules` makes ``linecache.cache`` a mapping that does not
+store those entries (everything else is cached as before). A traceback through
+a generated method still names it (``File "<attrs generated init ...>", line N,
+in __init__``), without its source line; the line that called it is shown as
+usual.
+
 structlog's ``dev`` module, which structlog always imports, imports ``rich``
 (and ``colorama``, ``better_exceptions``) when installed, for the console
 renderer's tracebacks: about 5 MiB and 70 modules. The daemon renders its log
-with ``KeyValueRenderer`` and never uses them, so they are blocked, as is
-``greenlet`` (structlog's deprecated ``threadlocal`` probes it).
+with ``KeyValueRenderer`` and never uses them, so they are blocked, as are
+``greenlet`` (structlog's deprecated ``threadlocal`` probes it) and
+``structlog.twisted`` (structlog imports Twisted through it when installed).
 
 Detached start-up (``--ready-fd N``): the daemon's stdout and stderr start on a
 pipe read by ``omnitron up``. When fd ``N`` is a socket (``omnitron up`` passes one
@@ -58,8 +70,15 @@ import threading
 import types
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["BLOCKED_MODULES", "DEFERRED_MODULES", "defer_unused_modules", "main"]
+__all__ = [
+    "BLOCKED_MODULES",
+    "DEFERRED_MODULES",
+    "defer_unused_modules",
+    "forget_generated_source",
+    "main",
+]
 
 DEFERRED_MODULES = (
     "asyncio",
@@ -74,12 +93,56 @@ DEFERRED_MODULES = (
     "tokenize",
     "glob",
     "unicodedata",
+    "tempfile",
 )
 """Modules imported by the daemon's dependencies but used on no common daemon path."""
-BLOCKED_MODULES = ("_hashlib", "rich", "colorama", "better_exceptions", "greenlet")
+BLOCKED_MODULES = (
+    "_hashlib",
+    "rich",
+    "colorama",
+    "better_exceptions",
+    "greenlet",
+    "structlog.twisted",
+)
 """Optional modules whose absence the standard library and structlog handle (see above)."""
 
 _load_lock = threading.RLock()
+
+
+_GENERATED_SOURCE = "<attrs generated"
+"""The start of the names attrs gives the source it generates (see above)."""
+
+
+class _SourceCache(dict[str, Any]):
+    """``linecache.cache`` without the source attrs generates (it is never read)."""
+
+    __slots__ = ()
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if isinstance(key, str) and key.startswith(_GENERATED_SOURCE):
+            return default  # as if stored: attrs then keeps the name it chose
+        return super().setdefault(key, default)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if isinstance(key, str) and key.startswith(_GENERATED_SOURCE):
+            return
+        super().__setitem__(key, value)
+
+
+def forget_generated_source() -> None:
+    """Make ``linecache.cache`` drop attrs' generated source (see the module docs).
+
+    Entries already stored are dropped too. Idempotent.
+    """
+    import linecache
+
+    if isinstance(linecache.cache, _SourceCache):
+        return
+    linecache.cache = _SourceCache(
+        (key, value)
+        for key, value in linecache.cache.items()
+        if not (isinstance(key, str) and key.startswith(_GENERATED_SOURCE))
+    )
 
 
 class _Deferred(types.ModuleType):
@@ -103,8 +166,9 @@ class _Deferred(types.ModuleType):
 def defer_unused_modules(names: Sequence[str] = DEFERRED_MODULES) -> list[str]:
     """Put stand-ins for ``names`` in ``sys.modules``; returns those deferred.
 
-    Also blocks :data:`BLOCKED_MODULES`. A module already imported is left as it
-    is. Call before importing Trio.
+    Also blocks :data:`BLOCKED_MODULES` and makes ``linecache`` forget attrs'
+    generated source (:func:`forget_generated_source`). A module already imported
+    is left as it is. Call before importing Trio.
     """
     for name in BLOCKED_MODULES:
         if name not in sys.modules:
@@ -121,6 +185,7 @@ def defer_unused_modules(names: Sequence[str] = DEFERRED_MODULES) -> list[str]:
         stand_in.__file__ = spec.origin
         sys.modules[name] = stand_in
         deferred.append(name)
+    forget_generated_source()  # after the stand-ins: linecache imports tokenize
     return deferred
 
 

@@ -34,7 +34,6 @@ import msgpack
 import outcome
 import trio
 
-from .._system import check_identity
 from ..rpc import ProtocolError
 from ..rpc._errors import ErrorCode
 from ..rpc._unix import check_socket_path
@@ -487,6 +486,8 @@ async def open_link(
         link.identity = await link.builtin("hello", timeout=timeout)
         if not isinstance(link.identity, dict):
             raise WorkerCallError("PROTOCOL_ERROR", f"the worker at {text} sent a bad hello")
+        from .._system import check_identity  # worker apps only: not at the daemon's start
+
         problem = check_identity(link.identity)
         if problem is not None:
             raise WorkerCallError("PROTOCOL_MISMATCH", problem)

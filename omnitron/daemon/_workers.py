@@ -36,7 +36,6 @@ from typing import Any, Final
 
 import trio
 
-from .._system import check_identity
 from ..errors import OmnitronError
 from ..rpc import ConnectionLost, ProtocolError, RemoteError, RpcClient
 from ..rpc._client import open_client
@@ -223,6 +222,8 @@ async def open_worker_client(path: str | os.PathLike[str]) -> AsyncIterator[Work
         # The first request also meets the worker's hello deadline, and a worker
         # speaking another protocol is refused before any call goes to it.
         client.identity = await client.hello(timeout=HELLO_TIMEOUT)
+        from .._system import check_identity  # worker apps only: not at the daemon's start
+
         problem = check_identity(client.identity)
         if problem is not None:
             raise WorkerCallError("PROTOCOL_MISMATCH", problem)

@@ -27,8 +27,23 @@ NOT_IN_THE_DAEMON = (
     "difflib",
     "psutil",
     "locale",
+    "tempfile",
+    "structlog.twisted",
+    "omnitron._system",
+    "omnitron.worker",
 )
-"""Modules the daemon process must not load: the CLI, and the ones it defers or blocks."""
+"""Modules the daemon process must not load: the CLI, the ones it defers or blocks,
+and what only worker apps need (``omnitron._system``, ``omnitron.worker``)."""
+
+THIRD_PARTY = frozenset(
+    {
+        *("trio", "outcome", "sniffio", "sortedcontainers", "attr", "attrs"),
+        *("structlog", "cattrs", "typing_extensions", "msgpack"),
+        *("omnitron", "supervision"),
+    }
+)
+"""The packages outside the standard library the daemon may import (``site``'s own
+hooks aside)."""
 
 NOT_WITHOUT_A_PLANE = (
     *NOT_IN_THE_DAEMON,
@@ -81,6 +96,87 @@ def test_the_daemon_entry_point_imports_neither_the_cli_nor_deferred_modules() -
     assert found == {**dict.fromkeys(NOT_IN_THE_DAEMON, False), "trio": True}
 
 
+def test_the_daemon_imports_no_package_beyond_its_dependencies() -> None:
+    found = run_python(
+        """
+        before = {name.partition(".")[0] for name in sys.modules}  # the interpreter and site
+        from omnitron.daemon import _entry
+        _entry.defer_unused_modules()
+        import omnitron.daemon._main
+        top = {name.partition(".")[0] for name in list(sys.modules) if loaded(name)}
+        cython = {name for name in top if "cython" in name}  # msgpack's compiled runtime
+        print(json.dumps(sorted(top - before - cython - set(sys.stdlib_module_names))))
+        """
+    )
+    assert set(found) <= THIRD_PARTY, sorted(set(found) - THIRD_PARTY)
+    assert {"trio", "omnitron", "supervision", "structlog"} <= set(found)
+
+
+POINT = """\
+import attrs
+
+
+@attrs.frozen
+class Point:
+    x: int = attrs.field(validator=attrs.validators.instance_of(int))
+
+
+def make():
+    return Point("one")  # the calling line
+"""
+
+
+def test_attrs_generated_source_is_not_kept(tmp_path: Path) -> None:
+    # attrs stores the source of every method it generates in linecache.cache
+    # (0.6 MiB for the daemon's classes); the daemon never reads it. Tracebacks
+    # still name the generated method and show the lines of real files.
+    (tmp_path / "point.py").write_text(POINT)
+    found = run_python(
+        f"""
+        from omnitron.daemon import _entry
+        _entry.defer_unused_modules()
+        import linecache, traceback
+        import omnitron.daemon._main
+        sys.path.insert(0, {str(tmp_path)!r})
+        from point import Point, make
+
+        try:
+            make()
+        except TypeError:
+            text = traceback.format_exc()
+        print(json.dumps({{
+            "generated": [key for key in linecache.cache if key.startswith("<attrs generated")],
+            "works": Point(1) == Point(1) and repr(Point(2)) == "Point(x=2)",
+            "caller": "# the calling line" in text,
+            "frame": 'File "<attrs generated' in text and "in __init__" in text,
+            "error": text.strip().splitlines()[-1],
+            "own_source": "import attrs" in linecache.getline(sys.modules["point"].__file__, 1),
+        }}))
+        """
+    )
+    assert found == {
+        "generated": [],
+        "works": True,
+        "caller": True,
+        "frame": True,
+        "error": found["error"],
+        "own_source": True,
+    }
+    assert "'x' must be <class 'int'>" in str(found["error"])
+
+
+def test_without_the_entry_attrs_keeps_its_generated_source() -> None:
+    # What the filter is for: if attrs stops keeping it, this fails and the filter can go.
+    found = run_python(
+        """
+        import linecache
+        import trio
+        print(json.dumps({"kept": sum(k.startswith("<attrs generated") for k in linecache.cache)}))
+        """
+    )
+    assert found["kept"] > 20  # type: ignore[operator]
+
+
 def test_without_the_stand_ins_trio_imports_ssl() -> None:
     # What the deferral is for: if Trio stops importing ssl, this fails and the
     # stand-ins can go.
@@ -116,7 +212,7 @@ def test_a_deferred_module_loads_on_first_use() -> None:
     assert found == {
         "deferred": [
             *("asyncio", "ssl", "idna", "bz2", "lzma", "uuid", "gzip", "difflib"),
-            *("locale", "tokenize", "glob", "unicodedata"),
+            *("locale", "tokenize", "glob", "unicodedata", "tempfile"),
         ],
         "before": False,
         "after": True,
