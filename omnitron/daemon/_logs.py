@@ -101,6 +101,9 @@ MAX_RETRY_DELAY = 5.0
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 #: Compression level of rotated files (fast: the writer thread waits for it).
 GZIP_LEVEL = 3
+#: Reads an app's ring keeps in a list before it becomes a deque (a list of a few
+#: reads takes a tenth of an empty deque's memory).
+_RING_LIST = 16
 
 RunSync = Callable[..., Awaitable[Any]]
 
@@ -218,9 +221,44 @@ def _line_texts(data: bytes) -> list[str]:
 
 
 class _AppLog:
+    """One app's buffer, rate limit, counters and ring.
+
+    Small when idle (the usual app writes a few lines now and then): the write
+    buffer is a deque only while lines wait for the writer (``None`` otherwise),
+    and the ring is a short list until it holds :data:`_RING_LIST` reads.
+    """
+
+    __slots__ = (
+        "_monotonic",
+        "buffer_bytes",
+        "buffer_lines",
+        "burst",
+        "chunks",
+        "count",
+        "directory",
+        "dropped",
+        "dropped_total",
+        "last_error",
+        "lost",
+        "lost_total",
+        "name",
+        "rate",
+        "refilled",
+        "ring",
+        "ring_lines",
+        "ring_size",
+        "size",
+        "suppressed",
+        "suppressed_total",
+        "tokens",
+        "write_errors",
+        "writing",
+    )
+
     def __init__(
         self,
-        path: Path,
+        directory: Path,
+        name: str,
         *,
         buffer_bytes: int,
         buffer_lines: int | None,
@@ -229,9 +267,11 @@ class _AppLog:
         ring: int,
         monotonic: Callable[[], float],
     ) -> None:
-        self.path = path
-        # Tagged lines waiting for the writer: one ``bytes`` of whole lines per read.
-        self.chunks: collections.deque[bytes] = collections.deque()
+        self.directory = directory  # shared by every app
+        self.name = name
+        # Tagged lines waiting for the writer: one ``bytes`` of whole lines per read;
+        # ``None`` while nothing waits (an empty deque holds a 0.5 KiB block).
+        self.chunks: collections.deque[bytes] | None = None
         self.size = 0  # memory taken by ``chunks``: their bytes plus CHUNK_OVERHEAD each
         self.count = 0  # lines in ``chunks``
         # Bytes taken by the writer and not written yet: still in memory, so they
@@ -254,8 +294,14 @@ class _AppLog:
         self.lost_total = 0
         self.last_error: str | None = None
         self.ring_size = ring
-        self.ring: collections.deque[_Read] = collections.deque()
+        # A list while short (most apps' rings: a few lifecycle notes), then a deque.
+        self.ring: list[_Read] | collections.deque[_Read] = []
         self.ring_lines = 0
+
+    @property
+    def path(self) -> Path:
+        """The app's log file (made when needed: a ``Path`` per app is 0.3 KiB)."""
+        return self.directory / f"{self.name}.log"
 
     def admit(self, data: bytes) -> tuple[bytes, int]:
         """The first lines of ``data`` the bucket holds (refilled if short), and how many.
@@ -306,7 +352,10 @@ class _AppLog:
         )
 
     def append(self, data: bytes, lines: int) -> None:
-        self.chunks.append(data)
+        chunks = self.chunks
+        if chunks is None:
+            chunks = self.chunks = collections.deque()
+        chunks.append(data)
         self.size += len(data) + CHUNK_OVERHEAD
         self.count += lines
         if self.size + self.writing > self.buffer_bytes or self.buffer_lines is not None:
@@ -316,18 +365,22 @@ class _AppLog:
         """Keep ``read`` in the ring; forget the oldest reads not needed for its size."""
         ring = self.ring
         ring.append(read)
+        if type(ring) is list and len(ring) > _RING_LIST:
+            ring = self.ring = collections.deque(ring)
         self.ring_lines += read.lines
-        while self.ring_lines - ring[0].lines >= self.ring_size:
-            self.ring_lines -= ring.popleft().lines
+        while ring and self.ring_lines - ring[0].lines >= self.ring_size:
+            self.ring_lines -= ring[0].lines
+            del ring[0]  # a deque's popleft; a list's is at most _RING_LIST long
 
     def _trim(self) -> None:
         """Drop the oldest lines until the buffer is within its bounds (whole lines)."""
         limit = self.buffer_lines
-        while self.chunks and (
+        chunks = self.chunks
+        while chunks and (
             self.size + self.writing > self.buffer_bytes
             or (limit is not None and self.count > limit)
         ):
-            oldest = self.chunks[0]
+            oldest = chunks[0]
             lines = oldest.count(b"\n")
             excess = self.size + self.writing - self.buffer_bytes  # bytes to drop
             cut = oldest.find(b"\n", excess - 1) + 1 if excess > 0 else 0
@@ -338,11 +391,11 @@ class _AppLog:
                 cut = max(cut, end)
             if 0 < cut < len(oldest):  # the first lines of the oldest read
                 gone = oldest.count(b"\n", 0, cut)
-                self.chunks[0] = type(oldest)(oldest[cut:])
+                chunks[0] = type(oldest)(oldest[cut:])
                 self.size -= cut
             else:
                 gone = lines
-                self.chunks.popleft()
+                chunks.popleft()
                 self.size -= len(oldest) + CHUNK_OVERHEAD
             self.count -= gone
             self.dropped += gone
@@ -351,6 +404,8 @@ class _AppLog:
     def put_back(self, batch: list[bytes]) -> None:
         """Return a batch that could not be written to the front of the buffer."""
         self.writing = 0
+        if self.chunks is None:
+            self.chunks = collections.deque()
         self.chunks.extendleft(reversed(batch))
         self.size += sum(len(data) + CHUNK_OVERHEAD for data in batch)
         self.count += sum(data.count(b"\n") for data in batch)
@@ -358,8 +413,8 @@ class _AppLog:
 
     def take(self) -> list[bytes]:
         """Everything buffered, with its markers, for the writer (see :attr:`writing`)."""
-        batch = list(self.chunks)
-        self.chunks.clear()
+        batch = list(self.chunks) if self.chunks else []
+        self.chunks = None  # (``clear()`` would allocate a new block)
         self.writing += self.size
         self.size = self.count = 0
         if self.dropped:
@@ -457,7 +512,7 @@ class LogCollector:
     def _app(self, app: str) -> _AppLog:
         entry = self._apps.get(app)
         if entry is None:
-            entry = self._apps[app] = self._new_app(self.path_for(app))
+            entry = self._apps[app] = self._new_app(self.directory, app)
         return entry
 
     def sink(self, app: str, instance: int, stream: str) -> Callable[[bytes], None]:
@@ -466,45 +521,7 @@ class LogCollector:
         The sink takes whole lines as bytes (each ending with a newline), any number
         at once: one call per read of the pipe.
         """
-        entry = self._app(app)
-        tag = f" {app}[{instance}] {stream} | ".encode()
-        followers = self._followers
-        clock = _clock
-        now_of = time.time
-
-        def deliver(data: bytes) -> None:
-            # The hot path of every read: the rate first (only a bucket low enough to
-            # matter, or lines suppressed before, make it count the lines), then the
-            # tagging and the buffer.
-            if entry.suppressed or entry.tokens < len(data) * (LINE_OVERHEAD + 1):
-                data, lines = entry.admit(data)
-                if not lines:
-                    return
-            now = now_of()
-            # Each line gets the same head (the time of the read) in one C pass, which
-            # also counts them. A read with a control is escaped for the file by the
-            # writer thread (``_clean``); the ring and followers get the text as read
-            # (``logs`` escapes on display).
-            head = clock.stamp(now).encode() + tag
-            tagged = data.replace(b"\n", b"\n" + head)
-            lines = (len(tagged) - len(data)) // len(head)
-            if not lines:
-                return
-            entry.tokens -= len(data) + LINE_OVERHEAD * lines
-            joined = b"".join((head, memoryview(tagged)[: -len(head)]))
-            # Checked here, on the loop, where it costs only its own time: done in the
-            # writer thread, every hand-over of the GIL between the two would wait for
-            # the other thread to be scheduled, which on a busy machine delays timers.
-            entry.append(joined if _plain(data) else _Unclean(joined), lines)
-            entry.remember(_Read(now, instance, stream, data, lines))
-            if followers:
-                for text in _line_texts(data):
-                    self._tell(LogLine(now, app, instance, stream, text))
-            self._wakeup.set()
-            if entry.size > EARLY_WRITE:
-                self._early.set()
-
-        return deliver
+        return _Sink(self, self._app(app), app, instance, stream).deliver
 
     def note(self, app: str, message: str) -> None:
         """Write a line from the daemon itself into ``app``'s log (exits, restarts)."""
@@ -698,7 +715,8 @@ class LogCollector:
 
     def _write(self, batches: list[tuple[_AppLog, list[bytes]]]) -> None:
         for entry, chunks in batches:
-            app = entry.path.name.removesuffix(".log")
+            app = entry.name
+            path = entry.path
             marker = 0
             if entry.lost:
                 marker = 1
@@ -713,7 +731,7 @@ class LogCollector:
             parts = [_clean(data) if type(data) is _Unclean else data for data in chunks]
             done = [0]
             try:
-                self._append(entry.path, parts, done)
+                self._append(path, parts, done)
             except OSError as exc:
                 # A full or read-only disk loses these lines, never the daemon nor the
                 # app: counted, marked in the file at the next write that succeeds.
@@ -731,15 +749,15 @@ class LogCollector:
                 self._failing[app] = error
                 if isinstance(exc, UnsafeLogPath):
                     # Never write through a planted link; say so once per file.
-                    if entry.path not in self._refused:
-                        self._refused.add(entry.path)
-                        log.error("log_file_refused", path=str(entry.path), error=error)
+                    if path not in self._refused:
+                        self._refused.add(path)
+                        log.error("log_file_refused", path=str(path), error=error)
                 elif first:  # once per failing streak: the daemon log may be on that disk
-                    log.warning("log_write_failed", path=str(entry.path), error=error, lines=lost)
+                    log.warning("log_write_failed", path=str(path), error=error, lines=lost)
             else:
                 entry.lost = 0
                 if self._failing.pop(app, None) is not None:
-                    log.warning("log_write_recovered", path=str(entry.path))
+                    log.warning("log_write_recovered", path=str(path))
 
     def _append(self, path: Path, parts: list[bytes], done: list[int]) -> None:
         """Append ``parts`` (each whole lines) to ``path``, rotating between lines at
@@ -832,6 +850,60 @@ class LogCollector:
                     shutil.copyfileobj(source, packed, 1 << 20)
             os.rename(partial, f"{first}.gz")
             os.unlink(first)
+
+
+class _Sink:
+    """The batch sink of one stream of one process (:meth:`LogCollector.sink`).
+
+    A small object with one bound method rather than a closure: a closure over
+    the same names takes about three times the memory, twice per process.
+    """
+
+    __slots__ = ("app", "collector", "entry", "instance", "stream", "tag")
+
+    def __init__(
+        self, collector: LogCollector, entry: _AppLog, app: str, instance: int, stream: str
+    ) -> None:
+        self.collector = collector
+        self.entry = entry
+        self.app = app
+        self.instance = instance
+        self.stream = stream
+        self.tag = f" {app}[{instance}] {stream} | ".encode()
+
+    def deliver(self, data: bytes) -> None:
+        # The hot path of every read: the rate first (only a bucket low enough to
+        # matter, or lines suppressed before, make it count the lines), then the
+        # tagging and the buffer.
+        entry = self.entry
+        if entry.suppressed or entry.tokens < len(data) * (LINE_OVERHEAD + 1):
+            data, lines = entry.admit(data)
+            if not lines:
+                return
+        now = time.time()
+        # Each line gets the same head (the time of the read) in one C pass, which
+        # also counts them. A read with a control is escaped for the file by the
+        # writer thread (``_clean``); the ring and followers get the text as read
+        # (``logs`` escapes on display).
+        head = _clock.stamp(now).encode() + self.tag
+        tagged = data.replace(b"\n", b"\n" + head)
+        lines = (len(tagged) - len(data)) // len(head)
+        if not lines:
+            return
+        entry.tokens -= len(data) + LINE_OVERHEAD * lines
+        joined = b"".join((head, memoryview(tagged)[: -len(head)]))
+        # Checked here, on the loop, where it costs only its own time: done in the
+        # writer thread, every hand-over of the GIL between the two would wait for
+        # the other thread to be scheduled, which on a busy machine delays timers.
+        entry.append(joined if _plain(data) else _Unclean(joined), lines)
+        entry.remember(_Read(now, self.instance, self.stream, data, lines))
+        collector = self.collector
+        if collector._followers:
+            for text in _line_texts(data):
+                collector._tell(LogLine(now, self.app, self.instance, self.stream, text))
+        collector._wakeup.set()
+        if entry.size > EARLY_WRITE:
+            collector._early.set()
 
 
 def _open(path: Path) -> int:
