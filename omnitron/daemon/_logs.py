@@ -46,6 +46,7 @@ write is retried with a growing delay; the daemon never exits over it.
 
 from __future__ import annotations
 
+import array
 import collections
 import contextlib
 import errno
@@ -54,7 +55,7 @@ import gzip
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -101,9 +102,10 @@ MAX_RETRY_DELAY = 5.0
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 #: Compression level of rotated files (fast: the writer thread waits for it).
 GZIP_LEVEL = 3
-#: Reads an app's ring keeps in a list before it becomes a deque (a list of a few
-#: reads takes a tenth of an empty deque's memory).
-_RING_LIST = 16
+#: The streams a ring records, by their number in it (others are added as seen).
+_STREAMS = ["out", "err", "sys"]
+#: Numbers a ring keeps per read: time, instance (-1: the daemon), stream, lines, end.
+_META = 5
 
 RunSync = Callable[..., Awaitable[Any]]
 
@@ -206,14 +208,78 @@ def _timestamp() -> str:
     return _clock.stamp(time.time())
 
 
-class _Read(NamedTuple):
-    """Lines of one read as the ring keeps them (split and decoded when asked)."""
+class _Ring:
+    """The reads that hold an app's last lines, packed: their bytes end to end in
+    one ``bytearray``, and five numbers per read in one ``array('d')`` (its time,
+    instance, stream, lines, and where its bytes end). About 40 bytes a read
+    beside its bytes, where a tuple per read took about 150. Lines are split
+    and decoded only when asked (:meth:`reads`).
 
-    time: float
-    instance: int | None
-    stream: str
-    data: bytes  # whole lines, each ending with a newline, as read
-    lines: int
+    Reads are forgotten oldest first; their room is given back in bulk, once the
+    forgotten reads are a quarter of those held (a copy of the kept reads' numbers
+    every quarter ring or so).
+    """
+
+    __slots__ = ("_base", "_data", "_first", "_meta", "_start", "lines")
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._meta = array.array("d")
+        self._first = 0  # the oldest read kept, as an index of the reads in _meta
+        self._base = 0  # the offset of _data[0] in the stream of bytes ever kept
+        self._start = 0  # the offset of the oldest kept read's first byte
+        self.lines = 0  # lines of the reads kept
+
+    def __len__(self) -> int:
+        return len(self._meta) // _META - self._first
+
+    def append(
+        self, when: float, instance: int | None, stream: str, data: bytes, lines: int
+    ) -> None:
+        try:
+            code = _STREAMS.index(stream)
+        except ValueError:
+            code = len(_STREAMS)
+            _STREAMS.append(stream)
+        self._data += data
+        end = self._base + len(self._data)
+        self._meta.extend((when, -1 if instance is None else instance, code, lines, end))
+        self.lines += lines
+
+    def trim(self, keep: int) -> None:
+        """Forget the oldest reads not needed to hold the last ``keep`` lines."""
+        meta, first = self._meta, self._first
+        count = len(meta) // _META
+        while first < count and self.lines - meta[first * _META + 3] >= keep:
+            self.lines -= int(meta[first * _META + 3])
+            self._start = int(meta[first * _META + 4])
+            first += 1
+        self._first = first
+        if first and first * 4 >= count:
+            del meta[: first * _META]
+            del self._data[: self._start - self._base]
+            self._base = self._start
+            self._first = 0
+
+    def clear(self) -> None:
+        self._base = self._start = self._base + len(self._data)
+        self._data = bytearray()
+        self._meta = array.array("d")
+        self._first = self.lines = 0
+
+    def reads(self) -> Iterator[tuple[float, int | None, str, bytes]]:
+        """``(time, instance, stream, data)`` of each read kept, oldest first."""
+        meta, data, base = self._meta, self._data, self._base
+        start = self._start
+        for i in range(self._first * _META, len(meta), _META):
+            when, instance, code, _, end = meta[i : i + _META]
+            yield (
+                when,
+                None if instance < 0 else int(instance),
+                _STREAMS[int(code)],
+                bytes(data[start - base : int(end) - base]),
+            )
+            start = int(end)
 
 
 def _line_texts(data: bytes) -> list[str]:
@@ -225,7 +291,7 @@ class _AppLog:
 
     Small when idle (the usual app writes a few lines now and then): the write
     buffer is a deque only while lines wait for the writer (``None`` otherwise),
-    and the ring is a short list until it holds :data:`_RING_LIST` reads.
+    and the ring packs its reads (:class:`_Ring`).
     """
 
     __slots__ = (
@@ -245,7 +311,6 @@ class _AppLog:
         "rate",
         "refilled",
         "ring",
-        "ring_lines",
         "ring_size",
         "size",
         "suppressed",
@@ -294,9 +359,7 @@ class _AppLog:
         self.lost_total = 0
         self.last_error: str | None = None
         self.ring_size = ring
-        # A list while short (most apps' rings: a few lifecycle notes), then a deque.
-        self.ring: list[_Read] | collections.deque[_Read] = []
-        self.ring_lines = 0
+        self.ring = _Ring()
 
     @property
     def path(self) -> Path:
@@ -361,16 +424,12 @@ class _AppLog:
         if self.size + self.writing > self.buffer_bytes or self.buffer_lines is not None:
             self._trim()
 
-    def remember(self, read: _Read) -> None:
-        """Keep ``read`` in the ring; forget the oldest reads not needed for its size."""
-        ring = self.ring
-        ring.append(read)
-        if type(ring) is list and len(ring) > _RING_LIST:
-            ring = self.ring = collections.deque(ring)
-        self.ring_lines += read.lines
-        while ring and self.ring_lines - ring[0].lines >= self.ring_size:
-            self.ring_lines -= ring[0].lines
-            del ring[0]  # a deque's popleft; a list's is at most _RING_LIST long
+    def remember(
+        self, when: float, instance: int | None, stream: str, data: bytes, lines: int
+    ) -> None:
+        """Keep a read in the ring; forget the oldest reads not needed for its size."""
+        self.ring.append(when, instance, stream, data, lines)
+        self.ring.trim(self.ring_size)
 
     def _trim(self) -> None:
         """Drop the oldest lines until the buffer is within its bounds (whole lines)."""
@@ -529,7 +588,7 @@ class LogCollector:
         now = time.time()
         text = _escape(message)
         entry.push(f"{_clock.stamp(now)} omnitron[-] sys | {text}\n")
-        entry.remember(_Read(now, None, "sys", text.encode("utf-8", "replace") + b"\n", 1))
+        entry.remember(now, None, "sys", text.encode("utf-8", "replace") + b"\n", 1)
         self._tell(LogLine(now, app, None, "sys", text))
         self._wakeup.set()
 
@@ -570,9 +629,9 @@ class LogCollector:
         if entry is None:
             return []
         lines = [
-            LogLine(read.time, app, read.instance, read.stream, text)
-            for read in entry.ring
-            for text in _line_texts(read.data)
+            LogLine(when, app, instance, stream, text)
+            for when, instance, stream, data in entry.ring.reads()
+            for text in _line_texts(data)
         ]
         return lines[-entry.ring_size :] if entry.ring_size else []
 
@@ -677,7 +736,6 @@ class LogCollector:
                 entry = self._apps.get(app)
                 if entry is not None:
                     entry.ring.clear()
-                    entry.ring_lines = 0
             result: list[str] = await self._run_sync(self._empty, apps)
             return result
 
@@ -896,7 +954,7 @@ class _Sink:
         # writer thread, every hand-over of the GIL between the two would wait for
         # the other thread to be scheduled, which on a busy machine delays timers.
         entry.append(joined if _plain(data) else _Unclean(joined), lines)
-        entry.remember(_Read(now, self.instance, self.stream, data, lines))
+        entry.remember(now, self.instance, self.stream, data, lines)
         collector = self.collector
         if collector._followers:
             for text in _line_texts(data):

@@ -342,17 +342,26 @@ async def test_an_idle_app_holds_no_write_buffer_and_loses_no_line_after_one(
 
 @pytest.mark.parametrize("ring", [1, 5, 16, 17, 40])
 async def test_the_ring_keeps_the_last_lines_whatever_its_length(logs: Path, ring: int) -> None:
-    # Short rings stay a list; past 16 reads the ring becomes a deque: either way
-    # `tail` gives the last `ring` lines, in order, of reads of any size.
+    # The ring packs its reads and gives their room back in bulk: through many
+    # of those, and an emptying, `tail` gives the last `ring` lines in order, each
+    # with its instance and stream, of reads of any size.
     collector = LogCollector(logs, ring=ring)
-    sink = collector.sink("web", 0, "out")
-    written: list[str] = []
-    for i in range(60):
-        batch = [f"read {i} line {j}" for j in range(i % 3 + 1)]
-        written += batch
+    sinks = [collector.sink("web", 0, "out"), collector.sink("web", 3, "err")]
+    written: list[tuple[int | None, str, str]] = []
+    instance: int | None
+    for i in range(300):
+        if i == 150:
+            await collector.empty(["web"])
+            assert collector.tail("web") == []
+            written = []
+        sink = sinks[i % 2]
+        batch = [f"read {i} line {j} é" for j in range(i % 3 + 1)]
+        instance, stream = (3, "err") if i % 2 else (0, "out")
+        written += [(instance, stream, text) for text in batch]
         sink(lines_of(*batch))
         if i % 7 == 0:
             collector.note("web", f"note {i}")
-            written.append(f"note {i}")
-        assert [record.text for record in collector.tail("web")] == written[-ring:]
+            written.append((None, "sys", f"note {i}"))
+        got = [(line.instance, line.stream, line.text) for line in collector.tail("web")]
+        assert got == written[-ring:]
     assert len(collector._apps["web"].ring) <= ring + 1
