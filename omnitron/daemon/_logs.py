@@ -46,6 +46,7 @@ write is retried with a growing delay; the daemon never exits over it.
 
 from __future__ import annotations
 
+import array
 import collections
 import contextlib
 import errno
@@ -54,7 +55,7 @@ import gzip
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -101,6 +102,10 @@ MAX_RETRY_DELAY = 5.0
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 #: Compression level of rotated files (fast: the writer thread waits for it).
 GZIP_LEVEL = 3
+#: The streams a ring records, by their number in it (others are added as seen).
+_STREAMS = ["out", "err", "sys"]
+#: Numbers a ring keeps per read: time, instance (-1: the daemon), stream, lines, end.
+_META = 5
 
 RunSync = Callable[..., Awaitable[Any]]
 
@@ -203,14 +208,78 @@ def _timestamp() -> str:
     return _clock.stamp(time.time())
 
 
-class _Read(NamedTuple):
-    """Lines of one read as the ring keeps them (split and decoded when asked)."""
+class _Ring:
+    """The reads that hold an app's last lines, packed: their bytes end to end in
+    one ``bytearray``, and five numbers per read in one ``array('d')`` (its time,
+    instance, stream, lines, and where its bytes end). About 40 bytes a read
+    beside its bytes, where a tuple per read took about 150. Lines are split
+    and decoded only when asked (:meth:`reads`).
 
-    time: float
-    instance: int | None
-    stream: str
-    data: bytes  # whole lines, each ending with a newline, as read
-    lines: int
+    Reads are forgotten oldest first; their room is given back in bulk, once the
+    forgotten reads are a quarter of those held (a copy of the kept reads' numbers
+    every quarter ring or so).
+    """
+
+    __slots__ = ("_base", "_data", "_first", "_meta", "_start", "lines")
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._meta = array.array("d")
+        self._first = 0  # the oldest read kept, as an index of the reads in _meta
+        self._base = 0  # the offset of _data[0] in the stream of bytes ever kept
+        self._start = 0  # the offset of the oldest kept read's first byte
+        self.lines = 0  # lines of the reads kept
+
+    def __len__(self) -> int:
+        return len(self._meta) // _META - self._first
+
+    def append(
+        self, when: float, instance: int | None, stream: str, data: bytes, lines: int
+    ) -> None:
+        try:
+            code = _STREAMS.index(stream)
+        except ValueError:
+            code = len(_STREAMS)
+            _STREAMS.append(stream)
+        self._data += data
+        end = self._base + len(self._data)
+        self._meta.extend((when, -1 if instance is None else instance, code, lines, end))
+        self.lines += lines
+
+    def trim(self, keep: int) -> None:
+        """Forget the oldest reads not needed to hold the last ``keep`` lines."""
+        meta, first = self._meta, self._first
+        count = len(meta) // _META
+        while first < count and self.lines - meta[first * _META + 3] >= keep:
+            self.lines -= int(meta[first * _META + 3])
+            self._start = int(meta[first * _META + 4])
+            first += 1
+        self._first = first
+        if first and first * 4 >= count:
+            del meta[: first * _META]
+            del self._data[: self._start - self._base]
+            self._base = self._start
+            self._first = 0
+
+    def clear(self) -> None:
+        self._base = self._start = self._base + len(self._data)
+        self._data = bytearray()
+        self._meta = array.array("d")
+        self._first = self.lines = 0
+
+    def reads(self) -> Iterator[tuple[float, int | None, str, bytes]]:
+        """``(time, instance, stream, data)`` of each read kept, oldest first."""
+        meta, data, base = self._meta, self._data, self._base
+        start = self._start
+        for i in range(self._first * _META, len(meta), _META):
+            when, instance, code, _, end = meta[i : i + _META]
+            yield (
+                when,
+                None if instance < 0 else int(instance),
+                _STREAMS[int(code)],
+                bytes(data[start - base : int(end) - base]),
+            )
+            start = int(end)
 
 
 def _line_texts(data: bytes) -> list[str]:
@@ -218,9 +287,43 @@ def _line_texts(data: bytes) -> list[str]:
 
 
 class _AppLog:
+    """One app's buffer, rate limit, counters and ring.
+
+    Small when idle (the usual app writes a few lines now and then): the write
+    buffer is a deque only while lines wait for the writer (``None`` otherwise),
+    and the ring packs its reads (:class:`_Ring`).
+    """
+
+    __slots__ = (
+        "_monotonic",
+        "buffer_bytes",
+        "buffer_lines",
+        "burst",
+        "chunks",
+        "count",
+        "directory",
+        "dropped",
+        "dropped_total",
+        "last_error",
+        "lost",
+        "lost_total",
+        "name",
+        "rate",
+        "refilled",
+        "ring",
+        "ring_size",
+        "size",
+        "suppressed",
+        "suppressed_total",
+        "tokens",
+        "write_errors",
+        "writing",
+    )
+
     def __init__(
         self,
-        path: Path,
+        directory: Path,
+        name: str,
         *,
         buffer_bytes: int,
         buffer_lines: int | None,
@@ -229,9 +332,11 @@ class _AppLog:
         ring: int,
         monotonic: Callable[[], float],
     ) -> None:
-        self.path = path
-        # Tagged lines waiting for the writer: one ``bytes`` of whole lines per read.
-        self.chunks: collections.deque[bytes] = collections.deque()
+        self.directory = directory  # shared by every app
+        self.name = name
+        # Tagged lines waiting for the writer: one ``bytes`` of whole lines per read;
+        # ``None`` while nothing waits (an empty deque holds a 0.5 KiB block).
+        self.chunks: collections.deque[bytes] | None = None
         self.size = 0  # memory taken by ``chunks``: their bytes plus CHUNK_OVERHEAD each
         self.count = 0  # lines in ``chunks``
         # Bytes taken by the writer and not written yet: still in memory, so they
@@ -254,8 +359,12 @@ class _AppLog:
         self.lost_total = 0
         self.last_error: str | None = None
         self.ring_size = ring
-        self.ring: collections.deque[_Read] = collections.deque()
-        self.ring_lines = 0
+        self.ring = _Ring()
+
+    @property
+    def path(self) -> Path:
+        """The app's log file (made when needed: a ``Path`` per app is 0.3 KiB)."""
+        return self.directory / f"{self.name}.log"
 
     def admit(self, data: bytes) -> tuple[bytes, int]:
         """The first lines of ``data`` the bucket holds (refilled if short), and how many.
@@ -306,28 +415,31 @@ class _AppLog:
         )
 
     def append(self, data: bytes, lines: int) -> None:
-        self.chunks.append(data)
+        chunks = self.chunks
+        if chunks is None:
+            chunks = self.chunks = collections.deque()
+        chunks.append(data)
         self.size += len(data) + CHUNK_OVERHEAD
         self.count += lines
         if self.size + self.writing > self.buffer_bytes or self.buffer_lines is not None:
             self._trim()
 
-    def remember(self, read: _Read) -> None:
-        """Keep ``read`` in the ring; forget the oldest reads not needed for its size."""
-        ring = self.ring
-        ring.append(read)
-        self.ring_lines += read.lines
-        while self.ring_lines - ring[0].lines >= self.ring_size:
-            self.ring_lines -= ring.popleft().lines
+    def remember(
+        self, when: float, instance: int | None, stream: str, data: bytes, lines: int
+    ) -> None:
+        """Keep a read in the ring; forget the oldest reads not needed for its size."""
+        self.ring.append(when, instance, stream, data, lines)
+        self.ring.trim(self.ring_size)
 
     def _trim(self) -> None:
         """Drop the oldest lines until the buffer is within its bounds (whole lines)."""
         limit = self.buffer_lines
-        while self.chunks and (
+        chunks = self.chunks
+        while chunks and (
             self.size + self.writing > self.buffer_bytes
             or (limit is not None and self.count > limit)
         ):
-            oldest = self.chunks[0]
+            oldest = chunks[0]
             lines = oldest.count(b"\n")
             excess = self.size + self.writing - self.buffer_bytes  # bytes to drop
             cut = oldest.find(b"\n", excess - 1) + 1 if excess > 0 else 0
@@ -338,11 +450,11 @@ class _AppLog:
                 cut = max(cut, end)
             if 0 < cut < len(oldest):  # the first lines of the oldest read
                 gone = oldest.count(b"\n", 0, cut)
-                self.chunks[0] = type(oldest)(oldest[cut:])
+                chunks[0] = type(oldest)(oldest[cut:])
                 self.size -= cut
             else:
                 gone = lines
-                self.chunks.popleft()
+                chunks.popleft()
                 self.size -= len(oldest) + CHUNK_OVERHEAD
             self.count -= gone
             self.dropped += gone
@@ -351,6 +463,8 @@ class _AppLog:
     def put_back(self, batch: list[bytes]) -> None:
         """Return a batch that could not be written to the front of the buffer."""
         self.writing = 0
+        if self.chunks is None:
+            self.chunks = collections.deque()
         self.chunks.extendleft(reversed(batch))
         self.size += sum(len(data) + CHUNK_OVERHEAD for data in batch)
         self.count += sum(data.count(b"\n") for data in batch)
@@ -358,8 +472,8 @@ class _AppLog:
 
     def take(self) -> list[bytes]:
         """Everything buffered, with its markers, for the writer (see :attr:`writing`)."""
-        batch = list(self.chunks)
-        self.chunks.clear()
+        batch = list(self.chunks) if self.chunks else []
+        self.chunks = None  # (``clear()`` would allocate a new block)
         self.writing += self.size
         self.size = self.count = 0
         if self.dropped:
@@ -457,7 +571,7 @@ class LogCollector:
     def _app(self, app: str) -> _AppLog:
         entry = self._apps.get(app)
         if entry is None:
-            entry = self._apps[app] = self._new_app(self.path_for(app))
+            entry = self._apps[app] = self._new_app(self.directory, app)
         return entry
 
     def sink(self, app: str, instance: int, stream: str) -> Callable[[bytes], None]:
@@ -466,45 +580,7 @@ class LogCollector:
         The sink takes whole lines as bytes (each ending with a newline), any number
         at once: one call per read of the pipe.
         """
-        entry = self._app(app)
-        tag = f" {app}[{instance}] {stream} | ".encode()
-        followers = self._followers
-        clock = _clock
-        now_of = time.time
-
-        def deliver(data: bytes) -> None:
-            # The hot path of every read: the rate first (only a bucket low enough to
-            # matter, or lines suppressed before, make it count the lines), then the
-            # tagging and the buffer.
-            if entry.suppressed or entry.tokens < len(data) * (LINE_OVERHEAD + 1):
-                data, lines = entry.admit(data)
-                if not lines:
-                    return
-            now = now_of()
-            # Each line gets the same head (the time of the read) in one C pass, which
-            # also counts them. A read with a control is escaped for the file by the
-            # writer thread (``_clean``); the ring and followers get the text as read
-            # (``logs`` escapes on display).
-            head = clock.stamp(now).encode() + tag
-            tagged = data.replace(b"\n", b"\n" + head)
-            lines = (len(tagged) - len(data)) // len(head)
-            if not lines:
-                return
-            entry.tokens -= len(data) + LINE_OVERHEAD * lines
-            joined = b"".join((head, memoryview(tagged)[: -len(head)]))
-            # Checked here, on the loop, where it costs only its own time: done in the
-            # writer thread, every hand-over of the GIL between the two would wait for
-            # the other thread to be scheduled, which on a busy machine delays timers.
-            entry.append(joined if _plain(data) else _Unclean(joined), lines)
-            entry.remember(_Read(now, instance, stream, data, lines))
-            if followers:
-                for text in _line_texts(data):
-                    self._tell(LogLine(now, app, instance, stream, text))
-            self._wakeup.set()
-            if entry.size > EARLY_WRITE:
-                self._early.set()
-
-        return deliver
+        return _Sink(self, self._app(app), app, instance, stream).deliver
 
     def note(self, app: str, message: str) -> None:
         """Write a line from the daemon itself into ``app``'s log (exits, restarts)."""
@@ -512,7 +588,7 @@ class LogCollector:
         now = time.time()
         text = _escape(message)
         entry.push(f"{_clock.stamp(now)} omnitron[-] sys | {text}\n")
-        entry.remember(_Read(now, None, "sys", text.encode("utf-8", "replace") + b"\n", 1))
+        entry.remember(now, None, "sys", text.encode("utf-8", "replace") + b"\n", 1)
         self._tell(LogLine(now, app, None, "sys", text))
         self._wakeup.set()
 
@@ -553,9 +629,9 @@ class LogCollector:
         if entry is None:
             return []
         lines = [
-            LogLine(read.time, app, read.instance, read.stream, text)
-            for read in entry.ring
-            for text in _line_texts(read.data)
+            LogLine(when, app, instance, stream, text)
+            for when, instance, stream, data in entry.ring.reads()
+            for text in _line_texts(data)
         ]
         return lines[-entry.ring_size :] if entry.ring_size else []
 
@@ -660,7 +736,6 @@ class LogCollector:
                 entry = self._apps.get(app)
                 if entry is not None:
                     entry.ring.clear()
-                    entry.ring_lines = 0
             result: list[str] = await self._run_sync(self._empty, apps)
             return result
 
@@ -698,7 +773,8 @@ class LogCollector:
 
     def _write(self, batches: list[tuple[_AppLog, list[bytes]]]) -> None:
         for entry, chunks in batches:
-            app = entry.path.name.removesuffix(".log")
+            app = entry.name
+            path = entry.path
             marker = 0
             if entry.lost:
                 marker = 1
@@ -713,7 +789,7 @@ class LogCollector:
             parts = [_clean(data) if type(data) is _Unclean else data for data in chunks]
             done = [0]
             try:
-                self._append(entry.path, parts, done)
+                self._append(path, parts, done)
             except OSError as exc:
                 # A full or read-only disk loses these lines, never the daemon nor the
                 # app: counted, marked in the file at the next write that succeeds.
@@ -731,15 +807,15 @@ class LogCollector:
                 self._failing[app] = error
                 if isinstance(exc, UnsafeLogPath):
                     # Never write through a planted link; say so once per file.
-                    if entry.path not in self._refused:
-                        self._refused.add(entry.path)
-                        log.error("log_file_refused", path=str(entry.path), error=error)
+                    if path not in self._refused:
+                        self._refused.add(path)
+                        log.error("log_file_refused", path=str(path), error=error)
                 elif first:  # once per failing streak: the daemon log may be on that disk
-                    log.warning("log_write_failed", path=str(entry.path), error=error, lines=lost)
+                    log.warning("log_write_failed", path=str(path), error=error, lines=lost)
             else:
                 entry.lost = 0
                 if self._failing.pop(app, None) is not None:
-                    log.warning("log_write_recovered", path=str(entry.path))
+                    log.warning("log_write_recovered", path=str(path))
 
     def _append(self, path: Path, parts: list[bytes], done: list[int]) -> None:
         """Append ``parts`` (each whole lines) to ``path``, rotating between lines at
@@ -832,6 +908,60 @@ class LogCollector:
                     shutil.copyfileobj(source, packed, 1 << 20)
             os.rename(partial, f"{first}.gz")
             os.unlink(first)
+
+
+class _Sink:
+    """The batch sink of one stream of one process (:meth:`LogCollector.sink`).
+
+    A small object with one bound method rather than a closure: a closure over
+    the same names takes about three times the memory, twice per process.
+    """
+
+    __slots__ = ("app", "collector", "entry", "instance", "stream", "tag")
+
+    def __init__(
+        self, collector: LogCollector, entry: _AppLog, app: str, instance: int, stream: str
+    ) -> None:
+        self.collector = collector
+        self.entry = entry
+        self.app = app
+        self.instance = instance
+        self.stream = stream
+        self.tag = f" {app}[{instance}] {stream} | ".encode()
+
+    def deliver(self, data: bytes) -> None:
+        # The hot path of every read: the rate first (only a bucket low enough to
+        # matter, or lines suppressed before, make it count the lines), then the
+        # tagging and the buffer.
+        entry = self.entry
+        if entry.suppressed or entry.tokens < len(data) * (LINE_OVERHEAD + 1):
+            data, lines = entry.admit(data)
+            if not lines:
+                return
+        now = time.time()
+        # Each line gets the same head (the time of the read) in one C pass, which
+        # also counts them. A read with a control is escaped for the file by the
+        # writer thread (``_clean``); the ring and followers get the text as read
+        # (``logs`` escapes on display).
+        head = _clock.stamp(now).encode() + self.tag
+        tagged = data.replace(b"\n", b"\n" + head)
+        lines = (len(tagged) - len(data)) // len(head)
+        if not lines:
+            return
+        entry.tokens -= len(data) + LINE_OVERHEAD * lines
+        joined = b"".join((head, memoryview(tagged)[: -len(head)]))
+        # Checked here, on the loop, where it costs only its own time: done in the
+        # writer thread, every hand-over of the GIL between the two would wait for
+        # the other thread to be scheduled, which on a busy machine delays timers.
+        entry.append(joined if _plain(data) else _Unclean(joined), lines)
+        entry.remember(now, self.instance, self.stream, data, lines)
+        collector = self.collector
+        if collector._followers:
+            for text in _line_texts(data):
+                collector._tell(LogLine(now, self.app, self.instance, self.stream, text))
+        collector._wakeup.set()
+        if entry.size > EARLY_WRITE:
+            collector._early.set()
 
 
 def _open(path: Path) -> int:

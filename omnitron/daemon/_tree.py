@@ -115,11 +115,15 @@ class Place:
     worker: WorkerSlot | None = None
 
 
+#: Shared by every process ready on spawn (frozen: one object, not one per process).
+_ON_SPAWN = Ready.on_spawn()
+
+
 def _ready(app: AppConfig) -> Ready:
     ready = app.ready
     match ready.kind:
         case ReadyKind.ON_SPAWN:
-            return Ready.on_spawn()
+            return _ON_SPAWN
         case ReadyKind.NOTIFY:
             return Ready.notify(watchdog=ready.watchdog)
         case ReadyKind.TCP:
@@ -202,6 +206,8 @@ class TreeBuilder:
         self.sockets = sockets
         self.systems: dict[str, WorkerSystem] = {} if systems is None else systems
         self.home = home
+        # One string for every process's OMNITRON_HOME marker.
+        self._home_marker = _home_marker(home)
         self._sink = sink
         self.secrets = secrets
         self._leaf = leaf
@@ -311,10 +317,10 @@ class TreeBuilder:
         env = {
             **app.env,
             **self._resolve_secrets(app),
-            **marker_environ(self.home, app.name, index),
+            **self._markers(app.name, index),
         }
         return ProcessChild(
-            list(app.command),
+            app.command,  # a tuple: every instance's spec shares it
             env=env,
             cwd=os.fspath(app.cwd),
             ready=_ready(app),
@@ -325,6 +331,10 @@ class TreeBuilder:
             stderr=Output.batches(self._sink(app.name, index, "err")),
             listen=self.sockets(app.name),
         )
+
+    def _markers(self, app: str, index: int) -> dict[str, str]:
+        """:func:`marker_environ`, with the home's string made once for every process."""
+        return {ENV_HOME: self._home_marker, ENV_APP: app, ENV_INSTANCE: str(index)}
 
     def worker_slot(self, app: AppConfig, index: int) -> WorkerSlot | None:
         """The worker that process ``index`` of a module-worker app runs (``None`` for
@@ -383,7 +393,7 @@ class TreeBuilder:
             **app.env,
             **process.env,
             **self._resolve_secrets(app),
-            **marker_environ(self.home, app.name, index),
+            **self._markers(app.name, index),
             ENV_WORKER_SOCKET: os.fspath(socket),
             ENV_ROUTER_SOCKET: os.fspath(self.router_socket),
             "OMNITRON_STOP_TIMEOUT": f"{app.stop_timeout:g}",

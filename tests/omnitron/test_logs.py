@@ -300,3 +300,68 @@ async def test_a_read_with_a_control_is_escaped_in_the_file_even_when_trimmed(
     dropped = int(got[0].split()[0])
     expected = [f"red {i:02d} \\x1b[31mRED\\x1b[0m" for i in range(dropped - 1, 20)]
     assert got[1:] == [*expected, "é ok", "bell \\x07"]
+
+
+async def test_an_idle_app_holds_no_write_buffer_and_loses_no_line_after_one(
+    logs: Path,
+) -> None:
+    # The write buffer exists only while lines wait for the writer: taken by a
+    # write, it goes (an empty deque keeps a 0.5 KiB block), and comes back with
+    # the next line; a write that cannot start a thread puts its lines back.
+    no_thread = [True]
+
+    async def run_sync(write: Callable[..., object], *args: object) -> object:
+        if no_thread[0]:
+            raise RuntimeError("can't start new thread")
+        return write(*args)
+
+    collector = LogCollector(logs, run_sync=run_sync)
+    sink = collector.sink("web", 0, "out")
+    collector.note("web", "instance 0 online (pid 1)")
+    entry = collector._apps["web"]
+    sink(lines_of("one", "two"))
+    assert not await collector.flush()  # no thread: the lines are kept
+    assert entry.chunks is not None
+    assert collector.stats("web")["buffered_bytes"] > 0
+    no_thread[0] = False
+    assert await collector.flush()
+    assert entry.chunks is None
+    assert collector.stats("web")["buffered_bytes"] == 0
+    sink(line("three"))
+    collector.note("web", "instance 0 exited")
+    assert await collector.flush()
+    assert entry.chunks is None
+    assert texts(logs / "web.log") == [
+        "instance 0 online (pid 1)",
+        "one",
+        "two",
+        "three",
+        "instance 0 exited",
+    ]
+
+
+@pytest.mark.parametrize("ring", [1, 5, 16, 17, 40])
+async def test_the_ring_keeps_the_last_lines_whatever_its_length(logs: Path, ring: int) -> None:
+    # The ring packs its reads and gives their room back in bulk: through many
+    # of those, and an emptying, `tail` gives the last `ring` lines in order, each
+    # with its instance and stream, of reads of any size.
+    collector = LogCollector(logs, ring=ring)
+    sinks = [collector.sink("web", 0, "out"), collector.sink("web", 3, "err")]
+    written: list[tuple[int | None, str, str]] = []
+    instance: int | None
+    for i in range(300):
+        if i == 150:
+            await collector.empty(["web"])
+            assert collector.tail("web") == []
+            written = []
+        sink = sinks[i % 2]
+        batch = [f"read {i} line {j} é" for j in range(i % 3 + 1)]
+        instance, stream = (3, "err") if i % 2 else (0, "out")
+        written += [(instance, stream, text) for text in batch]
+        sink(lines_of(*batch))
+        if i % 7 == 0:
+            collector.note("web", f"note {i}")
+            written.append((None, "sys", f"note {i}"))
+        got = [(line.instance, line.stream, line.text) for line in collector.tail("web")]
+        assert got == written[-ring:]
+    assert len(collector._apps["web"].ring) <= ring + 1

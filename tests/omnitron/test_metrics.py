@@ -3,16 +3,21 @@ and the real CLI's ``metrics`` (table, JSON, Prometheus text)."""
 
 from __future__ import annotations
 
+import collections
+import math
 import os
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 import trio
 import trio.testing
+from hypothesis import strategies as st
 from orchestrator_harness import open_orchestrator
 from prometheus_client.parser import text_string_to_metric_families
 from test_cli_e2e import SLEEP, Omnitron, app_toml, home, omnitron, wait_for  # noqa: F401 - fixtures
@@ -396,3 +401,60 @@ def test_the_procfs_reader_agrees_with_psutil_and_skips_zombies_and_the_gone() -
     assert _read_proc(zombie.pid, full=True, uss=True) is None
     zombie.wait()
     assert _read_proc(zombie.pid, full=True, uss=True) is None
+
+
+_FIGURES = st.sampled_from(
+    [
+        (0.0, 0.0, 4096.0, 1024.0, 1.0, 3.0, 0.0, 0.0, 4096.0),
+        (-0.0, 0.0, 4096.0, 1024.0, 1.0, 3.0, 0.0, 0.0, 4096.0),  # differs by its sign bit
+        (12.5, 0.31, 8192.0, -1.0, 2.0, -1.0, 1.0, 13.25, 16384.0),
+        (math.inf, 1e300, 5e-324, 0.1, 0.2, 0.3, 7.0, 8.0, 9.0),
+    ]
+)
+
+
+def _bits(samples: list[tuple[float, ...]]) -> list[bytes]:
+    return [struct.pack(f"{len(s)}d", *s) for s in samples]
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(
+    capacity=st.integers(1, 12),
+    figures=st.lists(_FIGURES, max_size=60),
+    shrink_to=st.integers(1, 12),
+    first_row=st.sampled_from([0, 2**32 - 3]),
+)
+def test_a_ring_gives_back_exactly_what_it_kept(
+    capacity: int, figures: list[tuple[float, ...]], shrink_to: int, first_row: int
+) -> None:
+    # Figures repeated from one sample to the next are stored once (an idle
+    # process's samples cost their time only); every sample still comes back bit
+    # for bit, through wrap-arounds, the dropping of old figures and a resize.
+    ring = Ring(capacity)
+    ring._first = first_row  # as after 2**32 - 3 distinct rows: the numbers wrap around
+    kept: collections.deque[tuple[float, ...]] = collections.deque(maxlen=capacity)
+    for t, row in enumerate(figures):
+        ring.append((1000.0 + t, *row))
+        kept.append((1000.0 + t, *row))
+        assert len(ring) == len(kept)
+        assert _bits(ring.last(capacity)) == _bits(list(kept))
+    for n in range(capacity + 2):
+        assert _bits(ring.last(n)) == _bits(list(kept)[len(kept) - min(n, len(kept)) :])
+    resized = ring.resize(shrink_to)
+    assert _bits(resized.last(shrink_to)) == _bits(list(kept)[-shrink_to:] if kept else [])
+
+
+def test_an_idle_process_ring_stores_its_figures_once() -> None:
+    ring = Ring(720)
+    idle = (0.0, 0.0, 1_720_320.0, 106_496.0, 1.0, 3.0, 0.0, 0.0, 1_720_320.0)
+    for t in range(2000):
+        ring.append((float(t), *idle))
+    busy = Ring(720)
+    for t in range(2000):
+        busy.append((float(t), float(t % 7), *idle[1:]))
+    assert len(ring) == len(busy) == 720
+    assert ring.last(1) == [(1999.0, *idle)]
+    assert busy.last(1) == [(1999.0, float(1999 % 7), *idle[1:])]
+    # One row of figures for the idle ring, one per distinct neighbour for the busy one.
+    assert len(ring._figures) == len(idle)
+    assert len(busy._figures) >= 720 * len(idle)
