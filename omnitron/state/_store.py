@@ -57,7 +57,7 @@ import trio
 from supervision._groups import raise_collapsed
 
 from ._codec import encode_state
-from ._fs import FileSystem, Step
+from ._fs import _NO_HARD_LINKS, FileSystem, Step, WriteProgress
 from ._home import Home
 from ._load import LoadResult, StateSource
 from ._records import DaemonState
@@ -75,10 +75,6 @@ __all__ = [
 _log = structlog.get_logger()
 
 T = TypeVar("T")
-
-_NO_HARD_LINKS = frozenset(
-    {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV}
-)
 
 
 class PersistenceStatus(enum.Enum):
@@ -577,6 +573,17 @@ class StateStore:
 
     async def _write(self, data: bytes) -> None:
         fs, home = self._fs, self._home
+        if type(fs) is FileSystem:
+            # No hook to call between the steps: all of them in one worker thread.
+            progress = WriteProgress(backup_fresh=self._backup_fresh)
+            try:
+                await fs.write_atomically(
+                    home.state_file, home.backup_file, "state.json.", data, progress
+                )
+            finally:
+                self._step = progress.step
+                self._backup_fresh = progress.backup_fresh
+            return
         await self._refresh_backup()
         fd, tmp = await self._run(Step.CREATE, fs.create_temp, home.path, "state.json.")
         open_fd: int | None = fd

@@ -222,6 +222,97 @@ def test_file_format_is_stable() -> None:
     }
 
 
+# A state file as the first releases wrote it (indented by the pure-Python encoder).
+_EARLIER_FILE = """{
+  "checksum": "sha256:66a63f7a82a7a3e8f2e0631468ec6e57fba04687099f3d9b9b296745710c4796",
+  "format": "omnitron-state",
+  "generation": 3,
+  "schema_version": 1,
+  "state": {
+    "apps": [
+      {
+        "config_instances": null,
+        "desired": "running",
+        "instances": 2,
+        "last_error": null,
+        "mode": "classic",
+        "name": "api",
+        "processes": [
+          {
+            "boot_id": "b0",
+            "instance": 0,
+            "name": "api",
+            "pid": 4301,
+            "restarts": 1,
+            "start_time": 1234.5,
+            "status": "online"
+          }
+        ],
+        "restarts": 1,
+        "status": "online"
+      },
+      {
+        "config_instances": null,
+        "desired": "stopped",
+        "instances": 1,
+        "last_error": "caf\u00e9",
+        "mode": "classic",
+        "name": "web",
+        "processes": [],
+        "restarts": 0,
+        "status": "stopped"
+      }
+    ],
+    "stop_reason": null
+  },
+  "written_at": "1970-01-01T00:00:00.000000Z",
+  "written_by": "omnitron 0.1.0"
+}
+"""
+_EARLIER_STATE = DaemonState(
+    apps=[
+        AppState(
+            name="api",
+            instances=2,
+            restarts=1,
+            status=AppStatus.ONLINE,
+            processes=[
+                ProcessState(
+                    name="api",
+                    instance=0,
+                    status=AppStatus.ONLINE,
+                    pid=4301,
+                    start_time=1234.5,
+                    boot_id="b0",
+                    restarts=1,
+                )
+            ],
+        ),
+        AppState(name="web", desired=DesiredStatus.STOPPED, last_error="caf\u00e9"),
+    ]
+)
+
+
+def test_reads_the_indented_files_of_earlier_versions() -> None:
+    decoded = decode_state(_EARLIER_FILE.encode("utf-8"))
+    assert decoded.state == _EARLIER_STATE
+    assert decoded.generation == 3
+    # The checksum covers the content, not the layout: the same state written
+    # today carries the very checksum of the earlier file.
+    data = encode_state(_EARLIER_STATE, 3, written_at=0)
+    assert data != _EARLIER_FILE.encode("utf-8")
+    assert json.loads(data)["checksum"] == json.loads(_EARLIER_FILE)["checksum"]
+
+
+def test_each_app_is_one_line_of_the_file() -> None:
+    lines = encode_state(_EARLIER_STATE, 3, written_at=0).decode("utf-8").splitlines()
+    app_lines = [line for line in lines if line.startswith('      {"config_instances"')]
+    assert [json.loads(line.rstrip(","))["name"] for line in app_lines] == ["api", "web"]
+    assert "caf\u00e9" in app_lines[1]  # written as UTF-8, not escaped
+    assert lines[0] == "{"
+    assert lines[-1] == "}"
+
+
 def _mutate(path: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
     def apply(doc: dict[str, Any]) -> None:
         target = doc
@@ -230,6 +321,23 @@ def _mutate(path: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
         target[path[-1]] = value
 
     return apply
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (_mutate(["state", "apps", 0], 5), "expected an object, got int @ $.state.apps[0]"),
+        (_mutate(["state"], [1]), "expected an object, got list @ $.state"),
+    ],
+)
+def test_records_that_are_not_objects_are_corrupt(
+    mutate: Callable[[dict[str, Any]], None], reason: str
+) -> None:
+    doc = json.loads(encode_state(sample_state(), 7))
+    mutate(doc)
+    with pytest.raises(CorruptStateFile) as info:
+        decode_state(reseal(doc))
+    assert reason in info.value.reason
 
 
 @pytest.mark.parametrize(
