@@ -176,6 +176,11 @@ class StateStore:
         flush_interval: Rewrite the latest state after this many seconds without a write.
         min_write_interval: Wait at least this long after a write before the next one,
             so a storm of changes costs a handful of writes (the final flush does not wait).
+        background_interval: Wait at least this long after a write before writing
+            changes that no :meth:`StateStore.flush` waits for (default:
+            ``min_write_interval``): churn nobody asked to be durable (processes
+            crashing and restarting) costs few writes, while a waiting reply is
+            written ``min_write_interval`` after the last write.
         retry_initial: Delay before the first retry of a failed write; doubles per failure.
         retry_max: Upper bound of the retry delay.
         shutdown_timeout: How long the final flush may take when the task is cancelled.
@@ -189,6 +194,7 @@ class StateStore:
         fs: FileSystem | None = None,
         flush_interval: float = 30.0,
         min_write_interval: float = 0.2,
+        background_interval: float | None = None,
         retry_initial: float = 1.0,
         retry_max: float = 60.0,
         shutdown_timeout: float = 5.0,
@@ -198,6 +204,12 @@ class StateStore:
         self._fs = FileSystem() if fs is None else fs
         self._flush_interval = _positive("flush_interval", flush_interval)
         self._min_write_interval = _non_negative("min_write_interval", min_write_interval)
+        self._background_interval = max(
+            self._min_write_interval,
+            self._min_write_interval
+            if background_interval is None
+            else _non_negative("background_interval", background_interval),
+        )
         self._retry_initial = _positive("retry_initial", retry_initial)
         self._retry_max = _positive("retry_max", retry_max)
         self._shutdown_timeout = _positive("shutdown_timeout", shutdown_timeout)
@@ -426,10 +438,10 @@ class StateStore:
                 due = math.inf
             elif self._retry_at is not None:
                 due = self._retry_at
-            elif self._dirty:
+            elif self._dirty and self._flushing:
                 due = max(now, self._last_write_end + self._min_write_interval)
-                if not self._flushing:
-                    due = max(due, self._held_until)
+            elif self._dirty:
+                due = max(now, self._last_write_end + self._background_interval, self._held_until)
             elif self._latest_refused:
                 due = math.inf
             else:
