@@ -49,6 +49,16 @@ def temps(home: Home) -> list[str]:
     return sorted(p for p in os.listdir(home.path) if p.endswith(".tmp"))
 
 
+async def written(home: Home, state: DaemonState) -> bytes:
+    """Write ``state`` as the next generation with a store of its own; the file's bytes."""
+    store = StateStore(home, load_state(home))
+    with trio.fail_after(CAP):
+        async with open_state_writer(store) as send:
+            await send.send(state)
+            await store.wait_idle()
+    return home.state_file.read_bytes()
+
+
 class CleanupSpy(FaultyFileSystem):
     """Sets ``cleaned`` when the writer removes a temporary file after a failure."""
 
@@ -99,12 +109,7 @@ async def test_failed_write_leaves_the_old_file_and_no_temp(
     home: Home, step: Step, code: int
 ) -> None:
     # PC-06 on a real disk; recovery is checked through the final flush, which skips the backoff.
-    store = StateStore(home, load_state(home))
-    with trio.fail_after(CAP):
-        async with open_state_writer(store) as send:
-            await send.send(api(1))
-            await store.wait_idle()
-    old = home.state_file.read_bytes()
+    old = await written(home, api(1))
 
     fs = CleanupSpy()
     fs.inject(step, Fault.error(code))
@@ -251,12 +256,7 @@ async def test_a_real_disk_write_is_one_thread_hop(
 
 async def test_a_one_thread_write_that_fails_names_its_step_and_recovers(home: Home) -> None:
     # PC-06 through the one-thread write: the backup cannot replace a directory.
-    store = StateStore(home, load_state(home))
-    with trio.fail_after(CAP):
-        async with open_state_writer(store) as send:
-            await send.send(api(1))
-            await store.wait_idle()
-    old = home.state_file.read_bytes()
+    old = await written(home, api(1))
     home.backup_file.unlink(missing_ok=True)
     home.backup_file.mkdir()
     (home.backup_file / "in-the-way").write_text("x")

@@ -224,7 +224,7 @@ def test_file_format_is_stable() -> None:
 
 # A state file as the first releases wrote it (indented by the pure-Python encoder).
 _EARLIER_FILE = """{
-  "checksum": "sha256:66a63f7a82a7a3e8f2e0631468ec6e57fba04687099f3d9b9b296745710c4796",
+  "checksum": "sha256:4b3106f5f7355d0472f6665d1e71a254caa170f200f9fa1b729c081addf356d9",
   "format": "omnitron-state",
   "generation": 3,
   "schema_version": 1,
@@ -234,7 +234,7 @@ _EARLIER_FILE = """{
         "config_instances": null,
         "desired": "running",
         "instances": 2,
-        "last_error": null,
+        "last_error": "exit code 3",
         "mode": "classic",
         "name": "api",
         "processes": [
@@ -244,20 +244,29 @@ _EARLIER_FILE = """{
             "name": "api",
             "pid": 4301,
             "restarts": 1,
-            "start_time": 1234.5,
+            "start_time": 1234.56,
             "status": "online"
+          },
+          {
+            "boot_id": null,
+            "instance": 1,
+            "name": "api",
+            "pid": null,
+            "restarts": 2,
+            "start_time": null,
+            "status": "crashed"
           }
         ],
-        "restarts": 1,
+        "restarts": 3,
         "status": "online"
       },
       {
         "config_instances": null,
         "desired": "stopped",
         "instances": 1,
-        "last_error": "caf\u00e9",
-        "mode": "classic",
-        "name": "web",
+        "last_error": "café ☃",
+        "mode": "bootstrap",
+        "name": "workers",
         "processes": [],
         "restarts": 0,
         "status": "stopped"
@@ -269,46 +278,24 @@ _EARLIER_FILE = """{
   "written_by": "omnitron 0.1.0"
 }
 """
-_EARLIER_STATE = DaemonState(
-    apps=[
-        AppState(
-            name="api",
-            instances=2,
-            restarts=1,
-            status=AppStatus.ONLINE,
-            processes=[
-                ProcessState(
-                    name="api",
-                    instance=0,
-                    status=AppStatus.ONLINE,
-                    pid=4301,
-                    start_time=1234.5,
-                    boot_id="b0",
-                    restarts=1,
-                )
-            ],
-        ),
-        AppState(name="web", desired=DesiredStatus.STOPPED, last_error="caf\u00e9"),
-    ]
-)
 
 
 def test_reads_the_indented_files_of_earlier_versions() -> None:
     decoded = decode_state(_EARLIER_FILE.encode("utf-8"))
-    assert decoded.state == _EARLIER_STATE
+    assert decoded.state == sample_state()
     assert decoded.generation == 3
     # The checksum covers the content, not the layout: the same state written
     # today carries the very checksum of the earlier file.
-    data = encode_state(_EARLIER_STATE, 3, written_at=0)
+    data = encode_state(sample_state(), 3, written_at=0)
     assert data != _EARLIER_FILE.encode("utf-8")
     assert json.loads(data)["checksum"] == json.loads(_EARLIER_FILE)["checksum"]
 
 
 def test_each_app_is_one_line_of_the_file() -> None:
-    lines = encode_state(_EARLIER_STATE, 3, written_at=0).decode("utf-8").splitlines()
+    lines = encode_state(sample_state(), 3, written_at=0).decode("utf-8").splitlines()
     app_lines = [line for line in lines if line.startswith('      {"config_instances"')]
-    assert [json.loads(line.rstrip(","))["name"] for line in app_lines] == ["api", "web"]
-    assert "caf\u00e9" in app_lines[1]  # written as UTF-8, not escaped
+    assert [json.loads(line.rstrip(","))["name"] for line in app_lines] == ["api", "workers"]
+    assert "caf\u00e9 \u2603" in app_lines[1]  # written as UTF-8, not escaped
     assert lines[0] == "{"
     assert lines[-1] == "}"
 
