@@ -24,9 +24,10 @@ one. Every blocking call runs in a worker thread through the
 :class:`FileSystem` seam, so a slow disk never stalls supervision (PC-08).
 
 Changes are coalesced: while a write is in flight (or within
-``min_write_interval`` of the last one), further changes only mark the state
-dirty, so there is at most one write in flight plus one pending, whatever the
-rate of changes (PC-08, PC-09). A failed write
+``min_write_interval`` of the last one, ``background_interval`` while no
+``flush()`` waits), further changes only mark the state dirty, so there is at
+most one write in flight plus one pending, whatever the rate of changes (PC-08,
+PC-09). On the real disk the steps of a write run in one worker thread. A failed write
 (``ENOSPC``, ``EROFS``, ``EIO``...) leaves the old file intact and no temporary
 file behind, is logged and counted, turns :meth:`StateStore.health` to
 ``persistence: degraded (ENOSPC)``, and is retried with exponential backoff
