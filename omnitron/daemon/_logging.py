@@ -67,9 +67,24 @@ def log_event(logger: Any, level: str, event: str, **fields: Any) -> None:
             *[f"{key}={value!r}" for key, value in items.items()],
         ]
     )
-    record = logging.LogRecord("omnitron", numeric, __file__, 0, line, None, None)
-    record.omnitron_line = line
-    root.handle(record)
+    # A record for the handlers only (the formatter passes the line as is): a
+    # copy of a template instead of LogRecord's constructor (process, thread
+    # and caller lookups), handed straight to the root's handlers.
+    record = _new_record()
+    record.__dict__.update(_TEMPLATE)
+    record.levelno = numeric
+    record.levelname = logging.getLevelName(numeric)
+    record.msg = record.omnitron_line = line
+    for handler in handlers:
+        if numeric >= handler.level:
+            handler.handle(record)
+
+
+_TEMPLATE = logging.LogRecord("omnitron", logging.INFO, __file__, 0, "", None, None).__dict__
+
+
+def _new_record() -> logging.LogRecord:
+    return logging.LogRecord.__new__(logging.LogRecord)
 
 
 def configure_logging(

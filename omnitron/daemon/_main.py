@@ -61,7 +61,12 @@ EXIT_CRITICAL = 3
 EXIT_WITHDRAWN = 4
 """Exit code of a daemon whose launcher withdrew the launch before it touched its home."""
 MIN_WRITE_INTERVAL = 0.05
-"""Seconds between two writes of the state file while changes keep coming."""
+"""Seconds between two writes of the state file while changes keep coming and a
+reply waits for one of them."""
+BACKGROUND_WRITE_INTERVAL = 1.0
+"""Seconds between two writes of changes no reply waits for (processes exiting
+and restarting: only ``desired`` and ``instances`` are read back at start-up, and
+every change of those is flushed before its reply)."""
 LAUNCH_WRITE_HOLD = 5.0
 """Seconds, at most, the state file waits while the apps start (one write at the
 end instead of one per interval with every start so far: a full snapshot each);
@@ -229,7 +234,12 @@ async def run_daemon(options: DaemonOptions) -> int:
             await _clean_up_after_predecessor(home)
 
         shutdown = _Shutdown()
-        store = StateStore(home, loaded, min_write_interval=MIN_WRITE_INTERVAL)
+        store = StateStore(
+            home,
+            loaded,
+            min_write_interval=MIN_WRITE_INTERVAL,
+            background_interval=BACKGROUND_WRITE_INTERVAL,
+        )
         logs = LogCollector(
             Path(logs_dir),
             max_size=ecosystem.logging.max_size,

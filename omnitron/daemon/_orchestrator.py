@@ -164,6 +164,8 @@ class Orchestrator:
         self._restart_requested = trio.Event()
         self._locks: dict[str, trio.Lock] = {}
         self._starting: dict[str, trio.CancelScope] = {}  # starts in progress, by app
+        # The pool spec each app was last started with (see _pool_spec).
+        self._pool_specs: dict[str, tuple[TreeBuilder, AppConfig, int, ChildSpec]] = {}
         self._shutting_down = False
         self._reloading = trio.Lock()
         # Zero-downtime reload: the child that is process ``index`` of an app now,
@@ -617,7 +619,7 @@ class Orchestrator:
                 try:
                     await self._describe(name)
                     record = self.apps[name]
-                    spec = self._builder.app(record.config, record.instances)
+                    spec = self._pool_spec(record)
                 except UnsupportedApp as exc:
                     self._give_up_on(name, str(exc), errored=isinstance(exc, BootstrapUnusable))
                     raise RequestRefused(str(exc)) from None
@@ -649,6 +651,43 @@ class Orchestrator:
             if not launch or was_crashed:
                 self._remember(name, EventKind.STARTED)
             return True
+
+    def _pool_spec(self, record: AppRecord) -> ChildSpec:
+        """The spec of ``record``'s pool: the one built at its last start when nothing
+        it was built from has changed (the builder, the config, the instances, the
+        places of its paths), else a new one.
+
+        Apps whose start reads something anew (secrets, sockets, a bootstrap) and
+        test leaves are always built anew. A stopped pool leaves the root (it is
+        temporary), so ``start all`` after ``stop all`` would build every app's
+        specs (environments, sinks, places) again.
+        """
+        config = record.config
+        reusable = self._leaf is None and not (
+            secret_references(config) or config.sockets or config.bootstrap
+        )
+        cached = self._pool_specs.get(config.name) if reusable else None
+        if (
+            cached is not None
+            and cached[0] is self._builder
+            and cached[1] is config
+            and cached[2] == record.instances
+            and self._has_places(config.name, record.instances)
+        ):
+            return cached[3]
+        spec = self._builder.app(config, record.instances)
+        if reusable:
+            self._pool_specs[config.name] = (self._builder, config, record.instances, spec)
+        return spec
+
+    def _has_places(self, name: str, instances: int) -> bool:
+        places, project = self._builder.places, self.ecosystem.project
+        if (project, name) not in places:
+            return False
+        return all(
+            (project, name, TreeBuilder.instance_name(index)) in places
+            for index in range(instances)
+        )
 
     async def _describe(self, name: str) -> None:
         """Describe app ``name``'s bootstrap (if it has one) before its pool is built:

@@ -1,49 +1,59 @@
 """``state.json`` on the wire: a versioned, checksummed envelope around :class:`DaemonState`.
 
-The file is pretty-printed JSON::
+The file is JSON, one envelope key a line and one app a line (keys sorted)::
 
     {
       "checksum": "sha256:…",
       "format": "omnitron-state",
       "generation": 12,
       "schema_version": 1,
-      "state": {"apps": [...]},
+      "state": {
+        "apps": [
+          {"config_instances": null, "desired": "running", ..., "status": "online"}
+        ],
+        "stop_reason": null
+      },
       "written_at": "2025-01-31T10:00:00.123456Z",
       "written_by": "omnitron 0.1.0"
     }
+
+Earlier versions indented everything; their files read the same, since the
+checksum does not depend on the layout. Every part is written by the C JSON
+encoder (an indented dump would take the pure-Python one).
 
 ``checksum`` is the SHA-256 of the canonical JSON (sorted keys, no spaces,
 ASCII) of every other field, so a flipped bit anywhere that matters is caught
 (PC-05). ``generation`` grows by one with every write, so a loader can tell
 which of two files is newer, and a test can tell which write survived a crash.
 
-The converter here is private to this boundary and strict: a wrong type is
-an error (``"5"`` is not an int, ``true`` is not a count), never coerced.
+The records are converted to and from plain dicts by hand, strictly: a wrong
+type is an error (``"5"`` is not an int, ``true`` is not a count), never coerced.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import hashlib
 import json
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Final, get_args, get_origin
+from typing import Any, Final, TypeVar
 
 import attrs
-import cattrs
-import cattrs.cols
-import cattrs.v
 
 from ._errors import CorruptStateFile, NewerStateSchema
-from ._records import DaemonState
+from ._records import AppMode, AppState, AppStatus, DaemonState, DesiredStatus, ProcessState
 
 __all__ = ["FORMAT", "SCHEMA_VERSION", "Decoded", "decode_state", "encode_state"]
 
 FORMAT: Final = "omnitron-state"
 SCHEMA_VERSION: Final = 1
 _PARTIAL_TOKEN: Final = re.compile(r"[^\s{}\[\],:]+")
+T = TypeVar("T")
+E = TypeVar("E", bound=enum.Enum)
 _ENVELOPE_KEYS: Final = frozenset(
     {"checksum", "format", "generation", "schema_version", "state", "written_at", "written_by"}
 )
@@ -57,79 +67,173 @@ def _written_by() -> str:
 
 
 # --------------------------------------------------------------------------- converter
+#
+# The few record types of the state file are written to and read from plain
+# dicts by hand: no general converter in the daemon's imports. Reading is strict:
+# a wrong type is an error ("5" is not an int, true is not a count), never
+# coerced. Each error names its place (``... @ $.state.apps[0].restarts``); the
+# errors of one record are all reported, in field order, then its unknown keys.
 
 
-def _strict_int(value: object, _: type) -> int:
+class _Invalid(Exception):
+    """The content is wrong; ``messages`` says where and why, one line each."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__("; ".join(messages))
+        self.messages = messages
+
+
+def _strict_int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"expected an integer, got {type(value).__name__}")
     return value
 
 
-def _strict_float(value: object, _: type) -> float:
+def _strict_float(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected a number, got {type(value).__name__}")
     return float(value)
 
 
-def _strict_str(value: object, _: type) -> str:
+def _strict_str(value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {type(value).__name__}")
     return value
 
 
-def _strict_bool(value: object, _: type) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"expected true or false, got {type(value).__name__}")
-    return value
+def _optional(read: Callable[[object], T]) -> Callable[[object], T | None]:
+    def structure(value: object) -> T | None:
+        return None if value is None else read(value)
+
+    return structure
 
 
-def _is_homogenous_tuple(tp: Any) -> bool:
-    args = get_args(tp)
-    return get_origin(tp) is tuple and len(args) == 2 and args[1] is Ellipsis
+def _enum(kind: type[E]) -> Callable[[object], E]:
+    def structure(value: object) -> E:
+        return kind(value)
+
+    return structure
 
 
-def _make_converter() -> cattrs.Converter:
-    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
-    conv.register_structure_hook(int, _strict_int)
-    conv.register_structure_hook(float, _strict_float)
-    conv.register_structure_hook(str, _strict_str)
-    conv.register_structure_hook(bool, _strict_bool)
+def _list_of(read: Callable[[object, str], T]) -> Callable[[object, str], tuple[T, ...]]:
+    def structure(value: object, path: str) -> tuple[T, ...]:
+        # Only a JSON array is a list here (not a dict or a string).
+        if not isinstance(value, list):
+            raise TypeError(f"expected a list, got {type(value).__name__}")
+        items: list[T] = []
+        messages: list[str] = []
+        for i, item in enumerate(value):
+            try:
+                items.append(read(item, f"{path}[{i}]"))
+            except _Invalid as exc:
+                messages.extend(exc.messages)
+        if messages:
+            raise _Invalid(messages)
+        return tuple(items)
 
-    def tuple_factory(tp: Any) -> Any:
-        inner = cattrs.cols.homogenous_tuple_structure_factory(tp, conv)
-
-        def structure(value: object, tp_: Any) -> Any:
-            # cattrs would iterate a dict or a string; only a JSON array is a list here.
-            if not isinstance(value, list):
-                raise TypeError(f"expected a list, got {type(value).__name__}")
-            return inner(value, tp_)
-
-        return structure
-
-    conv.register_structure_hook_factory(_is_homogenous_tuple, tuple_factory)
-    return conv
+    return structure
 
 
-_converter = _make_converter()
+# A field's reader takes the JSON value (and, for nested records, its path).
+_Field = tuple[str, Callable[..., Any], bool]  # name, reader, nested
 
 
-def _format_exception(exc: BaseException, tp: type | None) -> str:
-    # Our hooks and validators say precisely what is wrong; keep their words.
-    ours = isinstance(exc, TypeError | ValueError) and not isinstance(
-        exc, cattrs.ForbiddenExtraKeysError
-    )
-    if ours and str(exc):
-        return str(exc)
-    return cattrs.v.format_exception(exc, tp)
+def _record(kind: Callable[..., T], fields: list[_Field], required: frozenset[str]) -> Any:
+    names = frozenset(name for name, _, _ in fields)
+
+    def structure(value: object, path: str) -> T:
+        if not isinstance(value, dict):
+            raise _Invalid([f"expected an object, got {type(value).__name__} @ {path}"])
+        kwargs: dict[str, Any] = {}
+        messages: list[str] = []
+        for name, read, nested in fields:
+            if name not in value:
+                if name in required:
+                    messages.append(f"required field missing @ {path}.{name}")
+                continue
+            try:
+                kwargs[name] = read(value[name], f"{path}.{name}") if nested else read(value[name])
+            except _Invalid as exc:
+                messages.extend(exc.messages)
+            except (TypeError, ValueError) as exc:
+                messages.append(f"{exc} @ {path}.{name}")
+        extra = [key for key in value if key not in names]
+        if extra:
+            messages.append(f"extra fields found ({', '.join(map(str, extra))}) @ {path}")
+        if messages:
+            raise _Invalid(messages)
+        try:
+            return kind(**kwargs)
+        except (TypeError, ValueError) as exc:  # the record's own validators
+            raise _Invalid([f"{exc} @ {path}"]) from None
+
+    return structure
 
 
-def _field_errors(exc: BaseException) -> str:
-    if isinstance(exc, cattrs.BaseValidationError):
-        messages = cattrs.transform_error(exc, path="$.state", format_exception=_format_exception)
-        return "; ".join(messages[:5]) + (
-            f" (+{len(messages) - 5} more)" if len(messages) > 5 else ""
-        )
-    return str(exc)
+_process = _record(
+    ProcessState,
+    [
+        ("name", _strict_str, False),
+        ("instance", _strict_int, False),
+        ("status", _enum(AppStatus), False),
+        ("pid", _optional(_strict_int), False),
+        ("start_time", _optional(_strict_float), False),
+        ("boot_id", _optional(_strict_str), False),
+        ("restarts", _strict_int, False),
+    ],
+    frozenset({"name"}),
+)
+_app = _record(
+    AppState,
+    [
+        ("name", _strict_str, False),
+        ("mode", _enum(AppMode), False),
+        ("desired", _enum(DesiredStatus), False),
+        ("status", _enum(AppStatus), False),
+        ("instances", _strict_int, False),
+        ("config_instances", _optional(_strict_int), False),
+        ("restarts", _strict_int, False),
+        ("last_error", _optional(_strict_str), False),
+        ("processes", _list_of(_process), True),
+    ],
+    frozenset({"name"}),
+)
+_daemon_state = _record(
+    DaemonState,
+    [("apps", _list_of(_app), True), ("stop_reason", _optional(_strict_str), False)],
+    frozenset(),
+)
+
+
+def _process_dict(process: ProcessState) -> dict[str, Any]:
+    return {
+        "name": process.name,
+        "instance": process.instance,
+        "status": process.status.value,
+        "pid": process.pid,
+        "start_time": process.start_time,
+        "boot_id": process.boot_id,
+        "restarts": process.restarts,
+    }
+
+
+def _app_dict(app: AppState) -> dict[str, Any]:
+    return {
+        "name": app.name,
+        "mode": app.mode.value,
+        "desired": app.desired.value,
+        "status": app.status.value,
+        "instances": app.instances,
+        "config_instances": app.config_instances,
+        "restarts": app.restarts,
+        "last_error": app.last_error,
+        "processes": [_process_dict(process) for process in app.processes],
+    }
+
+
+def _field_errors(exc: _Invalid) -> str:
+    messages = exc.messages
+    return "; ".join(messages[:5]) + (f" (+{len(messages) - 5} more)" if len(messages) > 5 else "")
 
 
 # --------------------------------------------------------------------------- encode
@@ -139,6 +243,10 @@ def _canonical(obj: object) -> bytes:
     return json.dumps(
         obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
     ).encode("ascii")
+
+
+def _dump(value: object) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False)
 
 
 def _checksum(envelope: dict[str, Any]) -> str:
@@ -158,17 +266,29 @@ def encode_state(state: DaemonState, generation: int, *, written_at: float | Non
         The file's bytes (UTF-8 JSON ending with a newline).
     """
     when = time.time() if written_at is None else written_at
+    apps = [_app_dict(app) for app in state.apps]
     envelope: dict[str, Any] = {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
         "generation": generation,
         "written_at": datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "written_by": _written_by(),
-        "state": _converter.unstructure(state),
+        "state": {"apps": apps, "stop_reason": state.stop_reason},
     }
-    envelope["checksum"] = _checksum(envelope)
-    text = json.dumps(envelope, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False)
-    return (text + "\n").encode("utf-8")
+    checksum = "sha256:" + hashlib.sha256(_canonical(envelope)).hexdigest()
+    # The file: the envelope's keys one a line, each app on a line of its own.
+    # Every piece goes through the C encoder (an indented dump is pure Python).
+    apps_text = ",\n".join(f"      {_dump(app)}" for app in apps)
+    apps_text = f"[\n{apps_text}\n    ]" if apps else "[]"
+    head = {"checksum": checksum, **envelope}
+    del head["state"]
+    lines = [f"  {_dump(key)}: {_dump(value)}" for key, value in sorted(head.items())]
+    state_text = (
+        f'  "state": {{\n    "apps": {apps_text},\n'
+        f'    "stop_reason": {_dump(state.stop_reason)}\n  }}'
+    )
+    lines.insert(4, state_text)  # checksum, format, generation, schema_version, state, ...
+    return ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8")
 
 
 # --------------------------------------------------------------------------- decode
@@ -266,8 +386,8 @@ def decode_state(data: bytes) -> Decoded:
         if not isinstance(doc[key], str):
             raise CorruptStateFile(f"bad {key} {doc[key]!r}")
     try:
-        state = _converter.structure(doc["state"], DaemonState)
-    except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
+        state = _daemon_state(doc["state"], "$.state")
+    except _Invalid as exc:
         raise CorruptStateFile(f"invalid content: {_field_errors(exc)}") from None
     return Decoded(
         state=state,

@@ -24,9 +24,10 @@ one. Every blocking call runs in a worker thread through the
 :class:`FileSystem` seam, so a slow disk never stalls supervision (PC-08).
 
 Changes are coalesced: while a write is in flight (or within
-``min_write_interval`` of the last one), further changes only mark the state
-dirty, so there is at most one write in flight plus one pending, whatever the
-rate of changes (PC-08, PC-09). A failed write
+``min_write_interval`` of the last one, ``background_interval`` while no
+``flush()`` waits), further changes only mark the state dirty, so there is at
+most one write in flight plus one pending, whatever the rate of changes (PC-08,
+PC-09). On the real disk the steps of a write run in one worker thread. A failed write
 (``ENOSPC``, ``EROFS``, ``EIO``...) leaves the old file intact and no temporary
 file behind, is logged and counted, turns :meth:`StateStore.health` to
 ``persistence: degraded (ENOSPC)``, and is retried with exponential backoff
@@ -57,7 +58,7 @@ import trio
 from supervision._groups import raise_collapsed
 
 from ._codec import encode_state
-from ._fs import FileSystem, Step
+from ._fs import _NO_HARD_LINKS, FileSystem, Step, WriteProgress
 from ._home import Home
 from ._load import LoadResult, StateSource
 from ._records import DaemonState
@@ -75,10 +76,6 @@ __all__ = [
 _log = structlog.get_logger()
 
 T = TypeVar("T")
-
-_NO_HARD_LINKS = frozenset(
-    {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV}
-)
 
 
 class PersistenceStatus(enum.Enum):
@@ -180,6 +177,11 @@ class StateStore:
         flush_interval: Rewrite the latest state after this many seconds without a write.
         min_write_interval: Wait at least this long after a write before the next one,
             so a storm of changes costs a handful of writes (the final flush does not wait).
+        background_interval: Wait at least this long after a write before writing
+            changes that no :meth:`StateStore.flush` waits for (default:
+            ``min_write_interval``): churn nobody asked to be durable (processes
+            crashing and restarting) costs few writes, while a waiting reply is
+            written ``min_write_interval`` after the last write.
         retry_initial: Delay before the first retry of a failed write; doubles per failure.
         retry_max: Upper bound of the retry delay.
         shutdown_timeout: How long the final flush may take when the task is cancelled.
@@ -193,6 +195,7 @@ class StateStore:
         fs: FileSystem | None = None,
         flush_interval: float = 30.0,
         min_write_interval: float = 0.2,
+        background_interval: float | None = None,
         retry_initial: float = 1.0,
         retry_max: float = 60.0,
         shutdown_timeout: float = 5.0,
@@ -202,6 +205,12 @@ class StateStore:
         self._fs = FileSystem() if fs is None else fs
         self._flush_interval = _positive("flush_interval", flush_interval)
         self._min_write_interval = _non_negative("min_write_interval", min_write_interval)
+        self._background_interval = max(
+            self._min_write_interval,
+            self._min_write_interval
+            if background_interval is None
+            else _non_negative("background_interval", background_interval),
+        )
         self._retry_initial = _positive("retry_initial", retry_initial)
         self._retry_max = _positive("retry_max", retry_max)
         self._shutdown_timeout = _positive("shutdown_timeout", shutdown_timeout)
@@ -430,10 +439,10 @@ class StateStore:
                 due = math.inf
             elif self._retry_at is not None:
                 due = self._retry_at
-            elif self._dirty:
+            elif self._dirty and self._flushing:
                 due = max(now, self._last_write_end + self._min_write_interval)
-                if not self._flushing:
-                    due = max(due, self._held_until)
+            elif self._dirty:
+                due = max(now, self._last_write_end + self._background_interval, self._held_until)
             elif self._latest_refused:
                 due = math.inf
             else:
@@ -577,6 +586,17 @@ class StateStore:
 
     async def _write(self, data: bytes) -> None:
         fs, home = self._fs, self._home
+        if type(fs) is FileSystem:
+            # No hook to call between the steps: all of them in one worker thread.
+            progress = WriteProgress(backup_fresh=self._backup_fresh)
+            try:
+                await fs.write_atomically(
+                    home.state_file, home.backup_file, "state.json.", data, progress
+                )
+            finally:
+                self._step = progress.step
+                self._backup_fresh = progress.backup_fresh
+            return
         await self._refresh_backup()
         fd, tmp = await self._run(Step.CREATE, fs.create_temp, home.path, "state.json.")
         open_fd: int | None = fd

@@ -241,3 +241,40 @@ async def test_status_is_built_once_per_tick_and_change(
         app = await service.get_app("web")
         app["spec"] = "mine"
         assert "spec" not in (await service.get_app("web"))
+
+
+async def test_a_restarted_app_reuses_its_pool_spec_until_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stopped pool leaves the root; starting it again builds nothing unless the
+    # builder, the config, the instances or the places of its paths changed.
+    apps = [{"name": "web", "command": ["sleep", "3600"], "instances": 2}]
+    async with daemon(tmp_path, apps) as (orchestrator, _service):
+        await until(lambda: orchestrator.apps["web"].status is AppStatus.ONLINE, "web online")
+        built: list[int] = []
+        real_app = TreeBuilder.app
+
+        def counting(self: TreeBuilder, app: AppConfig, instances: int) -> Any:
+            built.append(instances)
+            return real_app(self, app, instances)
+
+        monkeypatch.setattr(TreeBuilder, "app", counting)
+
+        async def stop_then_start() -> dict[int, int | None]:
+            assert await orchestrator.stop("web") == ["web"]
+            assert await orchestrator.start("web") == ["web"]
+            await until(lambda: orchestrator.apps["web"].status is AppStatus.ONLINE, "online")
+            return {i: p.pid for i, p in orchestrator.apps["web"].processes.items()}
+
+        first = await stop_then_start()  # the spec the launch built
+        second = await stop_then_start()
+        assert built == []
+        assert set(first) == set(second) == {0, 1}
+        assert not set(first.values()) & set(second.values())  # new processes
+        assert orchestrator.apps["web"].status is AppStatus.ONLINE
+
+        # The places of its paths are gone (as after a reload): built anew.
+        del orchestrator._builder.places[("test", "web", "0")]
+        await stop_then_start()
+        assert built == [2]
+        assert ("test", "web", "0") in orchestrator._builder.places

@@ -49,6 +49,16 @@ def temps(home: Home) -> list[str]:
     return sorted(p for p in os.listdir(home.path) if p.endswith(".tmp"))
 
 
+async def written(home: Home, state: DaemonState) -> bytes:
+    """Write ``state`` as the next generation with a store of its own; the file's bytes."""
+    store = StateStore(home, load_state(home))
+    with trio.fail_after(CAP):
+        async with open_state_writer(store) as send:
+            await send.send(state)
+            await store.wait_idle()
+    return home.state_file.read_bytes()
+
+
 class CleanupSpy(FaultyFileSystem):
     """Sets ``cleaned`` when the writer removes a temporary file after a failure."""
 
@@ -72,7 +82,7 @@ async def test_atomic_writes_with_a_backup(home: Home) -> None:
     assert stat.S_IMODE(primary.st_mode) == 0o600
     assert primary.st_ino != backup.st_ino
     assert decode_state(home.state_file.read_bytes()).generation == 2
-    assert decode_state(home.backup_file.read_bytes()).state == api(1)
+    assert decode_state(home.backup_file.read_bytes()).generation == 1
     assert temps(home) == []
 
 
@@ -99,12 +109,7 @@ async def test_failed_write_leaves_the_old_file_and_no_temp(
     home: Home, step: Step, code: int
 ) -> None:
     # PC-06 on a real disk; recovery is checked through the final flush, which skips the backoff.
-    store = StateStore(home, load_state(home))
-    with trio.fail_after(CAP):
-        async with open_state_writer(store) as send:
-            await send.send(api(1))
-            await store.wait_idle()
-    old = home.state_file.read_bytes()
+    old = await written(home, api(1))
 
     fs = CleanupSpy()
     fs.inject(step, Fault.error(code))
@@ -216,3 +221,60 @@ async def test_real_file_system_primitives(home: Home, tmp_path: Path) -> None:
         await fs.copy(home.path / "sneaky", home.path / "stolen")
     await fs.link(home.path / "sneaky", home.path / "sneaky2")  # links the link itself
     assert (home.path / "sneaky2").is_symlink()
+
+
+async def _wait_for_failure(store: StateStore) -> None:
+    while store.statistics().write_failures == 0:  # noqa: ASYNC110 - a counter, capped by fail_after
+        await trio.sleep(0.005)
+
+
+async def test_a_real_disk_write_is_one_thread_hop(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each hand-off to a worker thread costs the busy event loop; the real disk
+    # has no hooks between the steps, so a write (backup included) is one.
+    store = StateStore(home, load_state(home))
+    with trio.fail_after(CAP):
+        async with open_state_writer(store) as send:
+            await send.send(api(1))
+            await store.wait_idle()
+            calls: list[object] = []
+            real = trio.to_thread.run_sync
+
+            async def counted(fn: object, *args: object, **kwargs: object) -> object:
+                calls.append(fn)
+                return await real(fn, *args, **kwargs)  # type: ignore[arg-type]
+
+            monkeypatch.setattr(trio.to_thread, "run_sync", counted)
+            await send.send(api(2))
+            await store.wait_idle()
+            monkeypatch.undo()
+    assert len(calls) == 1
+    assert decode_state(home.state_file.read_bytes()).state == api(2)
+    assert decode_state(home.backup_file.read_bytes()).state == api(1)
+
+
+async def test_a_one_thread_write_that_fails_names_its_step_and_recovers(home: Home) -> None:
+    # PC-06 through the one-thread write: the backup cannot replace a directory.
+    old = await written(home, api(1))
+    home.backup_file.unlink(missing_ok=True)
+    home.backup_file.mkdir()
+    (home.backup_file / "in-the-way").write_text("x")
+
+    store = StateStore(home, load_state(home), retry_initial=3600)
+    with trio.fail_after(CAP):
+        async with open_state_writer(store) as send:
+            await send.send(api(2))
+            await _wait_for_failure(store)
+            health = store.health()
+            assert health.status is PersistenceStatus.DEGRADED
+            assert health.last_error is not None
+            assert health.last_error.startswith("backup_replace: ")
+            assert home.state_file.read_bytes() == old
+            assert temps(home) == []
+            (home.backup_file / "in-the-way").unlink()
+            home.backup_file.rmdir()  # the disk recovers: the final write succeeds
+    assert store.health().status is PersistenceStatus.OK
+    assert decode_state(home.state_file.read_bytes()).state == api(2)
+    assert decode_state(home.backup_file.read_bytes()).generation == 1
+    assert temps(home) == []

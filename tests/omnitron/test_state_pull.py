@@ -191,3 +191,54 @@ async def test_a_negative_hold_is_refused() -> None:
     store, _fs, _mem = make()
     with pytest.raises(ValueError, match="seconds"):
         store.hold(-1.0)
+
+
+@contextlib.asynccontextmanager
+async def written_once(
+    **kwargs: float,
+) -> AsyncIterator[tuple[StateStore, Source, MemoryFileSystem]]:
+    """A running store whose first change is on disk."""
+    store, _fs, mem = make(**kwargs)
+    source = Source()
+    async with open_persistence(store, source.snapshot):
+        source.change("api", store)
+        await store.flush()
+        yield store, source, mem
+
+
+async def test_changes_nobody_waits_for_are_written_at_the_background_interval(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with written_once(min_write_interval=0.05, background_interval=1.0) as (
+        store,
+        source,
+        mem,
+    ):
+        # Churn: a change every 10 ms for 3 s, and nobody waits for it.
+        for n in range(300):
+            source.change(f"app{n}", store)
+            await trio.sleep(0.01)
+        writes = store.statistics().writes
+        assert 3 <= writes <= 5  # the first, then about one a second (not 60)
+        # A reply waiting for its change is written min_write_interval after the last write.
+        source.change("web", store)
+        before = trio.current_time()
+        await store.flush()
+        assert store.statistics().writes == writes + 1
+        assert trio.current_time() - before <= 0.05 + 1e-9
+        assert mem.decode(HOME.state_file)[1].apps[-1].name == "web"
+
+
+async def test_the_background_interval_is_never_below_the_minimum(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with written_once(min_write_interval=0.5, background_interval=0.1) as (
+        store,
+        source,
+        _mem,
+    ):
+        start = trio.current_time()
+        source.change("web", store)
+        while store.statistics().writes < 2:  # noqa: ASYNC110 - virtual time
+            await trio.sleep(0.01)
+        assert trio.current_time() - start == pytest.approx(0.5, abs=0.011)

@@ -222,6 +222,84 @@ def test_file_format_is_stable() -> None:
     }
 
 
+# A state file as the first releases wrote it (indented by the pure-Python encoder).
+_EARLIER_FILE = """{
+  "checksum": "sha256:4b3106f5f7355d0472f6665d1e71a254caa170f200f9fa1b729c081addf356d9",
+  "format": "omnitron-state",
+  "generation": 3,
+  "schema_version": 1,
+  "state": {
+    "apps": [
+      {
+        "config_instances": null,
+        "desired": "running",
+        "instances": 2,
+        "last_error": "exit code 3",
+        "mode": "classic",
+        "name": "api",
+        "processes": [
+          {
+            "boot_id": "b0",
+            "instance": 0,
+            "name": "api",
+            "pid": 4301,
+            "restarts": 1,
+            "start_time": 1234.56,
+            "status": "online"
+          },
+          {
+            "boot_id": null,
+            "instance": 1,
+            "name": "api",
+            "pid": null,
+            "restarts": 2,
+            "start_time": null,
+            "status": "crashed"
+          }
+        ],
+        "restarts": 3,
+        "status": "online"
+      },
+      {
+        "config_instances": null,
+        "desired": "stopped",
+        "instances": 1,
+        "last_error": "café ☃",
+        "mode": "bootstrap",
+        "name": "workers",
+        "processes": [],
+        "restarts": 0,
+        "status": "stopped"
+      }
+    ],
+    "stop_reason": null
+  },
+  "written_at": "1970-01-01T00:00:00.000000Z",
+  "written_by": "omnitron 0.1.0"
+}
+"""
+
+
+def test_reads_the_indented_files_of_earlier_versions() -> None:
+    decoded = decode_state(_EARLIER_FILE.encode("utf-8"))
+    assert decoded.state == sample_state()
+    assert decoded.generation == 3
+    # The checksum covers the content, not the layout: the same state written
+    # today carries the very checksum of the earlier file.
+    data = encode_state(sample_state(), 3, written_at=0)
+    assert data != _EARLIER_FILE.encode("utf-8")
+    assert json.loads(data)["checksum"] == json.loads(_EARLIER_FILE)["checksum"]
+
+
+def test_each_app_is_one_line_of_the_file() -> None:
+    lines = encode_state(sample_state(), 3, written_at=0).decode("utf-8").splitlines()
+    app_lines = [line for line in lines if line.startswith('      {"config_instances"')]
+    assert [json.loads(line.rstrip(","))["name"] for line in app_lines] == ["api", "workers"]
+    assert "caf\u00e9 \u2603" in app_lines[1]  # written as UTF-8, not escaped
+    assert lines[0] == "{"
+    assert lines[-1] == "}"
+
+
 def _mutate(path: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
     def apply(doc: dict[str, Any]) -> None:
         target = doc
@@ -230,6 +308,23 @@ def _mutate(path: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
         target[path[-1]] = value
 
     return apply
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (_mutate(["state", "apps", 0], 5), "expected an object, got int @ $.state.apps[0]"),
+        (_mutate(["state"], [1]), "expected an object, got list @ $.state"),
+    ],
+)
+def test_records_that_are_not_objects_are_corrupt(
+    mutate: Callable[[dict[str, Any]], None], reason: str
+) -> None:
+    doc = json.loads(encode_state(sample_state(), 7))
+    mutate(doc)
+    with pytest.raises(CorruptStateFile) as info:
+        decode_state(reseal(doc))
+    assert reason in info.value.reason
 
 
 @pytest.mark.parametrize(
