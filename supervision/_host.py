@@ -192,6 +192,24 @@ class ProcessHost:
     def unregister(self, pid: int) -> None:
         self._managed.discard(pid)
 
+    async def lock_spawns(self) -> None:
+        """Take :attr:`spawn_lock`; at once, without a checkpoint, when it is free.
+
+        ``async with spawn_lock`` yields to the scheduler after taking it: every
+        holder's body here is synchronous, so that yield only made spawns that
+        come together (a restart storm) queue behind each other. Release it with
+        :meth:`unlock_spawns`.
+
+        Cancellation: a checkpoint only when the lock is held by another task.
+        """
+        try:
+            self.spawn_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self.spawn_lock.acquire()
+
+    def unlock_spawns(self) -> None:
+        self.spawn_lock.release()
+
     def _start_soon(self, async_fn: Callable[[], Awaitable[None]]) -> None:
         """Run a clean-up task in the host's nursery (its errors are logged, not raised)."""
 
@@ -305,7 +323,8 @@ class ProcessHost:
         sweep = self._sweeps
         doomed: list[_Stat] = []
         busy: set[str] = set()
-        async with self.spawn_lock:
+        await self.lock_spawns()
+        try:
             # A few reads of small files (the children lists, then only children
             # not classified yet): cheap enough for the loop, and no thread hop.
             entries = self._unmanaged_children()
@@ -385,6 +404,8 @@ class ProcessHost:
                 if child_id in self._crashed
             }
             self._prune_sessions(entries)
+        finally:
+            self.unlock_spawns()
         if doomed:
             targets = [t for e in doomed if (t := _pin_entry(e)) is not None]
             self._start_soon(functools.partial(self._kill_leftovers, targets))

@@ -292,6 +292,9 @@ class ProcessRunner:
         self._stop_report = None
         try:
             try:
+                # Spawning yields to nobody: a generation stopped before it
+                # began must not start a process.
+                await trio.lowlevel.checkpoint_if_cancelled()
                 await self._open_slot()
                 gen = await self._spawn_generation()
             except trio.Cancelled:
@@ -374,10 +377,14 @@ class ProcessRunner:
             except OSError as exc:
                 raise _spawn_error(self._path, exc, spec.argv[0], os.environ, spec.cwd) from exc
             env = self._child_env(check)
-            async with self._host.spawn_lock:
+            host = self._host
+            await host.lock_spawns()
+            try:
                 since = _boot_ticks()
                 pid = self._spawn(env, stdout, stderr, check)
-                self._host.register(pid, self._child_id)
+                host.register(pid, self._child_id)
+            finally:
+                host.unlock_spawns()
         except BaseException:
             for pump in pumps:
                 pump.close()

@@ -9,6 +9,7 @@ import subprocess
 import psutil
 import pytest
 import trio
+import trio.testing
 
 from supervision._host import _prctl_subreaper, open_process_host
 from supervision._spec import Output, ProcessChild, Ready
@@ -33,6 +34,31 @@ async def test_host_lets_the_body_exception_through_unwrapped() -> None:
     with pytest.raises(KeyError):
         async with open_process_host(subreaper=True):
             raise KeyError("boom")
+
+
+async def test_spawn_lock_is_taken_without_a_checkpoint_when_free() -> None:
+    # Spawns that come together (a restart storm) do not queue behind each
+    # other: a free lock is taken at once, a held one is waited for.
+    async with open_process_host() as host:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await host.lock_spawns()  # no checkpoint: the cancellation does not fire
+        assert host.spawn_lock.locked()
+        waited = False
+
+        async def second() -> None:
+            nonlocal waited
+            await host.lock_spawns()
+            waited = True
+            host.unlock_spawns()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(second)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not waited
+            host.unlock_spawns()
+        assert waited
+        assert not host.spawn_lock.locked()
 
 
 async def test_host_token() -> None:
