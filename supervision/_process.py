@@ -37,7 +37,7 @@ from ._pump import _LinePump, watch_generation
 from ._ready import NotifySocket, ReadyCheck, make_ready_check
 from ._runner import RunnerContext, StopReport
 from ._sockets import ListenSet, open_listen_set
-from ._spawn import _spawn_error, spawn_child
+from ._spawn import _spawn_error, encode_env, exec_candidates, spawn_child
 from ._spec import (
     Output,
     OutputBatches,
@@ -178,6 +178,8 @@ class ProcessRunner:
         self._host: ProcessHost = context.host
         self._child_id = self._host.new_child_id()
         self._base_env: dict[str, str] | None = None
+        self._base_env_list: list[bytes] | None = None
+        self._executables: tuple[bytes, ...] | None = None  # argv[0] on the base PATH
         self._listeners: ListenSet | None = None
         self._notify: NotifySocket | None = None
         self._generation: _Generation | None = None
@@ -343,9 +345,10 @@ class ProcessRunner:
             return write_end
         raise TypeError(f"unsupported output: {output!r}")
 
-    def _child_env(self, check: ReadyCheck) -> dict[str, str]:
-        # The supervisor's own environment is read once per slot (at its first
-        # start), not copied anew on every restart: that copy is on the restart path.
+    def _child_env(self, check: ReadyCheck) -> tuple[dict[str, str], list[bytes]]:
+        """The generation's environment, and the same encoded for ``execve``."""
+        # The supervisor's own environment is read and encoded once per slot (at
+        # its first start), not anew on every restart: that is on the restart path.
         base = self._base_env
         if base is None:
             # Interned: the slots of one supervisor share the strings (4 KiB a slot).
@@ -359,11 +362,17 @@ class ProcessRunner:
             base.setdefault("PYTHONUNBUFFERED", "1")
             base[MARKER_ENV] = self._child_id
             self._base_env = base
-        env = dict(base)
-        env.update(check.child_env())
+            self._base_env_list = encode_env(base.items())
+        assert self._base_env_list is not None
+        extra = dict(check.child_env())
         if self._listeners is not None:
-            env.update(self._listeners.child_env())
-        return env
+            extra.update(self._listeners.child_env())
+        if not extra:
+            return base, self._base_env_list
+        env = {**base, **extra}
+        if extra.keys() & base.keys():  # the spec's env set a protocol variable
+            return env, encode_env(env.items())
+        return env, self._base_env_list + encode_env(extra.items())
 
     async def _spawn_generation(self) -> _Generation:
         spec = self._spec
@@ -376,15 +385,16 @@ class ProcessRunner:
                 stderr = self._output_fd(spec.stderr, pumps, child_ends)
             except OSError as exc:
                 raise _spawn_error(self._path, exc, spec.argv[0], os.environ, spec.cwd) from exc
-            env = self._child_env(check)
+            env, env_list = self._child_env(check)
+            # No checkpoint between the turn and the registration (see spawn_turn).
             host = self._host
-            await host.lock_spawns()
+            held = await host.spawn_turn()
             try:
                 since = _boot_ticks()
-                pid = self._spawn(env, stdout, stderr, check)
+                pid = self._spawn(env, env_list, stdout, stderr, check)
                 host.register(pid, self._child_id)
             finally:
-                host.unlock_spawns()
+                host.end_spawn_turn(held)
         except BaseException:
             for pump in pumps:
                 pump.close()
@@ -402,12 +412,21 @@ class ProcessRunner:
         return _Generation(_Child(pid, pidfd), check, pumps, since)
 
     def _spawn(
-        self, env: dict[str, str], stdout: int | None, stderr: int | None, check: ReadyCheck
+        self,
+        env: dict[str, str],
+        env_list: list[bytes],
+        stdout: int | None,
+        stderr: int | None,
+        check: ReadyCheck,
     ) -> int:
         spec = self._spec
         extra = dict(check.child_fds())
         if self._listeners is not None:
             extra.update(self._listeners.child_fds())
+        executables = self._executables
+        if executables is None:
+            # The generation's variables never include PATH: the base's decides.
+            executables = self._executables = exec_candidates(spec.argv[0], env)
         try:
             return spawn_child(
                 spec.argv,
@@ -418,6 +437,8 @@ class ProcessRunner:
                 stderr=stderr,
                 extra_fds=extra,
                 listen_pid=self._listeners is not None,
+                env_list=env_list,
+                executables=executables,
             )
         except OSError as exc:
             raise _spawn_error(self._path, exc, spec.argv[0], env, spec.cwd) from exc

@@ -36,28 +36,33 @@ async def test_host_lets_the_body_exception_through_unwrapped() -> None:
             raise KeyError("boom")
 
 
-async def test_spawn_lock_is_taken_without_a_checkpoint_when_free() -> None:
+async def test_a_spawn_waits_for_no_turn_unless_the_spawn_lock_is_held() -> None:
     # Spawns that come together (a restart storm) do not queue behind each
-    # other: a free lock is taken at once, a held one is waited for.
+    # other: with the lock free the turn is immediate (no checkpoint); while
+    # another task holds it, the turn waits for its release.
     async with open_process_host() as host:
         with trio.CancelScope() as scope:
             scope.cancel()
-            await host.lock_spawns()  # no checkpoint: the cancellation does not fire
-        assert host.spawn_lock.locked()
-        waited = False
+            held = await host.spawn_turn()  # no checkpoint: the cancellation does not fire
+        assert not held
+        assert not host.spawn_lock.locked()
+        turns = 0
 
-        async def second() -> None:
-            nonlocal waited
-            await host.lock_spawns()
-            waited = True
-            host.unlock_spawns()
+        async def spawner() -> None:
+            nonlocal turns
+            held = await host.spawn_turn()
+            assert held  # taken from the holder, given back at the end of the turn
+            turns += 1
+            host.end_spawn_turn(held)
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(second)
+            await host.spawn_lock.acquire()
+            nursery.start_soon(spawner)
+            nursery.start_soon(spawner)
             await trio.testing.wait_all_tasks_blocked()
-            assert not waited
-            host.unlock_spawns()
-        assert waited
+            assert turns == 0
+            host.spawn_lock.release()
+        assert turns == 2
         assert not host.spawn_lock.locked()
 
 
