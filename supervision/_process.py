@@ -37,7 +37,13 @@ from ._pump import _LinePump, watch_generation
 from ._ready import NotifySocket, ReadyCheck, make_ready_check
 from ._runner import RunnerContext, StopReport
 from ._sockets import ListenSet, open_listen_set
-from ._spawn import _spawn_error, encode_env, exec_candidates, spawn_child
+from ._spawn import (
+    _spawn_error,
+    encode_env,
+    encode_env_shared,
+    exec_candidates,
+    spawn_child,
+)
 from ._spec import (
     Output,
     OutputBatches,
@@ -362,7 +368,12 @@ class ProcessRunner:
             base.setdefault("PYTHONUNBUFFERED", "1")
             base[MARKER_ENV] = self._child_id
             self._base_env = base
-            self._base_env_list = encode_env(base.items())
+            # What comes unchanged from this process's environment is encoded once
+            # for every slot; the slot's own variables are its own.
+            environ = os.environ
+            inherited = [(k, v) for k, v in base.items() if environ.get(k) == v]
+            own = [(k, v) for k, v in base.items() if environ.get(k) != v]
+            self._base_env_list = encode_env_shared(inherited) + encode_env(own)
         assert self._base_env_list is not None
         extra = dict(check.child_env())
         if self._listeners is not None:
