@@ -230,6 +230,48 @@ async def test_environment(slots, child, lines, monkeypatch) -> None:
     assert env["LISTEN_FDS"] is None
 
 
+async def test_environment_is_the_same_in_every_generation(
+    slots, child, lines, monkeypatch
+) -> None:
+    # The slot's environment is encoded once; each generation adds its protocol
+    # variables, which win over the spec's (LISTEN_FDS here), as the spec's win
+    # over the supervisor's.
+    monkeypatch.setenv("FROM_SUPERVISOR", "kept")
+    monkeypatch.setenv("OVERRIDDEN", "supervisor")
+    out = lines()
+    names = ["FROM_SUPERVISOR", "OVERRIDDEN", "LISTEN_FDS", MARKER_ENV]
+    spec = ProcessChild(
+        child("print_env", *names),
+        env={"OVERRIDDEN": "spec", "LISTEN_FDS": "9"},
+        listen=[Listen.tcp(0)],
+        stdout=Output.lines(out),
+    )
+    slot = slots.new(spec)
+    for generation in (1, 2):
+        await slot.start()
+        await slot.exited()
+        await out.wait_for(lambda got, n=generation: len(got) >= n)
+    first, second = (json.loads(line) for line in out.lines)
+    assert first == second
+    assert first == {
+        "FROM_SUPERVISOR": "kept",
+        "OVERRIDDEN": "spec",
+        "LISTEN_FDS": "1",
+        MARKER_ENV: slot.runner.child_id,
+    }
+
+
+def test_inherited_variables_are_encoded_once_per_process() -> None:
+    from supervision._spawn import encode_env_shared
+
+    first = encode_env_shared([("SHARED_NAME", "value ü")])
+    second = encode_env_shared([("SHARED_NAME", "value ü")])
+    assert first == ["SHARED_NAME=value ü".encode()]
+    assert first[0] is second[0]
+    with pytest.raises(ValueError, match="illegal environment variable name"):
+        encode_env_shared([("A=B", "x")])
+
+
 async def test_spec_env_can_turn_unbuffered_off(slots, child, lines) -> None:
     out = lines()
     spec = ProcessChild(
