@@ -89,7 +89,8 @@ class _Child:
     async def watch(self, changed: Callable[[], None], scope: trio.CancelScope) -> None:
         """Mark :attr:`exited` when the leader exits (it stays unreaped).
 
-        Used where there is no pidfd; otherwise :func:`watch_generation` watches it.
+        The watch of a generation without output pipes, or without pidfd or
+        epoll; otherwise :func:`watch_generation` watches the exit with the pipes.
         """
         with scope:
             if self.pidfd is not None:

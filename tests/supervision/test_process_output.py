@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from supervision import InvalidSpec, InvalidSpecType
+from supervision._procfs import _HAVE_PIDFD
 from supervision._spec import Output, ProcessChild
 
 
@@ -224,6 +225,7 @@ def _tasks_below(task: trio.lowlevel.Task) -> int:
     return sum(1 + _tasks_below(child) for n in task.child_nurseries for child in n.child_tasks)
 
 
+@pytest.mark.skipif(not _HAVE_PIDFD, reason="one task per child needs pidfds (Linux 5.3)")
 @pytest.mark.parametrize("output", ["batches", "inherit"])
 async def test_a_running_child_costs_two_tasks_whatever_its_output(output: str) -> None:
     # Its supervisor's task for it, and one task that watches its exit and reads
