@@ -7,8 +7,11 @@ supervisor launched with ``nohup`` or as a background job has SIGHUP or SIGINT
 ignored, and an ignored signal survives ``exec``, so a child inheriting it
 could never be stopped by it.
 
-The common case uses :class:`subprocess.Popen` (CPython uses ``vfork``; it
-resets SIGPIPE and SIGXFSZ, which Python itself ignores); signals this process
+The common case uses what :class:`subprocess.Popen` uses (CPython's
+``_posixsubprocess.fork_exec``, with ``vfork``; it resets SIGPIPE and SIGXFSZ,
+which Python itself ignores): called directly where its arguments are known
+(CPython 3.11 to 3.13), with an environment the runner encodes once per slot,
+else through ``Popen`` itself; signals this process
 ignores are caught by a no-op handler for the instant of the spawn, so that
 ``exec`` resets them. Children that need file descriptors at fixed numbers
 (listening sockets at 3..., ``Ready.fd(n)``), and every child while the
