@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/restart_latency.py [--quick] [--json out.json]
+    python benchmarks/restart_latency.py --only storm [--storm-seconds S]
 
 Scenarios (each supervisor under test is measured next to the *floor*, a bare loop
 in this same process that spawns the same child with ``os.posix_spawn`` and waits
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -582,6 +584,7 @@ async def crash_storm(adapters: Sequence[Adapter], child: Child, seconds: float)
             "restarts": storm.restarts,
             "restarts_per_s": round(storm.rate, 1),
             "cpu_percent": round(storm.cpu_percent, 1),
+            "cpu_ms_per_restart": round(1000 * storm.cpu_seconds / max(storm.restarts, 1), 3),
         }
     floor_rate = result["floor"]["restarts_per_s"]
     for adapter in adapters:
@@ -631,7 +634,16 @@ def machine() -> dict[str, Any]:
     }
 
 
-async def run(plan: Plan, adapter_names: Sequence[str], *, use_cc: bool) -> dict[str, Any]:
+PARTS = ("latency", "storm", "start")
+
+
+async def run(
+    plan: Plan,
+    adapter_names: Sequence[str],
+    *,
+    use_cc: bool,
+    parts: Sequence[str] = PARTS,
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="omnitron-bench-") as tmp:
         workdir = Path(tmp)
         children = build_children(workdir, use_cc=use_cc)
@@ -648,19 +660,22 @@ async def run(plan: Plan, adapter_names: Sequence[str], *, use_cc: bool) -> dict
             "adapters": [adapter.name for adapter in adapters],
             "restart_latency": {},
         }
-        for child in children:
+        for child in children if "latency" in parts else ():
             samples = plan.restart_samples[child.kind]
             _log(f"restart latency, {child.label}: {samples} samples per side")
             results["restart_latency"][child.kind] = await restart_latency(
                 adapters, child, samples, plan.warmup
             )
         minimal = children[0]
-        _log(
-            f"crash storm, {minimal.label}: {STORM_CHILDREN} children, {plan.storm_seconds} s each"
-        )
-        results["crash_storm"] = await crash_storm(adapters, minimal, plan.storm_seconds)
-        _log(f"start {START_CHILDREN}, {minimal.label}: {plan.start_rounds} rounds per side")
-        results["start_many"] = await start_many(adapters, minimal, plan.start_rounds)
+        if "storm" in parts:
+            _log(
+                f"crash storm, {minimal.label}: {STORM_CHILDREN} children, "
+                f"{plan.storm_seconds} s each"
+            )
+            results["crash_storm"] = await crash_storm(adapters, minimal, plan.storm_seconds)
+        if "start" in parts:
+            _log(f"start {START_CHILDREN}, {minimal.label}: {plan.start_rounds} rounds per side")
+            results["start_many"] = await start_many(adapters, minimal, plan.start_rounds)
         results["machine"]["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)
         return results
 
@@ -701,7 +716,10 @@ def markdown(results: Mapping[str, Any]) -> str:
                 o = s["overhead"]
                 yield (label, f"{name} overhead", "", o["p50"], o["p90"], o["p99"])
 
-    out += _table(("child", "measured", "n", "p50", "p90", "p99"), latency_rows())
+    if results["restart_latency"]:
+        out += _table(("child", "measured", "n", "p50", "p90", "p99"), latency_rows())
+    else:
+        out += ["(not measured in this run)"]
 
     out += [
         "",
@@ -718,9 +736,15 @@ def markdown(results: Mapping[str, Any]) -> str:
                     yield (kind["child"], name, *(phases.get(p, "") for p in PHASES))
 
     out += _table(("child", "measured", *PHASES), phase_rows())
+    if "crash_storm" in results:
+        out += _storm_section(results["crash_storm"], names)
+    if "start_many" in results:
+        out += _start_section(results["start_many"], names)
+    return "\n".join(out) + "\n"
 
-    storm = results["crash_storm"]
-    out += [
+
+def _storm_section(storm: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    out = [
         "",
         f"Crash storm: {storm['children']} children exiting {storm['exit_after_ms']} ms after "
         f"start, counted for {storm['seconds']:g} s ({storm['child']}):",
@@ -732,12 +756,15 @@ def markdown(results: Mapping[str, Any]) -> str:
             if name in storm:
                 s = storm[name]
                 ratio = f"{s['of_floor']:.0%}" if "of_floor" in s else "100%"
-                yield (name, s["restarts_per_s"], ratio, s["cpu_percent"])
+                per_restart = s.get("cpu_ms_per_restart", "")
+                yield (name, s["restarts_per_s"], ratio, s["cpu_percent"], per_restart)
 
-    out += _table(("measured", "restarts/s", "of floor", "CPU % of one core"), storm_rows())
+    header = ("measured", "restarts/s", "of floor", "CPU % of one core", "CPU ms per restart")
+    return out + _table(header, storm_rows())
 
-    start = results["start_many"]
-    out += [
+
+def _start_section(start: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    out = [
         "",
         f"Start {start['children']} children until all are ready "
         f"(median of {start['rounds']} rounds, ms; {start['child']}):",
@@ -750,8 +777,7 @@ def markdown(results: Mapping[str, Any]) -> str:
                 if name in start[mode]:
                     yield (f"Ready.{mode}()", name, start[mode][name]["p50_ms"])
 
-    out += _table(("readiness", "measured", "ms"), start_rows())
-    return "\n".join(out) + "\n"
+    return out + _table(("readiness", "measured", "ms"), start_rows())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -774,10 +800,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="use the sh + systemd-notify minimal child even if a C compiler exists",
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=PARTS,
+        help="measure only this part (repeatable; default: all)",
+    )
+    parser.add_argument(
+        "--storm-seconds",
+        type=float,
+        help="seconds each crash storm is counted (overrides the plan)",
+    )
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan.full()
+    if args.storm_seconds is not None:
+        plan = dataclasses.replace(plan, storm_seconds=args.storm_seconds)
     names = [] if args.floor_only else args.adapter or list(ADAPTERS)
-    results = trio.run(functools.partial(run, plan, names, use_cc=not args.no_cc))
+    parts = tuple(args.only or PARTS)
+    results = trio.run(functools.partial(run, plan, names, use_cc=not args.no_cc, parts=parts))
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(results), end="")

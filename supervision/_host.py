@@ -105,9 +105,10 @@ class ProcessHost:
     for children it has not classified yet.
 
     Attributes:
-        spawn_lock: Held across spawn and registration, and by the orphan reaper
-            while it reaps, so a just-spawned managed child is never reaped as an
-            orphan.
+        spawn_lock: Held by code that must not run while a child is spawned and
+            registered (or while the orphan reaper classifies and reaps), so a
+            just-spawned managed child is never reaped as an orphan. Both of
+            those wait for it with :meth:`spawn_turn`, which takes it only when contended.
     """
 
     def __init__(self, *, subreaper: bool, token: str, devnull: int) -> None:
@@ -191,6 +192,30 @@ class ProcessHost:
 
     def unregister(self, pid: int) -> None:
         self._managed.discard(pid)
+
+    async def spawn_turn(self) -> bool:
+        """Wait until no other task holds :attr:`spawn_lock`: at once, without a
+        checkpoint, when it is free.
+
+        The caller then spawns and registers (or sweeps) without a checkpoint in
+        between, so nothing can interleave (Trio runs one task at a time) and the
+        free lock need not be taken: ``async with spawn_lock`` would yield to the
+        scheduler after taking it, and spawns that come together (a restart
+        storm) would queue behind each other. When the lock is held, it is taken
+        (``True``) and the caller gives it back with :meth:`end_spawn_turn`.
+
+        Cancellation: a checkpoint only when another task holds the lock.
+        """
+        lock = self.spawn_lock
+        if not lock.locked():
+            return False
+        await lock.acquire()
+        return True
+
+    def end_spawn_turn(self, held: bool) -> None:
+        """End a turn begun with :meth:`spawn_turn` (``held``: what it returned)."""
+        if held:
+            self.spawn_lock.release()
 
     def _start_soon(self, async_fn: Callable[[], Awaitable[None]]) -> None:
         """Run a clean-up task in the host's nursery (its errors are logged, not raised)."""
@@ -305,7 +330,8 @@ class ProcessHost:
         sweep = self._sweeps
         doomed: list[_Stat] = []
         busy: set[str] = set()
-        async with self.spawn_lock:
+        held = await self.spawn_turn()
+        try:
             # A few reads of small files (the children lists, then only children
             # not classified yet): cheap enough for the loop, and no thread hop.
             entries = self._unmanaged_children()
@@ -385,6 +411,8 @@ class ProcessHost:
                 if child_id in self._crashed
             }
             self._prune_sessions(entries)
+        finally:
+            self.end_spawn_turn(held)
         if doomed:
             targets = [t for e in doomed if (t := _pin_entry(e)) is not None]
             self._start_soon(functools.partial(self._kill_leftovers, targets))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import signal
 import sys
 from collections.abc import Callable
@@ -32,11 +33,17 @@ from ._exit import ExitStatus
 from ._groups import raise_collapsed as _raise_collapsed
 from ._host import ProcessHost
 from ._procfs import MARKER_ENV, _boot_ticks, _find_tree, _kill_pinned, _read_stat, _Tree
-from ._pump import _LinePump
+from ._pump import _LinePump, watch_generation
 from ._ready import NotifySocket, ReadyCheck, make_ready_check
 from ._runner import RunnerContext, StopReport
 from ._sockets import ListenSet, open_listen_set
-from ._spawn import _spawn_error, spawn_child
+from ._spawn import (
+    _spawn_error,
+    encode_env,
+    encode_env_shared,
+    exec_candidates,
+    spawn_child,
+)
 from ._spec import (
     Output,
     OutputBatches,
@@ -56,6 +63,7 @@ _log = logging.getLogger("supervision.process")
 _PROTOCOL_ENV: Final = frozenset(
     {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
 )
+_HAVE_EPOLL: Final = hasattr(select, "epoll")
 _DRAIN_IDLE: Final = 0.5
 """After an exit, seconds without output before the runner stops waiting for its pipes'
 end: a descendant may hold them open."""
@@ -77,20 +85,20 @@ class _Child:
         self.pidfd = pidfd
         self.exited = False
         self.reaped = False
-        self._watch_scope = trio.CancelScope(shield=True)
 
-    async def watch(self, changed: Callable[[], None]) -> None:
-        """Mark :attr:`exited` when the leader exits (it stays unreaped)."""
-        with self._watch_scope:
+    async def watch(self, changed: Callable[[], None], scope: trio.CancelScope) -> None:
+        """Mark :attr:`exited` when the leader exits (it stays unreaped).
+
+        The watch of a generation without output pipes, or without pidfd or
+        epoll; otherwise :func:`watch_generation` watches the exit with the pipes.
+        """
+        with scope:
             if self.pidfd is not None:
                 await trio.lowlevel.wait_readable(self.pidfd)
             else:
                 await trio.to_thread.run_sync(_wait_exited_nowait, self.pid, abandon_on_cancel=True)
             self.exited = True
             changed()
-
-    def stop_watching(self) -> None:
-        self._watch_scope.cancel()
 
     def signal_group(self, sig: int) -> None:
         # Only while the leader is unreaped: it holds the pid, so the group id
@@ -126,10 +134,38 @@ class _Generation:
         self.pumps = pumps
         self.check_error: BaseException | None = None
         self._changed = trio.Event()
+        # The watch of the exit and the output pipes: shielded (the child's last
+        # words during a graceful stop matter), cancelled when the generation ends.
+        self.watch_scope = trio.CancelScope(shield=True)
 
     def changed(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+
+    def exited(self) -> None:
+        self.child.exited = True
+        self.changed()
+
+    def start_watching(self, nursery: trio.Nursery) -> None:
+        """Watch the leader's exit and read the output pipes: one task with a pidfd,
+        else a thread for the exit and a task per pipe."""
+        child = self.child
+        if child.pidfd is not None and _HAVE_EPOLL:
+            if self.pumps:
+                nursery.start_soon(
+                    watch_generation, child.pidfd, self.pumps, self.exited, self.watch_scope
+                )
+            else:
+                nursery.start_soon(child.watch, self.changed, self.watch_scope)
+            return
+        nursery.start_soon(child.watch, self.changed, self.watch_scope)
+        for pump in self.pumps:
+            nursery.start_soon(pump.run)
+
+    def stop_watching(self) -> None:
+        self.watch_scope.cancel()
+        for pump in self.pumps:
+            pump.stop()
 
     async def until(self, predicate: Callable[[], bool]) -> None:
         while not predicate():
@@ -149,6 +185,8 @@ class ProcessRunner:
         self._host: ProcessHost = context.host
         self._child_id = self._host.new_child_id()
         self._base_env: dict[str, str] | None = None
+        self._base_env_list: list[bytes] | None = None
+        self._executables: tuple[bytes, ...] | None = None  # argv[0] on the base PATH
         self._listeners: ListenSet | None = None
         self._notify: NotifySocket | None = None
         self._generation: _Generation | None = None
@@ -263,6 +301,9 @@ class ProcessRunner:
         self._stop_report = None
         try:
             try:
+                # Spawning yields to nobody: a generation stopped before it
+                # began must not start a process.
+                await trio.lowlevel.checkpoint_if_cancelled()
                 await self._open_slot()
                 gen = await self._spawn_generation()
             except trio.Cancelled:
@@ -304,16 +345,17 @@ class ProcessRunner:
             return None
         if isinstance(output, OutputDiscard):
             return self._host.devnull
-        if isinstance(output, OutputLines | OutputBatches):
+        if isinstance(output, (OutputLines, OutputBatches)):
             read_end, write_end = os.pipe()
             child_ends.append(write_end)
             pumps.append(_LinePump(read_end, output))
             return write_end
         raise TypeError(f"unsupported output: {output!r}")
 
-    def _child_env(self, check: ReadyCheck) -> dict[str, str]:
-        # The supervisor's own environment is read once per slot (at its first
-        # start), not copied anew on every restart: that copy is on the restart path.
+    def _child_env(self, check: ReadyCheck) -> tuple[dict[str, str], list[bytes]]:
+        """The generation's environment, and the same encoded for ``execve``."""
+        # The supervisor's own environment is read and encoded once per slot (at
+        # its first start), not anew on every restart: that is on the restart path.
         base = self._base_env
         if base is None:
             # Interned: the slots of one supervisor share the strings (4 KiB a slot).
@@ -327,11 +369,22 @@ class ProcessRunner:
             base.setdefault("PYTHONUNBUFFERED", "1")
             base[MARKER_ENV] = self._child_id
             self._base_env = base
-        env = dict(base)
-        env.update(check.child_env())
+            # What comes unchanged from this process's environment is encoded once
+            # for every slot; the slot's own variables are its own.
+            environ = os.environ
+            inherited = [(k, v) for k, v in base.items() if environ.get(k) == v]
+            own = [(k, v) for k, v in base.items() if environ.get(k) != v]
+            self._base_env_list = encode_env_shared(inherited) + encode_env(own)
+        assert self._base_env_list is not None
+        extra = dict(check.child_env())
         if self._listeners is not None:
-            env.update(self._listeners.child_env())
-        return env
+            extra.update(self._listeners.child_env())
+        if not extra:
+            return base, self._base_env_list
+        env = {**base, **extra}
+        if extra.keys() & base.keys():  # the spec's env set a protocol variable
+            return env, encode_env(env.items())
+        return env, self._base_env_list + encode_env(extra.items())
 
     async def _spawn_generation(self) -> _Generation:
         spec = self._spec
@@ -344,11 +397,16 @@ class ProcessRunner:
                 stderr = self._output_fd(spec.stderr, pumps, child_ends)
             except OSError as exc:
                 raise _spawn_error(self._path, exc, spec.argv[0], os.environ, spec.cwd) from exc
-            env = self._child_env(check)
-            async with self._host.spawn_lock:
+            env, env_list = self._child_env(check)
+            # No checkpoint between the turn and the registration (see spawn_turn).
+            host = self._host
+            held = await host.spawn_turn()
+            try:
                 since = _boot_ticks()
-                pid = self._spawn(env, stdout, stderr, check)
-                self._host.register(pid, self._child_id)
+                pid = self._spawn(env, env_list, stdout, stderr, check)
+                host.register(pid, self._child_id)
+            finally:
+                host.end_spawn_turn(held)
         except BaseException:
             for pump in pumps:
                 pump.close()
@@ -366,12 +424,21 @@ class ProcessRunner:
         return _Generation(_Child(pid, pidfd), check, pumps, since)
 
     def _spawn(
-        self, env: dict[str, str], stdout: int | None, stderr: int | None, check: ReadyCheck
+        self,
+        env: dict[str, str],
+        env_list: list[bytes],
+        stdout: int | None,
+        stderr: int | None,
+        check: ReadyCheck,
     ) -> int:
         spec = self._spec
         extra = dict(check.child_fds())
         if self._listeners is not None:
             extra.update(self._listeners.child_fds())
+        executables = self._executables
+        if executables is None:
+            # The generation's variables never include PATH: the base's decides.
+            executables = self._executables = exec_candidates(spec.argv[0], env)
         try:
             return spawn_child(
                 spec.argv,
@@ -382,6 +449,8 @@ class ProcessRunner:
                 stderr=stderr,
                 extra_fds=extra,
                 listen_pid=self._listeners is not None,
+                env_list=env_list,
+                executables=executables,
             )
         except OSError as exc:
             raise _spawn_error(self._path, exc, spec.argv[0], env, spec.cwd) from exc
@@ -395,10 +464,9 @@ class ProcessRunner:
     ) -> ExitStatus | StartFailure:
         spec = self._spec
         child = gen.child
-        nursery.start_soon(child.watch, gen.changed)
-        for pump in gen.pumps:
-            nursery.start_soon(pump.run)
-        nursery.start_soon(self._run_check, gen)
+        gen.start_watching(nursery)
+        if gen.check.runs:
+            nursery.start_soon(self._run_check, gen)
         try:
             spawned(child.pid)
             if not gen.check.ready:
@@ -447,9 +515,7 @@ class ProcessRunner:
             if any(not pump.done.is_set() for pump in gen.pumps):
                 with trio.CancelScope(shield=True):
                     await self._drain(gen)
-            for pump in gen.pumps:
-                pump.stop()
-            child.stop_watching()
+            gen.stop_watching()
             nursery.cancel_scope.cancel()
 
     async def _run_check(self, gen: _Generation) -> None:

@@ -7,8 +7,11 @@ supervisor launched with ``nohup`` or as a background job has SIGHUP or SIGINT
 ignored, and an ignored signal survives ``exec``, so a child inheriting it
 could never be stopped by it.
 
-The common case uses :class:`subprocess.Popen` (CPython uses ``vfork``; it
-resets SIGPIPE and SIGXFSZ, which Python itself ignores); signals this process
+The common case uses what :class:`subprocess.Popen` uses (CPython's
+``_posixsubprocess.fork_exec``, with ``vfork``; it resets SIGPIPE and SIGXFSZ,
+which Python itself ignores): called directly where its arguments are known
+(CPython 3.11 to 3.13), with an environment the runner encodes once per slot,
+else through ``Popen`` itself; signals this process
 ignores are caught by a no-op handler for the instant of the spawn, so that
 ``exec`` resets them. Children that need file descriptors at fixed numbers
 (listening sockets at 3..., ``Ready.fd(n)``), and every child while the
@@ -19,14 +22,16 @@ which run no Python code between fork and exec.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import importlib
 import os
 import signal
 import subprocess
+import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Final
 
 from ._errors import SpawnError
@@ -46,6 +51,135 @@ _getsignal: Callable[[int], object] = getattr(
     importlib.import_module("_signal"), "getsignal", signal.getsignal
 )
 _IGNORED: Final = int(signal.SIG_IGN)
+
+
+def _find_fork_exec() -> Callable[..., int] | None:
+    """``_posixsubprocess.fork_exec``, where its arguments are known to be those
+    ``Popen`` passes in CPython 3.11 to 3.13 (23, the last one ``allow_vfork``);
+    ``None`` elsewhere (``Popen`` is used then)."""
+    if sys.implementation.name != "cpython" or not (3, 11) <= sys.version_info[:2] <= (3, 13):
+        return None
+    names = subprocess.Popen._execute_child.__code__.co_names  # type: ignore[attr-defined]
+    if "_fork_exec" not in names or "_USE_VFORK" not in names:
+        return None
+    try:
+        from _posixsubprocess import fork_exec
+    except ImportError:
+        return None
+    return fork_exec
+
+
+_FORK_EXEC: Final = _find_fork_exec()
+_USE_VFORK: Final[bool] = bool(getattr(subprocess, "_USE_VFORK", True))
+
+
+def encode_env(items: Iterable[tuple[str, str]]) -> list[bytes]:
+    """``KEY=value`` entries for ``execve``, as ``Popen`` encodes an environment.
+
+    Raises:
+        ValueError: A name holds ``=``.
+    """
+    encoded = []
+    fsencode = os.fsencode
+    for key, value in items:
+        name = fsencode(key)
+        if b"=" in name:
+            raise ValueError("illegal environment variable name")
+        encoded.append(name + b"=" + fsencode(value))
+    return encoded
+
+
+_SHARED: dict[tuple[str, str], bytes] = {}
+_SHARED_MAX: Final = 4096
+
+
+def encode_env_shared(items: Iterable[tuple[str, str]]) -> list[bytes]:
+    """:func:`encode_env`, each entry kept once per process (up to 4096 of them).
+
+    For the variables slots inherit from this process's environment: the slots
+    of a tree then share their bytes (about 3 KiB a slot otherwise).
+    """
+    encoded = []
+    for item in items:
+        entry = _SHARED.get(item)
+        if entry is None:
+            [entry] = encode_env((item,))
+            if len(_SHARED) < _SHARED_MAX:
+                _SHARED[item] = entry
+        encoded.append(entry)
+    return encoded
+
+
+def exec_candidates(name: str, env: Mapping[str, str]) -> tuple[bytes, ...]:
+    """The paths ``execve`` tries for ``name`` (the ``PATH`` of ``env``), as ``Popen``."""
+    executable = os.fsencode(name)
+    if os.path.dirname(executable):
+        return (executable,)
+    return tuple(os.path.join(os.fsencode(d), executable) for d in os.get_exec_path(env))
+
+
+def _child_error(data: bytes, argv0: str, cwd: str | None) -> BaseException:
+    """The exception a child reported before ``exec`` (``Popen``'s error pipe format)."""
+    try:
+        name, hex_errno, message_bytes = data.split(b":", 2)
+        message = message_bytes.decode()
+    except ValueError:
+        return subprocess.SubprocessError(f"Bad exception data from child: {data!r}")
+    kind = getattr(builtins, name.decode("ascii", "replace"), subprocess.SubprocessError)
+    if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+        kind = subprocess.SubprocessError
+    if issubclass(kind, OSError) and hex_errno:
+        code = int(hex_errno, 16)
+        filename = cwd if message == "noexec" else argv0
+        return kind(code, os.strerror(code) if code else "", filename)
+    return kind(message)
+
+
+def _fork_exec(
+    fork_exec: Callable[..., int],
+    argv: Sequence[str],
+    executables: Sequence[bytes],
+    env_list: list[bytes],
+    cwd: str | None,
+    stdin: int,
+    stdout: int | None,
+    stderr: int | None,
+) -> int:
+    """What ``Popen(argv, env=..., cwd=..., stdin/stdout/stderr=fds,
+    start_new_session=True, close_fds=True)`` does, without its per-spawn Python
+    work (the environment encoded anew, the object, its handles and pipes)."""
+    errpipe_read, errpipe_write = os.pipe()
+    try:
+        low = []
+        while errpipe_write < 3:  # as Popen: never at 0, 1 or 2 (the child's stdio)
+            low.append(errpipe_write)
+            errpipe_write = os.dup(errpipe_write)
+        for fd in low:
+            os.close(fd)
+        try:
+            pid = fork_exec(
+                list(argv), executables, True, (errpipe_write,), cwd, env_list,
+                stdin, -1, -1, -1 if stdout is None else stdout,
+                -1, -1 if stderr is None else stderr,
+                errpipe_read, errpipe_write,
+                True, True, -1, None, None, None, -1, None, _USE_VFORK,
+            )  # fmt: skip
+        finally:
+            os.close(errpipe_write)
+        # The child closes its end at exec (close-on-exec), or reports its error.
+        data = bytearray()
+        while True:
+            part = os.read(errpipe_read, 50000)
+            data += part
+            if not part or len(data) > 50000:
+                break
+    finally:
+        os.close(errpipe_read)
+    if data:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        raise _child_error(bytes(data), argv[0], cwd)
+    return pid
 
 
 def _ignored_signals() -> list[int] | None:
@@ -231,6 +365,8 @@ def spawn_child(
     stderr: int | None,
     extra_fds: Mapping[int, int],
     listen_pid: bool,
+    env_list: list[bytes] | None = None,
+    executables: Sequence[bytes] | None = None,
 ) -> int:
     """Start ``argv`` in a new session; its pid. The caller reaps it (by pid).
 
@@ -238,12 +374,25 @@ def spawn_child(
     numbers in the child to fds here; ``listen_pid`` sets ``LISTEN_PID`` in the
     child (socket activation). The child starts with every signal at its
     default disposition and none blocked, whatever this process ignores.
+    ``env_list`` and ``executables`` are ``env`` encoded (:func:`encode_env`)
+    and ``argv[0]`` looked up (:func:`exec_candidates`) ahead, by a caller that
+    spawns the same program again and again.
 
     Raises:
         OSError: The OS refused (see :func:`_spawn_error` for the message).
     """
     ignored = None if extra_fds else _ignored_signals()
     if ignored is not None:
+        fork_exec = _FORK_EXEC
+        if fork_exec is not None:
+            if env_list is None:
+                env_list = encode_env(env.items())
+            if executables is None:
+                executables = exec_candidates(argv[0], env)
+            with _caught(ignored):
+                return _fork_exec(
+                    fork_exec, argv, executables, env_list, cwd, stdin, stdout, stderr
+                )
         with _caught(ignored):
             popen = subprocess.Popen(
                 argv,

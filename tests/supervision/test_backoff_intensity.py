@@ -8,6 +8,7 @@ time and every delay can be read off ``FakeChild.starts`` and the
 from __future__ import annotations
 
 import math
+import random
 
 import attrs
 import pytest
@@ -201,6 +202,31 @@ async def test_jitter_stays_within_its_fraction_of_the_delay(
     for gap, event in zip(gaps(child.starts, exits(events)), announced, strict=True):
         assert gap == pytest.approx(event.delay, abs=1e-9)
     assert any(e.delay != base for e, base in zip(announced, nominal, strict=True))
+
+
+async def test_jitter_follows_the_seed_of_the_random_module(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Supervisors draw the spread from the random module's generator (no state
+    # of their own): a seeded run is reproducible.
+    async def delays() -> list[float]:
+        child = crash_loop(1, 5)
+        spec = one_child(child, backoff=Backoff(initial=1, max=30, factor=2, jitter=0.5))
+        async with open_supervisor(spec) as sup:
+            subscription = sup.subscribe()
+            await child.wait_generation(6)
+        return [e.delay for e in restarting(await events_of(subscription))]
+
+    state = random.getstate()
+    try:
+        random.seed(1234)
+        first = await delays()
+        random.seed(1234)
+        second = await delays()
+    finally:
+        random.setstate(state)
+    assert first == second
+    assert len(set(first)) == len(first)
 
 
 @pytest.mark.parametrize("jitter", [0.0, 0.25])

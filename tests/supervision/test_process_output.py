@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from supervision import InvalidSpec, InvalidSpecType
+from supervision._procfs import _HAVE_PIDFD
 from supervision._spec import Output, ProcessChild
 
 
@@ -218,3 +219,64 @@ def test_batches_validate_like_lines() -> None:
         Output.batches("nope")  # type: ignore[arg-type]
     with pytest.raises(InvalidSpec, match=r"OutputBatches\.max_line: must be >= 16, got 8"):
         Output.batches(print, max_line=8)
+
+
+def _tasks_below(task: trio.lowlevel.Task) -> int:
+    return sum(1 + _tasks_below(child) for n in task.child_nurseries for child in n.child_tasks)
+
+
+@pytest.mark.skipif(not _HAVE_PIDFD, reason="one task per child needs pidfds (Linux 5.3)")
+@pytest.mark.parametrize("output", ["batches", "inherit"])
+async def test_a_running_child_costs_two_tasks_whatever_its_output(output: str) -> None:
+    # Its supervisor's task for it, and one task that watches its exit and reads
+    # both of its pipes (no task per pipe, none for a readiness check that has
+    # nothing to wait for).
+    from supervision import ChildSpec, SupervisorSpec, open_supervisor
+
+    def spec(count: int) -> SupervisorSpec:
+        io = Output.batches(lambda batch: None) if output == "batches" else Output.inherit()
+        return SupervisorSpec(
+            name="s",
+            children=[
+                ChildSpec(f"c{i}", ProcessChild(["sleep", "60"], stdout=io, stderr=io))
+                for i in range(count)
+            ],
+        )
+
+    root = trio.lowlevel.current_root_task()
+    counts = []
+    for count in (1, 4):
+        async with open_supervisor(spec(count)):
+            counts.append(_tasks_below(root))
+    assert counts[1] - counts[0] == 3 * 2
+
+
+async def test_a_flood_on_stdout_does_not_hold_up_stderr(slots, lines) -> None:
+    # Both pipes are read by one task: lines on one keep coming while the other
+    # is flooded.
+    err = lines()
+    received = 0
+
+    def count(batch: bytes) -> None:
+        nonlocal received
+        received += len(batch)
+
+    script = (
+        "import sys, time\n"
+        "line = b'x' * 1000 + b'\\n'\n"
+        "end = time.monotonic() + 60\n"
+        "n = 0\n"
+        "while time.monotonic() < end:\n"
+        "    sys.stdout.buffer.write(line * 64)\n"
+        "    n += 1\n"
+        "    if n % 200 == 0:\n"
+        "        sys.stderr.write(f'tick {n}\\n'); sys.stderr.flush()\n"
+    )
+    spec = ProcessChild(
+        [sys.executable, "-c", script], stdout=Output.batches(count), stderr=Output.lines(err)
+    )
+    slot = slots.new(spec)
+    await slot.start()
+    await err.wait_for(lambda got: len(got) >= 3)
+    assert received > 3 * 200 * 64 * 1000 * 0.9  # the flood itself was read meanwhile
+    await slot.stop()

@@ -9,6 +9,7 @@ import subprocess
 import psutil
 import pytest
 import trio
+import trio.testing
 
 from supervision._host import _prctl_subreaper, open_process_host
 from supervision._spec import Output, ProcessChild, Ready
@@ -33,6 +34,36 @@ async def test_host_lets_the_body_exception_through_unwrapped() -> None:
     with pytest.raises(KeyError):
         async with open_process_host(subreaper=True):
             raise KeyError("boom")
+
+
+async def test_a_spawn_waits_for_no_turn_unless_the_spawn_lock_is_held() -> None:
+    # Spawns that come together (a restart storm) do not queue behind each
+    # other: with the lock free the turn is immediate (no checkpoint); while
+    # another task holds it, the turn waits for its release.
+    async with open_process_host() as host:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            held = await host.spawn_turn()  # no checkpoint: the cancellation does not fire
+        assert not held
+        assert not host.spawn_lock.locked()
+        turns = 0
+
+        async def spawner() -> None:
+            nonlocal turns
+            held = await host.spawn_turn()
+            assert held  # taken from the holder, given back at the end of the turn
+            turns += 1
+            host.end_spawn_turn(held)
+
+        async with trio.open_nursery() as nursery:
+            await host.spawn_lock.acquire()
+            nursery.start_soon(spawner)
+            nursery.start_soon(spawner)
+            await trio.testing.wait_all_tasks_blocked()
+            assert turns == 0
+            host.spawn_lock.release()
+        assert turns == 2
+        assert not host.spawn_lock.locked()
 
 
 async def test_host_token() -> None:

@@ -27,7 +27,10 @@ async def test_listen_fds_environment_and_descriptors(slots, child, lines, tmp_p
     )
     slot = slots.new(spec)
     await slot.start()
-    report = json.loads(out.lines[0])
+    # The line and the readiness newline travel on different fds: the line may
+    # be read after the child is ready (print() writes its newline separately).
+    [line] = await out.wait_for(lambda lines: len(lines) >= 1)
+    report = json.loads(line)
     host, port = slot.runner.listen_addresses[0]
     assert (host, port != 0) == ("127.0.0.1", True)
     assert report == {

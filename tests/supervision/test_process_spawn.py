@@ -10,7 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -228,6 +230,48 @@ async def test_environment(slots, child, lines, monkeypatch) -> None:
     assert env["LISTEN_FDS"] is None
 
 
+async def test_environment_is_the_same_in_every_generation(
+    slots, child, lines, monkeypatch
+) -> None:
+    # The slot's environment is encoded once; each generation adds its protocol
+    # variables, which win over the spec's (LISTEN_FDS here), as the spec's win
+    # over the supervisor's.
+    monkeypatch.setenv("FROM_SUPERVISOR", "kept")
+    monkeypatch.setenv("OVERRIDDEN", "supervisor")
+    out = lines()
+    names = ["FROM_SUPERVISOR", "OVERRIDDEN", "LISTEN_FDS", MARKER_ENV]
+    spec = ProcessChild(
+        child("print_env", *names),
+        env={"OVERRIDDEN": "spec", "LISTEN_FDS": "9"},
+        listen=[Listen.tcp(0)],
+        stdout=Output.lines(out),
+    )
+    slot = slots.new(spec)
+    for generation in (1, 2):
+        await slot.start()
+        await slot.exited()
+        await out.wait_for(lambda got, n=generation: len(got) >= n)
+    first, second = (json.loads(line) for line in out.lines)
+    assert first == second
+    assert first == {
+        "FROM_SUPERVISOR": "kept",
+        "OVERRIDDEN": "spec",
+        "LISTEN_FDS": "1",
+        MARKER_ENV: slot.runner.child_id,
+    }
+
+
+def test_inherited_variables_are_encoded_once_per_process() -> None:
+    from supervision._spawn import encode_env_shared
+
+    first = encode_env_shared([("SHARED_NAME", "value ü")])
+    second = encode_env_shared([("SHARED_NAME", "value ü")])
+    assert first == ["SHARED_NAME=value ü".encode()]
+    assert first[0] is second[0]
+    with pytest.raises(ValueError, match="illegal environment variable name"):
+        encode_env_shared([("A=B", "x")])
+
+
 async def test_spec_env_can_turn_unbuffered_off(slots, child, lines) -> None:
     out = lines()
     spec = ProcessChild(
@@ -370,3 +414,89 @@ def test_children_start_with_default_signals_whatever_the_parent_ignores(mask: s
         finally:
             parent.stdin.close()
             parent.wait(timeout=TIMEOUT)
+
+
+# --------------------------------------------------------------------------- without Popen
+
+# Where CPython's fork_exec takes the arguments Popen passes (3.11 to 3.13), a
+# child is spawned with it directly, the environment encoded once per slot; it
+# must start the child and report failures exactly as Popen does.
+
+
+def _spawn_both_ways(
+    monkeypatch: pytest.MonkeyPatch, make: Callable[[str], dict[str, Any]]
+) -> list[object]:
+    """Spawn with fork_exec, then with Popen (``make(way)`` gives the arguments):
+    each way's exit code, or its error as (type, errno, filename, strerror)."""
+    import supervision._spawn as spawn
+
+    outcomes: list[object] = []
+    for way, fork_exec in (("fork_exec", spawn._FORK_EXEC), ("popen", None)):
+        monkeypatch.setattr(spawn, "_FORK_EXEC", fork_exec)
+        try:
+            pid = spawn.spawn_child(stdin=0, extra_fds={}, listen_pid=False, **make(way))
+        except OSError as exc:
+            outcomes.append((type(exc), exc.errno, exc.filename, exc.strerror))
+        else:
+            _, status = os.waitpid(pid, 0)
+            outcomes.append(os.waitstatus_to_exitcode(status))
+    return outcomes
+
+
+def test_fork_exec_is_used_on_this_interpreter() -> None:
+    import supervision._spawn as spawn
+
+    if (3, 11) <= sys.version_info[:2] <= (3, 13) and sys.implementation.name == "cpython":
+        assert spawn._FORK_EXEC is not None
+
+
+def test_fork_exec_gives_the_child_what_popen_gives(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    env = {"PATH": os.environ["PATH"], "ONE": "1", "TWO": "zwei ü"}
+
+    def make(way: str) -> dict[str, Any]:
+        script = f"exec > {tmp_path / way}; pwd; env | sort; ls /proc/self/fd | wc -l"
+        return {"argv": ["sh", "-c", script], "env": env, "cwd": str(tmp_path),
+                "stdout": None, "stderr": None}  # fmt: skip
+
+    assert _spawn_both_ways(monkeypatch, make) == [0, 0]
+    reports = [
+        [
+            line
+            for line in (tmp_path / way).read_text().splitlines()
+            if not line.startswith(("PWD=", "SHLVL=", "_="))
+        ]
+        for way in ("fork_exec", "popen")
+    ]
+    assert reports[0] == reports[1]
+    assert reports[0][0] == str(tmp_path)
+    assert "TWO=zwei ü" in reports[0]
+
+
+@pytest.mark.parametrize("case", ["missing", "not_executable", "bad_cwd", "no_format"])
+def test_fork_exec_reports_failures_as_popen_does(
+    case: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"\0\0data")
+    argv, cwd = {
+        "missing": (["no-such-program-here"], None),
+        "not_executable": ([str(plain)], None),
+        "bad_cwd": (["true"], str(tmp_path / "gone")),
+        "no_format": ([str(plain)], None),
+    }[case]
+    if case == "no_format":
+        plain.chmod(0o755)
+    first, second = _spawn_both_ways(
+        monkeypatch,
+        lambda way: {
+            "argv": argv,
+            "env": {"PATH": os.environ["PATH"]},
+            "cwd": cwd,
+            "stdout": None,
+            "stderr": None,
+        },
+    )
+    assert isinstance(first, tuple)
+    assert first == second
