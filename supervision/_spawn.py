@@ -130,7 +130,13 @@ def _child_error(data: bytes, argv0: str, cwd: str | None) -> BaseException:
         kind = subprocess.SubprocessError
     if issubclass(kind, OSError) and hex_errno:
         code = int(hex_errno, 16)
-        filename = cwd if message == "noexec" else argv0
+        # Before exec: "noexec" until 3.12 (from chdir), "noexec:chdir" from 3.13,
+        # where a bare "noexec" is another step before exec (no file name then).
+        filename: str | None = argv0
+        if message == "noexec:chdir" or (message == "noexec" and sys.version_info < (3, 13)):
+            filename = cwd
+        elif message == "noexec":
+            filename = None
         return kind(code, os.strerror(code) if code else "", filename)
     return kind(message)
 
