@@ -39,6 +39,7 @@ from ._exec import (
     CallName,
     CallTimeout,
     describe_ecosystem,
+    exec_inline,
 )
 from ._logs import LogLine
 from ._metrics import FIELDS, CountingDispatcher, Sampler, aggregate, figures, prometheus_text
@@ -837,6 +838,7 @@ def build_dispatcher(
     for role, methods in ((Role.VIEWER, viewer), (Role.OPERATOR, operator), (Role.ADMIN, admin)):
         for name, handler in methods.items():
             dispatcher.register(name, handler, role=role)
+    dispatcher.set_inline("daemon.exec", exec_inline(lambda: orch.router))
     register_secret_methods(dispatcher, service.secrets)
     register_log_methods(dispatcher, service)
     register_watch_methods(dispatcher, service.watching)
