@@ -42,7 +42,16 @@ import trio
 from .._system import check_identity
 from ..rpc import ProtocolError
 from ..rpc._errors import ErrorCode
-from ..rpc._server import READS_BEFORE_YIELD, receive_nowait, receive_when_ready, send_nowait
+from ..rpc._server import (
+    READS_BEFORE_YIELD,
+    defer_write,
+    flush_writes,
+    hold_writes,
+    receive_nowait,
+    receive_when_ready,
+    send_nowait,
+    writes_held,
+)
 from ..rpc._unix import check_socket_path
 from ..rpc._wire import (
     DEFAULT_LIMITS,
@@ -163,6 +172,7 @@ class WorkerLink:
         self._next_msgid = 0
         self._outbox: list[bytes] = []
         self._writer: _Task | None = None  # set while the writer is parked
+        self._flush_queued = False  # registered for the held writes' flush
         self._watch: trio.CancelScope | None = None
         self._failure: Callable[[], WorkerCallError] | None = None
         self._scope = trio.CancelScope()
@@ -334,10 +344,13 @@ class WorkerLink:
         deadline = trio.current_time() + within
         self._pending[msgid] = (waiter, deadline, name, within)
         self._outbox.append(frame)
-        writer = self._writer
-        if writer is not None:
-            self._writer = None
-            trio.lowlevel.reschedule(writer)
+        if writes_held():
+            # The task starting this call handles a burst of them: one write at its end.
+            if not self._flush_queued:
+                self._flush_queued = True
+                defer_write(self)
+        else:
+            self._wake_writer()
         watch = self._watch
         if watch is not None and deadline < watch.deadline:
             watch.deadline = deadline
@@ -409,6 +422,31 @@ class WorkerLink:
                 self._scope.cancel()  # run() fails the waiting calls
                 return
 
+    def _wake_writer(self) -> None:
+        writer = self._writer
+        if writer is not None:
+            self._writer = None
+            trio.lowlevel.reschedule(writer)
+
+    def _flush_held(self) -> None:
+        """Write the requests queued while writes were held, straight to the socket
+        if the writer is parked; what the socket does not take is left to it."""
+        self._flush_queued = False
+        if not self._outbox or self._failure is not None:
+            return
+        if self._writer is None:
+            return  # the writer is running or about to: it takes these next, in order
+        frames, self._outbox = self._outbox, []
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        try:
+            sent = send_nowait(self._stream, data)
+        except trio.BrokenResourceError:
+            self._scope.cancel()  # run() fails the waiting calls
+            return
+        if sent < len(data):
+            self._outbox = [data[sent:]]
+            self._wake_writer()
+
     def _abort_parked(self, _: object) -> trio.lowlevel.Abort:
         self._writer = None
         return trio.lowlevel.Abort.SUCCEEDED
@@ -464,18 +502,23 @@ class WorkerLink:
                 self._bad_reply(f"a reply exceeds the {limits.max_frame}-byte frame limit")
                 return
             buffer += data
-            while True:
-                try:
-                    unpacker.skip()
-                except msgpack.OutOfData:
-                    break
-                except Exception as exc:  # the codec boundary: any decoder failure
-                    self._bad_reply(f"invalid msgpack: {type(exc).__name__}")
-                    return
-                end = unpacker.tell()
-                if not self._on_reply(buffer, consumed - base, end - base):
-                    return
-                consumed = end
+            # The replies of one read answer their callers' clients in one write each.
+            hold_writes()
+            try:
+                while True:
+                    try:
+                        unpacker.skip()
+                    except msgpack.OutOfData:
+                        break
+                    except Exception as exc:  # the codec boundary: any decoder failure
+                        self._bad_reply(f"invalid msgpack: {type(exc).__name__}")
+                        return
+                    end = unpacker.tell()
+                    if not self._on_reply(buffer, consumed - base, end - base):
+                        return
+                    consumed = end
+            finally:
+                flush_writes()
             if consumed > base:
                 del buffer[: consumed - base]
                 base = consumed

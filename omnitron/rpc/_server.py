@@ -153,6 +153,52 @@ async def receive_when_ready(stream: trio.abc.Stream, size: int) -> bytes | byte
             return data
 
 
+class _HeldWrites:
+    """Writes held back while one task handles a burst of messages, then made at once.
+
+    A task that handles many messages in one go without waiting (a connection's
+    reader starting inline calls, a worker link's reader answering them) holds
+    writes: what it queues on a connection or a link is written when it calls
+    :func:`flush_writes`, one write per connection for the whole burst, straight
+    to the socket, instead of waking each writer task. Frames queued by any other
+    task wake the writer as usual, so a holder that waits without flushing only
+    delays its own frames. A holder flushes before each of its waits.
+    """
+
+    __slots__ = ("owner", "waiting")
+
+    def __init__(self) -> None:
+        self.owner: trio.lowlevel.Task | None = None
+        self.waiting: list[Any] = []  # objects with a _flush_held() method
+
+
+_HELD: Final = _HeldWrites()
+
+
+def hold_writes() -> None:
+    """Hold the writes the current task queues until :func:`flush_writes`."""
+    _HELD.owner = trio.lowlevel.current_task()
+
+
+def writes_held() -> bool:
+    """Whether the current task holds its writes (then register for a flush)."""
+    return _HELD.owner is not None and _HELD.owner is trio.lowlevel.current_task()
+
+
+def defer_write(writer: Any) -> None:
+    """Have ``writer._flush_held()`` run at the next :func:`flush_writes`."""
+    _HELD.waiting.append(writer)
+
+
+def flush_writes() -> None:
+    """Stop holding writes, and make the ones held (each writer's in one write)."""
+    _HELD.owner = None
+    if _HELD.waiting:
+        waiting, _HELD.waiting = _HELD.waiting, []
+        for writer in waiting:
+            writer._flush_held()
+
+
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None and not (value > 0 and math.isfinite(value)):
         raise ValueError(f"ServerOptions.{attribute.name} must be > 0, got {value!r}")
@@ -562,6 +608,8 @@ class _Connection:
         self._outbox_bytes = 0
         self._batch = _Batch()
         self._writer_wakeup = trio.Event()
+        self._writer_idle = False  # parked, waiting for frames
+        self._flush_queued = False  # registered for the held writes' flush
         self._reading_done = False
         # Calls handed on by an inline handler, answered later by a callback; the
         # calls nursery stays open (and the writer with it) until they are.
@@ -651,7 +699,16 @@ class _Connection:
             self._read_scope.deadline = self._read_deadline()
 
     async def _read_loop(self, calls: trio.Nursery) -> None:
+        try:
+            await self._read_messages(calls)
+        finally:
+            flush_writes()
+
+    async def _read_messages(self, calls: trio.Nursery) -> None:
+        # The replies of the calls answered inline while the messages of one read
+        # are handled leave in one write at the end (before any wait).
         while not self._closed:
+            hold_writes()
             try:
                 frame = self.decoder.next_frame()
             except ProtocolError as exc:
@@ -661,6 +718,7 @@ class _Connection:
                 if not await self._on_frame(frame, calls):
                     return
                 continue
+            flush_writes()
             # Bytes already waiting are read at once (no deadline to watch: they are
             # here); otherwise, or after a run of such reads, wait under the deadline.
             data: bytes | bytearray | None = None
@@ -736,7 +794,9 @@ class _Connection:
         try:
             self._slots.acquire_nowait()
         except trio.WouldBlock:
+            flush_writes()
             await self._slots.acquire()
+            hold_writes()
         self.inflight.add(request.msgid)
         self.server._idle.pop(self, None)
         if self._allowed is None:
@@ -799,6 +859,7 @@ class _Connection:
             self._refresh_deadline()
 
     async def _protocol_error(self, exc: ProtocolError) -> None:
+        flush_writes()
         self.server._counters.protocol_errors += 1
         self._log(
             "info",
@@ -811,6 +872,7 @@ class _Connection:
         await self._abort()
 
     async def _deadline_expired(self) -> None:
+        flush_writes()
         self.server._counters.deadline_closes += 1
         if not self._got_request and not self.decoder.buffered:
             reason = f"no request within {self._hello_deadline:g}s of connecting"
@@ -918,8 +980,43 @@ class _Connection:
             return None
         self._outbox.append(frame)
         self._outbox_bytes += len(frame)
+        if self._outbox_bytes > OUTBOX_HIGH_WATER:
+            self._writer_wakeup.set()
+            return self._batch
+        if writes_held():
+            if not self._flush_queued:
+                self._flush_queued = True
+                defer_write(self)
+        else:
+            self._writer_wakeup.set()
+        return None
+
+    def _flush_held(self) -> None:
+        """Write the frames queued while writes were held, straight to the socket if
+        the writer is idle; what the socket does not take is left to the writer."""
+        self._flush_queued = False
+        if self._closed or not self._outbox:
+            return
+        if not self._writer_idle:
+            self._writer_wakeup.set()  # it is writing: it takes these next, in order
+            return
+        frames = self._outbox
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        try:
+            sent = send_nowait(self.stream, data)
+        except trio.BrokenResourceError:
+            self._close_now()
+            return
+        if sent == len(data):
+            self._outbox = []
+            self._outbox_bytes = 0
+            batch, self._batch = self._batch, _Batch()
+            batch.written = True
+            batch.done.set()
+            return
+        self._outbox = [data[sent:]]
+        self._outbox_bytes = len(data) - sent
         self._writer_wakeup.set()
-        return self._batch if self._outbox_bytes > OUTBOX_HIGH_WATER else None
 
     async def _writer(self) -> None:
         """Write whatever frames are waiting, all in one ``send_all``, until closed.
@@ -937,7 +1034,11 @@ class _Connection:
                         if self._reading_done:
                             return
                         self._writer_wakeup = trio.Event()
-                        await self._writer_wakeup.wait()
+                        self._writer_idle = True
+                        try:
+                            await self._writer_wakeup.wait()
+                        finally:
+                            self._writer_idle = False
                         continue
                     frames, self._outbox = self._outbox, []
                     self._outbox_bytes = 0
