@@ -20,7 +20,7 @@ bytes the worker encoded (:attr:`ExecResult.raw`, spliced into the reply by
 :meth:`Router.start` is the same call without a task waiting for it: when the
 serving process is known and the chosen worker's link is open, it sends the call
 and returns; the link's reader hands the outcome to a callback. ``daemon.exec``
-runs that way (:func:`exec_inline`); whatever needs to wait (the first call to
+runs that way (:func:`register_exec`); whatever needs to wait (the first call to
 a worker opens its link and asks its services, a worker that turns the call
 away passes it on) goes through :meth:`Router.call` in a task.
 """
@@ -56,6 +56,7 @@ from ..rpc import (
     Forbidden,
     Len,
     MethodNotFound,
+    Name,
     Range,
     RemoteError,
     RemoteTimeout,
@@ -84,7 +85,7 @@ __all__ = [
     "build_worker_dispatcher",
     "describe_app",
     "describe_ecosystem",
-    "exec_inline",
+    "register_exec",
 ]
 
 log = structlog.get_logger("omnitron.exec")
@@ -649,10 +650,27 @@ def _remote(exc: WorkerCallError, index: int, pid: int) -> RemoteError:
     return cls(exc.message, data={k: v for k, v in data.items() if v is not None})
 
 
-def exec_inline(router: Callable[[], Router]) -> Callable[..., object]:
-    """The inline handler of ``daemon.exec`` (same params as its ``async`` handler):
-    hands the call to :meth:`Router.start`, answered from the worker link's reader;
-    declines (the ``async`` handler runs in a task) whenever that would wait."""
+def register_exec(dispatcher: Dispatcher, router: Callable[[], Router]) -> None:
+    """Register ``daemon.exec`` (role operator) on ``dispatcher``, routed by ``router()``.
+
+    Its inline handler hands the call to :meth:`Router.start`, answered from the
+    worker link's reader; it declines (the ``async`` handler runs in a task,
+    through :meth:`Router.call`) whenever that would have to wait.
+    """
+
+    async def exec_method(
+        call: Call,
+        *,
+        app: Name,
+        service: CallName,
+        method: CallName,
+        args: CallArgs = [],  # noqa: B006 - never mutated
+        kwargs: CallKwargs = {},  # noqa: B006 - never mutated
+        timeout: CallTimeout = EXEC_TIMEOUT,  # noqa: ASYNC109 - the documented param
+    ) -> Encoded:
+        """Call a public method of a module-worker app's service (round-robin)."""
+        done = await router().call(app, service, method, args, kwargs, within=timeout)
+        return done.to_wire()
 
     def inline(
         call: Call,
@@ -676,7 +694,8 @@ def exec_inline(router: Callable[[], Router]) -> Callable[..., object]:
         started = router().start(app, service, method, args, kwargs, within=timeout, done=finished)
         return DEFER if started else DECLINE
 
-    return inline
+    dispatcher.register("daemon.exec", exec_method, role=Role.OPERATOR)
+    dispatcher.set_inline("daemon.exec", inline)
 
 
 # ---------------------------------------------------------------------- the workers' socket

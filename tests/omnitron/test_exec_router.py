@@ -25,23 +25,16 @@ from omnitron.config import load_config
 from omnitron.config._bootstrap import WorkerSlot, describe_sync
 from omnitron.daemon._exec import (
     EXEC_ERRORS,
-    EXEC_TIMEOUT,
-    CallArgs,
-    CallKwargs,
-    CallName,
-    CallTimeout,
     ExecArgsInvalid,
     ExecResult,
     Router,
-    exec_inline,
+    register_exec,
 )
 from omnitron.daemon._records import AppRecord, ProcessRecord
 from omnitron.rpc import (
-    Call,
     Dispatcher,
     Encoded,
     MethodNotFound,
-    Role,
     ServerOptions,
     connect_unix,
     open_unix_server,
@@ -246,22 +239,7 @@ async def test_start_sends_only_on_open_links_and_shares_the_round_robin(shop: S
 def exec_dispatcher(router: Router) -> Dispatcher:
     """``daemon.exec`` as the daemon registers it: a task-run handler and the inline one."""
     dispatcher = Dispatcher(error_types=EXEC_ERRORS)
-
-    async def exec_method(
-        call: Call,
-        *,
-        app: CallName,
-        service: CallName,
-        method: CallName,
-        args: CallArgs = [],  # noqa: B006 - never mutated
-        kwargs: CallKwargs = {},  # noqa: B006 - never mutated
-        timeout: CallTimeout = EXEC_TIMEOUT,  # noqa: ASYNC109 - the documented param
-    ) -> Encoded:
-        done = await router.call(app, service, method, args, kwargs, within=timeout)
-        return done.to_wire()
-
-    dispatcher.register("daemon.exec", exec_method, role=Role.OPERATOR)
-    dispatcher.set_inline("daemon.exec", exec_inline(lambda: router))
+    register_exec(dispatcher, lambda: router)
     return dispatcher
 
 
