@@ -218,3 +218,19 @@ async def test_a_client_that_stops_reading_does_not_stall_the_others(sock_path: 
         assert srv.statistics().send_timeouts == 1
         assert "rpc_send_timeout" in [e["event"] for e in logs]
         assert (await healthy.call(99, "daemon.ping"))[3] == {"pong": True}
+
+
+async def test_replies_answered_in_bursts_keep_the_order_of_their_requests(
+    sock_path: Path,
+) -> None:
+    """Thousands of pings in one write: the server answers them a read at a time,
+    each burst's replies held and written together, some left to the writer when
+    the socket is full; they arrive complete and in the order they were asked."""
+    async with open_unix_server(sock_path, make_dispatcher(Deferred()), options=OPTIONS):
+        raw = await Raw.connect(sock_path)
+        count = 5000
+        pings = b"".join(msgpack.packb([0, i, "daemon.ping", []]) for i in range(count))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(raw.send_bytes, pings)
+            order = [(await raw.receive())[1] for _ in range(count)]
+        assert order == list(range(count))
