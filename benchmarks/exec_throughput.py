@@ -2,7 +2,8 @@
 
 Usage::
 
-    python benchmarks/exec_throughput.py [--seconds 2] [--repeats 5] [--depth 8] [--json out.json]
+    python benchmarks/exec_throughput.py [--seconds 2] [--repeats 5] [--depth 8] [--ping]
+                                         [--json out.json]
 
 Starts a daemon (``omnitron up`` in a temporary home) running ``examples/shop``
 with one ``users`` worker, then calls ``users.count`` on that worker two ways,
@@ -14,6 +15,9 @@ direct
 daemon
     ``daemon.exec`` on the daemon's socket: the control plane, the router's
     choice of worker and its own connection to the worker, and back.
+ping (with ``--ping``)
+    ``daemon.ping`` on the daemon's socket: what the control plane costs per call
+    with no worker behind it.
 
 Each run is ``--seconds`` long with ``--depth`` calls in flight (throughput), then
 500 calls one at a time (latency: p50, p99). Runs alternate between the two ways;
@@ -147,6 +151,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--depth", type=int, default=8)
+    parser.add_argument("--ping", action="store_true", help="also measure daemon.ping")
     parser.add_argument("--json", metavar="FILE")
     options = parser.parse_args()
 
@@ -154,6 +159,8 @@ def main() -> None:
     project = Path(tempfile.mkdtemp(prefix="omx-shop-")) / "shop"
     load_before = os.getloadavg()
     runs: dict[str, list[dict[str, float]]] = {"direct": [], "daemon": []}
+    if options.ping:
+        runs["ping"] = []
     try:
         start_daemon(home, project)
         ways = [
@@ -170,6 +177,8 @@ def main() -> None:
                 {"app": "shop", "service": "users", "method": "count"},
             ),
         ]
+        if options.ping:
+            ways.append(Way("ping", Path(home) / "daemon.sock", "daemon.ping", {}))
         processes = trio.run(find_processes, home)
         for _ in range(options.repeats):
             for way in ways:
@@ -194,7 +203,7 @@ def main() -> None:
         "| CPU µs/call: client, daemon, worker |"
     )
     print("|---|---|---|---|---|---|")
-    for name in ("direct", "daemon"):
+    for name in runs:
         rates = [run["calls_per_s"] for run in runs[name]]
         cpu = ", ".join(
             f"{median(name, f'cpu_{who}_us'):,.0f}" for who in ("client", "daemon", "worker")

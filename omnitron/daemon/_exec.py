@@ -16,18 +16,25 @@ to the next call.
 The daemon only forwards: the worker's result reaches the caller as the msgpack
 bytes the worker encoded (:attr:`ExecResult.raw`, spliced into the reply by
 :meth:`ExecResult.to_wire`), never decoded and encoded again on the way.
+
+:meth:`Router.start` is the same call without a task waiting for it: when the
+serving process is known and the chosen worker's link is open, it sends the call
+and returns; the link's reader hands the outcome to a callback. ``daemon.exec``
+runs that way (:func:`register_exec`); whatever needs to wait (the first call to
+a worker opens its link and asks its services, a worker that turns the call
+away passes it on) goes through :meth:`Router.call` in a task.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import re
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 import attrs
 import msgpack
+import outcome
 import structlog
 import trio
 
@@ -49,11 +56,13 @@ from ..rpc import (
     Forbidden,
     Len,
     MethodNotFound,
+    Name,
     Range,
     RemoteError,
     RemoteTimeout,
     Role,
 )
+from ..rpc._dispatch import DECLINE, DEFER, Done
 from ..state import AppStatus
 from ._errors import AppNotFound, DaemonBusy, RequestRefused
 from ._records import AppRecord
@@ -76,6 +85,7 @@ __all__ = [
     "build_worker_dispatcher",
     "describe_app",
     "describe_ecosystem",
+    "register_exec",
 ]
 
 log = structlog.get_logger("omnitron.exec")
@@ -249,7 +259,7 @@ class Router:
         self._nursery: trio.Nursery | None = None
         self._links: dict[_Key, WorkerLink] = {}
         self._opening: dict[_Key, trio.Lock] = {}
-        self._turn: dict[tuple[str, str], itertools.count[int]] = {}
+        self._turn: dict[tuple[str, str], int] = {}  # the next turn of the round-robin
         self._inflight: dict[_Key, int] = {}
         self._checked: set[tuple[str, str]] = set()  # (service, method) names found public
         self._idle: dict[_Key, trio.Event] = {}
@@ -472,13 +482,11 @@ class Router:
     ) -> ExecResult:
         """Call the next online worker of ``process``; one that turns out to be
         unreachable or stopping (the call did not run there) passes it on."""
-        turn = self._turn.get((app, process))
-        if turn is None:
-            turn = self._turn[(app, process)] = itertools.count()
         candidates = self._online(self._apps()[app], process)
         if not candidates:
             raise DaemonBusy(f"app {app!r}: no online worker of process {process!r}; try again")
-        start = next(turn)
+        start = self._turn.get((app, process), 0)
+        self._turn[(app, process)] = start + 1
         last: WorkerCallError | None = None
         for offset in range(len(candidates)):
             index, pid, worker = candidates[(start + offset) % len(candidates)]
@@ -523,12 +531,91 @@ class Router:
                 self._links.pop(key, link).close()
             raise
         finally:
-            self._inflight[key] -= 1
-            if self._inflight[key] <= 0:
-                del self._inflight[key]
-                event = self._idle.pop(key, None)
-                if event is not None:
-                    event.set()
+            self._ended(key)
+
+    def start(
+        self,
+        app: str,
+        service: str,
+        method: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        *,
+        within: float,
+        done: Callable[[ExecResult | RemoteError | None], None],
+    ) -> bool:
+        """Send the call of :meth:`call` without waiting, if nothing needs waiting for.
+
+        Returns ``False`` (nothing was done, no turn taken) when it would have to
+        wait: the serving process is not known yet, or the next worker's link is
+        not open; then use :meth:`call`. Otherwise ``done`` gets, later and exactly
+        once, the :class:`ExecResult`, the error :meth:`call` would raise, or
+        ``None``: the worker turned the call away without running it, use
+        :meth:`call` (it offers the call to the next worker).
+
+        Raises:
+            What :meth:`call` raises before calling a worker.
+        """
+        records = self._apps()
+        record = records.get(app)
+        if record is None:
+            raise AppNotFound(app, known=list(records))
+        system = self._check(record, service, method, within)
+        served = self._served.get((app, service))
+        if served is None or served[0] is not system:
+            return False
+        process = served[1]
+        candidates = self._online(record, process)
+        if not candidates:
+            raise DaemonBusy(f"app {app!r}: no online worker of process {process!r}; try again")
+        turn = self._turn.get((app, process), 0)
+        index, pid, _ = candidates[turn % len(candidates)]
+        key = (app, index, pid)
+        link = self._links.get(key)
+        if link is None or link.closed:
+            return False
+
+        def finished(result: outcome.Outcome[bytes]) -> None:
+            self._ended(key)
+            try:
+                raw = result.unwrap()
+            except WorkerCallError as exc:
+                done(self._failed(key, link, exc, index, pid))
+                return
+            done(ExecResult(raw=raw, process=process, instance=index, pid=pid))
+
+        self._turn[(app, process)] = turn + 1
+        self._inflight[key] = self._inflight.get(key, 0) + 1
+        try:
+            link.start_raw(
+                service, method, args, kwargs, timeout=within, grace=REPLY_GRACE, done=finished
+            )
+        except WorkerCallError as exc:
+            self._ended(key)
+            error = self._failed(key, link, exc, index, pid)
+            if error is None:
+                return False
+            raise error from None
+        return True
+
+    def _failed(
+        self, key: _Key, link: WorkerLink, exc: WorkerCallError, index: int, pid: int
+    ) -> RemoteError | None:
+        """The error of a call started by :meth:`start` (``None``: pass it on)."""
+        if exc.code == "WORKER_EXITED":
+            self._links.pop(key, link).close()
+        if exc.code in RETRY_CODES:
+            log.info("worker_passed_on", app=key[0], instance=index, pid=pid, code=exc.code)
+            return None
+        return _remote(exc, index, pid)
+
+    def _ended(self, key: _Key) -> None:
+        self._inflight[key] -= 1
+        if self._inflight[key] <= 0:
+            del self._inflight[key]
+            event = self._idle.pop(key, None)
+            if event is not None:
+                event.set()
 
     # -------------------------------------------------------------- draining
 
@@ -561,6 +648,54 @@ def _remote(exc: WorkerCallError, index: int, pid: int) -> RemoteError:
     cls = _BY_CODE.get(exc.code, AppError)
     data = {"type": exc.type, "traceback": exc.traceback, "instance": index, "pid": pid}
     return cls(exc.message, data={k: v for k, v in data.items() if v is not None})
+
+
+def register_exec(dispatcher: Dispatcher, router: Callable[[], Router]) -> None:
+    """Register ``daemon.exec`` (role operator) on ``dispatcher``, routed by ``router()``.
+
+    Its inline handler hands the call to :meth:`Router.start`, answered from the
+    worker link's reader; it declines (the ``async`` handler runs in a task,
+    through :meth:`Router.call`) whenever that would have to wait.
+    """
+
+    async def exec_method(
+        call: Call,
+        *,
+        app: Name,
+        service: CallName,
+        method: CallName,
+        args: CallArgs = [],  # noqa: B006 - never mutated
+        kwargs: CallKwargs = {},  # noqa: B006 - never mutated
+        timeout: CallTimeout = EXEC_TIMEOUT,  # noqa: ASYNC109 - the documented param
+    ) -> Encoded:
+        """Call a public method of a module-worker app's service (round-robin)."""
+        done = await router().call(app, service, method, args, kwargs, within=timeout)
+        return done.to_wire()
+
+    def inline(
+        call: Call,
+        done: Done,
+        *,
+        app: str,
+        service: str,
+        method: str,
+        args: list[Any] = [],  # noqa: B006 - never mutated
+        kwargs: dict[str, Any] = {},  # noqa: B006 - never mutated
+        timeout: float = EXEC_TIMEOUT,
+    ) -> object:
+        def finished(result: ExecResult | RemoteError | None) -> None:
+            if result is None:
+                done(DECLINE)
+            elif isinstance(result, ExecResult):
+                done(result.to_wire())
+            else:
+                done(result)
+
+        started = router().start(app, service, method, args, kwargs, within=timeout, done=finished)
+        return DEFER if started else DECLINE
+
+    dispatcher.register("daemon.exec", exec_method, role=Role.OPERATOR)
+    dispatcher.set_inline("daemon.exec", inline)
 
 
 # ---------------------------------------------------------------------- the workers' socket

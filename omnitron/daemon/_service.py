@@ -33,12 +33,8 @@ from ..state import DesiredStatus
 from ._errors import DOMAIN_ERRORS, AppStartFailed, ConfigInvalid, RequestRefused
 from ._exec import (
     EXEC_ERRORS,
-    EXEC_TIMEOUT,
-    CallArgs,
-    CallKwargs,
-    CallName,
-    CallTimeout,
     describe_ecosystem,
+    register_exec,
 )
 from ._logs import LogLine
 from ._metrics import FIELDS, CountingDispatcher, Sampler, aggregate, figures, prometheus_text
@@ -755,20 +751,6 @@ def build_dispatcher(
         await trio.lowlevel.checkpoint()
         return {"signal": signals.Signals(signum).name, "sent": sent}
 
-    async def exec_method(
-        call: Call,
-        *,
-        app: AppName,
-        service: CallName,
-        method: CallName,
-        args: CallArgs = [],  # noqa: B006 - never mutated
-        kwargs: CallKwargs = {},  # noqa: B006 - never mutated
-        timeout: CallTimeout = EXEC_TIMEOUT,  # noqa: ASYNC109 - the documented param
-    ) -> Encoded:
-        """Call a public method of a module-worker app's service (round-robin)."""
-        done = await orch.router.call(app, service, method, args, kwargs, within=timeout)
-        return done.to_wire()
-
     async def reload_config(call: Call, *, dry_run: bool = False) -> dict[str, Any]:
         """Re-read the config file and apply the difference (or only show it)."""
         result = await service.reload_config(dry_run=dry_run)
@@ -831,12 +813,12 @@ def build_dispatcher(
         "daemon.scale": scale,
         "daemon.reset": reset,
         "daemon.signal": signal_app,
-        "daemon.exec": exec_method,
     }
     admin: dict[str, Handler] = {"daemon.reload_config": reload_config, "daemon.shutdown": shutdown}
     for role, methods in ((Role.VIEWER, viewer), (Role.OPERATOR, operator), (Role.ADMIN, admin)):
         for name, handler in methods.items():
             dispatcher.register(name, handler, role=role)
+    register_exec(dispatcher, lambda: orch.router)
     register_secret_methods(dispatcher, service.secrets)
     register_log_methods(dispatcher, service)
     register_watch_methods(dispatcher, service.watching)

@@ -14,6 +14,10 @@ where the daemon only forwards:
 - a waiting call costs no task, no event and no cancel scope: it parks until the
   reader reschedules it, and one watchdog task per link fails the calls whose
   worker let their deadline pass (a blocked synchronous method);
+- a call may also be *started* without any task waiting (:meth:`WorkerLink.start_raw`):
+  its outcome goes to a callback, run by the link's reader (or watchdog) as soon
+  as the reply is found, so the control plane can answer ``daemon.exec`` from
+  there without a task per call;
 - the connection closing (the worker died) fails every call waiting on it at once
   with ``WORKER_EXITED``.
 
@@ -32,10 +36,21 @@ from typing import Any, Final
 
 import msgpack
 import outcome
+import structlog
 import trio
 
 from ..rpc import ProtocolError
 from ..rpc._errors import ErrorCode
+from ..rpc._server import (
+    READS_BEFORE_YIELD,
+    defer_write,
+    flush_writes,
+    hold_writes,
+    receive_nowait,
+    receive_when_ready,
+    send_nowait,
+    writes_held,
+)
 from ..rpc._unix import check_socket_path
 from ..rpc._wire import (
     DEFAULT_LIMITS,
@@ -51,7 +66,11 @@ from ._workers import WorkerCallError
 
 __all__ = ["WorkerLink", "decode_value", "open_link"]
 
+log = structlog.get_logger("omnitron.exec")
+
 _Task = trio.lowlevel.Task
+Callback = Callable[[outcome.Outcome[bytes]], None]
+"""Gets the outcome of a call started with :meth:`WorkerLink.start_raw`."""
 
 REQUEST_HEAD: Final = b"\x94\x00"
 """``fixarray(4)``, type 0 (request): then msgid, method, params."""
@@ -146,12 +165,13 @@ class WorkerLink:
         """The services the worker serves (``worker.services``)."""
         self._stream = stream
         self._limits = limits
-        # msgid -> (the parked caller, its deadline, the method and the seconds it
-        # was given, for messages)
-        self._pending: dict[int, tuple[_Task, float, str, float]] = {}
+        # msgid -> (the parked caller or the callback, its deadline, the method and
+        # the seconds it was given, for messages)
+        self._pending: dict[int, tuple[_Task | Callback, float, str, float]] = {}
         self._next_msgid = 0
         self._outbox: list[bytes] = []
         self._writer: _Task | None = None  # set while the writer is parked
+        self._flush_queued = False  # registered for the held writes' flush
         self._watch: trio.CancelScope | None = None
         self._failure: Callable[[], WorkerCallError] | None = None
         self._scope = trio.CancelScope()
@@ -188,8 +208,41 @@ class WorkerLink:
         """
         name = f"{service}.{method}"
         msgid = self._allocate_msgid()
+        frame = self._request(msgid, name, args, kwargs, timeout)
+        return await self._send(msgid, frame, name, timeout + grace)
+
+    def start_raw(
+        self,
+        service: str,
+        method: str,
+        args: list[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        timeout: float,
+        grace: float,
+        done: Callback,
+    ) -> None:
+        """Start the call of :meth:`call_raw` and return at once; ``done`` gets its
+        outcome (the result's bytes, or a :class:`WorkerCallError`) exactly once,
+        later, from the link's reader or watchdog (never from here). ``done`` must
+        not block, nor raise (what it raises is logged and dropped).
+
+        Raises:
+            WorkerCallError: The call cannot be sent (the link is closed, the
+                arguments cannot be encoded or are too large); nothing was sent.
+        """
+        if self._failure is not None:
+            raise self._failure()
+        name = f"{service}.{method}"
+        msgid = self._allocate_msgid()
+        frame = self._request(msgid, name, args, kwargs, timeout)
+        self._post(msgid, frame, name, timeout + grace, done)
+
+    def _request(
+        self, msgid: int, name: str, args: list[Any], kwargs: Mapping[str, Any], timeout: float
+    ) -> bytes:
         if not args and not kwargs:
-            frame = b"".join(
+            return b"".join(
                 (
                     REQUEST_HEAD,
                     _msgid_bytes(msgid),
@@ -197,11 +250,9 @@ class WorkerLink:
                     _FLOAT64.pack(0xCB, timeout),
                 )
             )
-        elif _flat(args, kwargs):
-            frame = self._flat_request(msgid, name, args, kwargs, timeout)
-        else:
-            frame = self._checked_request(msgid, name, args, kwargs, timeout)
-        return await self._send(msgid, frame, name, timeout + grace)
+        if _flat(args, kwargs):
+            return self._flat_request(msgid, name, args, kwargs, timeout)
+        return self._checked_request(msgid, name, args, kwargs, timeout)
 
     def _flat_request(
         self, msgid: int, name: str, args: list[Any], kwargs: Mapping[str, Any], timeout: float
@@ -275,16 +326,7 @@ class WorkerLink:
     async def _send(self, msgid: int, frame: bytes, name: str, within: float) -> bytes:
         if self._failure is not None:
             raise self._failure()
-        deadline = trio.current_time() + within
-        self._pending[msgid] = (trio.lowlevel.current_task(), deadline, name, within)
-        self._outbox.append(frame)
-        writer = self._writer
-        if writer is not None:
-            self._writer = None
-            trio.lowlevel.reschedule(writer)
-        watch = self._watch
-        if watch is not None and deadline < watch.deadline:
-            watch.deadline = deadline
+        self._post(msgid, frame, name, within, trio.lowlevel.current_task())
 
         def abort(_: object) -> trio.lowlevel.Abort:
             # The caller was cancelled: a late reply finds no one and is dropped.
@@ -294,7 +336,36 @@ class WorkerLink:
         raw: bytes = await trio.lowlevel.wait_task_rescheduled(abort)
         return raw
 
+    def _post(
+        self, msgid: int, frame: bytes, name: str, within: float, waiter: _Task | Callback
+    ) -> None:
+        """Register the call's ``waiter`` and queue its request for the writer."""
+        deadline = trio.current_time() + within
+        self._pending[msgid] = (waiter, deadline, name, within)
+        self._outbox.append(frame)
+        if writes_held():
+            # The task starting this call handles a burst of them: one write at its end.
+            if not self._flush_queued:
+                self._flush_queued = True
+                defer_write(self)
+        else:
+            self._wake_writer()
+        watch = self._watch
+        if watch is not None and deadline < watch.deadline:
+            watch.deadline = deadline
+
     # ------------------------------------------------------------------ the link's tasks
+
+    @staticmethod
+    def _resolve(waiter: _Task | Callback, result: outcome.Outcome[bytes]) -> None:
+        """Hand a call its outcome: wake its task, or run its callback."""
+        if type(waiter) is _Task:
+            trio.lowlevel.reschedule(waiter, result)
+            return
+        try:
+            waiter(result)  # type: ignore[operator]
+        except Exception as exc:  # the link must keep serving the other calls
+            log.error("worker_link_callback_failed", exc_info=exc)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Read, write and watch deadlines until the connection ends or is cancelled.
@@ -329,9 +400,9 @@ class WorkerLink:
             message = template.replace("{name}", "the call")
             self._failure = lambda: WorkerCallError(code, message)
         pending, self._pending = self._pending, {}
-        for task, _, name, _ in pending.values():
+        for waiter, _, name, _ in pending.values():
             error = WorkerCallError(code, template.replace("{name}", name))
-            trio.lowlevel.reschedule(task, outcome.Error(error))
+            self._resolve(waiter, outcome.Error(error))
         self._scope.cancel()
 
     async def _write_loop(self) -> None:
@@ -341,11 +412,39 @@ class WorkerLink:
                 await trio.lowlevel.wait_task_rescheduled(self._abort_parked)
                 continue
             frames, self._outbox = self._outbox, []
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
             try:
-                await self._stream.send_all(frames[0] if len(frames) == 1 else b"".join(frames))
+                sent = send_nowait(self._stream, data)
+                if sent < len(data):
+                    await self._stream.send_all(memoryview(data)[sent:])
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._scope.cancel()  # run() fails the waiting calls
                 return
+
+    def _wake_writer(self) -> None:
+        writer = self._writer
+        if writer is not None:
+            self._writer = None
+            trio.lowlevel.reschedule(writer)
+
+    def _flush_held(self) -> None:
+        """Write the requests queued while writes were held, straight to the socket
+        if the writer is parked; what the socket does not take is left to it."""
+        self._flush_queued = False
+        if not self._outbox or self._failure is not None:
+            return
+        if self._writer is None:
+            return  # the writer is running or about to: it takes these next, in order
+        frames, self._outbox = self._outbox, []
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        try:
+            sent = send_nowait(self._stream, data)
+        except trio.BrokenResourceError:
+            self._scope.cancel()  # run() fails the waiting calls
+            return
+        if sent < len(data):
+            self._outbox = [data[sent:]]
+            self._wake_writer()
 
     def _abort_parked(self, _: object) -> trio.lowlevel.Abort:
         self._writer = None
@@ -362,13 +461,13 @@ class WorkerLink:
             now = trio.current_time()
             late = [msgid for msgid, entry in self._pending.items() if entry[1] <= now]
             for msgid in late:
-                task, _, name, within = self._pending.pop(msgid)
+                waiter, _, name, within = self._pending.pop(msgid)
                 error = WorkerCallError(
                     "TIMEOUT",
                     f"{name} did not answer within {within:g}s, its timeout and a grace "
                     "(the worker is blocked)",
                 )
-                trio.lowlevel.reschedule(task, outcome.Error(error))
+                self._resolve(waiter, outcome.Error(error))
 
     async def _read_loop(self) -> None:
         limits = self._limits
@@ -379,9 +478,19 @@ class WorkerLink:
         buffer = bytearray()
         base = 0  # stream offset of buffer[0]
         consumed = 0  # stream offset just past the last complete message
+        in_a_row = 0
         while True:
+            # Replies already waiting are read at once, without a trip through the
+            # scheduler; after a run of such reads, or when none wait, wait for more.
             try:
-                data = await self._stream.receive_some(limits.read_size)
+                data: bytes | bytearray | None = None
+                if in_a_row < READS_BEFORE_YIELD:
+                    data = receive_nowait(self._stream, limits.read_size)
+                if data is not None:
+                    in_a_row += 1 if len(data) < limits.read_size else READS_BEFORE_YIELD
+                else:
+                    in_a_row = 0
+                    data = await receive_when_ready(self._stream, limits.read_size)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             if not data:
@@ -392,18 +501,23 @@ class WorkerLink:
                 self._bad_reply(f"a reply exceeds the {limits.max_frame}-byte frame limit")
                 return
             buffer += data
-            while True:
-                try:
-                    unpacker.skip()
-                except msgpack.OutOfData:
-                    break
-                except Exception as exc:  # the codec boundary: any decoder failure
-                    self._bad_reply(f"invalid msgpack: {type(exc).__name__}")
-                    return
-                end = unpacker.tell()
-                if not self._on_reply(buffer, consumed - base, end - base):
-                    return
-                consumed = end
+            # The replies of one read answer their callers' clients in one write each.
+            hold_writes()
+            try:
+                while True:
+                    try:
+                        unpacker.skip()
+                    except msgpack.OutOfData:
+                        break
+                    except Exception as exc:  # the codec boundary: any decoder failure
+                        self._bad_reply(f"invalid msgpack: {type(exc).__name__}")
+                        return
+                    end = unpacker.tell()
+                    if not self._on_reply(buffer, consumed - base, end - base):
+                        return
+                    consumed = end
+            finally:
+                flush_writes()
             if consumed > base:
                 del buffer[: consumed - base]
                 base = consumed
@@ -425,7 +539,7 @@ class WorkerLink:
                 # Success: the result is everything after the nil error, as sent.
                 entry = self._pending.pop(msgid, None)
                 if entry is not None:
-                    trio.lowlevel.reschedule(entry[0], outcome.Value(bytes(buffer[at + 1 : end])))
+                    self._resolve(entry[0], outcome.Value(bytes(buffer[at + 1 : end])))
                 return True
         return self._on_other_reply(bytes(buffer[start:end]))
 
@@ -453,7 +567,7 @@ class WorkerLink:
             return False
         entry = self._pending.pop(msgid, None)
         if entry is not None:
-            trio.lowlevel.reschedule(entry[0], outcome.Error(failure))
+            self._resolve(entry[0], outcome.Error(failure))
         return True
 
 

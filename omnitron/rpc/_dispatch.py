@@ -6,6 +6,15 @@ signature (:mod:`._params`). Lookup is by exact name in a dict, never by attribu
 traversal. :meth:`Dispatcher.dispatch` never raises an ``Exception``: unexpected
 handler errors become ``INTERNAL_ERROR`` replies with a correlation id, and the
 traceback goes to the daemon's log only.
+
+A method may also have an *inline* handler (:meth:`Dispatcher.set_inline`): a plain
+function the connection runs in its reading task, without a task of its own, for
+calls that answer at once (``daemon.ping``) or that only hand the request on and
+are answered by a callback (``daemon.exec``, answered by the worker link's
+reader). :meth:`Dispatcher.start` runs it with the same checks as
+:meth:`Dispatcher.dispatch`; whenever the inline handler cannot do the work
+without waiting it declines, and the connection runs the method's ``async``
+handler in a task as usual.
 """
 
 from __future__ import annotations
@@ -43,6 +52,9 @@ __all__ = [
     "MethodInfo",
     "Dispatcher",
     "Handler",
+    "InlineHandler",
+    "DEFER",
+    "DECLINE",
     "METHOD_PATTERN",
 ]
 
@@ -54,6 +66,31 @@ log = structlog.get_logger()
 Handler = Callable[..., Awaitable[Any]]
 """``async def handler(call: Call, *, param: T = default, ...) -> result``."""
 _H = TypeVar("_H", bound=Handler)
+
+
+class _Sentinel:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+DEFER: Final = _Sentinel("DEFER")
+"""Returned by an inline handler: it calls ``done`` later, exactly once."""
+DECLINE: Final = _Sentinel("DECLINE")
+"""Returned by (or given to ``done`` by) an inline handler: run the ``async`` handler."""
+
+Done = Callable[[object], None]
+"""What an inline handler that returned :data:`DEFER` calls once with its outcome:
+the result, an exception (as the ``async`` handler would raise it), or
+:data:`DECLINE`."""
+
+InlineHandler = Callable[..., object]
+"""``def inline(call: Call, done: Done, **params) -> result | DEFER | DECLINE``: never
+waits; raising is like the ``async`` handler raising."""
 
 
 class Role(enum.IntEnum):
@@ -171,6 +208,7 @@ class MethodInfo:
     summary: str
     handler: Handler = attrs.field(repr=False, eq=False)
     schema: ParamSchema = attrs.field(repr=False, eq=False)
+    inline: InlineHandler | None = attrs.field(default=None, repr=False, eq=False)
 
 
 def new_correlation_id() -> str:
@@ -203,8 +241,11 @@ class Dispatcher:
         self._methods: dict[str, MethodInfo] = {}
         self._domain = check_domain_error_types(error_types)
         self._unstructure = converter if converter is not None else _default_unstructure()
+        self.calls = 0
+        """Requests dispatched (each counted once, whichever path answers it)."""
         if ping:
             self.register("daemon.ping", _ping, role=Role.ANONYMOUS)
+            self.set_inline("daemon.ping", _ping_inline)
 
     @property
     def error_types(self) -> Mapping[str, type[RemoteError]]:
@@ -250,6 +291,20 @@ class Dispatcher:
         self._methods[name] = info
         return info
 
+    def set_inline(self, name: str, inline: InlineHandler) -> None:
+        """Give the registered method ``name`` an inline handler (see the module doc).
+
+        It takes the same params as the method's ``async`` handler (already
+        validated), plus ``done`` after the call; it must never block.
+
+        Raises:
+            ValueError: ``name`` is not registered.
+        """
+        info = self._methods.get(name)
+        if info is None:
+            raise ValueError(f"method {name!r} is not registered")
+        self._methods[name] = attrs.evolve(info, inline=inline)
+
     def method(self, name: str, *, role: Role) -> Callable[[_H], _H]:
         """Decorator form of :meth:`register`."""
 
@@ -266,6 +321,41 @@ class Dispatcher:
     def lookup(self, name: str) -> MethodInfo | None:
         return self._methods.get(name)
 
+    def _admit(self, info: MethodInfo | None, request: Request, peer: Peer) -> dict[str, Any]:
+        """The validated params of ``request``, once ``peer`` may call it.
+
+        Raises:
+            RemoteError: ``UNAUTHENTICATED``, ``METHOD_NOT_FOUND``, ``FORBIDDEN``,
+                ``INVALID_PARAMS``.
+        """
+        if peer.role is Role.ANONYMOUS and (info is None or info.role is not Role.ANONYMOUS):
+            # Same reply whether or not the method exists (AU-01, RP-11).
+            raise Unauthenticated("authentication required")
+        if peer.recheck is not None and (info is None or info.role is not Role.ANONYMOUS):
+            peer.recheck()  # the token may have expired or been revoked since login
+        if info is None:
+            raise MethodNotFound(f"unknown method {_method_text(request.method)}")
+        if peer.role < info.role:
+            raise Forbidden(
+                f"method {info.name} requires role {info.role.label}; "
+                f"this connection has role {peer.role.label}",
+                data={"required_role": info.role.label},
+            )
+        return info.schema.validate(request.params)
+
+    def _refused(
+        self, info: MethodInfo | None, request: Request, peer: Peer, exc: RemoteError
+    ) -> Response:
+        if peer.token_id is not None and info is not None and info.role >= Role.OPERATOR:
+            _audit(info.name, peer, request.params, exc.code)
+        return Response(msgid=request.msgid, error=ErrorInfo.from_exception(exc))
+
+    def _audited(self, info: MethodInfo, request: Request, peer: Peer, response: Response) -> None:
+        if peer.token_id is not None and info.role >= Role.OPERATOR:
+            # AU-25: every mutating call on a network plane leaves one record.
+            outcome = "ok" if response.error is None else response.error.code
+            _audit(info.name, peer, request.params, outcome)
+
     async def dispatch(
         self, request: Request, *, peer: Peer, host: CallHost | None = None
     ) -> Response:
@@ -274,32 +364,65 @@ class Dispatcher:
         Cancellation: a cancelled handler raises ``trio.Cancelled`` out of here, as
         does ``KeyboardInterrupt``; every other exception becomes an error reply.
         """
+        self.calls += 1
         info = self._methods.get(request.method)
         try:
-            if peer.role is Role.ANONYMOUS and (info is None or info.role is not Role.ANONYMOUS):
-                # Same reply whether or not the method exists (AU-01, RP-11).
-                raise Unauthenticated("authentication required")
-            if peer.recheck is not None and (info is None or info.role is not Role.ANONYMOUS):
-                peer.recheck()  # the token may have expired or been revoked since login
-            if info is None:
-                raise MethodNotFound(f"unknown method {_method_text(request.method)}")
-            if peer.role < info.role:
-                raise Forbidden(
-                    f"method {info.name} requires role {info.role.label}; "
-                    f"this connection has role {peer.role.label}",
-                    data={"required_role": info.role.label},
-                )
-            kwargs = info.schema.validate(request.params)
+            kwargs = self._admit(info, request, peer)
         except RemoteError as exc:
-            if peer.token_id is not None and info is not None and info.role >= Role.OPERATOR:
-                _audit(info.name, peer, request.params, exc.code)
-            return Response(msgid=request.msgid, error=ErrorInfo.from_exception(exc))
+            return self._refused(info, request, peer, exc)
+        assert info is not None
         call = Call(method=info.name, msgid=request.msgid, peer=peer, host=host)
         response = await self._run(info, call, request, peer, kwargs)
-        if peer.token_id is not None and info.role >= Role.OPERATOR:
-            # AU-25: every mutating call on a network plane leaves one record.
-            outcome = "ok" if response.error is None else response.error.code
-            _audit(info.name, peer, request.params, outcome)
+        self._audited(info, request, peer, response)
+        return response
+
+    def start(
+        self,
+        request: Request,
+        *,
+        peer: Peer,
+        host: CallHost | None,
+        done: Callable[[Response | None], None],
+    ) -> Response | _Sentinel | None:
+        """Answer ``request`` without waiting, where its method allows it.
+
+        Returns:
+            The response, when decided at once (a refusal, or the inline handler's
+            result); :data:`DEFER` when ``done`` will be called later, exactly once,
+            with the response, or with ``None``: the call must be run with
+            :meth:`dispatch` after all; ``None`` when :meth:`dispatch` must run it
+            (the method has no inline handler, or it declined).
+        """
+        info = self._methods.get(request.method)
+        if info is None or info.inline is None:
+            return None
+        try:
+            kwargs = self._admit(info, request, peer)
+        except RemoteError as exc:
+            self.calls += 1
+            return self._refused(info, request, peer, exc)
+        call = Call(method=info.name, msgid=request.msgid, peer=peer, host=host)
+
+        def finished(value: object) -> None:
+            if value is DECLINE:
+                self.calls -= 1  # counted again when dispatch() runs it
+                done(None)
+                return
+            response = self._outcome(info, request, peer, value)
+            self._audited(info, request, peer, response)
+            done(response)
+
+        try:
+            value = info.inline(call, finished, **kwargs)
+        except Exception as exc:
+            value = exc
+        if value is DECLINE:
+            return None
+        self.calls += 1
+        if value is DEFER:
+            return DEFER
+        response = self._outcome(info, request, peer, value)
+        self._audited(info, request, peer, response)
         return response
 
     async def _run(
@@ -307,15 +430,26 @@ class Dispatcher:
     ) -> Response:
         try:
             result = await info.handler(call, **kwargs)
+        except Exception as exc:
+            result = exc
+        return self._outcome(info, request, peer, result)
+
+    def _outcome(self, info: MethodInfo, request: Request, peer: Peer, result: object) -> Response:
+        """The response for what a handler returned, or the exception it raised."""
+        if isinstance(result, BaseException):
+            if isinstance(result, RemoteError):
+                if is_known_code(result.code, self._domain):
+                    return Response(msgid=request.msgid, error=ErrorInfo.from_exception(result))
+                return self._internal(request, peer, result, reason="unregistered_error_code")
+            if isinstance(result, Exception):
+                return self._internal(request, peer, result, reason="handler_raised")
+            raise result
+        try:
             if type(result) is not Encoded:
                 result = self._unstructure(result)
-            return Response(msgid=request.msgid, result=result)
-        except RemoteError as exc:
-            if is_known_code(exc.code, self._domain):
-                return Response(msgid=request.msgid, error=ErrorInfo.from_exception(exc))
-            return self._internal(request, peer, exc, reason="unregistered_error_code")
         except Exception as exc:
             return self._internal(request, peer, exc, reason="handler_raised")
+        return Response(msgid=request.msgid, result=result)
 
     def _internal(self, request: Request, peer: Peer, exc: Exception, *, reason: str) -> Response:
         correlation_id = new_correlation_id()
@@ -357,6 +491,13 @@ async def _ping(call: Call) -> dict[str, object]:
     """Liveness check; answers before authentication."""
     await trio.lowlevel.checkpoint()
     return {"pong": True}
+
+
+_PONG: Final = Encoded(b"\x81\xa4pong\xc3")  # {"pong": True}
+
+
+def _ping_inline(call: Call, done: Done) -> Encoded:
+    return _PONG
 
 
 def _method_text(name: str) -> str:

@@ -27,7 +27,13 @@ What a connection guarantees (FAULTS.md RP rows):
   reply, and since no notification is acted on, each is counted and ignored;
 - replies ready at the same time leave in one write: one writer task per
   connection batches them, so a pipelining client costs one system call and one
-  wake-up per batch rather than per call;
+  wake-up per batch rather than per call; the writer holds one send deadline,
+  moved for each write, rather than a cancel scope per write;
+- a method with an inline handler (``daemon.ping``, ``daemon.exec``) runs in the
+  reading task without a task of its own; a call it hands on (``exec`` to a
+  worker) is answered from the callback that gets its outcome, straight into the
+  writer's queue. It holds its in-flight slot like any call, and the connection
+  waits for it as for a running call;
 - every handler and every connection task is wrapped: no exception reaches the
   accept loop (RP-15), and a client that disconnects mid-call lets the call finish
   (RP-20);
@@ -40,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import os
 import resource
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, NoReturn
@@ -49,8 +56,8 @@ import structlog
 import trio
 
 from . import _wire
-from ._dispatch import Dispatcher, Peer, _method_text, new_correlation_id
-from ._errors import Busy, ErrorCode, ProtocolError, RemoteError, RemoteTimeout
+from ._dispatch import DEFER, Dispatcher, Peer, _method_text, new_correlation_id
+from ._errors import Busy, ErrorCode, ProtocolError, RemoteError, RemoteTimeout, Unavailable
 from ._protocol import (
     ErrorInfo,
     Notification,
@@ -79,6 +86,117 @@ RESERVE_DEADLINE: Final = 1.0
 RESERVED_METHODS: Final = frozenset({"daemon.ping", "daemon.status", "daemon.shutdown"})
 OUTBOX_HIGH_WATER: Final = 64 * 1024
 """Bytes queued for the writer beyond which a sender waits for its frame to be written."""
+
+
+def send_nowait(stream: trio.abc.Stream, data: bytes | memoryview) -> int:
+    """Write to ``stream``'s socket what it takes at once, without a checkpoint.
+
+    Returns the bytes written: all of ``data`` in the usual case, fewer (down to 0)
+    when the socket's buffer is full or ``stream`` is not a plain
+    :class:`trio.SocketStream` (then ``send_all`` does the rest). A writer that
+    was already scheduled saves the extra trip through the scheduler that
+    ``send_all`` takes after each write.
+
+    Raises:
+        trio.BrokenResourceError: The connection is broken.
+    """
+    if type(stream) is not trio.SocketStream:
+        return 0
+    fd = stream.socket.fileno()
+    if fd < 0:
+        return 0  # closed: send_all raises ClosedResourceError
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"socket write failed: {exc}") from exc
+
+
+READS_BEFORE_YIELD: Final = 16
+"""Reads a reader makes back to back, finding data waiting each time, before it
+goes through the scheduler (lets other tasks run) anyway; a read that fills its
+whole buffer (a flood, a large message) ends such a run at once."""
+
+
+def receive_nowait(stream: trio.abc.Stream, size: int) -> bytes | None:
+    """What ``stream``'s socket holds now (at most ``size`` bytes, ``b""`` at EOF),
+    without a checkpoint; ``None`` when nothing is waiting, or ``stream`` is not a
+    plain :class:`trio.SocketStream` (then ``receive_some`` waits).
+
+    Raises:
+        trio.BrokenResourceError: The connection is broken.
+    """
+    if type(stream) is not trio.SocketStream:
+        return None
+    fd = stream.socket.fileno()
+    if fd < 0:
+        return None  # closed: receive_some raises ClosedResourceError
+    try:
+        return os.read(fd, size)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"socket read failed: {exc}") from exc
+
+
+async def receive_when_ready(stream: trio.abc.Stream, size: int) -> bytes | bytearray:
+    """``stream.receive_some(size)``; on a plain socket, it waits until the socket is
+    readable and reads, without ``receive_some``'s extra trip through the scheduler
+    after the read."""
+    if type(stream) is not trio.SocketStream:
+        return await stream.receive_some(size)
+    while True:
+        await trio.lowlevel.wait_readable(stream.socket)
+        data = receive_nowait(stream, size)
+        if data is not None:
+            return data
+
+
+class _HeldWrites:
+    """Writes held back while one task handles a burst of messages, then made at once.
+
+    A task that handles many messages in one go without waiting (a connection's
+    reader starting inline calls, a worker link's reader answering them) holds
+    writes: what it queues on a connection or a link is written when it calls
+    :func:`flush_writes`, one write per connection for the whole burst, straight
+    to the socket, instead of waking each writer task. Frames queued by any other
+    task wake the writer as usual, so a holder that waits without flushing only
+    delays its own frames. A holder flushes before each of its waits.
+    """
+
+    __slots__ = ("owner", "waiting")
+
+    def __init__(self) -> None:
+        self.owner: trio.lowlevel.Task | None = None
+        self.waiting: list[Any] = []  # objects with a _flush_held() method
+
+
+_HELD: Final = _HeldWrites()
+
+
+def hold_writes() -> None:
+    """Hold the writes the current task queues until :func:`flush_writes`."""
+    _HELD.owner = trio.lowlevel.current_task()
+
+
+def writes_held() -> bool:
+    """Whether the current task holds its writes (then register for a flush)."""
+    return _HELD.owner is not None and _HELD.owner is trio.lowlevel.current_task()
+
+
+def defer_write(writer: Any) -> None:
+    """Have ``writer._flush_held()`` run at the next :func:`flush_writes`."""
+    _HELD.waiting.append(writer)
+
+
+def flush_writes() -> None:
+    """Stop holding writes, and make the ones held (each writer's in one write)."""
+    _HELD.owner = None
+    if _HELD.waiting:
+        waiting, _HELD.waiting = _HELD.waiting, []
+        for writer in waiting:
+            writer._flush_held()
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
@@ -490,7 +608,15 @@ class _Connection:
         self._outbox_bytes = 0
         self._batch = _Batch()
         self._writer_wakeup = trio.Event()
+        self._writer_idle = False  # parked, waiting for frames
+        self._flush_queued = False  # registered for the held writes' flush
         self._reading_done = False
+        # Calls handed on by an inline handler, answered later by a callback; the
+        # calls nursery stays open (and the writer with it) until they are.
+        self._calls: trio.Nursery | None = None
+        self._deferred = 0
+        self._deferred_done: trio.Event | None = None
+        self._reads_in_a_row = 0
 
     def _log(self, level: str, event: str, **fields: object) -> None:
         getattr(log, level)(
@@ -504,21 +630,34 @@ class _Connection:
         # nurseries; streams and their producers live in the inner one: when reading
         # ends, streams end with it, while calls already running finish (RP-20) and
         # still reply if the peer reads.
-        async with trio.open_nursery() as writer:
-            writer.start_soon(self._writer)
-            try:
-                async with trio.open_nursery() as calls, trio.open_nursery() as background:
-                    self._background = background
-                    try:
-                        await self._read_loop(calls)
-                    finally:
-                        self._background = None
-                        for stream in list(self.streams.values()):
-                            stream._abort()
-                        background.cancel_scope.cancel()
-            finally:
-                self._reading_done = True
-                self._writer_wakeup.set()
+        try:
+            async with trio.open_nursery() as writer:
+                writer.start_soon(self._writer)
+                try:
+                    async with trio.open_nursery() as calls:
+                        self._calls = calls
+                        try:
+                            async with trio.open_nursery() as background:
+                                self._background = background
+                                try:
+                                    await self._read_loop(calls)
+                                finally:
+                                    self._background = None
+                                    for stream in list(self.streams.values()):
+                                        stream._abort()
+                                    background.cancel_scope.cancel()
+                            # Calls handed on still finish and reply (RP-20), as tasks do.
+                            while self._deferred:
+                                self._deferred_done = trio.Event()
+                                await self._deferred_done.wait()
+                        finally:
+                            self._calls = None
+                finally:
+                    self._reading_done = True
+                    self._writer_wakeup.set()
+        finally:
+            # A handed-on call answered after this point finds the connection closed.
+            self._closed = True
 
     def _close_now(self) -> None:
         """Stop reading and writing; running calls finish but their replies are dropped."""
@@ -560,7 +699,16 @@ class _Connection:
             self._read_scope.deadline = self._read_deadline()
 
     async def _read_loop(self, calls: trio.Nursery) -> None:
+        try:
+            await self._read_messages(calls)
+        finally:
+            flush_writes()
+
+    async def _read_messages(self, calls: trio.Nursery) -> None:
+        # The replies of the calls answered inline while the messages of one read
+        # are handled leave in one write at the end (before any wait).
         while not self._closed:
+            hold_writes()
             try:
                 frame = self.decoder.next_frame()
             except ProtocolError as exc:
@@ -570,18 +718,33 @@ class _Connection:
                 if not await self._on_frame(frame, calls):
                     return
                 continue
-            with trio.CancelScope(deadline=self._read_deadline()) as scope:
-                self._read_scope = scope
+            flush_writes()
+            # Bytes already waiting are read at once (no deadline to watch: they are
+            # here); otherwise, or after a run of such reads, wait under the deadline.
+            data: bytes | bytearray | None = None
+            if self._reads_in_a_row < READS_BEFORE_YIELD:
                 try:
-                    data = await self.stream.receive_some(self.limits.read_size)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = receive_nowait(self.stream, self.limits.read_size)
+                except trio.BrokenResourceError:
                     return
-                finally:
-                    self._read_scope = None
-            if scope.cancelled_caught:
-                if not self._closed:
-                    await self._deadline_expired()
-                return
+            if data is not None:
+                self._reads_in_a_row += (
+                    1 if len(data) < self.limits.read_size else READS_BEFORE_YIELD
+                )
+            else:
+                self._reads_in_a_row = 0
+                with trio.CancelScope(deadline=self._read_deadline()) as scope:
+                    self._read_scope = scope
+                    try:
+                        data = await receive_when_ready(self.stream, self.limits.read_size)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return
+                    finally:
+                        self._read_scope = None
+                if scope.cancelled_caught:
+                    if not self._closed:
+                        await self._deadline_expired()
+                    return
             if not data:
                 # EOF. A half-sent message is dropped, never dispatched (RP-05); the
                 # peer may have only shut down its writing side, so calls still reply.
@@ -631,13 +794,72 @@ class _Connection:
         try:
             self._slots.acquire_nowait()
         except trio.WouldBlock:
+            flush_writes()
             await self._slots.acquire()
+            hold_writes()
         self.inflight.add(request.msgid)
         self.server._idle.pop(self, None)
+        if self._allowed is None:
+            answer = self.server._dispatcher.start(
+                request, peer=self.peer, host=self, done=self._done_callback(request)
+            )
+            if answer is DEFER:
+                self._deferred += 1
+                return True
+            if answer is not None:
+                assert isinstance(answer, Response)
+                self._answered(request, answer)
+                return True
         calls.start_soon(self._run_call, request)
         return True
 
+    def _done_callback(self, request: Request) -> Callable[[Response | None], None]:
+        def done(response: Response | None) -> None:
+            self._deferred -= 1
+            if response is None:
+                # Declined after all: run it as a task (its slot is still held).
+                if self._calls is not None:
+                    self._calls.start_soon(self._run_call, request)
+                    return
+                response = self._gone(request)
+            self._answered(request, response)
+            if not self._deferred and self._deferred_done is not None:
+                self._deferred_done.set()
+
+        return done
+
+    def _gone(self, request: Request) -> Response:
+        """The reply of a handed-on call whose connection stopped running calls."""
+        error = Unavailable("the connection closed before the call ran")
+        return Response(msgid=request.msgid, error=ErrorInfo.from_exception(error))
+
+    def _answered(self, request: Request, response: Response) -> None:
+        """Queue the reply of a call answered without a task, and free its slot."""
+        frame = self._encode_response(request, response)
+        self.inflight.discard(request.msgid)
+        backlog = self._enqueue(frame)
+        if backlog is not None and self._calls is not None:
+            # Past the high-water mark the slot stays taken until the batch is out.
+            self._calls.start_soon(self._release_when_written, backlog)
+            return
+        self._call_ended()
+
+    async def _release_when_written(self, backlog: _Batch) -> None:
+        try:
+            await backlog.done.wait()
+        finally:
+            self._call_ended()
+
+    def _call_ended(self) -> None:
+        self._slots.release()
+        self.last_activity = trio.current_time()
+        if not self.inflight:
+            # Only an idle connection has an idle deadline to (re)start.
+            self.server._mark_idle(self)
+            self._refresh_deadline()
+
     async def _protocol_error(self, exc: ProtocolError) -> None:
+        flush_writes()
         self.server._counters.protocol_errors += 1
         self._log(
             "info",
@@ -650,6 +872,7 @@ class _Connection:
         await self._abort()
 
     async def _deadline_expired(self) -> None:
+        flush_writes()
         self.server._counters.deadline_closes += 1
         if not self._got_request and not self.decoder.buffered:
             reason = f"no request within {self._hello_deadline:g}s of connecting"
@@ -691,12 +914,7 @@ class _Connection:
         finally:
             if not released:
                 self.inflight.discard(request.msgid)
-            self._slots.release()
-            self.last_activity = trio.current_time()
-            if not self.inflight:
-                # Only an idle connection has an idle deadline to (re)start.
-                self.server._mark_idle(self)
-                self._refresh_deadline()
+            self._call_ended()
 
     def _reserve_refusal(self, request: Request) -> Response:
         allowed = ", ".join(sorted(self._allowed or ()))
@@ -762,48 +980,95 @@ class _Connection:
             return None
         self._outbox.append(frame)
         self._outbox_bytes += len(frame)
+        if self._outbox_bytes > OUTBOX_HIGH_WATER:
+            self._writer_wakeup.set()
+            return self._batch
+        if writes_held():
+            if not self._flush_queued:
+                self._flush_queued = True
+                defer_write(self)
+        else:
+            self._writer_wakeup.set()
+        return None
+
+    def _flush_held(self) -> None:
+        """Write the frames queued while writes were held, straight to the socket if
+        the writer is idle; what the socket does not take is left to the writer."""
+        self._flush_queued = False
+        if self._closed or not self._outbox:
+            return
+        if not self._writer_idle:
+            self._writer_wakeup.set()  # it is writing: it takes these next, in order
+            return
+        frames = self._outbox
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        try:
+            sent = send_nowait(self.stream, data)
+        except trio.BrokenResourceError:
+            self._close_now()
+            return
+        if sent == len(data):
+            self._outbox = []
+            self._outbox_bytes = 0
+            batch, self._batch = self._batch, _Batch()
+            batch.written = True
+            batch.done.set()
+            return
+        self._outbox = [data[sent:]]
+        self._outbox_bytes = len(data) - sent
         self._writer_wakeup.set()
-        return self._batch if self._outbox_bytes > OUTBOX_HIGH_WATER else None
 
     async def _writer(self) -> None:
-        """Write whatever frames are waiting, all in one ``send_all``, until closed."""
+        """Write whatever frames are waiting, all in one ``send_all``, until closed.
+
+        A batch goes straight to the socket when it takes it all (the usual case);
+        what is left waits in ``send_all`` under the send deadline, which one cancel
+        scope for the connection's life carries: set before such a wait, lifted
+        after it.
+        """
+        batch = self._batch
         try:
-            while not self._closed:
-                if not self._outbox:
-                    if self._reading_done:
+            with trio.CancelScope() as deadline:
+                while not self._closed:
+                    if not self._outbox:
+                        if self._reading_done:
+                            return
+                        self._writer_wakeup = trio.Event()
+                        self._writer_idle = True
+                        try:
+                            await self._writer_wakeup.wait()
+                        finally:
+                            self._writer_idle = False
+                        continue
+                    frames, self._outbox = self._outbox, []
+                    self._outbox_bytes = 0
+                    batch, self._batch = self._batch, _Batch()
+                    data = frames[0] if len(frames) == 1 else b"".join(frames)
+                    try:
+                        sent = send_nowait(self.stream, data)
+                        if sent < len(data):
+                            deadline.deadline = trio.current_time() + self.options.send_timeout
+                            await self.stream.send_all(memoryview(data)[sent:])
+                            deadline.deadline = math.inf
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        self._close_now()
                         return
-                    self._writer_wakeup = trio.Event()
-                    await self._writer_wakeup.wait()
-                    continue
-                frames, self._outbox = self._outbox, []
-                self._outbox_bytes = 0
-                batch, self._batch = self._batch, _Batch()
-                batch.written = await self._write(
-                    frames[0] if len(frames) == 1 else b"".join(frames)
+                    batch.written = True
+                    batch.done.set()
+            if deadline.cancelled_caught:
+                # The peer stopped reading. A cancelled send leaves the stream unusable.
+                self.server._counters.send_timeouts += 1
+                self._log(
+                    "warning",
+                    "rpc_send_timeout",
+                    timeout=self.options.send_timeout,
                 )
-                batch.done.set()
+                await self._abort()
         finally:
             # Frames that will never be written: wake their senders with False.
             self._outbox.clear()
+            batch.done.set()
             self._batch.done.set()
-
-    async def _write(self, data: bytes) -> bool:
-        with trio.move_on_after(self.options.send_timeout):
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._close_now()
-                return False
-            return True
-        # The peer stopped reading. A cancelled send leaves the stream unusable.
-        self.server._counters.send_timeouts += 1
-        self._log(
-            "warning",
-            "rpc_send_timeout",
-            timeout=self.options.send_timeout,
-        )
-        await self._abort()
-        return False
 
     async def _send_best_effort(self, frame: bytes) -> None:
         """Send a last frame before closing, waiting at most ``REJECT_SEND_TIMEOUT``."""

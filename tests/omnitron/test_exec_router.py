@@ -23,9 +23,22 @@ import trio.testing
 
 from omnitron.config import load_config
 from omnitron.config._bootstrap import WorkerSlot, describe_sync
-from omnitron.daemon._exec import Router
+from omnitron.daemon._exec import (
+    EXEC_ERRORS,
+    ExecArgsInvalid,
+    ExecResult,
+    Router,
+    register_exec,
+)
 from omnitron.daemon._records import AppRecord, ProcessRecord
-from omnitron.rpc import Encoded, MethodNotFound
+from omnitron.rpc import (
+    Dispatcher,
+    Encoded,
+    MethodNotFound,
+    ServerOptions,
+    connect_unix,
+    open_unix_server,
+)
 from omnitron.state import AppStatus
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux sockets")
@@ -176,3 +189,95 @@ async def test_a_call_reaching_a_stopping_worker_is_passed_to_the_next(shop: Sho
         # never run there) goes to the other worker, as does the next one.
         assert await whoami(shop.router) == second
         assert await whoami(shop.router) == second
+
+
+# ---------------------------------------------------------------------- without a task per call
+
+
+class Outcomes:
+    """What :meth:`Router.start` hands its callback, and an event per outcome."""
+
+    def __init__(self) -> None:
+        self.got: list[object] = []
+        self.changed = trio.Event()
+
+    def __call__(self, outcome: object) -> None:
+        self.got.append(outcome)
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def wait_for(self, count: int) -> list[object]:
+        with trio.fail_after(READY_WITHIN):
+            while len(self.got) < count:
+                await self.changed.wait()
+        return self.got
+
+
+async def test_start_sends_only_on_open_links_and_shares_the_round_robin(shop: Shop) -> None:
+    first, second = shop.pids
+    outcomes = Outcomes()
+    # No link is open yet: nothing is sent and no turn is taken.
+    assert not shop.router.start("shop", "users", "whoami", [], {}, within=5, done=outcomes)
+    assert [await whoami(shop.router) for _ in range(2)] == [first, second]
+    for _ in range(2):
+        assert shop.router.start("shop", "users", "whoami", [], {}, within=5, done=outcomes)
+        assert shop.router.in_flight("shop") == 1
+        await outcomes.wait_for(len(outcomes.got) + 1)
+        assert await whoami(shop.router) == second  # the turn after the started call's
+    results = [done for done in outcomes.got if isinstance(done, ExecResult)]
+    assert [done.pid for done in results] == [first, first]
+    assert [done.result["pid"] for done in results] == [first, first]
+    assert shop.router.in_flight("shop") == 0
+    # Errors come as the exceptions call() raises: from the worker, or at once.
+    assert shop.router.start("shop", "users", "find_by_id", [], {}, within=5, done=outcomes)
+    [*_, error] = await outcomes.wait_for(3)
+    assert isinstance(error, ExecArgsInvalid)
+    with pytest.raises(MethodNotFound):
+        shop.router.start("shop", "users", "_internal", [], {}, within=5, done=outcomes)
+
+
+def exec_dispatcher(router: Router) -> Dispatcher:
+    """``daemon.exec`` as the daemon registers it: a task-run handler and the inline one."""
+    dispatcher = Dispatcher(error_types=EXEC_ERRORS)
+    register_exec(dispatcher, lambda: router)
+    return dispatcher
+
+
+async def test_a_connection_closed_mid_exec_leaves_the_worker_link_healthy(shop: Shop) -> None:
+    """The client of a call in flight disconnects: the call ends on the worker, its
+    reply is dropped, and the same link serves the next calls, in one write or not."""
+    first, second = shop.pids
+    assert [await whoami(shop.router) for _ in range(2)] == [first, second]  # links open
+    links = dict(shop.router._links)
+    sock = shop.sockets[0].parent / "d.sock"
+    options = ServerOptions(idle_timeout=None)
+    async with open_unix_server(sock, exec_dispatcher(shop.router), options=options) as srv:
+        gone = await trio.open_unix_socket(str(sock))
+        request = [0, 1, "daemon.exec", [{"app": "shop", "service": "users", "method": "sleep"}]]
+        request[3][0]["args"] = [0.3]  # type: ignore[index]
+        await gone.send_all(msgpack.packb(request))
+        with trio.fail_after(READY_WITHIN):
+            while not shop.router.in_flight("shop"):  # noqa: ASYNC110 - no event to await
+                await trio.sleep(0.01)
+        await gone.aclose()
+        async with connect_unix(sock) as client:
+            answers = {}
+            async with trio.open_nursery() as nursery:
+
+                async def ask(i: int) -> None:
+                    params = {"app": "shop", "service": "users", "method": "find_by_id"}
+                    answers[i] = await client.call("daemon.exec", **params, args=[f"u_{1 + i % 2}"])
+
+                for i in range(1, 9):
+                    nursery.start_soon(ask, i)
+            assert {i: a["result"]["id"] for i, a in answers.items()} == {
+                i: f"u_{1 + i % 2}" for i in range(1, 9)
+            }
+            with trio.fail_after(READY_WITHIN):
+                while shop.router.in_flight("shop"):  # noqa: ASYNC110 - no event to await
+                    await trio.sleep(0.01)
+            assert srv.statistics().calls_in_flight == 0
+            assert shop.router._links == links
+            assert not any(link.closed for link in links.values())
+            done = await client.call("daemon.exec", app="shop", service="users", method="whoami")
+            assert done["result"]["pid"] in (first, second)
