@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import select
 import signal
 import sys
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from ._exit import ExitStatus
 from ._groups import raise_collapsed as _raise_collapsed
 from ._host import ProcessHost
 from ._procfs import MARKER_ENV, _boot_ticks, _find_tree, _kill_pinned, _read_stat, _Tree
-from ._pump import _LinePump, watch_generation
+from ._pump import _LinePump
 from ._ready import NotifySocket, ReadyCheck, make_ready_check
 from ._runner import RunnerContext, StopReport
 from ._sockets import ListenSet, open_listen_set
@@ -63,7 +62,6 @@ _log = logging.getLogger("supervision.process")
 _PROTOCOL_ENV: Final = frozenset(
     {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
 )
-_HAVE_EPOLL: Final = hasattr(select, "epoll")
 _DRAIN_IDLE: Final = 0.5
 """After an exit, seconds without output before the runner stops waiting for its pipes'
 end: a descendant may hold them open."""
@@ -85,20 +83,20 @@ class _Child:
         self.pidfd = pidfd
         self.exited = False
         self.reaped = False
+        self._watch_scope = trio.CancelScope(shield=True)
 
-    async def watch(self, changed: Callable[[], None], scope: trio.CancelScope) -> None:
-        """Mark :attr:`exited` when the leader exits (it stays unreaped).
-
-        The watch of a generation without output pipes, or without pidfd or
-        epoll; otherwise :func:`watch_generation` watches the exit with the pipes.
-        """
-        with scope:
+    async def watch(self, changed: Callable[[], None]) -> None:
+        """Mark :attr:`exited` when the leader exits (it stays unreaped)."""
+        with self._watch_scope:
             if self.pidfd is not None:
                 await trio.lowlevel.wait_readable(self.pidfd)
             else:
                 await trio.to_thread.run_sync(_wait_exited_nowait, self.pid, abandon_on_cancel=True)
             self.exited = True
             changed()
+
+    def stop_watching(self) -> None:
+        self._watch_scope.cancel()
 
     def signal_group(self, sig: int) -> None:
         # Only while the leader is unreaped: it holds the pid, so the group id
@@ -134,38 +132,10 @@ class _Generation:
         self.pumps = pumps
         self.check_error: BaseException | None = None
         self._changed = trio.Event()
-        # The watch of the exit and the output pipes: shielded (the child's last
-        # words during a graceful stop matter), cancelled when the generation ends.
-        self.watch_scope = trio.CancelScope(shield=True)
 
     def changed(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
-
-    def exited(self) -> None:
-        self.child.exited = True
-        self.changed()
-
-    def start_watching(self, nursery: trio.Nursery) -> None:
-        """Watch the leader's exit and read the output pipes: one task with a pidfd,
-        else a thread for the exit and a task per pipe."""
-        child = self.child
-        if child.pidfd is not None and _HAVE_EPOLL:
-            if self.pumps:
-                nursery.start_soon(
-                    watch_generation, child.pidfd, self.pumps, self.exited, self.watch_scope
-                )
-            else:
-                nursery.start_soon(child.watch, self.changed, self.watch_scope)
-            return
-        nursery.start_soon(child.watch, self.changed, self.watch_scope)
-        for pump in self.pumps:
-            nursery.start_soon(pump.run)
-
-    def stop_watching(self) -> None:
-        self.watch_scope.cancel()
-        for pump in self.pumps:
-            pump.stop()
 
     async def until(self, predicate: Callable[[], bool]) -> None:
         while not predicate():
@@ -345,7 +315,7 @@ class ProcessRunner:
             return None
         if isinstance(output, OutputDiscard):
             return self._host.devnull
-        if isinstance(output, (OutputLines, OutputBatches)):
+        if isinstance(output, OutputLines | OutputBatches):
             read_end, write_end = os.pipe()
             child_ends.append(write_end)
             pumps.append(_LinePump(read_end, output))
@@ -464,9 +434,10 @@ class ProcessRunner:
     ) -> ExitStatus | StartFailure:
         spec = self._spec
         child = gen.child
-        gen.start_watching(nursery)
-        if gen.check.runs:
-            nursery.start_soon(self._run_check, gen)
+        nursery.start_soon(child.watch, gen.changed)
+        for pump in gen.pumps:
+            nursery.start_soon(pump.run)
+        nursery.start_soon(self._run_check, gen)
         try:
             spawned(child.pid)
             if not gen.check.ready:
@@ -515,7 +486,9 @@ class ProcessRunner:
             if any(not pump.done.is_set() for pump in gen.pumps):
                 with trio.CancelScope(shield=True):
                     await self._drain(gen)
-            gen.stop_watching()
+            for pump in gen.pumps:
+                pump.stop()
+            child.stop_watching()
             nursery.cancel_scope.cancel()
 
     async def _run_check(self, gen: _Generation) -> None:

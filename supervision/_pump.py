@@ -5,9 +5,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import os
-import select
-from collections.abc import Callable, Sequence
 from typing import Final
 
 import trio
@@ -81,25 +78,20 @@ class _LinePump:
     pump is shielded from the generation's cancellation (the child's last words
     during a graceful stop matter); the runner ends it with :meth:`stop` after the
     child exited and the pipe drained (or did not in time).
-
-    The pipe is read with plain non-blocking reads: either by :meth:`run`, a task
-    of its own, or by :func:`watch_generation`, which reads every pipe of a
-    generation (and watches its exit) in one task.
     """
 
     def __init__(self, fd: int, output: OutputLines | OutputBatches) -> None:
         with contextlib.suppress(OSError, AttributeError):  # not Linux, or over the cap
             fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_SIZE)
-        os.set_blocking(fd, False)
-        self.fd = fd
+        self._stream = trio.lowlevel.FdStream(fd)
         self._output = output
         self._batch_sink = output.sink if isinstance(output, OutputBatches) else None
         self._line_sink = output.sink if isinstance(output, OutputLines) else None
         self._max = output.max_line
-        self._scope: trio.CancelScope | None = None
+        self._scope = trio.CancelScope(shield=True)
         self._sink_failed = False
         self._rest = b""  # the start of a line not ended yet (at most max_line bytes)
-        self._pending: list[str] | None = None  # per-line form: lines not yet delivered
+        self._pending: list[str] = []  # per-line form: lines read, not yet delivered
         self.received = 0  # bytes read so far: the drain after an exit watches it move
         self.done = trio.Event()
 
@@ -145,10 +137,8 @@ class _LinePump:
     def _hand_lines(self, count: int) -> None:
         """Give the first ``count`` pending lines to a per-line sink."""
         sink = self._line_sink
-        lines = self._pending
         assert sink is not None
-        if not lines:
-            return
+        lines = self._pending
         for line in lines[:count]:
             try:
                 sink(line)
@@ -162,139 +152,47 @@ class _LinePump:
         if self._batch_sink is not None:
             self._hand(batch)
             return
-        if self._pending is None:
-            self._pending = []
-        pending = self._pending
-        pending += batch.decode("utf-8", errors="replace").split("\n")[:-1]
-        while pending:
+        self._pending += batch.decode("utf-8", errors="replace").split("\n")[:-1]
+        while self._pending:
             self._hand_lines(_LINES_PER_STEP)
-            if pending:
+            if self._pending:
                 # Let other tasks run: a read of short lines is thousands of sink
                 # calls, and ten floods would hold the loop for one read each before
                 # a timer could fire (FAULTS RX-08).
                 await trio.lowlevel.checkpoint()
 
-    def read(self) -> bytes | None:
-        """One non-blocking read: the bytes, ``b""`` at the pipe's end, ``None`` if empty."""
-        try:
-            chunk = os.read(self.fd, _PUMP_CHUNK)
-        except BlockingIOError:
-            return None
-        except OSError:
-            return b""  # an error on a pipe is its end
-        self.received += len(chunk)
-        return chunk
-
-    async def feed(self, chunk: bytes) -> None:
-        """Hand the lines completed by ``chunk`` (a non-empty read) to the sink."""
-        await self._deliver(self._cut(chunk))
-
     async def run(self) -> None:
-        """Read the pipe to its end in a task of its own (without :func:`watch_generation`)."""
-        self._scope = trio.CancelScope(shield=True)
         try:
             with self._scope:
                 while True:
-                    await trio.lowlevel.wait_readable(self.fd)
-                    chunk = self.read()
-                    if chunk is None:
-                        continue
+                    try:
+                        chunk = await self._stream.receive_some(_PUMP_CHUNK)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        break
                     if not chunk:
                         break
-                    await self.feed(chunk)
+                    self.received += len(chunk)
+                    await self._deliver(self._cut(chunk))
                     if len(chunk) < _PUMP_CHUNK:
                         await trio.sleep(_SETTLE)
         finally:
-            self.finish()
-
-    def finish(self) -> None:
-        """Deliver what is left (an unfinished line too), close the pipe. Idempotent."""
-        if self.done.is_set():
-            return
-        # Stopped between two steps, lines may wait; then the unfinished line.
-        last = self._rest + b"\n" if self._rest else b""
-        self._rest = b""
-        if self._batch_sink is not None:
-            if last:
-                self._hand(last)
-        else:
-            if last:
-                if self._pending is None:
-                    self._pending = []
-                self._pending.append(last[:-1].decode("utf-8", errors="replace"))
-            if self._pending:
+            # Stopped between two steps, lines may wait; then the unfinished line.
+            last = self._rest + b"\n" if self._rest else b""
+            self._rest = b""
+            if self._batch_sink is not None:
+                if last:
+                    self._hand(last)
+            else:
+                if last:
+                    self._pending.append(last[:-1].decode("utf-8", errors="replace"))
                 self._hand_lines(len(self._pending))
-        # No task waits on the fd here (the reader is in its ``finally`` or never
-        # ran): a plain close is safe for Trio's registrations.
-        os.close(self.fd)
-        self.done.set()
+            self._stream.close()
+            self.done.set()
 
     def stop(self) -> None:
-        if self._scope is not None:
-            self._scope.cancel()
+        self._scope.cancel()
 
     def close(self) -> None:
         """Close without running (spawn failed)."""
-        if not self.done.is_set():
-            os.close(self.fd)
-            self.done.set()
-
-
-async def watch_generation(
-    pidfd: int,
-    pumps: Sequence[_LinePump],
-    exited: Callable[[], None],
-    scope: trio.CancelScope,
-) -> None:
-    """One task for a generation's exit (its leader's ``pidfd``) and all its output pipes.
-
-    The fds are watched through one epoll instance of their own, so a child costs
-    one task, one Trio registration and one cancel scope instead of one of each
-    per fd. ``exited()`` is called once when the pidfd becomes readable (the
-    leader stays unreaped). Returns once the leader has exited and every pipe has
-    reached its end, or when ``scope`` (shielded) is cancelled; the pumps are
-    then finished (their last lines delivered, their fds closed).
-    """
-    poller = select.epoll(len(pumps) + 1)
-    try:
-        by_fd = {pump.fd: pump for pump in pumps}
-        for fd in by_fd:
-            poller.register(fd, select.EPOLLIN)
-        poller.register(pidfd, select.EPOLLIN)
-        watching_exit = True
-        live = len(by_fd)
-        with scope:
-            while watching_exit or live:
-                await trio.lowlevel.wait_readable(poller)
-                short = full = False
-                for fd, _ in poller.poll(0):
-                    if fd == pidfd and watching_exit:
-                        poller.unregister(fd)
-                        watching_exit = False
-                        exited()
-                        continue
-                    pump = by_fd.get(fd)
-                    if pump is None or pump.done.is_set():
-                        continue
-                    chunk = pump.read()
-                    if chunk is None:
-                        continue
-                    if not chunk:
-                        poller.unregister(fd)
-                        pump.finish()
-                        live -= 1
-                        continue
-                    await pump.feed(chunk)
-                    if len(chunk) < _PUMP_CHUNK:
-                        short = True
-                    else:
-                        full = True
-                # As a pump of its own would: after reads that emptied their pipes,
-                # let them fill (not while another pipe is being flooded).
-                if short and not full and live:
-                    await trio.sleep(_SETTLE)
-    finally:
-        for pump in pumps:
-            pump.finish()
-        # Nothing waits on the epoll fd any more: closing it needs no notice.
-        poller.close()
+        self._stream.close()
+        self.done.set()

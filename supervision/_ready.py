@@ -19,7 +19,7 @@ import socket
 import ssl
 import struct
 from collections.abc import Awaitable, Callable, Mapping
-from typing import ClassVar, Final
+from typing import Final
 from urllib.parse import urlsplit
 
 import trio
@@ -58,8 +58,6 @@ class ReadyCheck:
     ready: bool
     failure: str | None
     status_text: str | None
-    runs: ClassVar[bool] = True
-    """Whether :meth:`run` has anything to do (else the runner starts no task for it)."""
 
     def __init__(self) -> None:
         self.ready = False
@@ -96,8 +94,6 @@ class ReadyCheck:
 
 class _OnSpawnCheck(ReadyCheck):
     """Ready as soon as the exec succeeded."""
-
-    runs = False
 
     def spawned(self) -> None:
         self.ready = True
