@@ -15,8 +15,10 @@ methods), ``idna`` (Trio, for host names of TCP connections), ``bz2`` and
 mean" hints of bad requests), ``locale`` (``subprocess``, for its text mode;
 0.5 MiB of tables), ``tokenize`` (``linecache``, to format a traceback),
 ``glob``, ``unicodedata`` and ``tempfile`` (``ctypes.util``, imported by Trio
-to name its threads). A stand-in may load another while it loads (a
-re-entrant lock).
+to name its threads; the state file's first write loads it). A stand-in may
+load another while it loads (a re-entrant lock). From Python 3.12 every log
+record asks a loaded ``asyncio`` for its current task: the daemon turns that off
+(``logging.logAsyncioTasks``), or the first log line would load ``asyncio``.
 And ``hashlib`` uses CPython's own hash functions instead of OpenSSL's
 (``_hashlib``), as a Python built without OpenSSL does: the daemon hashes one
 small state file per write, and mapping OpenSSL's ``libcrypto`` for that costs
@@ -185,6 +187,14 @@ def defer_unused_modules(names: Sequence[str] = DEFERRED_MODULES) -> list[str]:
         stand_in.__file__ = spec.origin
         sys.modules[name] = stand_in
         deferred.append(name)
+    if "asyncio" in deferred:
+        import logging
+
+        # From Python 3.12 every LogRecord asks a loaded asyncio for its current
+        # task, which would load the real module through the stand-in; the daemon
+        # runs no asyncio task to name.
+        if hasattr(logging, "logAsyncioTasks"):
+            logging.logAsyncioTasks = False
     forget_generated_source()  # after the stand-ins: linecache imports tokenize
     return deferred
 

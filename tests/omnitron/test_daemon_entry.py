@@ -46,7 +46,8 @@ THIRD_PARTY = frozenset(
 hooks aside)."""
 
 NOT_WITHOUT_A_PLANE = (
-    *NOT_IN_THE_DAEMON,
+    # tempfile is deferred at import only: the state file's first write loads it.
+    *(name for name in NOT_IN_THE_DAEMON if name != "tempfile"),
     "cryptography",
     "jwt",
     "prometheus_client",
@@ -193,6 +194,7 @@ def test_a_deferred_module_loads_on_first_use() -> None:
     found = run_python(
         """
         from omnitron.daemon import _entry
+        already = [name for name in _entry.DEFERRED_MODULES if name in sys.modules]
         deferred = _entry.defer_unused_modules()
         import trio, trio._ssl
         before = loaded("ssl")
@@ -201,6 +203,7 @@ def test_a_deferred_module_loads_on_first_use() -> None:
         import ssl
         print(json.dumps({
             "deferred": deferred,
+            "already": already,
             "before": before,
             "after": loaded("ssl"),
             "same_class": stand_in.MemoryBIO is ssl.MemoryBIO,
@@ -209,11 +212,16 @@ def test_a_deferred_module_loads_on_first_use() -> None:
         }))
         """
     )
+    # Python 3.13 imports glob at start-up (pathlib): a module already loaded is
+    # left as it is.
+    already = found.pop("already")
+    assert set(already) <= {"glob"}
+    expected = [
+        *("asyncio", "ssl", "idna", "bz2", "lzma", "uuid", "gzip", "difflib"),
+        *("locale", "tokenize", "glob", "unicodedata", "tempfile"),
+    ]
     assert found == {
-        "deferred": [
-            *("asyncio", "ssl", "idna", "bz2", "lzma", "uuid", "gzip", "difflib"),
-            *("locale", "tokenize", "glob", "unicodedata", "tempfile"),
-        ],
+        "deferred": [name for name in expected if name not in already],
         "before": False,
         "after": True,
         "same_class": True,
