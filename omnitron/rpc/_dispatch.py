@@ -42,6 +42,7 @@ from ._errors import (
 from ._params import ParamInfo, ParamSchema, schema_for
 from ._protocol import ErrorInfo, Request, Response
 from ._stream import NotificationStream
+from ._unstructure import unstructure
 from ._wire import NAME_MAX, Encoded, describe
 
 __all__ = [
@@ -223,7 +224,8 @@ class Dispatcher:
         error_types: Domain error classes (``RemoteError`` subclasses with their own
             ``code``) handlers may raise; others become ``INTERNAL_ERROR``.
         converter: Turns handler results (attrs records, enums) into msgpack-ready
-            values; defaults to cattrs' msgpack converter.
+            values; defaults to :func:`~omnitron.rpc._unstructure.unstructure`, which
+            gives what cattrs' msgpack converter gives, without importing cattrs.
         ping: Register the anonymous ``daemon.ping`` (``{"pong": True}``). Pass
             ``False`` to register your own.
 
@@ -240,7 +242,7 @@ class Dispatcher:
     ) -> None:
         self._methods: dict[str, MethodInfo] = {}
         self._domain = check_domain_error_types(error_types)
-        self._unstructure = converter if converter is not None else _default_unstructure()
+        self._unstructure = converter if converter is not None else unstructure
         self.calls = 0
         """Requests dispatched (each counted once, whichever path answers it)."""
         if ping:
@@ -504,10 +506,3 @@ def _method_text(name: str) -> str:
     if len(name) <= NAME_MAX and name.isprintable():
         return repr(name)
     return f"({describe(name)})"
-
-
-def _default_unstructure() -> Callable[[object], object]:
-    from cattrs.preconf.msgpack import make_converter
-
-    converter = make_converter()
-    return converter.unstructure

@@ -31,14 +31,18 @@ NOT_IN_THE_DAEMON = (
     "structlog.twisted",
     "omnitron._system",
     "omnitron.worker",
+    "cattrs",
+    "omnitron.config._serialize",
 )
 """Modules the daemon process must not load: the CLI, the ones it defers or blocks,
-and what only worker apps need (``omnitron._system``, ``omnitron.worker``)."""
+what only worker apps need (``omnitron._system``, ``omnitron.worker``), and cattrs
+(replies are unstructured by ``omnitron.rpc._unstructure``; the CLI's TOML output
+alone uses cattrs)."""
 
 THIRD_PARTY = frozenset(
     {
         *("trio", "outcome", "sniffio", "sortedcontainers", "attr", "attrs"),
-        *("structlog", "cattrs", "typing_extensions", "msgpack"),
+        *("structlog", "typing_extensions", "msgpack"),
         *("omnitron", "supervision"),
     }
 )
@@ -310,6 +314,23 @@ def test_bad_arguments_are_a_usage_error() -> None:
     assert result.stderr.splitlines()[0] == "omnitron: unexpected argument '--bogus'"
 
 
+CONTROL_CALLS = (
+    ("daemon.status", {}),
+    ("daemon.list", {}),
+    ("daemon.get_app", {"name": "a"}),
+    ("daemon.inspect", {"name": "a"}),
+    ("daemon.logs", {"apps": ["a"]}),
+    ("daemon.events", {}),
+    ("daemon.health", {}),
+    ("daemon.graph", {}),
+    ("daemon.metrics", {}),
+    ("daemon.watch_status", {}),
+    ("daemon.stop_app", {"name": "a"}),
+    ("daemon.start_app", {"name": "a"}),
+)
+"""What a daemon is asked once its apps are started, over its control socket (a
+plain msgpack-rpc exchange: ``socket`` and ``msgpack`` are loaded in it already)."""
+
 RUN_DAEMON = """\
 import os, threading
 from omnitron.daemon import _entry
@@ -318,16 +339,39 @@ home, config = sys.argv[1], sys.argv[2]
 progress, ready = os.pipe()
 
 
+def call_the_daemon() -> list[object]:
+    import msgpack
+    import socket
+
+    errors = []
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(60)
+        sock.connect(os.path.join(home, "daemon.sock"))
+        unpacker = msgpack.Unpacker()
+        for msgid, (method, params) in enumerate(CONTROL_CALLS, start=1):
+            sock.sendall(msgpack.packb([0, msgid, method, [params]]))
+            reply = next(unpacker, None)
+            while reply is None:
+                data = sock.recv(65536)
+                if not data:
+                    raise EOFError(f"the daemon closed the connection after {method}")
+                unpacker.feed(data)
+                reply = next(unpacker, None)
+            errors.append([method, reply[2]])
+    return errors
+
+
 def report() -> None:
-    # "@started" on the progress pipe: the apps are started. Then list what is
-    # loaded and stop the daemon as systemd would.
+    # "@started" on the progress pipe: the apps are started. Then call the
+    # daemon, list what is loaded and stop the daemon as systemd would.
     with os.fdopen(progress, "rb") as lines:
         for line in lines:
             if line.startswith(b"@started"):
                 break
+    errors = call_the_daemon()
     names = sorted(name for name in list(sys.modules) if loaded(name))
     with open(os.path.join(home, "modules.json"), "w") as f:
-        json.dump(names, f)
+        json.dump({"modules": names, "errors": errors}, f)
     os.kill(os.getpid(), 15)
 
 
@@ -338,15 +382,19 @@ with open(os.path.join(home, "exit.json"), "w") as f:  # stdout went to logs/dae
 """
 
 
-def test_a_running_daemon_without_planes_loads_no_crypto_tls_or_exposition(tmp_path: Path) -> None:
+def test_a_running_daemon_without_planes_loads_no_crypto_tls_exposition_or_cattrs(
+    tmp_path: Path,
+) -> None:
     # The import closure of the daemon process itself, after start-up with an app,
-    # the metrics sampler and the control socket running: planes, tokens and the
-    # Prometheus exposition load only when configured or asked for.
+    # the metrics sampler and the control socket running, and after the usual
+    # calls (status, logs, stop, start, ...): planes, tokens and the Prometheus
+    # exposition load only when configured or asked for, cattrs never.
     home = tmp_path / "h"
     config = tmp_path / "apps.toml"
     config.write_text('[[apps]]\nname = "a"\ncommand = ["sleep", "3600"]\n')
+    script = f"{LOADED}CONTROL_CALLS = {CONTROL_CALLS!r}\n{RUN_DAEMON}"
     result = subprocess.run(
-        [sys.executable, "-c", LOADED + RUN_DAEMON, str(home), str(config)],
+        [sys.executable, "-c", script, str(home), str(config)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -354,7 +402,9 @@ def test_a_running_daemon_without_planes_loads_no_crypto_tls_or_exposition(tmp_p
     )
     assert result.returncode == 0, result.stderr
     assert json.loads((home / "exit.json").read_text()) == {"code": 0}
-    modules = set(json.loads((home / "modules.json").read_text()))
+    found = json.loads((home / "modules.json").read_text())
+    assert found["errors"] == [[method, None] for method, _ in CONTROL_CALLS]
+    modules = set(found["modules"])
     assert "trio" in modules  # it did run
     assert "omnitron.daemon._main" in modules
     assert sorted(modules & set(NOT_WITHOUT_A_PLANE)) == []
