@@ -16,14 +16,18 @@ imports cattrs):
 - a mapping (``dict`` and its subclasses, ``MappingProxyType``, any
   ``collections.abc.Mapping``): a dict, keys and values unstructured;
 - a ``list``, ``tuple``, ``set``, ``frozenset`` or ``deque``: a list of its
-  items unstructured; a ``typing.NamedTuple``: a tuple of them;
+  items unstructured; a ``typing.NamedTuple`` (``LogLine``): itself when its
+  items are plain, else a tuple of them unstructured;
 - a ``datetime``: its POSIX timestamp (``datetime.timestamp()``, a naive one in
   local time); a ``date``: the timestamp of its midnight UTC;
 - a ``pathlib.Path``: its ``str``.
 
 The difference: values are unstructured by what they are, never by the
 annotations of the record fields holding them. The two agree whenever a value
-is of its field's annotated type.
+is of its field's annotated type, and the field's annotation is not ``object``
+(cattrs passes such a field's value through as it is) nor a named tuple's
+string annotation (cattrs passes a named tuple whose module has ``from
+__future__ import annotations`` through as it is, whatever its items).
 
 Any other value is returned as it is, as cattrs does (a subclass of ``list``,
 ``tuple`` or ``int``, a ``bytearray``, ...). What msgpack cannot pack then
@@ -147,7 +151,10 @@ def _is_named_tuple(cls: type) -> bool:
 
 
 def _named_tuple(value: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(_items(value))
+    items = _items(value)
+    if all(new is old for new, old in zip(items, value, strict=True)):
+        return value  # plain values only: cattrs passes such a named tuple through
+    return tuple(items)
 
 
 def _field_names(cls: type) -> tuple[str, ...] | None:
