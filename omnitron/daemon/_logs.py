@@ -62,6 +62,7 @@ from typing import Any, NamedTuple
 import structlog
 import trio
 
+from .._eventtext import describe
 from ._logging import log_event
 from ._safefile import UnsafeLogPath, check_log_directory, open_for_append
 
@@ -589,7 +590,8 @@ class LogCollector:
         text = _escape(message)
         entry.push(f"{_clock.stamp(now)} omnitron[-] sys | {text}\n")
         entry.remember(now, None, "sys", text.encode("utf-8", "replace") + b"\n", 1)
-        self._tell(LogLine(now, app, None, "sys", text))
+        if self._followers:
+            self._tell(LogLine(now, app, None, "sys", text))
         self._wakeup.set()
 
     def event(self, app: str, event: AppEvent) -> None:
@@ -598,9 +600,9 @@ class LogCollector:
         The daemon log gets ``event='app_<kind>' app=... instance=... pid=... reason=...
         delay=...`` (the fields the event has). Logging never raises into the caller.
         """
-        self.note(app, event.describe())
         fields = event.to_wire()
-        fields.pop("time", None)
+        self.note(app, describe(fields))
+        del fields["time"]
         kind = fields.pop("kind")
         level = "warning" if kind in _WARNING_EVENTS else "info"
         try:

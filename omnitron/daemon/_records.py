@@ -124,10 +124,19 @@ class AppEvent:
     def to_wire(self) -> dict[str, Any]:
         """``{"time", "kind", ...}`` plus every field that is set, for the control plane."""
         wire: dict[str, Any] = {"time": self.time, "kind": self.kind.value}
-        for key in ("instance", "pid", "reason", "delay", "previous", "instances"):
-            value = getattr(self, key)
-            if value is not None:
-                wire[key] = value
+        # Field by field, not getattr by name: three of these per restart.
+        if self.instance is not None:
+            wire["instance"] = self.instance
+        if self.pid is not None:
+            wire["pid"] = self.pid
+        if self.reason is not None:
+            wire["reason"] = self.reason
+        if self.delay is not None:
+            wire["delay"] = self.delay
+        if self.previous is not None:
+            wire["previous"] = self.previous
+        if self.instances is not None:
+            wire["instances"] = self.instances
         if self.killed:
             wire["killed"] = True
         if self.escaped:
