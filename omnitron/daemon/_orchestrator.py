@@ -505,6 +505,10 @@ class Orchestrator:
 
     async def wait_ready(self, within: float = 60.0) -> Supervisor:
         """The root handle, once the tree runs (waiting at most ``within`` s)."""
+        root = self._root
+        if root is not None and self._ready.is_set():
+            # The usual case (every start of a ``start all``): no timeout scope.
+            return root
         with trio.move_on_after(within):
             await self._ready.wait()
             assert self._root is not None
