@@ -184,21 +184,26 @@ def _clean(batch: bytes) -> bytes:
 
 
 class _Clock:
-    """``time.time()`` and its ISO form, formatted once per millisecond."""
+    """``time.time()`` and its ISO form, formatted once per millisecond (its date
+    and time of day once per second)."""
 
-    __slots__ = ("_ms", "_text")
+    __slots__ = ("_ms", "_prefix", "_second", "_text")
 
     def __init__(self) -> None:
         self._ms = -1
+        self._second = -1
+        self._prefix = ""
         self._text = ""
 
     def stamp(self, now: float) -> str:
         ms = int(now * 1000)
         if ms != self._ms:
             self._ms = ms
-            self._text = (
-                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
-            )
+            second, fraction = divmod(ms, 1000)
+            if second != self._second:
+                self._second = second
+                self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._text = f"{self._prefix}.{fraction:03d}Z"
         return self._text
 
 
