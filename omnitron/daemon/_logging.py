@@ -26,6 +26,9 @@ __all__ = ["configure_logging", "log_event"]
 _KEY_ORDER = ["timestamp", "level", "event"]
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _UTC = datetime.UTC
+_CONTEXT_VARS: dict[str, Any] = getattr(structlog.contextvars, "_CONTEXT_VARS", {"?": None})
+"""structlog's context variables by name, once bound (a stand-in that is never
+empty where structlog keeps them elsewhere: then they are always looked up)."""
 
 
 class _Formatter(structlog.stdlib.ProcessorFormatter):
@@ -46,38 +49,46 @@ def log_event(logger: Any, level: str, event: str, **fields: Any) -> None:
     otherwise (not configured, or a test capturing logs) it goes through ``logger``.
     """
     numeric = _LEVELS.get(level)
-    root = logging.getLogger()
+    root = logging.root
     handlers = root.handlers
-    if (
-        numeric is None
-        or not handlers
-        or any(not isinstance(h.formatter, _Formatter) for h in handlers)
-    ):
+    direct = numeric is not None and bool(handlers)
+    for handler in handlers:
+        if not isinstance(handler.formatter, _Formatter):
+            direct = False
+    if not direct or numeric is None:
         getattr(logger, level)(event, **fields)
         return
     if not root.isEnabledFor(numeric):
         return
     stamp = datetime.datetime.now(tz=_UTC).isoformat().replace("+00:00", "Z")
-    items = {**structlog.contextvars.get_contextvars(), **fields}
+    # No context variable was ever bound (the daemon binds none): no copy of the
+    # context to look for them.
+    items = {**structlog.contextvars.get_contextvars(), **fields} if _CONTEXT_VARS else fields
     for key in _KEY_ORDER:
-        items.pop(key, None)
-    line = " ".join(
-        [
-            f"timestamp={stamp!r} level={level!r} event={event!r}",
-            *[f"{key}={value!r}" for key, value in items.items()],
-        ]
-    )
-    # A record for the handlers only (the formatter passes the line as is): a
-    # copy of a template instead of LogRecord's constructor (process, thread
-    # and caller lookups), handed straight to the root's handlers.
-    record = _new_record()
-    record.__dict__.update(_TEMPLATE)
-    record.levelno = numeric
-    record.levelname = logging.getLevelName(numeric)
-    record.msg = record.omnitron_line = line
+        if key in items:
+            if items is fields:
+                items = dict(fields)
+            del items[key]
+    line = f"timestamp={stamp!r} level={level!r} event={event!r}"
+    for key, value in items.items():
+        line += f" {key}={value!r}"
+    record: logging.LogRecord | None = None
     for handler in handlers:
-        if numeric >= handler.level:
-            handler.handle(record)
+        if numeric < handler.level:
+            continue
+        if isinstance(handler, SafeFileHandler) and not handler.filters:
+            handler.write_line(line)  # the file gets the line itself: no record
+            continue
+        if record is None:
+            # A record for the other handlers (the formatter passes the line as
+            # is): a copy of a template instead of LogRecord's constructor
+            # (process, thread and caller lookups).
+            record = _new_record()
+            record.__dict__.update(_TEMPLATE)
+            record.levelno = numeric
+            record.levelname = logging.getLevelName(numeric)
+            record.msg = record.omnitron_line = line
+        handler.handle(record)
 
 
 _TEMPLATE = logging.LogRecord("omnitron", logging.INFO, __file__, 0, "", None, None).__dict__

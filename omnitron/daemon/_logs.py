@@ -62,6 +62,7 @@ from typing import Any, NamedTuple
 import structlog
 import trio
 
+from .._eventtext import describe
 from ._logging import log_event
 from ._safefile import UnsafeLogPath, check_log_directory, open_for_append
 
@@ -183,21 +184,26 @@ def _clean(batch: bytes) -> bytes:
 
 
 class _Clock:
-    """``time.time()`` and its ISO form, formatted once per millisecond."""
+    """``time.time()`` and its ISO form, formatted once per millisecond (its date
+    and time of day once per second)."""
 
-    __slots__ = ("_ms", "_text")
+    __slots__ = ("_ms", "_prefix", "_second", "_text")
 
     def __init__(self) -> None:
         self._ms = -1
+        self._second = -1
+        self._prefix = ""
         self._text = ""
 
     def stamp(self, now: float) -> str:
         ms = int(now * 1000)
         if ms != self._ms:
             self._ms = ms
-            self._text = (
-                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
-            )
+            second, fraction = divmod(ms, 1000)
+            if second != self._second:
+                self._second = second
+                self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._text = f"{self._prefix}.{fraction:03d}Z"
         return self._text
 
 
@@ -589,7 +595,8 @@ class LogCollector:
         text = _escape(message)
         entry.push(f"{_clock.stamp(now)} omnitron[-] sys | {text}\n")
         entry.remember(now, None, "sys", text.encode("utf-8", "replace") + b"\n", 1)
-        self._tell(LogLine(now, app, None, "sys", text))
+        if self._followers:
+            self._tell(LogLine(now, app, None, "sys", text))
         self._wakeup.set()
 
     def event(self, app: str, event: AppEvent) -> None:
@@ -598,9 +605,9 @@ class LogCollector:
         The daemon log gets ``event='app_<kind>' app=... instance=... pid=... reason=...
         delay=...`` (the fields the event has). Logging never raises into the caller.
         """
-        self.note(app, event.describe())
         fields = event.to_wire()
-        fields.pop("time", None)
+        self.note(app, describe(fields))
+        del fields["time"]
         kind = fields.pop("kind")
         level = "warning" if kind in _WARNING_EVENTS else "info"
         try:

@@ -470,6 +470,7 @@ def _on_stop_signal(signum: int, shutdown: _Shutdown, orchestrator: Orchestrator
         return
     # A second signal while stopping: kill what is left, at once.
     log.warning("forced_stop", signal=name)
+    orchestrator.identify()
     for record in orchestrator.apps.values():
         for process in record.processes.values():
             identity = process.identity

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import os
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
@@ -69,6 +70,11 @@ __all__ = ["AppRecord", "Orchestrator", "ProcessRecord"]
 log = structlog.get_logger("omnitron.orchestrator")
 
 
+_LAZY_IDENTITY = sys.platform.startswith("linux")
+"""Whether a process's identity is read only when it is needed (see :func:`_child_identity`);
+elsewhere it is read when the process is spawned."""
+
+
 def _identity(pid: int | None) -> ProcessIdentity | None:
     """Who ``pid`` is (to tell it from a recycled pid later); ``None`` if unknowable."""
     if pid is None:
@@ -77,6 +83,35 @@ def _identity(pid: int | None) -> ProcessIdentity | None:
         return ProcessIdentity.of(pid)
     except (OSError, ValueError):  # gone already, or /proc unreadable (EMFILE, ...)
         return None
+
+
+def _boot_clock() -> float:
+    """Now, in seconds since boot: the clock of :attr:`ProcessIdentity.start_time` on Linux."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def _child_identity(pid: int, seen_at: float) -> ProcessIdentity | None:
+    """The identity of ``pid`` if it is still the child of this process that was
+    running at ``seen_at`` (:func:`_boot_clock`); ``None`` otherwise.
+
+    The tree publishes a child's exit only some checkpoints after it reaped it:
+    meanwhile the record still holds the pid, which may already name another
+    process. So the pid must still be an unreaped child of this process (the
+    supervision library reaps on this thread only, so nothing is reaped between
+    this check and the read, which happen with no checkpoint in between), and the
+    process must have started by ``seen_at``: a child of ours that got the number
+    again after the reap started later.
+    """
+    try:
+        exited = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except OSError:  # ECHILD: reaped already; its number may be anyone's now
+        return None
+    if exited is not None:
+        return None  # a zombie: it has no identity left to take
+    identity = _identity(pid)
+    if identity is None or identity.start_time is None or identity.start_time > seen_at:
+        return None
+    return identity
 
 
 class BootstrapUnusable(UnsupportedApp):
@@ -249,12 +284,40 @@ class Orchestrator:
         instance: int | None,
         worker: WorkerSlot | None = None,
     ) -> AppRecord:
-        new = apply(record, event, instance, group_mode=self._group_mode)
-        if new is not record and instance is not None and isinstance(event, ev.ChildStarted):
-            process = new.processes[instance]
-            identified = attrs.evolve(process, identity=_identity(event.pid), worker=worker)
-            new = attrs.evolve(new, processes={**new.processes, instance: identified})
-        return new
+        if instance is not None and isinstance(event, ev.ChildStarted):
+            # Its identity is read when first needed (see identify), so a process
+            # that lives a moment costs no read of /proc.
+            if _LAZY_IDENTITY:
+                return apply(record, event, instance, worker=worker, seen_at=_boot_clock())
+            identity = _identity(event.pid)
+            return apply(record, event, instance, worker=worker, identity=identity)
+        return apply(record, event, instance, group_mode=self._group_mode)
+
+    def identify(self) -> None:
+        """Read the identity of every live process that has none yet (each once).
+
+        Called before the identities are used (the state file's snapshot, a
+        signal, a stop): a process read here is provably the one spawned
+        (:func:`_child_identity`), never a stranger that got its pid.
+        """
+        if not _LAZY_IDENTITY:
+            return
+        for name, record in self.apps.items():
+            found: dict[int, ProcessRecord] | None = None
+            for index, process in record.processes.items():
+                if process.identity is not None or process.pid is None:
+                    continue
+                if process.seen_at is None:
+                    continue
+                identity = _child_identity(process.pid, process.seen_at)
+                if identity is not None:
+                    if found is None:
+                        found = dict(record.processes)
+                    found[index] = attrs.evolve(process, identity=identity)
+            if found is not None:
+                # Not a change of state (no event, nothing to persist): the same
+                # process, now known well enough to be told from a stranger.
+                self.apps[name] = attrs.evolve(record, processes=found)
 
     # ------------------------------------------------------------------ health and events
 
@@ -279,6 +342,8 @@ class Orchestrator:
         if record is None or process is None or process.pid != pid:
             return  # gone meanwhile
         log.warning("health_failed", app=name, instance=instance, pid=pid, reason=reason)
+        self.identify()
+        process = self.apps[name].processes[instance]
         now = time.time()
         self._update(name, lambda r: health_failed(r, instance, reason, now), note=True)
         config = record.config
@@ -440,6 +505,10 @@ class Orchestrator:
 
     async def wait_ready(self, within: float = 60.0) -> Supervisor:
         """The root handle, once the tree runs (waiting at most ``within`` s)."""
+        root = self._root
+        if root is not None and self._ready.is_set():
+            # The usual case (every start of a ``start all``): no timeout scope.
+            return root
         with trio.move_on_after(within):
             await self._ready.wait()
             assert self._root is not None
@@ -469,6 +538,7 @@ class Orchestrator:
 
     def snapshot(self) -> DaemonState:
         """The intent and last known state of every app, for the state file."""
+        self.identify()
         apps = []
         for record in self.apps.values():
             processes = tuple(
@@ -1129,7 +1199,9 @@ class Orchestrator:
             ``{app: [pids signalled]}``, an empty list for an app with none running.
         """
         sent: dict[str, list[int]] = {}
-        for name in self.names(target):
+        names = self.names(target)
+        self.identify()
+        for name in names:
             pids = sent[name] = []
             for process in sorted(self.apps[name].processes.values(), key=lambda p: p.instance):
                 identity = process.identity

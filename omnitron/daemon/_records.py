@@ -124,10 +124,19 @@ class AppEvent:
     def to_wire(self) -> dict[str, Any]:
         """``{"time", "kind", ...}`` plus every field that is set, for the control plane."""
         wire: dict[str, Any] = {"time": self.time, "kind": self.kind.value}
-        for key in ("instance", "pid", "reason", "delay", "previous", "instances"):
-            value = getattr(self, key)
-            if value is not None:
-                wire[key] = value
+        # Field by field, not getattr by name: three of these per restart.
+        if self.instance is not None:
+            wire["instance"] = self.instance
+        if self.pid is not None:
+            wire["pid"] = self.pid
+        if self.reason is not None:
+            wire["reason"] = self.reason
+        if self.delay is not None:
+            wire["delay"] = self.delay
+        if self.previous is not None:
+            wire["previous"] = self.previous
+        if self.instances is not None:
+            wire["instances"] = self.instances
         if self.killed:
             wire["killed"] = True
         if self.escaped:
@@ -150,8 +159,11 @@ class ProcessRecord:
         restarts: Restarts since the app was started.
         ready_at: When it became ready, on Trio's clock (for uptime).
         last_exit: How its last run ended, one line.
-        identity: Who ``pid`` is, taken when it was spawned (to tell it from a
-            recycled pid later); set by the orchestrator, not by :func:`apply`.
+        identity: Who ``pid`` is (to tell it from a recycled pid later); read by
+            the orchestrator when it is first needed (the state file, a signal),
+            not by :func:`apply`.
+        seen_at: When the orchestrator learnt of the spawn, in seconds since boot:
+            the process started by then (its identity is only read if so).
         worker: For a module-worker app, the process entry and index within it
             that this process runs; set by the orchestrator from the tree's places.
         health_failure: Why its health probe had it stopped, until it exits (the
@@ -165,6 +177,7 @@ class ProcessRecord:
     ready_at: float | None = None
     last_exit: str | None = None
     identity: ProcessIdentity | None = None
+    seen_at: float | None = None
     worker: WorkerSlot | None = None
     health_failure: str | None = None
 
@@ -301,7 +314,14 @@ def resource_restart(
 
 
 def apply(
-    record: AppRecord, event: ev.Event, instance: int | None, *, group_mode: bool = False
+    record: AppRecord,
+    event: ev.Event,
+    instance: int | None,
+    *,
+    group_mode: bool = False,
+    worker: WorkerSlot | None = None,
+    seen_at: float | None = None,
+    identity: ProcessIdentity | None = None,
 ) -> AppRecord:
     """The record after ``event``: of the app's pool (``instance`` is ``None``) or of
     its process ``instance``.
@@ -312,6 +332,8 @@ def apply(
         instance: The process the event is about; ``None`` for the pool itself.
         group_mode: Whether the root restarts failed pools (``one_for_all`` /
             ``rest_for_one``); otherwise a failed pool is given up on.
+        worker, seen_at, identity: For a process's ``ChildStarted``: its
+            :class:`ProcessRecord` fields of the same names (given by the caller).
 
     Returns:
         The new record (``record`` itself when the event changes nothing). At most
@@ -319,7 +341,7 @@ def apply(
     """
     if instance is None:
         return _apply_pool(record, event, group_mode)
-    return _apply_process(record, instance, event)
+    return _apply_process(record, instance, event, worker, seen_at, identity)
 
 
 def _apply_pool(record: AppRecord, event: ev.Event, group_mode: bool) -> AppRecord:
@@ -348,37 +370,118 @@ def _apply_pool(record: AppRecord, event: ev.Event, group_mode: bool) -> AppReco
     return record
 
 
-def _apply_process(record: AppRecord, index: int, event: ev.Event) -> AppRecord:
+# The transitions below run for every event of every process (a crash storm is
+# a few of them per restart): records are built directly, not with
+# ``attrs.evolve`` (which looks every field up by name). ``_process`` and
+# ``_app_with`` name every field, and a test checks that they still do.
+
+
+def _process(
+    old: ProcessRecord,
+    *,
+    pid: int | None,
+    status: AppStatus,
+    restarts: int,
+    ready_at: float | None,
+    last_exit: str | None,
+    identity: ProcessIdentity | None,
+    seen_at: float | None,
+    worker: WorkerSlot | None,
+    health_failure: str | None,
+) -> ProcessRecord:
+    return ProcessRecord(
+        instance=old.instance,
+        pid=pid,
+        status=status,
+        restarts=restarts,
+        ready_at=ready_at,
+        last_exit=last_exit,
+        identity=identity,
+        seen_at=seen_at,
+        worker=worker,
+        health_failure=health_failure,
+    )
+
+
+def _app_with(
+    record: AppRecord,
+    processes: dict[int, ProcessRecord],
+    restarts: int,
+    last_error: str | None,
+    note: AppEvent | None,
+) -> AppRecord:
+    events = record.events
+    if note is not None:
+        events = (*events[-(RECENT_EVENTS - 1) :], note)
+    return AppRecord(
+        config=record.config,
+        instances=record.instances,
+        desired=record.desired,
+        crashed=record.crashed,
+        errored=record.errored,
+        restarts=restarts,
+        last_error=last_error,
+        processes=processes,
+        events=events,
+    )
+
+
+def _apply_process(
+    record: AppRecord,
+    index: int,
+    event: ev.Event,
+    worker: WorkerSlot | None = None,
+    seen_at: float | None = None,
+    identity: ProcessIdentity | None = None,
+) -> AppRecord:
     old = record.processes.get(index) or ProcessRecord(instance=index)
     note: AppEvent | None = None
     restarts = record.restarts
     last_error = record.last_error
     match event:
         case ev.ChildStarted():
-            new = attrs.evolve(
+            new = _process(
                 old,
                 pid=event.pid,
                 status=AppStatus.STARTING,
+                restarts=old.restarts,
                 ready_at=None,
-                identity=None,
+                last_exit=old.last_exit,
+                identity=identity,
+                seen_at=seen_at,
+                worker=worker,
                 health_failure=None,
             )
         case ev.ChildReady():
             pid = event.pid if event.pid is not None else old.pid
-            new = attrs.evolve(old, pid=pid, status=AppStatus.ONLINE, ready_at=event.monotonic)
+            new = _process(
+                old,
+                pid=pid,
+                status=AppStatus.ONLINE,
+                restarts=old.restarts,
+                ready_at=event.monotonic,
+                last_exit=old.last_exit,
+                identity=old.identity,
+                seen_at=old.seen_at,
+                worker=old.worker,
+                health_failure=old.health_failure,
+            )
             note = AppEvent(time=event.timestamp, kind=EventKind.ONLINE, instance=index, pid=pid)
         case ev.ChildExited():
             normal = event.exit.normal
             reason = event.exit.reason
             if old.health_failure is not None:
                 reason = f"{old.health_failure}; {reason}"
-            new = attrs.evolve(
+            new = _process(
                 old,
                 pid=None,
-                ready_at=None,
-                identity=None,
                 status=AppStatus.STOPPED if normal else AppStatus.ERRORED,
+                restarts=old.restarts,
+                ready_at=None,
                 last_exit=reason,
+                identity=None,
+                seen_at=old.seen_at,
+                worker=old.worker,
                 health_failure=None,
             )
             if not normal:
@@ -394,7 +497,18 @@ def _apply_process(record: AppRecord, index: int, event: ev.Event) -> AppRecord:
             # Errored until it runs again if it crashed; starting if it exited
             # normally or was stopped for a group restart.
             status = AppStatus.ERRORED if old.status is AppStatus.ERRORED else AppStatus.STARTING
-            new = attrs.evolve(old, restarts=old.restarts + 1, status=status)
+            new = _process(
+                old,
+                pid=old.pid,
+                status=status,
+                restarts=old.restarts + 1,
+                ready_at=old.ready_at,
+                last_exit=old.last_exit,
+                identity=old.identity,
+                seen_at=old.seen_at,
+                worker=old.worker,
+                health_failure=old.health_failure,
+            )
             restarts += 1
             note = AppEvent(
                 time=event.timestamp, kind=EventKind.RESTARTING, instance=index, delay=event.delay
@@ -414,5 +528,4 @@ def _apply_process(record: AppRecord, index: int, event: ev.Event) -> AppRecord:
         case _:
             return record
     processes = {**record.processes, index: new}
-    updated = attrs.evolve(record, processes=processes, restarts=restarts, last_error=last_error)
-    return remember(updated, note) if note is not None else updated
+    return _app_with(record, processes, restarts, last_error, note)

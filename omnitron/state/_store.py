@@ -320,12 +320,17 @@ class StateStore:
         Synchronous and cheap; call it after every change, as often as changes happen.
         """
         self._received += 1
+        pending = self._dirty and not self._latest_refused
         if self._dirty:
             self._coalesced += 1
         self._changes += 1
         self._dirty = True
         self._latest_refused = False
-        self._wake.set()
+        if not pending:
+            # A change already pending has set when the next write is due: the
+            # writer need not wake for each of a burst (a crash storm makes a
+            # few changes per restart).
+            self._wake.set()
 
     def hold(self, seconds: float) -> None:
         """Write no change for up to ``seconds``, or until :meth:`release`.

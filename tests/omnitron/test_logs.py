@@ -365,3 +365,18 @@ async def test_the_ring_keeps_the_last_lines_whatever_its_length(logs: Path, rin
         got = [(line.instance, line.stream, line.text) for line in collector.tail("web")]
         assert got == written[-ring:]
     assert len(collector._apps["web"].ring) <= ring + 1
+
+
+def test_the_app_log_stamp_is_the_full_utc_time_across_seconds() -> None:
+    """The stamp's date and time of day are formatted once per second: each stamp
+    is still the whole UTC time of its millisecond."""
+    import time as _time
+
+    from omnitron.daemon._logs import _Clock
+
+    clock = _Clock()
+    for now in (1764698400.9995, 1764698400.9999, 1764698401.0004, 1764698401.5, 1764784799.999):
+        ms = int(now * 1000)
+        whole = _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(ms // 1000))
+        assert clock.stamp(now) == f"{whole}.{ms % 1000:03d}Z"
+    assert clock.stamp(1764784800.0) == "2025-12-03T18:00:00.000Z"

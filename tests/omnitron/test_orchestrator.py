@@ -21,6 +21,7 @@ from omnitron.daemon._orchestrator import Orchestrator
 from omnitron.daemon._service import DaemonService, Sampler
 from omnitron.daemon._tree import Place, TreeBuilder
 from omnitron.state import AppStatus, DesiredStatus
+from supervision import ProcessIdentity
 from supervision.testing import FakeChild
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -72,9 +73,19 @@ async def test_records_follow_a_real_tree(tmp_path: Path) -> None:
         await until(lambda: orchestrator.apps["web"].status is AppStatus.ONLINE, "web online")
         record = orchestrator.apps["web"]
         pids = {i: p.pid for i, p in record.processes.items()}
-        assert all(
-            p.identity is not None and p.identity.pid == p.pid for p in record.processes.values()
-        )
+        # Identities are read when first needed: the state file's snapshot holds
+        # each live process's own (its pid, start time and boot).
+        snapshot = orchestrator.snapshot()
+        record = orchestrator.apps["web"]
+        for p in record.processes.values():
+            assert p.pid is not None
+            assert p.identity == ProcessIdentity.of(p.pid)
+        [state] = snapshot.apps
+        assert [(s.pid, s.start_time, s.boot_id) for s in state.processes] == [
+            (p.pid, p.identity.start_time, p.identity.boot_id)
+            for p in sorted(record.processes.values(), key=lambda p: p.instance)
+            if p.identity is not None
+        ]
         status = await service.status()
         [web] = status["apps"]
         assert [(p["instance"], p["pid"], p["status"]) for p in web["processes"]] == [

@@ -404,3 +404,19 @@ def test_the_wire_form_of_an_event() -> None:
         "escaped": [4, 5],
     }
     assert AppEvent(time=3.0, kind=EventKind.CRASHED, reason="x").describe() == "app crashed: x"
+
+
+def test_the_direct_record_builders_name_every_field() -> None:
+    """``apply`` builds records directly (not with ``attrs.evolve``): a field added
+    to a record must be carried by its builder too, or it would be reset."""
+    import inspect
+
+    from omnitron.daemon import _records
+
+    process_fields = {f.name for f in attrs.fields(_records.ProcessRecord)}
+    built = set(inspect.signature(_records._process).parameters) - {"old"}
+    assert built | {"instance"} == process_fields
+    source = inspect.getsource(_records._app_with)
+    assert {f.name for f in attrs.fields(_records.AppRecord) if f"{f.name}=" in source} == {
+        f.name for f in attrs.fields(_records.AppRecord)
+    }

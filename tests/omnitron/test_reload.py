@@ -117,7 +117,12 @@ async def test_reload_replaces_every_process_keeping_numbers_and_counters(
         record = orchestrator.apps["web"]
         assert record.status is AppStatus.ONLINE
         assert (record.restarts, [p.restarts for p in record.processes.values()]) == (0, [0, 0])
-        assert all(p.identity is not None for p in record.processes.values())
+        orchestrator.identify()  # read when first needed (the state file, a signal)
+        record = orchestrator.apps["web"]
+        assert all(
+            p.pid is not None and p.identity is not None and p.identity.pid == p.pid
+            for p in record.processes.values()
+        )
         assert record.events[-1].kind is EventKind.RELOADED
         assert seen == []
         # A second reload replaces the successors in turn.

@@ -242,3 +242,22 @@ async def test_the_background_interval_is_never_below_the_minimum(
         while store.statistics().writes < 2:  # noqa: ASYNC110 - virtual time
             await trio.sleep(0.01)
         assert trio.current_time() - start == pytest.approx(0.5, abs=0.011)
+
+
+async def test_changes_while_one_is_pending_do_not_wake_the_writer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store, fs, mem = make(background_interval=1.0)
+    source = Source()
+    async with open_persistence(store, source.snapshot):
+        source.change("api", store)
+        await store.flush()
+        source.change("web", store)  # the writer wakes: due a second after the write
+        await trio.testing.wait_all_tasks_blocked()
+        wake = store._wake
+        for n in range(1000):
+            source.change(f"app{n}", store)
+            assert not wake.is_set()  # the due time is already set
+        await trio.sleep(1.5)
+        assert len(mem.decode(HOME.state_file)[1].apps) == 1002
+        assert [t for t, step in fs.calls if step is Step.CREATE] == pytest.approx([0, 1.0])
