@@ -14,13 +14,13 @@ from __future__ import annotations
 import enum
 import math
 import random
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import attrs
+import outcome
 import trio
 
 from . import _events as ev
@@ -219,6 +219,56 @@ class _Command(Generic[T]):
 _Message = _Command[Any] | _Ready | _StartFailed | _Exited
 
 
+class _Inbox:
+    """The loop's queue of messages: unbounded, one receiver (the loop task).
+
+    A plain list and the parked loop task, instead of a memory channel (two
+    ordered dicts, a deque and two channel objects per supervisor). Messages
+    are received in the order they were sent.
+    """
+
+    __slots__ = ("_items", "_receiver")
+
+    def __init__(self) -> None:
+        self._items: list[_Message] = []
+        self._receiver: trio.lowlevel.Task | None = None
+
+    def send_nowait(self, message: _Message) -> None:
+        receiver = self._receiver
+        if receiver is not None:
+            self._receiver = None
+            trio.lowlevel.reschedule(receiver, outcome.Value(message))
+        else:
+            self._items.append(message)
+
+    def receive_nowait(self) -> _Message:
+        """The oldest message.
+
+        Raises:
+            trio.WouldBlock: There is none.
+        """
+        if not self._items:
+            raise trio.WouldBlock
+        return self._items.pop(0)
+
+    async def receive(self) -> _Message:
+        """The oldest message, waiting for one if there is none.
+
+        Cancellation: a checkpoint; a cancelled wait takes no message.
+        """
+        if self._items:
+            await trio.lowlevel.checkpoint()
+            return self._items.pop(0)
+        assert self._receiver is None, "the inbox has one receiver"
+        self._receiver = trio.lowlevel.current_task()
+        message: _Message = await trio.lowlevel.wait_task_rescheduled(self._abort)
+        return message
+
+    def _abort(self, _: object) -> trio.lowlevel.Abort:
+        self._receiver = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+
 class Supervisor:
     """A handle on a running supervisor.
 
@@ -373,8 +423,9 @@ class _Engine:
         self.slots: list[_Slot] = []
         self.closed = False
         self.finished = trio.Event()
-        self._restart_log: deque[float] = deque()
-        self._inbox_send, self._inbox = trio.open_memory_channel[_Message](math.inf)
+        # Restart times within the intensity window, oldest first; trimmed in place.
+        self._restart_log: list[float] = []
+        self._inbox = _Inbox()
         self._nursery: trio.Nursery | None = None
         self._shutdown = False
         self._gave_up: SupervisorGaveUp | None = None
@@ -407,7 +458,7 @@ class _Engine:
         if self.closed:
             raise SupervisorNotRunning(f"supervisor {'/'.join(self.path)} has stopped")
         command: _Command[T] = _Command(fn)
-        self._inbox_send.send_nowait(command)
+        self._inbox.send_nowait(command)
         await command.done.wait()
         if command.error is not None:
             raise command.error
@@ -427,7 +478,7 @@ class _Engine:
             self._shutdown = True
 
         if not self.closed:
-            self._inbox_send.send_nowait(_Command(shutdown))
+            self._inbox.send_nowait(_Command(shutdown))
 
     # ------------------------------------------------------------------ main
 
@@ -464,7 +515,7 @@ class _Engine:
         while True:
             try:
                 message = self._inbox.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
+            except trio.WouldBlock:
                 break
             if isinstance(message, _Command):
                 message.abandon()
@@ -564,7 +615,7 @@ class _Engine:
             # `scope`), one child at a time in reverse order: a cancellation of the
             # whole tree must not reach every child at once.
             scope.shield = True
-            self._inbox_send.send_nowait(_Ready(slot, generation, pid))
+            self._inbox.send_nowait(_Ready(slot, generation, pid))
 
         try:
             with scope:
@@ -593,9 +644,9 @@ class _Engine:
         if scope.cancel_called:
             return  # stopped on purpose: the stopper reports it
         if failure is not None:
-            self._inbox_send.send_nowait(_StartFailed(slot, generation, failure))
+            self._inbox.send_nowait(_StartFailed(slot, generation, failure))
         elif exit_status is not None:
-            self._inbox_send.send_nowait(_Exited(slot, generation, exit_status))
+            self._inbox.send_nowait(_Exited(slot, generation, exit_status))
 
     def _spawned(self, slot: _Slot, generation: int, pid: int | None) -> None:
         if slot.generation != generation:
@@ -732,10 +783,14 @@ class _Engine:
 
         # A restart is due: count it against the intensity first.
         window = self.spec.intensity.window
-        self._restart_log.append(now)
-        while self._restart_log and now - self._restart_log[0] > window:
-            self._restart_log.popleft()
-        if len(self._restart_log) > self.spec.intensity.max_restarts:
+        log = self._restart_log
+        log.append(now)
+        expired = 0
+        while now - log[expired] > window:
+            expired += 1
+        if expired:
+            del log[:expired]
+        if len(log) > self.spec.intensity.max_restarts:
             self._give_up(slot, exit_status)
             return
 
