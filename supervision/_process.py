@@ -78,25 +78,32 @@ def _wait_exited_nowait(pid: int) -> None:
 class _Child:
     """The leader process of one generation."""
 
+    __slots__ = ("_watch_scope", "exited", "pid", "pidfd", "reaped")
+
     def __init__(self, pid: int, pidfd: int | None) -> None:
         self.pid = pid
         self.pidfd = pidfd
         self.exited = False
         self.reaped = False
-        self._watch_scope = trio.CancelScope(shield=True)
+        self._watch_scope: trio.CancelScope | None = None
+
+    async def wait(self) -> None:
+        """Wait until the leader has exited (it stays unreaped); mark :attr:`exited`."""
+        if self.pidfd is not None:
+            await trio.lowlevel.wait_readable(self.pidfd)
+        else:
+            await trio.to_thread.run_sync(_wait_exited_nowait, self.pid, abandon_on_cancel=True)
+        self.exited = True
 
     async def watch(self, changed: Callable[[], None]) -> None:
-        """Mark :attr:`exited` when the leader exits (it stays unreaped)."""
-        with self._watch_scope:
-            if self.pidfd is not None:
-                await trio.lowlevel.wait_readable(self.pidfd)
-            else:
-                await trio.to_thread.run_sync(_wait_exited_nowait, self.pid, abandon_on_cancel=True)
-            self.exited = True
+        """Mark :attr:`exited` when the leader exits, then call ``changed``."""
+        with trio.CancelScope(shield=True) as self._watch_scope:
+            await self.wait()
             changed()
 
     def stop_watching(self) -> None:
-        self._watch_scope.cancel()
+        if self._watch_scope is not None:
+            self._watch_scope.cancel()
 
     def signal_group(self, sig: int) -> None:
         # Only while the leader is unreaped: it holds the pid, so the group id
@@ -121,7 +128,14 @@ class _Child:
 
 
 class _Generation:
-    """One run of a slot: the leader, its readiness check and its output pumps."""
+    """One run of a slot: the leader, its readiness check and its output pumps.
+
+    When the readiness check runs no task (``Ready.on_spawn``), nothing but the
+    leader's exit can change what the runner waits for: the runner's own task
+    then waits on the pidfd, and no watch task, scope or event is set up.
+    """
+
+    __slots__ = ("_changed", "check", "check_error", "child", "pumps", "since", "watched")
 
     def __init__(
         self, child: _Child, check: ReadyCheck, pumps: list[_LinePump], since: int
@@ -131,15 +145,30 @@ class _Generation:
         self.check = check
         self.pumps = pumps
         self.check_error: BaseException | None = None
-        self._changed = trio.Event()
+        # A task of the check may change the state: the exit is watched by a task too.
+        self.watched = type(check).run is not ReadyCheck.run
+        self._changed: trio.Event | None = None
 
     def changed(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        event = self._changed
+        if event is not None:
+            self._changed = None
+            event.set()
 
     async def until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` (which holds once the leader has exited)."""
         while not predicate():
-            await self._changed.wait()
+            if not self.watched:
+                assert not self.child.exited
+                await self.child.wait()
+                # One scheduling step, as when a watch task woke this one: a stop
+                # requested in the same step is a stop (the exit is its outcome).
+                await trio.lowlevel.checkpoint()
+                continue
+            event = self._changed
+            if event is None:
+                event = self._changed = trio.Event()
+            await event.wait()
 
 
 class ProcessRunner:
@@ -434,10 +463,12 @@ class ProcessRunner:
     ) -> ExitStatus | StartFailure:
         spec = self._spec
         child = gen.child
-        nursery.start_soon(child.watch, gen.changed)
+        if gen.watched:
+            nursery.start_soon(child.watch, gen.changed)
         for pump in gen.pumps:
             nursery.start_soon(pump.run)
-        nursery.start_soon(self._run_check, gen)
+        if gen.watched:
+            nursery.start_soon(self._run_check, gen)
         try:
             spawned(child.pid)
             if not gen.check.ready:
