@@ -149,6 +149,13 @@ class _Generation:
         self.watched = type(check).run is not ReadyCheck.run
         self._changed: trio.Event | None = None
 
+    def exited(self) -> bool:
+        return self.child.exited
+
+    def ended(self) -> bool:
+        """The leader exited, or the check found it hung after it was ready."""
+        return self.child.exited or self.check.failure is not None
+
     def changed(self) -> None:
         event = self._changed
         if event is not None:
@@ -491,7 +498,7 @@ class ProcessRunner:
                     self._path, f"readiness timeout after {spec.startup_timeout:g}s"
                 )
             task_status.started(child.pid)
-            await gen.until(lambda: child.exited or gen.check.failure is not None)
+            await gen.until(gen.ended)
             if child.exited:
                 return self._finish(gen)
             with trio.CancelScope(shield=True):
@@ -623,10 +630,10 @@ class ProcessRunner:
                 target.send(sig)
                 target.send(signal.SIGCONT)
             with trio.move_on_after(grace):
-                await gen.until(lambda: child.exited)
+                await gen.until(gen.exited)
             killed = not child.exited
         child.signal_group(signal.SIGKILL)
-        await gen.until(lambda: child.exited)
+        await gen.until(gen.exited)
         end = self._reap(child)
         # SIGKILL every escapee, and wait until the whole tree is really gone.
         escaped = await _kill_pinned([*tree.escapees, *tree.members])

@@ -606,34 +606,24 @@ class _Engine:
         """Run one generation; report ready, start failure and exit to the loop."""
         exit_status: ExitStatus | None = None
         failure: StartFailure | None = None
-        ready = False
-
-        def report_ready(pid: int | None) -> None:
-            nonlocal ready
-            ready = True
-            # From now on only the supervisor stops this child (by cancelling
-            # `scope`), one child at a time in reverse order: a cancellation of the
-            # whole tree must not reach every child at once.
-            scope.shield = True
-            self._inbox.send_nowait(_Ready(slot, generation, pid))
-
+        report = _GenerationReport(self, slot, generation, scope)
         try:
             with scope:
                 try:
                     exit_status = await slot.runner.run(
-                        partial(self._spawned, slot, generation),
-                        task_status=cast("trio.TaskStatus[int | None]", _Started(report_ready)),
+                        report.spawned,
+                        task_status=cast("trio.TaskStatus[int | None]", report),
                     )
                 except Exception as exc:
                     # A runner that breaks is a crash of that child, never of the tree.
-                    if ready:
+                    if report.ready:
                         exit_status = ExitStatus.raised(exc)
                     elif isinstance(exc, StartFailure):
                         failure = exc
                     else:
                         failure = StartFailure(self._path(slot), f"raised {exc!r}")
                         failure.__cause__ = exc
-                if exit_status is not None and not ready:
+                if exit_status is not None and not report.ready:
                     failure = StartFailure(
                         self._path(slot), f"ended before it was ready: {exit_status.reason}"
                     )
@@ -647,6 +637,9 @@ class _Engine:
             self._inbox.send_nowait(_StartFailed(slot, generation, failure))
         elif exit_status is not None:
             self._inbox.send_nowait(_Exited(slot, generation, exit_status))
+
+    def _report_ready(self, slot: _Slot, generation: int, pid: int | None) -> None:
+        self._inbox.send_nowait(_Ready(slot, generation, pid))
 
     def _spawned(self, slot: _Slot, generation: int, pid: int | None) -> None:
         if slot.generation != generation:
@@ -934,6 +927,33 @@ class _Engine:
         await self._remove(slot)
 
 
+class _GenerationReport:
+    """What the runner of one generation calls: ``spawned(pid)``, and ``started(pid)``
+    as its ``task_status`` (one small object instead of closures and partials)."""
+
+    __slots__ = ("engine", "generation", "ready", "scope", "slot")
+
+    def __init__(
+        self, engine: _Engine, slot: _Slot, generation: int, scope: trio.CancelScope
+    ) -> None:
+        self.engine = engine
+        self.slot = slot
+        self.generation = generation
+        self.scope = scope
+        self.ready = False
+
+    def spawned(self, pid: int | None) -> None:
+        self.engine._spawned(self.slot, self.generation, pid)
+
+    def started(self, pid: int | None = None) -> None:
+        self.ready = True
+        # From now on only the supervisor stops this child (by cancelling
+        # `scope`), one child at a time in reverse order: a cancellation of the
+        # whole tree must not reach every child at once.
+        self.scope.shield = True
+        self.engine._report_ready(self.slot, self.generation, pid)
+
+
 def _describe_exit(name: str, exit_status: ExitStatus) -> str:
     """``child 'cache' failed to start: executable not found: redis-server``."""
     reason = exit_status.reason
@@ -975,18 +995,12 @@ class SubtreeRunner:
             self._spec, path=self._context.path, host=self._context.host, broadcaster=broadcaster
         )
         self.handle = engine.handle
-        ready = False
-
-        def report_ready(handle: Supervisor) -> None:
-            nonlocal ready
-            ready = True
-            task_status.started(None)
-
-        status = cast("trio.TaskStatus[Supervisor]", _Started(report_ready))
+        started = _SubtreeStarted(task_status)
+        status = cast("trio.TaskStatus[Supervisor]", started)
         try:
             await engine.run(status)
         except SupervisorGaveUp as exc:
-            if not ready:
+            if not started.ready:
                 raise StartFailure(self._context.path, str(exc)) from exc
             return ExitStatus.raised(exc)
         except trio.Cancelled:
@@ -995,7 +1009,7 @@ class SubtreeRunner:
         finally:
             self.handle = None
             broadcaster.close()
-        if not ready:
+        if not started.ready:
             raise StartFailure(self._context.path, "shut down before all its children were ready")
         return ExitStatus.returned()
 
@@ -1003,14 +1017,19 @@ class SubtreeRunner:
         await trio.lowlevel.checkpoint()
 
 
-class _Started(Generic[T]):
-    """A ``task_status`` that calls a function."""
+class _SubtreeStarted:
+    """The ``task_status`` a subtree's engine reports its start to: the parent's
+    generation is ready once the subtree is."""
 
-    def __init__(self, fn: Callable[[T], None]) -> None:
-        self._fn = fn
+    __slots__ = ("_task_status", "ready")
 
-    def started(self, value: T) -> None:
-        self._fn(value)
+    def __init__(self, task_status: trio.TaskStatus[int | None]) -> None:
+        self._task_status = task_status
+        self.ready = False
+
+    def started(self, handle: Supervisor) -> None:
+        self.ready = True
+        self._task_status.started(None)
 
 
 class _SubtreeBroadcaster(Broadcaster):
