@@ -69,6 +69,28 @@ _DRAIN_MAX: Final = 5.0
 """After an exit, seconds at most spent reading what is left in its pipes."""
 
 
+_INHERITED: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+
+
+def _inherited_env() -> dict[str, str]:
+    """What every child gets from this process's environment (never to be changed).
+
+    One dict for all the slots while the environment stays the same (the
+    slots without variables of their own keep it, not a copy each).
+    """
+    items = tuple(
+        (k, v) for k, v in os.environ.items() if k not in _PROTOCOL_ENV and k != MARKER_ENV
+    )
+    base = _INHERITED.get(items)
+    if base is None:
+        base = {sys.intern(k): sys.intern(v) for k, v in items}
+        base.setdefault("PYTHONUNBUFFERED", "1")
+        if len(_INHERITED) >= 8:
+            _INHERITED.clear()
+        _INHERITED[items] = base
+    return base
+
+
 def _wait_exited_nowait(pid: int) -> None:
     """Block until ``pid`` has exited, leaving it unreaped (no-pidfd fallback)."""
     with contextlib.suppress(ChildProcessError):
@@ -317,8 +339,12 @@ class ProcessRunner:
                 raise
             self._generation = gen
             try:
-                async with trio.open_nursery() as nursery:
-                    outcome = await self._supervise(gen, nursery, spawned, task_status)
+                if gen.pumps or gen.watched:
+                    async with trio.open_nursery() as nursery:
+                        outcome = await self._supervise(gen, nursery, spawned, task_status)
+                else:
+                    # Nothing to run beside this task: no nursery (nor its scope).
+                    outcome = await self._supervise(gen, None, spawned, task_status)
             finally:
                 gen.check.close()
             if isinstance(outcome, StartFailure):
@@ -364,31 +390,27 @@ class ProcessRunner:
         # its first start), not anew on every restart: that is on the restart path.
         base = self._base_env
         if base is None:
-            # Interned: the slots of one supervisor share the strings (4 KiB a slot).
-            base = {
-                sys.intern(k): sys.intern(v)
-                for k, v in os.environ.items()
-                if k not in _PROTOCOL_ENV
-            }
+            base = _inherited_env()
             if self._spec.env:
-                base.update(self._spec.env)
-            base.setdefault("PYTHONUNBUFFERED", "1")
-            base[MARKER_ENV] = self._child_id
+                base = {**base, **self._spec.env}
+                base.pop(MARKER_ENV, None)
             self._base_env = base
             # What comes unchanged from this process's environment is encoded once
-            # for every slot; the slot's own variables are its own.
+            # for every slot; the slot's own variables (and its marker) are its own.
             environ = os.environ
             inherited = [(k, v) for k, v in base.items() if environ.get(k) == v]
             own = [(k, v) for k, v in base.items() if environ.get(k) != v]
+            own.append((MARKER_ENV, self._child_id))
             self._base_env_list = encode_env_shared(inherited) + encode_env(own)
         assert self._base_env_list is not None
         extra = dict(check.child_env())
         if self._listeners is not None:
             extra.update(self._listeners.child_env())
+        # Built for this spawn only (the encoded list is what is kept).
+        env = {**base, MARKER_ENV: self._child_id, **extra}
         if not extra:
-            return base, self._base_env_list
-        env = {**base, **extra}
-        if extra.keys() & base.keys():  # the spec's env set a protocol variable
+            return env, self._base_env_list
+        if MARKER_ENV in extra or extra.keys() & base.keys():  # a protocol variable set twice
             return env, encode_env(env.items())
         return env, self._base_env_list + encode_env(extra.items())
 
@@ -464,18 +486,19 @@ class ProcessRunner:
     async def _supervise(
         self,
         gen: _Generation,
-        nursery: trio.Nursery,
+        nursery: trio.Nursery | None,
         spawned: Callable[[int | None], None],
         task_status: trio.TaskStatus[int | None],
     ) -> ExitStatus | StartFailure:
         spec = self._spec
         child = gen.child
-        if gen.watched:
-            nursery.start_soon(child.watch, gen.changed)
-        for pump in gen.pumps:
-            nursery.start_soon(pump.run)
-        if gen.watched:
-            nursery.start_soon(self._run_check, gen)
+        if nursery is not None:
+            if gen.watched:
+                nursery.start_soon(child.watch, gen.changed)
+            for pump in gen.pumps:
+                nursery.start_soon(pump.run)
+            if gen.watched:
+                nursery.start_soon(self._run_check, gen)
         try:
             spawned(child.pid)
             if not gen.check.ready:
@@ -521,13 +544,14 @@ class ProcessRunner:
             self._status_text = gen.check.status_text or self._status_text
             # Output pipes usually reach their end with the child: then no scope
             # and no timer are set up on the restart path.
-            if any(not pump.done.is_set() for pump in gen.pumps):
+            if any(not pump.done for pump in gen.pumps):
                 with trio.CancelScope(shield=True):
                     await self._drain(gen)
             for pump in gen.pumps:
                 pump.stop()
             child.stop_watching()
-            nursery.cancel_scope.cancel()
+            if nursery is not None:
+                nursery.cancel_scope.cancel()
 
     async def _run_check(self, gen: _Generation) -> None:
         try:
@@ -550,11 +574,11 @@ class ProcessRunner:
         """
         with trio.move_on_after(_DRAIN_MAX):
             for pump in gen.pumps:
-                while not pump.done.is_set():
+                while not pump.done:
                     seen = pump.received
                     with trio.move_on_after(_DRAIN_IDLE):
-                        await pump.done.wait()
-                    if pump.received == seen and not pump.done.is_set():
+                        await pump.wait_done()
+                    if pump.received == seen and not pump.done:
                         break
 
     def _exit_status(self, status: int | None) -> ExitStatus:

@@ -95,7 +95,8 @@ class _LinePump:
         self._rest = b""  # the start of a line not ended yet (at most max_line bytes)
         self._pending: list[str] = []  # per-line form: lines read, not yet delivered
         self.received = 0  # bytes read so far: the drain after an exit watches it move
-        self.done = trio.Event()
+        self.done = False  # the pipe's end was read, or the pump was stopped
+        self._done_event: trio.Event | None = None  # made for a waiter only
 
     def _failed(self) -> None:
         if not self._sink_failed:
@@ -201,7 +202,19 @@ class _LinePump:
                     self._pending.append(last[:-1].decode("utf-8", errors="replace"))
                 self._hand_lines(len(self._pending))
             self._close()
-            self.done.set()
+            self._finished()
+
+    def _finished(self) -> None:
+        self.done = True
+        if self._done_event is not None:
+            self._done_event.set()
+
+    async def wait_done(self) -> None:
+        """Wait until :attr:`done`."""
+        if not self.done:
+            if self._done_event is None:
+                self._done_event = trio.Event()
+            await self._done_event.wait()
 
     def stop(self) -> None:
         self._scope.cancel()
@@ -215,4 +228,4 @@ class _LinePump:
     def close(self) -> None:
         """Close without running (spawn failed)."""
         self._close()
-        self.done.set()
+        self._finished()

@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from supervision import Output, ProcessChild, Ready, StartFailure
+from supervision._spawn import exec_candidates
 from supervision._supervisor import _Inbox
 
 
@@ -120,3 +121,40 @@ async def test_a_cancelled_receive_takes_no_message() -> None:
     with trio.move_on_after(0) as timed_out:
         await inbox.receive()  # empty again: waits, and the deadline ends it
     assert timed_out.cancelled_caught
+
+
+def _environ(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        entries = f.read().split(b"\0")
+    return dict(e.decode().split("=", 1) for e in entries if e)
+
+
+async def test_slots_without_variables_share_one_environment(slots, child) -> None:
+    first = slots.new(ProcessChild(child("sleeper")), "a")
+    second = slots.new(ProcessChild(child("sleeper")), "b")
+    own = slots.new(ProcessChild(child("sleeper"), env={"ONLY_MINE": "1"}), "c")
+    pids = [await slot.start() for slot in (first, second, own)]
+    assert first.runner._base_env is second.runner._base_env
+    assert own.runner._base_env is not first.runner._base_env
+    envs = [_environ(pid) for pid in pids]
+    # Each still carries its own marker; only the slot that asked has its variable.
+    markers = [env["SUPERVISION_CHILD_ID"] for env in envs]
+    assert markers == [slot.runner.child_id for slot in (first, second, own)]
+    assert len(set(markers)) == 3
+    assert [env.get("ONLY_MINE") for env in envs] == [None, None, "1"]
+    assert "ONLY_MINE" not in first.runner._base_env
+
+
+async def test_a_slot_cannot_set_its_own_marker(slots, child) -> None:
+    slot = slots.new(ProcessChild(child("sleeper"), env={"SUPERVISION_CHILD_ID": "forged"}))
+    env = _environ(await slot.start())
+    assert env["SUPERVISION_CHILD_ID"] == slot.runner.child_id
+
+
+def test_the_paths_tried_for_a_program_are_kept_once() -> None:
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+    found = exec_candidates("sleep", env)
+    assert found == (b"/usr/local/bin/sleep", b"/usr/bin/sleep", b"/bin/sleep")
+    assert exec_candidates("sleep", dict(env)) is found
+    assert exec_candidates("sleep", {"PATH": "/bin"}) == (b"/bin/sleep",)
+    assert exec_candidates("/bin/sleep", env) == (b"/bin/sleep",)
