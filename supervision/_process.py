@@ -544,7 +544,7 @@ class ProcessRunner:
             self._status_text = gen.check.status_text or self._status_text
             # Output pipes usually reach their end with the child: then no scope
             # and no timer are set up on the restart path.
-            if any(not pump.done for pump in gen.pumps):
+            if any(not pump.done.is_set() for pump in gen.pumps):
                 with trio.CancelScope(shield=True):
                     await self._drain(gen)
             for pump in gen.pumps:
@@ -574,11 +574,11 @@ class ProcessRunner:
         """
         with trio.move_on_after(_DRAIN_MAX):
             for pump in gen.pumps:
-                while not pump.done:
+                while not pump.done.is_set():
                     seen = pump.received
                     with trio.move_on_after(_DRAIN_IDLE):
-                        await pump.wait_done()
-                    if pump.received == seen and not pump.done:
+                        await pump.done.wait()
+                    if pump.received == seen and not pump.done.is_set():
                         break
 
     def _exit_status(self, status: int | None) -> ExitStatus:

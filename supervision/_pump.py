@@ -10,6 +10,7 @@ from typing import Final
 
 import trio
 
+from ._flag import Flag
 from ._spec import OutputBatches, OutputLines
 
 __all__: list[str] = []
@@ -95,8 +96,7 @@ class _LinePump:
         self._rest = b""  # the start of a line not ended yet (at most max_line bytes)
         self._pending: list[str] = []  # per-line form: lines read, not yet delivered
         self.received = 0  # bytes read so far: the drain after an exit watches it move
-        self.done = False  # the pipe's end was read, or the pump was stopped
-        self._done_event: trio.Event | None = None  # made for a waiter only
+        self.done = Flag()  # the pipe's end was read, or the pump was stopped
 
     def _failed(self) -> None:
         if not self._sink_failed:
@@ -202,19 +202,7 @@ class _LinePump:
                     self._pending.append(last[:-1].decode("utf-8", errors="replace"))
                 self._hand_lines(len(self._pending))
             self._close()
-            self._finished()
-
-    def _finished(self) -> None:
-        self.done = True
-        if self._done_event is not None:
-            self._done_event.set()
-
-    async def wait_done(self) -> None:
-        """Wait until :attr:`done`."""
-        if not self.done:
-            if self._done_event is None:
-                self._done_event = trio.Event()
-            await self._done_event.wait()
+            self.done.set()
 
     def stop(self) -> None:
         self._scope.cancel()
@@ -228,4 +216,4 @@ class _LinePump:
     def close(self) -> None:
         """Close without running (spawn failed)."""
         self._close()
-        self._finished()
+        self.done.set()

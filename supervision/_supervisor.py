@@ -34,6 +34,7 @@ from ._errors import (
     SupervisorNotRunning,
 )
 from ._exit import ExitStatus
+from ._flag import Flag
 from ._groups import raise_collapsed
 from ._pubsub import DEFAULT_BUFFER, Broadcaster, Subscription
 from ._runner import Runner, RunnerContext, StopReport
@@ -129,7 +130,7 @@ class _Slot:
         # The slot whose exit scheduled this one's pending restart (group restarts).
         self.restart_group: _Slot | None = None
         self.scope: trio.CancelScope | None = None
-        self.finished: trio.Event | None = None
+        self.finished: Flag | None = None
         self.last_exit: ExitStatus | None = None
         # Callers waiting for the outcome of the generation being started.
         self.waiters: list[_Pending] = []
@@ -422,7 +423,7 @@ class _Engine:
         self.handle = Supervisor(self)
         self.slots: list[_Slot] = []
         self.closed = False
-        self.finished = trio.Event()
+        self.finished = Flag()
         # Restart times within the intensity window, oldest first; trimmed in place.
         self._restart_log: list[float] = []
         self._inbox = _Inbox()
@@ -601,7 +602,7 @@ class _Engine:
     # ------------------------------------------------------------------ children
 
     async def _child_task(
-        self, slot: _Slot, generation: int, scope: trio.CancelScope, finished: trio.Event
+        self, slot: _Slot, generation: int, scope: trio.CancelScope, finished: Flag
     ) -> None:
         """Run one generation; report ready, start failure and exit to the loop."""
         exit_status: ExitStatus | None = None
@@ -660,7 +661,7 @@ class _Engine:
         slot.pid = None
         slot.last_exit = None
         slot.scope = trio.CancelScope()
-        slot.finished = trio.Event()
+        slot.finished = Flag()
         if waiter is not None:
             slot.waiters.append(waiter)
         self._nursery.start_soon(self._child_task, slot, slot.generation, slot.scope, slot.finished)

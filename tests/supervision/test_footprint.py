@@ -7,6 +7,7 @@ measurements depend on (how many tasks a child costs, what an idle pipe holds).
 from __future__ import annotations
 
 import gc
+import json
 import os
 import signal
 
@@ -14,6 +15,7 @@ import pytest
 import trio
 
 from supervision import Output, ProcessChild, Ready, StartFailure
+from supervision._flag import Flag
 from supervision._spawn import exec_candidates
 from supervision._supervisor import _Inbox
 
@@ -47,10 +49,9 @@ async def test_a_piped_child_costs_one_task_per_pipe_besides_its_runner(slots, l
     before = _task_count()
     sink = lines()
     spec = ProcessChild(["sleep", "3600"], stdout=Output.lines(sink), stderr=Output.lines(sink))
-    pid = await slots.new(spec).start()
+    await slots.new(spec).start()
     await trio.testing.wait_all_tasks_blocked()
     assert _task_count() == before + 3
-    os.kill(pid, signal.SIGTERM)
 
 
 async def test_a_check_that_runs_still_sees_the_exit(slots, child) -> None:
@@ -123,31 +124,33 @@ async def test_a_cancelled_receive_takes_no_message() -> None:
     assert timed_out.cancelled_caught
 
 
-def _environ(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/environ", "rb") as f:
-        entries = f.read().split(b"\0")
-    return dict(e.decode().split("=", 1) for e in entries if e)
+async def _child_env(slots, child, lines, name: str, env: dict[str, str] | None = None):
+    """Start a child that prints its marker and ONLY_MINE; its slot and what it printed."""
+    sink = lines()
+    argv = child("print_env", "SUPERVISION_CHILD_ID", "ONLY_MINE")
+    slot = slots.new(ProcessChild(argv, env=env, stdout=Output.lines(sink)), name)
+    await slot.start()
+    [line] = await sink.wait_for(bool)
+    return slot, json.loads(line)
 
 
-async def test_slots_without_variables_share_one_environment(slots, child) -> None:
-    first = slots.new(ProcessChild(child("sleeper")), "a")
-    second = slots.new(ProcessChild(child("sleeper")), "b")
-    own = slots.new(ProcessChild(child("sleeper"), env={"ONLY_MINE": "1"}), "c")
-    pids = [await slot.start() for slot in (first, second, own)]
+async def test_slots_without_variables_share_one_environment(slots, child, lines) -> None:
+    first, first_env = await _child_env(slots, child, lines, "a")
+    second, second_env = await _child_env(slots, child, lines, "b")
+    own, own_env = await _child_env(slots, child, lines, "c", {"ONLY_MINE": "1"})
     assert first.runner._base_env is second.runner._base_env
     assert own.runner._base_env is not first.runner._base_env
-    envs = [_environ(pid) for pid in pids]
+    assert "ONLY_MINE" not in first.runner._base_env
     # Each still carries its own marker; only the slot that asked has its variable.
+    envs = [first_env, second_env, own_env]
     markers = [env["SUPERVISION_CHILD_ID"] for env in envs]
     assert markers == [slot.runner.child_id for slot in (first, second, own)]
     assert len(set(markers)) == 3
-    assert [env.get("ONLY_MINE") for env in envs] == [None, None, "1"]
-    assert "ONLY_MINE" not in first.runner._base_env
+    assert [env["ONLY_MINE"] for env in envs] == [None, None, "1"]
 
 
-async def test_a_slot_cannot_set_its_own_marker(slots, child) -> None:
-    slot = slots.new(ProcessChild(child("sleeper"), env={"SUPERVISION_CHILD_ID": "forged"}))
-    env = _environ(await slot.start())
+async def test_a_slot_cannot_set_its_own_marker(slots, child, lines) -> None:
+    slot, env = await _child_env(slots, child, lines, "a", {"SUPERVISION_CHILD_ID": "forged"})
     assert env["SUPERVISION_CHILD_ID"] == slot.runner.child_id
 
 
@@ -158,3 +161,24 @@ def test_the_paths_tried_for_a_program_are_kept_once() -> None:
     assert exec_candidates("sleep", dict(env)) is found
     assert exec_candidates("sleep", {"PATH": "/bin"}) == (b"/bin/sleep",)
     assert exec_candidates("/bin/sleep", env) == (b"/bin/sleep",)
+
+
+async def test_a_flag_wakes_its_waiters_and_is_a_checkpoint_once_set() -> None:
+    flag = Flag()
+    woken: list[str] = []
+    async with trio.open_nursery() as nursery:
+        for name in ("a", "b"):
+            nursery.start_soon(lambda n=name: _wait_and_note(flag, woken, n))
+        await trio.testing.wait_all_tasks_blocked()
+        assert woken == []
+        flag.set()
+    assert sorted(woken) == ["a", "b"]
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await flag.wait()  # set already: still a checkpoint, so the cancel lands
+    assert scope.cancelled_caught
+
+
+async def _wait_and_note(flag: Flag, woken: list[str], name: str) -> None:
+    await flag.wait()
+    woken.append(name)
