@@ -69,6 +69,28 @@ _DRAIN_MAX: Final = 5.0
 """After an exit, seconds at most spent reading what is left in its pipes."""
 
 
+_INHERITED: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+
+
+def _inherited_env() -> dict[str, str]:
+    """What every child gets from this process's environment (never to be changed).
+
+    One dict for all the slots while the environment stays the same (the
+    slots without variables of their own keep it, not a copy each).
+    """
+    items = tuple(
+        (k, v) for k, v in os.environ.items() if k not in _PROTOCOL_ENV and k != MARKER_ENV
+    )
+    base = _INHERITED.get(items)
+    if base is None:
+        base = {sys.intern(k): sys.intern(v) for k, v in items}
+        base.setdefault("PYTHONUNBUFFERED", "1")
+        if len(_INHERITED) >= 8:
+            _INHERITED.clear()
+        _INHERITED[items] = base
+    return base
+
+
 def _wait_exited_nowait(pid: int) -> None:
     """Block until ``pid`` has exited, leaving it unreaped (no-pidfd fallback)."""
     with contextlib.suppress(ChildProcessError):
@@ -78,25 +100,32 @@ def _wait_exited_nowait(pid: int) -> None:
 class _Child:
     """The leader process of one generation."""
 
+    __slots__ = ("_watch_scope", "exited", "pid", "pidfd", "reaped")
+
     def __init__(self, pid: int, pidfd: int | None) -> None:
         self.pid = pid
         self.pidfd = pidfd
         self.exited = False
         self.reaped = False
-        self._watch_scope = trio.CancelScope(shield=True)
+        self._watch_scope: trio.CancelScope | None = None
+
+    async def wait(self) -> None:
+        """Wait until the leader has exited (it stays unreaped); mark :attr:`exited`."""
+        if self.pidfd is not None:
+            await trio.lowlevel.wait_readable(self.pidfd)
+        else:
+            await trio.to_thread.run_sync(_wait_exited_nowait, self.pid, abandon_on_cancel=True)
+        self.exited = True
 
     async def watch(self, changed: Callable[[], None]) -> None:
-        """Mark :attr:`exited` when the leader exits (it stays unreaped)."""
-        with self._watch_scope:
-            if self.pidfd is not None:
-                await trio.lowlevel.wait_readable(self.pidfd)
-            else:
-                await trio.to_thread.run_sync(_wait_exited_nowait, self.pid, abandon_on_cancel=True)
-            self.exited = True
+        """Mark :attr:`exited` when the leader exits, then call ``changed``."""
+        with trio.CancelScope(shield=True) as self._watch_scope:
+            await self.wait()
             changed()
 
     def stop_watching(self) -> None:
-        self._watch_scope.cancel()
+        if self._watch_scope is not None:
+            self._watch_scope.cancel()
 
     def signal_group(self, sig: int) -> None:
         # Only while the leader is unreaped: it holds the pid, so the group id
@@ -121,7 +150,14 @@ class _Child:
 
 
 class _Generation:
-    """One run of a slot: the leader, its readiness check and its output pumps."""
+    """One run of a slot: the leader, its readiness check and its output pumps.
+
+    When the readiness check runs no task (``Ready.on_spawn``), nothing but the
+    leader's exit can change what the runner waits for: the runner's own task
+    then waits on the pidfd, and no watch task, scope or event is set up.
+    """
+
+    __slots__ = ("_changed", "check", "check_error", "child", "pumps", "since", "watched")
 
     def __init__(
         self, child: _Child, check: ReadyCheck, pumps: list[_LinePump], since: int
@@ -131,15 +167,37 @@ class _Generation:
         self.check = check
         self.pumps = pumps
         self.check_error: BaseException | None = None
-        self._changed = trio.Event()
+        # A task of the check may change the state: the exit is watched by a task too.
+        self.watched = type(check).run is not ReadyCheck.run
+        self._changed: trio.Event | None = None
+
+    def exited(self) -> bool:
+        return self.child.exited
+
+    def ended(self) -> bool:
+        """The leader exited, or the check found it hung after it was ready."""
+        return self.child.exited or self.check.failure is not None
 
     def changed(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        event = self._changed
+        if event is not None:
+            self._changed = None
+            event.set()
 
     async def until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` (which holds once the leader has exited)."""
         while not predicate():
-            await self._changed.wait()
+            if not self.watched:
+                assert not self.child.exited
+                await self.child.wait()
+                # One scheduling step, as when a watch task woke this one: a stop
+                # requested in the same step is a stop (the exit is its outcome).
+                await trio.lowlevel.checkpoint()
+                continue
+            event = self._changed
+            if event is None:
+                event = self._changed = trio.Event()
+            await event.wait()
 
 
 class ProcessRunner:
@@ -281,8 +339,12 @@ class ProcessRunner:
                 raise
             self._generation = gen
             try:
-                async with trio.open_nursery() as nursery:
-                    outcome = await self._supervise(gen, nursery, spawned, task_status)
+                if gen.pumps or gen.watched:
+                    async with trio.open_nursery() as nursery:
+                        outcome = await self._supervise(gen, nursery, spawned, task_status)
+                else:
+                    # Nothing to run beside this task: no nursery (nor its scope).
+                    outcome = await self._supervise(gen, None, spawned, task_status)
             finally:
                 gen.check.close()
             if isinstance(outcome, StartFailure):
@@ -328,31 +390,27 @@ class ProcessRunner:
         # its first start), not anew on every restart: that is on the restart path.
         base = self._base_env
         if base is None:
-            # Interned: the slots of one supervisor share the strings (4 KiB a slot).
-            base = {
-                sys.intern(k): sys.intern(v)
-                for k, v in os.environ.items()
-                if k not in _PROTOCOL_ENV
-            }
+            base = _inherited_env()
             if self._spec.env:
-                base.update(self._spec.env)
-            base.setdefault("PYTHONUNBUFFERED", "1")
-            base[MARKER_ENV] = self._child_id
+                base = {**base, **self._spec.env}
+                base.pop(MARKER_ENV, None)
             self._base_env = base
             # What comes unchanged from this process's environment is encoded once
-            # for every slot; the slot's own variables are its own.
+            # for every slot; the slot's own variables (and its marker) are its own.
             environ = os.environ
             inherited = [(k, v) for k, v in base.items() if environ.get(k) == v]
             own = [(k, v) for k, v in base.items() if environ.get(k) != v]
+            own.append((MARKER_ENV, self._child_id))
             self._base_env_list = encode_env_shared(inherited) + encode_env(own)
         assert self._base_env_list is not None
         extra = dict(check.child_env())
         if self._listeners is not None:
             extra.update(self._listeners.child_env())
+        # Built for this spawn only (the encoded list is what is kept).
+        env = {**base, MARKER_ENV: self._child_id, **extra}
         if not extra:
-            return base, self._base_env_list
-        env = {**base, **extra}
-        if extra.keys() & base.keys():  # the spec's env set a protocol variable
+            return env, self._base_env_list
+        if MARKER_ENV in extra or extra.keys() & base.keys():  # a protocol variable set twice
             return env, encode_env(env.items())
         return env, self._base_env_list + encode_env(extra.items())
 
@@ -428,16 +486,19 @@ class ProcessRunner:
     async def _supervise(
         self,
         gen: _Generation,
-        nursery: trio.Nursery,
+        nursery: trio.Nursery | None,
         spawned: Callable[[int | None], None],
         task_status: trio.TaskStatus[int | None],
     ) -> ExitStatus | StartFailure:
         spec = self._spec
         child = gen.child
-        nursery.start_soon(child.watch, gen.changed)
-        for pump in gen.pumps:
-            nursery.start_soon(pump.run)
-        nursery.start_soon(self._run_check, gen)
+        if nursery is not None:
+            if gen.watched:
+                nursery.start_soon(child.watch, gen.changed)
+            for pump in gen.pumps:
+                nursery.start_soon(pump.run)
+            if gen.watched:
+                nursery.start_soon(self._run_check, gen)
         try:
             spawned(child.pid)
             if not gen.check.ready:
@@ -460,7 +521,7 @@ class ProcessRunner:
                     self._path, f"readiness timeout after {spec.startup_timeout:g}s"
                 )
             task_status.started(child.pid)
-            await gen.until(lambda: child.exited or gen.check.failure is not None)
+            await gen.until(gen.ended)
             if child.exited:
                 return self._finish(gen)
             with trio.CancelScope(shield=True):
@@ -489,7 +550,8 @@ class ProcessRunner:
             for pump in gen.pumps:
                 pump.stop()
             child.stop_watching()
-            nursery.cancel_scope.cancel()
+            if nursery is not None:
+                nursery.cancel_scope.cancel()
 
     async def _run_check(self, gen: _Generation) -> None:
         try:
@@ -592,10 +654,10 @@ class ProcessRunner:
                 target.send(sig)
                 target.send(signal.SIGCONT)
             with trio.move_on_after(grace):
-                await gen.until(lambda: child.exited)
+                await gen.until(gen.exited)
             killed = not child.exited
         child.signal_group(signal.SIGKILL)
-        await gen.until(lambda: child.exited)
+        await gen.until(gen.exited)
         end = self._reap(child)
         # SIGKILL every escapee, and wait until the whole tree is really gone.
         escaped = await _kill_pinned([*tree.escapees, *tree.members])

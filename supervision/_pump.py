@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 from typing import Final
 
 import trio
 
+from ._flag import Flag
 from ._spec import OutputBatches, OutputLines
 
 __all__: list[str] = []
@@ -83,7 +85,8 @@ class _LinePump:
     def __init__(self, fd: int, output: OutputLines | OutputBatches) -> None:
         with contextlib.suppress(OSError, AttributeError):  # not Linux, or over the cap
             fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_SIZE)
-        self._stream = trio.lowlevel.FdStream(fd)
+        os.set_blocking(fd, False)
+        self._fd = fd
         self._output = output
         self._batch_sink = output.sink if isinstance(output, OutputBatches) else None
         self._line_sink = output.sink if isinstance(output, OutputLines) else None
@@ -93,7 +96,7 @@ class _LinePump:
         self._rest = b""  # the start of a line not ended yet (at most max_line bytes)
         self._pending: list[str] = []  # per-line form: lines read, not yet delivered
         self.received = 0  # bytes read so far: the drain after an exit watches it move
-        self.done = trio.Event()
+        self.done = Flag()  # the pipe's end was read, or the pump was stopped
 
     def _failed(self) -> None:
         if not self._sink_failed:
@@ -162,19 +165,31 @@ class _LinePump:
                 await trio.lowlevel.checkpoint()
 
     async def run(self) -> None:
+        fd = self._fd
         try:
             with self._scope:
                 while True:
+                    # Read directly (no stream object per pipe): the wait happens
+                    # outside the ``except``, so no BlockingIOError and traceback
+                    # stay alive while the pipe is idle.
+                    chunk: bytes | None
                     try:
-                        chunk = await self._stream.receive_some(_PUMP_CHUNK)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        chunk = os.read(fd, _PUMP_CHUNK)
+                    except BlockingIOError:
+                        chunk = None
+                    except OSError:
                         break
+                    if chunk is None:
+                        await trio.lowlevel.wait_readable(fd)
+                        continue
                     if not chunk:
                         break
                     self.received += len(chunk)
                     await self._deliver(self._cut(chunk))
                     if len(chunk) < _PUMP_CHUNK:
                         await trio.sleep(_SETTLE)
+                    else:
+                        await trio.lowlevel.checkpoint()
         finally:
             # Stopped between two steps, lines may wait; then the unfinished line.
             last = self._rest + b"\n" if self._rest else b""
@@ -186,13 +201,19 @@ class _LinePump:
                 if last:
                     self._pending.append(last[:-1].decode("utf-8", errors="replace"))
                 self._hand_lines(len(self._pending))
-            self._stream.close()
+            self._close()
             self.done.set()
 
     def stop(self) -> None:
         self._scope.cancel()
 
+    def _close(self) -> None:
+        if self._fd >= 0:
+            trio.lowlevel.notify_closing(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
     def close(self) -> None:
         """Close without running (spawn failed)."""
-        self._stream.close()
+        self._close()
         self.done.set()

@@ -110,12 +110,27 @@ def encode_env_shared(items: Iterable[tuple[str, str]]) -> list[bytes]:
     return encoded
 
 
+_CANDIDATES: dict[tuple[str, str | None], tuple[bytes, ...]] = {}
+
+
 def exec_candidates(name: str, env: Mapping[str, str]) -> tuple[bytes, ...]:
-    """The paths ``execve`` tries for ``name`` (the ``PATH`` of ``env``), as ``Popen``."""
+    """The paths ``execve`` tries for ``name`` (the ``PATH`` of ``env``), as ``Popen``.
+
+    Kept once per process for each name and ``PATH`` (up to 4096 of them): the
+    slots running the same program share them.
+    """
+    key = (name, env.get("PATH"))
+    found = _CANDIDATES.get(key)
+    if found is not None:
+        return found
     executable = os.fsencode(name)
     if os.path.dirname(executable):
-        return (executable,)
-    return tuple(os.path.join(os.fsencode(d), executable) for d in os.get_exec_path(env))
+        found = (executable,)
+    else:
+        found = tuple(os.path.join(os.fsencode(d), executable) for d in os.get_exec_path(env))
+    if len(_CANDIDATES) < _SHARED_MAX:
+        _CANDIDATES[key] = found
+    return found
 
 
 def _child_error(data: bytes, argv0: str, cwd: str | None) -> BaseException:

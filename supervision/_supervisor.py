@@ -14,13 +14,13 @@ from __future__ import annotations
 import enum
 import math
 import random
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import attrs
+import outcome
 import trio
 
 from . import _events as ev
@@ -34,6 +34,7 @@ from ._errors import (
     SupervisorNotRunning,
 )
 from ._exit import ExitStatus
+from ._flag import Flag
 from ._groups import raise_collapsed
 from ._pubsub import DEFAULT_BUFFER, Broadcaster, Subscription
 from ._runner import Runner, RunnerContext, StopReport
@@ -129,7 +130,7 @@ class _Slot:
         # The slot whose exit scheduled this one's pending restart (group restarts).
         self.restart_group: _Slot | None = None
         self.scope: trio.CancelScope | None = None
-        self.finished: trio.Event | None = None
+        self.finished: Flag | None = None
         self.last_exit: ExitStatus | None = None
         # Callers waiting for the outcome of the generation being started.
         self.waiters: list[_Pending] = []
@@ -217,6 +218,56 @@ class _Command(Generic[T]):
 
 
 _Message = _Command[Any] | _Ready | _StartFailed | _Exited
+
+
+class _Inbox:
+    """The loop's queue of messages: unbounded, one receiver (the loop task).
+
+    A plain list and the parked loop task, instead of a memory channel (two
+    ordered dicts, a deque and two channel objects per supervisor). Messages
+    are received in the order they were sent.
+    """
+
+    __slots__ = ("_items", "_receiver")
+
+    def __init__(self) -> None:
+        self._items: list[_Message] = []
+        self._receiver: trio.lowlevel.Task | None = None
+
+    def send_nowait(self, message: _Message) -> None:
+        receiver = self._receiver
+        if receiver is not None:
+            self._receiver = None
+            trio.lowlevel.reschedule(receiver, outcome.Value(message))
+        else:
+            self._items.append(message)
+
+    def receive_nowait(self) -> _Message:
+        """The oldest message.
+
+        Raises:
+            trio.WouldBlock: There is none.
+        """
+        if not self._items:
+            raise trio.WouldBlock
+        return self._items.pop(0)
+
+    async def receive(self) -> _Message:
+        """The oldest message, waiting for one if there is none.
+
+        Cancellation: a checkpoint; a cancelled wait takes no message.
+        """
+        if self._items:
+            await trio.lowlevel.checkpoint()
+            return self._items.pop(0)
+        assert self._receiver is None, "the inbox has one receiver"
+        self._receiver = trio.lowlevel.current_task()
+        message: _Message = await trio.lowlevel.wait_task_rescheduled(self._abort)
+        return message
+
+    def _abort(self, _: object) -> trio.lowlevel.Abort:
+        self._receiver = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 class Supervisor:
@@ -372,9 +423,10 @@ class _Engine:
         self.handle = Supervisor(self)
         self.slots: list[_Slot] = []
         self.closed = False
-        self.finished = trio.Event()
-        self._restart_log: deque[float] = deque()
-        self._inbox_send, self._inbox = trio.open_memory_channel[_Message](math.inf)
+        self.finished = Flag()
+        # Restart times within the intensity window, oldest first; trimmed in place.
+        self._restart_log: list[float] = []
+        self._inbox = _Inbox()
         self._nursery: trio.Nursery | None = None
         self._shutdown = False
         self._gave_up: SupervisorGaveUp | None = None
@@ -407,7 +459,7 @@ class _Engine:
         if self.closed:
             raise SupervisorNotRunning(f"supervisor {'/'.join(self.path)} has stopped")
         command: _Command[T] = _Command(fn)
-        self._inbox_send.send_nowait(command)
+        self._inbox.send_nowait(command)
         await command.done.wait()
         if command.error is not None:
             raise command.error
@@ -427,7 +479,7 @@ class _Engine:
             self._shutdown = True
 
         if not self.closed:
-            self._inbox_send.send_nowait(_Command(shutdown))
+            self._inbox.send_nowait(_Command(shutdown))
 
     # ------------------------------------------------------------------ main
 
@@ -464,7 +516,7 @@ class _Engine:
         while True:
             try:
                 message = self._inbox.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
+            except trio.WouldBlock:
                 break
             if isinstance(message, _Command):
                 message.abandon()
@@ -550,39 +602,29 @@ class _Engine:
     # ------------------------------------------------------------------ children
 
     async def _child_task(
-        self, slot: _Slot, generation: int, scope: trio.CancelScope, finished: trio.Event
+        self, slot: _Slot, generation: int, scope: trio.CancelScope, finished: Flag
     ) -> None:
         """Run one generation; report ready, start failure and exit to the loop."""
         exit_status: ExitStatus | None = None
         failure: StartFailure | None = None
-        ready = False
-
-        def report_ready(pid: int | None) -> None:
-            nonlocal ready
-            ready = True
-            # From now on only the supervisor stops this child (by cancelling
-            # `scope`), one child at a time in reverse order: a cancellation of the
-            # whole tree must not reach every child at once.
-            scope.shield = True
-            self._inbox_send.send_nowait(_Ready(slot, generation, pid))
-
+        report = _GenerationReport(self, slot, generation, scope)
         try:
             with scope:
                 try:
                     exit_status = await slot.runner.run(
-                        partial(self._spawned, slot, generation),
-                        task_status=cast("trio.TaskStatus[int | None]", _Started(report_ready)),
+                        report.spawned,
+                        task_status=cast("trio.TaskStatus[int | None]", report),
                     )
                 except Exception as exc:
                     # A runner that breaks is a crash of that child, never of the tree.
-                    if ready:
+                    if report.ready:
                         exit_status = ExitStatus.raised(exc)
                     elif isinstance(exc, StartFailure):
                         failure = exc
                     else:
                         failure = StartFailure(self._path(slot), f"raised {exc!r}")
                         failure.__cause__ = exc
-                if exit_status is not None and not ready:
+                if exit_status is not None and not report.ready:
                     failure = StartFailure(
                         self._path(slot), f"ended before it was ready: {exit_status.reason}"
                     )
@@ -593,9 +635,12 @@ class _Engine:
         if scope.cancel_called:
             return  # stopped on purpose: the stopper reports it
         if failure is not None:
-            self._inbox_send.send_nowait(_StartFailed(slot, generation, failure))
+            self._inbox.send_nowait(_StartFailed(slot, generation, failure))
         elif exit_status is not None:
-            self._inbox_send.send_nowait(_Exited(slot, generation, exit_status))
+            self._inbox.send_nowait(_Exited(slot, generation, exit_status))
+
+    def _report_ready(self, slot: _Slot, generation: int, pid: int | None) -> None:
+        self._inbox.send_nowait(_Ready(slot, generation, pid))
 
     def _spawned(self, slot: _Slot, generation: int, pid: int | None) -> None:
         if slot.generation != generation:
@@ -616,7 +661,7 @@ class _Engine:
         slot.pid = None
         slot.last_exit = None
         slot.scope = trio.CancelScope()
-        slot.finished = trio.Event()
+        slot.finished = Flag()
         if waiter is not None:
             slot.waiters.append(waiter)
         self._nursery.start_soon(self._child_task, slot, slot.generation, slot.scope, slot.finished)
@@ -732,10 +777,14 @@ class _Engine:
 
         # A restart is due: count it against the intensity first.
         window = self.spec.intensity.window
-        self._restart_log.append(now)
-        while self._restart_log and now - self._restart_log[0] > window:
-            self._restart_log.popleft()
-        if len(self._restart_log) > self.spec.intensity.max_restarts:
+        log = self._restart_log
+        log.append(now)
+        expired = 0
+        while now - log[expired] > window:
+            expired += 1
+        if expired:
+            del log[:expired]
+        if len(log) > self.spec.intensity.max_restarts:
             self._give_up(slot, exit_status)
             return
 
@@ -879,6 +928,33 @@ class _Engine:
         await self._remove(slot)
 
 
+class _GenerationReport:
+    """What the runner of one generation calls: ``spawned(pid)``, and ``started(pid)``
+    as its ``task_status`` (one small object instead of closures and partials)."""
+
+    __slots__ = ("engine", "generation", "ready", "scope", "slot")
+
+    def __init__(
+        self, engine: _Engine, slot: _Slot, generation: int, scope: trio.CancelScope
+    ) -> None:
+        self.engine = engine
+        self.slot = slot
+        self.generation = generation
+        self.scope = scope
+        self.ready = False
+
+    def spawned(self, pid: int | None) -> None:
+        self.engine._spawned(self.slot, self.generation, pid)
+
+    def started(self, pid: int | None = None) -> None:
+        self.ready = True
+        # From now on only the supervisor stops this child (by cancelling
+        # `scope`), one child at a time in reverse order: a cancellation of the
+        # whole tree must not reach every child at once.
+        self.scope.shield = True
+        self.engine._report_ready(self.slot, self.generation, pid)
+
+
 def _describe_exit(name: str, exit_status: ExitStatus) -> str:
     """``child 'cache' failed to start: executable not found: redis-server``."""
     reason = exit_status.reason
@@ -920,18 +996,12 @@ class SubtreeRunner:
             self._spec, path=self._context.path, host=self._context.host, broadcaster=broadcaster
         )
         self.handle = engine.handle
-        ready = False
-
-        def report_ready(handle: Supervisor) -> None:
-            nonlocal ready
-            ready = True
-            task_status.started(None)
-
-        status = cast("trio.TaskStatus[Supervisor]", _Started(report_ready))
+        started = _SubtreeStarted(task_status)
+        status = cast("trio.TaskStatus[Supervisor]", started)
         try:
             await engine.run(status)
         except SupervisorGaveUp as exc:
-            if not ready:
+            if not started.ready:
                 raise StartFailure(self._context.path, str(exc)) from exc
             return ExitStatus.raised(exc)
         except trio.Cancelled:
@@ -940,7 +1010,7 @@ class SubtreeRunner:
         finally:
             self.handle = None
             broadcaster.close()
-        if not ready:
+        if not started.ready:
             raise StartFailure(self._context.path, "shut down before all its children were ready")
         return ExitStatus.returned()
 
@@ -948,14 +1018,19 @@ class SubtreeRunner:
         await trio.lowlevel.checkpoint()
 
 
-class _Started(Generic[T]):
-    """A ``task_status`` that calls a function."""
+class _SubtreeStarted:
+    """The ``task_status`` a subtree's engine reports its start to: the parent's
+    generation is ready once the subtree is."""
 
-    def __init__(self, fn: Callable[[T], None]) -> None:
-        self._fn = fn
+    __slots__ = ("_task_status", "ready")
 
-    def started(self, value: T) -> None:
-        self._fn(value)
+    def __init__(self, task_status: trio.TaskStatus[int | None]) -> None:
+        self._task_status = task_status
+        self.ready = False
+
+    def started(self, handle: Supervisor) -> None:
+        self.ready = True
+        self._task_status.started(None)
 
 
 class _SubtreeBroadcaster(Broadcaster):
