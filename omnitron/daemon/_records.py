@@ -239,7 +239,12 @@ class AppRecord:
 
 def remember(record: AppRecord, event: AppEvent) -> AppRecord:
     """``record`` with ``event`` as its newest recent event."""
-    return attrs.evolve(record, events=(*record.events[-(RECENT_EVENTS - 1) :], event))
+    return attrs.evolve(record, events=_recent(record.events, event))
+
+
+def _recent(events: tuple[AppEvent, ...], event: AppEvent) -> tuple[AppEvent, ...]:
+    """``events`` with ``event`` as the newest, the oldest dropped past RECENT_EVENTS."""
+    return (*events[-(RECENT_EVENTS - 1) :], event)
 
 
 def intend(record: AppRecord, desired: DesiredStatus) -> AppRecord:
@@ -410,9 +415,7 @@ def _app_with(
     last_error: str | None,
     note: AppEvent | None,
 ) -> AppRecord:
-    events = record.events
-    if note is not None:
-        events = (*events[-(RECENT_EVENTS - 1) :], note)
+    events = record.events if note is None else _recent(record.events, note)
     return AppRecord(
         config=record.config,
         instances=record.instances,

@@ -163,9 +163,7 @@ class SafeFileHandler(logging.handlers.WatchedFileHandler):
                 stream = self.stream
                 if stream is None:
                     stream = self.stream = self._open()
-                written = os.write(stream.fileno(), data)
-                if written < len(data):
-                    _write_all(stream.fileno(), data[written:])
+                _write_all(stream.fileno(), data)
                 self._unchecked.append(data)
                 self._unchecked_bytes += len(data)
             except Exception:
@@ -215,6 +213,9 @@ class SafeFileHandler(logging.handlers.WatchedFileHandler):
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
+    written = os.write(fd, data)
+    if written == len(data):
+        return  # the usual case: one write, no view
+    view = memoryview(data)[written:]
     while view:
         view = view[os.write(fd, view) :]
