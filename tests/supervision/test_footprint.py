@@ -130,7 +130,8 @@ async def _child_env(slots, child, lines, name: str, env: dict[str, str] | None 
     argv = child("print_env", "SUPERVISION_CHILD_ID", "ONLY_MINE")
     slot = slots.new(ProcessChild(argv, env=env, stdout=Output.lines(sink)), name)
     await slot.start()
-    [line] = await sink.wait_for(bool)
+    await slot.exited()  # it prints and ends; a teardown stop would race its exit
+    [line] = sink.lines
     return slot, json.loads(line)
 
 
