@@ -82,7 +82,14 @@ def test_the_first_tree_starts_with_only_python(tmp_path: Path) -> None:
         for name in ("web", "worker", "heartbeat"):
             assert f"name='{name}'" in text, text
         proc.send_signal(signal.SIGINT)  # Ctrl-C: leaving the block stops the tree
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            # Say which stage it hung in: what it printed, and which children are left.
+            pytest.fail(
+                f"still running 60 s after Ctrl-C; children left: {marked(marker)}\n"
+                f"{output.read_text()}"
+            )
     finally:
         if proc.poll() is None:
             proc.kill()
