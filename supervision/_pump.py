@@ -168,6 +168,11 @@ class _LinePump:
         fd = self._fd
         try:
             with self._scope:
+                # The pipe is new and the child just started: a read now would
+                # only fail (an exception raised and caught per stream and start,
+                # in a crash storm), so the first read waits until there is data.
+                with contextlib.suppress(OSError):  # a bad fd: the read below says so
+                    await trio.lowlevel.wait_readable(fd)
                 while True:
                     # Read directly (no stream object per pipe): the wait happens
                     # outside the ``except``, so no BlockingIOError and traceback

@@ -55,6 +55,7 @@ def log_event(logger: Any, level: str, event: str, **fields: Any) -> None:
     for handler in handlers:
         if not isinstance(handler.formatter, _Formatter):
             direct = False
+            break
     if not direct or numeric is None:
         getattr(logger, level)(event, **fields)
         return
@@ -76,19 +77,42 @@ def log_event(logger: Any, level: str, event: str, **fields: Any) -> None:
     for handler in handlers:
         if numeric < handler.level:
             continue
-        if isinstance(handler, SafeFileHandler) and not handler.filters:
-            handler.write_line(line)  # the file gets the line itself: no record
-            continue
+        if not handler.filters:
+            # The file, and the foreground's stderr, get the line itself: no record.
+            if isinstance(handler, SafeFileHandler):
+                handler.write_line(line)
+                continue
+            if type(handler) is logging.StreamHandler:
+                _echo(handler, line, numeric)
+                continue
         if record is None:
-            # A record for the other handlers (the formatter passes the line as
-            # is): a copy of a template instead of LogRecord's constructor
-            # (process, thread and caller lookups).
-            record = _new_record()
-            record.__dict__.update(_TEMPLATE)
-            record.levelno = numeric
-            record.levelname = logging.getLevelName(numeric)
-            record.msg = record.omnitron_line = line
+            record = _record_of(line, numeric)  # for the other handlers
         handler.handle(record)
+
+
+def _echo(handler: logging.StreamHandler[Any], line: str, numeric: int) -> None:
+    """What ``handler.handle`` does with a record of ``line`` (``emit``: write, flush),
+    without the record and its formatting."""
+    with handler.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+        try:
+            stream = handler.stream
+            stream.write(line + handler.terminator)
+            stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            handler.handleError(_record_of(line, numeric))
+
+
+def _record_of(line: str, numeric: int) -> logging.LogRecord:
+    # A copy of a template instead of LogRecord's constructor (process, thread
+    # and caller lookups); the formatter passes the line as is.
+    record = _new_record()
+    record.__dict__.update(_TEMPLATE)
+    record.levelno = numeric
+    record.levelname = logging.getLevelName(numeric)
+    record.msg = record.omnitron_line = line
+    return record
 
 
 _TEMPLATE = logging.LogRecord("omnitron", logging.INFO, __file__, 0, "", None, None).__dict__

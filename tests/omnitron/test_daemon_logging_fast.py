@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from omnitron.daemon import _logging
 from omnitron.daemon._logging import configure_logging, log_event
 from omnitron.daemon._safefile import CHECK_BYTES, SafeFileHandler
 
@@ -70,6 +71,38 @@ def test_direct_line_honours_the_level(tmp_path: Path) -> None:
     lines = (directory / "daemon.log").read_text().splitlines()
     assert [_STAMP.sub("", line) for line in lines] == [
         "level='warning' event='app_exited' app='web' instance=0"
+    ]
+
+
+def test_the_foreground_echo_gets_the_direct_line_without_a_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # ``up --foreground`` echoes the daemon log on stderr: the lifecycle lines
+    # (three per restart) are written there as they are, no record built.
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    directory = tmp_path / "logs"
+    directory.mkdir(mode=0o700)
+    handler = configure_logging(directory / "daemon.log", echo=True)
+
+    def no_record() -> logging.LogRecord:
+        raise AssertionError("a record was built")
+
+    try:
+        monkeypatch.setattr(_logging, "_new_record", no_record)
+        log = structlog.get_logger("omnitron.logs")
+        log_event(log, "warning", "app_exited", app="web", instance=0, reason="exited with code 1")
+        log_event(log, "info", "app_online", app="web", instance=0, pid=7)
+    finally:
+        handler.close()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        structlog.reset_defaults()
+    echoed = capsys.readouterr().err.splitlines()
+    assert echoed == (directory / "daemon.log").read_text().splitlines()
+    assert [_STAMP.sub("", line) for line in echoed] == [
+        "level='warning' event='app_exited' app='web' instance=0 reason='exited with code 1'",
+        "level='info' event='app_online' app='web' instance=0 pid=7",
     ]
 
 

@@ -186,6 +186,31 @@ async def test_batches_hand_each_read_as_whole_lines_of_bytes(slots) -> None:
     assert len(reads) <= count / 50, len(reads)
 
 
+async def test_a_silent_child_costs_its_pumps_no_failed_read(
+    slots, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A crash storm starts two pumps per restart: each waits for its new pipe to
+    # be readable before its first read, so none raises and catches EAGAIN.
+    failed: list[int] = []
+    real = os.read
+
+    def read(fd: int, size: int) -> bytes:
+        try:
+            return real(fd, size)
+        except BlockingIOError:
+            failed.append(fd)
+            raise
+
+    monkeypatch.setattr(os, "read", read)
+    reads: list[bytes] = []
+    spec = ProcessChild(
+        ["sleep", "0.2"], stdout=Output.batches(reads.append), stderr=Output.lines(reads.append)
+    )
+    await run_to_exit(slots, spec)
+    assert reads == []
+    assert failed == []
+
+
 async def test_batches_keep_the_bytes_and_end_the_last_line(slots, child) -> None:
     reads: list[bytes] = []
     await run_to_exit(slots, ProcessChild(child("bad_utf8"), stdout=Output.batches(reads.append)))
