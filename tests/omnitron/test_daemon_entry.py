@@ -50,8 +50,7 @@ THIRD_PARTY = frozenset(
 hooks aside)."""
 
 NOT_WITHOUT_A_PLANE = (
-    # tempfile is deferred at import only: the state file's first write loads it.
-    *(name for name in NOT_IN_THE_DAEMON if name != "tempfile"),
+    *NOT_IN_THE_DAEMON,  # tempfile too: the state file's writes do without it
     "cryptography",
     "jwt",
     "prometheus_client",
