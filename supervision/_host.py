@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import re
-import secrets
 import shutil
 import signal
 import sys
@@ -511,7 +510,7 @@ async def open_process_host(
     and removes the runtime directory. Runners using the host must be finished.
     """
     if token is None:
-        token = secrets.token_hex(6)
+        token = os.urandom(6).hex()  # secrets.token_hex, without loading secrets
     elif not _TOKEN.match(token):
         raise ValueError(f"token must match {_TOKEN.pattern}, got {token!r}")
     previous = _prctl_subreaper(None) if subreaper else 0

@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -45,6 +45,8 @@ from ._fields import (
 )
 from ._graph import find_cycles
 from ._model import (
+    DEFAULT_READY,
+    DEFAULT_RESTART_POLICY,
     DEFAULT_WATCH_IGNORE,
     AppConfig,
     BackoffConfig,
@@ -69,6 +71,8 @@ __all__ = ["build_ecosystem"]
 
 MAX_APPS = 1024
 MAX_COMMAND_TEXT = 64 * 1024
+T = TypeVar("T")
+
 _SHELL_TOKENS = frozenset({"|", "||", "&&", ";", "&", ">", ">>", "<", "2>&1"})
 _READY_KINDS = ("tcp", "http", "after", "fd", "notify")
 
@@ -399,6 +403,12 @@ def build_bootstrap(ctx: BuildContext, path: Path_, value: object) -> Path | Non
     return bootstrap
 
 
+def _shared_default(record: T, default: T) -> T:
+    """``default`` itself when ``record`` equals it: apps left at the defaults share
+    one frozen instance instead of a copy each."""
+    return default if record == default else record
+
+
 def build_app(
     ctx: BuildContext, index: int, value: object, sup: SupervisionConfig, mon: MonitoringConfig
 ) -> AppConfig | None:
@@ -446,7 +456,10 @@ def build_app(
     restart_policy = (
         build_restart_policy(ctx, (*path, "restart_policy"), table["restart_policy"], sup)
         if table.get("restart_policy") is not None
-        else RestartPolicy(max_restarts=sup.max_restarts, window=sup.window, backoff=sup.backoff)
+        else _shared_default(
+            RestartPolicy(max_restarts=sup.max_restarts, window=sup.window, backoff=sup.backoff),
+            DEFAULT_RESTART_POLICY,
+        )
     )
     if table.get("restart_policy") is not None and sup.strategy is not Strategy.ONE_FOR_ONE:
         ctx.note_inert(
@@ -468,7 +481,7 @@ def build_app(
     ready = (
         build_ready(ctx, (*path, "ready"), table["ready"])
         if table.get("ready") is not None
-        else ReadyConfig()
+        else DEFAULT_READY
     )
     sockets = (
         build_sockets(ctx, (*path, "sockets"), table["sockets"])

@@ -39,6 +39,8 @@ from ._fields import (
 )
 
 __all__ = [
+    "DEFAULT_READY",
+    "DEFAULT_RESTART_POLICY",
     "DEFAULT_WATCH_IGNORE",
     "AppConfig",
     "BackoffConfig",
@@ -96,8 +98,12 @@ _POSITIVE = p_duration(positive=True)
 _DURATION = p_duration(positive=False)
 
 
+_EMPTY_MAP: Mapping[str, Any] = MappingProxyType({})
+"""The one empty read-only mapping: every record without ``env`` (or overrides) shares it."""
+
+
 def _frozen_map(value: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(value or {}))
+    return MappingProxyType(dict(value)) if value else _EMPTY_MAP
 
 
 def _env_repr(env: Mapping[str, str]) -> str:
@@ -325,6 +331,11 @@ class SocketConfig:
         return f"tcp {f'[{host}]' if ':' in host else host}:{self.port}"
 
 
+DEFAULT_READY = ReadyConfig()
+DEFAULT_RESTART_POLICY = RestartPolicy()
+"""An app's defaults: one instance, shared by every app that keeps them."""
+
+
 @attrs.frozen(kw_only=True)
 class AppConfig:
     """One ``[[apps]]`` entry.
@@ -346,13 +357,13 @@ class AppConfig:
     )
     depends_on: tuple[str, ...] = attrs.field(default=(), metadata=key(p_strings))
     instances: int = attrs.field(default=1, metadata=key(p_int(1, MAX_INSTANCES)))
-    ready: ReadyConfig = attrs.field(default=ReadyConfig(), metadata=key())
+    ready: ReadyConfig = attrs.field(default=DEFAULT_READY, metadata=key())
     startup_timeout: float = attrs.field(default=30.0, metadata=key(_POSITIVE))
     stop_timeout: float = attrs.field(default=10.0, metadata=key(_POSITIVE))
     stop_signal: signal.Signals = attrs.field(default=signal.SIGTERM, metadata=key(p_signal))
     critical: bool = attrs.field(default=False, metadata=key(p_bool))
     restart: Restart = attrs.field(default=Restart.PERMANENT, metadata=key(p_enum(Restart)))
-    restart_policy: RestartPolicy = attrs.field(default=RestartPolicy(), metadata=key())
+    restart_policy: RestartPolicy = attrs.field(default=DEFAULT_RESTART_POLICY, metadata=key())
     health: HealthConfig | None = attrs.field(default=None, metadata=key())
     watch: WatchConfig | None = attrs.field(default=None, metadata=key())
     enabled: bool = attrs.field(default=True, metadata=key(p_bool))

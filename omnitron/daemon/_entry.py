@@ -15,7 +15,7 @@ methods), ``idna`` (Trio, for host names of TCP connections), ``bz2`` and
 mean" hints of bad requests), ``locale`` (``subprocess``, for its text mode;
 0.5 MiB of tables), ``tokenize`` (``linecache``, to format a traceback),
 ``glob``, ``unicodedata`` and ``tempfile`` (``ctypes.util``, imported by Trio
-to name its threads; the state file's first write loads it). A stand-in may
+to name its threads; an app that notifies its readiness loads it). A stand-in may
 load another while it loads (a re-entrant lock). From Python 3.12 every log
 record asks a loaded ``asyncio`` for its current task: the daemon turns that off
 (``logging.logAsyncioTasks``), or the first log line would load ``asyncio``.

@@ -5,7 +5,8 @@ worker thread (never on the event loop): CPU %, CPU seconds, RSS, USS (where the
 kernel has ``/proc/PID/smaps_rollup``), threads, open file descriptors, and the
 same summed over the process's descendants. Each process keeps its samples for
 ``retention`` seconds in a fixed-size :class:`Ring` (8 bytes per figure), dropped
-when the process is gone. ``status`` reads only the last sample.
+when the process is gone; the samples' times are kept once for all processes
+(:class:`Clock`). ``status`` reads only the last sample.
 
 :func:`prometheus_text` renders a ``daemon.metrics`` result in the Prometheus text
 exposition format; it imports ``prometheus_client`` on first use, so a daemon
@@ -35,6 +36,7 @@ from ..rpc import Dispatcher
 __all__ = [
     "FIELDS",
     "LAG_BUCKETS",
+    "Clock",
     "CountingDispatcher",
     "LoopLag",
     "Ring",
@@ -70,15 +72,57 @@ _PROCFS = os.path.exists(f"/proc/{os.getpid()}/stat")
 _HAS_SMAPS_ROLLUP = os.path.exists(f"/proc/{os.getpid()}/smaps_rollup")
 
 
+class Clock:
+    """The times of a sampler's rounds, kept once for the rings of all its processes.
+
+    Every process sampled in a round gets the round's time, and a process that is
+    not sampled in a round loses its ring (:meth:`Sampler._keep`): so the samples
+    of a ring are those of its last rounds, and their times need not be stored in
+    each ring (8 bytes a sample per process). Keeps the last ``capacity`` times.
+    """
+
+    __slots__ = ("_capacity", "_times", "rounds")
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = max(1, capacity)
+        self._times = array.array("d", bytes(8 * self._capacity))  # by round, circular
+        self.rounds = 0
+        """Rounds so far; the newest is ``rounds - 1``."""
+
+    def tick(self, when: float) -> None:
+        """A new round, taken at ``when``."""
+        self._times[self.rounds % self._capacity] = when
+        self.rounds += 1
+
+    def time(self, round_: int) -> float:
+        """The time of round ``round_`` (one of the last ``capacity``)."""
+        return self._times[round_ % self._capacity]
+
+    def resize(self, capacity: int) -> Clock:
+        """A clock of ``capacity`` with this one's rounds and newest times."""
+        clock = Clock(capacity)
+        clock.rounds = self.rounds
+        kept = min(self._capacity, clock._capacity, self.rounds)
+        for round_ in range(self.rounds - kept, self.rounds):
+            clock._times[round_ % clock._capacity] = self.time(round_)
+        return clock
+
+
 class Ring:
     """The last ``capacity`` samples of one process, in flat arrays.
 
-    Each sample's time takes 8 bytes; its other figures (72 bytes) are stored only
-    when they differ from the previous sample's, which a sample then shares: an
-    idle process, whose figures stay the same from one sample to the next, takes
-    12 bytes a sample, a busy one (new figures each time) 84 to 89. Values come back exactly as
-    they were appended (compared bit for bit). Grows until full, then overwrites
-    the oldest sample.
+    Each sample's time takes 8 bytes, unless the ring shares a :class:`Clock`
+    (the sampler's rings do): then a sample appended at the clock's newest round,
+    with its time, stores no time, and a ring appended to out of step (another
+    time, a round skipped) keeps its own times from then on. A ring on a clock is
+    appended to at every round or dropped, as the sampler's are: the clock keeps
+    only the times of its last ``capacity`` rounds. A sample's other
+    figures (72 bytes) are stored only when they differ from the previous
+    sample's, which a sample then shares: an idle process, whose figures stay the
+    same from one sample to the next, takes 4 bytes a sample (12 with its own
+    times), a busy one (new figures each time) 76 to 81 (84 to 89). Values come
+    back exactly as they were appended (compared bit for bit). Grows until full,
+    then overwrites the oldest sample.
 
     Appending is O(1) but for the dropping of old figures, a copy of the kept rows
     once every sixteenth of the ring's length.
@@ -86,19 +130,26 @@ class Ring:
 
     __slots__ = (
         "_capacity",
+        "_clock",
         "_count",
         "_dead",
         "_figures",
         "_first",
         "_last",
         "_next",
+        "_round",
         "_rows",
         "_times",
     )
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, clock: Clock | None = None) -> None:
         self._capacity = max(1, capacity)
-        self._times = array.array("d")  # a sample's time, circular
+        if clock is not None and clock._capacity < self._capacity:
+            clock = None  # it would forget the times of the ring's oldest samples
+        self._clock = clock
+        self._round = -1  # with a clock: the round of the newest sample
+        # Without a clock: a sample's time, circular.
+        self._times: array.array[float] | None = array.array("d") if clock is None else None
         self._rows = array.array("I")  # a sample's figures: a row number (mod 2**32), circular
         # The distinct figures, oldest first: row ``_first + i`` at ``i * _ROW``;
         # the first ``_dead`` rows no sample refers to any more (dropped in bulk).
@@ -113,6 +164,17 @@ class Ring:
         return self._count
 
     def append(self, sample: Sample) -> None:
+        clock = self._clock
+        if clock is not None:
+            newest = clock.rounds - 1
+            if (
+                newest < 0
+                or clock.time(newest) != sample[0]
+                or (self._count and self._round != newest - 1)
+            ):
+                self._own_times()
+            else:
+                self._round = newest
         row = array.array("d", sample[1:])
         packed = row.tobytes()
         figures = self._figures
@@ -120,22 +182,41 @@ class Ring:
             figures.extend(row)
             self._last = packed
         number = (self._first + len(figures) // _ROW - 1) & _ROW_MASK
+        times = self._times
         if self._count < self._capacity:
-            self._times.append(sample[0])
+            if times is not None:
+                times.append(sample[0])
             self._rows.append(number)
             self._count += 1
             return
         slot = self._next
-        self._times[slot] = sample[0]
+        if times is not None:
+            times[slot] = sample[0]
         self._rows[slot] = number
         self._next = (slot + 1) % self._capacity
         # Rows older than the oldest sample's are no longer needed: dropped once they
-        # are a sixteenth of the rows (a busy process then takes 84 to 89 bytes a sample).
+        # are a sixteenth of the rows (a busy process then takes 76 to 81 bytes a sample).
         self._dead = (self._rows[self._next] - self._first) & _ROW_MASK
         if self._dead * 16 > len(figures) // _ROW:
             del figures[: self._dead * _ROW]
             self._first = (self._first + self._dead) & _ROW_MASK
             self._dead = 0
+
+    def _own_times(self) -> None:
+        """Keep the samples' times in the ring itself from now on."""
+        times = array.array("d", bytes(8 * self._count))
+        oldest = self._next if self._count == self._capacity else 0
+        for i in range(self._count):
+            times[(oldest + i) % self._capacity] = self._time(i)
+        self._times, self._clock = times, None
+
+    def _time(self, i: int) -> float:
+        """The time of the ``i``-th sample kept, oldest first."""
+        if self._times is not None:
+            oldest = self._next if self._count == self._capacity else 0
+            return self._times[(oldest + i) % self._capacity]
+        assert self._clock is not None
+        return self._clock.time(self._round - (self._count - 1 - i))
 
     def last(self, n: int) -> list[Sample]:
         """The last ``n`` samples (fewer if there are fewer), oldest first."""
@@ -146,14 +227,22 @@ class Ring:
         for i in range(self._count - n, self._count):
             slot = (oldest + i) % self._capacity
             start = ((self._rows[slot] - first) & _ROW_MASK) * _ROW
-            out.append((self._times[slot], *figures[start : start + _ROW]))
+            out.append((self._time(i), *figures[start : start + _ROW]))
         return out
 
-    def resize(self, capacity: int) -> Ring:
-        """A ring of ``capacity`` holding this one's newest samples."""
+    def resize(self, capacity: int, clock: Clock | None = None) -> Ring:
+        """A ring of ``capacity`` holding this one's newest samples; it shares
+        ``clock`` (this ring's clock resized) if this ring shares a clock."""
         ring = Ring(capacity)
         for sample in self.last(ring._capacity):
             ring.append(sample)
+        if (
+            self._clock is not None
+            and clock is not None
+            and clock.rounds == self._clock.rounds
+            and clock._capacity >= ring._capacity
+        ):
+            ring._times, ring._clock, ring._round = None, clock, self._round
         return ring
 
 
@@ -410,6 +499,7 @@ class Sampler:
         self.enabled = True
         self.rings: dict[int, Ring] = {}
         """Every sampled process's samples, by pid."""
+        self._clock = Clock(self.capacity)  # the rounds' times, shared by the rings
         self.last: dict[int, Sample] = {}
         """The last sample of every process (the daemon's included), by pid."""
         self.samples: dict[int, tuple[float, int]] = {}
@@ -437,7 +527,8 @@ class Sampler:
         if (interval, retention) == (self.interval, self.retention):
             return
         self.interval, self.retention = interval, retention
-        self.rings = {pid: ring.resize(self.capacity) for pid, ring in self.rings.items()}
+        self._clock = clock = self._clock.resize(self.capacity)
+        self.rings = {pid: ring.resize(self.capacity, clock) for pid, ring in self.rings.items()}
         self._wake()
 
     def set_enabled(self, enabled: bool) -> None:
@@ -505,11 +596,13 @@ class Sampler:
         rings = self.rings
         for pid in [p for p in rings if p not in taken]:
             del rings[pid]
-        capacity = self.capacity
+        capacity, clock = self.capacity, self._clock
+        if taken:
+            clock.tick(next(iter(taken.values()))[0])  # one time for the round's samples
         for pid, sample in taken.items():
             ring = rings.get(pid)
             if ring is None:
-                ring = rings[pid] = Ring(capacity)
+                ring = rings[pid] = Ring(capacity, clock)
             ring.append(sample)
         self.last = taken
         self.samples = {pid: (s[_CPU], int(s[_RSS])) for pid, s in taken.items()}

@@ -35,7 +35,6 @@ apps use no secret never loads it.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import contextlib
 import json
@@ -115,12 +114,16 @@ class SecretRefused(SecretError, InvalidParams):
 
 
 def _b64(data: bytes) -> str:
+    import base64  # loaded with the store's first write, not by every daemon
+
     return base64.b64encode(data).decode("ascii")
 
 
 def _unb64(text: object, what: str) -> bytes:
     if not isinstance(text, str):
         raise ValueError(f"{what} is not a base64 string")
+    import base64
+
     try:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):

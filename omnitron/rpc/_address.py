@@ -6,7 +6,6 @@ Trio, ``ssl`` or the cryptography package.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import ipaddress
 import re
@@ -23,6 +22,8 @@ _TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 def fingerprint_of_der(der: bytes) -> str:
     """``SHA256:<base64 without padding>`` of a DER certificate (as SSH prints keys)."""
+    import base64  # only for TLS: not loaded by a daemon without it
+
     digest = hashlib.sha256(der).digest()
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 

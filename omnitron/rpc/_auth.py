@@ -16,13 +16,11 @@ connection checks it (:meth:`TokenAuthority.check`).
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import math
 import os
 import re
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -153,7 +151,7 @@ class TokenAuthority:
             )
             write_private_file(key_path, pem)
         if not id_path.exists():
-            write_private_file(id_path, secrets.token_hex(8).encode() + b"\n")
+            write_private_file(id_path, os.urandom(8).hex().encode() + b"\n")
         self._key = key
         self._public = key.public_key()
         self.issuer = f"omnitron-{id_path.read_text().strip()}"
@@ -202,7 +200,7 @@ class TokenAuthority:
             raise ValueError(f"ttl must be between 1 s and {MAX_TTL} s, got {ttl}")
         now = int(self._clock())
         record = IssuedToken(
-            token_id=secrets.token_hex(16),
+            token_id=os.urandom(16).hex(),  # as secrets.token_hex(16)
             subject=subject,
             role=role,
             issued_at=now,
@@ -337,6 +335,8 @@ class TokenAuthority:
 
 def b64url(data: bytes) -> str:
     """Unpadded base64url, as JWS uses (for tests that forge tokens)."""
+    import base64  # not at import: the daemon never calls it
+
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 

@@ -427,3 +427,24 @@ def test_app_mode(spec_ecosystem: Ecosystem) -> None:
     assert isinstance(spec_ecosystem.app("api"), AppConfig)
     with pytest.raises(KeyError):
         spec_ecosystem.app("nope")
+
+
+def test_apps_left_at_the_defaults_share_their_default_records(tmp_path: Path) -> None:
+    # One frozen instance for every app without ready, restart_policy or env: not a
+    # copy each (memory per app in a daemon with many apps).
+    path = tmp_path / "apps.toml"
+    path.write_text(
+        '[[apps]]\nname = "a"\ncommand = ["sleep", "1"]\n'
+        '[[apps]]\nname = "b"\ncommand = ["sleep", "1"]\n'
+        '[[apps]]\nname = "c"\ncommand = ["sleep", "1"]\nenv = { X = "1" }\n'
+        'ready = "notify"\nrestart_policy = { max_restarts = 1 }\n'
+    )
+    a, b, c = load_config(path).apps
+    defaults = attrs.fields(AppConfig)
+    assert a.ready is b.ready is defaults.ready.default
+    assert a.restart_policy is b.restart_policy is defaults.restart_policy.default
+    assert a.env is b.env
+    assert a.env == {}
+    assert c.ready == ReadyConfig.notify()
+    assert c.restart_policy.max_restarts == 1
+    assert c.env == {"X": "1"}

@@ -28,6 +28,8 @@ NOT_IN_THE_DAEMON = (
     "psutil",
     "locale",
     "tempfile",
+    "secrets",
+    "base64",
     "structlog.twisted",
     "omnitron._system",
     "omnitron.worker",
@@ -37,7 +39,8 @@ NOT_IN_THE_DAEMON = (
 """Modules the daemon process must not load: the CLI, the ones it defers or blocks,
 what only worker apps need (``omnitron._system``, ``omnitron.worker``), and cattrs
 (replies are unstructured by ``omnitron.rpc._unstructure``; the CLI's TOML output
-alone uses cattrs)."""
+alone uses cattrs); ``secrets`` and ``base64`` load with their first use (a token
+issued, a TLS fingerprint, a secret stored)."""
 
 THIRD_PARTY = frozenset(
     {
@@ -50,8 +53,7 @@ THIRD_PARTY = frozenset(
 hooks aside)."""
 
 NOT_WITHOUT_A_PLANE = (
-    # tempfile is deferred at import only: the state file's first write loads it.
-    *(name for name in NOT_IN_THE_DAEMON if name != "tempfile"),
+    *NOT_IN_THE_DAEMON,  # tempfile too: the state file's writes do without it
     "cryptography",
     "jwt",
     "prometheus_client",

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_cli_e2e import SLEEP, Omnitron, app_toml, home, omnitron, wait_for  # noqa: F401 - fixtures
 
 from omnitron._eventtext import describe
-from omnitron.daemon._metrics import FIELDS, LoopLag, Ring, Sampler, prometheus_text
+from omnitron.daemon._metrics import FIELDS, Clock, LoopLag, Ring, Sampler, prometheus_text
 from omnitron.state import AppStatus
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -458,3 +458,81 @@ def test_an_idle_process_ring_stores_its_figures_once() -> None:
     # One row of figures for the idle ring, one per distinct neighbour for the busy one.
     assert len(ring._figures) == len(idle)
     assert len(busy._figures) >= 720 * len(idle)
+
+
+# One step of the sampler-like run below: ("tick", figures) samples every ring at a
+# new round, ("late", figures) samples one ring at a time of its own (out of step:
+# it keeps its own times from then on), ("skip", figures) ticks without sampling
+# the first process, whose ring goes (as the sampler drops it) and starts anew at
+# the next round, ("resize", capacity) applies new settings.
+_STEP = st.one_of(
+    st.tuples(st.just("tick"), _FIGURES),
+    st.tuples(st.just("late"), _FIGURES),
+    st.tuples(st.just("skip"), _FIGURES),
+    st.tuples(st.just("resize"), st.integers(1, 12)),
+)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(capacity=st.integers(1, 12), steps=st.lists(_STEP, max_size=60))
+def test_rings_sharing_a_clock_give_back_exactly_what_they_kept(
+    capacity: int, steps: list[tuple[str, Any]]
+) -> None:
+    # The rings of a sampler take their times from its clock (one time per round),
+    # and come back bit for bit whatever happens: rounds, samples out of step,
+    # processes not sampled in a round, new settings.
+    clock = Clock(capacity)
+    rings = [Ring(capacity, clock), Ring(capacity, clock)]
+    kept = [collections.deque[tuple[float, ...]](maxlen=capacity) for _ in rings]
+    for t, (kind, arg) in enumerate(steps):
+        when = 1000.0 + t
+        if kind == "resize":
+            capacity = arg
+            clock = clock.resize(capacity)
+            rings = [ring.resize(capacity, clock) for ring in rings]
+            kept = [collections.deque(k, maxlen=capacity) for k in kept]
+        elif kind == "late":
+            rings[1].append((when + 0.5, *arg))
+            kept[1].append((when + 0.5, *arg))
+        else:
+            clock.tick(when)
+            for index, (ring, k) in enumerate(zip(rings, kept, strict=True)):
+                if kind == "skip" and index == 0:
+                    rings[0], kept[0] = Ring(capacity, clock), collections.deque(maxlen=capacity)
+                    continue
+                ring.append((when, *arg))
+                k.append((when, *arg))
+        for ring, k in zip(rings, kept, strict=True):
+            assert len(ring) == len(k)
+            assert _bits(ring.last(capacity)) == _bits(list(k))
+
+
+def test_an_idle_process_ring_on_the_samplers_clock_stores_no_times() -> None:
+    # 4 bytes a sample (its row number) instead of 12: the time is the clock's.
+    clock = Clock(720)
+    ring = Ring(720, clock)
+    idle = (0.0, 0.0, 1_720_320.0, 106_496.0, 1.0, 3.0, 0.0, 0.0, 1_720_320.0)
+    for t in range(2000):
+        clock.tick(float(t))
+        ring.append((float(t), *idle))
+    assert ring._times is None
+    assert ring.last(2) == [(1998.0, *idle), (1999.0, *idle)]
+    assert len(ring._figures) == len(idle)
+    assert len(ring._rows) == 720
+
+
+async def test_the_samplers_rings_share_its_clock() -> None:
+    sampler = Sampler(lambda: [])
+    for _ in range(3):
+        await sampler.sample()
+    ring = sampler.rings[os.getpid()]
+    assert len(ring) == 3
+    assert ring._times is None
+    assert ring._clock is sampler._clock
+    assert ring.last(1)[0] == sampler.last[os.getpid()]
+    sampler.configure(interval=1.0, retention=2.0)
+    ring = sampler.rings[os.getpid()]
+    assert ring._clock is sampler._clock
+    assert len(ring) == 2
+    await sampler.sample()
+    assert sampler.rings[os.getpid()]._times is None

@@ -289,3 +289,30 @@ async def test_a_restarted_app_reuses_its_pool_spec_until_it_changes(
         await stop_then_start()
         assert built == [2]
         assert ("test", "web", "0") in orchestrator._builder.places
+
+
+async def test_an_apps_lock_is_forgotten_once_released_and_still_serializes(
+    tmp_path: Path,
+) -> None:
+    # An idle daemon keeps no lock per app; operations on one app still run one at
+    # a time (the second restart waits for the first, then takes the same lock).
+    apps = [{"name": "web", "command": ["sleep", "3600"]}]
+    async with daemon(tmp_path, apps) as (orchestrator, _):
+        await orchestrator.wait_launched(WAIT)
+        assert orchestrator._locks == {}
+        async with orchestrator._lock("web"):
+            assert set(orchestrator._locks) == {"web"}
+            with trio.fail_after(WAIT):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(orchestrator.restart, "web")
+                    nursery.start_soon(orchestrator.restart, "web")
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert orchestrator._locks["web"].statistics().tasks_waiting == 2
+                    nursery.cancel_scope.cancel()
+        assert orchestrator._locks == {}
+        with trio.fail_after(WAIT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(orchestrator.restart, "web")
+                nursery.start_soon(orchestrator.restart, "web")
+        assert orchestrator._locks == {}
+        assert orchestrator.apps["web"].status is AppStatus.ONLINE

@@ -24,6 +24,7 @@ from omnitron.state import (
     StateSource,
     StateStore,
     Step,
+    _fs,
     load_state,
     open_pid_lock,
     open_state_writer,
@@ -278,3 +279,17 @@ async def test_a_one_thread_write_that_fails_names_its_step_and_recovers(home: H
     assert decode_state(home.state_file.read_bytes()).state == api(2)
     assert decode_state(home.backup_file.read_bytes()).generation == 1
     assert temps(home) == []
+
+
+def test_a_temporary_name_in_use_is_skipped(home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
+    # O_EXCL: an existing file (or a symlink planted under the name, PC-15) is never
+    # opened; the next random name is tried.
+    names = iter([b"\x00" * 6, b"\x00" * 6, b"\x01" * 6])
+    monkeypatch.setattr(_fs.os, "urandom", lambda n: next(names))
+    taken = home.path / "state.json.000000000000.tmp"
+    os.symlink(home.path / "elsewhere", taken)
+    fd, path = _fs._create_temp(home.path, "state.json.")
+    os.close(fd)
+    assert path == home.path / "state.json.010101010101.tmp"
+    assert taken.is_symlink()
+    assert not (home.path / "elsewhere").exists()
