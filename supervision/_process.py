@@ -69,26 +69,30 @@ _DRAIN_MAX: Final = 5.0
 """After an exit, seconds at most spent reading what is left in its pipes."""
 
 
-_INHERITED: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+_INHERITED: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], dict[str, str]]] = {}
 
 
-def _inherited_env() -> dict[str, str]:
-    """What every child gets from this process's environment (never to be changed).
+def _inherited_env() -> tuple[dict[str, str], dict[str, str]]:
+    """This process's environment, and what every child gets of it (never to be changed).
 
-    One dict for all the slots while the environment stays the same (the
-    slots without variables of their own keep it, not a copy each).
+    ``os.environ`` is read once a call (each of its reads encodes the name and
+    decodes the value); one pair of dicts for all the slots while the
+    environment stays the same (the slots without variables of their own keep
+    it, not a copy each).
     """
-    items = tuple(
-        (k, v) for k, v in os.environ.items() if k not in _PROTOCOL_ENV and k != MARKER_ENV
-    )
-    base = _INHERITED.get(items)
-    if base is None:
-        base = {sys.intern(k): sys.intern(v) for k, v in items}
+    items = tuple(os.environ.items())
+    found = _INHERITED.get(items)
+    if found is None:
+        base = {
+            sys.intern(k): sys.intern(v)
+            for k, v in items
+            if k not in _PROTOCOL_ENV and k != MARKER_ENV
+        }
         base.setdefault("PYTHONUNBUFFERED", "1")
         if len(_INHERITED) >= 8:
             _INHERITED.clear()
-        _INHERITED[items] = base
-    return base
+        found = _INHERITED[items] = (dict(items), base)
+    return found
 
 
 def _wait_exited_nowait(pid: int) -> None:
@@ -390,16 +394,17 @@ class ProcessRunner:
         # its first start), not anew on every restart: that is on the restart path.
         base = self._base_env
         if base is None:
-            base = _inherited_env()
+            environ, base = _inherited_env()
             if self._spec.env:
                 base = {**base, **self._spec.env}
                 base.pop(MARKER_ENV, None)
             self._base_env = base
             # What comes unchanged from this process's environment is encoded once
             # for every slot; the slot's own variables (and its marker) are its own.
-            environ = os.environ
-            inherited = [(k, v) for k, v in base.items() if environ.get(k) == v]
-            own = [(k, v) for k, v in base.items() if environ.get(k) != v]
+            inherited: list[tuple[str, str]] = []
+            own: list[tuple[str, str]] = []
+            for item in base.items():
+                (inherited if environ.get(item[0]) == item[1] else own).append(item)
             own.append((MARKER_ENV, self._child_id))
             self._base_env_list = encode_env_shared(inherited) + encode_env(own)
         assert self._base_env_list is not None

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +259,52 @@ async def test_environment_is_the_same_in_every_generation(
         "LISTEN_FDS": "1",
         MARKER_ENV: slot.runner.child_id,
     }
+
+
+class _CountingEnviron(MutableMapping[str, str]):
+    """A stand-in for ``os.environ`` counting the values read from it."""
+
+    def __init__(self, items: dict[str, str]) -> None:
+        self._items = items
+        self.reads = 0
+
+    def __getitem__(self, key: str) -> str:
+        self.reads += 1
+        return self._items[key]
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self._items[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+async def test_a_slot_reads_the_supervisors_environment_once(
+    slots, child, lines, monkeypatch
+) -> None:
+    # Every read of os.environ encodes a name and decodes a value: the first
+    # start of a slot reads each variable once (the value it compares the
+    # slot's environment with is that read's), whatever the spec sets.
+    environ = _CountingEnviron({**os.environ, "FROM_SUPERVISOR": "kept"})
+    monkeypatch.setattr(os, "environ", environ)
+    out = lines()
+    spec = ProcessChild(
+        child("print_env", "FROM_SUPERVISOR", "FROM_SPEC"),
+        env={"FROM_SPEC": "yes"},
+        stdout=Output.lines(out),
+    )
+    slot = slots.new(spec)
+    await slot.start()
+    reads = environ.reads
+    await slot.exited()
+    assert json.loads(out.lines[0]) == {"FROM_SUPERVISOR": "kept", "FROM_SPEC": "yes"}
+    assert 0 < reads <= len(environ)
 
 
 def test_inherited_variables_are_encoded_once_per_process() -> None:
