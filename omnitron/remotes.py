@@ -11,12 +11,13 @@ with, and optionally its certificate's pinned fingerprint::
 
 The file holds tokens, so it is written atomically with mode 0600 and, as SSH does
 with its private files, refused when group or others may read it. Standard
-library only: it is read on the CLI's fast path (``omnitron -r prod status``).
+library only: it is read on the CLI's fast path (``omnitron -r prod status``),
+and ``omnitron up`` imports it before it launches the daemon (``json`` loads
+when a file is written).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
@@ -281,6 +282,8 @@ def load_remotes(home: str) -> dict[str, Remote]:
 
 
 def _toml_string(value: str) -> str:
+    import json  # not at import: `up` reads this module before it launches the daemon
+
     return json.dumps(value)  # a JSON string (ASCII, \uXXXX escapes) is a TOML basic string
 
 

@@ -99,6 +99,22 @@ def test_a_plain_up_launches_the_daemon_before_click_and_withdraws_it_at_exit(
     assert not home.exists()
 
 
+def test_the_early_launch_loads_neither_json_nor_the_config_package(tmp_path: Path) -> None:
+    # What `up` imports before the daemon's interpreter is launched delays it.
+    home = tmp_path / "h"
+    found = _run(
+        f"""
+        import sys
+        from omnitron.cli import _launch
+        _launch.launch_early({["--home", str(home), "up", "--config", str(_config(tmp_path))]!r})
+        loaded = {{name: name in sys.modules for name in ("json", "omnitron.config", "click")}}
+        import json
+        print(json.dumps({{**loaded, "launched": _launch._early is not None}}))
+        """
+    )
+    assert found == {"json": False, "omnitron.config": False, "click": False, "launched": True}
+
+
 def test_an_early_launch_of_another_command_line_is_withdrawn(tmp_path: Path) -> None:
     home = tmp_path / "h"
     found = _run(
