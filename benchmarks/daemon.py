@@ -67,9 +67,9 @@ Every scenario records the 1-minute load average before and after it.
 Every Python process the run starts caches its bytecode under the work directory
 (``PYTHONPYCACHEPREFIX``), as an installed package has its ``.pyc`` files, unless
 ``--no-bytecode-cache`` is given; before the scenarios, one discarded daemon run
-with 100 apps compiles what the daemon loads only once running.  The markdown tables go to stdout, progress to
-stderr, and ``--json FILE`` writes every figure with the machine it ran on.  Linux
-only (``/proc``).
+with 100 apps compiles what the daemon loads only once running.  The markdown
+tables go to stdout, progress to stderr, and ``--json FILE`` writes every figure
+with the machine it ran on.  Linux only (``/proc``).
 """
 
 from __future__ import annotations
