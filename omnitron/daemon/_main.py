@@ -40,6 +40,7 @@ from ..rpc._unix import check_socket_path
 from ..state import Home, StateStore, load_state, open_persistence, open_pid_lock
 from ._errors import DaemonBusy
 from ._exec import build_worker_dispatcher
+from ._heap import trim_heap
 from ._leftovers import find_leftovers, may_have_leftovers, terminate_leftovers
 from ._logging import configure_logging
 from ._logs import LogCollector
@@ -400,6 +401,7 @@ async def _announce_ready(
         launched()
         progress.say("started")
         progress.close()
+        trim_heap()  # what start-up freed goes back to the system
     notify("READY=1\nSTATUS=apps started")
 
 

@@ -36,6 +36,7 @@ from ._exec import (
     describe_ecosystem,
     register_exec,
 )
+from ._heap import trim_heap
 from ._logs import LogLine
 from ._metrics import FIELDS, CountingDispatcher, Sampler, aggregate, figures, prometheus_text
 from ._orchestrator import AppRecord, Orchestrator
@@ -524,6 +525,7 @@ class DaemonService:
             metrics = new.monitoring.metrics
             self.sampler.configure(interval=metrics.interval, retention=metrics.retention)
             self.watching.refresh()
+            trim_heap()  # the old config and specs, and the parse of the new one
         return {
             "applied": not dry_run,
             "added": [a.name for a in diff.added],
