@@ -26,6 +26,17 @@ MARKER = "SUPERVISION_DOCS_RUN"
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
+# Runs a program as a terminal does, with Ctrl-C raising KeyboardInterrupt. A
+# test run started in the background of a script (``cmd &``, no job control)
+# inherits SIGINT ignored, and Python keeps an inherited ignored SIGINT: the
+# program would never see the Ctrl-C the test sends.
+AS_FROM_A_TERMINAL = (
+    "import runpy, signal, sys; "
+    "signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv = sys.argv[1:]; "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
 
 def python_block_after(heading: str) -> str:
     """The first ```python block after ``heading`` in docs/supervision.md."""
@@ -65,7 +76,7 @@ def test_the_first_tree_starts_with_only_python(tmp_path: Path) -> None:
     output = tmp_path / "out.txt"
     with output.open("wb") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-u", str(program)],
+            [sys.executable, "-u", "-c", AS_FROM_A_TERMINAL, str(program)],
             cwd=tmp_path,
             env={**os.environ, MARKER: marker},
             stdout=sink,
