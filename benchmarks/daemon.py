@@ -487,9 +487,12 @@ class Daemon:
         with open(self.output, "wb") as out:
             self.launched_wall = time.time()
             self.launched = time.perf_counter()
+            # In the work directory: an interpreter started with -m (an older
+            # --omnitron's daemon) puts its directory first on sys.path, and the
+            # repository's own packages would replace the ones it installed.
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
-                start_new_session=True,
+                start_new_session=True, cwd=self.home.parent,
             )  # fmt: skip
 
     def _check_alive(self) -> None:

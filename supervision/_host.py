@@ -38,6 +38,7 @@ from ._procfs import (
     _Stat,
     _watched_pids,
 )
+from ._pump import PumpHub, _LinePump
 
 __all__ = ["HostStatistics", "ProcessHost", "open_process_host"]
 
@@ -130,6 +131,7 @@ class ProcessHost:
         self._sweeps = 0
         self._orphans_reaped = 0
         self._nursery: trio.Nursery | None = None
+        self._pumps: PumpHub | None = None
         # Slots whose generation ended by itself: child id -> (start ticks of the
         # slot's current leader, None when it has none; sweep number when listed).
         self._crashed: dict[str, tuple[Callable[[], int | None], int]] = {}
@@ -215,6 +217,13 @@ class ProcessHost:
         """End a turn begun with :meth:`spawn_turn` (``held``: what it returned)."""
         if held:
             self.spawn_lock.release()
+
+    def start_pump(self, pump: _LinePump) -> None:
+        """Read ``pump``'s pipe until its end or :meth:`_LinePump.stop` (see
+        :class:`PumpHub`)."""
+        if self._pumps is None:
+            raise RuntimeError("the process host is not open")
+        self._pumps.add(pump)
 
     def _start_soon(self, async_fn: Callable[[], Awaitable[None]]) -> None:
         """Run a clean-up task in the host's nursery (its errors are logged, not raised)."""
@@ -522,6 +531,7 @@ async def open_process_host(
         try:
             async with trio.open_nursery() as nursery:
                 host._nursery = nursery
+                host._pumps = PumpHub(nursery)
                 if subreaper:
                     await nursery.start(host._reap_orphans)
                 try:
@@ -531,6 +541,8 @@ async def open_process_host(
         except BaseExceptionGroup as group:
             _raise_collapsed(group)
     finally:
+        if host._pumps is not None:
+            host._pumps.close()
         if subreaper and not previous:
             _prctl_subreaper(0)
         os.close(devnull)

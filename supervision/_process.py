@@ -21,7 +21,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import trio
@@ -68,6 +69,8 @@ end: a descendant may hold them open."""
 _DRAIN_MAX: Final = 5.0
 """After an exit, seconds at most spent reading what is left in its pipes."""
 
+
+_NO_VARIABLES: Mapping[str, str] = types.MappingProxyType({})
 
 _INHERITED: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], dict[str, str]]] = {}
 
@@ -343,7 +346,7 @@ class ProcessRunner:
                 raise
             self._generation = gen
             try:
-                if gen.pumps or gen.watched:
+                if gen.watched:
                     async with trio.open_nursery() as nursery:
                         outcome = await self._supervise(gen, nursery, spawned, task_status)
                 else:
@@ -393,17 +396,21 @@ class ProcessRunner:
         # The supervisor's own environment is read and encoded once per slot (at
         # its first start), not anew on every restart: that is on the restart path.
         base = self._base_env
+        own_env = self._spec.env or _NO_VARIABLES
         if base is None:
+            # Every slot keeps the one shared dict of what children inherit; a
+            # slot's own variables stay in its spec (not merged into a copy).
             environ, base = _inherited_env()
-            if self._spec.env:
-                base = {**base, **self._spec.env}
-                base.pop(MARKER_ENV, None)
             self._base_env = base
+            merged = base
+            if own_env:
+                merged = {**base, **own_env}
+                merged.pop(MARKER_ENV, None)
             # What comes unchanged from this process's environment is encoded once
             # for every slot; the slot's own variables (and its marker) are its own.
             inherited: list[tuple[str, str]] = []
             own: list[tuple[str, str]] = []
-            for item in base.items():
+            for item in merged.items():
                 (inherited if environ.get(item[0]) == item[1] else own).append(item)
             own.append((MARKER_ENV, self._child_id))
             self._base_env_list = encode_env_shared(inherited) + encode_env(own)
@@ -412,11 +419,11 @@ class ProcessRunner:
         if self._listeners is not None:
             extra.update(self._listeners.child_env())
         # Built for this spawn only (the encoded list is what is kept).
-        env = {**base, MARKER_ENV: self._child_id, **extra}
+        env = {**base, **own_env, MARKER_ENV: self._child_id, **extra}
         if not extra:
             return env, self._base_env_list
-        if MARKER_ENV in extra or extra.keys() & base.keys():  # a protocol variable set twice
-            return env, encode_env(env.items())
+        if any(name == MARKER_ENV or name in base or name in own_env for name in extra):
+            return env, encode_env(env.items())  # a protocol variable set twice
         return env, self._base_env_list + encode_env(extra.items())
 
     async def _spawn_generation(self) -> _Generation:
@@ -498,13 +505,11 @@ class ProcessRunner:
         spec = self._spec
         child = gen.child
         if nursery is not None:
-            if gen.watched:
-                nursery.start_soon(child.watch, gen.changed)
-            for pump in gen.pumps:
-                nursery.start_soon(pump.run)
-            if gen.watched:
-                nursery.start_soon(self._run_check, gen)
+            nursery.start_soon(child.watch, gen.changed)
+            nursery.start_soon(self._run_check, gen)
         try:
+            for pump in gen.pumps:
+                self._host.start_pump(pump)
             spawned(child.pid)
             if not gen.check.ready:
                 with trio.move_on_after(spec.startup_timeout):

@@ -51,8 +51,14 @@ def daemon_argv(
     planes: Sequence[str] = (),
     watch: bool | None = None,
 ) -> list[str]:
-    """``python -m omnitron.daemon ...``: the daemon's own entry point, not the CLI again."""
-    argv = [sys.executable, "-m", "omnitron.daemon", "--home", home, "--config", str(source)]
+    """``python -P -m omnitron.daemon ...``: the daemon's own entry point, not the CLI again.
+
+    ``-P``: ``-m`` would put the current directory first on ``sys.path``, so under
+    ``up --foreground`` a project holding a ``supervision`` package (or a
+    ``signal.py``) would be imported by the daemon in place of the real one.
+    """
+    argv = [sys.executable, "-P", "-m", "omnitron.daemon", "--home", home]
+    argv += ["--config", str(source)]
     if stack is not None:
         argv += ["--stack", stack]
     if reset_state:

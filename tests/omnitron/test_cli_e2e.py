@@ -586,7 +586,7 @@ def test_up_names_the_apps_still_looping_at_its_timeout(omnitron: Omnitron) -> N
 def test_up_starts_the_daemon_entry_point_not_the_cli(running: Omnitron) -> None:
     daemon = psutil.Process(running.status()["daemon"]["pid"])
     cmdline = daemon.cmdline()
-    assert cmdline[1:3] == ["-m", "omnitron.daemon"], cmdline
+    assert cmdline[1:4] == ["-P", "-m", "omnitron.daemon"], cmdline
     # Its start-up pipe is closed once the apps have started: no app holds it either.
     assert not any(arg == "--ready-fd" for arg in cmdline[:1])
     out = Path(running.home) / "logs" / "daemon.out"
@@ -715,18 +715,35 @@ def test_a_crash_looping_critical_app_stops_the_foreground_daemon(omnitron: Omni
     assert not os.path.exists(os.path.join(omnitron.home, "daemon.sock"))
 
 
-def test_sigint_stops_the_foreground_daemon_cleanly(omnitron: Omnitron) -> None:
-    omnitron.write_config(BASIC)
+def _foreground_until_sigint(omnitron: Omnitron) -> tuple[int, str]:
+    """Run the BASIC apps in the foreground until online, then Ctrl-C: exit code, output."""
     with omnitron.foreground() as (proc, output):
         omnitron.wait_answering(proc)
         omnitron.wait_online(*BASIC_APPS)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=CLI_TIMEOUT)
-    err = output.read_text()
-    assert proc.returncode == 0, err
+    return proc.returncode, output.read_text()
+
+
+def test_sigint_stops_the_foreground_daemon_cleanly(omnitron: Omnitron) -> None:
+    omnitron.write_config(BASIC)
+    code, err = _foreground_until_sigint(omnitron)
+    assert code == 0, err
     assert "Traceback" not in err
     assert "KeyboardInterrupt" not in err
     assert marked(omnitron.home) == []
+
+
+def test_a_project_directory_does_not_shadow_the_daemons_modules(omnitron: Omnitron) -> None:
+    # The foreground daemon runs in the project directory: a package there named
+    # like one the daemon imports (the library itself here) is not what it loads.
+    omnitron.write_config(BASIC)
+    shadow = omnitron.project / "supervision"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text('raise SystemExit("the project shadowed the library")\n')
+    code, err = _foreground_until_sigint(omnitron)
+    assert code == 0, err
+    assert "shadowed" not in err
 
 
 # --------------------------------------------------------------------------- kill, down

@@ -90,7 +90,7 @@ def test_a_plain_up_launches_the_daemon_before_click_and_withdraws_it_at_exit(
         """
     )
     assert found["argv"] == [
-        *("-m", "omnitron.daemon", "--home", str(home)),
+        *("-P", "-m", "omnitron.daemon", "--home", str(home)),
         *("--config", str(tmp_path / "apps.toml")),
     ]
     assert found["click"] is False

@@ -14,6 +14,7 @@ import signal
 import pytest
 import trio
 
+import supervision._pump
 from supervision import Output, ProcessChild, Ready, StartFailure
 from supervision._flag import Flag
 from supervision._spawn import exec_candidates
@@ -45,7 +46,23 @@ async def test_an_on_spawn_child_costs_its_runner_task_alone(slots, child) -> No
     assert end.signal == signal.SIGKILL
 
 
-async def test_a_piped_child_costs_one_task_per_pipe_besides_its_runner(slots, lines) -> None:
+async def test_piped_children_cost_their_runner_task_alone(slots, lines) -> None:
+    # One task of the host reads every pipe (epoll): a child's two pipes add no task.
+    before = _task_count()
+    sink = lines()
+    spec = ProcessChild(["sleep", "3600"], stdout=Output.lines(sink), stderr=Output.lines(sink))
+    await slots.new(spec, "a").start()
+    await trio.testing.wait_all_tasks_blocked()
+    assert _task_count() == before + 2  # its runner, and the host's reader
+    await slots.new(spec, "b").start()
+    await trio.testing.wait_all_tasks_blocked()
+    assert _task_count() == before + 3
+
+
+async def test_without_epoll_each_pipe_has_a_task(
+    slots, lines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervision._pump, "_HAVE_EPOLL", False)
     before = _task_count()
     sink = lines()
     spec = ProcessChild(["sleep", "3600"], stdout=Output.lines(sink), stderr=Output.lines(sink))
@@ -135,12 +152,12 @@ async def _child_env(slots, child, lines, name: str, env: dict[str, str] | None 
     return slot, json.loads(line)
 
 
-async def test_slots_without_variables_share_one_environment(slots, child, lines) -> None:
+async def test_slots_share_one_inherited_environment(slots, child, lines) -> None:
     first, first_env = await _child_env(slots, child, lines, "a")
     second, second_env = await _child_env(slots, child, lines, "b")
     own, own_env = await _child_env(slots, child, lines, "c", {"ONLY_MINE": "1"})
-    assert first.runner._base_env is second.runner._base_env
-    assert own.runner._base_env is not first.runner._base_env
+    # One dict of what children inherit for all: a slot's own variables stay apart.
+    assert first.runner._base_env is second.runner._base_env is own.runner._base_env
     assert "ONLY_MINE" not in first.runner._base_env
     # Each still carries its own marker; only the slot that asked has its variable.
     envs = [first_env, second_env, own_env]

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import shlex
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 import trio
 
+import supervision._pump
 from supervision import InvalidSpec, InvalidSpecType
 from supervision._procfs import _HAVE_PIDFD
 from supervision._spec import Output, ProcessChild
+
+
+@pytest.fixture(autouse=True, params=["hub", "task per pipe"])
+def pump_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test runs with the host's one reader (epoll) and with a task per pipe
+    (what platforms without epoll get)."""
+    if request.param != "hub":
+        monkeypatch.setattr(supervision._pump, "_HAVE_EPOLL", False)
+    return str(request.param)
 
 
 async def run_to_exit(slots, spec: ProcessChild) -> None:
@@ -302,3 +314,42 @@ async def test_a_flood_on_stdout_does_not_hold_up_stderr(slots, lines) -> None:
     await err.wait_for(lambda got: len(got) >= 3)
     assert received > 3 * 200 * 64 * 1000 * 0.9  # the flood itself was read meanwhile
     await slot.stop()
+
+
+async def test_floods_of_short_lines_let_other_tasks_run_between_steps(slots) -> None:
+    # FAULTS RX-08 in the library: a read of short lines is thousands of sink calls,
+    # handed a few hundred at a time, with other tasks running between two steps
+    # (here two pipes flooded at once, each read 64 KiB of 7-byte lines at a time).
+    count = 150_000
+    turn = 0  # scheduler turns of the ticker task
+    per_turn: collections.Counter[int] = collections.Counter()  # lines handed per turn
+    got = [0, 0]
+    finished = trio.Event()
+
+    def sink(index: int) -> Callable[[str], None]:
+        def take(line: str) -> None:
+            per_turn[turn] += 1
+            got[index] += 1
+            if got == [count, count]:
+                finished.set()
+
+        return take
+
+    async def ticker() -> None:
+        nonlocal turn
+        while not finished.is_set():
+            await trio.lowlevel.checkpoint()
+            turn += 1
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            for index in (0, 1):
+                argv = ["seq", "100001", str(100_000 + count)]
+                spec = ProcessChild(argv, stdout=Output.lines(sink(index)))
+                await slots.new(spec, "ab"[index]).start()
+            await finished.wait()
+    # A step is 256 lines; a turn of the ticker may see two steps of each pipe (the
+    # order of tasks within a scheduler batch varies). Handed a read at a time, a
+    # turn would take 9,362 lines of each.
+    assert max(per_turn.values()) <= 2 * 2 * 256, per_turn.most_common(3)
