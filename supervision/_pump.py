@@ -41,6 +41,10 @@ _HAVE_EPOLL = hasattr(select, "epoll")
 """Whether one :class:`PumpHub` task reads all pipes (tests turn it off)."""
 
 
+def _open_epoll() -> select.epoll:
+    return select.epoll()
+
+
 def _utf8_cut(data: bytes | bytearray, limit: int) -> int:
     """A cut point ``<= limit`` that does not split a UTF-8 sequence (if there is one)."""
     for cut in range(limit, max(limit - 4, 0), -1):
@@ -281,8 +285,9 @@ class PumpHub:
     starts no task for them. After a round that read only a little, the task lets
     the pipes fill for :data:`_SETTLE` seconds; after a full read, or while a
     per-line sink has lines waiting (handed :data:`_LINES_PER_STEP` per round), it
-    only yields to other tasks (FAULTS RX-08). Elsewhere each pipe is read by a
-    task of its own (:meth:`_LinePump.run`). Either way the tasks run in the
+    only yields to other tasks (FAULTS RX-08). Elsewhere, and while no descriptor
+    is left for the epoll instance, each pipe is read by a task of its own
+    (:meth:`_LinePump.run`). Either way the tasks run in the
     host's nursery, outside any generation's cancellation.
     """
 
@@ -297,13 +302,16 @@ class PumpHub:
 
     def add(self, pump: _LinePump) -> None:
         """Start reading ``pump``'s pipe (until its end or :meth:`_LinePump.stop`)."""
-        if not _HAVE_EPOLL:
+        epoll = self._epoll
+        if epoll is None and _HAVE_EPOLL:
+            try:
+                epoll = self._epoll = _open_epoll()
+            except OSError:  # no descriptor left for it (RX-01): tried again next time
+                epoll = None
+        if epoll is None:
             pump._scope = trio.CancelScope(shield=True)
             self._nursery.start_soon(pump.run)
             return
-        epoll = self._epoll
-        if epoll is None:
-            epoll = self._epoll = select.epoll()
         try:
             epoll.register(pump._fd, select.EPOLLIN)
         except OSError:  # not a pipe that can be read: nothing will come

@@ -6,6 +6,7 @@ measurements depend on (how many tasks a child costs, what an idle pipe holds).
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import os
@@ -200,3 +201,28 @@ async def test_a_flag_wakes_its_waiters_and_is_a_checkpoint_once_set() -> None:
 async def _wait_and_note(flag: Flag, woken: list[str], name: str) -> None:
     await flag.wait()
     woken.append(name)
+
+
+async def test_without_a_descriptor_for_epoll_a_pipe_gets_its_own_task(
+    slots, lines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FAULTS RX-01: the host's epoll instance is made with the first pipe; when no
+    # descriptor is left for it, that pipe is read by a task of its own.
+    def exhausted() -> object:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(supervision._pump, "_open_epoll", exhausted)
+    before = _task_count()
+    first = lines()
+    spec = ProcessChild(["sh", "-c", "echo one; sleep 3600"], stdout=Output.lines(first))
+    await slots.new(spec, "a").start()
+    await first.wait_for(lambda got: got == ["one"])
+    await trio.testing.wait_all_tasks_blocked()
+    assert _task_count() == before + 2  # its runner and its pipe's task
+    monkeypatch.undo()  # a descriptor again: the next pipe is read by the hub
+    second = lines()
+    spec = ProcessChild(["sh", "-c", "echo two; sleep 3600"], stdout=Output.lines(second))
+    await slots.new(spec, "b").start()
+    await second.wait_for(lambda got: got == ["two"])
+    await trio.testing.wait_all_tasks_blocked()
+    assert _task_count() == before + 4  # and its runner, and the host's reader
