@@ -337,9 +337,10 @@ class PumpHub:
         assert self._epoll is not None
         epoll = self._epoll
         pumps = self._pumps
+        full = False
         try:
             while True:
-                if not self._backlog:
+                if not self._backlog and not full:  # after a full read, look again first
                     await trio.lowlevel.wait_readable(epoll.fileno())
                 backlog, self._backlog = self._backlog, []
                 for waiting in backlog:
