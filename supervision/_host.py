@@ -20,7 +20,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Final
 
 import attrs
@@ -319,7 +319,6 @@ class ProcessHost:
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         with trio.open_signal_receiver(signal.SIGCHLD) as signals:
-            handler = signal.getsignal(signal.SIGCHLD)
             task_status.started()
             while True:
                 await self._sweep()
@@ -332,8 +331,7 @@ class ProcessHost:
                     await signals.__anext__()
                 # During a burst of exits (a restart storm), the exits that come
                 # while it waits make one sweep, not one per exit.
-                with _unhandled_sigchld(handler):
-                    await trio.sleep(_SWEEP_COALESCE)
+                await trio.sleep(_SWEEP_COALESCE)
 
     async def _sweep(self) -> None:
         self._sweeps += 1
@@ -468,28 +466,6 @@ class ProcessHost:
                 del self._sessions[sid]  # nothing left in it: the number may be reused
             except OSError:
                 pass
-
-
-@contextlib.contextmanager
-def _unhandled_sigchld(handler: object) -> Iterator[None]:
-    """Leave ``SIGCHLD`` to its default (discarded) for the block, if ``handler``
-    (the reaper's receiver) is the one installed.
-
-    Each caught signal costs the event loop a Python handler call and a wake-up
-    write; while the reaper waits to sweep anyway, the exits that come need
-    none of that: the sweep after the block, under the handler again, finds
-    them all. ``SIG_DFL``, never ``SIG_IGN``: an ignored ``SIGCHLD`` would have
-    the kernel reap every child before its owner could read its status.
-    """
-    if signal.getsignal(signal.SIGCHLD) is not handler:
-        yield  # another receiver took the signal meanwhile: leave it be
-        return
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    try:
-        yield
-    finally:
-        if signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL:
-            signal.signal(signal.SIGCHLD, handler)
 
 
 def _make_runtime_dir() -> str:

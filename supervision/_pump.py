@@ -291,14 +291,13 @@ class PumpHub:
     host's nursery, outside any generation's cancellation.
     """
 
-    __slots__ = ("_backlog", "_epoll", "_nursery", "_pumps", "_running")
+    __slots__ = ("_backlog", "_epoll", "_nursery", "_pumps")
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
         self._epoll: select.epoll | None = None
         self._pumps: dict[int, _LinePump] = {}  # read end -> its pump
         self._backlog: list[_LinePump] = []  # per-line pumps with lines waiting
-        self._running = False
 
     def add(self, pump: _LinePump) -> None:
         """Start reading ``pump``'s pipe (until its end or :meth:`_LinePump.stop`)."""
@@ -308,6 +307,8 @@ class PumpHub:
                 epoll = self._epoll = _open_epoll()
             except OSError:  # no descriptor left for it (RX-01): tried again next time
                 epoll = None
+            else:
+                self._nursery.start_soon(self._run, epoll)
         if epoll is None:
             pump._scope = trio.CancelScope(shield=True)
             self._nursery.start_soon(pump.run)
@@ -319,9 +320,6 @@ class PumpHub:
             return
         pump._hub = self
         self._pumps[pump._fd] = pump
-        if not self._running:
-            self._running = True
-            self._nursery.start_soon(self._run)
 
     def remove(self, pump: _LinePump) -> None:
         """Stop reading ``pump``'s pipe (it stays open)."""
@@ -333,9 +331,7 @@ class PumpHub:
             with contextlib.suppress(OSError):
                 self._epoll.unregister(fd)
 
-    async def _run(self) -> None:
-        assert self._epoll is not None
-        epoll = self._epoll
+    async def _run(self, epoll: select.epoll) -> None:
         pumps = self._pumps
         full = False
         try:
@@ -363,8 +359,7 @@ class PumpHub:
                     if count is None:
                         continue
                     if not count:
-                        self.remove(pump)
-                        pump._finish()
+                        pump.stop()
                     elif count == _PUMP_CHUNK or pump._pending:
                         full = True
                         if pump._pending:
@@ -376,11 +371,9 @@ class PumpHub:
                 if short and not full and not self._backlog:
                     await trio.sleep(_SETTLE)  # let the pipes fill (see _SETTLE)
         finally:
-            self._running = False
             self._backlog = []
             for pump in list(pumps.values()):
-                self.remove(pump)
-                pump._finish()
+                pump.stop()
 
     def close(self) -> None:
         """Release the epoll instance (the host's nursery has ended). Idempotent."""

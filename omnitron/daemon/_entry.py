@@ -67,6 +67,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import signal
 import sys
 import threading
 import types
@@ -80,6 +81,7 @@ __all__ = [
     "defer_unused_modules",
     "forget_generated_source",
     "main",
+    "quiet_signal_races",
 ]
 
 DEFERRED_MODULES = (
@@ -199,6 +201,35 @@ def defer_unused_modules(names: Sequence[str] = DEFERRED_MODULES) -> list[str]:
     return deferred
 
 
+_SIGNAL_RACE = f"Signal {int(signal.SIGCHLD)} ignored due to race condition"
+"""CPython's report of a ``SIGCHLD`` that arrived as a handler was being replaced."""
+
+
+def quiet_signal_races() -> None:
+    """Drop CPython's "Signal 17 ignored due to race condition" reports.
+
+    When a ``SIGCHLD`` arrives in the instant ``signal.signal`` replaces its
+    handler (a Trio signal receiver restoring the default disposition as it
+    closes, at shutdown), CPython drops the signal and prints that ``OSError``
+    with a traceback through :data:`sys.unraisablehook`. Nothing is lost (the
+    process host reaps by pid and waits on pidfds, not on the signal), but an
+    operator reading ``daemon.out`` would see a traceback. Every other
+    unraisable exception is reported as before. Idempotent.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_quiets_signal_races", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, OSError) and str(exc) == _SIGNAL_RACE:
+            return
+        previous(unraisable)
+
+    hook._quiets_signal_races = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def _usage(message: str) -> int:
     print(f"omnitron: {message}", file=sys.stderr)
     print(
@@ -298,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(parsed, str):
         return _usage(parsed)
     defer_unused_modules()
+    quiet_signal_races()
 
     import trio
 

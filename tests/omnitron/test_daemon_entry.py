@@ -410,3 +410,31 @@ def test_a_running_daemon_without_planes_loads_no_crypto_tls_exposition_or_cattr
     assert "trio" in modules  # it did run
     assert "omnitron.daemon._main" in modules
     assert sorted(modules & set(NOT_WITHOUT_A_PLANE)) == []
+
+
+def test_the_daemon_does_not_print_cpythons_signal_race_reports() -> None:
+    # A SIGCHLD that arrives as a signal receiver restores the default disposition
+    # is reported by CPython through sys.unraisablehook, with a traceback, as an
+    # exception raised in __del__ is; the daemon drops that report, and only that.
+    code = textwrap.dedent(
+        """
+        from omnitron.daemon import _entry
+
+        class Unraisable:
+            def __init__(self, message):
+                self.message = message
+
+            def __del__(self):
+                raise OSError(self.message)
+
+        _entry.quiet_signal_races()
+        _entry.quiet_signal_races()  # idempotent
+        Unraisable("Signal 17 ignored due to race condition")
+        Unraisable("another failure")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "race condition" not in result.stderr
+    assert result.stderr.count("OSError: another failure") == 1, result.stderr
