@@ -32,7 +32,14 @@ if TYPE_CHECKING:  # neither is imported by every command
     import subprocess
     from pathlib import Path
 
-__all__ = ["KILL_WAIT", "Launch", "daemon_argv", "launch_early", "take_early"]
+__all__ = [
+    "KILL_WAIT",
+    "Launch",
+    "daemon_argv",
+    "launch_early",
+    "optimized_bytecode_usable",
+    "take_early",
+]
 
 KILL_WAIT = 5.0
 """Seconds to wait for a withdrawn daemon to exit before killing it."""
@@ -40,6 +47,53 @@ KILL_WAIT = 5.0
 
 class LaunchFailed(Exception):
     """The daemon's interpreter could not be started."""
+
+
+def _sentinel_sources() -> list[str]:
+    """One module of each place the daemon imports from: the standard library,
+    its dependencies (Trio's) and omnitron itself."""
+    import importlib.util
+    import typing
+
+    sources = [typing.__file__, os.path.join(os.path.dirname(__file__), "_launch.py")]
+    spec = importlib.util.find_spec("trio")  # finds, does not import
+    if spec is not None and spec.origin is not None:
+        sources.append(os.path.join(os.path.dirname(spec.origin), "_core", "_run.py"))
+    return sources
+
+
+def optimized_bytecode_usable(sources: Sequence[str] | None = None) -> bool:
+    """Whether a ``python -OO`` daemon would run from cached bytecode.
+
+    ``-OO`` has bytecode of its own (``*.opt-2.pyc``), which installers do not
+    write. Python writes it on the first ``-OO`` import of each module, where it
+    may: then every later start reads it. Where it may not (a read-only
+    install, ``PYTHONDONTWRITEBYTECODE``), every start would compile each module
+    again, which costs more time and memory than the docstrings save, so the
+    daemon runs without ``-OO``. Checked on one module of each of ``sources``
+    (default: :func:`_sentinel_sources`): its optimized bytecode is cached, or
+    its cache directory is writable and writing bytecode is allowed.
+    """
+    import importlib.util
+
+    for source in _sentinel_sources() if sources is None else sources:
+        try:
+            cached = importlib.util.cache_from_source(source, optimization=2)
+        except (NotImplementedError, ValueError):  # no bytecode cache at all
+            return False
+        if os.path.exists(cached):
+            continue
+        if sys.dont_write_bytecode:
+            return False
+        directory = os.path.dirname(cached)
+        while not os.path.isdir(directory):  # __pycache__ (or a prefix's tree) comes later
+            parent = os.path.dirname(directory)
+            if parent == directory:
+                return False
+            directory = parent
+        if not os.access(directory, os.W_OK):
+            return False
+    return True
 
 
 def daemon_argv(
@@ -51,13 +105,20 @@ def daemon_argv(
     planes: Sequence[str] = (),
     watch: bool | None = None,
 ) -> list[str]:
-    """``python -P -m omnitron.daemon ...``: the daemon's own entry point, not the CLI again.
+    """``python -P [-OO] -m omnitron.daemon ...``: the daemon's own entry point, not the CLI again.
 
     ``-P``: ``-m`` would put the current directory first on ``sys.path``, so under
     ``up --foreground`` a project holding a ``supervision`` package (or a
     ``signal.py``) would be imported by the daemon in place of the real one.
+
+    ``-OO`` when :func:`optimized_bytecode_usable`: the daemon then holds no
+    docstrings (of its own modules, the standard library's and its
+    dependencies': 1.5 MiB of its memory) and runs no ``assert``.
     """
-    argv = [sys.executable, "-P", "-m", "omnitron.daemon", "--home", home]
+    argv = [sys.executable, "-P"]
+    if optimized_bytecode_usable():
+        argv.append("-OO")
+    argv += ["-m", "omnitron.daemon", "--home", home]
     argv += ["--config", str(source)]
     if stack is not None:
         argv += ["--stack", stack]

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import psutil
 import pytest
 
+from omnitron.cli._launch import optimized_bytecode_usable
 from omnitron.rpc import RpcError
 from omnitron.rpc.sync_client import connect_unix_sync
 from omnitron.state import Home, read_lock_info
@@ -586,7 +587,9 @@ def test_up_names_the_apps_still_looping_at_its_timeout(omnitron: Omnitron) -> N
 def test_up_starts_the_daemon_entry_point_not_the_cli(running: Omnitron) -> None:
     daemon = psutil.Process(running.status()["daemon"]["pid"])
     cmdline = daemon.cmdline()
-    assert cmdline[1:4] == ["-P", "-m", "omnitron.daemon"], cmdline
+    # -OO (no docstrings held) wherever its bytecode can be cached, as in this venv.
+    flags = ["-P", "-OO"] if optimized_bytecode_usable() else ["-P"]
+    assert cmdline[1 : len(flags) + 3] == [*flags, "-m", "omnitron.daemon"], cmdline
     # Its start-up pipe is closed once the apps have started: no app holds it either.
     assert not any(arg == "--ready-fd" for arg in cmdline[:1])
     out = Path(running.home) / "logs" / "daemon.out"

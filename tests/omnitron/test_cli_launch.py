@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from omnitron.cli._launch import _parse_up
+from omnitron.cli._launch import _parse_up, optimized_bytecode_usable
 
 
 def _run(code: str, timeout: float = 120) -> dict[str, object]:
@@ -84,13 +84,15 @@ def test_a_plain_up_launches_the_daemon_before_click_and_withdraws_it_at_exit(
         early = _launch._early
         print(json.dumps({{
             "argv": early.argv[1:] if early else None,
+            "optimized": _launch.optimized_bytecode_usable(),
             "pid": early.proc.pid if early else None,
             "click": "click" in sys.modules,
         }}))
         """
     )
     assert found["argv"] == [
-        *("-P", "-m", "omnitron.daemon", "--home", str(home)),
+        *("-P", *(["-OO"] if found["optimized"] else []), "-m", "omnitron.daemon"),
+        *("--home", str(home)),
         *("--config", str(tmp_path / "apps.toml")),
     ]
     assert found["click"] is False
@@ -193,3 +195,38 @@ def test_the_console_entry_costs_other_commands_nothing() -> None:
         "omnitron.config": False,
         "launched": False,
     }
+
+
+def _module(tmp_path: Path, name: str) -> str:
+    package = tmp_path / name
+    package.mkdir()
+    source = package / "mod.py"
+    source.write_text('"""A docstring."""\n')
+    return str(source)
+
+
+def test_the_daemon_runs_optimized_where_its_bytecode_can_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    monkeypatch.setattr(sys, "pycache_prefix", None)
+    sources = [_module(tmp_path, "a"), _module(tmp_path, "b")]
+    assert optimized_bytecode_usable(sources)  # __pycache__ may be created: writable
+
+
+def test_the_daemon_runs_unoptimized_where_each_start_would_compile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "pycache_prefix", None)
+    sources = [_module(tmp_path, "a"), _module(tmp_path, "b")]
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # PYTHONDONTWRITEBYTECODE
+    assert not optimized_bytecode_usable(sources)
+    # Once every module's -OO bytecode is cached (a writable start wrote it) it is read.
+    for source in sources:
+        subprocess.run([sys.executable, "-OO", "-m", "py_compile", source], check=True, timeout=60)
+    assert optimized_bytecode_usable(sources)
+    # Only the first module cached is not enough.
+    Path(sources[1]).with_name("__pycache__").joinpath(
+        Path(sources[1]).stem + f".{sys.implementation.cache_tag}.opt-2.pyc"
+    ).unlink()
+    assert not optimized_bytecode_usable(sources)
