@@ -763,7 +763,12 @@ def _stop_python(proc: subprocess.Popen[bytes], home: Path) -> None:
 
 
 def library_start(
-    workdir: Path, name: str, count: int, settle: float, code: str = LIBRARY
+    workdir: Path,
+    name: str,
+    count: int,
+    settle: float,
+    code: str = LIBRARY,
+    options: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The embedded library in a fresh interpreter with ``count`` sleeps (or another
     ``code`` that prints "ready"): launch → ready, then its memory after ``settle``
@@ -772,7 +777,7 @@ def library_start(
     home = workdir / name
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(count), sleep],
+        [sys.executable, *options, "-c", code, str(count), sleep],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         env=_marked_env(home),
@@ -809,8 +814,19 @@ LIBRARY_LAYOUTS = {"library, no children": 0, "library, 100 children": HUNDRED}
 
 
 def hundred_scenario(
-    omnitron: str, workdir: Path, rounds: int, idle_seconds: float, settle: float
+    omnitron: str,
+    workdir: Path,
+    rounds: int,
+    idle_seconds: float,
+    settle: float,
+    daemon_flags: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """Memory and start of 100 processes, the daemon beside the embedded library.
+
+    The imports-only process runs with the daemon's interpreter options
+    (``daemon_flags``: ``-OO`` leaves out the docstrings); the library runs as an
+    embedding program does by default.
+    """
     layouts = hundred_layouts()
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in layouts}
     library: dict[str, list[dict[str, Any]]] = {name: [] for name in LIBRARY_LAYOUTS}
@@ -819,7 +835,7 @@ def hundred_scenario(
     imports: list[dict[str, Any]] = []
     for r in range(rounds):
         floor.append(_floor_spawn_many(HUNDRED))
-        imports.append(library_start(workdir, f"i{r}", 0, settle, IMPORT_ONLY))
+        imports.append(library_start(workdir, f"i{r}", 0, settle, IMPORT_ONLY, daemon_flags))
         for index, (name, count) in enumerate(LIBRARY_LAYOUTS.items()):
             library[name].append(library_start(workdir, f"l{index}r{r}", count, settle))
         for index, (name, (processes, apps)) in enumerate(layouts.items()):
@@ -1541,8 +1557,9 @@ def _measured(
     results[name] = result
 
 
-def warm_daemon(omnitron: str, workdir: Path) -> None:
-    """One discarded daemon run with 100 apps, stopped once all are online.
+def warm_daemon(omnitron: str, workdir: Path) -> list[str]:
+    """One discarded daemon run with 100 apps, stopped once all are online; returns
+    the options its interpreter ran with (``-P``, ``-OO``: those before ``-m``).
 
     The modules a running daemon loads on first use (the state file's first
     write, the status path, the log writer...) are compiled and cached here, so
@@ -1554,13 +1571,17 @@ def warm_daemon(omnitron: str, workdir: Path) -> None:
     with running(daemon):
         daemon.wait_online(HUNDRED)
         daemon.wait_event("apps_started")
+        with open(f"/proc/{daemon.pid}/cmdline", "rb") as f:
+            argv = [os.fsdecode(arg) for arg in f.read().split(b"\0")]
+    return argv[1 : argv.index("-m")] if "-m" in argv else []
 
 
 def _run_scenarios(
     plan: Plan, scenarios: Sequence[str], omnitron: str, workdir: Path, results: dict[str, Any]
 ) -> None:
     _log("warm-up: one daemon run with 100 apps (compiles what the daemon loads on first use)")
-    warm_daemon(omnitron, workdir)
+    flags = warm_daemon(omnitron, workdir)
+    results["daemon_python_options"] = flags
     if "cli" in scenarios or "rpc" in scenarios:
         sleep = shutil.which("sleep") or "/bin/sleep"
         apps = "".join(app_toml(f"a{i}", [sleep, "3600"]) for i in range(CLI_APPS))
@@ -1601,6 +1622,7 @@ def _run_scenarios(
             plan.hundred_rounds,
             plan.idle_seconds,
             plan.settle_seconds,
+            flags,
         )
     if "storm" in scenarios:
         _log("storm:")
@@ -1658,7 +1680,8 @@ def run(
     try:
         with bytecode_cache(cache):
             # Compile (and cache) what the daemon and the clients import, once.
-            subprocess.run([sys.executable, "-c", WARM_IMPORTS], check=True)
+            for options in ([], ["-OO"]):  # the daemon runs with -OO where it can
+                subprocess.run([sys.executable, *options, "-c", WARM_IMPORTS], check=True)
             _run_scenarios(plan, scenarios, omnitron, workdir, results)
     finally:
         homes = [p for p in workdir.iterdir() if p.is_dir()]
@@ -1704,6 +1727,9 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"CPU time stolen by the hypervisor during the run: "
         f"{m['during_run']['steal_percent']}%.",
     ]
+    if "daemon_python_options" in results:
+        options = " ".join(results["daemon_python_options"]) or "none"
+        out[0] += f" The daemon's interpreter options: {options}."
 
     summary = summary_rows(results)
     if summary:

@@ -98,6 +98,17 @@ def _inherited_env() -> tuple[dict[str, str], dict[str, str]]:
     return found
 
 
+_NORMAL_SIGNALS: dict[int, frozenset[int]] = {}
+
+
+def _normal_signals(stop_signal: int) -> frozenset[int]:
+    """``{stop_signal}``, one set shared by every runner with that stop signal."""
+    found = _NORMAL_SIGNALS.get(stop_signal)
+    if found is None:
+        found = _NORMAL_SIGNALS[stop_signal] = frozenset({stop_signal})
+    return found
+
+
 def _wait_exited_nowait(pid: int) -> None:
     """Block until ``pid`` has exited, leaving it unreaped (no-pidfd fallback)."""
     with contextlib.suppress(ChildProcessError):
@@ -230,7 +241,7 @@ class ProcessRunner:
         self._status_text: str | None = None
         self._running = False
         self._closed = False
-        self._normal_signals = frozenset({int(spec.stop_signal)})
+        self._normal_signals = _normal_signals(int(spec.stop_signal))
 
     # -- introspection
 

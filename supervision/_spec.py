@@ -586,8 +586,12 @@ def _listen_tuple(value: Iterable[Listen]) -> tuple[Listen, ...]:
     return tuple(value)
 
 
+_SUCCESS_ONLY: Final = frozenset({0})
+
+
 def _code_set(value: Iterable[int]) -> frozenset[int]:
-    return frozenset(value)
+    codes = frozenset(value)
+    return _SUCCESS_ONLY if codes == _SUCCESS_ONLY else codes  # the usual one, shared
 
 
 def _signal_number(value: object) -> _signal.Signals:
@@ -637,7 +641,7 @@ class ProcessChild:
     stdout: Output = attrs.field(factory=OutputInherit)
     stderr: Output = attrs.field(factory=OutputInherit)
     listen: tuple[Listen, ...] = attrs.field(default=(), converter=_listen_tuple)
-    success_exit_codes: frozenset[int] = attrs.field(default=frozenset({0}), converter=_code_set)
+    success_exit_codes: frozenset[int] = attrs.field(default=_SUCCESS_ONLY, converter=_code_set)
 
     def __init__(
         self,

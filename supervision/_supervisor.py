@@ -17,7 +17,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
 
 import attrs
 import outcome
@@ -54,6 +54,10 @@ if TYPE_CHECKING:
     from ._host import ProcessHost
 
 T = TypeVar("T")
+
+
+_CHILD_TASK: Final = f"{__name__}.Supervisor._child_task"
+"""The name of every child's task."""
 
 
 class ChildState(enum.Enum):
@@ -664,7 +668,14 @@ class _Engine:
         slot.finished = Flag()
         if waiter is not None:
             slot.waiters.append(waiter)
-        self._nursery.start_soon(self._child_task, slot, slot.generation, slot.scope, slot.finished)
+        self._nursery.start_soon(
+            self._child_task,
+            slot,
+            slot.generation,
+            slot.scope,
+            slot.finished,
+            name=_CHILD_TASK,  # the name Trio would make, one string for every child
+        )
 
     def _current(self, slot: _Slot, generation: int) -> bool:
         return slot in self.slots and slot.generation == generation

@@ -1,7 +1,11 @@
 """Errors of the daemon's operations; each travels over RPC with its code.
 
 Every one derives from :class:`DaemonError` and, for the wire, from the
-:mod:`omnitron.rpc` class whose code it travels with.
+:mod:`omnitron.rpc` class whose code it travels with; except the two of calls to
+module workers (:class:`WorkerCallError`, :class:`DescribeError`), which never
+travel as they are (the router and the config checks turn them into those). They
+are here, not with the worker client, so that a daemon without module workers
+never loads that client.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ __all__ = [
     "ConfigInvalid",
     "DaemonBusy",
     "DaemonError",
+    "DescribeError",
     "RequestRefused",
     "UnsupportedApp",
+    "WorkerCallError",
 ]
 
 
@@ -86,3 +92,40 @@ class ConfigInvalid(DaemonError, RemoteError, ValueError):
 
 DOMAIN_ERRORS = (AppStartFailed, ConfigInvalid)
 """The daemon's own error codes, for the dispatcher and for clients."""
+
+
+class WorkerCallError(OmnitronError):
+    """A call to a worker failed.
+
+    Attributes:
+        code: See the module's table (``APP_ERROR``, ``TIMEOUT``, ``WORKER_EXITED``...).
+        message: One line saying what went wrong.
+        type: For ``APP_ERROR``: the name of the exception the method raised.
+        traceback: For ``APP_ERROR``: the worker's traceback text, for operators.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        type: str | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.type = type
+        self.traceback = traceback
+
+    def to_wire(self) -> dict[str, object]:
+        """``{"code", "message", "type", "traceback"}`` (for ``daemon.exec``'s reply)."""
+        return {
+            "code": self.code,
+            "message": self.message,
+            "type": self.type,
+            "traceback": self.traceback,
+        }
+
+
+class DescribeError(OmnitronError):
+    """``describe`` could not run or gave no usable answer (not an invalid definition)."""

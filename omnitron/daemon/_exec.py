@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import attrs
 import msgpack
@@ -64,10 +64,11 @@ from ..rpc import (
 )
 from ..rpc._dispatch import DECLINE, DEFER, Done
 from ..state import AppStatus
-from ._errors import AppNotFound, DaemonBusy, RequestRefused
+from ._errors import AppNotFound, DaemonBusy, DescribeError, RequestRefused, WorkerCallError
 from ._records import AppRecord
-from ._worker_link import WorkerLink, decode_value, open_link
-from ._workers import DescribeError, WorkerCallError, describe_bootstrap
+
+if TYPE_CHECKING:
+    from ._worker_link import WorkerLink
 
 __all__ = [
     "EXEC_ERRORS",
@@ -162,6 +163,8 @@ async def describe_app(
 
     Cancellation: the describing process is killed.
     """
+    from ._workers import describe_bootstrap  # module-worker apps only (see _errors)
+
     assert app.bootstrap is not None
     try:
         answer = await describe_bootstrap(
@@ -217,6 +220,8 @@ class ExecResult:
     @property
     def result(self) -> Any:
         """The result, decoded (under the control plane's limits)."""
+        from ._worker_link import decode_value
+
         return decode_value(self.raw)
 
     def to_wire(self) -> Encoded:
@@ -333,6 +338,8 @@ class Router:
                 if self._nursery is None:
                     raise DaemonBusy("the router is not running yet")
                 assert worker.socket is not None
+                from ._worker_link import open_link  # the first link of this daemon loads it
+
                 link = await open_link(worker.socket, self._nursery, timeout=CONNECT_TIMEOUT)
                 self._links[key] = link
             self._opening.pop(key, None)

@@ -17,7 +17,6 @@ import contextlib
 import errno
 import io
 import logging
-import logging.handlers
 import os
 import stat
 import sys
@@ -97,11 +96,13 @@ def open_for_append(path: Path) -> int:
     return fd
 
 
-class SafeFileHandler(logging.handlers.WatchedFileHandler):
+class SafeFileHandler(logging.FileHandler):
     """A file handler that opens its file with :func:`open_for_append`.
 
-    Like ``WatchedFileHandler``, it opens the file again when it was removed or
-    moved (``rm daemon.log``, ``logrotate``), but it looks (one ``stat``) at most
+    Like ``logging.handlers.WatchedFileHandler`` (not its subclass: that module
+    imports ``pickle``, for handlers the daemon has no use for), it opens the file
+    again when it was removed or moved (``rm daemon.log``, ``logrotate``), but it
+    looks (one ``stat``) at most
     once per ``check_interval`` seconds and once per :data:`CHECK_BYTES` written,
     not before every line: a crash storm writes three lines per restart. The lines
     written since the last look are kept meanwhile: when the file was removed,

@@ -36,10 +36,10 @@ from typing import Any, Final
 
 import trio
 
-from ..errors import OmnitronError
 from ..rpc import ConnectionLost, ProtocolError, RemoteError, RpcClient
 from ..rpc._client import open_client
 from ..rpc._unix import check_socket_path
+from ._errors import DescribeError, WorkerCallError
 
 __all__ = [
     "TIMEOUT_GRACE",
@@ -59,43 +59,6 @@ DESCRIBE_OUTPUT_MAX: Final = 1 << 20
 """Bytes of ``describe`` output read; more is an error."""
 STDERR_TAIL: Final = 4096
 """Bytes of a failed ``describe``'s stderr quoted in the error."""
-
-
-class WorkerCallError(OmnitronError):
-    """A call to a worker failed.
-
-    Attributes:
-        code: See the module's table (``APP_ERROR``, ``TIMEOUT``, ``WORKER_EXITED``...).
-        message: One line saying what went wrong.
-        type: For ``APP_ERROR``: the name of the exception the method raised.
-        traceback: For ``APP_ERROR``: the worker's traceback text, for operators.
-    """
-
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        type: str | None = None,
-        traceback: str | None = None,
-    ) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.type = type
-        self.traceback = traceback
-
-    def to_wire(self) -> dict[str, object]:
-        """``{"code", "message", "type", "traceback"}`` (for ``daemon.exec``'s reply)."""
-        return {
-            "code": self.code,
-            "message": self.message,
-            "type": self.type,
-            "traceback": self.traceback,
-        }
-
-
-class DescribeError(OmnitronError):
-    """``describe`` could not run or gave no usable answer (not an invalid definition)."""
 
 
 def _from_remote(exc: RemoteError) -> WorkerCallError:

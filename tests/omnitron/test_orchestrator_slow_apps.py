@@ -23,7 +23,7 @@ import trio.testing
 from orchestrator_harness import open_orchestrator
 
 from omnitron.config import AppConfig
-from omnitron.daemon._orchestrator import Orchestrator
+from omnitron.daemon._orchestrator import LAUNCH_STAGGER, Orchestrator
 from omnitron.daemon._service import DaemonService
 from omnitron.state import AppStatus, DesiredStatus
 from supervision.testing import Exit, FakeChild, Hang, RunForever
@@ -264,3 +264,80 @@ async def test_shutdown_during_a_slow_start(
         }
         assert fakes["later"].generation == 0
         assert crashes == []
+
+
+class _LaunchTasks(trio.abc.Instrument):
+    """Counts the live tasks of the launcher (one per app while it is started)."""
+
+    NAME = "Orchestrator._in_dependency_order.<locals>.one"
+
+    def __init__(self) -> None:
+        self.live = 0
+        self.most = 0
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith(self.NAME):
+            self.live += 1
+            self.most = max(self.most, self.live)
+
+    def task_exited(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith(self.NAME):
+            self.live -= 1
+
+
+async def test_a_launch_hands_the_apps_to_the_tree_one_after_the_other(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Twenty apps ready at once: each app's start reaches the tree before the next
+    one's task is started, so at most two launcher tasks live at a time (twenty,
+    each waiting its turn in the root's queue, held about 5 KiB each)."""
+    names = [f"a{i:02d}" for i in range(20)]
+    fakes = {name: FakeChild() for name in names}
+    tasks = _LaunchTasks()
+    trio.lowlevel.add_instrument(tasks)
+    try:
+        async with running(tmp_path, [app(name) for name in names], fakes) as (orch, service):
+            await orch.wait_launched(within=AT_ONCE)
+            assert set(statuses(await service.status()).values()) == {"online"}
+    finally:
+        trio.lowlevel.remove_instrument(tasks)
+    assert 1 <= tasks.most <= 2, tasks.most
+
+
+async def test_a_step_before_the_tree_holds_up_the_next_app_only_briefly(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An app whose start has not reached the tree (a bootstrap being described, a
+    lock held) delays the next app's start by LAUNCH_STAGGER at most; an app waiting
+    for the apps it depends on does not delay it at all; every start still runs
+    beside the others."""
+    apps = [
+        app("slow", enabled=False),
+        app("after_slow", enabled=False, depends_on=["slow"]),
+        app("free", enabled=False),
+        app("quick", enabled=False),
+    ]
+    fakes = {a["name"]: FakeChild() for a in apps}
+    async with running(tmp_path, apps, fakes) as (orchestrator, _):
+        began: dict[str, float] = {}
+        ended: dict[str, float] = {}
+
+        async def act(name: str) -> None:
+            began[name] = trio.current_time()
+            if name == "slow":
+                await trio.sleep(10)  # never reaches the tree while it runs
+            else:
+                orchestrator._reached[name].set()  # as when its pool's task starts
+                await trio.sleep(5)  # readiness, waited for in parallel
+            ended[name] = trio.current_time()
+
+        start = trio.current_time()
+        await orchestrator._in_dependency_order(list(fakes), act)
+        began = {name: at - start for name, at in began.items()}
+        ended = {name: at - start for name, at in ended.items()}
+    assert began == pytest.approx(
+        {"slow": 0, "free": LAUNCH_STAGGER, "quick": LAUNCH_STAGGER, "after_slow": 10}
+    )
+    assert ended == pytest.approx(
+        {"slow": 10, "free": 5 + LAUNCH_STAGGER, "quick": 5 + LAUNCH_STAGGER, "after_slow": 15}
+    )
