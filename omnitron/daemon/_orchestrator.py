@@ -124,9 +124,12 @@ SCALE_SETTLE = 1.0
 SCALE_POLL = 0.02
 """Seconds between two looks at the added instances while they settle."""
 
+LAUNCH_WINDOW = 8
+"""Apps whose starts :meth:`Orchestrator._in_dependency_order` has begun and that
+have not reached the tree yet, at most (see there)."""
 LAUNCH_STAGGER = 0.005
-"""Seconds at most between two apps' starts that :meth:`Orchestrator._in_dependency_order`
-hands to the tree together (see there)."""
+"""Seconds at most that :meth:`Orchestrator._in_dependency_order` waits for the
+oldest of those to reach the tree before it begins the next app's start anyway."""
 _GONE = (StartFailure, ChildNotFound, SupervisorNotRunning)
 """What a call on an app's subtree raises when the app was stopped meanwhile."""
 
@@ -526,14 +529,15 @@ class Orchestrator:
         """Run ``act(name)`` for every name, each once ``act`` has returned for the
         names among ``names`` that it depends on; the others run together.
 
-        The tasks are started one after the other: the next once this one's start
-        has reached the tree (its pool's task runs; readiness is then waited for
-        in parallel), is waiting for the apps it depends on, has ended, or after
-        :data:`LAUNCH_STAGGER` (a step that takes longer, such as describing a
-        worker app's bootstrap, runs beside the next apps' starts). Started all at
-        once, each task would wait its turn in the root's queue: about 5 KiB each,
-        held until the last app is ready, which a 100-app daemon keeps as
-        resident memory afterwards (0.4 MiB).
+        The tasks are started in order, at most :data:`LAUNCH_WINDOW` of them on
+        their way to the tree at a time: one leaves the window once its start has
+        reached the tree (its pool's task runs; readiness is then waited for in
+        parallel), while it waits for the apps it depends on, once it has ended,
+        or (the oldest) after :data:`LAUNCH_STAGGER` (a step that takes longer,
+        such as describing a worker app's bootstrap, runs beside the next apps'
+        starts). Started all at once, each task would wait its turn in the root's
+        queue: about 5 KiB each, held until the last app is ready, which a
+        100-app daemon keeps as resident memory afterwards (0.4 MiB).
         """
         done = {name: trio.Event() for name in names}
 
@@ -557,12 +561,17 @@ class Orchestrator:
                 reached.set()
                 done[name].set()
 
+        on_the_way: list[trio.Event] = []
         async with trio.open_nursery() as nursery:
             for name in names:
+                on_the_way = [e for e in on_the_way if not e.is_set()]
+                if len(on_the_way) >= LAUNCH_WINDOW:
+                    with trio.move_on_after(LAUNCH_STAGGER):
+                        await on_the_way[0].wait()
+                    on_the_way = [e for e in on_the_way[1:] if not e.is_set()]
                 reached = trio.Event()
                 nursery.start_soon(one, name, reached)
-                with trio.move_on_after(LAUNCH_STAGGER):
-                    await reached.wait()
+                on_the_way.append(reached)
 
     def _root_gave_up(self, reason: str) -> None:
         log.error("tree_gave_up", reason=reason)
