@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import structlog
 import trio
 
+from .._log import get_logger
 from ..config import DaemonDeath, load_config
 from ..rpc import ServerOptions, SocketPathTooLong, serve_unix
 from ..rpc._auth import TokenAuthority
@@ -53,7 +53,7 @@ from ._systemd import notify
 
 __all__ = ["EXIT_CONFIG", "EXIT_CRITICAL", "EXIT_WITHDRAWN", "DaemonOptions", "run_daemon"]
 
-log = structlog.get_logger("omnitron.daemon")
+log = get_logger("omnitron.daemon")
 
 EXIT_CONFIG = 2
 """Exit code of a daemon that refused to start because of its config."""
