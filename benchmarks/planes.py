@@ -54,15 +54,16 @@ from typing import Any
 import trio
 
 SERVER = """\
-import functools, logging, sys
+import functools, sys
 from pathlib import Path
-import structlog, trio
+import trio
+from omnitron import _log
 from omnitron.rpc import Dispatcher, Role, serve_unix
 from omnitron.rpc._auth import TokenAuthority, register_auth_methods
 from omnitron.rpc._tls import ensure_self_signed, serve_tls, server_context
 from omnitron.rpc._ws import serve_websocket_plane
 
-structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+_log.configure(_log.Console(None, level=_log.WARNING, timestamps=True))
 
 
 async def noop(call):

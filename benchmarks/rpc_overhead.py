@@ -45,10 +45,11 @@ from daemon import (  # the sibling benchmark owns the floor and the client
 )
 
 RPC_SERVER = """\
-import sys, trio, structlog, logging
+import sys, trio
+from omnitron import _log
 from omnitron.rpc import Dispatcher, serve_unix
 
-structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+_log.configure(_log.Console(None, level=_log.WARNING, timestamps=True))
 
 
 async def main(path):

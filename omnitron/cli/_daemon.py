@@ -53,24 +53,14 @@ OK_STATUSES = frozenset({"online", "stopped"})
 
 
 def _quiet_logging(level: str) -> None:
-    """Send the state package's structlog events at ``level`` and above to stderr.
+    """Send the state package's events at ``level`` and above to stderr.
 
     The CLI is the application here, so it decides: the daemon configures its own
     logging in :func:`run_daemon`; the CLI never prints log lines on stdout.
     """
-    import logging
+    from omnitron import _log
 
-    import structlog
-
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.dev.ConsoleRenderer(colors=False),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=False,
-    )
+    _log.configure(_log.Console(sys.stderr, level=_log.LEVELS[level]))
 
 
 def _home(cli: Cli, *, log_level: str = "warning") -> Home:

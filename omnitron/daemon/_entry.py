@@ -8,17 +8,13 @@ environment, so systemd's ``NOTIFY_SOCKET`` still reaches it).
 Before anything imports Trio, standard modules the daemon never uses are
 replaced by stand-ins that import the real module on first use: ``ssl`` (Trio's
 TLS streams and the library's HTTPS readiness check import it at import time),
-``asyncio`` (structlog's ``stdlib`` module imports it for its async logger
-methods), ``idna`` (Trio, for host names of TCP connections), ``bz2`` and
-``lzma`` (``shutil``, imported by Trio), ``uuid`` (structlog's deprecated
-``threadlocal``), ``gzip`` (compressed log rotation), ``difflib`` ("did you
-mean" hints of bad requests), ``locale`` (``subprocess``, for its text mode;
-0.5 MiB of tables), ``tokenize`` (``linecache``, to format a traceback),
+``idna`` (Trio, for host names of TCP connections), ``bz2`` and ``lzma``
+(``shutil``, imported by Trio), ``gzip`` (compressed log rotation), ``difflib``
+("did you mean" hints of bad requests), ``locale`` (``subprocess``, for its text
+mode; 0.5 MiB of tables), ``tokenize`` (``linecache``, to format a traceback),
 ``glob``, ``unicodedata`` and ``tempfile`` (``ctypes.util``, imported by Trio
 to name its threads; an app that notifies its readiness loads it). A stand-in may
-load another while it loads (a re-entrant lock). From Python 3.12 every log
-record asks a loaded ``asyncio`` for its current task: the daemon turns that off
-(``logging.logAsyncioTasks``), or the first log line would load ``asyncio``.
+load another while it loads (a re-entrant lock).
 And ``hashlib`` uses CPython's own hash functions instead of OpenSSL's
 (``_hashlib``), as a Python built without OpenSSL does: the daemon hashes one
 small state file per write, and mapping OpenSSL's ``libcrypto`` for that costs
@@ -34,13 +30,6 @@ store those entries (everything else is cached as before). A traceback through
 a generated method still names it (``File "<attrs generated init ...>", line N,
 in __init__``), without its source line; the line that called it is shown as
 usual.
-
-structlog's ``dev`` module, which structlog always imports, imports ``rich``
-(and ``colorama``, ``better_exceptions``) when installed, for the console
-renderer's tracebacks: about 5 MiB and 70 modules. The daemon renders its log
-with ``KeyValueRenderer`` and never uses them, so they are blocked, as are
-``greenlet`` (structlog's deprecated ``threadlocal`` probes it) and
-``structlog.twisted`` (structlog imports Twisted through it when installed).
 
 Detached start-up (``--ready-fd N``): the daemon's stdout and stderr start on a
 pipe read by ``omnitron up``. When fd ``N`` is a socket (``omnitron up`` passes one
@@ -85,12 +74,10 @@ __all__ = [
 ]
 
 DEFERRED_MODULES = (
-    "asyncio",
     "ssl",
     "idna",
     "bz2",
     "lzma",
-    "uuid",
     "gzip",
     "difflib",
     "locale",
@@ -100,15 +87,8 @@ DEFERRED_MODULES = (
     "tempfile",
 )
 """Modules imported by the daemon's dependencies but used on no common daemon path."""
-BLOCKED_MODULES = (
-    "_hashlib",
-    "rich",
-    "colorama",
-    "better_exceptions",
-    "greenlet",
-    "structlog.twisted",
-)
-"""Optional modules whose absence the standard library and structlog handle (see above)."""
+BLOCKED_MODULES = ("_hashlib",)
+"""Optional modules whose absence the standard library handles (see above)."""
 
 _load_lock = threading.RLock()
 
@@ -189,14 +169,6 @@ def defer_unused_modules(names: Sequence[str] = DEFERRED_MODULES) -> list[str]:
         stand_in.__file__ = spec.origin
         sys.modules[name] = stand_in
         deferred.append(name)
-    if "asyncio" in deferred:
-        import logging
-
-        # From Python 3.12 every LogRecord asks a loaded asyncio for its current
-        # task, which would load the real module through the stand-in; the daemon
-        # runs no asyncio task to name.
-        if hasattr(logging, "logAsyncioTasks"):
-            logging.logAsyncioTasks = False
     forget_generated_source()  # after the stand-ins: linecache imports tokenize
     return deferred
 

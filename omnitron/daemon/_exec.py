@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import attrs
 import msgpack
 import outcome
-import structlog
 import trio
 
+from .._log import get_logger
 from ..config import AppConfig, Ecosystem
 from ..config._bootstrap import (
     DESCRIBE_TIMEOUT,
@@ -89,7 +89,7 @@ __all__ = [
     "register_exec",
 ]
 
-log = structlog.get_logger("omnitron.exec")
+log = get_logger("omnitron.exec")
 
 EXEC_TIMEOUT = 30.0
 """Seconds an ``exec`` call may take when the caller gives no ``timeout``."""

@@ -21,14 +21,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
-import structlog
 import trio
 
+from .._log import get_logger
 from ..config import AppConfig, HealthConfig
 
 __all__ = ["HealthMonitor", "ProbeFailed", "ProcessHealth", "probe"]
 
-log = structlog.get_logger("omnitron.health")
+log = get_logger("omnitron.health")
 
 _MAX_OUTPUT = 200
 """Characters of a failing command's output kept in the failure text."""

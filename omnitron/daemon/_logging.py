@@ -1,12 +1,18 @@
 """The daemon's own structured log: ``$OMNITRON_HOME/logs/daemon.log``.
 
-Configured once, by the daemon, at start-up (libraries only get loggers). Both
-structlog events and the standard ``logging`` records of the supervision library
-end up in the same file, one ``key=value`` line each.
+Configured once, by the daemon, at start-up (modules only get loggers). omnitron's
+events and the standard ``logging`` records of the supervision library end up in
+the same file, one line each::
 
-:func:`log_event` writes the same line for the events the daemon logs on every
-restart of an app, rendered directly instead of through structlog's and the
-standard library's processor chains (a crash storm logs three per restart).
+    timestamp='2026-11-24T00:33:05.926266Z' level='info' event='pid_lock_acquired' pid=869
+
+the time in UTC, then the event's fields in the order they were given, each
+value as ``repr`` shows it (an exception as ``exception='Traceback ...'``); a
+record's message is its ``event``.
+
+An event's line is rendered once and written straight to the file (and to the
+foreground's stderr), without a ``logging`` record: a crash storm logs three
+events per restart. Other handlers, if any, get a record of the line.
 """
 
 from __future__ import annotations
@@ -17,80 +23,79 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import structlog
-
+from .. import _log
 from ._safefile import SafeFileHandler, check_log_directory
 
-__all__ = ["configure_logging", "log_event"]
+__all__ = ["configure_logging"]
 
-_KEY_ORDER = ["timestamp", "level", "event"]
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_FIRST = ("timestamp", "level", "event")
 _UTC = datetime.UTC
-_CONTEXT_VARS: dict[str, Any] = getattr(structlog.contextvars, "_CONTEXT_VARS", {"?": None})
-"""structlog's context variables by name, once bound (a stand-in that is never
-empty where structlog keeps them elsewhere: then they are always looked up)."""
 
 
-class _Formatter(structlog.stdlib.ProcessorFormatter):
-    """The daemon log's formatter; a record :func:`log_event` rendered passes as is."""
+def _line(level: str, event: str, fields: dict[str, object]) -> str:
+    """The daemon log's line of ``event``: stamped now, its ``exc_info`` rendered.
+
+    A field named like one of the first three keys is replaced by it.
+    """
+    stamp = datetime.datetime.now(tz=_UTC).isoformat().replace("+00:00", "Z")
+    line = f"timestamp={stamp!r} level={level!r} event={event!r}"
+    if "exc_info" in fields:
+        fields = dict(fields)
+        exc_info = _log.exc_info_of(fields.pop("exc_info"))
+        if exc_info is not None:
+            fields["exception"] = _log.format_exception(exc_info)
+    return line + _log.key_values(fields, _FIRST)
+
+
+class _Formatter(logging.Formatter):
+    """The daemon log's formatter: an event's line as it is; a ``logging`` record
+    (the supervision library's) as a line of its own, its message as ``event``."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = getattr(record, "omnitron_line", None)
-        return line if isinstance(line, str) else super().format(record)
+        if isinstance(line, str):
+            return line
+        fields: dict[str, object] = {}
+        if record.exc_info:
+            fields["exc_info"] = record.exc_info
+        if record.stack_info:
+            fields["stack_info"] = record.stack_info
+        return _line(record.levelname.lower(), record.getMessage(), fields)
 
 
-def log_event(logger: Any, level: str, event: str, **fields: Any) -> None:
-    """Log ``event`` with ``fields`` at ``level`` as ``logger.<level>(event, **fields)`` would.
+class _DaemonLog:
+    """The sink of the daemon's events: the root logger's handlers, at its level."""
 
-    While the root logger writes only through :func:`configure_logging`'s
-    handlers, the line (``timestamp=... level=... event=... key=repr(value)...``,
-    context variables first among the fields, as the key-value renderer orders
-    them) is rendered here and handed to those handlers as one record;
-    otherwise (not configured, or a test capturing logs) it goes through ``logger``.
-    """
-    numeric = _LEVELS.get(level)
-    root = logging.root
-    handlers = root.handlers
-    direct = numeric is not None and bool(handlers)
-    for handler in handlers:
-        if not isinstance(handler.formatter, _Formatter):
-            direct = False
-            break
-    if not direct or numeric is None:
-        getattr(logger, level)(event, **fields)
-        return
-    if not root.isEnabledFor(numeric):
-        return
-    stamp = datetime.datetime.now(tz=_UTC).isoformat().replace("+00:00", "Z")
-    # No context variable was ever bound (the daemon binds none): no copy of the
-    # context to look for them.
-    items = {**structlog.contextvars.get_contextvars(), **fields} if _CONTEXT_VARS else fields
-    for key in _KEY_ORDER:
-        if key in items:
-            if items is fields:
-                items = dict(fields)
-            del items[key]
-    line = f"timestamp={stamp!r} level={level!r} event={event!r}"
-    for key, value in items.items():
-        line += f" {key}={value!r}"
-    record: logging.LogRecord | None = None
-    for handler in handlers:
-        if numeric < handler.level:
-            continue
-        if not handler.filters:
-            # The file, and the foreground's stderr, get the line itself: no record.
-            if isinstance(handler, SafeFileHandler):
-                handler.write_line(line)
+    __slots__ = ("level",)
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+
+    def emit(
+        self, name: str, level: str, levelno: int, event: str, fields: dict[str, object]
+    ) -> None:
+        root = logging.root
+        if not root.isEnabledFor(levelno):
+            return
+        line = _line(level, event, fields)
+        record: logging.LogRecord | None = None
+        for handler in root.handlers:
+            if levelno < handler.level:
                 continue
-            if type(handler) is logging.StreamHandler:
-                _echo(handler, line, numeric)
-                continue
-        if record is None:
-            record = _record_of(line, numeric)  # for the other handlers
-        handler.handle(record)
+            if not handler.filters and isinstance(handler.formatter, _Formatter):
+                # The file, and the foreground's stderr, get the line itself: no record.
+                if isinstance(handler, SafeFileHandler):
+                    handler.write_line(line)
+                    continue
+                if type(handler) is logging.StreamHandler:
+                    _echo(handler, line, name, levelno)
+                    continue
+            if record is None:
+                record = _record_of(line, name, levelno)  # for the other handlers
+            handler.handle(record)
 
 
-def _echo(handler: logging.StreamHandler[Any], line: str, numeric: int) -> None:
+def _echo(handler: logging.StreamHandler[Any], line: str, name: str, levelno: int) -> None:
     """What ``handler.handle`` does with a record of ``line`` (``emit``: write, flush),
     without the record and its formatting."""
     with handler.lock:  # type: ignore[union-attr]  # created by Handler.__init__
@@ -101,16 +106,17 @@ def _echo(handler: logging.StreamHandler[Any], line: str, numeric: int) -> None:
         except RecursionError:
             raise
         except Exception:
-            handler.handleError(_record_of(line, numeric))
+            handler.handleError(_record_of(line, name, levelno))
 
 
-def _record_of(line: str, numeric: int) -> logging.LogRecord:
+def _record_of(line: str, name: str, levelno: int) -> logging.LogRecord:
     # A copy of a template instead of LogRecord's constructor (process, thread
     # and caller lookups); the formatter passes the line as is.
     record = _new_record()
     record.__dict__.update(_TEMPLATE)
-    record.levelno = numeric
-    record.levelname = logging.getLevelName(numeric)
+    record.name = name
+    record.levelno = levelno
+    record.levelname = logging.getLevelName(levelno)
     record.msg = record.omnitron_line = line
     return record
 
@@ -125,35 +131,12 @@ def _new_record() -> logging.LogRecord:
 def configure_logging(
     log_file: Path, *, level: str = "info", echo: bool = False
 ) -> SafeFileHandler:
-    """Send every log record to ``log_file`` (and to stderr when ``echo``).
+    """Send every event and log record to ``log_file`` (and to stderr when ``echo``).
 
-    Returns the file's handler: its ``failures`` counts the records it could not write.
+    Returns the file's handler: its ``failures`` counts the lines it could not write.
     """
     numeric = getattr(logging, level.upper(), logging.INFO)
-    shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
-    structlog.configure(
-        processors=[
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        cache_logger_on_first_use=True,
-    )
-    formatter = _Formatter(
-        foreign_pre_chain=shared,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            structlog.processors.KeyValueRenderer(
-                key_order=["timestamp", "level", "event"], drop_missing=True
-            ),
-        ],
-    )
+    formatter = _Formatter()
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -166,4 +149,5 @@ def configure_logging(
         stream.setFormatter(formatter)
         root.addHandler(stream)
     root.setLevel(numeric)
+    _log.configure(_DaemonLog(numeric))
     return file_handler

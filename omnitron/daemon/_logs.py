@@ -59,11 +59,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import structlog
 import trio
 
 from .._eventtext import describe
-from ._logging import log_event
+from .._log import get_logger
 from ._safefile import UnsafeLogPath, check_log_directory, open_for_append
 
 __all__ = [
@@ -75,7 +74,7 @@ __all__ = [
     "LogLine",
 ]
 
-log = structlog.get_logger("omnitron.logs")
+log = get_logger("omnitron.logs")
 
 MiB = 1024 * 1024
 #: What a line costs the rate limit beyond its bytes.
@@ -611,7 +610,7 @@ class LogCollector:
         kind = fields.pop("kind")
         level = "warning" if kind in _WARNING_EVENTS else "info"
         try:
-            log_event(log, level, f"app_{kind}", app=app, **fields)
+            getattr(log, level)(f"app_{kind}", app=app, **fields)
         except Exception:  # a failing daemon log never reaches supervision (PC-21)
             self.write_errors += 1
 

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import structlog
 import trio
 
+from .._log import get_logger
 from ..config import DaemonDeath, load_config
 from ..rpc import ServerOptions, SocketPathTooLong, serve_unix
 from ..rpc._planes import PlaneConfig, start_network_planes
@@ -55,7 +55,7 @@ if TYPE_CHECKING:  # the TCP and WebSocket planes only: loaded when one is serve
 
 __all__ = ["EXIT_CONFIG", "EXIT_CRITICAL", "EXIT_WITHDRAWN", "DaemonOptions", "run_daemon"]
 
-log = structlog.get_logger("omnitron.daemon")
+log = get_logger("omnitron.daemon")
 
 EXIT_CONFIG = 2
 """Exit code of a daemon that refused to start because of its config."""

@@ -26,11 +26,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import structlog
 import trio
 
 from supervision import process_children
 
+from .._log import get_logger
 from ..rpc import Dispatcher
 
 __all__ = [
@@ -44,7 +44,7 @@ __all__ = [
     "prometheus_text",
 ]
 
-log = structlog.get_logger("omnitron.metrics")
+log = get_logger("omnitron.metrics")
 
 FIELDS = (
     "time",

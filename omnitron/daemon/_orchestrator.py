@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import structlog
 import trio
 
 from supervision import (
@@ -40,6 +39,7 @@ from supervision import (
 )
 from supervision import events as ev
 
+from .._log import get_logger
 from ..config import AppConfig, Ecosystem, EcosystemDiff, diff_ecosystems
 from ..config._bootstrap import BootstrapInvalid, WorkerSlot, WorkerSystem
 from ..state import AppMode, AppState, DaemonState, DesiredStatus, ProcessIdentity, ProcessState
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AppRecord", "Orchestrator", "ProcessRecord"]
 
-log = structlog.get_logger("omnitron.orchestrator")
+log = get_logger("omnitron.orchestrator")
 
 
 _LAZY_IDENTITY = sys.platform.startswith("linux")

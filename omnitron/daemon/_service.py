@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar
 
 import attrs
-import structlog
 import trio
 
 from .. import __version__
+from .._log import get_logger
 from .._logtail import stderr_tail
 from ..config import ConfigError, Ecosystem, load_config, secret_reference
 from ..rpc import Call, Dispatcher, Encoded, Handler, InvalidParams, Len, Name, Range, Role
@@ -56,7 +56,7 @@ _SECRET = re.compile(r"(PASS|SECRET|TOKEN|KEY|CREDENTIAL|PRIVATE|AUTH)", re.IGNO
 PERSIST_ACK_TIMEOUT = 5.0
 """How long a state-changing call waits for its change to reach the disk."""
 
-log = structlog.get_logger("omnitron.service")
+log = get_logger("omnitron.service")
 
 T = TypeVar("T")
 

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
-import structlog
 import trio
 
+from .._log import get_logger
 from ..config import AppConfig, WatchConfig
 from ..errors import OmnitronError
 from ..rpc import Call, Dispatcher, Handler, Name, Role
@@ -54,7 +54,7 @@ __all__ = [
     "register_watch_methods",
 ]
 
-log = structlog.get_logger("omnitron.watch")
+log = get_logger("omnitron.watch")
 
 RAW_STEP_MS = 50
 """Milliseconds without a new event after which ``watchfiles`` hands over a batch;

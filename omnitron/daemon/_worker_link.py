@@ -36,9 +36,9 @@ from typing import Any, Final
 
 import msgpack
 import outcome
-import structlog
 import trio
 
+from .._log import get_logger
 from ..rpc import ProtocolError
 from ..rpc._errors import ErrorCode
 from ..rpc._server import (
@@ -66,7 +66,7 @@ from ._workers import WorkerCallError
 
 __all__ = ["WorkerLink", "decode_value", "open_link"]
 
-log = structlog.get_logger("omnitron.exec")
+log = get_logger("omnitron.exec")
 
 _Task = trio.lowlevel.Task
 Callback = Callable[[outcome.Outcome[bytes]], None]

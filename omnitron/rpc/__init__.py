@@ -10,7 +10,7 @@ import, the CLI's fast path). Errors travel as ``{"code", "message"}`` maps and 
 :class:`RemoteError` subclasses on the calling side.
 
 Names are imported lazily, so ``import omnitron.rpc.sync_client`` does not pay for
-Trio, attrs or structlog.
+Trio or attrs.
 """
 
 from __future__ import annotations

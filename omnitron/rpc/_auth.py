@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import attrs
-import structlog
 
+from .._log import get_logger
 from .._privatefile import write_private_file
 from ._address import MAX_TTL, parse_ttl
 from ._dispatch import Call, Dispatcher, Peer, Role
@@ -48,7 +48,7 @@ __all__ = [
     "write_private_file",
 ]
 
-log = structlog.get_logger()
+log = get_logger()
 
 ALGORITHM: Final = "EdDSA"
 """The one signing algorithm accepted (Ed25519)."""

@@ -27,9 +27,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final, Protocol, TypeVar
 
 import attrs
-import structlog
 import trio
 
+from .._log import get_logger
 from ._errors import (
     Forbidden,
     InternalError,
@@ -62,7 +62,7 @@ __all__ = [
 METHOD_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]{0,30}\.[a-z][a-z0-9_]{0,31}")
 """``service.method``: lower-case identifiers, one dot, at most 64 characters."""
 
-log = structlog.get_logger()
+log = get_logger()
 
 Handler = Callable[..., Awaitable[Any]]
 """``async def handler(call: Call, *, param: T = default, ...) -> result``."""

@@ -26,9 +26,9 @@ from typing import Final
 
 import attrs
 import h11
-import structlog
 import trio
 
+from .._log import get_logger
 from ._auth import MAX_TOKEN_BYTES
 from ._dispatch import Dispatcher, Peer, Role
 from ._errors import Busy, ErrorCode
@@ -46,7 +46,7 @@ __all__ = [
     "serve_http_request",
 ]
 
-log = structlog.get_logger()
+log = get_logger()
 
 MAX_REQUEST_HEAD: Final = 8192
 """Bytes of request line and headers read before answering ``431``."""

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import attrs
-import structlog
 import trio
 
+from .._log import get_logger
 from ._address import DEFAULT_HTTP_PORT, DEFAULT_TCP_PORT, is_loopback, parse_host_port
 from ._errors import RpcError
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "PlaneConfig", "PlaneError", "start_network_planes"]
 
-log = structlog.get_logger()
+log = get_logger()
 
 DEFAULT_MAX_CONNECTIONS = 256
 """Connections each network plane serves at once (``--max-connections``; RP-18)."""

@@ -52,9 +52,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, NoReturn
 
 import attrs
-import structlog
 import trio
 
+from .._log import get_logger
 from . import _wire
 from ._dispatch import DEFER, Dispatcher, Peer, _method_text, new_correlation_id
 from ._errors import Busy, ErrorCode, ProtocolError, RemoteError, RemoteTimeout, Unavailable
@@ -71,7 +71,7 @@ from ._wire import DEFAULT_LIMITS, Limits
 
 __all__ = ["ServerOptions", "ServerStatistics", "RpcServer", "Authenticator"]
 
-log = structlog.get_logger()
+log = get_logger()
 
 Authenticator = Callable[[trio.abc.Stream], Awaitable[Peer]]
 """Turns a fresh stream into a :class:`Peer`; raises :class:`RemoteError` to reject it."""

@@ -5,15 +5,15 @@ from __future__ import annotations
 import collections
 from collections.abc import Awaitable, Callable, Mapping
 
-import structlog
 import trio
 
+from .._log import get_logger
 from . import _wire
 from ._wire import CLOSED_METHOD, DROPPED_METHOD
 
 __all__ = ["NotificationStream", "DROPPED_METHOD", "CLOSED_METHOD"]
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 class NotificationStream:

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import attrs
-import structlog
 import trio
 
+from .._log import get_logger
 from ._address import fingerprint_of_der
 from ._auth import ensure_private_directory, write_private_file
 from ._client import RpcClient, open_client
@@ -47,7 +47,7 @@ __all__ = [
     "NETWORK_OPTIONS",
 ]
 
-log = structlog.get_logger()
+log = get_logger()
 
 NETWORK_OPTIONS = ServerOptions(max_connections=256, hello_deadline=10.0)
 """Caps of a network plane: 256 connections, TLS handshake and first request

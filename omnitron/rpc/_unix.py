@@ -20,9 +20,9 @@ import struct
 from collections.abc import AsyncIterator, Iterator
 from typing import Final, NoReturn
 
-import structlog
 import trio
 
+from .._log import get_logger
 from ._dispatch import Dispatcher, Peer, Role
 from ._errors import (
     Forbidden,
@@ -40,7 +40,7 @@ __all__ = [
     "unix_peer_authenticator",
 ]
 
-log = structlog.get_logger()
+log = get_logger()
 
 _UCRED: Final = struct.Struct("3i")
 _STALE_PROBE_TIMEOUT: Final = 1.0

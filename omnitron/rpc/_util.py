@@ -2,7 +2,7 @@
 
 The client path (:mod:`omnitron.rpc._client`, :mod:`omnitron.rpc._connect`) imports
 this module, so it stays light: the standard library, Trio and the RPC's own error
-and wire modules, never the server, structlog or the ``supervision`` package.
+and wire modules, never the server or the ``supervision`` package.
 """
 
 from __future__ import annotations

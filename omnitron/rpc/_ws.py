@@ -33,10 +33,10 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
-import structlog
 import trio
 import trio_websocket
 
+from .._log import get_logger
 from . import _http
 from ._client import RpcClient, open_client
 from ._dispatch import Dispatcher, Peer, Role
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = ["serve_websocket_plane", "open_ws_client", "allowed_hosts", "RPC_PATH", "MAX_MESSAGE"]
 
-log = structlog.get_logger()
+log = get_logger()
 
 RPC_PATH = "/rpc"
 MAX_MESSAGE = 1 << 20

@@ -19,13 +19,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
-import structlog
 
+from .._log import get_logger
 from ._errors import HomeUnavailable, SocketInUse, SocketPathTooLong, UnsafeHome
 
 __all__ = ["AF_UNIX_PATH_MAX", "Home", "remove_stale_socket"]
 
-_log = structlog.get_logger()
+_log = get_logger()
 
 AF_UNIX_PATH_MAX = 107
 """Longest socket path (in bytes) ``bind`` accepts on Linux: 108 minus the NUL."""

@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import attrs
-import structlog
 
+from .._log import get_logger
 from ._codec import SCHEMA_VERSION, Decoded, decode_state
 from ._errors import CorruptStateFile, NewerStateSchema, UnsafeHome
 from ._home import Home
@@ -30,7 +30,7 @@ from ._records import DaemonState
 
 __all__ = ["LoadResult", "StateSource", "load_state"]
 
-_log = structlog.get_logger()
+_log = get_logger()
 
 _MAX_STATE_BYTES = 64 * 1024 * 1024
 

@@ -25,16 +25,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import attrs
-import structlog
 import trio
 
+from .._log import get_logger
 from ._errors import DaemonAlreadyRunning, HomeUnavailable, UnsafeHome
 from ._home import Home
 from ._identity import ProcessIdentity
 
 __all__ = ["LockInfo", "PidLock", "acquire_pid_lock", "open_pid_lock", "read_lock_info"]
 
-_log = structlog.get_logger()
+_log = get_logger()
 
 _MAX_RECORD = 4096
 _ACQUIRE_ATTEMPTS = 20

@@ -52,11 +52,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import attrs
-import structlog
 import trio
 
 from supervision._groups import raise_collapsed
 
+from .._log import get_logger
 from ._codec import encode_state
 from ._fs import _NO_HARD_LINKS, FileSystem, Step, WriteProgress
 from ._home import Home
@@ -73,7 +73,7 @@ __all__ = [
     "run_persistence",
 ]
 
-_log = structlog.get_logger()
+_log = get_logger()
 
 T = TypeVar("T")
 

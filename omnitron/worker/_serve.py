@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Annotated, Any, Final
 
 import msgpack
-import structlog
 import trio
 import trio.testing
 
 from .. import __version__
+from .._log import INFO, KeyValues, configure, get_logger
 from .._system import PROTOCOL_VERSION, Hook, Hooks, Process, System
 from ..daemon._systemd import notify
 from ..rpc import (
@@ -67,7 +67,7 @@ __all__ = [
     "main",
 ]
 
-log = structlog.get_logger()
+log = get_logger()
 
 DEFAULT_STOP_TIMEOUT: Final = 10.0
 HEALTH_CHECK_TIMEOUT: Final = 10.0
@@ -524,17 +524,7 @@ async def _stop_steps(worker: Worker, deadline: float, *, drain: bool) -> None:
 
 
 def _configure_logging() -> None:
-    import logging
-
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.KeyValueRenderer(key_order=["level", "event"]),
-        ],
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        cache_logger_on_first_use=True,
-    )
+    configure(KeyValues(sys.stderr, level=INFO))
 
 
 def main(bootstrap: str, process_name: str) -> int:

@@ -29,13 +29,13 @@ from typing import Any
 
 import jwt
 import pytest
-import structlog
 import trio
 import trio.testing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_fault_roles import DECLARED, PARAMS, Untouchable
 
+from omnitron._log import capture_logs
 from omnitron.daemon._service import DaemonService, build_dispatcher
 from omnitron.rpc import ErrorCode, Forbidden, NotFound, RemoteError, Role, Unauthenticated
 from omnitron.rpc._auth import (
@@ -286,7 +286,7 @@ async def test_every_forged_or_bad_token_is_rejected_with_its_reason(tmp_path: P
     async with serving(tmp_path) as plane:
         cases = _cases(plane)
         failures = []
-        with structlog.testing.capture_logs() as logs:
+        with capture_logs() as logs:
             for name, (token, reasons) in cases.items():
                 error = await login_error(plane, token)
                 reason = error.data.get("reason")
@@ -528,7 +528,7 @@ async def test_a_login_refused_by_the_backoff_waits_and_is_logged_as_a_count(
         assert reply.error is not None
         return reply.error.data["reason"]
 
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         assert [await login(), await login()] == ["malformed", "malformed"]
         started = trio.current_time()
         reasons = [await login() for _ in range(25)]
@@ -587,7 +587,7 @@ async def test_repeated_bad_logins_are_refused_without_verifying_then_audited(
     """AU-21: after a few failures the address waits; the log has peer and reason, no token."""
     async with serving(tmp_path) as plane:
         good = plane.token("operator")
-        with structlog.testing.capture_logs() as logs:
+        with capture_logs() as logs:
             reasons = []
             for _ in range(8):
                 reasons.append((await login_error(plane, "bad.token.here")).data["reason"])
@@ -634,7 +634,7 @@ async def test_every_mutating_call_leaves_one_audit_record(tmp_path: Path) -> No
     async with serving(tmp_path) as plane:
         token = plane.token("operator", subject="carol")
         async with plane.client(token) as client:
-            with structlog.testing.capture_logs() as logs:
+            with capture_logs() as logs:
                 await reached(client)  # read-only: no record
                 with pytest.raises(RemoteError):
                     await client.call("daemon.restart_app", name="web")

@@ -562,7 +562,7 @@ def test_the_status_path_imports_nothing_heavy() -> None:
         "import sys\n"
         "from omnitron.cli import _main\n"
         "from omnitron.rpc import sync_client\n"
-        "heavy = {'trio', 'attrs', 'structlog', 'psutil', 'cattrs', 'jwt', 'cryptography',\n"
+        "heavy = {'trio', 'attrs', 'omnitron._log', 'psutil', 'cattrs', 'jwt', 'cryptography',\n"
         "         'omnitron.daemon', 'omnitron.state', 'omnitron.config', 'supervision', 'json'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )

@@ -1,9 +1,9 @@
 """The async client's import cost: the fleet fan-out loads no server-side modules.
 
 ``omnitron -r a,b status`` runs on the Trio client (:mod:`omnitron.rpc._connect`);
-it needs Trio, msgpack, ssl and its own framing, not the RPC server, structlog
-(and through it ``rich``) or the ``supervision`` package. Checked in a real
-interpreter, through the real CLI, by what ends up in ``sys.modules``.
+it needs Trio, msgpack, ssl and its own framing, not the RPC server, the event
+log (:mod:`omnitron._log`), ``rich`` or the ``supervision`` package. Checked in a
+real interpreter, through the real CLI, by what ends up in ``sys.modules``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from omnitron.remotes import Remote, save_remotes
 
 TOKEN = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
 
-HEAVY = ("structlog", "rich", "supervision", "omnitron.rpc._server", "omnitron.rpc._tls")
+HEAVY = ("omnitron._log", "rich", "supervision", "omnitron.rpc._server", "omnitron.rpc._tls")
 
 
 def _loaded(probe: str, *args: str) -> tuple[list[str], subprocess.CompletedProcess[str]]:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import h11
 import pytest
-import structlog
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from omnitron._log import capture_logs
 from omnitron.daemon._metrics import prometheus_text
 from omnitron.rpc import Dispatcher, InvalidParams, Role
 from omnitron.rpc._auth import FailureBackoff, TokenAuthority, register_auth_methods
@@ -189,7 +189,7 @@ async def test_every_refused_token_gets_the_same_401_and_leaks_nothing(tmp_path:
             "oversized": bearer("a" * 9000),
             "two headers": [*bearer(viewer), *bearer(viewer)],
         }
-        with structlog.testing.capture_logs() as logs:
+        with capture_logs() as logs:
             replies = {name: await http_request(plane.port, headers=h) for name, h in cases.items()}
             plane.offset = 60.0  # past expiry and the 30 s leeway
             replies["expired"] = await http_request(plane.port, headers=bearer(expiring))

@@ -690,7 +690,7 @@ def test_the_sync_client_imports_neither_trio_nor_attrs() -> None:
     """The CLI fast path: see NOTES.md "Start-up cost"."""
     code = (
         "import sys, omnitron.rpc.sync_client\n"
-        "heavy = ('trio', 'attrs', 'cattrs', 'structlog', 'click', 'jwt', 'cryptography')\n"
+        "heavy = ('trio', 'attrs', 'cattrs', 'omnitron._log', 'click', 'jwt', 'cryptography')\n"
         "print(','.join(m for m in heavy if m in sys.modules))"
     )
     result = subprocess.run(

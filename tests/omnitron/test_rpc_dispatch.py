@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 import attrs
 import pytest
 import trio
-from structlog.testing import capture_logs
 
+from omnitron._log import capture_logs
 from omnitron.rpc import (
     Call,
     Conflict,

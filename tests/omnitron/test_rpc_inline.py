@@ -18,9 +18,9 @@ import msgpack
 import test_rpc_server
 import trio
 import trio.testing
-from structlog.testing import capture_logs
 from test_rpc_server import WAIT, Raw
 
+from omnitron._log import capture_logs
 from omnitron.rpc import Call, Dispatcher, ErrorCode, Role, ServerOptions, open_unix_server
 from omnitron.rpc._dispatch import DECLINE, DEFER, Done, Peer
 from omnitron.rpc._protocol import Request, Response

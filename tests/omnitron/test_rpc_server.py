@@ -26,8 +26,8 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
-from structlog.testing import capture_logs
 
+from omnitron._log import capture_logs
 from omnitron.rpc import (
     Call,
     Dispatcher,

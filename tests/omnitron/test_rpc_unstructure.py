@@ -30,8 +30,8 @@ from cattrs.preconf.msgpack import make_converter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from orchestrator_harness import open_orchestrator
-from structlog.testing import capture_logs
 
+from omnitron._log import capture_logs
 from omnitron.config import define_ecosystem
 from omnitron.config._bootstrap import WorkerSlot
 from omnitron.daemon._health import ProcessHealth

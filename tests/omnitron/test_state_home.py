@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
+from omnitron._log import capture_logs
 from omnitron.state import (
     AF_UNIX_PATH_MAX,
     Home,
@@ -105,7 +105,7 @@ def test_ensure_narrows_a_readable_home_and_says_so(tmp_path: Path, wide: int) -
     home = Home(tmp_path / "home")
     home.path.mkdir()
     home.path.chmod(wide)
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         home.ensure()
     assert mode(home.path) == 0o700
     fixed = [e for e in logs if e["event"] == "home_permissions_fixed"]

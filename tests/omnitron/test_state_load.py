@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
+from omnitron._log import capture_logs
 from omnitron.state import (
     SCHEMA_VERSION,
     AppState,
@@ -68,7 +68,7 @@ def files(home: Home) -> list[str]:
 
 
 def test_nothing_on_disk_is_a_fresh_start(home: Home) -> None:
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         result = load_state(home)
     assert result.state == DaemonState()
     assert (result.source, result.generation, result.warnings) == (StateSource.NONE, 0, ())
@@ -95,7 +95,7 @@ def test_truncated_primary_falls_back_to_backup(home: Home, keep: float, fixed_s
     size = int(len(good) * keep)
     home.state_file.write_bytes(good[:size])
     write(home.backup_file, state_of("api", restarts=1), 4)
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         result = load_state(home)
     assert result.source is StateSource.BACKUP
     assert (result.state, result.generation) == (state_of("api", restarts=1), 4)
@@ -146,7 +146,7 @@ def test_both_corrupt_start_empty_and_keep_the_evidence(home: Home, fixed_stamp:
     home.backup_file.write_bytes(b"\x00\x01garbage")
     earlier = home.path / f"state.json.corrupt-{fixed_stamp}"
     earlier.write_bytes(b"evidence of an earlier incident")
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         result = load_state(home)
     assert result.state == DaemonState()
     assert (result.source, result.generation) == (StateSource.NONE, 0)
@@ -181,7 +181,7 @@ def test_newer_schema_is_refused_and_never_overwritten(home: Home) -> None:
     data = newer(write(home.state_file, state_of("api"), 9))
     home.state_file.write_bytes(data)
     write(home.backup_file, state_of("api"), 8)
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         result = load_state(home)
     assert result.state == DaemonState()
     assert result.source is StateSource.NONE

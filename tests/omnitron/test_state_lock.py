@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 import trio
 
+from omnitron._log import capture_logs
 from omnitron.state import (
     DaemonAlreadyRunning,
     Home,
@@ -108,7 +108,7 @@ def test_second_acquire_fails_and_leaves_the_first_untouched(home: Home) -> None
 
 def test_release_removes_the_file_and_frees_the_home(home: Home) -> None:
     lock = acquire_pid_lock(home)
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         lock.release()
         lock.release()  # idempotent
     assert not lock.held
@@ -132,7 +132,7 @@ def test_stale_file_of_a_dead_daemon_is_reclaimed(home: Home) -> None:
     info = read_lock_info(home)
     assert info is not None
     assert (info.pid, info.alive, info.locked) == (pid, False, False)
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         lock = acquire_pid_lock(home)
     try:
         assert record_of(home)["pid"] == str(os.getpid())

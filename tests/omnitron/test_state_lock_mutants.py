@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 import trio
 
+from omnitron._log import capture_logs
 from omnitron.state import DaemonAlreadyRunning, Home, acquire_pid_lock, read_lock_info
 
 
@@ -100,7 +100,7 @@ def test_release_after_the_pid_file_was_removed_drops_the_lock(home: Home) -> No
 
 def test_release_logs_which_lock_was_released(home: Home) -> None:
     lock = acquire_pid_lock(home)
-    with structlog.testing.capture_logs() as logs:
+    with capture_logs() as logs:
         lock.release()
     assert {
         "event": "pid_lock_released",

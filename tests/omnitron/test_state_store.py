@@ -12,10 +12,10 @@ import math
 from typing import Any, Literal
 
 import pytest
-import structlog
 import trio
 import trio.testing
 
+from omnitron._log import capture_logs
 from omnitron.state import (
     AppState,
     DaemonState,
@@ -248,7 +248,7 @@ async def test_enospc_degrades_retries_with_backoff_and_recovers(
     old = mem.files[HOME.state_file]
     fs.inject(Step.FSYNC, Fault.error(errno.ENOSPC))
     async with open_state_writer(store) as send:
-        with structlog.testing.capture_logs() as logs:
+        with capture_logs() as logs:
             for restarts in range(50):
                 await send.send(state_of("api", restarts=restarts))
             await trio.sleep(5)  # more changes during the backoff do not hurry the retries
@@ -373,7 +373,7 @@ async def test_empty_app_list_never_replaces_a_full_one_by_accident(
     store, fs, mem = make(on_disk(mem, state_of("api", "web"), 3), mem)
     old = mem.files[HOME.state_file]
     async with open_state_writer(store) as send:
-        with structlog.testing.capture_logs() as logs:
+        with capture_logs() as logs:
             await send.send(DaemonState())
             await store.wait_idle()
             await trio.sleep(100)  # and the baseline flush does not try again
@@ -459,7 +459,7 @@ async def test_final_flush_is_bounded_by_shutdown_timeout(
 ) -> None:
     store, fs, mem = make(shutdown_timeout=5)
     fs.inject(Step.FSYNC, Fault.delay(1000))
-    with structlog.testing.capture_logs() as logs, trio.move_on_after(1):
+    with capture_logs() as logs, trio.move_on_after(1):
         async with open_state_writer(store) as send:
             await send.send(state_of("api"))
             await trio.sleep_forever()

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import sys
 
-import structlog
 import trio
 
+from omnitron import _log
 from omnitron.state import (
     AppState,
     DaemonState,
@@ -29,7 +29,7 @@ from omnitron.state import (
 )
 from omnitron.state.testing import Fault, FaultyFileSystem
 
-structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+_log.configure(_log.Console(sys.stderr, timestamps=True))  # stdout is the test's
 
 
 async def main(home: Home, restarts: int, fault: tuple[Step, str] | None) -> None:

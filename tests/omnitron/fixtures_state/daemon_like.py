@@ -14,9 +14,9 @@ from __future__ import annotations
 import signal
 import sys
 
-import structlog
 import trio
 
+from omnitron import _log
 from omnitron.state import (
     AppState,
     DaemonState,
@@ -30,7 +30,7 @@ from omnitron.state import (
 )
 from omnitron.state.testing import Fault, FaultyFileSystem
 
-structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+_log.configure(_log.Console(sys.stderr, timestamps=True))  # stdout is the test's
 
 
 async def main(home: Home, count: int) -> None:

@@ -17,11 +17,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import structlog
-
+from omnitron import _log
 from omnitron.state import DaemonAlreadyRunning, Home, acquire_pid_lock
 
-structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+_log.configure(_log.Console(sys.stderr, timestamps=True))  # stdout is the test's
 
 
 def main() -> int:
