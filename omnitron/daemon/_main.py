@@ -26,7 +26,7 @@ import stat
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
@@ -34,6 +34,7 @@ import trio
 from .._log import get_logger
 from ..config import DaemonDeath, load_config
 from ..rpc import ServerOptions, SocketPathTooLong, serve_unix
+from ..rpc._auth import TokenAuthority
 from ..rpc._planes import PlaneConfig, start_network_planes
 from ..rpc._unix import check_socket_path
 from ..state import Home, StateStore, load_state, open_persistence, open_pid_lock
@@ -49,9 +50,6 @@ from ._secrets import SecretStore
 from ._sentinel import open_sentinel
 from ._service import DaemonService, build_dispatcher
 from ._systemd import notify
-
-if TYPE_CHECKING:  # the TCP and WebSocket planes only: loaded when one is served
-    from ..rpc._auth import TokenAuthority
 
 __all__ = ["EXIT_CONFIG", "EXIT_CRITICAL", "EXIT_WITHDRAWN", "DaemonOptions", "run_daemon"]
 
@@ -354,15 +352,8 @@ async def _serve_workers(
 
 
 def _token_authority(home: Path) -> Callable[[], TokenAuthority]:
-    """The token key and list, loaded on first use (the module, and the cryptography
-    it imports, cost memory a daemon without network planes does not spend)."""
-
-    def load() -> TokenAuthority:
-        from ..rpc._auth import TokenAuthority
-
-        return TokenAuthority(home)
-
-    return functools.cache(load)
+    """The token key and list, loaded on first use (importing cryptography costs memory)."""
+    return functools.cache(lambda: TokenAuthority(home))
 
 
 def _on_daemon_death(

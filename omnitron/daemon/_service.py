@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 import attrs
 import trio
@@ -28,6 +28,7 @@ from .._log import get_logger
 from .._logtail import stderr_tail
 from ..config import ConfigError, Ecosystem, load_config, secret_reference
 from ..rpc import Call, Dispatcher, Encoded, Handler, InvalidParams, Len, Name, Range, Role
+from ..rpc._auth import TokenAuthority, register_auth_methods
 from ..state import DesiredStatus
 from ._errors import DOMAIN_ERRORS, AppStartFailed, ConfigInvalid, RequestRefused
 from ._exec import (
@@ -41,9 +42,6 @@ from ._metrics import FIELDS, CountingDispatcher, Sampler, aggregate, figures, p
 from ._orchestrator import AppRecord, Orchestrator
 from ._secrets import SecretStore, register_secret_methods
 from ._watch import Watching, importers, register_watch_methods
-
-if TYPE_CHECKING:  # the network planes' tokens: loaded when a plane is served
-    from ..rpc._auth import TokenAuthority
 
 __all__ = ["DaemonService", "Persistence", "Sampler", "build_dispatcher"]
 
@@ -826,9 +824,7 @@ def build_dispatcher(
     register_secret_methods(dispatcher, service.secrets)
     register_log_methods(dispatcher, service)
     register_watch_methods(dispatcher, service.watching)
-    if authority is not None:  # network planes: loaded only then
-        from ..rpc._auth import register_auth_methods
-
+    if authority is not None:
         register_auth_methods(dispatcher, authority)
     return dispatcher
 

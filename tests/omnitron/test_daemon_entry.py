@@ -32,11 +32,18 @@ NOT_IN_THE_DAEMON = (
     "base64",
     "omnitron._system",
     "omnitron.worker",
+    "omnitron.daemon._workers",
+    "omnitron.daemon._worker_link",
+    "omnitron.rpc._client",
     "cattrs",
     "omnitron.config._serialize",
+    "logging.handlers",
+    "pickle",
+    "dataclasses",
 )
 """Modules the daemon process must not load: the CLI, the ones it defers or blocks,
-what only worker apps need (``omnitron._system``, ``omnitron.worker``), and cattrs
+what only worker apps need (``omnitron._system``, ``omnitron.worker``, the worker
+client and links), ``logging.handlers`` and ``pickle`` (which it imports), and cattrs
 (replies are unstructured by ``omnitron.rpc._unstructure``; the CLI's TOML output
 alone uses cattrs); ``secrets`` and ``base64`` load with their first use (a token
 issued, a TLS fingerprint, a secret stored)."""
