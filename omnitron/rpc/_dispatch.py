@@ -201,7 +201,8 @@ class Call:
 
 @attrs.frozen(kw_only=True)
 class MethodInfo:
-    """A registered method: name, declared role, params, and first doc line."""
+    """A registered method: name, declared role, params, and first doc line (empty
+    under ``python -OO``, which the daemon may run with: no docstrings)."""
 
     name: str
     role: Role
