@@ -244,7 +244,9 @@ def _line_in(traceback: TracebackType | None, filename: str) -> int | None:
 def _load_python(path: Path, data: bytes, base_dir: Path, environ: Mapping[str, str]) -> Ecosystem:
     filename = str(path)
     try:
-        code = compile(data, filename, "exec", dont_inherit=True)
+        # As a plain interpreter runs it, even in a daemon under -OO: its asserts
+        # and docstrings behave in the daemon as in `omnitron check`.
+        code = compile(data, filename, "exec", dont_inherit=True, optimize=0)
     except SyntaxError as exc:
         raise _fail(path, f"syntax error: {exc.msg}", line=exc.lineno, column=exc.offset) from None
     except ValueError as exc:  # e.g. NUL bytes in the source

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -313,6 +314,42 @@ def test_python_config_exception_reports_file_and_line(tmp_path: Path) -> None:
         f"{config}:2: ValueError: invalid literal for int() with base 10: 'eighty'"
     )
     assert isinstance(info.value.__cause__, ValueError)
+
+
+@pytest.mark.parametrize("optimize", [[], ["-OO"]])
+def test_python_config_runs_its_asserts_and_keeps_its_docstrings_under_oo(
+    tmp_path: Path, optimize: list[str]
+) -> None:
+    # The daemon runs with -OO; the config behaves there as in `omnitron check`.
+    config = write(
+        tmp_path / "omnitron.config.py",
+        """\
+        def port():
+            "The port."
+            return 8000
+
+        assert port.__doc__ == "The port.", "no docstring"
+        assert port() == 8001, "port must be 8001"
+        """,
+    )
+    result = subprocess.run(
+        [sys.executable, *optimize, "-c", LOAD_AND_PRINT, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{config}:6: AssertionError: port must be 8001"
+
+
+LOAD_AND_PRINT = """\
+import sys
+from omnitron.config import ConfigError, load_config
+try:
+    load_config(sys.argv[1])
+except ConfigError as exc:
+    print(exc)
+"""
 
 
 def test_python_config_syntax_error(tmp_path: Path) -> None:
