@@ -512,21 +512,35 @@ def _kill_everything(home: Home) -> dict[str, Any]:
             for x in sorted(killed.values(), key=lambda x: x.pid)
         ]
         report["escaped"] += sorted(escaped)
-        report["removed"] = _remove_stale_files(home)
+        # A killed daemon's threads may still be exiting once its main thread is a
+        # zombie (no longer "running"): its lock and socket are released with the
+        # last of them, so the lock is waited for a moment.
+        wait = KILL_WAIT if report["daemon"] is not None else 0.0
+        report["removed"] = _remove_stale_files(home, wait=wait)
     return report
 
 
-def _remove_stale_files(home: Home) -> list[str]:
-    """Remove the socket and pid file of a dead daemon; nothing if a daemon holds the lock."""
+def _remove_stale_files(home: Home, *, wait: float = 0.0) -> list[str]:
+    """Remove the socket and pid file of a dead daemon; nothing if a daemon holds the
+    lock (for ``wait`` seconds at most)."""
     from omnitron.errors import OmnitronError
-    from omnitron.state import acquire_pid_lock, remove_stale_socket
+    from omnitron.state import DaemonAlreadyRunning, acquire_pid_lock, remove_stale_socket
 
     had_pid_file = os.path.lexists(home.pid_file)
     removed = []
-    try:
-        lock = acquire_pid_lock(home)
-    except OmnitronError:
-        return []  # a daemon (a new one?) holds the lock, or the home is unusable: leave it
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            lock = acquire_pid_lock(home)
+            break
+        except DaemonAlreadyRunning:
+            # Held: by the dying daemon's last threads, or by a new daemon (then
+            # its files are left as they are).
+            if time.monotonic() >= deadline:
+                return []
+            time.sleep(POLL_INTERVAL)
+        except OmnitronError:
+            return []  # the home is unusable: leave it
     try:
         with contextlib.suppress(OmnitronError, OSError):
             if remove_stale_socket(home):
