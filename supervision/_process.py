@@ -17,6 +17,7 @@ How a child is run:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -98,15 +99,10 @@ def _inherited_env() -> tuple[dict[str, str], dict[str, str]]:
     return found
 
 
-_NORMAL_SIGNALS: dict[int, frozenset[int]] = {}
-
-
+@functools.cache
 def _normal_signals(stop_signal: int) -> frozenset[int]:
     """``{stop_signal}``, one set shared by every runner with that stop signal."""
-    found = _NORMAL_SIGNALS.get(stop_signal)
-    if found is None:
-        found = _NORMAL_SIGNALS[stop_signal] = frozenset({stop_signal})
-    return found
+    return frozenset({stop_signal})
 
 
 def _wait_exited_nowait(pid: int) -> None:

@@ -568,7 +568,7 @@ class Orchestrator:
                 if len(on_the_way) >= LAUNCH_WINDOW:
                     with trio.move_on_after(LAUNCH_STAGGER):
                         await on_the_way[0].wait()
-                    on_the_way = [e for e in on_the_way[1:] if not e.is_set()]
+                    del on_the_way[0]  # reached the tree, or waited for long enough
                 reached = trio.Event()
                 nursery.start_soon(one, name, reached)
                 on_the_way.append(reached)
